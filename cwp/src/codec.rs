@@ -1,0 +1,296 @@
+//! CWP/1 §1 Framing: turning bytes into frames and frames into bytes.
+//!
+//! A [`Codec`] holds one connection's framing state: the `max_payload` it
+//! enforces on received frames and, once the handshake is done, the
+//! [`Seal`]. It owns no buffer and does no I/O: the caller reads into a
+//! `BytesMut` (never more than [`Codec::read_limit`] allows) and calls
+//! [`Codec::decode`] until it returns `Ok(None)`.
+//!
+//! Validation follows the spec's order: magic, version, and `length` against
+//! `max_payload` from the header alone (before any payload is buffered), then
+//! the CRC-32C, then the tag, then the type, then the body's structure.
+
+use std::marker::PhantomData;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, Malformation};
+use crate::frame::{DeviceFrame, Frame, FrameType, ServerFrame};
+use crate::keys::SessionKey;
+use crate::seal::{Direction, Seal, TAG_LEN};
+
+/// `CW`, the first two bytes of every frame.
+pub const MAGIC: [u8; 2] = [0x43, 0x57];
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 0x01;
+/// Bytes of fixed header before the payload.
+pub const HEADER_LEN: usize = 12;
+/// `max_payload` until `WELCOME` says otherwise.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 65_536;
+
+/// Which end of the connection a codec serves; fixes what it decodes, what
+/// it encodes, and the `dir` byte of its tags.
+pub trait Role {
+    /// Frames this side receives.
+    type Inbound: Frame;
+    /// Frames this side sends.
+    type Outbound: Frame;
+    /// Direction of the frames this side sends.
+    const TX: Direction;
+}
+
+/// The server end: decodes [`DeviceFrame`]s, encodes [`ServerFrame`]s.
+#[derive(Debug)]
+pub enum ServerRole {}
+
+/// The device end: decodes [`ServerFrame`]s, encodes [`DeviceFrame`]s.
+#[derive(Debug)]
+pub enum DeviceRole {}
+
+impl Role for ServerRole {
+    type Inbound = DeviceFrame;
+    type Outbound = ServerFrame;
+    const TX: Direction = Direction::ServerToDevice;
+}
+
+impl Role for DeviceRole {
+    type Inbound = ServerFrame;
+    type Outbound = DeviceFrame;
+    const TX: Direction = Direction::DeviceToServer;
+}
+
+/// A server's codec.
+pub type ServerCodec = Codec<ServerRole>;
+/// A device's codec.
+pub type DeviceCodec = Codec<DeviceRole>;
+
+/// Whether received frames carry tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inbound {
+    /// Handshake: nothing is sealed.
+    Unsealed,
+    /// Device side between `AUTH` and `WELCOME`: the server answers either
+    /// with a sealed `WELCOME` or with an unsealed `ERROR` (a failed `AUTH`).
+    AwaitingWelcome,
+    /// Every frame is sealed.
+    Sealed,
+}
+
+/// The framing state of one connection, for one role.
+#[derive(Debug)]
+pub struct Codec<R: Role> {
+    max_payload: u32,
+    seal: Option<Seal>,
+    inbound: Inbound,
+    role: PhantomData<R>,
+}
+
+impl<R: Role> Default for Codec<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The 12-byte header of a frame, validated as far as the header alone allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The frame's type byte.
+    pub frame_type: FrameType,
+    /// Payload length, tag included.
+    pub length: u32,
+    /// CRC-32C over header bytes 0..8 and the payload.
+    pub crc: u32,
+}
+
+impl Header {
+    /// Checks the first bytes of `buf` in the spec's order: magic (once 2
+    /// bytes are there), version (3 bytes), length against `max_payload`
+    /// (8 bytes). `Ok(None)` until all 12 header bytes are present.
+    ///
+    /// A length bomb is therefore refused after 8 bytes, before the caller
+    /// buffers any of its payload.
+    pub fn check(buf: &[u8], max_payload: u32) -> Result<Option<Self>, DecodeError> {
+        if buf.len() >= 2 && buf[..2] != MAGIC {
+            return Err(DecodeError::BadMagic {
+                found: [buf[0], buf[1]],
+            });
+        }
+        if buf.len() >= 3 && buf[2] != VERSION {
+            return Err(DecodeError::BadVersion { found: buf[2] });
+        }
+        if buf.len() < 8 {
+            return Ok(None);
+        }
+        let frame_type = FrameType(buf[3]);
+        let length = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if length > max_payload {
+            return Err(DecodeError::FrameTooLarge {
+                frame_type,
+                length,
+                max: max_payload,
+            });
+        }
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            frame_type,
+            length,
+            crc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        }))
+    }
+}
+
+impl<R: Role> Codec<R> {
+    /// A codec at the start of a connection: unsealed, `max_payload` 65,536.
+    pub fn new() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            seal: None,
+            inbound: Inbound::Unsealed,
+            role: PhantomData,
+        }
+    }
+
+    /// The largest payload accepted from the peer.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
+    /// Changes the largest payload accepted from the peer (after `WELCOME`
+    /// has announced it).
+    pub fn set_max_payload(&mut self, max_payload: u32) {
+        self.max_payload = max_payload;
+    }
+
+    /// Whether this side has started sealing its frames.
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// The sealing state, once the handshake has produced one.
+    pub fn seal_state(&self) -> Option<&Seal> {
+        self.seal.as_ref()
+    }
+
+    /// How many more bytes the caller may append to a receive buffer that
+    /// holds `buffered` bytes. Following it keeps the buffer at or below one
+    /// header plus `max_payload`, which always fits the next frame.
+    pub fn read_limit(&self, buffered: usize) -> usize {
+        (HEADER_LEN + self.max_payload as usize).saturating_sub(buffered)
+    }
+
+    /// How many bytes `buf` must hold before [`Codec::decode`] can make
+    /// progress: the rest of the header, or the rest of the frame.
+    pub fn bytes_needed(&self, buf: &[u8]) -> usize {
+        if buf.len() < HEADER_LEN {
+            return HEADER_LEN - buf.len();
+        }
+        let length = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+        (HEADER_LEN + length).saturating_sub(buf.len()).max(1)
+    }
+
+    /// Decodes the next complete frame from the front of `buf`, removing its
+    /// bytes. `Ok(None)` when `buf` holds only part of a frame (nothing is
+    /// removed). Every error is fatal for the connection.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<R::Inbound>, DecodeError> {
+        let Some(header) = Header::check(buf, self.max_payload)? else {
+            return Ok(None);
+        };
+        let frame_len = HEADER_LEN + header.length as usize;
+        if buf.len() < frame_len {
+            // Room for exactly this frame; the header has proven it is allowed.
+            buf.reserve(frame_len - buf.len());
+            return Ok(None);
+        }
+        let frame = buf.split_to(frame_len).freeze();
+        self.decode_frame(header, frame).map(Some)
+    }
+
+    fn decode_frame(&mut self, header: Header, frame: Bytes) -> Result<R::Inbound, DecodeError> {
+        let frame_type = header.frame_type;
+        let computed = crc32c::crc32c_append(crc32c::crc32c(&frame[..8]), &frame[HEADER_LEN..]);
+        if computed != header.crc {
+            return Err(DecodeError::BadCrc {
+                frame_type,
+                received: header.crc,
+                computed,
+            });
+        }
+
+        let sealed = match self.inbound {
+            Inbound::Unsealed => false,
+            Inbound::Sealed => true,
+            // CWP/1 §1 Tags: an ERROR sent before WELCOME is not sealed.
+            Inbound::AwaitingWelcome => frame_type != FrameType::ERROR,
+        };
+        let body_end = if sealed {
+            let seal = self.seal.as_mut().expect("inbound is sealed only once a seal exists");
+            if (header.length as usize) < TAG_LEN {
+                return Err(DecodeError::Malformed {
+                    frame_type,
+                    reason: Malformation::MissingTag,
+                });
+            }
+            let body_end = frame.len() - TAG_LEN;
+            let header8: &[u8; 8] = frame[..8].try_into().expect("a whole frame holds its header");
+            if !seal.open(header8, &frame[HEADER_LEN..body_end], &frame[body_end..]) {
+                return Err(DecodeError::BadTag { frame_type });
+            }
+            self.inbound = Inbound::Sealed;
+            body_end
+        } else {
+            frame.len()
+        };
+
+        match R::Inbound::decode_body(frame_type, frame.slice(HEADER_LEN..body_end)) {
+            Ok(Some(decoded)) => Ok(decoded),
+            Ok(None) => Err(DecodeError::UnknownType { frame_type }),
+            Err(reason) => Err(DecodeError::Malformed { frame_type, reason }),
+        }
+    }
+
+    /// Appends `frame` to `dst`, sealed if the handshake has produced a key.
+    pub fn encode(&mut self, frame: &R::Outbound, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_slice(&MAGIC);
+        dst.put_u8(VERSION);
+        dst.put_u8(frame.frame_type().0);
+        dst.put_u64(0); // length and crc, patched below
+        frame.encode_body(dst);
+
+        let tag_len = if self.seal.is_some() { TAG_LEN } else { 0 };
+        let length = dst.len() - start - HEADER_LEN + tag_len;
+        let length = u32::try_from(length).expect("a frame body is far smaller than 4 GiB");
+        dst[start + 4..start + 8].copy_from_slice(&length.to_be_bytes());
+
+        if let Some(seal) = self.seal.as_mut() {
+            let header8: [u8; 8] = dst[start..start + 8].try_into().expect("8 header bytes were written");
+            let tag = seal.seal(&header8, &dst[start + HEADER_LEN..]);
+            dst.put_slice(&tag);
+        }
+
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&dst[start..start + 8]), &dst[start + HEADER_LEN..]);
+        dst[start + 8..start + HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+impl Codec<ServerRole> {
+    /// Starts sealing both directions with `key`: the server calls this after
+    /// verifying `AUTH`, before encoding `WELCOME` (server frame 0). Every
+    /// frame received from now on must be sealed.
+    pub fn start_sealing(&mut self, key: &SessionKey) {
+        self.seal = Some(Seal::new(key, ServerRole::TX));
+        self.inbound = Inbound::Sealed;
+    }
+}
+
+impl Codec<DeviceRole> {
+    /// Starts sealing with `key`: the device calls this after sending `AUTH`.
+    /// The next received frame must be a sealed `WELCOME`, or an unsealed
+    /// `ERROR` if the server refused the `AUTH`.
+    pub fn start_sealing(&mut self, key: &SessionKey) {
+        self.seal = Some(Seal::new(key, DeviceRole::TX));
+        self.inbound = Inbound::AwaitingWelcome;
+    }
+}

@@ -1,0 +1,146 @@
+//! CWP/1 §2 Session: the handshake as two small state machines, one per
+//! side, with no I/O. The caller supplies what the codec must not own: fresh
+//! random nonces and the device-key lookup.
+//!
+//! ```text
+//! device                                   server
+//!   | HELLO(serial, firmware, nonce_d)  -->  |
+//!   | <-- CHALLENGE(nonce_s)                 |
+//!   | AUTH(mac)                         -->  |
+//!   | <-- WELCOME(...)                       |   (sealed, server frame 0)
+//! ```
+
+use crate::error::ErrorCode;
+use crate::fields::{Nonce, Str8};
+use crate::frame::{Auth, Challenge, DeviceFrame, ErrorFrame, FrameType, Hello};
+use crate::keys::{AuthMac, DeviceKey, SessionKey};
+use crate::serial::Serial;
+
+/// The server's side of one connection's handshake.
+#[derive(Debug, Default)]
+pub enum ServerHandshake {
+    /// Nothing received yet; only `HELLO` is allowed.
+    #[default]
+    AwaitingHello,
+    /// `CHALLENGE` sent; only `AUTH` is allowed.
+    AwaitingAuth {
+        /// From `HELLO`.
+        hello: Hello,
+        /// The nonce this connection's `CHALLENGE` carried. Never reused:
+        /// a connection runs one handshake, and each takes a fresh nonce.
+        nonce_s: Nonce,
+    },
+    /// `AUTH` verified, or the handshake failed; nothing more to do here.
+    Finished,
+}
+
+/// What the server does next after a handshake frame.
+#[derive(Debug)]
+pub enum ServerStep {
+    /// Send this `CHALLENGE`.
+    Challenge(Challenge),
+    /// The device proved its key: start sealing with `session_key`, then
+    /// send `WELCOME`.
+    Authenticated {
+        /// The authenticated serial.
+        serial: Serial,
+        /// The firmware it announced.
+        firmware: Str8,
+        /// Seals every frame from `WELCOME` on.
+        session_key: SessionKey,
+    },
+}
+
+/// A handshake failure: the unsealed `ERROR` to send before closing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct HandshakeError {
+    /// `UNEXPECTED` or `UNAUTHORIZED`, both fatal.
+    pub code: ErrorCode,
+    /// The frame that caused it.
+    pub ref_type: FrameType,
+    /// For the `ERROR` frame; identical for an unknown serial and a wrong
+    /// mac, so that a stranger cannot probe which serials exist.
+    pub message: &'static str,
+    /// For the server's own logs: what really went wrong.
+    pub detail: &'static str,
+}
+
+impl HandshakeError {
+    /// The `ERROR` frame for the device.
+    pub fn to_frame(&self) -> ErrorFrame {
+        ErrorFrame::new(self.code, self.ref_type, self.message)
+    }
+}
+
+impl ServerHandshake {
+    /// Feeds the next frame the device sent. `fresh_nonce` is called once,
+    /// for the `CHALLENGE`; `device_key` looks up the key of a serial.
+    pub fn receive(
+        &mut self,
+        frame: DeviceFrame,
+        fresh_nonce: impl FnOnce() -> Nonce,
+        device_key: impl FnOnce(&Serial) -> Option<DeviceKey>,
+    ) -> Result<ServerStep, HandshakeError> {
+        let state = std::mem::replace(self, Self::Finished);
+        match (state, frame) {
+            (Self::AwaitingHello, DeviceFrame::Hello(hello)) => {
+                let nonce_s = fresh_nonce();
+                *self = Self::AwaitingAuth { hello, nonce_s };
+                Ok(ServerStep::Challenge(Challenge { nonce: nonce_s }))
+            }
+            (Self::AwaitingAuth { hello, nonce_s }, DeviceFrame::Auth(Auth { mac })) => {
+                let unauthorized = |detail| HandshakeError {
+                    code: ErrorCode::UNAUTHORIZED,
+                    ref_type: FrameType::AUTH,
+                    message: "bad mac",
+                    detail,
+                };
+                let key = device_key(&hello.serial).ok_or_else(|| unauthorized("unknown serial"))?;
+                if !AuthMac::verify(&mac, &key, &hello.serial, &hello.nonce, &nonce_s) {
+                    return Err(unauthorized("wrong mac"));
+                }
+                Ok(ServerStep::Authenticated {
+                    serial: hello.serial,
+                    firmware: hello.firmware,
+                    session_key: SessionKey::derive(&key, &hello.nonce, &nonce_s),
+                })
+            }
+            (_, frame) => Err(HandshakeError {
+                code: ErrorCode::UNEXPECTED,
+                ref_type: crate::frame::Frame::frame_type(&frame),
+                message: "handshake incomplete",
+                detail: "frame not allowed before WELCOME",
+            }),
+        }
+    }
+}
+
+/// The device's side of the handshake: what a controller (or the simulator)
+/// computes from the server's `CHALLENGE`.
+#[derive(Debug)]
+pub struct DeviceHandshake {
+    serial: Serial,
+    nonce_d: Nonce,
+    key: DeviceKey,
+}
+
+impl DeviceHandshake {
+    /// Starts a handshake; returns the state and the `HELLO` to send.
+    pub fn start(serial: Serial, firmware: Str8, key: DeviceKey, nonce_d: Nonce) -> (Self, DeviceFrame) {
+        let hello = DeviceFrame::Hello(Hello {
+            serial,
+            firmware,
+            nonce: nonce_d,
+        });
+        (Self { serial, nonce_d, key }, hello)
+    }
+
+    /// Answers the `CHALLENGE`: the `AUTH` to send, and the session key to
+    /// start sealing with right after sending it.
+    pub fn answer(&self, challenge: &Challenge) -> (DeviceFrame, SessionKey) {
+        let mac = AuthMac::compute(&self.key, &self.serial, &self.nonce_d, &challenge.nonce);
+        let session_key = SessionKey::derive(&self.key, &self.nonce_d, &challenge.nonce);
+        (DeviceFrame::Auth(Auth { mac }), session_key)
+    }
+}
