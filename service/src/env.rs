@@ -1,0 +1,233 @@
+//! Configuration as a value: each binary declares its variables once, in a
+//! table of [`Variable`]s; [`EnvReader`] parses them all, collecting every
+//! error instead of stopping at the first; [`help`] prints the same table.
+
+use std::fmt::{self, Display, Write as _};
+use std::str::FromStr;
+
+/// One environment variable a binary reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    /// Its name, e.g. `DRIVER_LISTEN`.
+    pub name: &'static str,
+    /// Its default as text, `None` when unset means "not configured".
+    pub default: Option<&'static str>,
+    /// One line for `--help` and the README.
+    pub help: &'static str,
+}
+
+/// Every problem found in the environment, reported together.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// One line per bad variable.
+    pub problems: Vec<String>,
+}
+
+impl Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads `.env` from the working directory (or a parent) into the process
+/// environment, without overriding variables already set. Call it first
+/// thing in `main`, before any thread starts.
+pub fn load_dotenv() {
+    // A missing .env is the normal case in production.
+    let _ = dotenvy::dotenv();
+}
+
+/// Reads a binary's variables from the process environment.
+#[derive(Debug)]
+pub struct EnvReader {
+    table: &'static [Variable],
+    problems: Vec<String>,
+}
+
+impl EnvReader {
+    /// A reader for the variables in `table`.
+    pub fn new(table: &'static [Variable]) -> Self {
+        Self {
+            table,
+            problems: Vec::new(),
+        }
+    }
+
+    fn variable(&self, name: &str) -> &'static Variable {
+        self.table
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} is read but missing from the variable table"))
+    }
+
+    /// The raw value: the environment's if set and not empty, else the default.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Some(value),
+            _ => self.variable(name).default.map(str::to_owned),
+        }
+    }
+
+    /// Parses a variable that has a default (or must be set). On a bad value
+    /// the problem is recorded and `None` returned; [`EnvReader::finish`]
+    /// then fails.
+    pub fn parse<T>(&mut self, name: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(name) {
+            Some(value) => self.convert(name, &value),
+            None => {
+                self.problems.push(format!("{name} must be set ({})", self.variable(name).help));
+                None
+            }
+        }
+    }
+
+    /// Parses an optional variable: `Ok(None)` when it is unset and has no
+    /// default.
+    pub fn parse_optional<T>(&mut self, name: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let value = self.raw(name)?;
+        self.convert(name, &value)
+    }
+
+    /// Parses with a custom conversion (e.g. a key, a duration in a unit).
+    pub fn parse_with<T, E: Display>(&mut self, name: &str, convert: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+        let value = self.raw(name)?;
+        match convert(value.trim()) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                self.problems.push(format!("{name}={value:?}: {err}"));
+                None
+            }
+        }
+    }
+
+    /// Records a problem found while checking values against each other.
+    pub fn problem(&mut self, problem: impl Into<String>) {
+        self.problems.push(problem.into());
+    }
+
+    fn convert<T>(&mut self, name: &str, value: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match value.trim().parse() {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                self.problems.push(format!("{name}={value:?}: {err}"));
+                None
+            }
+        }
+    }
+
+    /// Succeeds when every variable parsed.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// `--help` text: a summary, then every variable with its default.
+pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
+    let mut text = format!("{binary} {}\n{summary}\n\nUsage: {binary} [--help] [--version]\n\n", env!("CARGO_PKG_VERSION"));
+    text.push_str("Configured by environment variables (a .env file in the working directory is read too):\n\n");
+    let width = table.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    for v in table {
+        let default = v.default.map_or_else(|| "unset".to_owned(), |d| format!("default {d:?}"));
+        let _ = writeln!(text, "  {:width$}  {} [{default}]", v.name, v.help);
+    }
+    text
+}
+
+/// Handles `--help` and `--version` for a binary configured only by its
+/// environment. Returns `Some(exit code)` when the process should stop.
+pub fn handle_cli(binary: &str, summary: &str, table: &[Variable]) -> Option<i32> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None => None,
+        Some("--help" | "-h") => {
+            print!("{}", help(binary, summary, table));
+            Some(0)
+        }
+        Some("--version" | "-V") => {
+            println!("{binary} {}", env!("CARGO_PKG_VERSION"));
+            Some(0)
+        }
+        Some(other) => {
+            eprintln!("{binary}: unexpected argument {other:?}; configuration is by environment, see --help");
+            Some(2)
+        }
+    }
+}
+
+/// A duration given in whole seconds or milliseconds, e.g. `10s`, `250ms`;
+/// a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: unit must be ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap().as_secs(), 10);
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_together() {
+        static TABLE: &[Variable] = &[
+            Variable {
+                name: "DROVER_TEST_A",
+                default: Some("x"),
+                help: "a number",
+            },
+            Variable {
+                name: "DROVER_TEST_B",
+                default: None,
+                help: "required",
+            },
+        ];
+        let mut env = EnvReader::new(TABLE);
+        assert_eq!(env.parse::<u32>("DROVER_TEST_A"), None);
+        assert_eq!(env.parse::<u32>("DROVER_TEST_B"), None);
+        let err = env.finish().unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(help("t", "s", TABLE).contains("DROVER_TEST_A"));
+    }
+}
