@@ -5,6 +5,8 @@
 //! side and decoded by the other, in the order of the session, so sequence
 //! numbers advance exactly as they do on the wire.
 
+#![allow(clippy::unwrap_used)] // a failing unwrap is a failing test
+
 use bytes::{Bytes, BytesMut};
 use cwp::codec::Header;
 use cwp::*;

@@ -1,2 +1,58 @@
-//! Placeholder.
-fn main() {}
+//! The `driver` binary: configuration, logging and Sentry, then
+//! [`driver::run`] until SIGTERM or SIGINT.
+
+use anyhow::Context as _;
+use driver::Config;
+use drover_service::telemetry::{self, TelemetryConfig};
+use drover_service::{env, shutdown};
+
+const SUMMARY: &str = "Drover driver: serves CWP/1 controllers, streams their events to the vendor-bridge \
+and delivers operators' commands from Redis.";
+
+fn main() -> anyhow::Result<()> {
+    env::load_dotenv();
+    if let Some(code) = env::handle_cli("driver", SUMMARY, driver::config::VARIABLES) {
+        std::process::exit(code);
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("driver: {err}");
+            std::process::exit(2);
+        }
+    };
+    raise_open_file_limit();
+    let _telemetry = telemetry::init(TelemetryConfig {
+        service: "driver",
+        version: env!("CARGO_PKG_VERSION"),
+        json_logs: config.json_logs,
+        sentry_dsn: config.sentry_dsn.clone(),
+        sentry_environment: config.sentry_environment.clone(),
+        tags: vec![
+            ("driver", config.driver_id.clone()),
+            ("port", config.listen.port().to_string()),
+        ],
+    })?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async {
+            let listeners = driver::Listeners::bind(&config).await?;
+            driver::run(config, listeners, async {
+                let signal = shutdown::terminate().await;
+                tracing::info!(signal, "shutting down");
+            })
+            .await
+        })
+}
+
+/// Every device costs a file descriptor: use the hard limit, not the soft one.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

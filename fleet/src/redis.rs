@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use crate::process::{ChildGuard, find_on_path, free_port, wait_for_port};
 
 /// How to install what is missing, printed with the error.
-pub const INSTALL_HINT: &str = "redis-server is not installed: `apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`";
+pub const INSTALL_HINT: &str =
+    "redis-server is not installed: `apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`";
 
 /// A running private Redis.
 #[derive(Debug)]
@@ -20,21 +21,36 @@ pub struct RedisServer {
     process: ChildGuard,
     port: u16,
     dir: PathBuf,
+    /// Given after the defaults, so they override them; kept for restarts.
+    extra_args: Vec<String>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     /// Starts Redis in a fresh temporary directory.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts Redis in a fresh temporary directory with `extra_args` after
+    /// the defaults, e.g. `["--appendfsync", "everysec"]` to run it with the
+    /// weaker durability a misconfigured production Redis would have. A
+    /// restart keeps them.
+    pub fn start_with_args(extra_args: &[&str]) -> anyhow::Result<Self> {
         let tempdir = tempfile::Builder::new().prefix("drover-redis-").tempdir()?;
         let dir = tempdir.path().to_owned();
-        let mut server = Self::start_in(&dir, free_port()?)?;
+        let extra_args: Vec<String> = extra_args.iter().map(|&arg| arg.to_owned()).collect();
+        let mut server = Self::start_in_with_args(&dir, free_port()?, extra_args)?;
         server._tempdir = Some(tempdir);
         Ok(server)
     }
 
     /// Starts Redis with its data in `dir` (kept after it stops) on `port`.
     pub fn start_in(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::start_in_with_args(dir, port, Vec::new())
+    }
+
+    fn start_in_with_args(dir: &Path, port: u16, extra_args: Vec<String>) -> anyhow::Result<Self> {
         let binary = find_on_path("redis-server").context(INSTALL_HINT)?;
         std::fs::create_dir_all(dir)?;
         let process = ChildGuard::spawn(
@@ -45,6 +61,8 @@ impl RedisServer {
                 .arg(dir)
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
                 .args(["--maxclients", "10000", "--logfile", "redis.log"])
+                // Redis applies its arguments in order: later ones win.
+                .args(&extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit()),
@@ -54,6 +72,7 @@ impl RedisServer {
             process,
             port,
             dir: dir.to_owned(),
+            extra_args,
             _tempdir: None,
         })
     }
@@ -77,7 +96,7 @@ impl RedisServer {
     /// same data: what a crash and a supervisor restart look like.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill();
-        let restarted = Self::start_in(&self.dir, self.port)?;
+        let restarted = Self::start_in_with_args(&self.dir, self.port, self.extra_args.clone())?;
         self.process = restarted.process;
         Ok(())
     }

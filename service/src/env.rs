@@ -85,7 +85,8 @@ impl EnvReader {
         match self.raw(name) {
             Some(value) => self.convert(name, &value),
             None => {
-                self.problems.push(format!("{name} must be set ({})", self.variable(name).help));
+                self.problems
+                    .push(format!("{name} must be set ({})", self.variable(name).help));
                 None
             }
         }
@@ -147,11 +148,16 @@ impl EnvReader {
 
 /// `--help` text: a summary, then every variable with its default.
 pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
-    let mut text = format!("{binary} {}\n{summary}\n\nUsage: {binary} [--help] [--version]\n\n", env!("CARGO_PKG_VERSION"));
+    let mut text = format!(
+        "{binary} {}\n{summary}\n\nUsage: {binary} [--help] [--version]\n\n",
+        env!("CARGO_PKG_VERSION")
+    );
     text.push_str("Configured by environment variables (a .env file in the working directory is read too):\n\n");
     let width = table.iter().map(|v| v.name.len()).max().unwrap_or(0);
     for v in table {
-        let default = v.default.map_or_else(|| "unset".to_owned(), |d| format!("default {d:?}"));
+        let default = v
+            .default
+            .map_or_else(|| "unset".to_owned(), |d| format!("default {d:?}"));
         let _ = writeln!(text, "  {:width$}  {} [{default}]", v.name, v.help);
     }
     text
@@ -186,7 +192,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" => Ok(std::time::Duration::from_secs(n)),

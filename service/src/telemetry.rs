@@ -71,9 +71,15 @@ pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
     let (text, json) = if config.json_logs {
-        (None, Some(fmt::layer().json().with_writer(std::io::stderr).with_filter(filter)))
+        (
+            None,
+            Some(fmt::layer().json().with_writer(std::io::stderr).with_filter(filter)),
+        )
     } else {
-        (Some(fmt::layer().with_writer(std::io::stderr).with_filter(filter)), None)
+        (
+            Some(fmt::layer().with_writer(std::io::stderr).with_filter(filter)),
+            None,
+        )
     };
     let sentry_layers = sentry.is_some().then(|| {
         ErrorLayer::new()

@@ -1,0 +1,150 @@
+//! The driver's side of the vendor-bridge's unary calls (sessions, rejected
+//! commands, completed uploads). Events travel on the pipeline's stream,
+//! not here.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cwp::{Serial, SessionId};
+use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
+use drover_proto::bridge::{CloseSessionRequest, OpenSessionRequest, RecordUploadRequest, RejectCommandRequest};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a unary call may take before the driver gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A connection to the vendor-bridge, shared by the whole driver. The
+/// channel connects lazily and reconnects by itself.
+#[derive(Debug, Clone)]
+pub struct BridgeClient {
+    client: VendorBridgeClient<Channel>,
+    driver_id: String,
+    instance_id: String,
+}
+
+/// Opens the gRPC channel to `url` (without connecting yet).
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        // Detects a dead bridge (or a dead path to it) on an idle stream.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// What `OpenSession` tells the driver.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenedSession {
+    /// For `WELCOME`.
+    pub last_event_id: u64,
+    /// Whether an older session elsewhere was told to close.
+    pub superseded_other: bool,
+}
+
+impl BridgeClient {
+    /// A client for `channel`, identifying itself as `driver_id`.
+    pub fn new(channel: Channel, driver_id: String, instance_id: String) -> Self {
+        Self {
+            client: VendorBridgeClient::new(channel),
+            driver_id,
+            instance_id,
+        }
+    }
+
+    /// This driver's id.
+    pub fn driver_id(&self) -> &str {
+        &self.driver_id
+    }
+
+    /// This process's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The raw gRPC client (for the event stream).
+    pub fn grpc(&self) -> VendorBridgeClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Registers an authenticated session; see `OpenSession` in bridge.proto.
+    pub async fn open_session(
+        &self,
+        serial: &Serial,
+        session_id: &SessionId,
+        peer: SocketAddr,
+        firmware: &str,
+    ) -> Result<OpenedSession, tonic::Status> {
+        let mut request = tonic::Request::new(OpenSessionRequest {
+            serial: serial.to_string(),
+            session_id: session_id.0.to_vec(),
+            driver_id: self.driver_id.clone(),
+            peer: peer.to_string(),
+            firmware: firmware.to_owned(),
+            connected_ms: unix_ms(),
+            instance_id: self.instance_id.clone(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self.client.clone().open_session(request).await?.into_inner();
+        Ok(OpenedSession {
+            last_event_id: reply.last_event_id,
+            superseded_other: reply.superseded_other,
+        })
+    }
+
+    /// Marks a session ended in the registry.
+    pub async fn close_session(
+        &self,
+        serial: &Serial,
+        session_id: &SessionId,
+        last_seen_ms: u64,
+    ) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(CloseSessionRequest {
+            serial: serial.to_string(),
+            session_id: session_id.0.to_vec(),
+            driver_id: self.driver_id.clone(),
+            last_seen_ms,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        self.client.clone().close_session(request).await.map(drop)
+    }
+
+    /// Records a command that did not reach the device.
+    pub async fn reject_command(
+        &self,
+        serial: &Serial,
+        outcome: &str,
+        command_id: Option<String>,
+        reason: &str,
+        message: &[u8],
+    ) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(RejectCommandRequest {
+            serial: serial.to_string(),
+            driver_id: self.driver_id.clone(),
+            command_id: command_id.unwrap_or_default(),
+            reason: reason.to_owned(),
+            message: message.to_vec(),
+            outcome: outcome.to_owned(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        self.client.clone().reject_command(request).await.map(drop)
+    }
+
+    /// Appends an `upload_completed` record (once per upload).
+    pub async fn record_upload(&self, record: RecordUploadRequest) -> Result<bool, tonic::Status> {
+        let mut request = tonic::Request::new(RecordUploadRequest {
+            driver_id: self.driver_id.clone(),
+            ..record
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        Ok(self.client.clone().record_upload(request).await?.into_inner().recorded)
+    }
+}

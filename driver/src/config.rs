@@ -1,0 +1,300 @@
+//! The driver's configuration: every environment variable it reads, parsed
+//! once at start into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cwp::MasterKey;
+use drover_service::env::{ConfigError, EnvReader, Variable, parse_duration};
+
+/// Every variable the driver reads, with its default. `--help` prints this
+/// table and the README documents it; a test keeps the two in step.
+pub static VARIABLES: &[Variable] = &[
+    Variable {
+        name: "DRIVER_LISTEN",
+        default: Some("0.0.0.0:5001"),
+        help: "address for CWP/1 connections",
+    },
+    Variable {
+        name: "DRIVER_ID",
+        default: None,
+        help: "this driver's unique name in the fleet; unset: {hostname}-{port}",
+    },
+    Variable {
+        name: "DRIVER_ADMIN_LISTEN",
+        default: Some("0.0.0.0:9101"),
+        help: "address for HTTP /healthz and /metrics",
+    },
+    Variable {
+        name: "DRIVER_PROXY_PROTOCOL",
+        default: Some("false"),
+        help: "true: every connection must start with a PROXY protocol v2 header (behind HAProxy)",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_URL",
+        default: Some("http://127.0.0.1:50051"),
+        help: "the vendor-bridge's gRPC address",
+    },
+    Variable {
+        name: "REDIS_URL",
+        default: Some("redis://127.0.0.1:6379"),
+        help: "Redis, for command subscriptions (cwp:cmd:{serial})",
+    },
+    Variable {
+        name: "CWP_MASTER_KEY",
+        default: None,
+        help: "64 hex digits; device keys derive from it (CWP/1 §2). Set it or CWP_KEYS_FILE, or both",
+    },
+    Variable {
+        name: "CWP_KEYS_FILE",
+        default: None,
+        help: "file of `SERIAL HEXKEY` lines, consulted before the master key; reloaded on SIGHUP",
+    },
+    Variable {
+        name: "DRIVER_HEARTBEAT_S",
+        default: Some("30"),
+        help: "heartbeat period announced in WELCOME, seconds (1-65535)",
+    },
+    Variable {
+        name: "DRIVER_IDLE_TIMEOUT",
+        default: None,
+        help: "close a session silent this long (e.g. 90s); unset: 3 x DRIVER_HEARTBEAT_S",
+    },
+    Variable {
+        name: "DRIVER_HANDSHAKE_TIMEOUT",
+        default: Some("10s"),
+        help: "close a connection that has not completed the handshake in this time (ERROR TIMEOUT)",
+    },
+    Variable {
+        name: "DRIVER_EVENT_WINDOW",
+        default: Some("256"),
+        help: "unacknowledged events a device may have in flight, announced in WELCOME (1-65535)",
+    },
+    Variable {
+        name: "DRIVER_MAX_PAYLOAD",
+        default: Some("65536"),
+        help: "largest frame payload accepted after WELCOME, bytes (announced in WELCOME)",
+    },
+    Variable {
+        name: "DRIVER_MAX_PENDING_EVENTS",
+        default: Some("100000"),
+        help: "events held by this driver awaiting storage, all devices together; beyond it devices get BUSY",
+    },
+    Variable {
+        name: "DRIVER_MAX_CONNECTIONS",
+        default: Some("100000"),
+        help: "concurrent device connections; further connections wait in the kernel's backlog",
+    },
+    Variable {
+        name: "DRIVER_DRAIN_PERIOD",
+        default: Some("30s"),
+        help: "on SIGTERM, devices are told to reconnect at times spread over this period",
+    },
+    Variable {
+        name: "DRIVER_TITLE_SERIALS",
+        default: Some("5"),
+        help: "serials listed in the process title before `+N more`",
+    },
+    Variable {
+        name: "UPLOAD_DIR",
+        default: Some("./data/uploads"),
+        help: "where uploads are stored; share it between drivers so uploads resume on any of them",
+    },
+    Variable {
+        name: "UPLOAD_BUFFER_BYTES",
+        default: Some("262144"),
+        help: "per-connection upload write buffer; each full buffer is one write + fdatasync",
+    },
+    Variable {
+        name: "UPLOAD_MAX_BYTES",
+        default: Some("1073741824"),
+        help: "largest upload accepted, bytes",
+    },
+    Variable {
+        name: "UPLOAD_EXPIRE_AFTER",
+        default: Some("7d"),
+        help: "partial uploads untouched this long are deleted (units: s, m, h, d)",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: Some("text"),
+        help: "text or json",
+    },
+    Variable {
+        name: "SENTRY_DSN",
+        default: None,
+        help: "report errors and panics to this Sentry DSN",
+    },
+    Variable {
+        name: "SENTRY_ENVIRONMENT",
+        default: None,
+        help: "Sentry environment name (e.g. production)",
+    },
+];
+
+/// The driver's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where devices connect.
+    pub listen: SocketAddr,
+    /// Unique name of this driver in the fleet.
+    pub driver_id: String,
+    /// Where `/healthz` and `/metrics` are served.
+    pub admin_listen: SocketAddr,
+    /// Whether connections start with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
+    /// The vendor-bridge's gRPC endpoint.
+    pub bridge_url: String,
+    /// Redis for command pub/sub.
+    pub redis_url: String,
+    /// The fleet's master key, if devices derive their keys from one.
+    pub master_key: Option<MasterKey>,
+    /// A file of per-device keys.
+    pub keys_file: Option<PathBuf>,
+    /// Heartbeat period announced in `WELCOME`.
+    pub heartbeat_s: u16,
+    /// Silence after which a session is closed with `BYE IDLE`.
+    pub idle_timeout: Duration,
+    /// Deadline for `HELLO` … `AUTH`.
+    pub handshake_timeout: Duration,
+    /// Unacknowledged events per device.
+    pub event_window: u16,
+    /// Largest payload accepted after `WELCOME`.
+    pub max_payload: u32,
+    /// Events awaiting storage across all devices.
+    pub max_pending_events: usize,
+    /// Concurrent device connections.
+    pub max_connections: usize,
+    /// Period over which draining devices are told to reconnect.
+    pub drain_period: Duration,
+    /// Serials named in the process title.
+    pub title_serials: usize,
+    /// Root of upload storage.
+    pub upload_dir: PathBuf,
+    /// Per-connection upload write buffer.
+    pub upload_buffer_bytes: usize,
+    /// Largest upload.
+    pub upload_max_bytes: u64,
+    /// Age after which abandoned partial uploads are deleted.
+    pub upload_expire_after: Duration,
+    /// JSON log lines.
+    pub json_logs: bool,
+    /// Sentry DSN.
+    pub sentry_dsn: Option<String>,
+    /// Sentry environment.
+    pub sentry_environment: Option<String>,
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+/// Durations for expiry also accept days.
+fn parse_long_duration(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|d| Duration::from_secs(d * 86_400))
+            .map_err(|_| format!("{text:?} is not a number of days")),
+        None => parse_duration(text),
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "driver".to_owned())
+}
+
+impl Config {
+    /// Reads every variable; reports all problems together.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(VARIABLES);
+        let listen: Option<SocketAddr> = env.parse("DRIVER_LISTEN");
+        let driver_id = env.parse_optional::<String>("DRIVER_ID");
+        let admin_listen = env.parse("DRIVER_ADMIN_LISTEN");
+        let proxy_protocol = env.parse_with("DRIVER_PROXY_PROTOCOL", parse_bool);
+        let bridge_url = env.parse("VENDOR_BRIDGE_URL");
+        let redis_url = env.parse("REDIS_URL");
+        let master_key = env.parse_with("CWP_MASTER_KEY", MasterKey::from_hex);
+        let keys_file = env.parse_optional::<PathBuf>("CWP_KEYS_FILE");
+        let heartbeat_s = env.parse::<u16>("DRIVER_HEARTBEAT_S");
+        let idle_timeout = env.parse_with("DRIVER_IDLE_TIMEOUT", parse_duration);
+        let handshake_timeout = env.parse_with("DRIVER_HANDSHAKE_TIMEOUT", parse_duration);
+        let event_window = env.parse::<u16>("DRIVER_EVENT_WINDOW");
+        let max_payload = env.parse::<u32>("DRIVER_MAX_PAYLOAD");
+        let max_pending_events = env.parse("DRIVER_MAX_PENDING_EVENTS");
+        let max_connections = env.parse("DRIVER_MAX_CONNECTIONS");
+        let drain_period = env.parse_with("DRIVER_DRAIN_PERIOD", parse_duration);
+        let title_serials = env.parse("DRIVER_TITLE_SERIALS");
+        let upload_dir = env.parse("UPLOAD_DIR");
+        let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
+        let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
+        let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_long_duration);
+        let log_format = env.parse::<String>("LOG_FORMAT");
+        let sentry_dsn = env.parse_optional("SENTRY_DSN");
+        let sentry_environment = env.parse_optional("SENTRY_ENVIRONMENT");
+
+        if master_key.is_none() && keys_file.is_none() && env.raw("CWP_MASTER_KEY").is_none() {
+            env.problem("set CWP_MASTER_KEY or CWP_KEYS_FILE: there is no unauthenticated mode");
+        }
+        if heartbeat_s == Some(0) {
+            env.problem("DRIVER_HEARTBEAT_S must be at least 1");
+        }
+        if event_window == Some(0) {
+            env.problem("DRIVER_EVENT_WINDOW must be at least 1");
+        }
+        if max_payload.is_some_and(|m| m < 1024) {
+            env.problem("DRIVER_MAX_PAYLOAD must be at least 1024 (a 1 KiB BLOCK frame must fit)");
+        }
+        if upload_buffer_bytes.is_some_and(|b| b < 4096) {
+            env.problem("UPLOAD_BUFFER_BYTES must be at least 4096");
+        }
+        let json_logs = match log_format.as_deref() {
+            Some("json") => true,
+            Some("text") | None => false,
+            Some(other) => {
+                env.problem(format!("LOG_FORMAT={other:?}: expected text or json"));
+                false
+            }
+        };
+        env.finish()?;
+
+        // Every value below was parsed (finish() returned Ok), so the
+        // options are all Some; defaults in the table guarantee it.
+        let listen = listen.expect("parsed");
+        let heartbeat_s = heartbeat_s.expect("parsed");
+        Ok(Self {
+            listen,
+            driver_id: driver_id.unwrap_or_else(|| format!("{}-{}", hostname(), listen.port())),
+            admin_listen: admin_listen.expect("parsed"),
+            proxy_protocol: proxy_protocol.expect("parsed"),
+            bridge_url: bridge_url.expect("parsed"),
+            redis_url: redis_url.expect("parsed"),
+            master_key,
+            keys_file,
+            heartbeat_s,
+            idle_timeout: idle_timeout.unwrap_or(Duration::from_secs(3 * u64::from(heartbeat_s))),
+            handshake_timeout: handshake_timeout.expect("parsed"),
+            event_window: event_window.expect("parsed"),
+            max_payload: max_payload.expect("parsed"),
+            max_pending_events: max_pending_events.expect("parsed"),
+            max_connections: max_connections.expect("parsed"),
+            drain_period: drain_period.expect("parsed"),
+            title_serials: title_serials.expect("parsed"),
+            upload_dir: upload_dir.expect("parsed"),
+            upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
+            upload_max_bytes: upload_max_bytes.expect("parsed"),
+            upload_expire_after: upload_expire_after.expect("parsed"),
+            json_logs,
+            sentry_dsn,
+            sentry_environment,
+        })
+    }
+}

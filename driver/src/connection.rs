@@ -1,0 +1,563 @@
+//! One device connection, from the first byte to the close, in the order of
+//! CWP/1 §2: handshake, then the established session.
+//!
+//! [`Connection`] owns the socket, the codec and the two buffers; the
+//! functions below own the protocol. Both buffers are released whenever they
+//! are empty, so an idle session holds no buffer at all: its cost is this
+//! task, its socket, its [`SessionHandle`] and its seal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, BytesMut};
+use cwp::{
+    Ack, ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Nonce, ServerBye, ServerCodec,
+    ServerFrame, ServerHandshake, ServerStep, SessionId, Welcome,
+};
+use rand::RngExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::Driver;
+use crate::bridge::unix_ms;
+use crate::pipeline::PendingEvent;
+use crate::registry::{CloseRequest, SessionHandle};
+
+/// Bytes read per read call at most: big enough for bulk uploads to read
+/// many frames per syscall, small enough to keep active connections lean.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a device that stopped reading may block our writes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing session waits for its events to become durable
+/// before it acknowledges what it can and leaves.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the handshake waits for Redis to confirm the command
+/// subscription before `WELCOME` (commands then start a little later).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The socket, the codec and the buffers of one connection.
+pub struct Connection {
+    stream: TcpStream,
+    /// The device's address (from the PROXY header when behind HAProxy).
+    peer: SocketAddr,
+    codec: ServerCodec,
+    rx: BytesMut,
+    tx: BytesMut,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+enum ReadError {
+    /// The device closed the connection.
+    Closed,
+    /// The socket failed.
+    Io(io::Error),
+    /// The bytes are not CWP/1; the device gets this error.
+    Decode(DecodeError),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+impl Connection {
+    /// Wraps an accepted socket; `initial` holds bytes already read past a
+    /// PROXY header.
+    pub fn new(stream: TcpStream, peer: SocketAddr, initial: BytesMut) -> Self {
+        Self {
+            stream,
+            peer,
+            codec: ServerCodec::new(),
+            rx: initial,
+            tx: BytesMut::new(),
+        }
+    }
+
+    /// Reads whatever the socket has now, up to the codec's limit.
+    /// `Ok(0)` means the socket had nothing after all (spurious readiness).
+    fn read_available(&mut self) -> Result<usize, ReadError> {
+        let limit = self.codec.read_limit(self.rx.len()).min(READ_CHUNK);
+        if limit == 0 {
+            // A whole frame is buffered; decode it before reading more.
+            return Ok(0);
+        }
+        self.rx.reserve(limit);
+        match self.stream.try_read_buf(&mut (&mut self.rx).limit(limit)) {
+            Ok(0) => Err(ReadError::Closed),
+            Ok(n) => Ok(n),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Decodes the next buffered frame, if a whole one is there.
+    fn next_frame(&mut self) -> Result<Option<DeviceFrame>, ReadError> {
+        self.codec.decode(&mut self.rx).map_err(ReadError::Decode)
+    }
+
+    /// Waits for the next whole frame.
+    async fn read_frame(&mut self) -> Result<DeviceFrame, ReadError> {
+        loop {
+            if let Some(frame) = self.next_frame()? {
+                return Ok(frame);
+            }
+            self.stream.readable().await?;
+            self.read_available()?;
+        }
+    }
+
+    /// Encodes a frame into the send buffer.
+    fn queue(&mut self, frame: &ServerFrame) {
+        self.codec.encode(frame, &mut self.tx);
+    }
+
+    /// Writes the send buffer out.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.tx.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.tx)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "device is not reading")),
+        }
+        self.tx.clear();
+        Ok(())
+    }
+
+    /// Drops empty buffers so that an idle connection holds none.
+    fn release_idle_buffers(&mut self) {
+        if self.rx.is_empty() && self.rx.capacity() > 0 {
+            self.rx = BytesMut::new();
+        }
+        if self.tx.capacity() > READ_CHUNK {
+            self.tx = BytesMut::new();
+        }
+    }
+
+    /// Sends an `ERROR` (sealed or not, as the handshake stage requires),
+    /// counting it.
+    async fn send_error(&mut self, driver: &Driver, error: ErrorFrame) {
+        driver.metrics.error_sent(error.code);
+        self.queue(&ServerFrame::Error(error));
+        let _ = self.flush().await;
+    }
+
+    /// Sends `BYE` and closes the write side.
+    async fn send_bye(&mut self, reason: ByeReason, reconnect_after_ms: u32) {
+        self.queue(&ServerFrame::Bye(ServerBye {
+            reason,
+            reconnect_after_ms,
+        }));
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+fn decode_error_frame(err: &DecodeError) -> ErrorFrame {
+    ErrorFrame::new(err.code(), err.ref_type(), &err.to_string())
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(driver: Arc<Driver>, connection: Connection) {
+    let span = info_span!("conn", peer = %connection.peer, serial = tracing::field::Empty);
+    async move {
+        driver.metrics.connections.inc();
+        let mut connection = connection;
+        // The handshake's futures (the bridge call among them) are large
+        // and short-lived: boxing them keeps every idle connection's task
+        // as small as the established loop needs.
+        let established = Box::pin(handshake(&driver, &mut connection)).await;
+        if let Some(session) = established {
+            tracing::Span::current().record("serial", tracing::field::display(&session.serial));
+            let mut loop_state = Established::new(&driver, &session, connection);
+            loop_state.run().await;
+            end_session(&driver, &session, loop_state.last_heard_ms).await;
+        }
+        driver.metrics.connections.dec();
+    }
+    .instrument(span)
+    .await;
+}
+
+/// HELLO → CHALLENGE → AUTH → (bridge: OpenSession) → WELCOME. Returns the
+/// registered session, or `None` after answering the device's failure.
+async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<SessionHandle>> {
+    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+    let mut handshake = ServerHandshake::default();
+    let (serial, firmware, session_key) = loop {
+        let frame = match tokio::time::timeout_at(deadline, conn.read_frame()).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(ReadError::Decode(err))) => {
+                debug!(error = %err, "undecodable handshake frame");
+                driver.metrics.handshake("malformed");
+                conn.send_error(driver, decode_error_frame(&err)).await;
+                return None;
+            }
+            Ok(Err(ReadError::Closed | ReadError::Io(_))) => {
+                driver.metrics.handshake("closed");
+                return None;
+            }
+            Err(_elapsed) => {
+                driver.metrics.handshake("timeout");
+                let error = ErrorFrame::new(ErrorCode::TIMEOUT, FrameType(0), "handshake not completed in time");
+                conn.send_error(driver, error).await;
+                return None;
+            }
+        };
+        let fresh_nonce = || Nonce(rand::random());
+        match handshake.receive(frame, fresh_nonce, |serial| driver.keys.device_key(serial)) {
+            Ok(ServerStep::Challenge(challenge)) => {
+                conn.queue(&ServerFrame::Challenge(challenge));
+                if conn.flush().await.is_err() {
+                    driver.metrics.handshake("closed");
+                    return None;
+                }
+            }
+            Ok(ServerStep::Authenticated {
+                serial,
+                firmware,
+                session_key,
+            }) => break (serial, firmware, session_key),
+            Err(err) => {
+                info!(code = %err.code, detail = err.detail, "handshake refused");
+                driver.metrics.handshake(if err.code == ErrorCode::UNAUTHORIZED {
+                    "unauthorized"
+                } else {
+                    "unexpected"
+                });
+                conn.send_error(driver, err.to_frame()).await;
+                return None;
+            }
+        }
+    };
+
+    let session_id = SessionId(rand::random());
+    let opened = match driver
+        .bridge
+        .open_session(&serial, &session_id, conn.peer, &firmware)
+        .await
+    {
+        Ok(opened) => opened,
+        Err(status) => {
+            warn!(%serial, code = ?status.code(), message = status.message(), "cannot register the session: vendor-bridge unavailable");
+            driver.metrics.handshake("bridge_unavailable");
+            // Still before WELCOME: the ERROR is unsealed.
+            let error = ErrorFrame::new(
+                ErrorCode::INTERNAL,
+                FrameType::AUTH,
+                "event store unavailable, retry later",
+            );
+            conn.send_error(driver, error).await;
+            return None;
+        }
+    };
+
+    let session = Arc::new(SessionHandle::new(serial, session_id, opened.last_event_id));
+    if let Some(previous) = driver.registry.insert(session.clone()) {
+        info!(%serial, "superseding this driver's older session of the same serial");
+        previous.request_close(CloseRequest::Superseded);
+    }
+    driver.metrics.sessions.inc();
+    if !driver.subscriptions.sync_confirmed(serial, SUBSCRIBE_TIMEOUT).await {
+        warn!(%serial, "command subscription not confirmed by Redis yet; commands may start late");
+    }
+
+    conn.codec.start_sealing(&session_key);
+    conn.queue(&ServerFrame::Welcome(Welcome {
+        session: session_id,
+        heartbeat_s: driver.config.heartbeat_s,
+        max_payload: driver.config.max_payload,
+        event_window: driver.config.event_window,
+        last_event_id: opened.last_event_id,
+        server: cwp::Str8::truncating(&driver.config.driver_id),
+    }));
+    conn.codec.set_max_payload(driver.config.max_payload);
+    if conn.flush().await.is_err() {
+        driver.metrics.handshake("closed");
+        return Some(session);
+    }
+    driver.metrics.handshake("ok");
+    debug!(%serial, last_event_id = opened.last_event_id, "session established");
+    Some(session)
+}
+
+/// How an established session ends.
+enum Ending {
+    /// Already closed or nothing more to say.
+    Quiet,
+    /// Send `BYE` with this reason and delay, after flushing acks.
+    Bye(ByeReason, u32),
+    /// Send this fatal `ERROR` and close.
+    Fatal(ErrorFrame),
+}
+
+/// The established session's state.
+struct Established<'a> {
+    driver: &'a Arc<Driver>,
+    session: &'a Arc<SessionHandle>,
+    conn: Connection,
+    /// Highest event id accepted on this connection (ids must increase).
+    last_event_id: u64,
+    /// Highest id acknowledged to the device so far.
+    last_ack: u64,
+    /// When the device was last heard from, Unix ms (for the registry).
+    last_heard_ms: u64,
+}
+
+impl<'a> Established<'a> {
+    fn new(driver: &'a Arc<Driver>, session: &'a Arc<SessionHandle>, conn: Connection) -> Self {
+        Self {
+            driver,
+            session,
+            conn,
+            last_event_id: 0,
+            last_ack: session.durable_event_id(),
+            last_heard_ms: unix_ms(),
+        }
+    }
+
+    async fn run(&mut self) {
+        let ending = self.serve().await;
+        match ending {
+            Ending::Quiet => {}
+            Ending::Bye(reason, reconnect_after_ms) => {
+                self.flush_acks().await;
+                self.conn.send_bye(reason, reconnect_after_ms).await;
+            }
+            Ending::Fatal(error) => {
+                if error.code == ErrorCode::INTERNAL {
+                    error!(tags.serial = %self.session.serial, message = %error.message, "session failed");
+                }
+                self.conn.send_error(self.driver, error).await;
+            }
+        }
+    }
+
+    /// The session loop: mailbox, then wait for the device, the mailbox or
+    /// the idle deadline.
+    async fn serve(&mut self) -> Ending {
+        let idle_timeout = self.driver.config.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        if self.driver.draining.load(Ordering::Acquire) {
+            self.session
+                .request_close(crate::drain::close_request(&self.driver.config));
+        }
+        loop {
+            if let Some(request) = self.session.close_requested() {
+                let delay = match request {
+                    CloseRequest::Superseded => 0,
+                    CloseRequest::Draining { reconnect_after_ms } => reconnect_after_ms,
+                };
+                return Ending::Bye(request.bye_reason(), delay);
+            }
+            for command in self.session.take_commands() {
+                self.conn.queue(&ServerFrame::Command(command));
+                self.driver.metrics.command("delivered");
+            }
+            self.queue_ack(false);
+            if self.conn.flush().await.is_err() {
+                return Ending::Quiet;
+            }
+            self.conn.release_idle_buffers();
+
+            tokio::select! {
+                biased;
+                () = self.session.woken() => {}
+                readable = self.conn.stream.readable() => {
+                    if readable.is_err() {
+                        return Ending::Quiet;
+                    }
+                    match self.read_and_handle().await {
+                        Ok(true) => idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout),
+                        Ok(false) => {}
+                        Err(ending) => return ending,
+                    }
+                }
+                () = &mut idle => {
+                    info!("no frame for {idle_timeout:?}: closing idle session");
+                    return Ending::Bye(ByeReason::IDLE, 0);
+                }
+            }
+        }
+    }
+
+    /// Reads what is there and handles every whole frame. `Ok(true)` if
+    /// the device was heard from.
+    async fn read_and_handle(&mut self) -> Result<bool, Ending> {
+        match self.conn.read_available() {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(ReadError::Closed) => return Err(Ending::Quiet),
+            Err(ReadError::Io(err)) => {
+                debug!(error = %err, "connection failed");
+                return Err(Ending::Quiet);
+            }
+            Err(ReadError::Decode(err)) => return Err(Ending::Fatal(decode_error_frame(&err))),
+        }
+        self.last_heard_ms = unix_ms();
+        loop {
+            match self.conn.next_frame() {
+                Ok(Some(frame)) => self.handle(frame).await?,
+                Ok(None) => return Ok(true),
+                Err(ReadError::Decode(err)) => {
+                    debug!(error = %err, "undecodable frame");
+                    return Err(Ending::Fatal(decode_error_frame(&err)));
+                }
+                Err(_) => return Err(Ending::Quiet),
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: DeviceFrame) -> Result<(), Ending> {
+        match frame {
+            DeviceFrame::Event(event) => self.on_event(event).await,
+            DeviceFrame::Ping(ping) => {
+                self.conn.queue(&ServerFrame::Pong(cwp::Pong { token: ping.token }));
+                Ok(())
+            }
+            // Answers to server PINGs: being heard from is all that matters.
+            DeviceFrame::Pong(_) => Ok(()),
+            DeviceFrame::Bye(bye) => {
+                debug!(reason = %bye.reason, "device said BYE");
+                Err(Ending::Bye(ByeReason::NORMAL, 0))
+            }
+            DeviceFrame::UploadBegin(_) | DeviceFrame::Block(_) | DeviceFrame::UploadEnd(_) => {
+                self.refuse(ErrorCode::BUSY, &frame, "uploads are not accepted by this driver")
+            }
+            DeviceFrame::Hello(_) | DeviceFrame::Auth(_) => {
+                Err(self.unexpected(&frame, "the handshake is already complete"))
+            }
+            DeviceFrame::FileAccept(_) | DeviceFrame::FileAck(_) => {
+                Err(self.unexpected(&frame, "no file transfer is in progress"))
+            }
+        }
+    }
+
+    fn unexpected(&self, frame: &DeviceFrame, message: &str) -> Ending {
+        Ending::Fatal(ErrorFrame::new(
+            ErrorCode::UNEXPECTED,
+            cwp::Frame::frame_type(frame),
+            message,
+        ))
+    }
+
+    /// Sends a non-fatal error about `frame`.
+    fn refuse(&mut self, code: ErrorCode, frame: &DeviceFrame, message: &str) -> Result<(), Ending> {
+        self.refuse_type(code, cwp::Frame::frame_type(frame), message);
+        Ok(())
+    }
+
+    fn refuse_type(&mut self, code: ErrorCode, frame_type: FrameType, message: &str) {
+        self.driver.metrics.error_sent(code);
+        self.conn
+            .queue(&ServerFrame::Error(ErrorFrame::new(code, frame_type, message)));
+    }
+
+    /// CWP/1 §3 Events.
+    async fn on_event(&mut self, event: cwp::Event) -> Result<(), Ending> {
+        let id = event.event_id;
+        if id <= self.last_event_id {
+            let message = format!("event id {id} <= {}", self.last_event_id);
+            self.refuse_type(ErrorCode::OUT_OF_ORDER, FrameType::EVENT, &message);
+            return Ok(());
+        }
+        if id <= self.session.durable_event_id() {
+            // A resend after a lost ack: acknowledge again, store nothing.
+            self.last_event_id = id;
+            self.driver.metrics.events_duplicate.inc();
+            self.driver.metrics.events_acked.inc();
+            self.queue_ack(true);
+            return Ok(());
+        }
+        if self.session.pending_events() >= u32::from(self.driver.config.event_window) {
+            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, "event window full: wait for ACK");
+            return Ok(());
+        }
+        if self.driver.pipeline.admit().is_err() {
+            self.refuse_type(
+                ErrorCode::BUSY,
+                FrameType::EVENT,
+                "server cannot store now, retry later",
+            );
+            return Ok(());
+        }
+        self.last_event_id = id;
+        self.driver.metrics.events_received.inc();
+        self.driver
+            .pipeline
+            .submit(PendingEvent {
+                session: self.session.clone(),
+                event,
+                received: Instant::now(),
+                received_ms: self.last_heard_ms,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Queues an `ACK` for everything durable; with `again`, even if that
+    /// was acknowledged before (a duplicate must be acknowledged again).
+    fn queue_ack(&mut self, again: bool) {
+        let durable = self.session.durable_event_id();
+        if durable > self.last_ack || (again && durable > 0) {
+            self.conn.queue(&ServerFrame::Ack(Ack { event_id: durable }));
+            self.last_ack = durable;
+        }
+    }
+
+    /// Before leaving: wait (bounded) until this session's events are
+    /// durable, then acknowledge them.
+    async fn flush_acks(&mut self) {
+        let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+        while self.session.pending_events() > 0 {
+            if tokio::time::timeout_at(deadline, self.session.woken()).await.is_err() {
+                warn!(
+                    pending = self.session.pending_events(),
+                    "events still not durable at close: they stay unacknowledged and the device will resend them"
+                );
+                break;
+            }
+        }
+        self.queue_ack(false);
+    }
+}
+
+/// Unregisters the session everywhere; commands that did not go out are
+/// reported as undelivered.
+async fn end_session(driver: &Arc<Driver>, session: &Arc<SessionHandle>, last_heard_ms: u64) {
+    driver.metrics.sessions.dec();
+    driver.registry.remove(session);
+    driver.subscriptions.sync(session.serial);
+    for command in session.take_commands() {
+        crate::commands::report(
+            &driver.bridge,
+            &driver.metrics,
+            session.serial,
+            "UNDELIVERED",
+            Some(command.command_id.to_string()),
+            "the device's session ended before delivery".to_owned(),
+            &[],
+        );
+    }
+    let bridge = driver.bridge.clone();
+    let serial = session.serial;
+    let session_id = session.session_id;
+    tokio::spawn(async move {
+        if let Err(status) = bridge.close_session(&serial, &session_id, last_heard_ms).await {
+            debug!(%serial, code = ?status.code(), "could not mark the session closed");
+        }
+    });
+}
+
+/// A random delay in `[0, period]`, in milliseconds, for `BYE DRAINING`.
+pub fn spread_ms(period: Duration) -> u32 {
+    let max = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    rand::rng().random_range(0..=max)
+}

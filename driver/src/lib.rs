@@ -1,0 +1,206 @@
+//! The Drover driver: a CWP/1 server for controllers.
+//!
+//! Layout, following one device's data through it:
+//!
+//! - [`listener`] accepts connections (bounded), [`proxy`] reads HAProxy's
+//!   PROXY v2 header when enabled, and [`connection`] runs each one:
+//!   handshake (keys from [`keys`], the session registered with the bridge
+//!   through [`bridge`]), then the session loop.
+//! - [`pipeline`] batches every session's events onto one gRPC stream to
+//!   the vendor-bridge and turns its durable confirmations into `ACK`s.
+//! - [`commands`] holds the one Redis pub/sub connection: operators'
+//!   commands to sessions, and supersede notices from the bridge.
+//! - [`registry`] is the table of live sessions and their mailboxes, the
+//!   only way other tasks reach a connection.
+//! - [`drain`] ends everything gracefully on SIGTERM; [`admin`] serves
+//!   `/healthz` and `/metrics` ([`metrics`]).
+//! - [`config`] is every environment variable, parsed once.
+
+pub mod admin;
+pub mod bridge;
+pub mod commands;
+pub mod config;
+pub mod connection;
+pub mod drain;
+pub mod keys;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::bridge::BridgeClient;
+use crate::commands::{CommandRouter, Subscriptions};
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Driver {
+    /// The configuration.
+    pub config: Config,
+    /// Device keys.
+    pub keys: KeyStore,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
+    /// Events to the bridge.
+    pub pipeline: Pipeline,
+    /// Unary calls to the bridge.
+    pub bridge: BridgeClient,
+    /// Command-channel subscriptions.
+    pub subscriptions: Subscriptions,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: `/healthz` answers 503 and new sessions leave at once.
+    pub draining: AtomicBool,
+}
+
+/// The sockets the driver serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// CWP/1 connections.
+    pub devices: TcpListener,
+    /// `/healthz` and `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            devices: TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding DRIVER_LISTEN {}", config.listen))?,
+            admin: TcpListener::bind(config.admin_listen)
+                .await
+                .with_context(|| format!("binding DRIVER_ADMIN_LISTEN {}", config.admin_listen))?,
+        })
+    }
+}
+
+/// Runs the driver until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let keys = KeyStore::new(config.master_key.clone(), config.keys_file.clone()).context("loading CWP_KEYS_FILE")?;
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut prometheus));
+    let instance_id = uuid::Uuid::new_v4().simple().to_string();
+    let bridge = BridgeClient::new(
+        bridge::channel(&config.bridge_url).context("VENDOR_BRIDGE_URL")?,
+        config.driver_id.clone(),
+        instance_id,
+    );
+    let registry = Arc::new(Registry::default());
+    let (pipeline, pipeline_task) = pipeline::pipeline(bridge.clone(), metrics.clone(), config.max_pending_events);
+
+    let stop_commands = CancellationToken::new();
+    let (subscriptions, commands_task) = commands::spawn(
+        CommandRouter {
+            redis_url: config.redis_url.clone(),
+            driver_id: config.driver_id.clone(),
+            registry: registry.clone(),
+            bridge: bridge.clone(),
+            metrics: metrics.clone(),
+            max_payload: config.max_payload,
+        },
+        stop_commands.clone(),
+    )
+    .context("REDIS_URL")?;
+
+    let driver = Arc::new(Driver {
+        config,
+        keys,
+        registry,
+        pipeline,
+        bridge,
+        subscriptions,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+    info!(
+        driver_id = %driver.config.driver_id,
+        listen = %listeners.devices.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        listed_keys = driver.keys.listed(),
+        master_key = driver.config.master_key.is_some(),
+        "driver ready"
+    );
+
+    let stop_pipeline = CancellationToken::new();
+    let abandon_pipeline = CancellationToken::new();
+    let pipeline = tokio::spawn(pipeline_task(stop_pipeline.clone()).run(abandon_pipeline.clone()));
+
+    let stop_admin = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        driver.clone(),
+        prometheus,
+        stop_admin.clone(),
+    ));
+    let reload = tokio::spawn(reload_keys_on_hangup(driver.clone()));
+
+    let connections = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let accept = tokio::spawn(listener::accept_loop(
+        driver.clone(),
+        listeners.devices,
+        connections.clone(),
+        stop_accepting.clone(),
+    ));
+
+    shutdown.await;
+    driver.draining.store(true, std::sync::atomic::Ordering::Release);
+    stop_accepting.cancel();
+    let _ = accept.await;
+    drain::drain(
+        &driver,
+        &connections,
+        driver.config.drain_period.max(Duration::from_secs(5)) + Duration::from_secs(15),
+    )
+    .await;
+
+    stop_pipeline.cancel();
+    let mut pipeline = pipeline;
+    if tokio::time::timeout(Duration::from_secs(10), &mut pipeline)
+        .await
+        .is_err()
+    {
+        warn!("event pipeline did not finish in time");
+        abandon_pipeline.cancel();
+        let _ = pipeline.await;
+    }
+    stop_commands.cancel();
+    let _ = commands_task.await;
+    reload.abort();
+    stop_admin.cancel();
+    let _ = admin.await;
+    info!("driver stopped");
+    Ok(())
+}
+
+async fn reload_keys_on_hangup(driver: Arc<Driver>) {
+    let Ok(mut hangups) = drover_service::shutdown::hangups() else {
+        warn!("cannot listen for SIGHUP; CWP_KEYS_FILE will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match driver.keys.reload() {
+            Ok(count) => info!(keys = count, "reloaded CWP_KEYS_FILE"),
+            Err(err) => warn!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force"),
+        }
+    }
+}

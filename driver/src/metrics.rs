@@ -1,0 +1,164 @@
+//! What the driver counts, exposed at `/metrics` in the Prometheus text
+//! format. Names follow one rule: `drover_driver_` + the spec's or the
+//! README's name for the thing.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label with one value, e.g. `result="ok"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The outcome.
+    pub result: &'static str,
+}
+
+/// The error code sent to a device.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The spec's name of the code (`BAD_TAG`, `BUSY`, ...).
+    pub code: &'static str,
+}
+
+/// Every metric of one driver process.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Device connections open now.
+    pub connections: Gauge,
+    /// Device connections accepted since start.
+    pub connections_accepted: Counter,
+    /// Authenticated sessions live now.
+    pub sessions: Gauge,
+    /// Handshakes by result: `ok`, `unauthorized`, `timeout`, `malformed`, `unexpected`, `bridge_unavailable`, `closed`.
+    pub handshakes: Family<ResultLabel, Counter>,
+    /// `EVENT` frames accepted for storage.
+    pub events_received: Counter,
+    /// Events acknowledged to devices (stored now or earlier).
+    pub events_acked: Counter,
+    /// Duplicate events acknowledged without storing.
+    pub events_duplicate: Counter,
+    /// Time from receiving an `EVENT` to its durable confirmation, seconds.
+    pub ack_latency: Histogram,
+    /// Time from sending a batch to the bridge to its `BatchDurable`, seconds.
+    pub bridge_round_trip: Histogram,
+    /// Events waiting for the bridge now.
+    pub events_pending: Gauge,
+    /// Event-stream (re)connections to the bridge by result.
+    pub bridge_connects: Family<ResultLabel, Counter>,
+    /// Commands by outcome: `delivered`, `rejected`, `undelivered`.
+    pub commands: Family<ResultLabel, Counter>,
+    /// Upload payload bytes made durable.
+    pub upload_bytes: Counter,
+    /// Uploads by outcome: `ok`, `digest_mismatch`, `size_mismatch`.
+    pub uploads: Family<ResultLabel, Counter>,
+    /// `ERROR` frames sent to devices, by code.
+    pub errors: Family<CodeLabel, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let latency_buckets = || {
+            [
+                0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]
+            .into_iter()
+        };
+        let metrics = Self {
+            connections: Gauge::default(),
+            connections_accepted: Counter::default(),
+            sessions: Gauge::default(),
+            handshakes: Family::default(),
+            events_received: Counter::default(),
+            events_acked: Counter::default(),
+            events_duplicate: Counter::default(),
+            ack_latency: Histogram::new(latency_buckets()),
+            bridge_round_trip: Histogram::new(latency_buckets()),
+            events_pending: Gauge::default(),
+            bridge_connects: Family::default(),
+            commands: Family::default(),
+            upload_bytes: Counter::default(),
+            uploads: Family::default(),
+            errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("drover_driver");
+        r.register(
+            "connections",
+            "Device connections open now",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Device connections accepted",
+            metrics.connections_accepted.clone(),
+        );
+        r.register("sessions", "Authenticated sessions live now", metrics.sessions.clone());
+        r.register("handshakes", "Handshakes by result", metrics.handshakes.clone());
+        r.register(
+            "events_received",
+            "EVENT frames accepted for storage",
+            metrics.events_received.clone(),
+        );
+        r.register(
+            "events_acked",
+            "Events acknowledged to devices",
+            metrics.events_acked.clone(),
+        );
+        r.register(
+            "events_duplicate",
+            "Duplicate events acknowledged without storing",
+            metrics.events_duplicate.clone(),
+        );
+        r.register(
+            "ack_latency_seconds",
+            "From EVENT received to durable confirmation",
+            metrics.ack_latency.clone(),
+        );
+        r.register(
+            "bridge_round_trip_seconds",
+            "From batch sent to BatchDurable",
+            metrics.bridge_round_trip.clone(),
+        );
+        r.register(
+            "events_pending",
+            "Events awaiting storage",
+            metrics.events_pending.clone(),
+        );
+        r.register(
+            "bridge_connects",
+            "Event stream connections to the bridge by result",
+            metrics.bridge_connects.clone(),
+        );
+        r.register("commands", "Operator commands by outcome", metrics.commands.clone());
+        r.register(
+            "upload_bytes",
+            "Upload bytes made durable",
+            metrics.upload_bytes.clone(),
+        );
+        r.register("uploads", "Finished uploads by outcome", metrics.uploads.clone());
+        r.register("errors", "ERROR frames sent to devices by code", metrics.errors.clone());
+        metrics
+    }
+
+    /// Counts an `ERROR` sent to a device.
+    pub fn error_sent(&self, code: cwp::ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.name().unwrap_or("OTHER"),
+            })
+            .inc();
+    }
+
+    /// Counts a handshake outcome.
+    pub fn handshake(&self, result: &'static str) {
+        self.handshakes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a command outcome.
+    pub fn command(&self, result: &'static str) {
+        self.commands.get_or_create(&ResultLabel { result }).inc();
+    }
+}

@@ -1,0 +1,252 @@
+//! The sessions live on this driver, and each session's mailbox: how the
+//! rest of the driver (the event pipeline, the command subscriber, the
+//! supersede notices, the drain) talks to a connection task without owning
+//! it.
+//!
+//! A [`SessionHandle`] is deliberately small: an idle device costs its
+//! connection task plus this, so there is no channel per session, only a
+//! [`Notify`] and a mutex-guarded mailbox that is empty (and unallocated)
+//! almost all the time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cwp::{ByeReason, Command, Serial, SessionId};
+use tokio::sync::Notify;
+
+/// Why someone else wants a session to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// The same serial authenticated again (here or on another driver).
+    Superseded,
+    /// The driver is draining; reconnect after this many milliseconds.
+    Draining {
+        /// Spread over the drain period so devices do not return at once.
+        reconnect_after_ms: u32,
+    },
+}
+
+impl CloseRequest {
+    /// The `BYE` reason that tells the device.
+    pub fn bye_reason(self) -> ByeReason {
+        match self {
+            Self::Superseded => ByeReason::SUPERSEDED,
+            Self::Draining { .. } => ByeReason::DRAINING,
+        }
+    }
+}
+
+/// What other tasks leave for a connection task.
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// Commands to send, in the order they were published.
+    commands: VecDeque<Command>,
+    /// Set once; the connection ends as soon as it sees it.
+    close: Option<CloseRequest>,
+}
+
+/// One authenticated session, shared between its connection task and the
+/// parts of the driver that need to reach it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// The authenticated device.
+    pub serial: Serial,
+    /// The id announced in `WELCOME` and registered with the bridge.
+    pub session_id: SessionId,
+    /// Highest event id of this serial known to be durably stored: the
+    /// `last_event_id` from `WELCOME`, then whatever the bridge confirms.
+    durable_event_id: AtomicU64,
+    /// Events handed to the pipeline and not yet confirmed durable.
+    pending_events: AtomicU32,
+    mailbox: Mutex<Mailbox>,
+    /// Wakes the connection task: new acks, a command, or a close request.
+    wake: Notify,
+}
+
+impl SessionHandle {
+    /// A handle for a session starting with `last_event_id` already stored.
+    pub fn new(serial: Serial, session_id: SessionId, last_event_id: u64) -> Self {
+        Self {
+            serial,
+            session_id,
+            durable_event_id: AtomicU64::new(last_event_id),
+            pending_events: AtomicU32::new(0),
+            mailbox: Mutex::new(Mailbox::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
+        self.mailbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves when something was left for the connection task.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The highest event id known durable.
+    pub fn durable_event_id(&self) -> u64 {
+        self.durable_event_id.load(Ordering::Acquire)
+    }
+
+    /// Events of this session awaiting storage.
+    pub fn pending_events(&self) -> u32 {
+        self.pending_events.load(Ordering::Acquire)
+    }
+
+    /// Counts an event handed to the pipeline.
+    pub fn event_submitted(&self) {
+        self.pending_events.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called by the pipeline when events up to `event_id` (`count` of them
+    /// from this session) are durable. Does not wake: the pipeline wakes
+    /// once per session per batch.
+    pub fn events_durable(&self, event_id: u64, count: u32) {
+        self.durable_event_id.fetch_max(event_id, Ordering::AcqRel);
+        self.pending_events.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// Wakes the connection task.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queues a command for the device.
+    pub fn push_command(&self, command: Command) {
+        self.mailbox().commands.push_back(command);
+        self.wake();
+    }
+
+    /// Asks the connection to end. The first request wins.
+    pub fn request_close(&self, request: CloseRequest) {
+        self.mailbox().close.get_or_insert(request);
+        self.wake();
+    }
+
+    /// Takes the queued commands (the connection task sends them).
+    pub fn take_commands(&self) -> VecDeque<Command> {
+        std::mem::take(&mut self.mailbox().commands)
+    }
+
+    /// Whether someone asked the session to end, and why.
+    pub fn close_requested(&self) -> Option<CloseRequest> {
+        self.mailbox().close
+    }
+}
+
+/// The live sessions of this driver, by serial: at most one per serial.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Serial, Arc<SessionHandle>>>,
+}
+
+impl Registry {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Serial, Arc<SessionHandle>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new session and returns the one it replaces, if any
+    /// (the caller supersedes it).
+    pub fn insert(&self, session: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        self.sessions().insert(session.serial, session)
+    }
+
+    /// Removes `session` if it is still the registered one for its serial;
+    /// returns whether it was (a superseding session may have replaced it).
+    pub fn remove(&self, session: &Arc<SessionHandle>) -> bool {
+        let mut sessions = self.sessions();
+        match sessions.get(&session.serial) {
+            Some(current) if Arc::ptr_eq(current, session) => {
+                sessions.remove(&session.serial);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The live session of `serial`.
+    pub fn get(&self, serial: &Serial) -> Option<Arc<SessionHandle>> {
+        self.sessions().get(serial).cloned()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.sessions().is_empty()
+    }
+
+    /// Every live serial (for resubscribing after a Redis restart).
+    pub fn serials(&self) -> Vec<Serial> {
+        self.sessions().keys().copied().collect()
+    }
+
+    /// Up to `limit` live serials in sorted order, and how many there are in all.
+    pub fn sample(&self, limit: usize) -> (Vec<Serial>, usize) {
+        let sessions = self.sessions();
+        let mut serials: Vec<Serial> = sessions.keys().copied().collect();
+        let total = serials.len();
+        if limit < total {
+            serials.select_nth_unstable(limit);
+            serials.truncate(limit);
+        }
+        serials.sort_unstable();
+        (serials, total)
+    }
+
+    /// Every live session (for the drain).
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(serial: &str) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new(serial.parse().unwrap(), SessionId([1; 16]), 0))
+    }
+
+    #[test]
+    fn a_newer_session_replaces_an_older_one_which_cannot_remove_it() {
+        let registry = Registry::default();
+        let old = handle("CTRL-1");
+        let new = handle("CTRL-1");
+        assert!(registry.insert(old.clone()).is_none());
+        assert!(Arc::ptr_eq(&registry.insert(new.clone()).unwrap(), &old));
+        assert!(
+            !registry.remove(&old),
+            "the superseded session must not unregister its successor"
+        );
+        assert!(Arc::ptr_eq(&registry.get(&new.serial).unwrap(), &new));
+        assert!(registry.remove(&new));
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn the_first_close_request_wins() {
+        let session = handle("CTRL-1");
+        session.request_close(CloseRequest::Superseded);
+        session.request_close(CloseRequest::Draining { reconnect_after_ms: 5 });
+        assert_eq!(session.close_requested(), Some(CloseRequest::Superseded));
+    }
+
+    #[test]
+    fn sample_lists_a_sorted_subset_and_the_total() {
+        let registry = Registry::default();
+        for serial in ["C", "A", "D", "B"] {
+            registry.insert(handle(serial));
+        }
+        let (serials, total) = registry.sample(2);
+        assert_eq!(total, 4);
+        assert_eq!(serials.len(), 2);
+        assert!(serials[0] < serials[1]);
+    }
+}
