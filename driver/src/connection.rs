@@ -304,6 +304,10 @@ struct Established<'a> {
     conn: Connection,
     /// Highest event id accepted on this connection (ids must increase).
     last_event_id: u64,
+    /// The first event refused with `BUSY`, until the device sends it
+    /// again. Later events are refused too: accepting one would let its
+    /// cumulative `ACK` cover the refused event, which was never stored.
+    refused_from: Option<u64>,
     /// Highest id acknowledged to the device so far.
     last_ack: u64,
     /// When the device was last heard from, Unix ms (for the registry).
@@ -317,6 +321,7 @@ impl<'a> Established<'a> {
             session,
             conn,
             last_event_id: 0,
+            refused_from: None,
             last_ack: session.durable_event_id(),
             last_heard_ms: unix_ms(),
         }
@@ -476,18 +481,27 @@ impl<'a> Established<'a> {
             self.queue_ack(true);
             return Ok(());
         }
-        if self.session.pending_events() >= u32::from(self.driver.config.event_window) {
-            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, "event window full: wait for ACK");
+        if let Some(refused) = self.refused_from
+            && id != refused
+        {
+            let message = format!("event {refused} was refused: send it again first");
+            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, &message);
             return Ok(());
         }
-        if self.driver.pipeline.admit().is_err() {
-            self.refuse_type(
-                ErrorCode::BUSY,
-                FrameType::EVENT,
-                "server cannot store now, retry later",
-            );
+        let admitted = if self.session.pending_events() >= u32::from(self.driver.config.event_window) {
+            Err("event window full: wait for ACK")
+        } else {
+            self.driver
+                .pipeline
+                .admit()
+                .map_err(|_| "server cannot store now, retry later")
+        };
+        if let Err(message) = admitted {
+            self.refused_from.get_or_insert(id);
+            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, message);
             return Ok(());
         }
+        self.refused_from = None;
         self.last_event_id = id;
         self.driver.metrics.events_received.inc();
         self.driver

@@ -1,0 +1,453 @@
+//! The command line (every option also settable from the environment),
+//! parsed once into a typed [`Config`]; every bad value is reported
+//! together.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+use cwp::{MasterKey, Serial};
+
+use crate::scenario::Scenario;
+
+const AFTER_HELP: &str = "\
+Serials are <prefix><number>, numbered from --first-serial and zero-padded to
+at least six digits (SIM-000001, SIM-000002, ...); each device's key is
+HMAC-SHA256(master_key, \"CWP1 device key\" || serial), as the driver derives it.
+
+At the end of --duration the devices stop making events, wait up to --grace
+for the acks of what they sent, say BYE and the summary is printed. Ctrl-C
+ends the run early (twice: at once).
+
+Exit status: 0 on success, 1 if no device connected, 2 on a bad option,
+3 if --verify-redis found a lost or duplicated event (or could not check).
+
+Logs go to stderr; RUST_LOG sets their level (default: warn).";
+
+/// Simulated CWP/1 controllers: connects a fleet of devices to HAProxy or a
+/// driver, runs a scenario, and reports what they measured.
+#[derive(Debug, Parser)]
+#[command(name = "controller-sim", version, after_help = AFTER_HELP)]
+pub(crate) struct Args {
+    /// Where the devices connect: HAProxy or a driver, host:port.
+    #[arg(long, env = "SIM_TARGET", default_value = "127.0.0.1:7000")]
+    target: String,
+
+    /// How many devices to simulate.
+    #[arg(long, env = "SIM_DEVICES", default_value_t = 100)]
+    devices: u64,
+
+    /// Serial prefix; the number follows.
+    #[arg(long, env = "SIM_SERIAL_PREFIX", default_value = "SIM-")]
+    serial_prefix: String,
+
+    /// Number of the first serial (several processes take disjoint ranges).
+    #[arg(long, env = "SIM_FIRST_SERIAL", default_value_t = 1)]
+    first_serial: u64,
+
+    /// The fleet's master key, 64 hex digits; device keys derive from it.
+    #[arg(long, env = "CWP_MASTER_KEY", hide_env_values = true, value_name = "HEX")]
+    master_key: Option<String>,
+
+    /// What the devices do.
+    #[arg(long, env = "SIM_SCENARIO", value_enum, default_value_t = Scenario::Events)]
+    scenario: Scenario,
+
+    /// Events per second across all devices, spread evenly.
+    #[arg(long, env = "SIM_RATE", default_value_t = 1000.0)]
+    rate: f64,
+
+    /// Bytes of body per event.
+    #[arg(long, env = "SIM_EVENT_SIZE", value_name = "BYTES", default_value_t = 64)]
+    event_size: usize,
+
+    /// How long devices make events (e.g. 30s, 500ms, 2m, 1h).
+    #[arg(long, env = "SIM_DURATION", default_value = "30s")]
+    duration: String,
+
+    /// Handshakes per second while the fleet connects; 0 = all at once.
+    #[arg(long, env = "SIM_CONNECT_RATE", default_value_t = 0.0)]
+    connect_rate: f64,
+
+    /// Local source addresses, spread over the devices: addresses and
+    /// ranges, comma-separated (127.0.0.1-127.0.0.20,127.0.1.1).
+    #[arg(long, env = "SIM_SOURCE_IPS", value_name = "RANGES")]
+    source_ips: Option<String>,
+
+    /// Shortest time between two bursts of one device's events.
+    #[arg(long, env = "SIM_BURST_INTERVAL", default_value = "20ms")]
+    burst_interval: String,
+
+    /// How long a command "runs" before the device reports its result.
+    #[arg(long, env = "SIM_COMMAND_DELAY", default_value = "0ms")]
+    command_delay: String,
+
+    /// After --duration, how long to wait for outstanding acks.
+    #[arg(long, env = "SIM_GRACE", default_value = "10s")]
+    grace: String,
+
+    /// Runtime threads; 1 is a lean single-threaded runtime (run several
+    /// processes to use more cores).
+    #[arg(long, env = "SIM_THREADS", default_value_t = 1)]
+    threads: usize,
+
+    /// HELLO.firmware.
+    #[arg(long, env = "SIM_FIRMWARE", default_value = concat!("controller-sim/", env!("CARGO_PKG_VERSION")))]
+    firmware: String,
+
+    /// After the run, check in this Redis that every acknowledged event is
+    /// in the stream cwp:events exactly once (redis://host:port).
+    #[arg(long, env = "SIM_VERIFY_REDIS", value_name = "URL")]
+    verify_redis: Option<String>,
+
+    /// Print the summary as one JSON object instead of text.
+    #[arg(long, env = "SIM_JSON")]
+    json: bool,
+}
+
+/// How serial numbers are made: `<prefix><number>`, zero-padded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SerialNaming {
+    prefix: String,
+    first: u64,
+    width: usize,
+}
+
+impl SerialNaming {
+    /// Names for `count` devices numbered from `first`; fails if the longest
+    /// would not be a valid serial.
+    pub(crate) fn new(prefix: &str, first: u64, count: u64) -> Result<Self, String> {
+        let last = first
+            .checked_add(count.saturating_sub(1))
+            .ok_or("serial numbers overflow")?;
+        let naming = Self {
+            prefix: prefix.to_owned(),
+            first,
+            width: last.to_string().len().max(6),
+        };
+        let longest = naming.name(count.saturating_sub(1));
+        longest.parse::<Serial>().map_err(|err| format!("{longest:?}: {err}"))?;
+        Ok(naming)
+    }
+
+    /// The serial of device `index` (0-based) as text.
+    pub(crate) fn name(&self, index: u64) -> String {
+        format!("{}{:0width$}", self.prefix, self.first + index, width = self.width)
+    }
+
+    /// The serial of device `index` (0-based).
+    pub(crate) fn serial(&self, index: u64) -> Result<Serial, cwp::InvalidSerial> {
+        self.name(index).parse()
+    }
+}
+
+/// The validated configuration of a run.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) target: SocketAddr,
+    pub(crate) devices: u64,
+    pub(crate) serials: SerialNaming,
+    pub(crate) master_key: MasterKey,
+    pub(crate) scenario: Scenario,
+    pub(crate) rate: f64,
+    pub(crate) event_size: usize,
+    pub(crate) duration: Duration,
+    pub(crate) connect_rate: f64,
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) burst_interval: Duration,
+    pub(crate) command_delay: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) threads: usize,
+    pub(crate) firmware: String,
+    pub(crate) verify_redis: Option<String>,
+    pub(crate) json: bool,
+}
+
+/// Every bad option, one per line.
+#[derive(Debug)]
+pub(crate) struct ConfigError(Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = String::from("invalid configuration:");
+        for problem in &self.0 {
+            let _ = write!(text, "\n  - {problem}");
+        }
+        f.write_str(&text)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The largest event body that fits the default `max_payload` (65,536)
+/// with the event's fields and tag.
+const MAX_EVENT_SIZE: usize = cwp::DEFAULT_MAX_PAYLOAD as usize - 8 - 8 - 2 - cwp::TAG_LEN;
+
+impl Config {
+    /// Checks every option, reporting all problems at once.
+    pub(crate) fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+
+        let target = check(&mut problems, "target", resolve(&args.target));
+        let serials = check(
+            &mut problems,
+            "serial-prefix",
+            SerialNaming::new(&args.serial_prefix, args.first_serial, args.devices),
+        );
+        let master_key = check(
+            &mut problems,
+            "master-key",
+            match &args.master_key {
+                Some(hex) => MasterKey::from_hex(hex).map_err(|err| err.to_string()),
+                None => Err("required (or CWP_MASTER_KEY)".to_owned()),
+            },
+        );
+        let duration = check(&mut problems, "duration", parse_duration(&args.duration));
+        let burst_interval = check(&mut problems, "burst-interval", parse_duration(&args.burst_interval));
+        let command_delay = check(&mut problems, "command-delay", parse_duration(&args.command_delay));
+        let grace = check(&mut problems, "grace", parse_duration(&args.grace));
+        let sources = match args.source_ips.as_deref() {
+            Some(ranges) => check(&mut problems, "source-ips", parse_sources(ranges)),
+            None => Some(Vec::new()),
+        };
+        let mut require = |ok: bool, option: &str, what: &str| {
+            if !ok {
+                problems.push(format!("--{option}: must be {what}"));
+            }
+        };
+        require(args.devices >= 1, "devices", "at least 1");
+        require(args.rate.is_finite() && args.rate >= 0.0, "rate", "a number ≥ 0");
+        require(
+            args.connect_rate.is_finite() && args.connect_rate >= 0.0,
+            "connect-rate",
+            "a number ≥ 0",
+        );
+        require(
+            args.event_size <= MAX_EVENT_SIZE,
+            "event-size",
+            "at most 65,510 (what the default max_payload holds)",
+        );
+        require(args.threads >= 1, "threads", "at least 1");
+        require(
+            args.firmware.len() <= cwp::Str8::MAX_LEN,
+            "firmware",
+            "at most 255 bytes",
+        );
+
+        match (
+            target,
+            serials,
+            master_key,
+            duration,
+            burst_interval,
+            command_delay,
+            grace,
+            sources,
+        ) {
+            (
+                Some(target),
+                Some(serials),
+                Some(master_key),
+                Some(duration),
+                Some(burst_interval),
+                Some(command_delay),
+                Some(grace),
+                Some(sources),
+            ) if problems.is_empty() => Ok(Self {
+                target,
+                devices: args.devices,
+                serials,
+                master_key,
+                scenario: args.scenario,
+                rate: args.rate,
+                event_size: args.event_size,
+                duration,
+                connect_rate: args.connect_rate,
+                sources,
+                burst_interval,
+                command_delay,
+                grace,
+                threads: args.threads,
+                firmware: args.firmware,
+                verify_redis: args.verify_redis,
+                json: args.json,
+            }),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+}
+
+/// `Some(value)`, or `None` with the problem recorded.
+fn check<T>(problems: &mut Vec<String>, option: &str, result: Result<T, String>) -> Option<T> {
+    result.map_err(|err| problems.push(format!("--{option}: {err}"))).ok()
+}
+
+/// `host:port` to the first address it resolves to.
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    target
+        .to_socket_addrs()
+        .map_err(|err| format!("{target:?}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{target:?} resolves to no address"))
+}
+
+/// A duration: a number and a unit (`ms`, `s`, `m`, `h`); a bare number is
+/// seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// Most source addresses one run may use.
+const MAX_SOURCES: u128 = 65_536;
+
+/// Source addresses: a comma-separated list of addresses and inclusive
+/// ranges `first-last` (both of the same family).
+pub(crate) fn parse_sources(text: &str) -> Result<Vec<IpAddr>, String> {
+    let mut sources = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let parse = |ip: &str| {
+            ip.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("{ip:?} is not an IP address"))
+        };
+        let (first, last) = match item.split_once('-') {
+            Some((first, last)) => (parse(first)?, parse(last)?),
+            None => (parse(item)?, parse(item)?),
+        };
+        let (first_n, last_n) = match (first, last) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+            _ => return Err(format!("{item:?} mixes IPv4 and IPv6")),
+        };
+        if first_n > last_n {
+            return Err(format!("{item:?} is an empty range"));
+        }
+        if last_n - first_n + 1 + sources.len() as u128 > MAX_SOURCES {
+            return Err(format!("more than {MAX_SOURCES} addresses"));
+        }
+        for n in first_n..=last_n {
+            sources.push(match first {
+                IpAddr::V4(_) => Ipv4Addr::from(u32::try_from(n).map_err(|_| "IPv4 out of range".to_owned())?).into(),
+                IpAddr::V6(_) => Ipv6Addr::from(n).into(),
+            });
+        }
+    }
+    if sources.is_empty() {
+        return Err("no address given".to_owned());
+    }
+    Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_prefix_and_zero_padded_number() {
+        let naming = SerialNaming::new("SIM-", 1, 100_000).unwrap();
+        assert_eq!(naming.name(0), "SIM-000001");
+        assert_eq!(naming.name(99_999), "SIM-100000");
+        assert_eq!(naming.serial(41).unwrap().as_str(), "SIM-000042");
+        // Wider when the numbers need it; a later process starts elsewhere.
+        let naming = SerialNaming::new("B.", 2_000_000, 10).unwrap();
+        assert_eq!(naming.name(0), "B.2000000");
+        // Only what CWP/1 allows in a serial.
+        assert!(SerialNaming::new("SIM ", 1, 1).is_err());
+        assert!(SerialNaming::new(&"X".repeat(27), 1, 1).is_err());
+        assert!(SerialNaming::new(&"X".repeat(26), 1, 1).is_ok());
+    }
+
+    #[test]
+    fn source_ranges_expand_in_order() {
+        let sources = parse_sources("127.0.0.1-127.0.0.3, 10.0.0.9").unwrap();
+        let expected: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "10.0.0.9"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(sources, expected);
+        assert_eq!(parse_sources("127.0.0.255-127.0.1.0").unwrap().len(), 2);
+        assert_eq!(parse_sources("::1").unwrap(), ["::1".parse::<IpAddr>().unwrap()]);
+        for bad in [
+            "",
+            "127.0.0.5-127.0.0.1",
+            "127.0.0.1-::1",
+            "localhost",
+            "10.0.0.0-10.255.255.255",
+        ] {
+            assert!(parse_sources(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn every_bad_option_is_reported_together() {
+        let args = Args::try_parse_from([
+            "controller-sim",
+            "--target",
+            "127.0.0.1:7000",
+            "--duration",
+            "soon",
+            "--source-ips",
+            "nowhere",
+            "--master-key",
+            "abc",
+        ])
+        .unwrap();
+        let err = Config::from_args(args).unwrap_err().to_string();
+        for name in ["--duration", "--source-ips", "--master-key"] {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_complete_command_line_parses() {
+        let key = "00".repeat(32);
+        let args = Args::try_parse_from([
+            "controller-sim",
+            "--target",
+            "127.0.0.1:7000",
+            "--devices",
+            "20",
+            "--master-key",
+            &key,
+            "--source-ips",
+            "127.0.0.1-127.0.0.4",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        let config = Config::from_args(args).unwrap();
+        assert_eq!(config.devices, 20);
+        assert_eq!(config.sources.len(), 4);
+        assert_eq!(config.duration, Duration::from_secs(5));
+        assert_eq!(config.serials.name(19), "SIM-000020");
+    }
+}

@@ -1,0 +1,417 @@
+//! What a fleet of simulated devices measured, shared by all of them:
+//! atomic counters, and two HDR histograms behind mutexes (locked once per
+//! received `ACK` or handshake, never across an `.await`).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use cwp::{ByeReason, ErrorCode};
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// Error codes counted one by one: every code the spec defines (1–14) has
+/// its slot; slot 0 collects codes it does not define.
+const ERROR_SLOTS: usize = 15;
+/// `BYE` reasons counted one by one (0–3); slot 4 collects the others.
+const BYE_SLOTS: usize = 5;
+/// Latencies above one hour are recorded as one hour.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Counters and latency histograms shared by every device of a run.
+#[derive(Debug)]
+pub struct Stats {
+    /// When the run started; the handshake rate is measured from here.
+    started: Instant,
+    /// Sessions currently established (after `WELCOME`, until they end).
+    connected: AtomicI64,
+    /// Devices that completed at least one handshake.
+    devices_connected: AtomicU64,
+    /// When the latest first handshake of a device completed, µs after
+    /// `started`.
+    last_first_handshake_us: AtomicU64,
+    handshakes: AtomicU64,
+    connect_failures: AtomicU64,
+    handshake_failures: AtomicU64,
+    disconnects: AtomicU64,
+    reconnects: AtomicU64,
+    events_sent: AtomicU64,
+    events_resent: AtomicU64,
+    events_acked: AtomicU64,
+    events_skipped: AtomicU64,
+    commands_received: AtomicU64,
+    commands_answered: AtomicU64,
+    pings_sent: AtomicU64,
+    busy_retries: AtomicU64,
+    rewinds: AtomicU64,
+    unexpected_frames: AtomicU64,
+    acks_beyond_sent: AtomicU64,
+    last_event_id_regressions: AtomicU64,
+    id_jumps: AtomicU64,
+    errors: [AtomicU64; ERROR_SLOTS],
+    byes: [AtomicU64; BYE_SLOTS],
+    /// Send of an event → arrival of the `ACK` covering it, µs.
+    ack_latency: Mutex<Histogram<u64>>,
+    /// TCP connect → `WELCOME`, µs.
+    handshake_latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// A duration in whole µs, at least 1 (the histogram's lowest value).
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn lock(histogram: &Mutex<Histogram<u64>>) -> MutexGuard<'_, Histogram<u64>> {
+    // A panic while recording leaves a histogram that is still usable.
+    histogram.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Stats {
+    /// Empty statistics; the run starts now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            connected: AtomicI64::new(0),
+            devices_connected: AtomicU64::new(0),
+            last_first_handshake_us: AtomicU64::new(0),
+            handshakes: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            events_sent: AtomicU64::new(0),
+            events_resent: AtomicU64::new(0),
+            events_acked: AtomicU64::new(0),
+            events_skipped: AtomicU64::new(0),
+            commands_received: AtomicU64::new(0),
+            commands_answered: AtomicU64::new(0),
+            pings_sent: AtomicU64::new(0),
+            busy_retries: AtomicU64::new(0),
+            rewinds: AtomicU64::new(0),
+            unexpected_frames: AtomicU64::new(0),
+            acks_beyond_sent: AtomicU64::new(0),
+            last_event_id_regressions: AtomicU64::new(0),
+            id_jumps: AtomicU64::new(0),
+            errors: Default::default(),
+            byes: Default::default(),
+            ack_latency: Mutex::new(histogram()),
+            handshake_latency: Mutex::new(histogram()),
+        }
+    }
+
+    /// When the run started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub(crate) fn session_opened(&self, first: bool, handshake: Duration) {
+        self.handshakes.fetch_add(1, Relaxed);
+        self.connected.fetch_add(1, Relaxed);
+        if first {
+            self.devices_connected.fetch_add(1, Relaxed);
+            self.last_first_handshake_us
+                .fetch_max(micros(self.started.elapsed()), Relaxed);
+        }
+        lock(&self.handshake_latency).saturating_record(micros(handshake));
+    }
+
+    pub(crate) fn session_closed(&self) {
+        self.connected.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handshake_failed(&self) {
+        self.handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn disconnected(&self) {
+        self.disconnects.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reconnecting(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn events_sent(&self, first: u64, resent: u64) {
+        if first > 0 {
+            self.events_sent.fetch_add(first, Relaxed);
+        }
+        if resent > 0 {
+            self.events_resent.fetch_add(resent, Relaxed);
+        }
+    }
+
+    pub(crate) fn events_skipped(&self, skipped: u64) {
+        self.events_skipped.fetch_add(skipped, Relaxed);
+    }
+
+    pub(crate) fn events_acked(&self, acked: u64) {
+        self.events_acked.fetch_add(acked, Relaxed);
+    }
+
+    /// The ack latency histogram (µs), for one `ACK`'s worth of samples.
+    pub(crate) fn ack_latency(&self) -> MutexGuard<'_, Histogram<u64>> {
+        lock(&self.ack_latency)
+    }
+
+    pub(crate) fn command_received(&self) {
+        self.commands_received.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn command_answered(&self) {
+        self.commands_answered.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ping_sent(&self) {
+        self.pings_sent.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn busy_retry(&self) {
+        self.busy_retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn rewind(&self) {
+        self.rewinds.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn unexpected_frame(&self) {
+        self.unexpected_frames.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ack_beyond_sent(&self) {
+        self.acks_beyond_sent.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn last_event_id_regression(&self) {
+        self.last_event_id_regressions.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn id_jump(&self) {
+        self.id_jumps.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn error(&self, code: ErrorCode) {
+        let slot = if ErrorCode::ALL.contains(&code) {
+            usize::from(code.0)
+        } else {
+            0
+        };
+        self.errors[slot].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn bye(&self, reason: ByeReason) {
+        let slot = usize::from(reason.0).min(BYE_SLOTS - 1);
+        self.byes[slot].fetch_add(1, Relaxed);
+    }
+
+    /// Events acknowledged so far (cheap: for progress lines).
+    pub fn acked(&self) -> u64 {
+        self.events_acked.load(Relaxed)
+    }
+
+    /// Events sent for the first time so far (cheap: for progress lines).
+    pub fn sent(&self) -> u64 {
+        self.events_sent.load(Relaxed)
+    }
+
+    /// Sessions established right now (cheap: for progress lines).
+    pub fn connected(&self) -> u64 {
+        u64::try_from(self.connected.load(Relaxed)).unwrap_or(0)
+    }
+
+    /// `ERROR` frames received so far (cheap: for progress lines).
+    pub fn errors(&self) -> u64 {
+        self.errors.iter().map(|slot| slot.load(Relaxed)).sum()
+    }
+
+    /// A consistent-enough copy of everything, for the summary.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        let errors = self
+            .errors
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, count)| {
+                let count = load(count);
+                let code = u16::try_from(slot).unwrap_or(0);
+                (count > 0).then_some((ErrorCode(code), count))
+            })
+            .collect();
+        let byes = self
+            .byes
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, count)| {
+                let count = load(count);
+                let reason = u8::try_from(slot).unwrap_or(u8::MAX);
+                (count > 0).then_some((ByeReason(reason), count))
+            })
+            .collect();
+        StatsSnapshot {
+            connected: self.connected(),
+            devices_connected: load(&self.devices_connected),
+            connect_span: Duration::from_micros(load(&self.last_first_handshake_us)),
+            handshakes: load(&self.handshakes),
+            connect_failures: load(&self.connect_failures),
+            handshake_failures: load(&self.handshake_failures),
+            disconnects: load(&self.disconnects),
+            reconnects: load(&self.reconnects),
+            events_sent: load(&self.events_sent),
+            events_resent: load(&self.events_resent),
+            events_acked: load(&self.events_acked),
+            events_skipped: load(&self.events_skipped),
+            commands_received: load(&self.commands_received),
+            commands_answered: load(&self.commands_answered),
+            pings_sent: load(&self.pings_sent),
+            busy_retries: load(&self.busy_retries),
+            rewinds: load(&self.rewinds),
+            unexpected_frames: load(&self.unexpected_frames),
+            acks_beyond_sent: load(&self.acks_beyond_sent),
+            last_event_id_regressions: load(&self.last_event_id_regressions),
+            id_jumps: load(&self.id_jumps),
+            errors,
+            byes,
+            ack_latency: LatencySummary::of(&lock(&self.ack_latency)),
+            handshake_latency: LatencySummary::of(&lock(&self.handshake_latency)),
+        }
+    }
+}
+
+/// Percentiles of a latency histogram, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Samples recorded.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    /// Summarises `histogram` (µs samples).
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: histogram.len(),
+            mean_us: histogram.mean(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+/// Every counter of a [`Stats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsSnapshot {
+    /// Sessions established at that moment.
+    pub connected: u64,
+    /// Devices that completed at least one handshake.
+    pub devices_connected: u64,
+    /// From the start of the run to the last device's first `WELCOME`.
+    pub connect_span: Duration,
+    /// Handshakes completed, reconnections included.
+    pub handshakes: u64,
+    /// TCP connections that could not be opened.
+    pub connect_failures: u64,
+    /// Handshakes refused, cut or timed out.
+    pub handshake_failures: u64,
+    /// Established sessions that ended without the device asking
+    /// (connection lost, fatal `ERROR`, silence).
+    pub disconnects: u64,
+    /// Connection attempts after a device's first.
+    pub reconnects: u64,
+    /// Events sent for the first time.
+    pub events_sent: u64,
+    /// Events sent again after a reconnect (same ids).
+    pub events_resent: u64,
+    /// Events acknowledged (each counted once).
+    pub events_acked: u64,
+    /// Events not made because the device's backlog was full.
+    pub events_skipped: u64,
+    /// `COMMAND`s received.
+    pub commands_received: u64,
+    /// Command results queued (kind `0xFFFF` events).
+    pub commands_answered: u64,
+    /// Heartbeat `PING`s sent.
+    pub pings_sent: u64,
+    /// Times refused (`BUSY`) events were sent again after a backoff.
+    pub busy_retries: u64,
+    /// Sessions ended to resend events on a new connection (after
+    /// `OUT_OF_ORDER`).
+    pub rewinds: u64,
+    /// Server frames that made no sense in their place.
+    pub unexpected_frames: u64,
+    /// `ACK`s for ids the device never made (the server is confused).
+    pub acks_beyond_sent: u64,
+    /// `WELCOME.last_event_id` below an id already acknowledged: the
+    /// server lost acknowledged data.
+    pub last_event_id_regressions: u64,
+    /// Devices with no history that continued numbering above
+    /// `WELCOME.last_event_id` (events stored by an earlier run).
+    pub id_jumps: u64,
+    /// `ERROR` frames received, by code.
+    pub errors: Vec<(ErrorCode, u64)>,
+    /// Server `BYE`s received, by reason.
+    pub byes: Vec<(ByeReason, u64)>,
+    /// Event sent → `ACK` received.
+    pub ack_latency: LatencySummary,
+    /// TCP connect → `WELCOME`.
+    pub handshake_latency: LatencySummary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_byes_are_counted_by_code() {
+        let stats = Stats::new();
+        stats.error(ErrorCode::BUSY);
+        stats.error(ErrorCode::BUSY);
+        stats.error(ErrorCode(999));
+        stats.bye(ByeReason::DRAINING);
+        stats.bye(ByeReason(77));
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.errors, [(ErrorCode(0), 1), (ErrorCode::BUSY, 2)]);
+        assert_eq!(snapshot.byes, [(ByeReason::DRAINING, 1), (ByeReason(4), 1)]);
+        assert_eq!(stats.errors(), 3);
+    }
+
+    #[test]
+    fn ack_latencies_land_in_the_histogram() {
+        let stats = Stats::new();
+        stats.events_acked(4);
+        for latency in [1, 2, 3].map(Duration::from_millis) {
+            stats.ack_latency().saturating_record(micros(latency));
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.events_acked, 4);
+        assert_eq!(snapshot.ack_latency.count, 3);
+        assert!(snapshot.ack_latency.p50_us.abs_diff(2_000) <= 2);
+        assert!(snapshot.ack_latency.max_us.abs_diff(3_000) <= 3);
+    }
+}

@@ -1,0 +1,458 @@
+//! What the run prints: the live progress line and the final summary, as
+//! text or as one JSON object.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use controller_sim::device::{LatencySummary, StatsSnapshot};
+use controller_sim::verify::Verdict;
+use serde::Serialize;
+
+/// Latency percentiles in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Latency {
+    samples: u64,
+    mean: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl From<LatencySummary> for Latency {
+    fn from(summary: LatencySummary) -> Self {
+        Self {
+            samples: summary.count,
+            mean: (summary.mean_us * 10.0).round() / 10.0,
+            p50: summary.p50_us,
+            p99: summary.p99_us,
+            p999: summary.p999_us,
+            max: summary.max_us,
+        }
+    }
+}
+
+/// Signs that the server misbehaves; all zero in a healthy run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Anomalies {
+    unexpected_frames: u64,
+    acks_beyond_sent: u64,
+    last_event_id_regressions: u64,
+}
+
+impl Anomalies {
+    fn any(&self) -> bool {
+        self.unexpected_frames + self.acks_beyond_sent + self.last_event_id_regressions > 0
+    }
+}
+
+/// The exactly-once check, or why it could not run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Verification {
+    /// The stream was read.
+    Checked {
+        passed: bool,
+        acked: u64,
+        stored_once: u64,
+        missing: u64,
+        duplicated: u64,
+        unacked_stored: u64,
+        scanned: u64,
+        problems: Vec<String>,
+        #[serde(skip)]
+        text: String,
+    },
+    /// Redis could not be read.
+    Failed { passed: bool, error: String },
+}
+
+impl Verification {
+    pub(crate) fn checked(verdict: &Verdict) -> Self {
+        Self::Checked {
+            passed: verdict.passed(),
+            acked: verdict.acked,
+            stored_once: verdict.stored_once,
+            missing: verdict.missing,
+            duplicated: verdict.duplicated,
+            unacked_stored: verdict.unacked_stored,
+            scanned: verdict.scanned,
+            problems: verdict.examples.clone(),
+            text: verdict.to_string(),
+        }
+    }
+
+    pub(crate) fn failed(error: impl fmt::Display) -> Self {
+        Self::Failed {
+            passed: false,
+            error: error.to_string(),
+        }
+    }
+
+    pub(crate) fn passed(&self) -> bool {
+        match self {
+            Self::Checked { passed, .. } | Self::Failed { passed, .. } => *passed,
+        }
+    }
+}
+
+/// Everything the run measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) scenario: &'static str,
+    pub(crate) target: String,
+    pub(crate) devices: u64,
+    /// How long devices made events, s.
+    pub(crate) run_s: f64,
+    pub(crate) devices_connected: u64,
+    /// Sessions established when the run ended (before finishing).
+    pub(crate) connected_at_end: u64,
+    pub(crate) handshakes: u64,
+    /// First handshakes per second, from the start to the last device's
+    /// first `WELCOME`.
+    pub(crate) handshake_rate: f64,
+    pub(crate) handshake_latency_us: Latency,
+    pub(crate) connect_failures: u64,
+    pub(crate) handshake_failures: u64,
+    pub(crate) disconnects: u64,
+    pub(crate) reconnects: u64,
+    pub(crate) events_sent: u64,
+    pub(crate) events_resent: u64,
+    pub(crate) events_acked: u64,
+    pub(crate) events_skipped: u64,
+    /// Events still unacknowledged when the devices stopped.
+    pub(crate) events_unacked: u64,
+    /// Events acknowledged during the run, per second of the run.
+    pub(crate) acked_per_s: f64,
+    pub(crate) ack_latency_us: Latency,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) byes: BTreeMap<String, u64>,
+    pub(crate) commands_received: u64,
+    pub(crate) commands_answered: u64,
+    pub(crate) busy_retries: u64,
+    pub(crate) rewinds: u64,
+    pub(crate) id_jumps: u64,
+    pub(crate) anomalies: Anomalies,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) verification: Option<Verification>,
+}
+
+/// What the run knows besides the devices' statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct RunFacts {
+    pub(crate) scenario: &'static str,
+    pub(crate) target: String,
+    pub(crate) devices: u64,
+    pub(crate) run: Duration,
+    /// Sessions established when the run ended.
+    pub(crate) connected_at_end: u64,
+    /// Events acknowledged by then.
+    pub(crate) acked_in_run: u64,
+    pub(crate) events_unacked: u64,
+}
+
+fn per_second(count: u64, span: Duration) -> f64 {
+    let seconds = span.as_secs_f64();
+    if seconds <= 0.0 {
+        0.0
+    } else {
+        (count as f64 / seconds * 10.0).round() / 10.0
+    }
+}
+
+impl Summary {
+    pub(crate) fn new(facts: RunFacts, stats: StatsSnapshot) -> Self {
+        let errors = stats
+            .errors
+            .iter()
+            .map(|(code, count)| {
+                let name = code.name().map_or_else(|| "UNDEFINED".to_owned(), str::to_owned);
+                (name, *count)
+            })
+            .collect();
+        let byes = stats
+            .byes
+            .iter()
+            .map(|(reason, count)| {
+                let name = reason.name().map_or_else(|| "UNDEFINED".to_owned(), str::to_owned);
+                (name, *count)
+            })
+            .collect();
+        Self {
+            scenario: facts.scenario,
+            target: facts.target,
+            devices: facts.devices,
+            run_s: (facts.run.as_secs_f64() * 1000.0).round() / 1000.0,
+            devices_connected: stats.devices_connected,
+            connected_at_end: facts.connected_at_end,
+            handshakes: stats.handshakes,
+            handshake_rate: per_second(stats.devices_connected, stats.connect_span),
+            handshake_latency_us: stats.handshake_latency.into(),
+            connect_failures: stats.connect_failures,
+            handshake_failures: stats.handshake_failures,
+            disconnects: stats.disconnects,
+            reconnects: stats.reconnects,
+            events_sent: stats.events_sent,
+            events_resent: stats.events_resent,
+            events_acked: stats.events_acked,
+            events_skipped: stats.events_skipped,
+            events_unacked: facts.events_unacked,
+            acked_per_s: per_second(facts.acked_in_run, facts.run),
+            ack_latency_us: stats.ack_latency.into(),
+            errors,
+            byes,
+            commands_received: stats.commands_received,
+            commands_answered: stats.commands_answered,
+            busy_retries: stats.busy_retries,
+            rewinds: stats.rewinds,
+            id_jumps: stats.id_jumps,
+            anomalies: Anomalies {
+                unexpected_frames: stats.unexpected_frames,
+                acks_beyond_sent: stats.acks_beyond_sent,
+                last_event_id_regressions: stats.last_event_id_regressions,
+            },
+            verification: None,
+        }
+    }
+
+    /// The summary as one line of JSON.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    }
+}
+
+/// A latency in µs for people: `850µs`, `12.3ms`, `1.50s`.
+pub(crate) fn human_latency(micros: u64) -> String {
+    match micros {
+        0..1_000 => format!("{micros}µs"),
+        1_000..10_000 => format!("{:.2}ms", micros as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1}ms", micros as f64 / 1e3),
+        _ => format!("{:.2}s", micros as f64 / 1e6),
+    }
+}
+
+fn counts(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn percentiles(latency: &Latency) -> String {
+    if latency.samples == 0 {
+        return "no samples".to_owned();
+    }
+    format!(
+        "p50 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+        human_latency(latency.p50),
+        human_latency(latency.p99),
+        human_latency(latency.p999),
+        human_latency(latency.max),
+        latency.samples
+    )
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "controller-sim: scenario {} against {}, {} devices, {:.1} s",
+            self.scenario, self.target, self.devices, self.run_s
+        )?;
+        writeln!(
+            f,
+            "  connected    {}/{} devices ({} at the end), {:.1} handshakes/s, {} handshakes in all",
+            self.devices_connected, self.devices, self.connected_at_end, self.handshake_rate, self.handshakes
+        )?;
+        writeln!(f, "  handshake    {}", percentiles(&self.handshake_latency_us))?;
+        writeln!(
+            f,
+            "  failures     {} connect, {} handshake, {} disconnects; {} reconnects",
+            self.connect_failures, self.handshake_failures, self.disconnects, self.reconnects
+        )?;
+        writeln!(
+            f,
+            "  events       {} sent, {} resent, {} acked, {} skipped (backlog full), {} unacked at the end",
+            self.events_sent, self.events_resent, self.events_acked, self.events_skipped, self.events_unacked
+        )?;
+        writeln!(f, "  throughput   {:.1} events/s acknowledged", self.acked_per_s)?;
+        writeln!(f, "  ack latency  {}", percentiles(&self.ack_latency_us))?;
+        writeln!(f, "  errors       {}", counts(&self.errors))?;
+        writeln!(f, "  server BYE   {}", counts(&self.byes))?;
+        write!(
+            f,
+            "  commands     {} received, {} answered",
+            self.commands_received, self.commands_answered
+        )?;
+        if self.busy_retries + self.rewinds > 0 {
+            write!(
+                f,
+                "\n  refused      {} resends after BUSY, {} sessions closed to resend elsewhere",
+                self.busy_retries, self.rewinds
+            )?;
+        }
+        if self.id_jumps > 0 {
+            write!(
+                f,
+                "\n  note         {} devices numbered events above ids stored by an earlier run",
+                self.id_jumps
+            )?;
+        }
+        if self.anomalies.any() {
+            let a = &self.anomalies;
+            write!(
+                f,
+                "\n  ANOMALIES    {} unexpected frames, {} acks for ids never sent, {} last_event_id regressions",
+                a.unexpected_frames, a.acks_beyond_sent, a.last_event_id_regressions
+            )?;
+        }
+        match &self.verification {
+            Some(Verification::Checked { text, .. }) => write!(f, "\n{text}")?,
+            Some(Verification::Failed { error, .. }) => write!(f, "\nexactly-once: could not check: {error}")?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Counters sampled for the progress line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) connected: u64,
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) errors: u64,
+}
+
+/// The live line: rates over the last `interval`.
+pub(crate) fn progress_line(
+    elapsed: Duration,
+    devices: u64,
+    now: Sample,
+    before: Sample,
+    interval: Duration,
+) -> String {
+    format!(
+        "[{:>5}s] connected {}/{}  sent {:.0}/s  acked {:.0}/s ({} total)  errors {}",
+        elapsed.as_secs(),
+        now.connected,
+        devices,
+        per_second(now.sent.saturating_sub(before.sent), interval),
+        per_second(now.acked.saturating_sub(before.acked), interval),
+        now.acked,
+        now.errors
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use cwp::{ByeReason, ErrorCode};
+
+    use super::*;
+
+    fn summary() -> Summary {
+        let stats = StatsSnapshot {
+            devices_connected: 1000,
+            connect_span: Duration::from_millis(500),
+            handshakes: 1003,
+            reconnects: 3,
+            events_sent: 3_000_000,
+            events_acked: 2_999_990,
+            errors: vec![(ErrorCode::BUSY, 7), (ErrorCode(0), 1)],
+            byes: vec![(ByeReason::DRAINING, 3)],
+            ack_latency: LatencySummary {
+                count: 2_999_990,
+                mean_us: 1_234.56,
+                p50_us: 850,
+                p99_us: 4_321,
+                p999_us: 12_345,
+                max_us: 2_500_000,
+            },
+            ..StatsSnapshot::default()
+        };
+        let facts = RunFacts {
+            scenario: "events",
+            target: "127.0.0.1:7000".to_owned(),
+            devices: 1000,
+            run: Duration::from_secs(30),
+            connected_at_end: 1000,
+            acked_in_run: 2_999_000,
+            events_unacked: 10,
+        };
+        Summary::new(facts, stats)
+    }
+
+    #[test]
+    fn latencies_read_well() {
+        assert_eq!(human_latency(850), "850µs");
+        assert_eq!(human_latency(4_321), "4.32ms");
+        assert_eq!(human_latency(12_345), "12.3ms");
+        assert_eq!(human_latency(2_500_000), "2.50s");
+    }
+
+    #[test]
+    fn the_text_summary_has_every_figure() {
+        let text = summary().to_string();
+        for expected in [
+            "scenario events against 127.0.0.1:7000, 1000 devices, 30.0 s",
+            "connected    1000/1000 devices (1000 at the end), 2000.0 handshakes/s, 1003 handshakes in all",
+            "3 reconnects",
+            "3000000 sent, 0 resent, 2999990 acked, 0 skipped (backlog full), 10 unacked at the end",
+            "throughput   99966.7 events/s acknowledged",
+            "ack latency  p50 850µs  p99 4.32ms  p99.9 12.3ms  max 2.50s  (2999990 samples)",
+            "errors       BUSY 7, UNDEFINED 1",
+            "server BYE   DRAINING 3",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("ANOMALIES"));
+    }
+
+    #[test]
+    fn the_json_summary_is_one_object() {
+        let json: serde_json::Value = serde_json::from_str(&summary().to_json()).unwrap();
+        assert_eq!(json["events_acked"], 2_999_990);
+        assert_eq!(json["acked_per_s"], 99_966.7);
+        assert_eq!(json["ack_latency_us"]["p999"], 12_345);
+        assert_eq!(json["errors"]["BUSY"], 7);
+        assert!(json.get("verification").is_none());
+    }
+
+    #[test]
+    fn a_failed_verification_shows() {
+        let mut summary = summary();
+        summary.verification = Some(Verification::failed("connection refused"));
+        assert!(
+            summary
+                .to_string()
+                .ends_with("exactly-once: could not check: connection refused")
+        );
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["verification"]["passed"], false);
+    }
+
+    #[test]
+    fn the_progress_line_shows_rates() {
+        let before = Sample {
+            connected: 10,
+            sent: 1_000,
+            acked: 900,
+            errors: 0,
+        };
+        let now = Sample {
+            connected: 20,
+            sent: 3_000,
+            acked: 2_900,
+            errors: 1,
+        };
+        let line = progress_line(Duration::from_secs(12), 20, now, before, Duration::from_secs(2));
+        assert_eq!(
+            line,
+            "[   12s] connected 20/20  sent 1000/s  acked 1000/s (2900 total)  errors 1"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! What every end-to-end test needs: a fleet of real processes on loopback
+//! (redis-server, vendor-bridge, drivers), device keys, and a few ways to
+//! look into Redis. Everything is killed when the [`TestFleet`] drops.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use controller_sim::client::Connection;
+use cwp::{DeviceKey, MasterKey, Serial, Welcome};
+use fleet::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use fleet::redis::RedisServer;
+
+/// The master key of every test fleet.
+pub const MASTER_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// A device's key, derived like the drivers derive it.
+pub fn device_key(serial: &Serial) -> DeviceKey {
+    DeviceKey::derive(&MasterKey::from_hex(MASTER_KEY_HEX).unwrap(), serial)
+}
+
+/// `CTRL-0042` and friends.
+pub fn serial(name: &str) -> Serial {
+    name.parse().unwrap()
+}
+
+/// Redis, one vendor-bridge and `drivers` drivers.
+pub struct TestFleet {
+    pub redis: RedisServer,
+    pub bridge: BridgeProcess,
+    pub drivers: Vec<DriverProcess>,
+    pub driver_options: DriverOptions,
+}
+
+impl TestFleet {
+    /// Starts a fleet; `extra_env` goes to every driver.
+    pub fn start(drivers: usize, extra_env: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start().expect("redis-server starts");
+        let bridge = BridgeProcess::start(&redis.url(), &Logs::Inherit, &[]).expect("vendor-bridge starts");
+        let driver_options = DriverOptions {
+            bridge_url: bridge.url(),
+            redis_url: redis.url(),
+            master_key_hex: MASTER_KEY_HEX.to_owned(),
+            proxy_protocol: false,
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            logs: Logs::Inherit,
+        };
+        let drivers = (0..drivers)
+            .map(|_| DriverProcess::start(&driver_options).expect("driver starts"))
+            .collect();
+        Self {
+            redis,
+            bridge,
+            drivers,
+            driver_options,
+        }
+    }
+
+    /// The first driver's CWP/1 address.
+    pub fn addr(&self) -> SocketAddr {
+        self.drivers[0].addr()
+    }
+
+    /// A Redis connection for assertions.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Kills the bridge and starts it again on the same port.
+    pub fn restart_bridge(&mut self) {
+        let port = self.bridge.port();
+        self.bridge.process().kill();
+        self.bridge = BridgeProcess::start_on(port, &self.redis.url(), &Logs::Inherit, &[]).expect("bridge restarts");
+    }
+}
+
+/// Connects to `addr` and completes the handshake as `serial`.
+pub async fn connect(addr: SocketAddr, serial: &Serial) -> (Connection, Welcome) {
+    let mut connection = Connection::connect(addr).await.expect("connects");
+    let welcome = connection
+        .handshake(*serial, &device_key(serial), "fw-test")
+        .await
+        .expect("handshake succeeds");
+    (connection, welcome)
+}
+
+/// Waits until `check` passes, polling every 20 ms, failing after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every `(serial, event_id)` in `cwp:events`, in stream order.
+pub async fn stored_events(redis: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("cwp:events")
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(redis)
+            .await
+            .unwrap();
+        let Some(last) = page.ids.last() else { break };
+        start = format!("({}", last.id);
+        for entry in &page.ids {
+            let serial: String = entry.get("serial").unwrap();
+            let event_id: String = entry.get("event_id").unwrap();
+            out.push((serial, event_id.parse().unwrap()));
+        }
+    }
+    out
+}
+
+/// A multi-threaded runtime for a test body.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
