@@ -25,6 +25,16 @@ pub fn serial(name: &str) -> Serial {
     name.parse().unwrap()
 }
 
+/// Where the fleet's processes log: nowhere, unless `DROVER_TEST_LOGS=1`
+/// (then to the test's stderr).
+pub fn logs() -> Logs {
+    if std::env::var_os("DROVER_TEST_LOGS").is_some_and(|v| v == "1") {
+        Logs::Inherit
+    } else {
+        Logs::Discard
+    }
+}
+
 /// Redis, one vendor-bridge and `drivers` drivers.
 pub struct TestFleet {
     pub redis: RedisServer,
@@ -37,7 +47,7 @@ impl TestFleet {
     /// Starts a fleet; `extra_env` goes to every driver.
     pub fn start(drivers: usize, extra_env: &[(&str, &str)]) -> Self {
         let redis = RedisServer::start().expect("redis-server starts");
-        let bridge = BridgeProcess::start(&redis.url(), &Logs::Inherit, &[]).expect("vendor-bridge starts");
+        let bridge = BridgeProcess::start(&redis.url(), &logs(), &[]).expect("vendor-bridge starts");
         let driver_options = DriverOptions {
             bridge_url: bridge.url(),
             redis_url: redis.url(),
@@ -47,7 +57,7 @@ impl TestFleet {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            logs: Logs::Inherit,
+            logs: logs(),
         };
         let drivers = (0..drivers)
             .map(|_| DriverProcess::start(&driver_options).expect("driver starts"))
@@ -78,7 +88,7 @@ impl TestFleet {
     pub fn restart_bridge(&mut self) {
         let port = self.bridge.port();
         self.bridge.process().kill();
-        self.bridge = BridgeProcess::start_on(port, &self.redis.url(), &Logs::Inherit, &[]).expect("bridge restarts");
+        self.bridge = BridgeProcess::start_on(port, &self.redis.url(), &logs(), &[]).expect("bridge restarts");
     }
 }
 
