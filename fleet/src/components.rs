@@ -31,7 +31,8 @@ pub enum Logs {
 }
 
 impl Logs {
-    fn stdio(&self) -> anyhow::Result<Stdio> {
+    /// The `Stdio` for a child's output.
+    pub fn stdio(&self) -> anyhow::Result<Stdio> {
         Ok(match self {
             Self::Inherit => Stdio::inherit(),
             Self::Discard => Stdio::null(),

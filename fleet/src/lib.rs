@@ -6,10 +6,16 @@
 //! - [`binaries`] and [`components`]: Drover's own processes (vendor-bridge,
 //!   drivers), started from the built binaries and configured by
 //!   environment like in production.
+//! - [`lbconfig`] and [`haproxy`]: the HAProxy configuration for N drivers
+//!   (from `lb-config/haproxy.cfg.tmpl`) and HAProxy processes running it.
+//! - [`local`]: all of it together, the way `fleet up` runs it.
 //! - [`http`]: a tiny GET for health checks and metrics.
 
 pub mod binaries;
 pub mod components;
+pub mod haproxy;
 pub mod http;
+pub mod lbconfig;
+pub mod local;
 pub mod process;
 pub mod redis;

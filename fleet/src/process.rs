@@ -3,6 +3,7 @@
 //! neither a test failure nor Ctrl-C leaves a process behind.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -20,9 +21,14 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Starts `command`, naming it `name` in errors.
+    ///
+    /// The child gets a process group of its own, so that a Ctrl-C in the
+    /// terminal reaches only the fleet runner, which then stops every
+    /// component in order (drivers drain first).
     pub fn spawn(name: impl Into<String>, command: &mut Command) -> anyhow::Result<Self> {
         let name = name.into();
         let child = command
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
         Ok(Self {
@@ -50,6 +56,18 @@ impl ChildGuard {
     pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         let pid = i32::try_from(self.pid()).context("pid fits in i32")?;
         kill(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to {}", self.name))
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it,
+    /// then kills it.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.child.is_none() {
+            return;
+        }
+        if self.signal(Signal::SIGTERM).is_ok() && self.wait_timeout(grace).is_ok() {
+            return;
+        }
+        self.kill();
     }
 
     /// Kills the process with SIGKILL and reaps it.

@@ -106,6 +106,11 @@ impl RedisServer {
         self.process.kill();
     }
 
+    /// Stops Redis gracefully (SIGTERM: it finishes writing its files).
+    pub fn shutdown(&mut self) {
+        self.process.stop(Duration::from_secs(10));
+    }
+
     /// Starts Redis again after [`RedisServer::stop`].
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.restart()
