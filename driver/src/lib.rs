@@ -13,7 +13,8 @@
 //! - [`registry`] is the table of live sessions and their mailboxes, the
 //!   only way other tasks reach a connection.
 //! - [`drain`] ends everything gracefully on SIGTERM; [`admin`] serves
-//!   `/healthz` and `/metrics` ([`metrics`]).
+//!   `/healthz` and `/metrics` ([`metrics`]); [`title`] keeps the process
+//!   title (`ps`) current.
 //! - [`config`] is every environment variable, parsed once.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod registry;
+pub mod title;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,7 +96,13 @@ impl Listeners {
 }
 
 /// Runs the driver until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `title`, when given, is kept showing the driver's state.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    title: Option<process_title::ProcessTitle>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let keys = KeyStore::new(config.master_key.clone(), config.keys_file.clone()).context("loading CWP_KEYS_FILE")?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut prometheus));
@@ -152,6 +160,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         stop_admin.clone(),
     ));
     let reload = tokio::spawn(reload_keys_on_hangup(driver.clone()));
+    let stop_title = CancellationToken::new();
+    let title = title.map(|title| tokio::spawn(title::refresh(driver.clone(), title, stop_title.clone())));
 
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
@@ -186,6 +196,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     stop_commands.cancel();
     let _ = commands_task.await;
     reload.abort();
+    stop_title.cancel();
+    if let Some(title) = title {
+        let _ = title.await;
+    }
     stop_admin.cancel();
     let _ = admin.await;
     info!("driver stopped");

@@ -22,6 +22,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     raise_open_file_limit();
+    // Before any thread exists (Sentry's transport starts one).
+    let title = match process_title::ProcessTitle::init() {
+        Ok(title) => Some(title),
+        Err(err) => {
+            eprintln!("driver: process title unavailable: {err}");
+            None
+        }
+    };
     let _telemetry = telemetry::init(TelemetryConfig {
         service: "driver",
         version: env!("CARGO_PKG_VERSION"),
@@ -39,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?
         .block_on(async {
             let listeners = driver::Listeners::bind(&config).await?;
-            driver::run(config, listeners, async {
+            driver::run(config, listeners, title, async {
                 let signal = shutdown::terminate().await;
                 tracing::info!(signal, "shutting down");
             })

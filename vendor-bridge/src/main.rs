@@ -1,2 +1,68 @@
-//! Placeholder.
-fn main() {}
+//! `vendor-bridge`: see the library's documentation and `--help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use drover_service::telemetry::{self, TelemetryConfig};
+use tracing::{error, info};
+use vendor_bridge::config::{self, LogFormat};
+use vendor_bridge::{Config, Stats};
+
+fn main() -> ExitCode {
+    drover_service::env::load_dotenv();
+    if let Some(code) = drover_service::env::handle_cli("vendor-bridge", config::SUMMARY, config::VARIABLES) {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("vendor-bridge: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    // Telemetry comes before the runtime so every worker thread inherits it.
+    let telemetry = match telemetry::init(TelemetryConfig {
+        service: "vendor-bridge",
+        version: env!("CARGO_PKG_VERSION"),
+        json_logs: config.log_format == LogFormat::Json,
+        sentry_dsn: config.sentry_dsn.clone(),
+        sentry_environment: config.sentry_environment.clone(),
+        tags: vec![("port", config.listen.port().to_string())],
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("vendor-bridge: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(config);
+    if let Err(err) = &result {
+        error!("vendor-bridge failed: {err:#}");
+    }
+    // Flushes Sentry before the process exits.
+    drop(telemetry);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vendor-bridge")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on BRIDGE_LISTEN={}", config.listen))?;
+        let stats = Arc::new(Stats::new());
+        let shutdown = async {
+            let signal = drover_service::shutdown::terminate().await;
+            info!(signal, "received");
+        };
+        vendor_bridge::serve(config, listener, stats, shutdown).await
+    })
+}

@@ -1,0 +1,100 @@
+//! CWP/1 §3 Uploads: a device's bulk data, received into one write buffer
+//! per uploading connection and stored under `UPLOAD_DIR`.
+//!
+//! - [`session`]: one connection's upload (`UPLOAD_BEGIN`, `BLOCK`,
+//!   `UPLOAD_END`): the write buffer, the incremental SHA-256, the limits,
+//!   and the one place upload failures become CWP/1 errors.
+//! - [`store`]: the files: layout, the `flock` that makes an upload id
+//!   exclusive to one session fleet-wide, recovery, completion, expiry.
+//! - [`expire_periodically`]: the background task deleting abandoned
+//!   partial uploads.
+//!
+//! # Data path
+//!
+//! Each `BLOCK`'s data (a slice of the connection's receive buffer, its
+//! frame already checked and its tag stripped by the codec) is hashed and
+//! copied once, into the write buffer (`UPLOAD_BUFFER_BYTES`, allocated at
+//! `UPLOAD_BEGIN`, freed when the upload closes). When the buffer is full,
+//! and at `UPLOAD_END`, the buffer and the file move to tokio's blocking
+//! pool for one `write` and one `fdatasync`, and come back; meanwhile the
+//! connection reads nothing (back-pressure to the device). Then
+//! `UPLOAD_STATUS` reports the new durable offset. No allocation per block,
+//! never more than one buffer per upload in memory.
+//!
+//! # Why a reported offset is always on disk
+//!
+//! 1. The data file is only ever extended, in order, with the upload's next
+//!    bytes (checked frames of the one session holding its `flock`). Any
+//!    prefix of it is therefore correct data, whatever was interrupted.
+//! 2. `UPLOAD_STATUS(n)` is sent only after the `fdatasync` that covers
+//!    byte `n` returned success. A failed write or fsync cuts the file back
+//!    to the last durable length (bytes a failed fsync left in the page
+//!    cache may never reach the disk) and answers `BUSY`.
+//! 3. On (re)open the durable offset is the file's length after an
+//!    `fdatasync` performed under the lock: bytes a killed process left in
+//!    the page cache become durable before they are reported, and the
+//!    reported offset may be larger than any offset reported before, never
+//!    smaller than a reported one.
+//! 4. After a power loss, the length may only cover written blocks: true of
+//!    ext4 (`data=ordered`, the default, with or without delalloc), XFS and
+//!    btrfs, which never expose an extended size over unwritten data. Not
+//!    true of ext4 `data=writeback` or ext3 `writeback`: do not put
+//!    `UPLOAD_DIR` there. `UPLOAD_DIR` shared between drivers must be one
+//!    local filesystem (or one whose `flock` and `fdatasync` work across its
+//!    clients).
+//! 5. The metadata (serial, id, name, announced size, creation time) is
+//!    written once, before any data, crash-safely (temporary file, fsync,
+//!    rename, fsync of the directory), so a data file without metadata
+//!    never held anything reported, and is emptied. Completion is: final
+//!    write + `fdatasync`, completion record written the same crash-safe
+//!    way, data renamed into `completed/`, both directories fsynced; only
+//!    then the `upload_completed` record goes to the bridge, and only then
+//!    `UPLOAD_DONE OK`.
+//!
+//! Residual risk: an `fsync` that fails with `EIO` and a crash before the
+//! file is cut back (point 2) could let the next open report bytes the disk
+//! lost; the kernel logs the I/O error.
+
+pub mod session;
+pub mod store;
+
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use session::{Ended, UploadError, Uploads};
+pub use store::UploadStore;
+
+/// Longest time between two expiry passes.
+const MAX_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How often the expiry looks: a quarter of the expiry age, at most hourly,
+/// at least every second.
+pub fn expiry_interval(expire_after: Duration) -> Duration {
+    (expire_after / 4).clamp(Duration::from_secs(1), MAX_EXPIRY_INTERVAL)
+}
+
+/// Deletes partial uploads untouched for `expire_after` (and not open on
+/// any session) every [`expiry_interval`], until `stop`.
+pub async fn expire_periodically(store: UploadStore, expire_after: Duration, stop: CancellationToken) {
+    let interval = expiry_interval(expire_after);
+    loop {
+        let pass = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.expire(expire_after, SystemTime::now()))
+        };
+        match pass.await {
+            Ok(Ok(expired)) if expired.removed > 0 => {
+                info!(removed = expired.removed, in_use = expired.in_use, "expired abandoned partial uploads");
+            }
+            Ok(Ok(expired)) => debug!(in_use = expired.in_use, "no partial upload to expire"),
+            Ok(Err(err)) => warn!(error = %err, dir = %store.root().display(), "upload expiry pass failed"),
+            Err(err) => warn!(error = %err, "upload expiry pass panicked"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Uploads on disk: the layout under `UPLOAD_DIR`, the lock that keeps an
+//! upload id to one session, the durable offset of a partial upload,
+//! completion and expiry. Plain synchronous file I/O: the connection runs
+//! every call here on tokio's blocking pool.
+//!
+//! ```text
+//! UPLOAD_DIR/
+//!   partial/s-<serial>/<upload-id>/data    the bytes received so far, in order; flock'ed while open
+//!   partial/s-<serial>/<upload-id>/meta    JSON UploadMeta, written once (temp, fsync, rename, fsync dir)
+//!   completed/s-<serial>/<upload-id>       the finished upload (renamed from partial/…/data)
+//!   completed/s-<serial>/<upload-id>.json  JSON CompletedUpload, written before that rename
+//! ```
+//!
+//! A serial is never a path component on its own: `.` and `..` are valid
+//! serials, so its directory is `s-` followed by the serial (`s-..` is an
+//! ordinary name). Upload ids are hyphenated lowercase UUIDs. `partial/`
+//! and `completed/` must be on one filesystem (completion is a rename).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cwp::{Serial, UploadId};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, error, warn};
+
+/// Partial uploads, by serial directory and upload id.
+const PARTIAL: &str = "partial";
+/// Finished uploads, by serial directory.
+const COMPLETED: &str = "completed";
+/// A partial upload's bytes.
+const DATA: &str = "data";
+/// A partial upload's [`UploadMeta`].
+const META: &str = "meta";
+/// Before the serial in its directory's name (never a bare serial: `..`).
+const SERIAL_DIR_PREFIX: &str = "s-";
+/// After the upload id in the name of a [`CompletedUpload`] record.
+const RECORD_SUFFIX: &str = ".json";
+/// Files being written before their atomic rename.
+const TEMP_SUFFIX: &str = ".tmp";
+/// How often `open` starts again when the file it locked was unlinked
+/// meanwhile (by a completion, a discard or the expiry).
+const OPEN_ATTEMPTS: usize = 5;
+
+/// Why an upload cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another session (on this driver or another one sharing
+    /// `UPLOAD_DIR`) holds the upload open.
+    #[error("the upload is open on another session")]
+    Locked,
+    /// The filesystem failed (full, read-only, gone).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What `UPLOAD_BEGIN` announced, stored beside a partial upload's data
+/// when it is first opened and never rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadMeta {
+    /// The device.
+    pub serial: String,
+    /// The upload id, hyphenated.
+    pub upload_id: String,
+    /// The name the device gave it.
+    pub name: String,
+    /// `total_size` of the first `UPLOAD_BEGIN` (0: unknown).
+    pub total_size: u64,
+    /// When the upload was first opened, Unix ms.
+    pub created_ms: u64,
+}
+
+/// A finished upload: what the `upload_completed` record says, kept beside
+/// the file so that a repeated `UPLOAD_END` can be answered without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedUpload {
+    /// The device.
+    pub serial: String,
+    /// The upload id, hyphenated.
+    pub upload_id: String,
+    /// The name the device gave it.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+    /// Where the file lies, relative to `UPLOAD_DIR`.
+    pub path: String,
+    /// When it was completed, Unix ms.
+    pub completed_ms: u64,
+}
+
+/// What `UPLOAD_BEGIN` opens.
+#[derive(Debug)]
+pub enum Opened {
+    /// An upload still receiving data, locked for this session.
+    Partial(PartialUpload),
+    /// An upload finished earlier.
+    Completed(CompletedUpload),
+}
+
+/// What an expiry pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Partial uploads deleted.
+    pub removed: usize,
+    /// Partial uploads skipped because a session holds them open.
+    pub in_use: usize,
+}
+
+/// The upload storage under `UPLOAD_DIR`; cheap to clone into blocking
+/// tasks.
+#[derive(Debug, Clone)]
+pub struct UploadStore {
+    root: Arc<PathBuf>,
+}
+
+impl UploadStore {
+    /// Storage under `root` (nothing is touched before [`UploadStore::prepare`]).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root: Arc::new(root) }
+    }
+
+    /// `UPLOAD_DIR`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates `UPLOAD_DIR`, `partial/` and `completed/` if they are missing.
+    pub fn prepare(&self) -> io::Result<()> {
+        fs::create_dir_all(self.root.as_path())?;
+        create_dirs(&self.root, &[PARTIAL])?;
+        create_dirs(&self.root, &[COMPLETED])?;
+        Ok(())
+    }
+
+    /// Opens (or reopens) an upload for `UPLOAD_BEGIN`, locked for the
+    /// caller until the returned [`PartialUpload`] is dropped.
+    ///
+    /// A new upload gets its `meta` first, durably. Then, holding the lock,
+    /// the data file is fdatasynced and its length is the durable offset:
+    /// whatever a killed writer left in the page cache becomes durable
+    /// before anyone reports it.
+    pub fn open(&self, serial: &Serial, upload_id: UploadId, name: &str, total_size: u64, now_ms: u64) -> Result<Opened, StoreError> {
+        if let Some(completed) = self.completed(serial, upload_id)? {
+            return Ok(Opened::Completed(completed));
+        }
+        let serial_dir = serial_dir_name(serial);
+        let id = upload_id.to_string();
+        let dir = self.root.join(PARTIAL).join(&serial_dir).join(&id);
+        for _ in 0..OPEN_ATTEMPTS {
+            create_dirs(&self.root, &[PARTIAL, &serial_dir, &id])?;
+            let file = match OpenOptions::new().read(true).append(true).create(true).open(dir.join(DATA)) {
+                Ok(file) => file,
+                // The expiry removed the directory between the two calls.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err.into()),
+            };
+            let data = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(data) => data,
+                Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked),
+                Err((_, errno)) => return Err(io::Error::from(errno).into()),
+            };
+            if !is_linked_at(&data, &dir.join(DATA))? {
+                // Completed, discarded or expired while we waited for the
+                // lock: that file is no longer the upload.
+                continue;
+            }
+            if let Some(completed) = self.completed(serial, upload_id)? {
+                // Completed by another session just before our open created
+                // a fresh data file: that file is ours to remove.
+                remove_partial(&dir, Leftover::All);
+                return Ok(Opened::Completed(completed));
+            }
+            let meta = match read_json::<UploadMeta>(&dir.join(META))? {
+                Some(meta) => meta,
+                None => {
+                    // No meta: nothing of this upload was ever reported
+                    // durable (meta is written before the first byte), so
+                    // whatever the data file holds can go.
+                    data.set_len(0)?;
+                    let meta = UploadMeta {
+                        serial: serial.to_string(),
+                        upload_id: id.clone(),
+                        name: name.to_owned(),
+                        total_size,
+                        created_ms: now_ms,
+                    };
+                    write_durably(&dir, META, &json_bytes(&meta)?)?;
+                    meta
+                }
+            };
+            data.sync_data()?;
+            // The data file's directory entry is durable too, whoever made it.
+            sync_dir(&dir)?;
+            // "Touched": the expiry counts the age from the last BEGIN or write.
+            data.set_modified(SystemTime::now())?;
+            let durable = data.metadata()?.len();
+            return Ok(Opened::Partial(PartialUpload {
+                data,
+                root: Arc::clone(&self.root),
+                serial_dir,
+                meta,
+                durable,
+            }));
+        }
+        Err(io::Error::other("the upload's directory keeps changing under us").into())
+    }
+
+    /// The record of a finished upload, if it is finished.
+    pub fn completed(&self, serial: &Serial, upload_id: UploadId) -> io::Result<Option<CompletedUpload>> {
+        let dir = self.root.join(COMPLETED).join(serial_dir_name(serial));
+        let id = upload_id.to_string();
+        match fs::symlink_metadata(dir.join(&id)) {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        // The record is written before the file is renamed into place, so
+        // a finished upload always has one.
+        read_json(&dir.join(format!("{id}{RECORD_SUFFIX}")))?.map_or_else(
+            || {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("completed upload {id} has no {RECORD_SUFFIX} record"),
+                ))
+            },
+            |record| Ok(Some(record)),
+        )
+    }
+
+    /// Deletes partial uploads untouched (no `UPLOAD_BEGIN`, no write) for
+    /// `max_age` before `now` that no session holds open. Completed uploads
+    /// are never expired: they belong to the application.
+    pub fn expire(&self, max_age: Duration, now: SystemTime) -> io::Result<Expired> {
+        let mut expired = Expired::default();
+        let is_old = |modified: io::Result<SystemTime>| {
+            modified.is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age >= max_age))
+        };
+        for serial_dir in read_dir_or_empty(&self.root.join(PARTIAL))? {
+            for upload_dir in read_dir_or_empty(&serial_dir)? {
+                let is_upload = upload_dir
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(is_upload_dir_name);
+                if !is_upload {
+                    continue;
+                }
+                let data_path = upload_dir.join(DATA);
+                let file = match File::open(&data_path) {
+                    Ok(file) => file,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        // No data file: a crash between `create_dirs` and
+                        // the data file (an empty directory), or after a
+                        // completion renamed the data away (a meta is left,
+                        // and nobody writes a meta once the upload is
+                        // completed). Anything else holds a data file.
+                        let completed = serial_dir
+                            .file_name()
+                            .zip(upload_dir.file_name())
+                            .map(|(serial, id)| self.root.join(COMPLETED).join(serial).join(id));
+                        if completed.is_some_and(|path| path.exists()) {
+                            remove_partial(&upload_dir, Leftover::MetaOnly);
+                        } else {
+                            let _ = fs::remove_dir(&upload_dir);
+                        }
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                let data = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(data) => data,
+                    Err((_, Errno::EWOULDBLOCK)) => {
+                        expired.in_use += 1;
+                        continue;
+                    }
+                    Err((_, errno)) => return Err(errno.into()),
+                };
+                if !is_linked_at(&data, &data_path)? || !is_old(data.metadata().and_then(|m| m.modified())) {
+                    continue;
+                }
+                debug!(path = %upload_dir.display(), "expiring an abandoned partial upload");
+                remove_partial(&upload_dir, Leftover::All);
+                expired.removed += 1;
+            }
+            // Gone if it is empty now; a session creating an upload in it
+            // at this moment retries (see `open`).
+            let _ = fs::remove_dir(&serial_dir);
+        }
+        // Records whose write a crash interrupted.
+        for serial_dir in read_dir_or_empty(&self.root.join(COMPLETED))? {
+            for file in read_dir_or_empty(&serial_dir)? {
+                let is_temp = file.extension().is_some_and(|ext| ext == &TEMP_SUFFIX[1..]);
+                if is_temp && is_old(fs::metadata(&file).and_then(|m| m.modified())) {
+                    let _ = fs::remove_file(&file);
+                }
+            }
+        }
+        Ok(expired)
+    }
+}
+
+/// A partial upload opened by one session, which holds its lock until this
+/// is dropped (or the process dies: the kernel releases `flock`s).
+#[derive(Debug)]
+pub struct PartialUpload {
+    /// `partial/…/data`, opened for append, exclusively locked.
+    data: Flock<File>,
+    /// `UPLOAD_DIR`.
+    root: Arc<PathBuf>,
+    /// `s-<serial>`.
+    serial_dir: String,
+    meta: UploadMeta,
+    /// Bytes of the data file known to be on disk.
+    durable: u64,
+}
+
+impl PartialUpload {
+    /// The durable offset: every byte below it is written and fdatasynced.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// What the upload's first `UPLOAD_BEGIN` announced.
+    pub fn meta(&self) -> &UploadMeta {
+        &self.meta
+    }
+
+    /// Appends `bytes` (the next bytes of the upload) with one write and
+    /// one fdatasync; on success they are durable.
+    ///
+    /// On failure the file is cut back to the durable offset: bytes that a
+    /// failed write or fsync left in the page cache may never reach the
+    /// disk, and must not be mistaken for durable ones by the next `open`.
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let written = (&*self.data).write_all(bytes).and_then(|()| self.data.sync_data());
+        match written {
+            Ok(()) => {
+                self.durable += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(cut) = self.data.set_len(self.durable).and_then(|()| self.data.sync_data()) {
+                    error!(
+                        path = %self.dir().display(),
+                        durable = self.durable,
+                        error = %cut,
+                        "cannot cut a failed upload write back to its durable offset"
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// SHA-256 state of the durable prefix (for a resumed upload), read
+    /// with `scratch` as the buffer (its capacity; left empty).
+    pub fn hash_prefix(&self, scratch: &mut Vec<u8>) -> io::Result<Sha256> {
+        let mut hasher = Sha256::new();
+        scratch.clear();
+        scratch.resize(scratch.capacity().max(4096), 0);
+        let mut offset = 0u64;
+        while offset < self.durable {
+            let want = usize::try_from(self.durable - offset).map_or(scratch.len(), |left| left.min(scratch.len()));
+            let read = self.data.read_at(&mut scratch[..want], offset)?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upload's data file is shorter than its durable offset",
+                ));
+            }
+            hasher.update(&scratch[..read]);
+            offset += read as u64;
+        }
+        scratch.clear();
+        Ok(hasher)
+    }
+
+    /// Moves the upload, whose every byte must be durable, into
+    /// `completed/` atomically: the record is written first, then the data
+    /// file is renamed into place, then both directories are fsynced.
+    pub fn complete(self, sha256: &[u8; 32], now_ms: u64) -> io::Result<CompletedUpload> {
+        let id = &self.meta.upload_id;
+        let record = CompletedUpload {
+            serial: self.meta.serial.clone(),
+            upload_id: id.clone(),
+            name: self.meta.name.clone(),
+            size: self.durable,
+            sha256: hex::encode(sha256),
+            path: format!("{COMPLETED}/{}/{id}", self.serial_dir),
+            completed_ms: now_ms,
+        };
+        create_dirs(&self.root, &[COMPLETED, &self.serial_dir])?;
+        let completed_dir = self.root.join(COMPLETED).join(&self.serial_dir);
+        let partial_dir = self.dir();
+        write_durably(&completed_dir, &format!("{id}{RECORD_SUFFIX}"), &json_bytes(&record)?)?;
+        fs::rename(partial_dir.join(DATA), completed_dir.join(id))?;
+        sync_dir(&completed_dir)?;
+        sync_dir(&partial_dir)?;
+        // What is left of the partial upload; a crash here leaves a meta
+        // that the next `open` or the expiry cleans up.
+        remove_partial(&partial_dir, Leftover::MetaOnly);
+        Ok(record)
+    }
+
+    /// Deletes the partial upload (a size or digest mismatch): the device
+    /// starts again at offset 0.
+    pub fn discard(self) -> io::Result<()> {
+        remove_partial(&self.dir(), Leftover::All);
+        sync_dir(&self.root.join(PARTIAL).join(&self.serial_dir))
+    }
+
+    /// `partial/s-<serial>/<upload-id>`.
+    fn dir(&self) -> PathBuf {
+        self.root.join(PARTIAL).join(&self.serial_dir).join(&self.meta.upload_id)
+    }
+}
+
+/// The directory name of a serial's uploads.
+pub fn serial_dir_name(serial: &Serial) -> String {
+    format!("{SERIAL_DIR_PREFIX}{serial}")
+}
+
+/// Whether `name` is an upload directory's name (a hyphenated lowercase UUID).
+fn is_upload_dir_name(name: &str) -> bool {
+    uuid::Uuid::try_parse(name).is_ok_and(|id| id.hyphenated().to_string() == name)
+}
+
+/// Whether `file` is still the file at `path` (not unlinked or replaced).
+fn is_linked_at(file: &File, path: &Path) -> io::Result<bool> {
+    let held = file.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(linked) => Ok(linked.dev() == held.dev() && linked.ino() == held.ino()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates `base/a/b/…` one level at a time; each directory created is made
+/// durable by fsyncing its parent.
+fn create_dirs(base: &Path, components: &[&str]) -> io::Result<()> {
+    let mut path = base.to_owned();
+    for component in components {
+        let parent = path.clone();
+        path.push(component);
+        match fs::create_dir(&path) {
+            Ok(()) => sync_dir(&parent)?,
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `dir/name` crash-safely: a temporary file, fsynced, renamed over
+/// the name, and the directory fsynced. After a crash the name holds the
+/// old content or the new one, never a mix.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let mut file = File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+fn json_bytes(value: &impl Serialize) -> io::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(io::Error::other)
+}
+
+/// A JSON file, `None` if it does not exist.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {err}", path.display()))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// What of a partial upload's directory to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leftover {
+    /// Everything: the caller holds the data file's lock.
+    All,
+    /// The data is gone (renamed into `completed/`): the meta and the
+    /// directory. Never the `data` name, which may be a new session's file.
+    MetaOnly,
+}
+
+/// Removes a partial upload's directory: meta first (so a crash never
+/// leaves a meta whose data is gone, except after a completion), then
+/// data, temporaries, the directory.
+fn remove_partial(dir: &Path, what: Leftover) {
+    let names: &[&str] = match what {
+        Leftover::All => &[META, DATA],
+        Leftover::MetaOnly => &[META],
+    };
+    for name in names {
+        if let Err(err) = fs::remove_file(dir.join(name))
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            warn!(path = %dir.join(name).display(), error = %err, "cannot remove a partial upload's file");
+        }
+    }
+    let _ = fs::remove_file(dir.join(format!("{META}{TEMP_SUFFIX}")));
+    // Fails harmlessly if another session has just created a new data file.
+    let _ = fs::remove_dir(dir);
+}
+
+/// The entries of `dir` (none if it does not exist).
+fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|entry| entry.map(|entry| entry.path())).collect(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err),
+    }
+}

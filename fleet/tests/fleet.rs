@@ -1,0 +1,183 @@
+//! The fleet behind one address: HAProxy spreading devices over drivers,
+//! the real device addresses reaching the drivers (PROXY v2), a driver
+//! killed or restarted under load without losing or duplicating an event,
+//! and the process titles `ps` shows.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use controller_sim::client::Connection;
+use fleet::local::{FleetSpec, LocalFleet};
+use fleet::process::free_port;
+use support::*;
+
+fn spec(drivers: usize, haproxy_processes: usize, state_dir: &std::path::Path, driver_env: &[(&str, &str)]) -> FleetSpec {
+    FleetSpec {
+        drivers,
+        fleet_port: free_port().unwrap(),
+        stats_port: free_port().unwrap(),
+        haproxy_processes,
+        redis_url: None,
+        master_key_hex: MASTER_KEY_HEX.to_owned(),
+        state_dir: state_dir.to_owned(),
+        log_files: true,
+        driver_env: driver_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        haproxy_open_files: 20_000,
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " ")
+}
+
+fn sessions(fleet: &LocalFleet) -> Vec<f64> {
+    fleet
+        .drivers
+        .iter()
+        .map(|d| d.metric("drover_driver_sessions").unwrap())
+        .collect()
+}
+
+#[test]
+fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() {
+    let state = tempfile::tempdir().unwrap();
+    // Two HAProxy processes share the fleet port (SO_REUSEPORT).
+    let mut fleet = LocalFleet::start(spec(4, 2, state.path(), &[])).unwrap();
+    let rt = runtime();
+    let connections = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..1000u32 {
+            let addr = fleet.haproxy.addr();
+            tasks.push(tokio::spawn(async move {
+                // Devices come from 127.0.0.2 ... 127.0.0.9, as from many hosts.
+                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
+                let serial = serial(&format!("FLEET-{i:04}"));
+                let mut connection = Connection::connect_from(addr, source).await.unwrap();
+                connection
+                    .handshake(serial, &device_key(&serial), "fw")
+                    .await
+                    .unwrap();
+                (serial, connection)
+            }));
+        }
+        let mut connections = Vec::new();
+        for task in tasks {
+            connections.push(task.await.unwrap());
+        }
+        connections
+    });
+
+    let per_driver = sessions(&fleet);
+    assert_eq!(per_driver.iter().sum::<f64>(), 1000.0, "{per_driver:?}");
+    for (i, n) in per_driver.iter().enumerate() {
+        assert!((150.0..=350.0).contains(n), "driver-{} holds {n} of 1000 devices: {per_driver:?}", i + 1);
+    }
+
+    rt.block_on(async {
+        let mut redis = redis::Client::open(fleet.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for (serial, connection) in connections.iter().step_by(97) {
+            let peer: String = redis::cmd("HGET")
+                .arg(format!("cwp:device:{serial}"))
+                .arg("peer")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(peer, connection.local_addr().unwrap().to_string(), "{serial}'s real address");
+        }
+    });
+
+    // ps shows each driver's port, device count and some serials.
+    let version = env!("CARGO_PKG_VERSION");
+    for (i, driver) in fleet.drivers.iter_mut().enumerate() {
+        let port = driver.addr().port();
+        let expected = format!("driver v{version} port: {port} controllers: {}", per_driver[i]);
+        let pid = driver.process().pid();
+        fleet::process::wait_for("the title to refresh", Duration::from_secs(5), || {
+            cmdline(pid).starts_with(&expected)
+        })
+        .unwrap_or_else(|_| panic!("driver-{} title is {:?}, expected {expected:?}", i + 1, cmdline(pid)));
+        let title = cmdline(pid);
+        assert!(title.contains("[FLEET-"), "{title}");
+        assert!(title.contains(" more] events: 0"), "{title}");
+    }
+    drop(connections);
+}
+
+/// Runs `controller-sim` against the fleet with verification; returns its JSON summary.
+fn simulate(fleet: &LocalFleet, devices: u32, rate: u32, duration: &str) -> std::process::Child {
+    Command::new(fleet::binaries::binary("controller-sim").unwrap())
+        .args(["--target", &fleet.haproxy.addr().to_string()])
+        .args(["--devices", &devices.to_string(), "--rate", &rate.to_string()])
+        .args(["--duration", duration, "--source-ips", "127.0.0.10-127.0.0.20"])
+        .args(["--verify-redis", &fleet.redis_url, "--json"])
+        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn verdict(sim: std::process::Child) -> serde_json::Value {
+    let output = sim.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("sim summary is not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
+    assert!(output.status.success(), "controller-sim failed: {summary}");
+    assert_eq!(summary["verification"]["passed"], true, "{summary}");
+    assert_eq!(summary["verification"]["missing"], 0, "{summary}");
+    assert_eq!(summary["verification"]["duplicated"], 0, "{summary}");
+    summary
+}
+
+fn wait_for_events(fleet: &LocalFleet, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let acked: f64 = fleet.drivers.iter().map(|d| d.metric("drover_driver_events_acked").unwrap_or(0.0)).sum();
+        if acked >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "events are not flowing: {acked} acked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn killing_a_driver_loses_and_duplicates_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(4, 1, state.path(), &[])).unwrap();
+    let sim = simulate(&fleet, 200, 2000, "12s");
+    wait_for_events(&fleet, 2000.0);
+    fleet.drivers[1].process().kill(); // kill -9
+    let summary = verdict(sim);
+    assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "devices of the dead driver reconnected: {summary}");
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(3, 1, state.path(), &[("DRIVER_DRAIN_PERIOD", "3s")])).unwrap();
+    let sim = simulate(&fleet, 150, 1500, "25s");
+    wait_for_events(&fleet, 1500.0);
+    for i in 0..fleet.drivers.len() {
+        fleet.restart_driver(i, Duration::from_secs(30)).unwrap();
+        // Let HAProxy see it healthy and devices settle before the next one.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // Devices end up spread over the new drivers.
+    fleet::process::wait_for("every device to be back", Duration::from_secs(20), || {
+        sessions(&fleet).iter().sum::<f64>() == 150.0
+    })
+    .unwrap();
+    let per_driver = sessions(&fleet);
+    assert!(per_driver.iter().all(|&n| n >= 10.0), "devices spread over the new drivers: {per_driver:?}");
+    let summary = verdict(sim);
+    assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
+}

@@ -1,0 +1,147 @@
+//! The bridge's configuration: every environment variable it reads, in one
+//! table ([`VARIABLES`], also printed by `--help`), parsed once at start
+//! into a [`Config`] that is passed down; nothing else reads the
+//! environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drover_service::env::{ConfigError, EnvReader, Variable};
+use redis::IntoConnectionInfo as _;
+
+/// Every variable the bridge reads, with its default and meaning.
+pub static VARIABLES: &[Variable] = &[
+    Variable {
+        name: "BRIDGE_LISTEN",
+        default: Some("0.0.0.0:50051"),
+        help: "address the gRPC server (VendorBridge + grpc.health.v1) listens on",
+    },
+    Variable {
+        name: "REDIS_URL",
+        default: Some("redis://127.0.0.1:6379"),
+        help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always)",
+    },
+    Variable {
+        name: "REDIS_POOL_SIZE",
+        default: Some("16"),
+        help: "most Redis connections open at once",
+    },
+    Variable {
+        name: "BRIDGE_SHUTDOWN_GRACE",
+        default: Some("10s"),
+        help: "on SIGTERM, how long batches already received may take to be stored and answered",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: Some("text"),
+        help: "text or json (one object per line); filter with RUST_LOG",
+    },
+    Variable {
+        name: "SENTRY_DSN",
+        default: None,
+        help: "where errors and panics are reported; unset disables Sentry",
+    },
+    Variable {
+        name: "SENTRY_ENVIRONMENT",
+        default: None,
+        help: "Sentry's environment tag, e.g. production",
+    },
+];
+
+/// What `--help` says the binary is.
+pub const SUMMARY: &str = "The gRPC bridge between Drover drivers and Redis: stores device events exactly once \
+     and keeps the device registry.";
+
+/// The bridge's configuration, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the gRPC server listens (`BRIDGE_LISTEN`).
+    pub listen: SocketAddr,
+    /// The Redis URL (`REDIS_URL`), already checked to parse.
+    pub redis_url: String,
+    /// Most Redis connections at once (`REDIS_POOL_SIZE`, at least 1).
+    pub redis_pool_size: usize,
+    /// How long a shutdown waits for received batches (`BRIDGE_SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+    /// How logs are written (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Sentry's DSN (`SENTRY_DSN`); `None` disables Sentry.
+    pub sentry_dsn: Option<String>,
+    /// Sentry's environment (`SENTRY_ENVIRONMENT`).
+    pub sentry_environment: Option<String>,
+}
+
+/// `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("must be text or json"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads every variable of [`VARIABLES`] from the environment and
+    /// reports every bad one together.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(VARIABLES);
+        let listen = env.parse::<SocketAddr>("BRIDGE_LISTEN");
+        let redis_url = env.parse_with("REDIS_URL", |url| {
+            url.into_connection_info()
+                .map(|_| url.to_owned())
+                .map_err(|err| format!("not a Redis URL: {err}"))
+        });
+        let redis_pool_size = env.parse_with("REDIS_POOL_SIZE", |text| match text.parse::<usize>() {
+            Ok(size) if size >= 1 => Ok(size),
+            _ => Err("must be a whole number of at least 1"),
+        });
+        let shutdown_grace = env.parse_with("BRIDGE_SHUTDOWN_GRACE", drover_service::env::parse_duration);
+        let log_format = env.parse::<LogFormat>("LOG_FORMAT");
+        let sentry_dsn = env.parse_optional::<String>("SENTRY_DSN");
+        let sentry_environment = env.parse_optional::<String>("SENTRY_ENVIRONMENT");
+        env.finish()?;
+        match (listen, redis_url, redis_pool_size, shutdown_grace, log_format) {
+            (Some(listen), Some(redis_url), Some(redis_pool_size), Some(shutdown_grace), Some(log_format)) => {
+                Ok(Self {
+                    listen,
+                    redis_url,
+                    redis_pool_size,
+                    shutdown_grace,
+                    log_format,
+                    sentry_dsn,
+                    sentry_environment,
+                })
+            }
+            // `finish` fails whenever a variable with a default did not parse.
+            _ => Err(ConfigError {
+                problems: vec!["a variable did not parse".to_owned()],
+            }),
+        }
+    }
+
+    /// A configuration for `redis_url` with every other value at its
+    /// default: what tests and embedders start from.
+    pub fn for_redis(redis_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_url: redis_url.into(),
+            redis_pool_size: 16,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            sentry_dsn: None,
+            sentry_environment: None,
+        }
+    }
+}

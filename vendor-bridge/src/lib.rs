@@ -1,0 +1,115 @@
+//! The vendor-bridge: the gRPC server between the driver fleet and Redis
+//! (contract: `proto/drover/bridge/v1/bridge.proto`; Redis keys:
+//! docs/ARCHITECTURE.md).
+//!
+//! Layout, in the order a request flows through it:
+//!
+//! - `listener`: the bounded accept loop feeding tonic.
+//! - [`service`]: the `VendorBridge` gRPC service; checks every request
+//!   (serials through [`cwp::Serial`]), maps Redis failures to `UNAVAILABLE`.
+//! - `stream`: one `StreamEvents` stream after its `hello`: a reader task
+//!   checks batches ([`batch`]) into a bounded queue, an applier task stores
+//!   them in order, several waiting batches per script call, retrying until
+//!   Redis takes them, and answers each with `BatchDurable`.
+//! - [`store`]: all Redis work, one atomic Lua script per operation
+//!   (`src/scripts/*.lua`).
+//! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
+//!   the check that Redis fsyncs before it answers.
+//! - [`stats`]: counters for the process title; [`config`]: the environment.
+//!
+//! [`serve`] ties them together and runs until its shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use drover_proto::bridge::vendor_bridge_server::VendorBridgeServer;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+pub mod batch;
+pub mod config;
+pub mod durability;
+mod health;
+mod listener;
+pub mod service;
+pub mod stats;
+pub mod store;
+mod stream;
+
+pub use config::Config;
+pub use stats::{Stats, StatsSnapshot};
+
+use crate::service::Bridge;
+use crate::store::Store;
+use crate::stream::Lifecycle;
+
+/// The largest message a driver may send (a batch): 16 MiB.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// HTTP/2 flow-control windows: large enough that a driver can keep several
+/// batches in flight on its one stream without waiting for window updates.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+/// HTTP/2 pings find dead drivers whose TCP connection stays silent.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Serves `VendorBridge` and `grpc.health.v1.Health` on `listener` until
+/// `shutdown` resolves, then drains: no new connections or batches, the
+/// batches already received are stored and answered within
+/// `config.shutdown_grace`, streams end with `UNAVAILABLE` (the drivers
+/// reconnect elsewhere). Redis need not be up at start.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = Store::new(&config.redis_url, config.redis_pool_size).context("setting up the Redis pool")?;
+    let lifecycle = Lifecycle::default();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::set(&reporter, ServingStatus::NotServing).await;
+    let health_task = tokio::spawn(health::watch_redis(store.clone(), reporter, lifecycle.draining.clone()));
+
+    let local = listener.local_addr().context("reading the listening address")?;
+    let bridge = VendorBridgeServer::new(Bridge::new(store, stats, lifecycle.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .add_service(health_service)
+        .add_service(bridge)
+        .serve_with_incoming_shutdown(
+            listener::incoming(listener),
+            lifecycle.draining.clone().cancelled_owned(),
+        );
+    info!(%local, redis = %config.redis_url, "vendor-bridge serving");
+
+    let mut server = std::pin::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
+            info!(grace = ?config.shutdown_grace, "shutting down: storing and answering the batches already received");
+            lifecycle.draining.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!("shutdown grace period over: abandoning what is not stored yet (the drivers will resend it)");
+                    Ok(())
+                }
+            }
+        }
+    };
+    lifecycle.draining.cancel();
+    lifecycle.abandon.cancel();
+    let _ = health_task.await;
+    info!("vendor-bridge stopped");
+    result.context("the gRPC server failed")
+}

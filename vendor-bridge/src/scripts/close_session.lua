@@ -1,0 +1,13 @@
+#!lua
+-- Marks a session ended, unless a newer session of the serial replaced it.
+--
+-- ARGV: serial, session (hex), driver, last_seen_ms
+-- Returns 1 if the session was the registry's current one, else 0.
+local serial = ARGV[1]
+local device = 'cwp:device:' .. serial
+if redis.call('HGET', device, 'session') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', device, 'online', '0', 'last_seen_ms', ARGV[4])
+redis.call('SREM', 'cwp:driver-devices:' .. ARGV[3], serial)
+return 1

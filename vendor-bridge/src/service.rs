@@ -1,0 +1,261 @@
+//! The `drover.bridge.v1.VendorBridge` service: checks each request (every
+//! serial through [`cwp::Serial`] before it can reach a Redis key), hands it
+//! to the [`Store`], and maps a Redis failure to `UNAVAILABLE` (the driver
+//! retries). `StreamEvents` reads the `hello`, runs the restart cleanup and
+//! then hands the stream to the `stream` module.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_proto::bridge::driver_message::Kind;
+use drover_proto::bridge::vendor_bridge_server::VendorBridge;
+use drover_proto::bridge::{
+    CloseSessionReply, CloseSessionRequest, DriverHello, DriverMessage, OpenSessionReply, OpenSessionRequest,
+    RecordUploadReply, RecordUploadRequest, RejectCommandReply, RejectCommandRequest,
+};
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::stats::Stats;
+use crate::store::{CommandRejection, SessionOpening, Store, StoreError, UploadRecord};
+use crate::stream::{self, Lifecycle, Replies};
+
+/// How long a new stream may take to send its `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest driver or instance id accepted (they become key names).
+const MAX_ID_LEN: usize = 128;
+/// How much of a rejected command's message is kept.
+const MAX_REJECTED_MESSAGE: usize = 4096;
+
+/// The gRPC service; one per process, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    store: Store,
+    stats: Arc<Stats>,
+    lifecycle: Lifecycle,
+}
+
+impl Bridge {
+    pub(crate) fn new(store: Store, stats: Arc<Stats>, lifecycle: Lifecycle) -> Self {
+        Self {
+            store,
+            stats,
+            lifecycle,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl VendorBridge for Bridge {
+    type StreamEventsStream = Replies;
+
+    async fn stream_events(
+        &self,
+        request: Request<Streaming<DriverMessage>>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(DriverMessage {
+                kind: Some(Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of the stream must be hello",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 30 s")),
+        };
+        let DriverHello {
+            driver_id,
+            instance_id,
+            version,
+        } = hello;
+        check_id("driver_id", &driver_id)?;
+        check_id("instance_id", &instance_id)?;
+        if self.lifecycle.draining.is_cancelled() {
+            return Err(Status::unavailable("the vendor-bridge is shutting down; reconnect"));
+        }
+        let offline = self
+            .store
+            .driver_restart(&driver_id, &instance_id)
+            .await
+            .map_err(|err| unavailable("restart cleanup", &err))?;
+        if offline > 0 {
+            info!(driver = %driver_id, instance = %instance_id, offline, "driver restarted: its previous instance's devices are offline");
+        }
+        info!(driver = %driver_id, instance = %instance_id, version = %version, "driver stream open");
+        let replies = stream::start(
+            inbound,
+            driver_id,
+            &self.store,
+            Arc::clone(&self.stats),
+            self.lifecycle.clone(),
+        );
+        Ok(Response::new(replies))
+    }
+
+    async fn open_session(&self, request: Request<OpenSessionRequest>) -> Result<Response<OpenSessionReply>, Status> {
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        check_id("instance_id", &request.instance_id)?;
+        let session = session_hex(&request.session_id)?;
+        let opened = self
+            .store
+            .open_session(SessionOpening {
+                serial: &serial,
+                session: &session,
+                driver: &request.driver_id,
+                instance: &request.instance_id,
+                peer: &request.peer,
+                firmware: &request.firmware,
+                connected_ms: request.connected_ms,
+            })
+            .await
+            .map_err(|err| unavailable("OpenSession", &err))?;
+        Ok(Response::new(OpenSessionReply {
+            last_event_id: opened.last_event_id,
+            superseded_other: opened.superseded_other,
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<CloseSessionRequest>,
+    ) -> Result<Response<CloseSessionReply>, Status> {
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        let session = session_hex(&request.session_id)?;
+        let was_current = self
+            .store
+            .close_session(&serial, &session, &request.driver_id, request.last_seen_ms)
+            .await
+            .map_err(|err| unavailable("CloseSession", &err))?;
+        Ok(Response::new(CloseSessionReply { was_current }))
+    }
+
+    async fn reject_command(
+        &self,
+        request: Request<RejectCommandRequest>,
+    ) -> Result<Response<RejectCommandReply>, Status> {
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        if !matches!(request.outcome.as_str(), "REJECTED" | "UNDELIVERED") {
+            return Err(Status::invalid_argument("outcome must be REJECTED or UNDELIVERED"));
+        }
+        let notice = RejectionNotice {
+            id: (!request.command_id.is_empty()).then_some(request.command_id.as_str()),
+            serial: serial.as_str(),
+            status: &request.outcome,
+            data: &request.reason,
+        };
+        let notice = serde_json::to_string(&notice).map_err(|err| Status::internal(err.to_string()))?;
+        let message = &request.message[..request.message.len().min(MAX_REJECTED_MESSAGE)];
+        self.store
+            .reject_command(CommandRejection {
+                serial: &serial,
+                command_id: &request.command_id,
+                outcome: &request.outcome,
+                reason: &request.reason,
+                message,
+                driver: &request.driver_id,
+                rejected_ms: now_ms(),
+                notice: &notice,
+            })
+            .await
+            .map_err(|err| unavailable("RejectCommand", &err))?;
+        Ok(Response::new(RejectCommandReply {}))
+    }
+
+    async fn record_upload(
+        &self,
+        request: Request<RecordUploadRequest>,
+    ) -> Result<Response<RecordUploadReply>, Status> {
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        if !is_hyphenated_uuid(&request.upload_id) {
+            return Err(Status::invalid_argument("upload_id must be a hyphenated UUID"));
+        }
+        if request.sha256.len() != 64 || !request.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(Status::invalid_argument("sha256 must be 64 lowercase hex digits"));
+        }
+        let recorded = self
+            .store
+            .record_upload(UploadRecord {
+                serial: &serial,
+                upload_id: &request.upload_id,
+                name: &request.name,
+                size: request.size,
+                sha256: &request.sha256,
+                path: &request.path,
+                driver: &request.driver_id,
+                completed_ms: now_ms(),
+            })
+            .await
+            .map_err(|err| unavailable("RecordUpload", &err))?;
+        Ok(Response::new(RecordUploadReply { recorded }))
+    }
+}
+
+/// `cwp:cmd-result:{serial}`'s message for a command that never reached
+/// its device.
+#[derive(Serialize)]
+struct RejectionNotice<'a> {
+    id: Option<&'a str>,
+    serial: &'a str,
+    /// `REJECTED` or `UNDELIVERED`.
+    status: &'a str,
+    /// Why, for humans.
+    data: &'a str,
+}
+
+fn check_serial(text: &str) -> Result<cwp::Serial, Status> {
+    text.parse().map_err(|err| {
+        Status::invalid_argument(format!("serial {:?}: {err}", text.chars().take(64).collect::<String>()))
+    })
+}
+
+/// Driver and instance ids become Redis key and channel names: 1–128
+/// visible ASCII characters.
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 1-{MAX_ID_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The registry's form of a session id: 16 bytes as lowercase hex.
+fn session_hex(session_id: &[u8]) -> Result<String, Status> {
+    if session_id.len() != 16 {
+        return Err(Status::invalid_argument("session_id must be 16 bytes"));
+    }
+    Ok(hex::encode(session_id))
+}
+
+fn is_hyphenated_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Redis failed: the driver retries. Logged at debug only: the health
+/// watcher already says loudly that Redis is down, once.
+fn unavailable(operation: &str, err: &StoreError) -> Status {
+    debug!(error = %err, "{operation} failed");
+    Status::unavailable(format!("{operation}: {err}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,256 @@
+//! One driver's `StreamEvents` stream after its `hello`, as two tasks joined
+//! by a bounded queue:
+//!
+//! ```text
+//! gRPC ──▶ reader ──[ValidBatch × BATCH_QUEUE]──▶ applier ──▶ Redis (one script per call)
+//!           check                                    └──▶ BatchDurable × n, in order ──▶ gRPC
+//! ```
+//!
+//! The reader decodes and checks batches while the applier waits for Redis.
+//! The applier runs one script at a time, so a stream's batches are stored
+//! strictly in order (each device's events stay in id order); batches that
+//! are already waiting when a call starts go into the same call (one AOF
+//! fsync for all of them) and are answered one by one, in order. A failed
+//! call is retried with the same batches until Redis takes them or the
+//! driver goes away: nothing is answered that was not stored.
+//!
+//! Back-pressure: when the queue is full the reader stops reading, and
+//! HTTP/2 flow control stops the driver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::bridge::driver_message::Kind;
+use drover_proto::bridge::{BatchDurable, BridgeMessage, DriverMessage, bridge_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::batch::ValidBatch;
+use crate::stats::Stats;
+use crate::store::{EventWriter, Store};
+
+/// Batches a stream may have received but not yet stored.
+const BATCH_QUEUE: usize = 64;
+/// Answers a stream may have ready before the driver reads them.
+const REPLY_QUEUE: usize = 256;
+/// One script call takes further waiting batches only while it carries
+/// fewer events than this...
+const MAX_EVENTS_PER_CALL: usize = 8192;
+/// ...and fewer bytes of serials, bodies and notices than this. Bounds how
+/// long one script blocks Redis (a few milliseconds).
+const MAX_BYTES_PER_CALL: usize = 4 << 20;
+/// Retry delays after a failed call: doubling from the first to the last,
+/// each drawn from its upper half.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_LAST: Duration = Duration::from_secs(2);
+/// Every this many failed attempts in a row, the retry loop logs an error.
+const RETRIES_PER_ERROR_LOG: u32 = 50;
+
+/// The response stream of `StreamEvents`.
+pub(crate) type Replies = ReceiverStream<Result<BridgeMessage, Status>>;
+
+/// What a stream's tasks watch to stop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lifecycle {
+    /// Cancelled when the bridge shuts down: stop reading new batches, store
+    /// and answer those already read, end the stream with `UNAVAILABLE`.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: stop retrying.
+    pub(crate) abandon: CancellationToken,
+}
+
+/// What the reader hands the applier.
+enum Inbound {
+    /// A checked batch to store.
+    Batch(ValidBatch),
+    /// The stream must end with this status once earlier batches are done.
+    Fail(Status),
+}
+
+/// Starts the tasks of one stream whose `hello` came from `driver`;
+/// returns the stream of answers.
+pub(crate) fn start(
+    inbound: Streaming<DriverMessage>,
+    driver: String,
+    store: &Store,
+    stats: Arc<Stats>,
+    lifecycle: Lifecycle,
+) -> Replies {
+    let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE);
+    let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
+    let span = info_span!("stream", driver = %driver);
+    tokio::spawn(read(inbound, batches_tx, lifecycle.draining.clone()).instrument(span.clone()));
+    let applier = Applier {
+        driver,
+        writer: store.event_writer(),
+        replies: replies_tx,
+        stats,
+        abandon: lifecycle.abandon,
+    };
+    tokio::spawn(applier.run(batches_rx).instrument(span));
+    ReceiverStream::new(replies_rx)
+}
+
+/// The reader: checks each batch and queues it, until the driver ends the
+/// stream, sends something invalid, or the bridge drains.
+async fn read(mut inbound: Streaming<DriverMessage>, batches: mpsc::Sender<Inbound>, draining: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = draining.cancelled() => {
+                let _ = batches.send(Inbound::Fail(Status::unavailable("the vendor-bridge is shutting down; reconnect"))).await;
+                return;
+            }
+            message = inbound.message() => message,
+        };
+        let next = match message {
+            Ok(Some(DriverMessage {
+                kind: Some(Kind::Batch(batch)),
+            })) => match ValidBatch::check(batch) {
+                Ok(batch) => Inbound::Batch(batch),
+                Err(invalid) => {
+                    error!(error = %invalid, "refusing an invalid batch; ending the stream");
+                    Inbound::Fail(Status::invalid_argument(invalid.to_string()))
+                }
+            },
+            Ok(Some(DriverMessage {
+                kind: Some(Kind::Hello(_)),
+            })) => Inbound::Fail(Status::invalid_argument("hello is only allowed as the first message")),
+            Ok(Some(DriverMessage { kind: None })) => Inbound::Fail(Status::invalid_argument("empty DriverMessage")),
+            Ok(None) => {
+                debug!("the driver closed its side of the stream");
+                return;
+            }
+            // A message too large or undecodable, or the driver gone: end
+            // the stream with the reason (harmless if nobody listens).
+            Err(status) => {
+                debug!(%status, "the driver's stream failed");
+                Inbound::Fail(status)
+            }
+        };
+        let failed = matches!(next, Inbound::Fail(_));
+        if batches.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The applier: stores queued batches in order and answers each.
+struct Applier {
+    driver: String,
+    writer: EventWriter,
+    replies: mpsc::Sender<Result<BridgeMessage, Status>>,
+    stats: Arc<Stats>,
+    abandon: CancellationToken,
+}
+
+impl Applier {
+    async fn run(mut self, mut batches: mpsc::Receiver<Inbound>) {
+        let stats = Arc::clone(&self.stats);
+        let _connected = stats.driver_connected();
+        let mut call: Vec<ValidBatch> = Vec::new();
+        let mut ending: Option<Status> = None;
+        while ending.is_none() {
+            // Wait for a batch, then take every batch already waiting, up to
+            // the limits of one call.
+            match batches.recv().await {
+                Some(Inbound::Batch(batch)) => call.push(batch),
+                Some(Inbound::Fail(status)) => ending = Some(status),
+                None => break,
+            }
+            let (mut events, mut bytes) = call.first().map_or((0, 0), |b| (b.events.len(), b.payload_bytes));
+            while ending.is_none() && events < MAX_EVENTS_PER_CALL && bytes < MAX_BYTES_PER_CALL {
+                match batches.try_recv() {
+                    Ok(Inbound::Batch(batch)) => {
+                        events += batch.events.len();
+                        bytes += batch.payload_bytes;
+                        call.push(batch);
+                    }
+                    Ok(Inbound::Fail(status)) => ending = Some(status),
+                    Err(_) => break,
+                }
+            }
+            if !call.is_empty() {
+                let Some(stored) = self.store(&call).await else {
+                    return;
+                };
+                if !self.answer(call.drain(..), stored).await {
+                    return;
+                }
+            }
+        }
+        if let Some(status) = ending {
+            let _ = self.replies.send(Err(status)).await;
+        }
+    }
+
+    /// Stores `call`, retrying until it succeeds; `None` when the driver went
+    /// away or the shutdown grace ran out first.
+    async fn store(&mut self, call: &[ValidBatch]) -> Option<Vec<u32>> {
+        let mut delay = RETRY_FIRST;
+        let mut failures: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                result = self.writer.store(&self.driver, call) => result,
+                () = self.replies.closed() => return None,
+                () = self.abandon.cancelled() => return None,
+            };
+            let err = match result {
+                Ok(stored) => {
+                    if failures > 0 {
+                        info!(failures, "Redis stores events again");
+                    }
+                    return Some(stored);
+                }
+                Err(err) => err,
+            };
+            failures += 1;
+            self.stats.add_store_retry();
+            if failures == 1 {
+                warn!(error = %err, batches = call.len(), "cannot store events; retrying until Redis takes them");
+            } else if failures % RETRIES_PER_ERROR_LOG == 0 {
+                error!(error = %err, failures, "still cannot store events in Redis");
+            }
+            let pause = rand::random_range(delay / 2..=delay);
+            delay = (delay * 2).min(RETRY_LAST);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.replies.closed() => return None,
+                () = self.abandon.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Sends one `BatchDurable` per batch, in order; false when the driver
+    /// went away.
+    async fn answer(&self, call: impl Iterator<Item = ValidBatch>, stored: Vec<u32>) -> bool {
+        let (mut total_stored, mut total_duplicates) = (0u64, 0u64);
+        let mut delivered = true;
+        for (batch, stored) in call.zip(stored) {
+            let events = u32::try_from(batch.events.len()).unwrap_or(u32::MAX);
+            let duplicates = events.saturating_sub(stored);
+            total_stored += u64::from(stored);
+            total_duplicates += u64::from(duplicates);
+            let durable = BridgeMessage {
+                kind: Some(bridge_message::Kind::Durable(BatchDurable {
+                    batch_id: batch.batch_id,
+                    stored,
+                    duplicates,
+                })),
+            };
+            if delivered {
+                delivered = tokio::select! {
+                    sent = self.replies.send(Ok(durable)) => sent.is_ok(),
+                    // A driver that stops reading must not hold the task
+                    // past the shutdown grace.
+                    () = self.abandon.cancelled() => false,
+                };
+            }
+        }
+        self.stats.add_stored(total_stored, total_duplicates);
+        delivered
+    }
+}
