@@ -104,7 +104,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "UPLOAD_BUFFER_BYTES",
         default: Some("262144"),
-        help: "per-connection upload write buffer; each full buffer is one write + fdatasync",
+        help: "per-connection upload write buffer, 4096 to 1048576 bytes; each full buffer is one write + fdatasync",
     },
     Variable {
         name: "UPLOAD_MAX_BYTES",
@@ -132,6 +132,10 @@ pub static VARIABLES: &[Variable] = &[
         help: "Sentry environment name (e.g. production)",
     },
 ];
+
+/// The largest upload write buffer: CWP/1 §3 promises an `UPLOAD_STATUS`
+/// at least once per MiB received.
+pub const MAX_UPLOAD_BUFFER_BYTES: usize = 1 << 20;
 
 /// The driver's configuration.
 #[derive(Debug, Clone)]
@@ -253,8 +257,10 @@ impl Config {
         if max_payload.is_some_and(|m| m < 1024) {
             env.problem("DRIVER_MAX_PAYLOAD must be at least 1024 (a 1 KiB BLOCK frame must fit)");
         }
-        if upload_buffer_bytes.is_some_and(|b| b < 4096) {
-            env.problem("UPLOAD_BUFFER_BYTES must be at least 4096");
+        if upload_buffer_bytes.is_some_and(|b| !(4096..=MAX_UPLOAD_BUFFER_BYTES).contains(&b)) {
+            // CWP/1 §3: UPLOAD_STATUS at least once per 1 MiB received, and
+            // it follows each full buffer.
+            env.problem("UPLOAD_BUFFER_BYTES must be between 4096 and 1048576 (1 MiB)");
         }
         let json_logs = match log_format.as_deref() {
             Some("json") => true,

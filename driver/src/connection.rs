@@ -4,7 +4,9 @@
 //! [`Connection`] owns the socket, the codec and the two buffers; the
 //! functions below own the protocol. Both buffers are released whenever they
 //! are empty, so an idle session holds no buffer at all: its cost is this
-//! task, its socket, its [`SessionHandle`] and its seal.
+//! task, its socket, its [`SessionHandle`] and its seal. An open upload
+//! adds its write buffer ([`crate::upload`]) and keeps the receive buffer,
+//! so that its blocks cost no allocation.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use crate::Driver;
 use crate::bridge::unix_ms;
 use crate::pipeline::PendingEvent;
 use crate::registry::{CloseRequest, SessionHandle};
+use crate::upload::{UploadError, Uploads};
 
 /// Bytes read per read call at most: big enough for bulk uploads to read
 /// many frames per syscall, small enough to keep active connections lean.
@@ -130,9 +133,11 @@ impl Connection {
         Ok(())
     }
 
-    /// Drops empty buffers so that an idle connection holds none.
-    fn release_idle_buffers(&mut self) {
-        if self.rx.is_empty() && self.rx.capacity() > 0 {
+    /// Drops empty buffers so that an idle connection holds none. While
+    /// `uploading`, the receive buffer stays: its space is reclaimed in
+    /// place for the next blocks instead of being allocated again.
+    fn release_idle_buffers(&mut self, uploading: bool) {
+        if !uploading && self.rx.is_empty() && self.rx.capacity() > 0 {
             self.rx = BytesMut::new();
         }
         if self.tx.capacity() > READ_CHUNK {
@@ -312,6 +317,8 @@ struct Established<'a> {
     last_ack: u64,
     /// When the device was last heard from, Unix ms (for the registry).
     last_heard_ms: u64,
+    /// CWP/1 §3 Uploads: the one upload this connection may have open.
+    upload: Uploads,
 }
 
 impl<'a> Established<'a> {
@@ -324,11 +331,15 @@ impl<'a> Established<'a> {
             refused_from: None,
             last_ack: session.durable_event_id(),
             last_heard_ms: unix_ms(),
+            upload: Uploads::default(),
         }
     }
 
     async fn run(&mut self) {
         let ending = self.serve().await;
+        // Unflushed upload bytes were never reported: the device sends them
+        // again. The upload's lock goes now, before the goodbye.
+        self.upload.close();
         match ending {
             Ending::Quiet => {}
             Ending::Bye(reason, reconnect_after_ms) => {
@@ -370,7 +381,7 @@ impl<'a> Established<'a> {
             if self.conn.flush().await.is_err() {
                 return Ending::Quiet;
             }
-            self.conn.release_idle_buffers();
+            self.conn.release_idle_buffers(self.upload.is_open());
 
             tokio::select! {
                 biased;
@@ -433,8 +444,34 @@ impl<'a> Established<'a> {
                 debug!(reason = %bye.reason, "device said BYE");
                 Err(Ending::Bye(ByeReason::NORMAL, 0))
             }
-            DeviceFrame::UploadBegin(_) | DeviceFrame::Block(_) | DeviceFrame::UploadEnd(_) => {
-                self.refuse(ErrorCode::BUSY, &frame, "uploads are not accepted by this driver")
+            DeviceFrame::UploadBegin(begin) => {
+                let opened = self.upload.begin(self.driver, self.session.serial, begin).await;
+                match opened {
+                    Ok(status) => self.conn.queue(&ServerFrame::UploadStatus(status)),
+                    Err(err) => return self.upload_failed(&err),
+                }
+                Ok(())
+            }
+            DeviceFrame::Block(block) => {
+                match self.upload.block(self.driver, block.data).await {
+                    Ok(Some(status)) => self.conn.queue(&ServerFrame::UploadStatus(status)),
+                    Ok(None) => {}
+                    Err(err) => return self.upload_failed(&err),
+                }
+                Ok(())
+            }
+            DeviceFrame::UploadEnd(end) => {
+                match self.upload.end(self.driver, self.session.serial, end).await {
+                    Ok(Some(ended)) => {
+                        if let Some(status) = ended.status {
+                            self.conn.queue(&ServerFrame::UploadStatus(status));
+                        }
+                        self.conn.queue(&ServerFrame::UploadDone(ended.done));
+                    }
+                    Ok(None) => {}
+                    Err(err) => return self.upload_failed(&err),
+                }
+                Ok(())
             }
             DeviceFrame::Hello(_) | DeviceFrame::Auth(_) => {
                 Err(self.unexpected(&frame, "the handshake is already complete"))
@@ -453,9 +490,16 @@ impl<'a> Established<'a> {
         ))
     }
 
-    /// Sends a non-fatal error about `frame`.
-    fn refuse(&mut self, code: ErrorCode, frame: &DeviceFrame, message: &str) -> Result<(), Ending> {
-        self.refuse_type(code, cwp::Frame::frame_type(frame), message);
+    /// An upload frame failed: fatal errors end the session, the others
+    /// are sent and the session goes on.
+    fn upload_failed(&mut self, err: &UploadError) -> Result<(), Ending> {
+        let error = err.to_frame();
+        if error.fatal {
+            return Err(Ending::Fatal(error));
+        }
+        debug!(code = %error.code, error = %err, "upload refused");
+        self.driver.metrics.error_sent(error.code);
+        self.conn.queue(&ServerFrame::Error(error));
         Ok(())
     }
 

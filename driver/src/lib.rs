@@ -10,6 +10,10 @@
 //!   the vendor-bridge and turns its durable confirmations into `ACK`s.
 //! - [`commands`] holds the one Redis pub/sub connection: operators'
 //!   commands to sessions, and supersede notices from the bridge.
+//! - [`upload`] receives uploads (`UPLOAD_BEGIN` … `UPLOAD_END`) into one
+//!   write buffer per uploading connection, stores them under `UPLOAD_DIR`
+//!   and records completed ones through [`bridge`]; a background task
+//!   expires abandoned partial uploads.
 //! - [`registry`] is the table of live sessions and their mailboxes, the
 //!   only way other tasks reach a connection.
 //! - [`drain`] ends everything gracefully on SIGTERM; [`admin`] serves
@@ -30,6 +34,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod registry;
 pub mod title;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,6 +55,7 @@ use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
+use crate::upload::UploadStore;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -68,6 +74,8 @@ pub struct Driver {
     pub subscriptions: Subscriptions,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Upload storage under `UPLOAD_DIR`.
+    pub uploads: UploadStore,
     /// Set on SIGTERM: `/healthz` answers 503 and new sessions leave at once.
     pub draining: AtomicBool,
 }
@@ -112,6 +120,10 @@ pub async fn run(
         config.driver_id.clone(),
         instance_id,
     );
+    let uploads = UploadStore::new(config.upload_dir.clone());
+    uploads
+        .prepare()
+        .with_context(|| format!("preparing UPLOAD_DIR {}", config.upload_dir.display()))?;
     let registry = Arc::new(Registry::default());
     let (pipeline, pipeline_task) = pipeline::pipeline(bridge.clone(), metrics.clone(), config.max_pending_events);
 
@@ -137,6 +149,7 @@ pub async fn run(
         bridge,
         subscriptions,
         metrics,
+        uploads,
         draining: AtomicBool::new(false),
     });
     info!(
@@ -160,6 +173,12 @@ pub async fn run(
         stop_admin.clone(),
     ));
     let reload = tokio::spawn(reload_keys_on_hangup(driver.clone()));
+    let stop_expiry = CancellationToken::new();
+    let expiry = tokio::spawn(upload::expire_periodically(
+        driver.uploads.clone(),
+        driver.config.upload_expire_after,
+        stop_expiry.clone(),
+    ));
     let stop_title = CancellationToken::new();
     let title = title.map(|title| tokio::spawn(title::refresh(driver.clone(), title, stop_title.clone())));
 
@@ -196,6 +215,8 @@ pub async fn run(
     stop_commands.cancel();
     let _ = commands_task.await;
     reload.abort();
+    stop_expiry.cancel();
+    let _ = expiry.await;
     stop_title.cancel();
     if let Some(title) = title {
         let _ = title.await;
@@ -214,7 +235,8 @@ async fn reload_keys_on_hangup(driver: Arc<Driver>) {
     while hangups.recv().await.is_some() {
         match driver.keys.reload() {
             Ok(count) => info!(keys = count, "reloaded CWP_KEYS_FILE"),
-            Err(err) => warn!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force"),
+            // An operator's mistake that leaves devices with stale keys: alert.
+            Err(err) => tracing::error!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force"),
         }
     }
 }

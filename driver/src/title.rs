@@ -12,7 +12,10 @@ use crate::Driver;
 
 /// Formats the title: the first `limit` serials in order, then `+N more`.
 pub fn format_title(port: u16, serials: &[cwp::Serial], total: usize, events: u64, draining: bool) -> String {
-    let mut title = format!("driver v{} port: {port} controllers: {total}", env!("CARGO_PKG_VERSION"));
+    let mut title = format!(
+        "driver v{} port: {port} controllers: {total}",
+        env!("CARGO_PKG_VERSION")
+    );
     if !serials.is_empty() {
         title.push_str(" [");
         for (i, serial) in serials.iter().enumerate() {
@@ -45,7 +48,13 @@ pub async fn refresh(driver: Arc<Driver>, title: ProcessTitle, stop: Cancellatio
         }
         let (serials, total) = driver.registry.sample(driver.config.title_serials);
         let draining = driver.draining.load(std::sync::atomic::Ordering::Acquire);
-        title.set(&format_title(port, &serials, total, driver.pipeline.received_total(), draining));
+        title.set(&format_title(
+            port,
+            &serials,
+            total,
+            driver.pipeline.received_total(),
+            draining,
+        ));
     }
 }
 
@@ -55,10 +64,16 @@ mod tests {
 
     #[test]
     fn lists_serials_up_to_the_limit_then_counts_the_rest() {
-        let serials: Vec<cwp::Serial> = ["CTRL-1", "CTRL-2", "CTRL-3"].iter().map(|s| s.parse().unwrap()).collect();
+        let serials: Vec<cwp::Serial> = ["CTRL-1", "CTRL-2", "CTRL-3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         assert_eq!(
             format_title(5001, &serials, 3, 1234, false),
-            format!("driver v{} port: 5001 controllers: 3 [CTRL-1 CTRL-2 CTRL-3] events: 1234", env!("CARGO_PKG_VERSION"))
+            format!(
+                "driver v{} port: 5001 controllers: 3 [CTRL-1 CTRL-2 CTRL-3] events: 1234",
+                env!("CARGO_PKG_VERSION")
+            )
         );
         assert!(format_title(5001, &serials[..2], 10, 0, false).ends_with("[CTRL-1 CTRL-2 +8 more] events: 0"));
         assert!(format_title(5001, &[], 0, 0, true).ends_with("controllers: 0 events: 0 (draining)"));

@@ -14,7 +14,12 @@ use fleet::local::{FleetSpec, LocalFleet};
 use fleet::process::free_port;
 use support::*;
 
-fn spec(drivers: usize, haproxy_processes: usize, state_dir: &std::path::Path, driver_env: &[(&str, &str)]) -> FleetSpec {
+fn spec(
+    drivers: usize,
+    haproxy_processes: usize,
+    state_dir: &std::path::Path,
+    driver_env: &[(&str, &str)],
+) -> FleetSpec {
     FleetSpec {
         drivers,
         fleet_port: free_port().unwrap(),
@@ -24,7 +29,10 @@ fn spec(drivers: usize, haproxy_processes: usize, state_dir: &std::path::Path, d
         master_key_hex: MASTER_KEY_HEX.to_owned(),
         state_dir: state_dir.to_owned(),
         log_files: true,
-        driver_env: driver_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        driver_env: driver_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         haproxy_open_files: 20_000,
     }
 }
@@ -57,10 +65,7 @@ fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() 
                 let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
                 let serial = serial(&format!("FLEET-{i:04}"));
                 let mut connection = Connection::connect_from(addr, source).await.unwrap();
-                connection
-                    .handshake(serial, &device_key(&serial), "fw")
-                    .await
-                    .unwrap();
+                connection.handshake(serial, &device_key(&serial), "fw").await.unwrap();
                 (serial, connection)
             }));
         }
@@ -74,7 +79,11 @@ fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() 
     let per_driver = sessions(&fleet);
     assert_eq!(per_driver.iter().sum::<f64>(), 1000.0, "{per_driver:?}");
     for (i, n) in per_driver.iter().enumerate() {
-        assert!((150.0..=350.0).contains(n), "driver-{} holds {n} of 1000 devices: {per_driver:?}", i + 1);
+        assert!(
+            (150.0..=350.0).contains(n),
+            "driver-{} holds {n} of 1000 devices: {per_driver:?}",
+            i + 1
+        );
     }
 
     rt.block_on(async {
@@ -90,7 +99,11 @@ fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() 
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-            assert_eq!(peer, connection.local_addr().unwrap().to_string(), "{serial}'s real address");
+            assert_eq!(
+                peer,
+                connection.local_addr().unwrap().to_string(),
+                "{serial}'s real address"
+            );
         }
     });
 
@@ -127,8 +140,12 @@ fn simulate(fleet: &LocalFleet, devices: u32, rate: u32, duration: &str) -> std:
 
 fn verdict(sim: std::process::Child) -> serde_json::Value {
     let output = sim.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("sim summary is not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "sim summary is not JSON ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     assert!(output.status.success(), "controller-sim failed: {summary}");
     assert_eq!(summary["verification"]["passed"], true, "{summary}");
     assert_eq!(summary["verification"]["missing"], 0, "{summary}");
@@ -139,7 +156,11 @@ fn verdict(sim: std::process::Child) -> serde_json::Value {
 fn wait_for_events(fleet: &LocalFleet, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let acked: f64 = fleet.drivers.iter().map(|d| d.metric("drover_driver_events_acked").unwrap_or(0.0)).sum();
+        let acked: f64 = fleet
+            .drivers
+            .iter()
+            .map(|d| d.metric("drover_driver_events_acked_total").unwrap_or(0.0))
+            .sum();
         if acked >= at_least {
             return;
         }
@@ -157,7 +178,10 @@ fn killing_a_driver_loses_and_duplicates_nothing() {
     fleet.drivers[1].process().kill(); // kill -9
     let summary = verdict(sim);
     assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
-    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "devices of the dead driver reconnected: {summary}");
+    assert!(
+        summary["reconnects"].as_u64().unwrap() >= 1,
+        "devices of the dead driver reconnected: {summary}"
+    );
 }
 
 #[test]
@@ -177,7 +201,10 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     })
     .unwrap();
     let per_driver = sessions(&fleet);
-    assert!(per_driver.iter().all(|&n| n >= 10.0), "devices spread over the new drivers: {per_driver:?}");
+    assert!(
+        per_driver.iter().all(|&n| n >= 10.0),
+        "devices spread over the new drivers: {per_driver:?}"
+    );
     let summary = verdict(sim);
     assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
 }

@@ -15,7 +15,8 @@
 //!   (`src/scripts/*.lua`).
 //! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
 //!   the check that Redis fsyncs before it answers.
-//! - [`stats`]: counters for the process title; [`config`]: the environment.
+//! - [`stats`]: counters, shown by [`title`] as the process title; [`config`]:
+//!   the environment.
 //!
 //! [`serve`] ties them together and runs until its shutdown future resolves.
 
@@ -38,6 +39,7 @@ pub mod service;
 pub mod stats;
 pub mod store;
 mod stream;
+pub mod title;
 
 pub use config::Config;
 pub use stats::{Stats, StatsSnapshot};

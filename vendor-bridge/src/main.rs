@@ -21,6 +21,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread exists (Sentry's transport starts one).
+    let title = match process_title::ProcessTitle::init() {
+        Ok(title) => Some(title),
+        Err(err) => {
+            eprintln!("vendor-bridge: process title unavailable: {err}");
+            None
+        }
+    };
     // Telemetry comes before the runtime so every worker thread inherits it.
     let telemetry = match telemetry::init(TelemetryConfig {
         service: "vendor-bridge",
@@ -36,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = run(config);
+    let result = run(config, title);
     if let Err(err) = &result {
         error!("vendor-bridge failed: {err:#}");
     }
@@ -48,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, title: Option<process_title::ProcessTitle>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vendor-bridge")
@@ -59,6 +67,13 @@ fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on BRIDGE_LISTEN={}", config.listen))?;
         let stats = Arc::new(Stats::new());
+        if let Some(title) = title {
+            tokio::spawn(vendor_bridge::title::refresh(
+                title,
+                config.listen.port(),
+                stats.clone(),
+            ));
+        }
         let shutdown = async {
             let signal = drover_service::shutdown::terminate().await;
             info!(signal, "received");

@@ -86,7 +86,11 @@ pub async fn expire_periodically(store: UploadStore, expire_after: Duration, sto
         };
         match pass.await {
             Ok(Ok(expired)) if expired.removed > 0 => {
-                info!(removed = expired.removed, in_use = expired.in_use, "expired abandoned partial uploads");
+                info!(
+                    removed = expired.removed,
+                    in_use = expired.in_use,
+                    "expired abandoned partial uploads"
+                );
             }
             Ok(Ok(expired)) => debug!(in_use = expired.in_use, "no partial upload to expire"),
             Ok(Err(err)) => warn!(error = %err, dir = %store.root().display(), "upload expiry pass failed"),

@@ -147,7 +147,14 @@ impl UploadStore {
     /// the data file is fdatasynced and its length is the durable offset:
     /// whatever a killed writer left in the page cache becomes durable
     /// before anyone reports it.
-    pub fn open(&self, serial: &Serial, upload_id: UploadId, name: &str, total_size: u64, now_ms: u64) -> Result<Opened, StoreError> {
+    pub fn open(
+        &self,
+        serial: &Serial,
+        upload_id: UploadId,
+        name: &str,
+        total_size: u64,
+        now_ms: u64,
+    ) -> Result<Opened, StoreError> {
         if let Some(completed) = self.completed(serial, upload_id)? {
             return Ok(Opened::Completed(completed));
         }
@@ -156,7 +163,12 @@ impl UploadStore {
         let dir = self.root.join(PARTIAL).join(&serial_dir).join(&id);
         for _ in 0..OPEN_ATTEMPTS {
             create_dirs(&self.root, &[PARTIAL, &serial_dir, &id])?;
-            let file = match OpenOptions::new().read(true).append(true).create(true).open(dir.join(DATA)) {
+            let file = match OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(dir.join(DATA))
+            {
                 Ok(file) => file,
                 // The expiry removed the directory between the two calls.
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
@@ -418,7 +430,10 @@ impl PartialUpload {
 
     /// `partial/s-<serial>/<upload-id>`.
     fn dir(&self) -> PathBuf {
-        self.root.join(PARTIAL).join(&self.serial_dir).join(&self.meta.upload_id)
+        self.root
+            .join(PARTIAL)
+            .join(&self.serial_dir)
+            .join(&self.meta.upload_id)
     }
 }
 

@@ -1,0 +1,514 @@
+//! One connection's upload, CWP/1 §3 Uploads: at most one open at a time,
+//! with its write buffer and its running SHA-256.
+//!
+//! [`Uploads`] is the connection's upload slot. `UPLOAD_BEGIN` opens an
+//! upload (or finds it completed), `BLOCK`s fill the buffer, each full
+//! buffer is made durable on the blocking pool, `UPLOAD_END` checks size
+//! and digest and completes or discards. [`UploadError`] is every way that
+//! fails, and [`UploadError::to_frame`] the one place it becomes a CWP/1
+//! error.
+
+use std::io;
+
+use bytes::Bytes;
+use cwp::{
+    ErrorCode, ErrorFrame, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus,
+};
+use drover_proto::bridge::RecordUploadRequest;
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info, warn};
+
+use super::store::{CompletedUpload, Opened, PartialUpload, StoreError};
+use crate::Driver;
+use crate::bridge::unix_ms;
+use crate::metrics::ResultLabel;
+
+/// Why an upload frame could not be served. Every variant but
+/// [`UploadError::Unexpected`] closes the upload; the device reopens it
+/// with `UPLOAD_BEGIN` later.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// A frame the upload state does not allow (fatal).
+    #[error("{reason}")]
+    Unexpected {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// For the device's log.
+        reason: &'static str,
+    },
+    /// The upload is, or would become, larger than `UPLOAD_MAX_BYTES`.
+    #[error("upload of {size} bytes exceeds UPLOAD_MAX_BYTES = {limit}")]
+    TooLarge {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// Announced, or received so far.
+        size: u64,
+        /// `UPLOAD_MAX_BYTES`.
+        limit: u64,
+    },
+    /// The upload goes past the `total_size` the device announced.
+    #[error("upload goes past the announced total_size {total_size}")]
+    PastTotal {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// What `UPLOAD_BEGIN` announced.
+        total_size: u64,
+    },
+    /// The upload is open on another session.
+    #[error("upload is open on another session")]
+    Conflict,
+    /// The disk refused (full, failing): nothing beyond the last
+    /// `UPLOAD_STATUS` was stored.
+    #[error("cannot store the upload now: {source}")]
+    Storage {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// What the filesystem said.
+        source: io::Error,
+    },
+    /// The upload is complete on disk, but the bridge did not take its
+    /// `upload_completed` record; `UPLOAD_END` again will retry.
+    #[error("upload stored, but its record could not be written: {0}")]
+    NotRecorded(String),
+}
+
+impl UploadError {
+    /// The `ERROR` frame for the device, with the fatality the spec gives
+    /// its code.
+    pub fn to_frame(&self) -> ErrorFrame {
+        let (code, ref_type) = match self {
+            Self::Unexpected { ref_type, .. } => (ErrorCode::UNEXPECTED, *ref_type),
+            Self::TooLarge { ref_type, .. } | Self::PastTotal { ref_type, .. } | Self::Storage { ref_type, .. } => {
+                (ErrorCode::BUSY, *ref_type)
+            }
+            Self::Conflict => (ErrorCode::UPLOAD_CONFLICT, FrameType::UPLOAD_BEGIN),
+            Self::NotRecorded(_) => (ErrorCode::BUSY, FrameType::UPLOAD_END),
+        };
+        let message = match self {
+            // The device needs no details of our disk.
+            Self::Storage { .. } => "cannot store the upload now, retry later".to_owned(),
+            Self::NotRecorded(_) => "upload stored but not yet recorded, send UPLOAD_END again".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorFrame::new(code, ref_type, &message)
+    }
+}
+
+/// What `UPLOAD_END` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The final durable offset, when the end made more bytes durable.
+    pub status: Option<UploadStatus>,
+    /// The verdict.
+    pub done: UploadDone,
+}
+
+/// The connection's upload slot.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    slot: Slot,
+}
+
+#[derive(Debug, Default)]
+enum Slot {
+    /// No upload open.
+    #[default]
+    Idle,
+    /// Receiving `BLOCK`s.
+    Receiving(Box<Receiving>),
+    /// `UPLOAD_BEGIN` of an upload finished earlier: only its `UPLOAD_END`
+    /// (answered again) makes sense.
+    Completed(UploadId, Box<CompletedUpload>),
+    /// The upload was closed with an error (`BUSY`, `UPLOAD_CONFLICT`):
+    /// its `BLOCK`s and `UPLOAD_END` still in flight are ignored until the
+    /// next `UPLOAD_BEGIN`, instead of ending the session.
+    Refused,
+}
+
+/// An open upload receiving data.
+#[derive(Debug)]
+struct Receiving {
+    upload_id: UploadId,
+    /// The most bytes it may have: `UPLOAD_MAX_BYTES`, or the announced
+    /// `total_size` if smaller.
+    limit: Limit,
+    /// The data file, locked.
+    file: PartialUpload,
+    /// Received bytes not yet durable; capacity `UPLOAD_BUFFER_BYTES`.
+    buffer: Vec<u8>,
+    /// `UPLOAD_BUFFER_BYTES`: flush when the buffer holds this much.
+    buffer_bytes: usize,
+    /// SHA-256 of every byte received (durable and buffered).
+    hasher: Sha256,
+    /// Bytes received: durable + buffered.
+    received: u64,
+}
+
+/// The size limit of one upload, and which rule sets it.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    bytes: u64,
+    announced: bool,
+}
+
+impl Limit {
+    fn new(total_size: u64, max_bytes: u64) -> Self {
+        if total_size > 0 && total_size <= max_bytes {
+            Self {
+                bytes: total_size,
+                announced: true,
+            }
+        } else {
+            Self {
+                bytes: max_bytes,
+                announced: false,
+            }
+        }
+    }
+
+    fn exceeded(self, ref_type: FrameType, size: u64) -> UploadError {
+        if self.announced {
+            UploadError::PastTotal {
+                ref_type,
+                total_size: self.bytes,
+            }
+        } else {
+            UploadError::TooLarge {
+                ref_type,
+                size,
+                limit: self.bytes,
+            }
+        }
+    }
+}
+
+impl Receiving {
+    /// One write + one fdatasync of the buffer; empties it.
+    fn write_buffer(&mut self) -> io::Result<()> {
+        self.file.append(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+/// What opening an upload found.
+enum Began {
+    /// Open on another session.
+    Locked,
+    /// Open here, receiving.
+    Receiving(Box<Receiving>),
+    /// Finished earlier.
+    Completed(Box<CompletedUpload>),
+}
+
+/// Runs `work` on the blocking pool; a panic there is an I/O failure.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join)))
+}
+
+/// Makes the buffer durable. On failure the upload is dropped, which
+/// releases its lock: the file was already cut back to its durable offset.
+async fn flush(mut upload: Box<Receiving>) -> io::Result<Box<Receiving>> {
+    blocking(move || upload.write_buffer().map(|()| upload)).await
+}
+
+impl Uploads {
+    /// Whether an upload is open (its buffer allocated).
+    pub fn is_open(&self) -> bool {
+        matches!(self.slot, Slot::Receiving(_) | Slot::Completed(..))
+    }
+
+    /// Closes whatever is open (the session ends): unflushed bytes are
+    /// dropped, never reported; the lock is released.
+    pub fn close(&mut self) {
+        self.slot = Slot::Idle;
+    }
+
+    /// `UPLOAD_BEGIN`: opens the upload and returns the `UPLOAD_STATUS`
+    /// that tells the device where to resume.
+    pub async fn begin(
+        &mut self,
+        driver: &Driver,
+        serial: Serial,
+        begin: UploadBegin,
+    ) -> Result<UploadStatus, UploadError> {
+        if self.is_open() {
+            return Err(UploadError::Unexpected {
+                ref_type: FrameType::UPLOAD_BEGIN,
+                reason: "an upload is already open on this connection",
+            });
+        }
+        // Refused until it is open.
+        self.slot = Slot::Refused;
+        let max_bytes = driver.config.upload_max_bytes;
+        if begin.total_size > max_bytes {
+            return Err(UploadError::TooLarge {
+                ref_type: FrameType::UPLOAD_BEGIN,
+                size: begin.total_size,
+                limit: max_bytes,
+            });
+        }
+        let limit = Limit::new(begin.total_size, max_bytes);
+        let upload_id = begin.upload_id;
+        let store = driver.uploads.clone();
+        let buffer_bytes = driver.config.upload_buffer_bytes;
+        let name = begin.name.as_str().to_owned();
+        let opened = blocking(move || {
+            let opened = match store.open(&serial, upload_id, &name, begin.total_size, unix_ms()) {
+                Ok(opened) => opened,
+                Err(StoreError::Locked) => return Ok(Began::Locked),
+                Err(StoreError::Io(err)) => return Err(err),
+            };
+            Ok(match opened {
+                Opened::Completed(completed) => Began::Completed(Box::new(completed)),
+                Opened::Partial(file) => {
+                    let mut buffer = Vec::with_capacity(buffer_bytes);
+                    // A resumed upload: its digest so far, read back once.
+                    let hasher = file.hash_prefix(&mut buffer)?;
+                    Began::Receiving(Box::new(Receiving {
+                        upload_id,
+                        limit,
+                        received: file.durable(),
+                        file,
+                        buffer,
+                        buffer_bytes,
+                        hasher,
+                    }))
+                }
+            })
+        })
+        .await
+        .map_err(|source| {
+            warn!(%serial, %upload_id, error = %source, "cannot open upload");
+            UploadError::Storage {
+                ref_type: FrameType::UPLOAD_BEGIN,
+                source,
+            }
+        })?;
+        let durable_offset = match opened {
+            Began::Locked => return Err(UploadError::Conflict),
+            Began::Receiving(upload) => {
+                if upload.received > upload.limit.bytes {
+                    return Err(upload.limit.exceeded(FrameType::UPLOAD_BEGIN, upload.received));
+                }
+                debug!(%upload_id, durable_offset = upload.received, "upload opened");
+                let durable_offset = upload.received;
+                self.slot = Slot::Receiving(upload);
+                durable_offset
+            }
+            Began::Completed(completed) => {
+                debug!(%upload_id, size = completed.size, "upload was completed earlier");
+                let size = completed.size;
+                self.slot = Slot::Completed(upload_id, completed);
+                size
+            }
+        };
+        Ok(UploadStatus {
+            upload_id,
+            durable_offset,
+        })
+    }
+
+    /// `BLOCK`: the next bytes. Returns the `UPLOAD_STATUS` to send when
+    /// they filled the buffer and it was made durable.
+    pub async fn block(&mut self, driver: &Driver, data: Bytes) -> Result<Option<UploadStatus>, UploadError> {
+        let mut upload = match std::mem::replace(&mut self.slot, Slot::Refused) {
+            Slot::Receiving(upload) => upload,
+            Slot::Idle => {
+                return Err(UploadError::Unexpected {
+                    ref_type: FrameType::BLOCK,
+                    reason: "BLOCK with no upload open",
+                });
+            }
+            Slot::Refused => return Ok(None),
+            Slot::Completed(_, completed) => {
+                return Err(UploadError::PastTotal {
+                    ref_type: FrameType::BLOCK,
+                    total_size: completed.size,
+                });
+            }
+        };
+        let received = upload.received + data.len() as u64;
+        if received > upload.limit.bytes {
+            return Err(upload.limit.exceeded(FrameType::BLOCK, received));
+        }
+        upload.hasher.update(&data);
+        upload.received = received;
+        let mut rest: &[u8] = &data;
+        let mut status = None;
+        loop {
+            let room = upload.buffer_bytes - upload.buffer.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            upload.buffer.extend_from_slice(now);
+            rest = later;
+            if upload.buffer.len() == upload.buffer_bytes {
+                let flushed = upload.buffer.len() as u64;
+                upload = flush(upload).await.map_err(|source| {
+                    warn!(error = %source, "upload write failed; the device gets BUSY");
+                    UploadError::Storage {
+                        ref_type: FrameType::BLOCK,
+                        source,
+                    }
+                })?;
+                driver.metrics.upload_bytes.inc_by(flushed);
+                status = Some(UploadStatus {
+                    upload_id: upload.upload_id,
+                    durable_offset: upload.file.durable(),
+                });
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+        self.slot = Slot::Receiving(upload);
+        Ok(status)
+    }
+
+    /// `UPLOAD_END`: checks size and digest; completes the upload (durable,
+    /// moved to `completed/`, recorded through the bridge) or discards it.
+    /// `None`: the frame belongs to an upload refused earlier and is ignored.
+    pub async fn end(&mut self, driver: &Driver, serial: Serial, end: UploadEnd) -> Result<Option<Ended>, UploadError> {
+        let not_open = UploadError::Unexpected {
+            ref_type: FrameType::UPLOAD_END,
+            reason: "UPLOAD_END for an upload that is not open",
+        };
+        match std::mem::take(&mut self.slot) {
+            Slot::Idle => Err(not_open),
+            Slot::Refused => {
+                self.slot = Slot::Refused;
+                Ok(None)
+            }
+            Slot::Completed(upload_id, completed) => {
+                if upload_id != end.upload_id {
+                    return Err(not_open);
+                }
+                let status = verdict(
+                    completed.size,
+                    &hex::decode(&completed.sha256).unwrap_or_default(),
+                    &end,
+                );
+                if status == UploadOutcome::OK {
+                    record(driver, &completed).await?;
+                } else {
+                    warn!(%upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
+                }
+                Ok(Some(Ended {
+                    status: None,
+                    done: UploadDone {
+                        upload_id,
+                        size: completed.size,
+                        status,
+                    },
+                }))
+            }
+            Slot::Receiving(upload) => {
+                if upload.upload_id != end.upload_id {
+                    return Err(not_open);
+                }
+                let Receiving {
+                    upload_id,
+                    mut file,
+                    buffer,
+                    hasher,
+                    received,
+                    ..
+                } = *upload;
+                let digest: [u8; 32] = hasher.finalize().into();
+                let status = verdict(received, &digest, &end);
+                let done = UploadDone {
+                    upload_id,
+                    size: received,
+                    status,
+                };
+                if status != UploadOutcome::OK {
+                    // CWP/1 §3: on a mismatch the stored upload is discarded.
+                    if let Err(err) = blocking(move || file.discard()).await {
+                        warn!(%upload_id, error = %err, "cannot discard a mismatched upload; the expiry will");
+                    }
+                    let result = if status == UploadOutcome::SIZE_MISMATCH {
+                        "size_mismatch"
+                    } else {
+                        "digest_mismatch"
+                    };
+                    driver.metrics.uploads.get_or_create(&ResultLabel { result }).inc();
+                    info!(%upload_id, received, announced = end.total_size, result, "upload discarded");
+                    return Ok(Some(Ended { status: None, done }));
+                }
+                let flushed = buffer.len() as u64;
+                let completed = blocking(move || {
+                    if !buffer.is_empty() {
+                        file.append(&buffer)?;
+                    }
+                    file.complete(&digest, unix_ms())
+                })
+                .await
+                .map_err(|source| {
+                    warn!(%upload_id, error = %source, "cannot complete upload; the device gets BUSY");
+                    UploadError::Storage {
+                        ref_type: FrameType::UPLOAD_END,
+                        source,
+                    }
+                })?;
+                driver.metrics.upload_bytes.inc_by(flushed);
+                record(driver, &completed).await?;
+                driver
+                    .metrics
+                    .uploads
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                info!(
+                    %serial,
+                    %upload_id,
+                    name = %completed.name,
+                    size = completed.size,
+                    sha256 = %completed.sha256,
+                    path = %completed.path,
+                    "upload completed"
+                );
+                Ok(Some(Ended {
+                    status: (flushed > 0).then_some(UploadStatus {
+                        upload_id,
+                        durable_offset: received,
+                    }),
+                    done,
+                }))
+            }
+        }
+    }
+}
+
+/// `UPLOAD_DONE.status` for what was received against what `end` claims.
+fn verdict(size: u64, digest: &[u8], end: &UploadEnd) -> UploadOutcome {
+    if size != end.total_size {
+        UploadOutcome::SIZE_MISMATCH
+    } else if digest != end.sha256 {
+        UploadOutcome::DIGEST_MISMATCH
+    } else {
+        UploadOutcome::OK
+    }
+}
+
+/// Appends the `upload_completed` record (idempotent at the bridge).
+async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), UploadError> {
+    let request = RecordUploadRequest {
+        serial: completed.serial.clone(),
+        upload_id: completed.upload_id.clone(),
+        name: completed.name.clone(),
+        size: completed.size,
+        sha256: completed.sha256.clone(),
+        path: completed.path.clone(),
+        driver_id: String::new(),
+    };
+    match driver.bridge.record_upload(request).await {
+        Ok(appended) => {
+            debug!(upload_id = %completed.upload_id, appended, "upload recorded");
+            Ok(())
+        }
+        Err(status) => {
+            warn!(upload_id = %completed.upload_id, code = ?status.code(), message = status.message(), "cannot record a completed upload");
+            Err(UploadError::NotRecorded(status.message().to_owned()))
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The process title `ps aux` shows, refreshed every second:
+//! `vendor-bridge v0.1.0 port: 50051 drivers: 4 events: 123456`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use process_title::ProcessTitle;
+
+use crate::Stats;
+
+/// Formats the title.
+pub fn format_title(port: u16, drivers: u64, events_stored: u64) -> String {
+    format!(
+        "vendor-bridge v{} port: {port} drivers: {drivers} events: {events_stored}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Refreshes the title every second, forever (abort the task to stop).
+pub async fn refresh(title: ProcessTitle, port: u16, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = stats.snapshot();
+        title.set(&format_title(port, snapshot.connected_drivers, snapshot.events_stored));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_port_drivers_and_events() {
+        assert_eq!(
+            super::format_title(50051, 4, 1234),
+            format!(
+                "vendor-bridge v{} port: 50051 drivers: 4 events: 1234",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+}
