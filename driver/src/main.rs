@@ -3,15 +3,17 @@
 
 use anyhow::Context as _;
 use driver::Config;
+use drover_service::env::{self, CliAction};
+use drover_service::shutdown;
 use drover_service::telemetry::{self, TelemetryConfig};
-use drover_service::{env, shutdown};
 
 const SUMMARY: &str = "Drover driver: serves CWP/1 controllers, streams their events to the vendor-bridge \
 and delivers operators' commands from Redis.";
 
 fn main() -> anyhow::Result<()> {
     env::load_dotenv();
-    if let Some(code) = env::handle_cli("driver", SUMMARY, driver::config::VARIABLES) {
+    let action = env::handle_cli("driver", SUMMARY, driver::config::VARIABLES);
+    if let CliAction::Exit(code) = action {
         std::process::exit(code);
     }
     let config = match Config::from_env() {
@@ -21,16 +23,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    raise_open_file_limit();
-    // Before any thread exists (Sentry's transport starts one).
-    let title = match process_title::ProcessTitle::init() {
-        Ok(title) => Some(title),
-        Err(err) => {
-            eprintln!("driver: process title unavailable: {err}");
-            None
-        }
-    };
-    let _telemetry = telemetry::init(TelemetryConfig {
+    let telemetry_config = TelemetryConfig {
         service: "driver",
         version: env!("CARGO_PKG_VERSION"),
         json_logs: config.json_logs,
@@ -40,9 +33,27 @@ fn main() -> anyhow::Result<()> {
             ("driver", config.driver_id.clone()),
             ("port", config.listen.port().to_string()),
         ],
-    })?;
+    };
+    if action == CliAction::SentryTest {
+        if let Err(err) = telemetry::self_test(telemetry_config) {
+            eprintln!("driver --sentry-test: {err:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    raise_open_file_limit();
+    // Before any thread exists (Sentry's transport starts one).
+    let title = match process_title::ProcessTitle::init() {
+        Ok(title) => Some(title),
+        Err(err) => {
+            eprintln!("driver: process title unavailable: {err}");
+            None
+        }
+    };
+    let _telemetry = telemetry::init(telemetry_config)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(telemetry::share_process_hub)
         .build()
         .context("starting the async runtime")?
         .block_on(async {

@@ -1,5 +1,7 @@
 //! CWP/1 §2 Session, against a real driver: who gets in and who does not.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

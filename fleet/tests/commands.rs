@@ -2,6 +2,8 @@
 //! `PUBLISH cwp:cmd:{serial} '{...}'`, the `COMMAND` frame on the device,
 //! the result on `cwp:cmd-result:{serial}`.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

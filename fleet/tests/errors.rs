@@ -2,6 +2,8 @@
 //! driver and checked on the wire (code, fatality, `ref_type`), and for the
 //! fatal ones, that the connection is then closed.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! CWP/1 §3 Events end to end: device → driver → gRPC → vendor-bridge →
 //! Redis → ACK, with every acknowledgement checked against what Redis holds.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashSet;

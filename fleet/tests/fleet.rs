@@ -3,6 +3,8 @@
 //! killed or restarted under load without losing or duplicating an event,
 //! and the process titles `ps` shows.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};

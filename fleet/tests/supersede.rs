@@ -1,6 +1,8 @@
 //! CWP/1 §2: one serial, one live session in the whole fleet. The newer
 //! session wins; the older one is closed with `BYE SUPERSEDED`.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -146,12 +146,19 @@ impl EnvReader {
     }
 }
 
-/// `--help` text: a summary, then every variable with its default.
+/// `--help` text: a summary, the options, then every variable with its
+/// default.
 pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     let mut text = format!(
-        "{binary} {}\n{summary}\n\nUsage: {binary} [--help] [--version]\n\n",
+        "{binary} {}\n{summary}\n\nUsage: {binary} [--help | --version | --sentry-test]\n\n",
         env!("CARGO_PKG_VERSION")
     );
+    text.push_str("Options:\n\n");
+    text.push_str("  --sentry-test  with this configuration, send one test error and one test panic to\n");
+    text.push_str("                 SENTRY_DSN (tagged and with a breadcrumb, like real ones), print their\n");
+    text.push_str("                 event ids and exit; fails if SENTRY_DSN is unset\n");
+    text.push_str("  --help         this text\n");
+    text.push_str("  --version      the version\n\n");
     text.push_str("Configured by environment variables (a .env file in the working directory is read too):\n\n");
     let width = table.iter().map(|v| v.name.len()).max().unwrap_or(0);
     for v in table {
@@ -163,23 +170,38 @@ pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     text
 }
 
-/// Handles `--help` and `--version` for a binary configured only by its
-/// environment. Returns `Some(exit code)` when the process should stop.
-pub fn handle_cli(binary: &str, summary: &str, table: &[Variable]) -> Option<i32> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        None => None,
-        Some("--help" | "-h") => {
+/// What the command line asks a server binary to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CliAction {
+    /// No argument: serve.
+    Run,
+    /// `--sentry-test`: send test events to Sentry and exit (see
+    /// [`crate::telemetry::self_test`]).
+    SentryTest,
+    /// `--help`, `--version` (already answered) or a bad argument: exit
+    /// with this code.
+    Exit(i32),
+}
+
+/// Handles the command line of a binary configured by its environment:
+/// answers `--help` and `--version` itself, and tells the caller what else
+/// to do.
+pub fn handle_cli(binary: &str, summary: &str, table: &[Variable]) -> CliAction {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => CliAction::Run,
+        ["--sentry-test"] => CliAction::SentryTest,
+        ["--help" | "-h"] => {
             print!("{}", help(binary, summary, table));
-            Some(0)
+            CliAction::Exit(0)
         }
-        Some("--version" | "-V") => {
+        ["--version" | "-V"] => {
             println!("{binary} {}", env!("CARGO_PKG_VERSION"));
-            Some(0)
+            CliAction::Exit(0)
         }
-        Some(other) => {
-            eprintln!("{binary}: unexpected argument {other:?}; configuration is by environment, see --help");
-            Some(2)
+        _ => {
+            eprintln!("{binary}: unexpected arguments {args:?}; configuration is by environment, see --help");
+            CliAction::Exit(2)
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The plumbing the driver and the vendor-bridge share, so that both behave
 //! the same way for an operator:
 //!
-//! - [`env`]: configuration from environment variables (and `.env`), read
+//! - [`env`](mod@env): configuration from environment variables (and `.env`), read
 //!   once at start against a documented table; every bad variable reported
-//!   together; the same table prints `--help`.
+//!   together; the same table prints `--help`; [`env::handle_cli`] answers
+//!   the command line.
 //! - [`telemetry`]: `tracing` logs (text or JSON, `RUST_LOG`) and, when
-//!   `SENTRY_DSN` is set, Sentry errors, panics and breadcrumbs.
+//!   `SENTRY_DSN` is set, Sentry errors, panics and breadcrumbs; the
+//!   operator's `--sentry-test`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream.
 
 pub mod env;

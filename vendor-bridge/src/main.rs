@@ -4,14 +4,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use drover_service::env::{self, CliAction};
 use drover_service::telemetry::{self, TelemetryConfig};
 use tracing::{error, info};
 use vendor_bridge::config::{self, LogFormat};
 use vendor_bridge::{Config, Stats};
 
 fn main() -> ExitCode {
-    drover_service::env::load_dotenv();
-    if let Some(code) = drover_service::env::handle_cli("vendor-bridge", config::SUMMARY, config::VARIABLES) {
+    env::load_dotenv();
+    let action = env::handle_cli("vendor-bridge", config::SUMMARY, config::VARIABLES);
+    if let CliAction::Exit(code) = action {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let config = match Config::from_env() {
@@ -21,6 +23,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let telemetry_config = TelemetryConfig {
+        service: "vendor-bridge",
+        version: env!("CARGO_PKG_VERSION"),
+        json_logs: config.log_format == LogFormat::Json,
+        sentry_dsn: config.sentry_dsn.clone(),
+        sentry_environment: config.sentry_environment.clone(),
+        tags: vec![("port", config.listen.port().to_string())],
+    };
+    if action == CliAction::SentryTest {
+        return match telemetry::self_test(telemetry_config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("vendor-bridge --sentry-test: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Before any thread exists (Sentry's transport starts one).
     let title = match process_title::ProcessTitle::init() {
         Ok(title) => Some(title),
@@ -30,14 +49,7 @@ fn main() -> ExitCode {
         }
     };
     // Telemetry comes before the runtime so every worker thread inherits it.
-    let telemetry = match telemetry::init(TelemetryConfig {
-        service: "vendor-bridge",
-        version: env!("CARGO_PKG_VERSION"),
-        json_logs: config.log_format == LogFormat::Json,
-        sentry_dsn: config.sentry_dsn.clone(),
-        sentry_environment: config.sentry_environment.clone(),
-        tags: vec![("port", config.listen.port().to_string())],
-    }) {
+    let telemetry = match telemetry::init(telemetry_config) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("vendor-bridge: {err:#}");
@@ -60,6 +72,7 @@ fn run(config: Config, title: Option<process_title::ProcessTitle>) -> anyhow::Re
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vendor-bridge")
+        .on_thread_start(telemetry::share_process_hub)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {

@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+#
+# Drover's binaries in one image: driver, vendor-bridge, controller-sim and
+# fleet, in /usr/local/bin. docker-compose.yml builds it; by hand:
+#
+#   docker build -t drover .
+#
+# Needs BuildKit (the default builder of current Docker) for the cache
+# mounts below.
+
+# The builder and the runtime are the same Debian release, so the binaries
+# link against the glibc they run with.
+ARG DEBIAN_RELEASE=bookworm
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+WORKDIR /src
+COPY . .
+# Downloaded crates and target/ live in BuildKit cache mounts that outlive
+# the build: after a source change only Drover's own crates recompile.
+# --locked builds exactly what Cargo.lock says. target/ is a cache mount, so
+# the binaries are copied out of it within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p driver -p vendor-bridge -p controller-sim -p fleet \
+ && mkdir -p /out \
+ && cp target/release/driver target/release/vendor-bridge target/release/controller-sim target/release/fleet /out/
+
+FROM debian:${DEBIAN_RELEASE}-slim
+# ca-certificates: Sentry (and any TLS endpoint) is reached over HTTPS.
+# The image keeps bash: the compose health checks speak HTTP over /dev/tcp.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+# A fixed uid, so that files on shared volumes (UPLOAD_DIR) belong to the
+# same user in every container. The uploads directory exists in the image so
+# that a new named volume mounted there starts out owned by that user.
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/drover --shell /usr/sbin/nologin drover \
+ && mkdir -p /var/lib/drover/uploads \
+ && chown -R drover:drover /var/lib/drover
+COPY --from=builder /out/ /usr/local/bin/
+USER drover
+WORKDIR /var/lib/drover
+# Every service names its binary (`command: ["driver"]`); alone, the image
+# explains itself.
+CMD ["driver", "--help"]
