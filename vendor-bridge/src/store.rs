@@ -7,8 +7,9 @@
 //! Scripts are sent with `EVALSHA`; after a Redis restart the first call
 //! gets `NOSCRIPT`, loads the script and runs it again.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Connection, Pool, Runtime, Timeouts};
 use redis::aio::MultiplexedConnection;
@@ -188,11 +189,7 @@ impl Store {
 
     /// A writer for one event stream (see [`EventWriter`]).
     pub fn event_writer(&self) -> EventWriter {
-        EventWriter {
-            pool: self.pool.clone(),
-            connection: None,
-            command: redis::Cmd::new(),
-        }
+        EventWriter::new(self.pool.clone())
     }
 
     /// The restart cleanup on a stream's `hello`: returns how many devices
@@ -293,18 +290,33 @@ impl Store {
     }
 }
 
+/// How often, at most, one stream refreshes a device's registry entry
+/// (`last_event_id`, `last_seen_ms`) while it keeps sending events. The
+/// exactly-once high-water mark (`cwp:hwm`) is exact at every call; only
+/// this human-facing copy lags, by at most this much.
+const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
+
 /// Stores the batches of one event stream, one script call at a time.
 ///
 /// It keeps a clone of a pooled multiplexed connection rather than checking
 /// one out per call: a checkout costs a `PING` round trip, and holding the
 /// checkout would let more streams than `REDIS_POOL_SIZE` starve each
 /// other. The pool still decides how many sockets there are and replaces
-/// broken ones; streams share them. It reuses one command buffer, so a call
-/// allocates nothing per event.
+/// broken ones; streams share them. It reuses one command buffer and its
+/// scratch tables, so a call allocates nothing per event.
 pub struct EventWriter {
     pool: Pool,
     connection: Option<MultiplexedConnection>,
     command: redis::Cmd,
+    /// Serials of the call being built, in first-seen order.
+    serials: Vec<String>,
+    /// Serial -> its index (1-based) in `serials`.
+    index: HashMap<String, usize>,
+    /// Serials whose registry entry was refreshed in the current and the
+    /// previous period: a serial is refreshed when it is in neither. Two
+    /// generations bound the memory to the devices active lately.
+    refreshed: [HashSet<String>; 2],
+    period_started: Instant,
 }
 
 impl std::fmt::Debug for EventWriter {
@@ -316,18 +328,35 @@ impl std::fmt::Debug for EventWriter {
 }
 
 impl EventWriter {
+    fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            connection: None,
+            command: redis::Cmd::new(),
+            serials: Vec::new(),
+            index: HashMap::new(),
+            refreshed: [HashSet::new(), HashSet::new()],
+            period_started: Instant::now(),
+        }
+    }
+
     /// Stores `batches` (in order) with one script call and returns, per
     /// batch, how many events were newly appended to `cwp:events`; the rest
     /// were duplicates. On error nothing is known about what was stored:
     /// call again with the same batches.
     pub async fn store(&mut self, driver: &str, batches: &[ValidBatch]) -> Result<Vec<u32>, StoreError> {
-        build_store_events(&mut self.command, driver, batches);
+        let refreshing = self.plan_call(batches);
+        self.build_store_events(driver, batches, refreshing);
         let result = self.invoke().await;
         if let Err(err) = &result {
             if err.connection_is_broken() {
                 // The next call takes a fresh one; the pool's own check
                 // (PING at checkout) retires the broken socket.
                 self.connection = None;
+            }
+            // The registry refreshes of a failed call did not happen.
+            for serial in &self.serials[..refreshing] {
+                self.refreshed[0].remove(serial);
             }
         }
         let stored = result?;
@@ -340,6 +369,75 @@ impl EventWriter {
             .into());
         }
         Ok(stored)
+    }
+
+    /// Collects the call's distinct serials, those due a registry refresh
+    /// first; returns how many are due.
+    fn plan_call(&mut self, batches: &[ValidBatch]) -> usize {
+        if self.period_started.elapsed() >= REGISTRY_REFRESH {
+            self.refreshed.swap(0, 1);
+            self.refreshed[0].clear();
+            self.period_started = Instant::now();
+        }
+        self.serials.clear();
+        self.index.clear();
+        let mut later = Vec::new();
+        for event in batches.iter().flat_map(|batch| &batch.events) {
+            if self.index.insert(event.serial.clone(), 0).is_some() {
+                continue; // met earlier in this call
+            }
+            let [current, previous] = &mut self.refreshed;
+            if current.contains(&event.serial) || previous.contains(&event.serial) {
+                later.push(event.serial.clone());
+            } else {
+                current.insert(event.serial.clone());
+                self.serials.push(event.serial.clone());
+            }
+        }
+        let refreshing = self.serials.len();
+        self.serials.append(&mut later);
+        for (i, serial) in self.serials.iter().enumerate() {
+            self.index.insert(serial.clone(), i + 1);
+        }
+        refreshing
+    }
+
+    /// Writes `EVALSHA store_events 0 driver k s r serials... n1..nk
+    /// (index id time kind body received [notice])...` into the command
+    /// (see `scripts/store_events.lua`).
+    fn build_store_events(&mut self, driver: &str, batches: &[ValidBatch], refreshing: usize) {
+        let command = &mut self.command;
+        command.clear();
+        command
+            .arg("EVALSHA")
+            .arg(SCRIPTS.store_events.get_hash())
+            .arg(0)
+            .arg(driver)
+            .arg(batches.len())
+            .arg(self.serials.len())
+            .arg(refreshing);
+        for serial in &self.serials {
+            command.arg(serial.as_bytes());
+        }
+        for batch in batches {
+            command.arg(batch.events.len());
+        }
+        for batch in batches {
+            let mut notices = batch.results.iter();
+            for event in &batch.events {
+                command
+                    .arg(self.index.get(&event.serial).copied().unwrap_or(0))
+                    .arg(event.event_id)
+                    .arg(event.time_ms)
+                    .arg(event.kind)
+                    .arg(&event.body[..])
+                    .arg(event.received_ms);
+                if event.kind == COMMAND_RESULT_KIND {
+                    // `ValidBatch::check` made one notice per command result.
+                    command.arg(notices.next().map_or("", String::as_str));
+                }
+            }
+        }
     }
 
     async fn invoke(&mut self) -> Result<Vec<u32>, StoreError> {
@@ -356,37 +454,6 @@ impl EventWriter {
                 Ok(self.command.query_async(connection).await?)
             }
             result => Ok(result?),
-        }
-    }
-}
-
-/// Writes `EVALSHA store_events 0 driver k n1..nk (serial id time kind body
-/// received [notice])...` into `command` (see `scripts/store_events.lua`).
-fn build_store_events(command: &mut redis::Cmd, driver: &str, batches: &[ValidBatch]) {
-    command.clear();
-    command
-        .arg("EVALSHA")
-        .arg(SCRIPTS.store_events.get_hash())
-        .arg(0)
-        .arg(driver)
-        .arg(batches.len());
-    for batch in batches {
-        command.arg(batch.events.len());
-    }
-    for batch in batches {
-        let mut notices = batch.results.iter();
-        for event in &batch.events {
-            command
-                .arg(event.serial.as_bytes())
-                .arg(event.event_id)
-                .arg(event.time_ms)
-                .arg(event.kind)
-                .arg(&event.body[..])
-                .arg(event.received_ms);
-            if event.kind == COMMAND_RESULT_KIND {
-                // `ValidBatch::check` made one notice per command result.
-                command.arg(notices.next().map_or("", String::as_str));
-            }
         }
     }
 }

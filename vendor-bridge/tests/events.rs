@@ -127,10 +127,9 @@ async fn event_ids_are_compared_as_u64_not_as_lua_doubles() {
             "18446744073709551615"
         ]
     );
+    // The exactly-once high-water mark is exact after every call.
     assert_eq!(
-        support::hget(&mut redis, "cwp:device:S", "last_event_id")
-            .await
-            .as_deref(),
+        support::hget(&mut redis, "cwp:hwm", "S").await.as_deref(),
         Some("18446744073709551615")
     );
 }
@@ -341,4 +340,41 @@ async fn shutdown_stores_and_answers_received_batches_then_ends_streams_with_una
     let end = stream.next().await.unwrap_err();
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     bridge.stopped().await.unwrap();
+}
+
+/// The registry's copy of the high-water mark (`last_event_id`,
+/// `last_seen_ms` in `cwp:device:{serial}`) is written with a device's first
+/// batch and then at most once a second per device, so that devices sending
+/// many events cost one registry write a second, not one per batch.
+#[tokio::test]
+async fn the_registry_follows_the_high_water_mark_within_a_second() {
+    let bridge = Bridge::start().await;
+    let mut client = bridge.client().await;
+    let mut redis = bridge.redis().await;
+    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
+    stream.store(1, vec![event("R", 1, 1, b"")]).await;
+    assert_eq!(
+        support::hget(&mut redis, "cwp:device:R", "last_event_id")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    stream.store(2, vec![event("R", 2, 1, b"")]).await;
+    assert_eq!(support::hget(&mut redis, "cwp:hwm", "R").await.as_deref(), Some("2"));
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut next = 3;
+    loop {
+        stream.store(next, vec![event("R", next, 1, b"")]).await;
+        let registry = support::hget(&mut redis, "cwp:device:R", "last_event_id").await;
+        if registry.as_deref() == Some(next.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry never caught up: {registry:?}"
+        );
+        next += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -4,15 +4,18 @@
 --
 -- ARGV: serial, session (hex), driver, instance, peer, firmware, connected_ms
 -- Returns {last_event_id (decimal string, '0' if none), 1 if a previous
--- session was superseded else 0}.
+-- session was superseded else 0}. last_event_id is the serial's high-water
+-- mark (cwp:hwm), copied into the registry as the session starts.
 local serial, session, driver = ARGV[1], ARGV[2], ARGV[3]
 local device = 'cwp:device:' .. serial
-local previous = redis.call('HMGET', device, 'online', 'driver', 'session', 'last_event_id')
+local previous = redis.call('HMGET', device, 'online', 'driver', 'session')
 local was_online, old_driver, old_session = previous[1], previous[2], previous[3]
+local last_event_id = redis.call('HGET', 'cwp:hwm', serial) or '0'
 
 redis.call('HSET', device,
   'online', '1', 'driver', driver, 'instance', ARGV[4], 'session', session,
-  'peer', ARGV[5], 'firmware', ARGV[6], 'connected_ms', ARGV[7], 'last_seen_ms', ARGV[7])
+  'peer', ARGV[5], 'firmware', ARGV[6], 'connected_ms', ARGV[7], 'last_seen_ms', ARGV[7],
+  'last_event_id', last_event_id)
 redis.call('SADD', 'cwp:driver-devices:' .. driver, serial)
 
 local superseded = 0
@@ -26,4 +29,4 @@ if was_online == '1' and old_session and old_session ~= session then
     end
   end
 end
-return {previous[4] or '0', superseded}
+return {last_event_id, superseded}

@@ -3,11 +3,22 @@
 --
 -- ARGV[1]      driver id, recorded with every event
 -- ARGV[2]      k, the number of batches
--- ARGV[3..2+k] the number of events in each batch
--- then per event: serial, event_id, time_ms, kind, body, received_ms and,
--- only when kind is 65535 (a command result), the JSON notice to publish.
+-- ARGV[3]      s, the number of distinct serials in the call
+-- ARGV[4]      r, how many of those serials also refresh their registry entry
+-- ARGV[5..4+s] the distinct serials, the r to refresh first
+-- ARGV[5+s..4+s+k] the number of events in each batch
+-- then per event: serial index (1-based, into the serials above), event_id,
+-- time_ms, kind, body, received_ms and, only when kind is 65535 (a command
+-- result), the JSON notice to publish.
 --
 -- Returns, per batch, how many of its events were appended to cwp:events.
+--
+-- The high-water marks live in one hash, cwp:hwm (serial -> highest stored
+-- event id): one HMGET reads them all and one HSET writes them all, so the
+-- cost per event is its XADD, whatever the number of devices. The registry
+-- (cwp:device:{serial}) gets last_event_id and last_seen_ms only for the r
+-- serials the bridge asks for (at most about once a second per serial);
+-- session open and close bring it up to date too.
 --
 -- Event ids are u64 decimal strings without leading zeros. Lua numbers are
 -- doubles that lose precision above 2^53, so ids are compared as strings and
@@ -15,13 +26,13 @@
 --
 -- All or nothing: Redis does not roll a script back, so everything that can
 -- fail runs before the first write. The shebang makes Redis refuse the whole
--- script when it is out of memory; every high-water mark is read (HGET fails
--- on a key of the wrong type) before the first XADD.
+-- script when it is out of memory; the HMGET (which fails on a key of the
+-- wrong type) runs before the first XADD.
 local call = redis.call
 local argv = ARGV
 
 -- Whether decimal id is above decimal mark: a longer one is larger; of equal
--- length, digit strings collate in digit order (Lua compares with strcoll).
+-- length, digit strings collate in digit order.
 local function above(id, mark)
   if #id ~= #mark then
     return #id > #mark
@@ -31,38 +42,29 @@ end
 
 local driver = argv[1]
 local batches = tonumber(argv[2])
-local first = 3 + batches
-local marks = {}   -- serial -> highest stored event id
-local devices = {} -- serial -> its registry key
-local seen = {}    -- serial -> received_ms of its latest event here
-local touched = {} -- serials in the order first met
+local nserials = tonumber(argv[3])
+local refresh = tonumber(argv[4])
+local serials = {}
+for j = 1, nserials do
+  serials[j] = argv[4 + j]
+end
 
--- Reads: the high-water mark of every serial.
-local last = #argv
-local i = first
-while i <= last do
-  local serial = argv[i]
-  if marks[serial] == nil then
-    local device = 'cwp:device:' .. serial
-    devices[serial] = device
-    touched[#touched + 1] = serial
-    marks[serial] = call('HGET', device, 'last_event_id') or '0'
-  end
-  if argv[i + 3] == '65535' then
-    i = i + 7
-  else
-    i = i + 6
-  end
+-- Reads: every serial's high-water mark at once.
+local marks = call('HMGET', 'cwp:hwm', unpack(serials))
+for j = 1, nserials do
+  marks[j] = marks[j] or '0'
 end
 
 -- Writes: append what is above the mark, advancing it.
+local advanced = {} -- serial index -> true once its mark moved
+local seen = {}     -- serial index -> received_ms of its latest event
 local stored = {}
-i = first
+local i = 5 + nserials + batches
 for b = 1, batches do
   local n = 0
-  for _ = 1, tonumber(argv[2 + b]) do
-    local serial, id, time_ms, kind, body, received_ms =
-      argv[i], argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4], argv[i + 5]
+  for _ = 1, tonumber(argv[4 + nserials + b]) do
+    local j = tonumber(argv[i])
+    local id, time_ms, kind, body, received_ms = argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4], argv[i + 5]
     local notice
     if kind == '65535' then
       notice = argv[i + 6]
@@ -70,22 +72,34 @@ for b = 1, batches do
     else
       i = i + 6
     end
-    if above(id, marks[serial]) then
+    local serial = serials[j]
+    if above(id, marks[j]) then
       call('XADD', 'cwp:events', '*',
         'serial', serial, 'event_id', id, 'time_ms', time_ms, 'kind', kind,
         'body', body, 'driver', driver, 'received_ms', received_ms)
-      marks[serial] = id
+      marks[j] = id
+      advanced[j] = true
       n = n + 1
       if notice then
         call('PUBLISH', 'cwp:cmd-result:' .. serial, notice)
       end
     end
-    seen[serial] = received_ms
+    seen[j] = received_ms
   end
   stored[b] = n
 end
 
-for _, serial in ipairs(touched) do
-  call('HSET', devices[serial], 'last_event_id', marks[serial], 'last_seen_ms', seen[serial])
+local updates = {}
+for j = 1, nserials do
+  if advanced[j] then
+    updates[#updates + 1] = serials[j]
+    updates[#updates + 1] = marks[j]
+  end
+end
+if #updates > 0 then
+  call('HSET', 'cwp:hwm', unpack(updates))
+end
+for j = 1, refresh do
+  call('HSET', 'cwp:device:' .. serials[j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
 return stored
