@@ -8,9 +8,11 @@
 //!   environment like in production.
 //! - [`lbconfig`] and [`haproxy`]: the HAProxy configuration for N drivers
 //!   (from `lb-config/haproxy.cfg.tmpl`) and HAProxy processes running it.
+//! - [`bench`]: the benchmark runner (`fleet bench`).
 //! - [`local`]: all of it together, the way `fleet up` runs it.
 //! - [`http`]: a tiny GET for health checks and metrics.
 
+pub mod bench;
 pub mod binaries;
 pub mod components;
 pub mod haproxy;

@@ -25,6 +25,27 @@ enum Commands {
     Up(UpArgs),
     /// Print the HAProxy configuration for N drivers (lb-config/haproxy.cfg).
     LbConfig(LbConfigArgs),
+    /// Run the benchmark suite and write docs/BENCHMARKS.md.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Benchmarks to run (comma-separated): events.
+    #[arg(long, value_delimiter = ',', default_value = "events")]
+    only: Vec<String>,
+    /// Devices for the events benchmark (comma-separated for several runs).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    devices: Vec<u64>,
+    /// Short phases, to check the runner itself.
+    #[arg(long)]
+    quick: bool,
+    /// The file to update.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+    /// Do not build the binaries first.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up(args) => up(args),
         Commands::LbConfig(args) => lb_config(args),
+        Commands::Bench(args) => bench(args),
     }
 }
 
@@ -310,4 +332,44 @@ Ctrl-C stops everything (drivers drain first).
         drivers = drivers.join("\n                       "),
         stats = args.stats_port,
     );
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use fleet::bench::{BenchContext, events, machine::Machine, report};
+    if !args.no_build {
+        build_binaries()?;
+    }
+    let work = tempfile::Builder::new().prefix("drover-bench-").tempdir()?;
+    let command = std::env::args()
+        .skip(1)
+        .fold("cargo run --release -p fleet --".to_owned(), |line, arg| {
+            format!("{line} {arg}")
+        });
+    let ctx = BenchContext {
+        work_dir: work.path().to_owned(),
+        quick: args.quick,
+        command: command.clone(),
+    };
+    let machine = Machine::current();
+    eprintln!("benchmarking on {}", machine.describe());
+    for name in &args.only {
+        match name.as_str() {
+            "events" => {
+                let mut body = format!(
+                    "## Events end to end\n\nDevice → driver → gRPC stream → vendor-bridge → Redis (`appendonly yes`, `appendfsync always`) → `ACK`; devices connect straight to one driver (HAProxy is not on the measured path). `controller-sim` devices send 64-byte events in bursts every 50 ms and keep each until its `ACK`; latency is from send to the covering `ACK`.\n\nCommand: `{command}`  \nMachine: {}\n\n",
+                    machine.describe()
+                );
+                for devices in &args.devices {
+                    eprintln!("events: {devices} devices ...");
+                    let result = events::run(&ctx, *devices)?;
+                    body.push_str(&result.markdown());
+                    body.push('\n');
+                }
+                report::write_section(&args.out, "events", &body)?;
+            }
+            other => bail!("unknown benchmark {other:?}"),
+        }
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
 }

@@ -1,0 +1,277 @@
+//! Events end to end (device → driver → gRPC → vendor-bridge → Redis with
+//! `appendfsync always` → `ACK`): the most a fleet of simulated devices gets
+//! acknowledged per second, the ack latency at fractions of that, and, in the
+//! same run on the same Redis, the ceiling: `redis-benchmark` pipelining the
+//! same `XADD`s.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use super::BenchContext;
+use super::probe::{CpuMeter, SimSummary, run_sim};
+use super::report::{Table, duration_us, thousands};
+use crate::binaries::binary;
+use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use crate::process::{find_on_path, free_port};
+use crate::redis::RedisServer;
+
+/// The benchmark's fixed key (the simulated fleet's master key).
+pub const MASTER_KEY_HEX: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+/// Bytes of body per event: a small JSON reading.
+const EVENT_SIZE: usize = 64;
+
+/// One measured phase.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// What it was.
+    pub label: String,
+    /// Events per second offered by the simulator.
+    pub offered: f64,
+    /// What the simulator measured.
+    pub summary: SimSummary,
+    /// CPU seconds per process over the phase.
+    pub cpu: Vec<(String, f64)>,
+    /// Length of the phase, seconds.
+    pub seconds: f64,
+}
+
+/// The whole result.
+#[derive(Debug, Clone)]
+pub struct EventsResult {
+    /// Devices connected.
+    pub devices: u64,
+    /// Phases, saturation first.
+    pub phases: Vec<Phase>,
+    /// `redis-benchmark` XADD requests per second.
+    pub ceiling: f64,
+    /// The ceiling's command line.
+    pub ceiling_command: String,
+}
+
+/// A fleet for the benchmark: Redis, bridge, one driver (devices connect
+/// directly; HAProxy is not part of the measured path).
+struct Rig {
+    redis: RedisServer,
+    bridge: BridgeProcess,
+    driver: DriverProcess,
+}
+
+impl Rig {
+    fn start(ctx: &BenchContext, name: &str) -> anyhow::Result<Self> {
+        let redis = RedisServer::start_in(&ctx.work_dir.join(format!("{name}-redis")), free_port()?)?;
+        let bridge = BridgeProcess::start(&redis.url(), &Logs::Discard, &[])?;
+        let driver = DriverProcess::start(&DriverOptions {
+            bridge_url: bridge.url(),
+            redis_url: redis.url(),
+            master_key_hex: MASTER_KEY_HEX.to_owned(),
+            proxy_protocol: false,
+            extra_env: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+            logs: Logs::Discard,
+        })?;
+        Ok(Self { redis, bridge, driver })
+    }
+
+    fn processes(&mut self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("redis-server", self.redis.pid()),
+            ("vendor-bridge", self.bridge.process().pid()),
+            ("driver", self.driver.process().pid()),
+        ]
+    }
+}
+
+fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64) -> Vec<String> {
+    [
+        "--target".to_owned(),
+        driver.to_string(),
+        "--devices".to_owned(),
+        devices.to_string(),
+        "--rate".to_owned(),
+        format!("{rate:.0}"),
+        "--event-size".to_owned(),
+        EVENT_SIZE.to_string(),
+        "--duration".to_owned(),
+        format!("{seconds}s"),
+        // Controllers buffer readings and write them in small bursts.
+        "--burst-interval".to_owned(),
+        "50ms".to_owned(),
+        "--source-ips".to_owned(),
+        "127.0.0.2-127.0.0.9".to_owned(),
+        "--serial-prefix".to_owned(),
+        "EVB-".to_owned(),
+    ]
+    .into()
+}
+
+fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64) -> anyhow::Result<Phase> {
+    let sim = binary("controller-sim")?;
+    let seconds = ctx.phase_seconds();
+    let meter = CpuMeter::start(&rig.processes());
+    let started = std::time::Instant::now();
+    let summary = run_sim(
+        &sim,
+        MASTER_KEY_HEX,
+        &sim_args(rig.driver.addr(), devices, rate, seconds),
+    )?;
+    let cpu = meter.stop();
+    Ok(Phase {
+        label: label.to_owned(),
+        offered: rate,
+        summary,
+        cpu,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `redis-benchmark` appending the same entries as the bridge, pipelined
+/// deeply so that each fsync covers many of them.
+fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
+    let tool =
+        find_on_path("redis-benchmark").context("redis-benchmark is not installed (it comes with redis-server)")?;
+    let body = "x".repeat(EVENT_SIZE);
+    let requests = if quick { "200000" } else { "2000000" };
+    let port = redis.port().to_string();
+    let args = [
+        "-p",
+        &port,
+        "-c",
+        "16",
+        "-P",
+        "500",
+        "-n",
+        requests,
+        "-r",
+        "1000000000",
+        "--csv",
+        "XADD",
+        "cwp:ceiling",
+        "*",
+        "serial",
+        "EVB-000001",
+        "event_id",
+        "__rand_int__",
+        "time_ms",
+        "1767225600000",
+        "kind",
+        "7",
+        "body",
+        &body,
+        "driver",
+        "driver-1",
+        "received_ms",
+        "1767225600000",
+    ];
+    let output = Command::new(&tool)
+        .args(args)
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .last()
+        .and_then(|line| line.split("\",\"").nth(1))
+        .and_then(|value| value.trim_matches('"').parse::<f64>().ok())
+        .with_context(|| format!("redis-benchmark printed no rate: {text}"))?;
+    let shown: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == body.as_str() { "<64 bytes>" } else { a })
+        .collect();
+    Ok((rps, format!("redis-benchmark {}", shown.join(" "))))
+}
+
+/// Runs the benchmark with `devices` devices.
+pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<EventsResult> {
+    let mut rig = Rig::start(ctx, &format!("events-{devices}"))?;
+    // Saturation: offer far more than the fleet can take; what it
+    // acknowledges per second is its capacity.
+    let saturated = phase(
+        ctx,
+        &mut rig,
+        "saturated (offered far above capacity)",
+        devices,
+        400_000.0,
+    )?;
+    let capacity = saturated.summary.acked_per_s;
+    if capacity <= 0.0 {
+        bail!("no event was acknowledged: {:?}", saturated.summary);
+    }
+    let mut phases = vec![saturated];
+    for (fraction, label) in [
+        (0.25, "25% of capacity"),
+        (0.5, "50% of capacity"),
+        (0.9, "90% of capacity"),
+    ] {
+        phases.push(phase(ctx, &mut rig, label, devices, capacity * fraction)?);
+    }
+    if capacity >= 50_000.0 {
+        phases.push(phase(ctx, &mut rig, "50,000 events/s", devices, 50_000.0)?);
+    }
+    let (ceiling, ceiling_command) = ceiling(&rig.redis, ctx.quick)?;
+    Ok(EventsResult {
+        devices,
+        phases,
+        ceiling,
+        ceiling_command,
+    })
+}
+
+impl EventsResult {
+    /// The section for docs/BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let capacity = self.phases.first().map_or(0.0, |p| p.summary.acked_per_s);
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "**{} devices**: capacity **{} events/s** acknowledged end to end; Redis ceiling (same `XADD`s, pipelined) {} /s in the same run: **{:.0}%** of it.\n",
+            thousands(self.devices as f64),
+            thousands(capacity),
+            thousands(self.ceiling),
+            100.0 * capacity / self.ceiling.max(1.0)
+        );
+        let mut table = Table::new(&[
+            "phase",
+            "offered /s",
+            "acknowledged /s",
+            "ack p50",
+            "ack p99",
+            "ack p99.9",
+            "errors",
+        ]);
+        for phase in &self.phases {
+            let s = &phase.summary;
+            let errors: Vec<String> = s.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            table.row(vec![
+                phase.label.clone(),
+                thousands(phase.offered),
+                thousands(s.acked_per_s),
+                duration_us(s.ack_latency_us.p50 as f64),
+                duration_us(s.ack_latency_us.p99 as f64),
+                duration_us(s.ack_latency_us.p999 as f64),
+                if errors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    errors.join(", ")
+                },
+            ]);
+        }
+        text.push_str(&table.render());
+        if let Some(saturated) = self.phases.first() {
+            let events = saturated.summary.events_acked.max(1) as f64;
+            let per_event: Vec<String> = saturated
+                .cpu
+                .iter()
+                .map(|(name, seconds)| format!("{name} {:.1} µs", seconds * 1e6 / events))
+                .collect();
+            let _ = writeln!(
+                text,
+                "\nCPU per acknowledged event at capacity (from `/proc`, all threads): {}; the simulator's own share is the rest of the 2 cores.",
+                per_event.join(", ")
+            );
+        }
+        let _ = writeln!(text, "\nCeiling: `{}`", self.ceiling_command);
+        text
+    }
+}
