@@ -20,6 +20,12 @@ At the end of --duration the devices stop making events, wait up to --grace
 for the acks of what they sent, say BYE and the summary is printed. Ctrl-C
 ends the run early (twice: at once).
 
+--scenario upload: every device uploads --upload-bytes (the same
+reproducible content for all) in BLOCKs of --block-size, resuming after
+reconnects; the run ends when every upload is done (or at --duration, then
+--grace). The summary reports the payload MB/s from the first UPLOAD_BEGIN
+to the last UPLOAD_DONE.
+
 Exit status: 0 on success, 1 if no device connected, 2 on a bad option,
 3 if --verify-redis found a lost or duplicated event (or could not check).
 
@@ -96,6 +102,18 @@ pub(crate) struct Args {
     #[arg(long, env = "SIM_FIRMWARE", default_value = concat!("controller-sim/", env!("CARGO_PKG_VERSION")))]
     firmware: String,
 
+    /// Bytes each device uploads (scenario upload).
+    #[arg(long, env = "SIM_UPLOAD_BYTES", value_name = "BYTES", default_value_t = 4_016_000)]
+    upload_bytes: u64,
+
+    /// Data bytes per BLOCK (1004: one 1 KiB frame).
+    #[arg(long, env = "SIM_BLOCK_SIZE", value_name = "BYTES", default_value_t = controller_sim::device::DEFAULT_BLOCK_SIZE)]
+    block_size: usize,
+
+    /// Most upload bytes a device sends beyond the last durable offset.
+    #[arg(long, env = "SIM_UPLOAD_WINDOW", value_name = "BYTES", default_value_t = controller_sim::device::DEFAULT_WINDOW)]
+    upload_window: u64,
+
     /// After the run, check in this Redis that every acknowledged event is
     /// in the stream cwp:events exactly once (redis://host:port).
     #[arg(long, env = "SIM_VERIFY_REDIS", value_name = "URL")]
@@ -160,6 +178,9 @@ pub(crate) struct Config {
     pub(crate) grace: Duration,
     pub(crate) threads: usize,
     pub(crate) firmware: String,
+    pub(crate) upload_bytes: u64,
+    pub(crate) block_size: usize,
+    pub(crate) upload_window: u64,
     pub(crate) verify_redis: Option<String>,
     pub(crate) json: bool,
 }
@@ -179,6 +200,14 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The largest `BLOCK` that fits the default `max_payload` with its tag.
+const MAX_BLOCK_SIZE: usize = cwp::DEFAULT_MAX_PAYLOAD as usize - cwp::TAG_LEN;
+/// The largest upload: its content is one buffer in memory.
+const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// A window that cannot stall against a server reporting once per MiB,
+/// whatever the block size.
+const MIN_UPLOAD_WINDOW: u64 = (1 << 20) + (64 << 10);
 
 /// The largest event body that fits the default `max_payload` (65,536)
 /// with the event's fields and tag.
@@ -230,6 +259,21 @@ impl Config {
         );
         require(args.threads >= 1, "threads", "at least 1");
         require(
+            (1..=MAX_BLOCK_SIZE).contains(&args.block_size),
+            "block-size",
+            "1 to 65,520 (what the default max_payload holds)",
+        );
+        require(
+            args.upload_bytes <= MAX_UPLOAD_BYTES,
+            "upload-bytes",
+            "at most 4 GiB (the content is held in memory)",
+        );
+        require(
+            args.upload_window >= MIN_UPLOAD_WINDOW,
+            "upload-window",
+            "at least 1 MiB + 64 KiB (the server reports once per MiB)",
+        );
+        require(
             args.firmware.len() <= cwp::Str8::MAX_LEN,
             "firmware",
             "at most 255 bytes",
@@ -270,6 +314,9 @@ impl Config {
                 grace,
                 threads: args.threads,
                 firmware: args.firmware,
+                upload_bytes: args.upload_bytes,
+                block_size: args.block_size,
+                upload_window: args.upload_window,
                 verify_redis: args.verify_redis,
                 json: args.json,
             }),

@@ -25,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::cli::{Args, Config};
 use crate::report::{RunFacts, Sample, Summary, Verification, progress_line};
+use crate::scenario::Scenario;
 
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -211,8 +212,9 @@ fn ramp_delay(index: u64, connect_rate: f64) -> Duration {
     }
 }
 
-/// Waits until the run's duration is over or Ctrl-C; redraws the progress
-/// line on stderr when it is a terminal.
+/// Waits until the run's duration is over, every upload is done (scenario
+/// upload) or Ctrl-C; redraws the progress line on stderr when it is a
+/// terminal.
 async fn watch_duration(config: &Config, stats: &Stats, started: Instant) {
     let end = started + config.duration;
     let live = std::io::stderr().is_terminal();
@@ -221,11 +223,18 @@ async fn watch_duration(config: &Config, stats: &Stats, started: Instant) {
     let mut before = Sample::default();
     let mut before_at = started;
     let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let uploaded = async {
+        match config.scenario {
+            Scenario::Upload => stats.uploads_completed_at_least(config.devices).await,
+            Scenario::Events => std::future::pending().await,
+        }
+    };
+    tokio::pin!(ctrl_c, uploaded);
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(end) => return,
             _ = &mut ctrl_c => return,
+            () = &mut uploaded => return,
             now = ticks.tick(), if live => {
                 let sample = Sample {
                     connected: stats.connected(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use controller_sim::device::{LatencySummary, StatsSnapshot};
+use controller_sim::device::{LatencySummary, StatsSnapshot, UploadSummary};
 use controller_sim::verify::Verdict;
 use serde::Serialize;
 
@@ -39,11 +39,57 @@ pub(crate) struct Anomalies {
     unexpected_frames: u64,
     acks_beyond_sent: u64,
     last_event_id_regressions: u64,
+    upload_offset_regressions: u64,
 }
 
 impl Anomalies {
     fn any(&self) -> bool {
-        self.unexpected_frames + self.acks_beyond_sent + self.last_event_id_regressions > 0
+        self.unexpected_frames + self.acks_beyond_sent + self.last_event_id_regressions + self.upload_offset_regressions
+            > 0
+    }
+}
+
+/// What the uploads did; absent from a run without uploads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Uploads {
+    completed: u64,
+    /// Payload of the completed uploads.
+    bytes: u64,
+    /// From the first `UPLOAD_BEGIN` to the last `UPLOAD_DONE OK`, s.
+    span_s: f64,
+    /// Payload MB/s (decimal) over that span.
+    mb_per_s: f64,
+    bytes_sent: u64,
+    bytes_resent: u64,
+    bytes_durable: u64,
+    resumes: u64,
+    refusals: u64,
+    mismatches: u64,
+}
+
+impl Uploads {
+    fn of(upload: &UploadSummary) -> Option<Self> {
+        if upload.bytes_sent + upload.bytes_resent + upload.completed == 0 {
+            return None;
+        }
+        let seconds = upload.span.as_secs_f64();
+        let mb_per_s = if seconds > 0.0 {
+            (upload.bytes_completed as f64 / 1e6 / seconds * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        Some(Self {
+            completed: upload.completed,
+            bytes: upload.bytes_completed,
+            span_s: (seconds * 1000.0).round() / 1000.0,
+            mb_per_s,
+            bytes_sent: upload.bytes_sent,
+            bytes_resent: upload.bytes_resent,
+            bytes_durable: upload.bytes_durable,
+            resumes: upload.resumes,
+            refusals: upload.refusals,
+            mismatches: upload.mismatches,
+        })
     }
 }
 
@@ -135,6 +181,8 @@ pub(crate) struct Summary {
     pub(crate) id_jumps: u64,
     pub(crate) anomalies: Anomalies,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) uploads: Option<Uploads>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verification: Option<Verification>,
 }
 
@@ -211,7 +259,9 @@ impl Summary {
                 unexpected_frames: stats.unexpected_frames,
                 acks_beyond_sent: stats.acks_beyond_sent,
                 last_event_id_regressions: stats.last_event_id_regressions,
+                upload_offset_regressions: stats.upload.offset_regressions,
             },
+            uploads: Uploads::of(&stats.upload),
             verification: None,
         }
     }
@@ -295,6 +345,18 @@ impl fmt::Display for Summary {
                 self.busy_retries, self.rewinds
             )?;
         }
+        if let Some(u) = &self.uploads {
+            write!(
+                f,
+                "\n  uploads      {} completed, {} bytes in {:.3} s: {:.1} MB/s of payload",
+                u.completed, u.bytes, u.span_s, u.mb_per_s
+            )?;
+            write!(
+                f,
+                "\n               {} bytes sent, {} resent, {} reported durable; {} resumed, {} refused (BUSY/CONFLICT), {} mismatched",
+                u.bytes_sent, u.bytes_resent, u.bytes_durable, u.resumes, u.refusals, u.mismatches
+            )?;
+        }
         if self.id_jumps > 0 {
             write!(
                 f,
@@ -306,8 +368,8 @@ impl fmt::Display for Summary {
             let a = &self.anomalies;
             write!(
                 f,
-                "\n  ANOMALIES    {} unexpected frames, {} acks for ids never sent, {} last_event_id regressions",
-                a.unexpected_frames, a.acks_beyond_sent, a.last_event_id_regressions
+                "\n  ANOMALIES    {} unexpected frames, {} acks for ids never sent, {} last_event_id regressions, {} upload offset regressions",
+                a.unexpected_frames, a.acks_beyond_sent, a.last_event_id_regressions, a.upload_offset_regressions
             )?;
         }
         match &self.verification {
@@ -410,6 +472,42 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(!text.contains("ANOMALIES"));
+    }
+
+    #[test]
+    fn uploads_show_their_payload_rate_only_when_there_were_uploads() {
+        assert!(!summary().to_string().contains("uploads"));
+        assert!(summary().to_json().find("\"uploads\"").is_none());
+        let stats = StatsSnapshot {
+            upload: UploadSummary {
+                bytes_sent: 401_600_000,
+                bytes_resent: 1_004,
+                bytes_durable: 401_600_000,
+                completed: 100,
+                bytes_completed: 401_600_000,
+                span: Duration::from_secs(4),
+                ..UploadSummary::default()
+            },
+            ..StatsSnapshot::default()
+        };
+        let facts = RunFacts {
+            scenario: "upload",
+            target: "127.0.0.1:7000".to_owned(),
+            devices: 100,
+            run: Duration::from_secs(5),
+            connected_at_end: 100,
+            acked_in_run: 0,
+            events_unacked: 0,
+        };
+        let summary = Summary::new(facts, stats);
+        let text = summary.to_string();
+        assert!(
+            text.contains("uploads      100 completed, 401600000 bytes in 4.000 s: 100.4 MB/s of payload"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+        assert_eq!(json["uploads"]["mb_per_s"], 100.4);
+        assert_eq!(json["uploads"]["bytes_resent"], 1_004);
     }
 
     #[test]

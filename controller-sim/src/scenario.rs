@@ -2,16 +2,16 @@
 //! configuration into a [`Plan`], the [`Behaviour`] of each device; the
 //! run (in `main`) is the same for all of them.
 //!
-//! Only `events` exists so far. The others slot in here: `idle` (no
+//! `events` and `upload` exist so far. The others slot in here: `idle` (no
 //! events, heartbeats only), `commands` (devices answer commands an
-//! operator publishes), `upload`, `churn` and `storm` (reconnects), and
-//! `mixed` (groups of devices with different behaviours, hence a `Plan`
-//! holds several).
+//! operator publishes), `churn` and `storm` (reconnects), and `mixed`
+//! (groups of devices with different behaviours, hence a `Plan` holds
+//! several).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use controller_sim::device::{Behaviour, EventLoad, Pacing};
+use controller_sim::device::{Behaviour, EventLoad, Pacing, UploadJob};
 
 use crate::cli::Config;
 
@@ -19,6 +19,8 @@ use crate::cli::Config;
 const TELEMETRY_KIND: u16 = 1;
 /// Fewest unacknowledged events a device holds before it skips new ones.
 const MIN_BACKLOG: usize = 64;
+/// Seed of the upload scenario's content (the same in every run).
+const UPLOAD_SEED: u64 = 0xC0FF_EE00_D00D;
 
 /// What the devices do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +28,9 @@ pub(crate) enum Scenario {
     /// Every device sends events at its share of --rate, answers commands,
     /// and keeps its session alive with heartbeats.
     Events,
+    /// Every device uploads --upload-bytes once (no events), resuming
+    /// after reconnects; the run ends when all uploads are done.
+    Upload,
 }
 
 impl Scenario {
@@ -33,6 +38,7 @@ impl Scenario {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Events => "events",
+            Self::Upload => "upload",
         }
     }
 
@@ -42,6 +48,12 @@ impl Scenario {
             Self::Events => Plan::uniform(Behaviour {
                 firmware: config.firmware.clone(),
                 events: event_load(config),
+                command_delay: config.command_delay,
+                ..Behaviour::default()
+            }),
+            Self::Upload => Plan::uniform(Behaviour {
+                firmware: config.firmware.clone(),
+                upload: Some(upload_job(config)),
                 command_delay: config.command_delay,
                 ..Behaviour::default()
             }),
@@ -60,6 +72,20 @@ fn event_load(config: &Config) -> Option<EventLoad> {
         body: event_body(config.event_size),
         backlog: backlog(&pacing),
     })
+}
+
+/// The upload scenario's job: the same reproducible content for every
+/// device, one buffer shared by all.
+fn upload_job(config: &Config) -> UploadJob {
+    // --upload-bytes was checked to fit in memory.
+    let size = usize::try_from(config.upload_bytes).unwrap_or(usize::MAX);
+    let mut job = UploadJob::new(
+        UploadJob::content(size, UPLOAD_SEED),
+        config.block_size,
+        "sim-upload.bin",
+    );
+    job.window = config.upload_window;
+    job
 }
 
 /// A recognisable body: `0, 1, 2, …` modulo 256.

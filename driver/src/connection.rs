@@ -466,7 +466,10 @@ impl<'a> Established<'a> {
                         if let Some(status) = ended.status {
                             self.conn.queue(&ServerFrame::UploadStatus(status));
                         }
-                        self.conn.queue(&ServerFrame::UploadDone(ended.done));
+                        match ended.done {
+                            Ok(done) => self.conn.queue(&ServerFrame::UploadDone(done)),
+                            Err(err) => return self.upload_failed(&err),
+                        }
                     }
                     Ok(None) => {}
                     Err(err) => return self.upload_failed(&err),

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub upload_bytes: Counter,
     /// Uploads by outcome: `ok`, `digest_mismatch`, `size_mismatch`.
     pub uploads: Family<ResultLabel, Counter>,
+    /// Upload write buffers held now: one per upload receiving data.
+    pub upload_buffers: Gauge,
     /// `ERROR` frames sent to devices, by code.
     pub errors: Family<CodeLabel, Counter>,
 }
@@ -82,6 +84,7 @@ impl Metrics {
             commands: Family::default(),
             upload_bytes: Counter::default(),
             uploads: Family::default(),
+            upload_buffers: Gauge::default(),
             errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("drover_driver");
@@ -139,6 +142,11 @@ impl Metrics {
             metrics.upload_bytes.clone(),
         );
         r.register("uploads", "Finished uploads by outcome", metrics.uploads.clone());
+        r.register(
+            "upload_buffers",
+            "Upload write buffers held now (one per upload receiving data)",
+            metrics.upload_buffers.clone(),
+        );
         r.register("errors", "ERROR frames sent to devices by code", metrics.errors.clone());
         metrics
     }

@@ -39,7 +39,11 @@ fn check(marker: &str, variables: &[Variable]) {
     if std::env::var_os("DROVER_BLESS_DOCS").is_some() {
         let current = section(&readme, marker).to_owned();
         let marked = format!("<!-- {marker} -->\n{current}");
-        std::fs::write(path, readme.replacen(&marked, &format!("<!-- {marker} -->\n{expected}"), 1)).unwrap();
+        std::fs::write(
+            path,
+            readme.replacen(&marked, &format!("<!-- {marker} -->\n{expected}"), 1),
+        )
+        .unwrap();
         return;
     }
     assert_eq!(

@@ -11,6 +11,10 @@
 //!   on this connection): `BYE`, and resend on a new connection;
 //! - `COMMAND`s are answered, after a delay, with a result event of kind
 //!   `0xFFFF`;
+//! - an optional upload (the `upload` module): `UPLOAD_BEGIN`, `BLOCK`s
+//!   from the server's durable offset within a window, `UPLOAD_END`,
+//!   resumed after reconnects and retried after refusals until
+//!   `UPLOAD_DONE OK`;
 //! - `PING` when it has sent nothing for `heartbeat_s`, `PONG` to the
 //!   server's `PING`s;
 //! - server `BYE`: reconnect after `reconnect_after_ms` plus jitter; any
@@ -27,6 +31,7 @@
 mod outbox;
 mod pacing;
 mod stats;
+mod upload;
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,8 +42,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cwp::{
-    ByeReason, CommandId, CommandResult, CommandStatus, DeviceBye, DeviceFrame, DeviceKey, ErrorCode, Event,
-    FileAccept, Ping, Pong, Serial, ServerBye, ServerFrame, Welcome,
+    Block, ByeReason, CommandId, CommandResult, CommandStatus, DeviceBye, DeviceFrame, DeviceKey, ErrorCode,
+    ErrorFrame, Event, FileAccept, FrameType, Ping, Pong, Serial, ServerBye, ServerFrame, Str8, UploadBegin,
+    UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus, Welcome,
 };
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -49,7 +55,9 @@ use crate::client::{ClientError, Connection, READ_CHUNK};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::{Backoff, Pacing, jitter};
-pub use stats::{LatencySummary, Stats, StatsSnapshot};
+pub use stats::{LatencySummary, Stats, StatsSnapshot, UploadSummary};
+pub use upload::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, UploadJob};
+use upload::{UploadPhase, UploadProgress};
 
 /// A session that lasted this long proves the server healthy: the next
 /// reconnect starts again from the shortest backoff.
@@ -58,6 +66,10 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 const EVENT_OVERHEAD: usize = cwp::HEADER_LEN + 8 + 8 + 2 + cwp::TAG_LEN;
 /// Room for a few control frames (`PING`, `PONG`, `BYE`).
 const CONTROL_FRAME_ROOM: usize = 64;
+/// Upload `BLOCK`s are encoded until the send buffer holds this much; the
+/// rest waits until the socket takes it (the kernel's buffers hold the
+/// data in flight, not the device's).
+const UPLOAD_TX_HIGH_WATER: usize = 64 * 1024;
 
 /// The events a device makes on its own.
 #[derive(Debug, Clone)]
@@ -81,6 +93,8 @@ pub struct Behaviour {
     pub firmware: String,
     /// Events made while connected; `None` for a device that only answers.
     pub events: Option<EventLoad>,
+    /// One upload per device, delivered across connections.
+    pub upload: Option<UploadJob>,
     /// How long a command "runs" before its result event is queued.
     pub command_delay: Duration,
     /// `data` of every command result (status `OK`).
@@ -101,6 +115,7 @@ impl Default for Behaviour {
         Self {
             firmware: concat!("controller-sim/", env!("CARGO_PKG_VERSION")).to_owned(),
             events: None,
+            upload: None,
             command_delay: Duration::ZERO,
             command_reply: Bytes::from_static(b"done"),
             reconnect: Backoff {
@@ -190,6 +205,8 @@ struct Session {
     stall: Option<Stall>,
     /// The device has said `BYE` and waits for the server to close.
     closing: Option<Closing>,
+    /// The upload on this connection.
+    upload: UploadPhase,
     /// Finishing: no new events.
     finishing: bool,
 }
@@ -236,6 +253,8 @@ pub struct Device {
     busy_level: u32,
     /// Sessions established so far.
     sessions: u32,
+    /// The upload, once the behaviour asks for one.
+    upload: Option<UploadProgress>,
 }
 
 /// Unix time in ms, 0 if the clock is before 1970 (CWP/1: "0 if it has none").
@@ -261,7 +280,30 @@ impl Device {
             ping_token: 0,
             busy_level: 0,
             sessions: 0,
+            upload: None,
         }
+    }
+
+    /// Uses `upload_id` for the behaviour's upload (by default a random
+    /// one), e.g. to find it on the server afterwards or to resume it.
+    pub fn with_upload_id(mut self, upload_id: UploadId) -> Self {
+        self.upload = Some(UploadProgress::new(upload_id));
+        self
+    }
+
+    /// The upload's id, once the device has one.
+    pub fn upload_id(&self) -> Option<UploadId> {
+        self.upload.as_ref().map(|upload| upload.upload_id)
+    }
+
+    /// Whether the server has answered `UPLOAD_DONE OK`.
+    pub fn upload_done(&self) -> bool {
+        self.upload.as_ref().is_some_and(|upload| upload.done)
+    }
+
+    /// The server's latest `durable_offset` for the upload.
+    pub fn upload_durable(&self) -> u64 {
+        self.upload.as_ref().map_or(0, |upload| upload.durable)
     }
 
     /// Numbers events from `last_event_id + 1` (a device that used ids
@@ -336,7 +378,7 @@ impl Device {
     /// Whether anything is left to deliver (events, or command results not
     /// yet queued).
     fn has_work(&self) -> bool {
-        !self.outbox.is_empty() || !self.commands.is_empty()
+        !self.outbox.is_empty() || !self.commands.is_empty() || self.upload.as_ref().is_some_and(|u| !u.done)
     }
 
     /// Runs the device until `control` says to stop: waits `start_delay`
@@ -351,6 +393,7 @@ impl Device {
         stats: &Stats,
         control: &Control,
     ) {
+        self.prepare_upload(behaviour);
         let mut delay = start_delay;
         let mut failures = 0;
         loop {
@@ -399,6 +442,7 @@ impl Device {
         stats: &Stats,
         control: &Control,
     ) -> SessionEnd {
+        self.prepare_upload(behaviour);
         let began = Instant::now();
         // Boxed: the handshake's state is large and lives only briefly.
         let opening = Box::pin(tokio::time::timeout(behaviour.handshake_timeout, async {
@@ -471,6 +515,10 @@ impl Device {
             stall: None,
             closing: None,
             finishing: control.is_finishing(),
+            upload: match &self.upload {
+                Some(upload) if !upload.done && behaviour.upload.is_some() => UploadPhase::Waiting { at: now },
+                _ => UploadPhase::Idle,
+            },
         };
 
         let abort = control.abort.cancelled();
@@ -485,8 +533,18 @@ impl Device {
                 return end;
             }
             self.pump(conn, &mut session, stats, now);
-            if let Err(error) = flush(conn) {
-                return SessionEnd::Failed(error.into());
+            loop {
+                let more = match &behaviour.upload {
+                    Some(job) => self.pump_upload(job, conn, &mut session, stats, now),
+                    None => false,
+                };
+                if let Err(error) = flush(conn) {
+                    return SessionEnd::Failed(error.into());
+                }
+                // Stop when the socket is full or the upload must wait.
+                if !more || !conn.tx.is_empty() {
+                    break;
+                }
             }
 
             let deadline = self.next_deadline(&session, behaviour);
@@ -755,6 +813,13 @@ impl Device {
                     // The server closes after a fatal error (CWP/1 §4).
                     return Some(SessionEnd::Failed(ClientError::Refused(error)));
                 }
+                if matches!(
+                    error.ref_type,
+                    FrameType::UPLOAD_BEGIN | FrameType::BLOCK | FrameType::UPLOAD_END
+                ) {
+                    self.upload_refused(&error, session, behaviour, stats);
+                    return None;
+                }
                 match error.code {
                     ErrorCode::BUSY if session.stall.is_none() => {
                         // Keep the events, send nothing new for a while.
@@ -804,7 +869,9 @@ impl Device {
                 stats.unexpected_frame();
                 return Some(SessionEnd::Failed(ClientError::Unexpected(frame)));
             }
-            ServerFrame::UploadStatus(_) | ServerFrame::UploadDone(_) | ServerFrame::FileChunk(_) => {
+            ServerFrame::UploadStatus(status) => self.upload_status(status, session, behaviour, stats),
+            ServerFrame::UploadDone(done) => self.upload_finished(done, session, behaviour, stats),
+            ServerFrame::FileChunk(_) => {
                 // Nothing of the kind is open.
                 stats.unexpected_frame();
             }
@@ -860,7 +927,165 @@ impl Device {
         if let Some(stall) = &session.stall {
             deadline = deadline.min(stall.until);
         }
+        if let UploadPhase::Waiting { at } = session.upload {
+            deadline = deadline.min(at);
+        }
         deadline
+    }
+
+    /// Gives the device its upload progress when the behaviour has a job.
+    fn prepare_upload(&mut self, behaviour: &Behaviour) {
+        if behaviour.upload.is_some() && self.upload.is_none() {
+            self.upload = Some(UploadProgress::new(UploadId(rand::random())));
+        }
+    }
+
+    /// Encodes what the upload may send now: `UPLOAD_BEGIN` when it is
+    /// due, `BLOCK`s up to the window, `UPLOAD_END` after the last block.
+    /// Returns true if it stopped only because the send buffer is full.
+    fn pump_upload(
+        &mut self,
+        job: &UploadJob,
+        conn: &mut Connection,
+        session: &mut Session,
+        stats: &Stats,
+        now: Instant,
+    ) -> bool {
+        let Some(upload) = self.upload.as_mut() else {
+            return false;
+        };
+        if session.closing.is_some() {
+            return false;
+        }
+        match session.upload {
+            UploadPhase::Waiting { at } if at <= now => {
+                let name = Str8::truncating(&job.name);
+                let begin = DeviceFrame::UploadBegin(UploadBegin {
+                    upload_id: upload.upload_id,
+                    total_size: job.size(),
+                    name,
+                });
+                encode(conn, &begin, CONTROL_FRAME_ROOM + job.name.len());
+                stats.upload_begun(now);
+                session.upload = UploadPhase::Begun;
+                session.last_tx = now;
+                false
+            }
+            UploadPhase::Sending { mut next } => {
+                let total = job.size();
+                let (mut first, mut resent) = (0, 0);
+                while next < total && next < upload.durable + job.window && conn.tx.len() < UPLOAD_TX_HIGH_WATER {
+                    // Offsets below `total` fit in usize: they index `content`.
+                    let start = next as usize;
+                    let end = (start + job.block_size).min(job.content.len());
+                    let block = DeviceFrame::Block(Block {
+                        data: job.content.slice(start..end),
+                    });
+                    encode(conn, &block, cwp::HEADER_LEN + cwp::TAG_LEN + end - start);
+                    next = end as u64;
+                    let fresh = next.saturating_sub(upload.highest_sent.max(start as u64));
+                    first += fresh;
+                    resent += (end - start) as u64 - fresh;
+                    upload.highest_sent = upload.highest_sent.max(next);
+                }
+                stats.upload_sent(first, resent);
+                session.upload = UploadPhase::Sending { next };
+                if next == total {
+                    let end = DeviceFrame::UploadEnd(UploadEnd {
+                        upload_id: upload.upload_id,
+                        total_size: total,
+                        sha256: job.sha256,
+                    });
+                    encode(conn, &end, CONTROL_FRAME_ROOM);
+                    session.upload = UploadPhase::Ending;
+                }
+                if first + resent > 0 {
+                    session.last_tx = now;
+                }
+                next < total && next < upload.durable + job.window
+            }
+            _ => false,
+        }
+    }
+
+    /// `UPLOAD_STATUS`: where to resume, or how far the server has made
+    /// the upload durable.
+    fn upload_status(&mut self, status: UploadStatus, session: &mut Session, behaviour: &Behaviour, stats: &Stats) {
+        let (Some(upload), Some(job)) = (self.upload.as_mut(), &behaviour.upload) else {
+            stats.unexpected_frame();
+            return;
+        };
+        if status.upload_id != upload.upload_id || status.durable_offset > job.size() {
+            stats.unexpected_frame();
+            return;
+        }
+        if status.durable_offset < upload.durable {
+            // The server reported more durable earlier: it lost data.
+            stats.upload_offset_regression();
+            tracing::warn!(
+                serial = %self.serial,
+                durable_offset = status.durable_offset,
+                reported_before = upload.durable,
+                "the server stores less of the upload than it reported"
+            );
+        }
+        stats.upload_durable(status.durable_offset.saturating_sub(upload.durable));
+        upload.durable = status.durable_offset;
+        match session.upload {
+            UploadPhase::Begun => {
+                if status.durable_offset > 0 {
+                    stats.upload_resumed();
+                }
+                session.upload = UploadPhase::Sending {
+                    next: status.durable_offset,
+                };
+            }
+            UploadPhase::Sending { next } if status.durable_offset > next => stats.unexpected_frame(),
+            _ => {}
+        }
+    }
+
+    /// `UPLOAD_DONE`: finished, or start again at 0 after a mismatch.
+    fn upload_finished(&mut self, done: UploadDone, session: &mut Session, behaviour: &Behaviour, stats: &Stats) {
+        let (Some(upload), Some(job)) = (self.upload.as_mut(), &behaviour.upload) else {
+            stats.unexpected_frame();
+            return;
+        };
+        if done.upload_id != upload.upload_id || session.upload != UploadPhase::Ending {
+            stats.unexpected_frame();
+            return;
+        }
+        if done.status == UploadOutcome::OK {
+            upload.done = true;
+            upload.durable = job.size();
+            upload.refusals = 0;
+            session.upload = UploadPhase::Idle;
+            stats.upload_completed(job.size());
+        } else {
+            // CWP/1 §3: the server discarded it; start again at 0.
+            stats.upload_mismatch();
+            upload.durable = 0;
+            session.upload = UploadPhase::Waiting { at: Instant::now() };
+        }
+    }
+
+    /// `ERROR` about an upload frame (`BUSY`, `UPLOAD_CONFLICT`): the
+    /// server closed the upload; begin again after a backoff.
+    fn upload_refused(&mut self, error: &ErrorFrame, session: &mut Session, behaviour: &Behaviour, stats: &Stats) {
+        let Some(upload) = self.upload.as_mut() else {
+            stats.unexpected_frame();
+            return;
+        };
+        if matches!(session.upload, UploadPhase::Idle | UploadPhase::Waiting { .. }) {
+            // A second error about frames already in flight.
+            return;
+        }
+        upload.refusals = upload.refusals.saturating_add(1);
+        stats.upload_refused();
+        tracing::debug!(serial = %self.serial, code = %error.code, message = %error.message, "upload refused");
+        session.upload = UploadPhase::Waiting {
+            at: Instant::now() + behaviour.busy.delay(upload.refusals),
+        };
     }
 }
 

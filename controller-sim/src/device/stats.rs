@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cwp::{ByeReason, ErrorCode};
 use hdrhistogram::Histogram;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Error codes counted one by one: every code the spec defines (1–14) has
@@ -50,6 +51,26 @@ pub struct Stats {
     id_jumps: AtomicU64,
     errors: [AtomicU64; ERROR_SLOTS],
     byes: [AtomicU64; BYE_SLOTS],
+    /// Upload `BLOCK` payload sent for the first time, and again.
+    upload_bytes_sent: AtomicU64,
+    upload_bytes_resent: AtomicU64,
+    /// Sum of every advance of a `durable_offset`.
+    upload_bytes_durable: AtomicU64,
+    uploads_completed: AtomicU64,
+    /// Payload of the completed uploads.
+    upload_bytes_completed: AtomicU64,
+    upload_mismatches: AtomicU64,
+    upload_refusals: AtomicU64,
+    /// `UPLOAD_BEGIN`s answered with an offset above 0.
+    upload_resumes: AtomicU64,
+    /// `durable_offset` below one reported before: the server lost data.
+    upload_offset_regressions: AtomicU64,
+    /// The first `UPLOAD_BEGIN` and the last `UPLOAD_DONE OK` of the run,
+    /// µs after `started` (0: none yet); their span is the upload time.
+    upload_first_begin_us: AtomicU64,
+    upload_last_done_us: AtomicU64,
+    /// Woken at every completed upload.
+    upload_completion: Notify,
     /// Send of an event → arrival of the `ACK` covering it, µs.
     ack_latency: Mutex<Histogram<u64>>,
     /// TCP connect → `WELCOME`, µs.
@@ -104,6 +125,18 @@ impl Stats {
             id_jumps: AtomicU64::new(0),
             errors: Default::default(),
             byes: Default::default(),
+            upload_bytes_sent: AtomicU64::new(0),
+            upload_bytes_resent: AtomicU64::new(0),
+            upload_bytes_durable: AtomicU64::new(0),
+            uploads_completed: AtomicU64::new(0),
+            upload_bytes_completed: AtomicU64::new(0),
+            upload_mismatches: AtomicU64::new(0),
+            upload_refusals: AtomicU64::new(0),
+            upload_resumes: AtomicU64::new(0),
+            upload_offset_regressions: AtomicU64::new(0),
+            upload_first_begin_us: AtomicU64::new(u64::MAX),
+            upload_last_done_us: AtomicU64::new(0),
+            upload_completion: Notify::new(),
             ack_latency: Mutex::new(histogram()),
             handshake_latency: Mutex::new(histogram()),
         }
@@ -217,6 +250,72 @@ impl Stats {
         self.byes[slot].fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn upload_begun(&self, now: Instant) {
+        self.upload_first_begin_us
+            .fetch_min(micros(now.saturating_duration_since(self.started)), Relaxed);
+    }
+
+    pub(crate) fn upload_sent(&self, first: u64, resent: u64) {
+        if first > 0 {
+            self.upload_bytes_sent.fetch_add(first, Relaxed);
+        }
+        if resent > 0 {
+            self.upload_bytes_resent.fetch_add(resent, Relaxed);
+        }
+    }
+
+    pub(crate) fn upload_durable(&self, advanced: u64) {
+        if advanced > 0 {
+            self.upload_bytes_durable.fetch_add(advanced, Relaxed);
+        }
+    }
+
+    pub(crate) fn upload_completed(&self, size: u64) {
+        self.uploads_completed.fetch_add(1, Relaxed);
+        self.upload_bytes_completed.fetch_add(size, Relaxed);
+        self.upload_last_done_us
+            .fetch_max(micros(self.started.elapsed()), Relaxed);
+        self.upload_completion.notify_waiters();
+    }
+
+    pub(crate) fn upload_mismatch(&self) {
+        self.upload_mismatches.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn upload_refused(&self) {
+        self.upload_refusals.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn upload_resumed(&self) {
+        self.upload_resumes.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn upload_offset_regression(&self) {
+        self.upload_offset_regressions.fetch_add(1, Relaxed);
+    }
+
+    /// Uploads answered `UPLOAD_DONE OK` so far.
+    pub fn uploads_completed(&self) -> u64 {
+        self.uploads_completed.load(Relaxed)
+    }
+
+    /// Upload bytes reported durable so far (every advance of a
+    /// `durable_offset`, summed over devices).
+    pub fn upload_bytes_durable(&self) -> u64 {
+        self.upload_bytes_durable.load(Relaxed)
+    }
+
+    /// Waits until at least `count` uploads have completed.
+    pub async fn uploads_completed_at_least(&self, count: u64) {
+        loop {
+            let notified = self.upload_completion.notified();
+            if self.uploads_completed() >= count {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Events acknowledged so far (cheap: for progress lines).
     pub fn acked(&self) -> u64 {
         self.events_acked.load(Relaxed)
@@ -284,10 +383,50 @@ impl Stats {
             id_jumps: load(&self.id_jumps),
             errors,
             byes,
+            upload: UploadSummary {
+                bytes_sent: load(&self.upload_bytes_sent),
+                bytes_resent: load(&self.upload_bytes_resent),
+                bytes_durable: load(&self.upload_bytes_durable),
+                completed: load(&self.uploads_completed),
+                bytes_completed: load(&self.upload_bytes_completed),
+                mismatches: load(&self.upload_mismatches),
+                refusals: load(&self.upload_refusals),
+                resumes: load(&self.upload_resumes),
+                offset_regressions: load(&self.upload_offset_regressions),
+                span: match (load(&self.upload_first_begin_us), load(&self.upload_last_done_us)) {
+                    (first, last) if first != u64::MAX && last > first => Duration::from_micros(last - first),
+                    _ => Duration::ZERO,
+                },
+            },
             ack_latency: LatencySummary::of(&lock(&self.ack_latency)),
             handshake_latency: LatencySummary::of(&lock(&self.handshake_latency)),
         }
     }
+}
+
+/// The uploads of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// `BLOCK` payload sent for the first time.
+    pub bytes_sent: u64,
+    /// `BLOCK` payload sent again (after a reconnect or a refusal).
+    pub bytes_resent: u64,
+    /// Upload bytes the server reported durable.
+    pub bytes_durable: u64,
+    /// Uploads finished with `UPLOAD_DONE OK`.
+    pub completed: u64,
+    /// Their payload.
+    pub bytes_completed: u64,
+    /// `UPLOAD_DONE` with a size or digest mismatch.
+    pub mismatches: u64,
+    /// Uploads closed by `BUSY` or `UPLOAD_CONFLICT`, begun again later.
+    pub refusals: u64,
+    /// `UPLOAD_BEGIN`s that resumed above offset 0.
+    pub resumes: u64,
+    /// `durable_offset`s below one reported before (the server lost data).
+    pub offset_regressions: u64,
+    /// From the first `UPLOAD_BEGIN` to the last `UPLOAD_DONE OK`.
+    pub span: Duration,
 }
 
 /// Percentiles of a latency histogram, in microseconds.
@@ -377,6 +516,8 @@ pub struct StatsSnapshot {
     pub errors: Vec<(ErrorCode, u64)>,
     /// Server `BYE`s received, by reason.
     pub byes: Vec<(ByeReason, u64)>,
+    /// What the uploads did.
+    pub upload: UploadSummary,
     /// Event sent → `ACK` received.
     pub ack_latency: LatencySummary,
     /// TCP connect → `WELCOME`.

@@ -102,3 +102,18 @@ pub async fn expire_periodically(store: UploadStore, expire_after: Duration, sto
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_looks_four_times_per_age_between_every_second_and_hourly() {
+        assert_eq!(
+            expiry_interval(Duration::from_secs(7 * 86_400)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(expiry_interval(Duration::from_secs(3600)), Duration::from_secs(900));
+        assert_eq!(expiry_interval(Duration::from_secs(2)), Duration::from_secs(1));
+    }
+}

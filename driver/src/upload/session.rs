@@ -15,6 +15,7 @@ use cwp::{
     ErrorCode, ErrorFrame, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus,
 };
 use drover_proto::bridge::RecordUploadRequest;
+use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
@@ -94,13 +95,14 @@ impl UploadError {
     }
 }
 
-/// What `UPLOAD_END` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `UPLOAD_END` answers, in this order.
+#[derive(Debug)]
 pub struct Ended {
     /// The final durable offset, when the end made more bytes durable.
     pub status: Option<UploadStatus>,
-    /// The verdict.
-    pub done: UploadDone,
+    /// The verdict, or why there is none yet (the upload is stored but
+    /// its record could not be written: `BUSY`).
+    pub done: Result<UploadDone, UploadError>,
 }
 
 /// The connection's upload slot.
@@ -142,6 +144,25 @@ struct Receiving {
     hasher: Sha256,
     /// Bytes received: durable + buffered.
     received: u64,
+    /// Counts this upload's buffer in `upload_buffers` while it lives.
+    _counted: BufferCount,
+}
+
+/// One write buffer in the `upload_buffers` gauge, for as long as it lives.
+#[derive(Debug)]
+struct BufferCount(Gauge);
+
+impl BufferCount {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for BufferCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The size limit of one upload, and which rule sets it.
@@ -215,7 +236,8 @@ async fn flush(mut upload: Box<Receiving>) -> io::Result<Box<Receiving>> {
 }
 
 impl Uploads {
-    /// Whether an upload is open (its buffer allocated).
+    /// Whether an upload is open: `UPLOAD_BEGIN` answered, `UPLOAD_END`
+    /// not yet.
     pub fn is_open(&self) -> bool {
         matches!(self.slot, Slot::Receiving(_) | Slot::Completed(..))
     }
@@ -255,6 +277,7 @@ impl Uploads {
         let store = driver.uploads.clone();
         let buffer_bytes = driver.config.upload_buffer_bytes;
         let name = begin.name.as_str().to_owned();
+        let gauge = driver.metrics.upload_buffers.clone();
         let opened = blocking(move || {
             let opened = match store.open(&serial, upload_id, &name, begin.total_size, unix_ms()) {
                 Ok(opened) => opened,
@@ -264,6 +287,7 @@ impl Uploads {
             Ok(match opened {
                 Opened::Completed(completed) => Began::Completed(Box::new(completed)),
                 Opened::Partial(file) => {
+                    let counted = BufferCount::new(&gauge);
                     let mut buffer = Vec::with_capacity(buffer_bytes);
                     // A resumed upload: its digest so far, read back once.
                     let hasher = file.hash_prefix(&mut buffer)?;
@@ -275,6 +299,7 @@ impl Uploads {
                         buffer,
                         buffer_bytes,
                         hasher,
+                        _counted: counted,
                     }))
                 }
             })
@@ -389,18 +414,19 @@ impl Uploads {
                     &hex::decode(&completed.sha256).unwrap_or_default(),
                     &end,
                 );
-                if status == UploadOutcome::OK {
-                    record(driver, &completed).await?;
+                let recorded = if status == UploadOutcome::OK {
+                    record(driver, &completed).await
                 } else {
                     warn!(%upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
-                }
+                    Ok(())
+                };
                 Ok(Some(Ended {
                     status: None,
-                    done: UploadDone {
+                    done: recorded.map(|()| UploadDone {
                         upload_id,
                         size: completed.size,
                         status,
-                    },
+                    }),
                 }))
             }
             Slot::Receiving(upload) => {
@@ -434,7 +460,10 @@ impl Uploads {
                     };
                     driver.metrics.uploads.get_or_create(&ResultLabel { result }).inc();
                     info!(%upload_id, received, announced = end.total_size, result, "upload discarded");
-                    return Ok(Some(Ended { status: None, done }));
+                    return Ok(Some(Ended {
+                        status: None,
+                        done: Ok(done),
+                    }));
                 }
                 let flushed = buffer.len() as u64;
                 let completed = blocking(move || {
@@ -452,7 +481,13 @@ impl Uploads {
                     }
                 })?;
                 driver.metrics.upload_bytes.inc_by(flushed);
-                record(driver, &completed).await?;
+                let status = (flushed > 0).then_some(UploadStatus {
+                    upload_id,
+                    durable_offset: received,
+                });
+                if let Err(err) = record(driver, &completed).await {
+                    return Ok(Some(Ended { status, done: Err(err) }));
+                }
                 driver
                     .metrics
                     .uploads
@@ -467,13 +502,7 @@ impl Uploads {
                     path = %completed.path,
                     "upload completed"
                 );
-                Ok(Some(Ended {
-                    status: (flushed > 0).then_some(UploadStatus {
-                        upload_id,
-                        durable_offset: received,
-                    }),
-                    done,
-                }))
+                Ok(Some(Ended { status, done: Ok(done) }))
             }
         }
     }
@@ -509,6 +538,109 @@ async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), Uplo
         Err(status) => {
             warn!(upload_id = %completed.upload_id, code = ?status.code(), message = status.message(), "cannot record a completed upload");
             Err(UploadError::NotRecorded(status.message().to_owned()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_maps_to_one_cwp_error_with_the_spec_fatality() {
+        let cases = [
+            (
+                UploadError::Unexpected {
+                    ref_type: FrameType::BLOCK,
+                    reason: "BLOCK with no upload open",
+                },
+                ErrorCode::UNEXPECTED,
+                true,
+                FrameType::BLOCK,
+            ),
+            (
+                UploadError::TooLarge {
+                    ref_type: FrameType::UPLOAD_BEGIN,
+                    size: 2_000,
+                    limit: 1_000,
+                },
+                ErrorCode::BUSY,
+                false,
+                FrameType::UPLOAD_BEGIN,
+            ),
+            (
+                UploadError::PastTotal {
+                    ref_type: FrameType::BLOCK,
+                    total_size: 10,
+                },
+                ErrorCode::BUSY,
+                false,
+                FrameType::BLOCK,
+            ),
+            (
+                UploadError::Conflict,
+                ErrorCode::UPLOAD_CONFLICT,
+                false,
+                FrameType::UPLOAD_BEGIN,
+            ),
+            (
+                UploadError::Storage {
+                    ref_type: FrameType::BLOCK,
+                    source: io::Error::from_raw_os_error(28),
+                },
+                ErrorCode::BUSY,
+                false,
+                FrameType::BLOCK,
+            ),
+            (
+                UploadError::NotRecorded("unavailable".to_owned()),
+                ErrorCode::BUSY,
+                false,
+                FrameType::UPLOAD_END,
+            ),
+        ];
+        for (error, code, fatal, ref_type) in cases {
+            let frame = error.to_frame();
+            assert_eq!(
+                (frame.code, frame.fatal, frame.ref_type),
+                (code, fatal, ref_type),
+                "{error}"
+            );
+        }
+        let limit = UploadError::TooLarge {
+            ref_type: FrameType::BLOCK,
+            size: 2_000,
+            limit: 1_000,
+        };
+        assert_eq!(
+            limit.to_frame().message.as_str(),
+            "upload of 2000 bytes exceeds UPLOAD_MAX_BYTES = 1000"
+        );
+        let disk = UploadError::Storage {
+            ref_type: FrameType::BLOCK,
+            source: io::Error::other("/var/lib/drover: No space left on device"),
+        };
+        assert!(
+            !disk.to_frame().message.as_str().contains("/var"),
+            "no server paths reach the device"
+        );
+    }
+
+    #[test]
+    fn the_announced_size_is_the_limit_when_it_is_the_smaller() {
+        let announced = Limit::new(5_000, 1_000_000);
+        assert_eq!(announced.bytes, 5_000);
+        assert!(matches!(
+            announced.exceeded(FrameType::BLOCK, 5_001),
+            UploadError::PastTotal { total_size: 5_000, .. }
+        ));
+        for unknown_or_too_big in [0, 2_000_000] {
+            let limit = Limit::new(unknown_or_too_big, 1_000_000);
+            assert_eq!(limit.bytes, 1_000_000);
+            assert!(matches!(
+                limit.exceeded(FrameType::BLOCK, 1_000_001),
+                UploadError::TooLarge { limit: 1_000_000, .. }
+            ));
         }
     }
 }

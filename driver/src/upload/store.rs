@@ -180,7 +180,7 @@ impl UploadStore {
                 Err((_, errno)) => return Err(io::Error::from(errno).into()),
             };
             if !is_linked_at(&data, &dir.join(DATA))? {
-                // Completed, discarded or expired while we waited for the
+                // Completed, discarded or expired between our open and our
                 // lock: that file is no longer the upload.
                 continue;
             }
@@ -376,6 +376,9 @@ impl PartialUpload {
     pub fn hash_prefix(&self, scratch: &mut Vec<u8>) -> io::Result<Sha256> {
         let mut hasher = Sha256::new();
         scratch.clear();
+        if self.durable == 0 {
+            return Ok(hasher);
+        }
         scratch.resize(scratch.capacity().max(4096), 0);
         let mut offset = 0u64;
         while offset < self.durable {
@@ -418,6 +421,7 @@ impl PartialUpload {
         // What is left of the partial upload; a crash here leaves a meta
         // that the next `open` or the expiry cleans up.
         remove_partial(&partial_dir, Leftover::MetaOnly);
+        self.remove_serial_dir_if_empty();
         Ok(record)
     }
 
@@ -425,7 +429,15 @@ impl PartialUpload {
     /// starts again at offset 0.
     pub fn discard(self) -> io::Result<()> {
         remove_partial(&self.dir(), Leftover::All);
-        sync_dir(&self.root.join(PARTIAL).join(&self.serial_dir))
+        sync_dir(&self.root.join(PARTIAL).join(&self.serial_dir))?;
+        self.remove_serial_dir_if_empty();
+        Ok(())
+    }
+
+    /// `partial/s-<serial>` goes when its last upload does (a session
+    /// creating an upload there at this moment retries, see `open`).
+    fn remove_serial_dir_if_empty(&self) {
+        let _ = fs::remove_dir(self.root.join(PARTIAL).join(&self.serial_dir));
     }
 
     /// `partial/s-<serial>/<upload-id>`.
@@ -541,5 +553,259 @@ fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {
         Ok(entries) => entries.map(|entry| entry.map(|entry| entry.path())).collect(),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    const ID: UploadId = UploadId([
+        0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0x4d, 0xef, 0x80, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
+    ]);
+    const ID_TEXT: &str = "12345678-9abc-4def-8001-020304050607";
+
+    fn serial(text: &str) -> Serial {
+        text.parse().unwrap()
+    }
+
+    fn store() -> (tempfile::TempDir, UploadStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UploadStore::new(dir.path().join("uploads"));
+        store.prepare().unwrap();
+        (dir, store)
+    }
+
+    fn open_partial(store: &UploadStore, serial: &Serial) -> PartialUpload {
+        match store.open(serial, ID, "log.bin", 0, 1_000).unwrap() {
+            Opened::Partial(partial) => partial,
+            Opened::Completed(done) => panic!("expected a partial upload, found {done:?}"),
+        }
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_partial_upload_lives_under_partial_then_moves_to_completed() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        assert_eq!(upload.durable(), 0);
+        let dir = store.root().join("partial/s-CTRL-0042").join(ID_TEXT);
+        assert!(dir.join("data").is_file() && dir.join("meta").is_file());
+        let meta: UploadMeta = read_json(&dir.join("meta")).unwrap().unwrap();
+        assert_eq!(
+            meta,
+            UploadMeta {
+                serial: "CTRL-0042".to_owned(),
+                upload_id: ID_TEXT.to_owned(),
+                name: "log.bin".to_owned(),
+                total_size: 0,
+                created_ms: 1_000,
+            }
+        );
+
+        upload.append(b"hello ").unwrap();
+        upload.append(b"world").unwrap();
+        assert_eq!(upload.durable(), 11);
+        assert_eq!(fs::read(dir.join("data")).unwrap(), b"hello world");
+
+        let digest: [u8; 32] = Sha256::digest(b"hello world").into();
+        let record = upload.complete(&digest, 2_000).unwrap();
+        assert_eq!(record.path, format!("completed/s-CTRL-0042/{ID_TEXT}"));
+        assert_eq!(record.size, 11);
+        assert_eq!(record.sha256, sha256_hex(b"hello world"));
+        assert_eq!(fs::read(store.root().join(&record.path)).unwrap(), b"hello world");
+        assert_eq!(
+            fs::read_dir(store.root().join("partial")).unwrap().count(),
+            0,
+            "nothing is left under partial/"
+        );
+        assert_eq!(store.completed(&device, ID).unwrap(), Some(record.clone()));
+        match store.open(&device, ID, "log.bin", 0, 3_000).unwrap() {
+            Opened::Completed(found) => assert_eq!(found, record),
+            Opened::Partial(_) => panic!("a completed upload reopens as completed"),
+        }
+        assert!(!dir.exists(), "reopening a completed upload leaves no partial");
+    }
+
+    #[test]
+    fn serials_that_look_like_paths_stay_inside_their_own_directory() {
+        let (_tmp, store) = store();
+        for text in [".", "..", "...", "-", "_"] {
+            let device = serial(text);
+            let mut upload = open_partial(&store, &device);
+            upload.append(text.as_bytes()).unwrap();
+            let expected = store.root().join("partial").join(format!("s-{text}")).join(ID_TEXT);
+            assert_eq!(
+                fs::read(expected.join("data")).unwrap(),
+                text.as_bytes(),
+                "serial {text:?}"
+            );
+            let record = upload.complete(&Sha256::digest(text.as_bytes()).into(), 0).unwrap();
+            assert_eq!(record.path, format!("completed/s-{text}/{ID_TEXT}"));
+        }
+        // Nothing escaped UPLOAD_DIR or landed beside the two areas.
+        let mut top: Vec<String> = fs::read_dir(store.root())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["completed", "partial"]);
+        assert_eq!(fs::read_dir(store.root().parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bytes_a_killed_writer_left_beyond_the_last_report_are_made_durable_on_reopen() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(&[1; 100]).unwrap();
+        // A process killed after write() and before fdatasync(): the bytes
+        // are in the file (page cache), never reported.
+        (&*upload.data).write_all(&[2; 50]).unwrap();
+        drop(upload);
+
+        let reopened = open_partial(&store, &device);
+        assert_eq!(
+            reopened.durable(),
+            150,
+            "the reopen fsyncs and reports the file's length"
+        );
+        let mut scratch = Vec::with_capacity(64);
+        let hasher = reopened.hash_prefix(&mut scratch).unwrap();
+        let mut expected = vec![1; 100];
+        expected.extend([2; 50]);
+        assert_eq!(hex::encode(hasher.finalize()), sha256_hex(&expected));
+        assert!(
+            scratch.is_empty() && scratch.capacity() >= 64,
+            "the scratch buffer is reused"
+        );
+    }
+
+    #[test]
+    fn a_data_file_without_meta_held_nothing_reported_and_starts_empty() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let dir = store.root().join("partial/s-CTRL-0042").join(ID_TEXT);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("data"), [9; 10]).unwrap();
+        let upload = open_partial(&store, &device);
+        assert_eq!(upload.durable(), 0);
+        assert_eq!(fs::metadata(dir.join("data")).unwrap().len(), 0);
+        assert_eq!(upload.meta().name, "log.bin");
+    }
+
+    #[test]
+    fn an_open_upload_is_locked_until_its_session_drops_it() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let first = open_partial(&store, &device);
+        assert!(matches!(
+            store.open(&device, ID, "log.bin", 0, 0),
+            Err(StoreError::Locked)
+        ));
+        drop(first);
+        open_partial(&store, &device);
+    }
+
+    #[test]
+    fn a_discarded_upload_starts_again_at_zero() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(b"wrong").unwrap();
+        upload.discard().unwrap();
+        assert!(!store.root().join("partial/s-CTRL-0042").join(ID_TEXT).exists());
+        assert_eq!(open_partial(&store, &device).durable(), 0);
+    }
+
+    #[test]
+    fn a_completion_interrupted_after_the_rename_is_found_completed() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(b"abc").unwrap();
+        let dir = upload.dir();
+        let meta = fs::read(dir.join("meta")).unwrap();
+        let record = upload.complete(&Sha256::digest(b"abc").into(), 0).unwrap();
+        // As if the driver died before removing the partial's meta.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("meta"), meta).unwrap();
+        assert_eq!(
+            store.expire(Duration::from_secs(3600), SystemTime::now()).unwrap(),
+            Expired::default()
+        );
+        assert!(
+            !dir.exists(),
+            "the expiry removes the leftover meta of a completed upload"
+        );
+        match store.open(&device, ID, "log.bin", 0, 0).unwrap() {
+            Opened::Completed(found) => assert_eq!(found, record),
+            Opened::Partial(_) => panic!("completed uploads never reopen as partial"),
+        }
+    }
+
+    #[test]
+    fn expiry_removes_old_unlocked_partial_uploads_only() {
+        let (_tmp, store) = store();
+        let hour = Duration::from_secs(3600);
+        let old = SystemTime::now() - 2 * hour;
+        let abandoned = serial("CTRL-0001");
+        let mut upload = open_partial(&store, &abandoned);
+        upload.append(b"abandoned").unwrap();
+        upload.data.set_modified(old).unwrap();
+        drop(upload);
+        let recent = serial("CTRL-0002");
+        let mut upload = open_partial(&store, &recent);
+        upload.append(b"recent").unwrap();
+        drop(upload);
+        let in_use = serial("CTRL-0003");
+        let held = open_partial(&store, &in_use);
+        held.data.set_modified(old).unwrap();
+        // A directory a crash left empty.
+        let empty = store.root().join("partial/s-CTRL-0004").join(ID_TEXT);
+        fs::create_dir_all(&empty).unwrap();
+
+        let expired = store.expire(hour, SystemTime::now()).unwrap();
+        assert_eq!(expired, Expired { removed: 1, in_use: 1 });
+        assert!(!store.root().join("partial/s-CTRL-0001").exists());
+        assert!(
+            store
+                .root()
+                .join("partial/s-CTRL-0002")
+                .join(ID_TEXT)
+                .join("data")
+                .exists()
+        );
+        assert!(
+            store
+                .root()
+                .join("partial/s-CTRL-0003")
+                .join(ID_TEXT)
+                .join("data")
+                .exists()
+        );
+        assert!(!store.root().join("partial/s-CTRL-0004").exists());
+        drop(held);
+
+        // The held one expires once its session is gone; the recent one
+        // once it is old enough.
+        let later = SystemTime::now() + 3 * hour;
+        assert_eq!(store.expire(hour, later).unwrap(), Expired { removed: 2, in_use: 0 });
+        assert_eq!(fs::read_dir(store.root().join("partial")).unwrap().count(), 0);
+        assert!(UNIX_EPOCH < later);
+    }
+
+    #[test]
+    fn only_hyphenated_lowercase_uuids_are_upload_directories() {
+        assert!(is_upload_dir_name(ID_TEXT));
+        assert!(!is_upload_dir_name(&ID_TEXT.to_uppercase()));
+        assert!(!is_upload_dir_name(&ID_TEXT.replace('-', "")));
+        assert!(!is_upload_dir_name(".."));
     }
 }
