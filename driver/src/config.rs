@@ -112,6 +112,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "largest upload accepted, bytes",
     },
     Variable {
+        name: "UPLOAD_MAX_OPEN",
+        default: Some("1024"),
+        help: "uploads in progress at once on this driver (each holds one buffer); beyond it devices get BUSY",
+    },
+    Variable {
         name: "UPLOAD_EXPIRE_AFTER",
         default: Some("7d"),
         help: "partial uploads untouched this long are deleted (units: s, m, h, d)",
@@ -180,6 +185,8 @@ pub struct Config {
     pub upload_buffer_bytes: usize,
     /// Largest upload.
     pub upload_max_bytes: u64,
+    /// Uploads in progress at once.
+    pub upload_max_open: usize,
     /// Age after which abandoned partial uploads are deleted.
     pub upload_expire_after: Duration,
     /// JSON log lines.
@@ -240,6 +247,7 @@ impl Config {
         let upload_dir = env.parse("UPLOAD_DIR");
         let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
         let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
+        let upload_max_open = env.parse("UPLOAD_MAX_OPEN");
         let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_long_duration);
         let log_format = env.parse::<String>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional("SENTRY_DSN");
@@ -297,6 +305,7 @@ impl Config {
             upload_dir: upload_dir.expect("parsed"),
             upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
             upload_max_bytes: upload_max_bytes.expect("parsed"),
+            upload_max_open: upload_max_open.expect("parsed"),
             upload_expire_after: upload_expire_after.expect("parsed"),
             json_logs,
             sentry_dsn,

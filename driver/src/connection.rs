@@ -337,8 +337,15 @@ impl<'a> Established<'a> {
 
     async fn run(&mut self) {
         let ending = self.serve().await;
-        // Unflushed upload bytes were never reported: the device sends them
-        // again. The upload's lock goes now, before the goodbye.
+        // A graceful goodbye makes the upload's buffered bytes durable and
+        // says so first (a drain must not cost devices data they already
+        // sent). Otherwise unflushed bytes were never reported and the
+        // device sends them again. The upload's lock goes before the goodbye.
+        if matches!(ending, Ending::Bye(..))
+            && let Some(status) = self.upload.flush_before_close(self.driver).await
+        {
+            self.conn.queue(&ServerFrame::UploadStatus(status));
+        }
         self.upload.close();
         match ending {
             Ending::Quiet => {}

@@ -76,6 +76,9 @@ pub struct Driver {
     pub metrics: Arc<Metrics>,
     /// Upload storage under `UPLOAD_DIR`.
     pub uploads: UploadStore,
+    /// `UPLOAD_MAX_OPEN` slots: an upload in progress holds one (and its
+    /// write buffer).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Set on SIGTERM: `/healthz` answers 503 and new sessions leave at once.
     pub draining: AtomicBool,
 }
@@ -141,6 +144,7 @@ pub async fn run(
     )
     .context("REDIS_URL")?;
 
+    let upload_slots = Arc::new(tokio::sync::Semaphore::new(config.upload_max_open));
     let driver = Arc::new(Driver {
         config,
         keys,
@@ -149,6 +153,7 @@ pub async fn run(
         bridge,
         subscriptions,
         metrics,
+        upload_slots,
         uploads,
         draining: AtomicBool::new(false),
     });

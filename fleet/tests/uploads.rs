@@ -360,8 +360,9 @@ fn an_upload_split_over_three_connections_resumes_at_each_durable_offset() {
     let on_disk = std::fs::metadata(upload.partial_dir(dir.path(), &device).join("data")).unwrap();
     assert_eq!(on_disk.size(), BUFFER, "only reported bytes are on disk");
 
-    // 2: resumes exactly there, sends on to 600 blocks, leaves with BYE.
-    rt.block_on(async {
+    // 2: resumes exactly there, sends on to 600 blocks, leaves with BYE:
+    // a graceful goodbye makes the buffered bytes durable first.
+    let sent = rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
         c.send(&upload.begin(upload.size())).await.unwrap();
         let mut durable = expect_status(&mut c, &upload).await;
@@ -373,17 +374,24 @@ fn an_upload_split_over_three_connections_resumes_at_each_durable_offset() {
         }))
         .await
         .unwrap();
+        // Blocks continue from the resume offset, so the last one ends
+        // just past 600 x 1,004 bytes: everything sent is now durable.
+        let flushed = expect_status(&mut c, &upload).await;
+        assert!((600 * BLOCK as u64..601 * BLOCK as u64).contains(&flushed), "{flushed}");
         assert!(matches!(next_frame(&mut c).await, ServerFrame::Bye(_)));
         assert!(c.closed_within(WAIT).await);
+        flushed
     });
 
-    // 3: resumes there and finishes.
+    // 3: resumes there (mid-buffer: the next write fills up to the next
+    // 256 KiB boundary, then writes whole buffers again) and finishes.
     rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
         c.send(&upload.begin(upload.size())).await.unwrap();
         let mut durable = expect_status(&mut c, &upload).await;
-        assert_eq!(durable, 2 * BUFFER);
-        send_range(&mut c, &upload, durable, upload.size(), &mut durable).await;
+        assert_eq!(durable, sent);
+        let reported = send_range(&mut c, &upload, durable, upload.size(), &mut durable).await;
+        assert!(reported.iter().all(|offset| offset % BUFFER == 0), "{reported:?}");
         c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
         loop {
             match next_frame(&mut c).await {
@@ -835,5 +843,76 @@ fn a_completed_upload_the_bridge_did_not_record_is_busy_until_it_is() {
         c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
         assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
         assert_eq!(upload_records(&mut fleet.redis().await).await.len(), 1);
+    });
+}
+
+#[test]
+fn a_draining_driver_makes_buffered_upload_bytes_durable_before_its_bye() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = fleet_with_uploads(1, dir.path(), &[("DRIVER_DRAIN_PERIOD", "1s")]);
+    let device = serial("CTRL-0042");
+    let upload = Upload::new(7, 100 * BLOCK);
+    let rt = runtime();
+    let mut c = rt.block_on(async {
+        let (mut c, _) = connect(fleet.addr(), &device).await;
+        c.send(&upload.begin(upload.size())).await.unwrap();
+        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        // 60 blocks: less than one 256 KiB buffer, so nothing is durable yet.
+        let frames: Vec<DeviceFrame> = (0..60).map(|i| upload.block(i * BLOCK as u64)).collect();
+        c.send_all(&frames).await.unwrap();
+        expect_alive(&mut c).await;
+        c
+    });
+    fleet.drivers[0]
+        .process()
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    rt.block_on(async {
+        // Everything the device sent is made durable and reported, then BYE.
+        assert_eq!(expect_status(&mut c, &upload).await, 60 * BLOCK as u64);
+        match next_frame(&mut c).await {
+            ServerFrame::Bye(bye) => assert_eq!(bye.reason, ByeReason::DRAINING),
+            other => panic!("expected BYE DRAINING, got {other:?}"),
+        }
+    });
+    let data = upload.partial_dir(dir.path(), &device).join("data");
+    assert_eq!(std::fs::read(data).unwrap(), &upload.content[..60 * BLOCK]);
+}
+
+#[test]
+fn uploads_beyond_upload_max_open_are_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet_with_uploads(1, dir.path(), &[("UPLOAD_MAX_OPEN", "1")]);
+    let first = Upload::new(1, 10 * BLOCK);
+    let second = Upload::new(2, 10 * BLOCK);
+    runtime().block_on(async {
+        let (mut a, _) = connect(fleet.addr(), &serial("CTRL-A")).await;
+        a.send(&first.begin(first.size())).await.unwrap();
+        assert_eq!(expect_status(&mut a, &first).await, 0);
+
+        let (mut b, _) = connect(fleet.addr(), &serial("CTRL-B")).await;
+        b.send(&second.begin(second.size())).await.unwrap();
+        let error = expect_error(&mut b).await;
+        assert_eq!(error.code, ErrorCode::BUSY);
+        assert!(!error.fatal);
+        assert!(error.message.contains("UPLOAD_MAX_OPEN"), "{error:?}");
+        expect_alive(&mut b).await;
+
+        // The first upload ends: its slot is free again.
+        let frames: Vec<DeviceFrame> = (0..10).map(|i| first.block(i * BLOCK as u64)).collect();
+        a.send_all(&frames).await.unwrap();
+        a.send(&first.end(first.size(), first.sha256)).await.unwrap();
+        loop {
+            match next_frame(&mut a).await {
+                ServerFrame::UploadStatus(_) => {}
+                ServerFrame::UploadDone(done) => {
+                    assert_eq!(done.status, UploadOutcome::OK);
+                    break;
+                }
+                other => panic!("expected UPLOAD_DONE, got {other:?}"),
+            }
+        }
+        b.send(&second.begin(second.size())).await.unwrap();
+        assert_eq!(expect_status(&mut b, &second).await, 0);
     });
 }

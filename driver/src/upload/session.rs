@@ -58,6 +58,9 @@ pub enum UploadError {
     /// The upload is open on another session.
     #[error("upload is open on another session")]
     Conflict,
+    /// `UPLOAD_MAX_OPEN` uploads are in progress on this driver already.
+    #[error("{0} uploads are in progress on this driver (UPLOAD_MAX_OPEN), retry later")]
+    TooManyOpen(usize),
     /// The disk refused (full, failing): nothing beyond the last
     /// `UPLOAD_STATUS` was stored.
     #[error("cannot store the upload now: {source}")]
@@ -83,6 +86,7 @@ impl UploadError {
                 (ErrorCode::BUSY, *ref_type)
             }
             Self::Conflict => (ErrorCode::UPLOAD_CONFLICT, FrameType::UPLOAD_BEGIN),
+            Self::TooManyOpen(_) => (ErrorCode::BUSY, FrameType::UPLOAD_BEGIN),
             Self::NotRecorded(_) => (ErrorCode::BUSY, FrameType::UPLOAD_END),
         };
         let message = match self {
@@ -146,6 +150,8 @@ struct Receiving {
     received: u64,
     /// Counts this upload's buffer in `upload_buffers` while it lives.
     _counted: BufferCount,
+    /// One of the driver's `UPLOAD_MAX_OPEN` slots, held while it lives.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One write buffer in the `upload_buffers` gauge, for as long as it lives.
@@ -204,6 +210,14 @@ impl Limit {
 }
 
 impl Receiving {
+    /// How full the buffer gets before it is written: up to the next
+    /// multiple of `buffer_bytes` in the file, so that every write is one
+    /// aligned buffer even after a resume from an unaligned offset.
+    fn fill_to(&self) -> usize {
+        let buffer_bytes = self.buffer_bytes as u64;
+        (buffer_bytes - self.file.durable() % buffer_bytes) as usize
+    }
+
     /// One write + one fdatasync of the buffer; empties it.
     fn write_buffer(&mut self) -> io::Result<()> {
         self.file.append(&self.buffer)?;
@@ -248,6 +262,35 @@ impl Uploads {
         self.slot = Slot::Idle;
     }
 
+    /// Before a graceful goodbye (`BYE`, a drain): makes the buffered bytes
+    /// durable and returns the `UPLOAD_STATUS` that tells the device, so
+    /// that it resumes after them. The upload stays open until
+    /// [`Uploads::close`].
+    pub async fn flush_before_close(&mut self, driver: &Driver) -> Option<UploadStatus> {
+        let Slot::Receiving(upload) = std::mem::replace(&mut self.slot, Slot::Idle) else {
+            return None;
+        };
+        if upload.buffer.is_empty() {
+            return None;
+        }
+        let flushed = upload.buffer.len() as u64;
+        match flush(upload).await {
+            Ok(upload) => {
+                driver.metrics.upload_bytes.inc_by(flushed);
+                let status = UploadStatus {
+                    upload_id: upload.upload_id,
+                    durable_offset: upload.file.durable(),
+                };
+                self.slot = Slot::Receiving(upload);
+                Some(status)
+            }
+            Err(err) => {
+                warn!(error = %err, "upload buffer not written at close: the device resends it");
+                None
+            }
+        }
+    }
+
     /// `UPLOAD_BEGIN`: opens the upload and returns the `UPLOAD_STATUS`
     /// that tells the device where to resume.
     pub async fn begin(
@@ -273,6 +316,10 @@ impl Uploads {
             });
         }
         let limit = Limit::new(begin.total_size, max_bytes);
+        // Each open upload holds a write buffer: their number bounds memory.
+        let Ok(slot) = driver.upload_slots.clone().try_acquire_owned() else {
+            return Err(UploadError::TooManyOpen(driver.config.upload_max_open));
+        };
         let upload_id = begin.upload_id;
         let store = driver.uploads.clone();
         let buffer_bytes = driver.config.upload_buffer_bytes;
@@ -300,6 +347,7 @@ impl Uploads {
                         buffer_bytes,
                         hasher,
                         _counted: counted,
+                        _slot: slot,
                     }))
                 }
             })
@@ -364,11 +412,12 @@ impl Uploads {
         let mut rest: &[u8] = &data;
         let mut status = None;
         loop {
-            let room = upload.buffer_bytes - upload.buffer.len();
+            let fill_to = upload.fill_to();
+            let room = fill_to - upload.buffer.len();
             let (now, later) = rest.split_at(room.min(rest.len()));
             upload.buffer.extend_from_slice(now);
             rest = later;
-            if upload.buffer.len() == upload.buffer_bytes {
+            if upload.buffer.len() == fill_to {
                 let flushed = upload.buffer.len() as u64;
                 upload = flush(upload).await.map_err(|source| {
                     warn!(error = %source, "upload write failed; the device gets BUSY");
