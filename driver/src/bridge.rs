@@ -76,12 +76,14 @@ impl BridgeClient {
     }
 
     /// Registers an authenticated session; see `OpenSession` in bridge.proto.
+    /// `timeout` is what is left of the handshake's time.
     pub async fn open_session(
         &self,
         serial: &Serial,
         session_id: &SessionId,
         peer: SocketAddr,
         firmware: &str,
+        timeout: Duration,
     ) -> Result<OpenedSession, tonic::Status> {
         let mut request = tonic::Request::new(OpenSessionRequest {
             serial: serial.to_string(),
@@ -92,7 +94,7 @@ impl BridgeClient {
             connected_ms: unix_ms(),
             instance_id: self.instance_id.clone(),
         });
-        request.set_timeout(CALL_TIMEOUT);
+        request.set_timeout(timeout);
         let reply = self.client.clone().open_session(request).await?.into_inner();
         Ok(OpenedSession {
             last_event_id: reply.last_event_id,

@@ -243,9 +243,14 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
     };
 
     let session_id = SessionId(rand::random());
+    // The bridge gets what is left of the handshake's time (at least a
+    // second): under a connect storm, registering is what takes time.
+    let remaining = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
     let opened = match driver
         .bridge
-        .open_session(&serial, &session_id, conn.peer, &firmware)
+        .open_session(&serial, &session_id, conn.peer, &firmware, remaining)
         .await
     {
         Ok(opened) => opened,

@@ -140,11 +140,13 @@ pub struct UploadRecord<'a> {
     pub completed_ms: u64,
 }
 
-/// The bridge's Redis: a pool of multiplexed connections and the scripts.
-/// Cheap to clone.
+/// The bridge's Redis: a pool of multiplexed connections for the unary
+/// calls, and a client for the event streams' own connections. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    client: redis::Client,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +162,7 @@ impl Store {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let client = redis::Client::open(redis_url)?;
         let manager = deadpool_redis::Manager::new_with_config(redis_url, connection)?;
         let pool = Pool::builder(manager)
             .max_size(pool_size)
@@ -172,7 +175,7 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|err| StoreError::Setup(err.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, client })
     }
 
     /// A connection from the pool.
@@ -189,7 +192,7 @@ impl Store {
 
     /// A writer for one event stream (see [`EventWriter`]).
     pub fn event_writer(&self) -> EventWriter {
-        EventWriter::new(self.pool.clone())
+        EventWriter::new(self.client.clone())
     }
 
     /// The restart cleanup on a stream's `hello`: returns how many devices
@@ -298,14 +301,14 @@ const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Stores the batches of one event stream, one script call at a time.
 ///
-/// It keeps a clone of a pooled multiplexed connection rather than checking
-/// one out per call: a checkout costs a `PING` round trip, and holding the
-/// checkout would let more streams than `REDIS_POOL_SIZE` starve each
-/// other. The pool still decides how many sockets there are and replaces
-/// broken ones; streams share them. It reuses one command buffer and its
-/// scratch tables, so a call allocates nothing per event.
+/// Each stream has a Redis connection of its own: a script storing
+/// thousands of events takes milliseconds, and the registry calls of
+/// `OpenSession` must not queue behind it on a shared connection (a
+/// handshake storm during heavy event traffic would time out). It reuses
+/// one command buffer and its scratch tables, so a call allocates nothing
+/// per event.
 pub struct EventWriter {
-    pool: Pool,
+    client: redis::Client,
     connection: Option<MultiplexedConnection>,
     command: redis::Cmd,
     /// Serials of the call being built, in first-seen order.
@@ -328,9 +331,9 @@ impl std::fmt::Debug for EventWriter {
 }
 
 impl EventWriter {
-    fn new(pool: Pool) -> Self {
+    fn new(client: redis::Client) -> Self {
         Self {
-            pool,
+            client,
             connection: None,
             command: redis::Cmd::new(),
             serials: Vec::new(),
@@ -350,8 +353,7 @@ impl EventWriter {
         let result = self.invoke().await;
         if let Err(err) = &result {
             if err.connection_is_broken() {
-                // The next call takes a fresh one; the pool's own check
-                // (PING at checkout) retires the broken socket.
+                // The next call connects again.
                 self.connection = None;
             }
             // The registry refreshes of a failed call did not happen.
@@ -444,8 +446,14 @@ impl EventWriter {
         let connection = match &mut self.connection {
             Some(connection) => connection,
             None => {
-                let pooled = self.pool.get().await?;
-                self.connection.insert(pooled.as_ref().clone())
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                let connection = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                self.connection.insert(connection)
             }
         };
         match self.command.query_async(connection).await {

@@ -60,7 +60,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn start(ctx: &BenchContext, name: &str) -> anyhow::Result<Self> {
+    fn start(ctx: &BenchContext, name: &str, devices: u64) -> anyhow::Result<Self> {
         let redis = RedisServer::start_in(&ctx.work_dir.join(format!("{name}-redis")), free_port()?)?;
         let bridge = BridgeProcess::start(&redis.url(), &Logs::Discard, &[])?;
         let driver = DriverProcess::start(&DriverOptions {
@@ -68,7 +68,15 @@ impl Rig {
             redis_url: redis.url(),
             master_key_hex: MASTER_KEY_HEX.to_owned(),
             proxy_protocol: false,
-            extra_env: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+            extra_env: vec![
+                ("RUST_LOG".to_owned(), "warn".to_owned()),
+                // Room for every device's full window: at saturation devices
+                // wait for ACKs (closed loop) instead of meeting BUSY.
+                (
+                    "DRIVER_MAX_PENDING_EVENTS".to_owned(),
+                    (devices * 256).max(100_000).to_string(),
+                ),
+            ],
             logs: Logs::Discard,
         })?;
         Ok(Self { redis, bridge, driver })
@@ -102,6 +110,9 @@ fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64)
         "127.0.0.2-127.0.0.9".to_owned(),
         "--serial-prefix".to_owned(),
         "EVB-".to_owned(),
+        // Devices join at a steady pace: this is not the connect-storm test.
+        "--connect-rate".to_owned(),
+        "2000".to_owned(),
     ]
     .into()
 }
@@ -109,6 +120,7 @@ fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64)
 fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64) -> anyhow::Result<Phase> {
     let sim = binary("controller-sim")?;
     let seconds = ctx.phase_seconds();
+    let _consumer = Consumer::start(rig.redis.port(), "cwp:events");
     let meter = CpuMeter::start(&rig.processes());
     let started = std::time::Instant::now();
     let summary = run_sim(
@@ -124,6 +136,45 @@ fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64
         cpu,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Stands in for the main application, which consumes `cwp:events` and
+/// trims what it has processed: every half second the stream is cut to its
+/// newest ~100,000 entries. Without it the stream would grow by millions of
+/// entries per phase, and Redis would spend the run forking and rewriting
+/// its append-only file for a dataset no deployment keeps.
+struct Consumer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    fn start(port: u16, key: &'static str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "XTRIM", key, "MAXLEN", "~", "100000"])
+                    .stdout(std::process::Stdio::null())
+                    .status();
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// `redis-benchmark` appending the same entries as the bridge, pipelined
@@ -164,6 +215,7 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         "received_ms",
         "1767225600000",
     ];
+    let _consumer = Consumer::start(redis.port(), "cwp:ceiling");
     let output = Command::new(&tool)
         .args(args)
         .output()
@@ -184,7 +236,7 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
 
 /// Runs the benchmark with `devices` devices.
 pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<EventsResult> {
-    let mut rig = Rig::start(ctx, &format!("events-{devices}"))?;
+    let mut rig = Rig::start(ctx, &format!("events-{devices}"), devices)?;
     // Saturation: offer far more than the fleet can take; what it
     // acknowledges per second is its capacity.
     let saturated = phase(
