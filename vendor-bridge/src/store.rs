@@ -143,10 +143,18 @@ pub struct UploadRecord<'a> {
 /// The bridge's Redis: a pool of multiplexed connections for the unary
 /// calls, and a client for the event streams' own connections. Cheap to
 /// clone.
+///
+/// Unary calls share one multiplexed connection taken from the pool rather
+/// than checking one out per call: a checkout costs a `PING` round trip,
+/// and with `appendfsync always` every round trip waits for an fsync, so a
+/// connect storm of thousands of `OpenSession`s would crawl. Multiplexed,
+/// they are pipelined: one fsync covers all that arrive together. A broken
+/// connection is dropped and the pool gives (or makes) another.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     client: redis::Client,
+    shared: std::sync::Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -175,12 +183,29 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|err| StoreError::Setup(err.to_string()))?;
-        Ok(Self { pool, client })
+        Ok(Self {
+            pool,
+            client,
+            shared: std::sync::Arc::default(),
+        })
     }
 
-    /// A connection from the pool.
-    pub(crate) async fn connection(&self) -> Result<Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    /// The shared multiplexed connection for unary calls.
+    pub(crate) async fn connection(&self) -> Result<SharedConnection, StoreError> {
+        let mut slot = self.shared.lock().await;
+        let connection = match &*slot {
+            Some(connection) => connection.clone(),
+            None => {
+                let pooled: Connection = self.pool.get().await?;
+                let connection = pooled.as_ref().clone();
+                *slot = Some(connection.clone());
+                connection
+            }
+        };
+        Ok(SharedConnection {
+            connection,
+            slot: self.shared.clone(),
+        })
     }
 
     /// `PING`: whether Redis answers at all.
@@ -290,6 +315,50 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok(recorded == 1)
+    }
+}
+
+/// A handle on the shared connection; an I/O failure through it retires
+/// the connection for every later call.
+pub(crate) struct SharedConnection {
+    connection: MultiplexedConnection,
+    slot: std::sync::Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl redis::aio::ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let result = self.connection.req_packed_command(cmd).await;
+            self.retire_if_broken(&result).await;
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let result = self.connection.req_packed_commands(cmd, offset, count).await;
+            self.retire_if_broken(&result).await;
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.connection.get_db()
+    }
+}
+
+impl SharedConnection {
+    async fn retire_if_broken<T>(&self, result: &Result<T, RedisError>) {
+        if let Err(err) = result
+            && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
+        {
+            *self.slot.lock().await = None;
+        }
     }
 }
 
