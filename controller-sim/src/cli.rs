@@ -18,13 +18,42 @@ HMAC-SHA256(master_key, \"CWP1 device key\" || serial), as the driver derives it
 
 At the end of --duration the devices stop making events, wait up to --grace
 for the acks of what they sent, say BYE and the summary is printed. Ctrl-C
-ends the run early (twice: at once).
+(or SIGTERM) ends the run early (twice: at once).
 
---scenario upload: every device uploads --upload-bytes (the same
-reproducible content for all) in BLOCKs of --block-size, resuming after
-reconnects; the run ends when every upload is done (or at --duration, then
---grace). The summary reports the payload MB/s from the first UPLOAD_BEGIN
-to the last UPLOAD_DONE.
+Scenarios (every device answers COMMANDs after --command-delay, keeps its
+session alive with heartbeats, resends unacknowledged events after a
+reconnect and honours BYE DRAINING):
+  idle      devices connect (at --connect-rate) and hold their sessions
+  events    every device sends events at its share of --rate
+  upload    every device uploads --upload-bytes (the same reproducible
+            content for all) in BLOCKs of --block-size, resuming after
+            reconnects; the run ends when every upload is done (or at
+            --duration, then --grace); the summary reports the payload MB/s
+            from the first UPLOAD_BEGIN to the last UPLOAD_DONE
+  commands  idle devices answering commands; the operator (not the
+            simulator) publishes them, e.g. with bench-commands; the
+            summary gives COMMAND -> ACK-of-result latency
+  churn     idle devices that drop their connection (no BYE) and reconnect
+            at once, --churn times per second across the fleet (random,
+            exponentially distributed session lifetimes)
+  storm     all devices connect at once (--connect-rate is ignored); the
+            summary's handshake rate is devices / time to the last first
+            WELCOME; then --storm-then end (default) or hold until --duration
+  mixed     of every 100 devices: 90 idle, 9 send events (--rate spread
+            over them), 1 uploads --upload-bytes; all answer commands
+
+Many devices: each device holds a socket, and one process may have only as
+many open files as its limit (`ulimit -Hn`); --procs N runs N worker
+processes (the same binary) with disjoint serial ranges and even shares of
+--devices, --rate, --connect-rate, --churn and --source-ips, and prints one
+summary (counts and rates added, latency histograms merged). Each source
+address offers ~28,000 ports per destination: spread 100,000 devices over
+at least 4 of them (--source-ips 127.0.0.2-127.0.0.9).
+
+--protocol mqtt (scenario idle only): each device is an MQTT 3.1.1 client
+instead (client id = serial, clean session), CONNECTs to --target (a
+broker) and sends PINGREQ every --mqtt-keep-alive: the peer of the idle
+benchmark.
 
 Exit status: 0 on success, 1 if no device connected, 2 on a bad option,
 3 if --verify-redis found a lost or duplicated event (or could not check).
@@ -33,10 +62,13 @@ Logs go to stderr; RUST_LOG sets their level (default: warn).";
 
 /// Simulated CWP/1 controllers: connects a fleet of devices to HAProxy or a
 /// driver, runs a scenario, and reports what they measured.
+// The last of a repeated option wins: the workers of --procs get the
+// parent's command line followed by their own share.
 #[derive(Debug, Parser)]
-#[command(name = "controller-sim", version, after_help = AFTER_HELP)]
+#[command(name = "controller-sim", version, after_help = AFTER_HELP, args_override_self = true)]
 pub(crate) struct Args {
-    /// Where the devices connect: HAProxy or a driver, host:port.
+    /// Where the devices connect: HAProxy or a driver, host:port; several,
+    /// comma-separated, share the devices in turn.
     #[arg(long, env = "SIM_TARGET", default_value = "127.0.0.1:7000")]
     target: String,
 
@@ -59,6 +91,28 @@ pub(crate) struct Args {
     /// What the devices do.
     #[arg(long, env = "SIM_SCENARIO", value_enum, default_value_t = Scenario::Events)]
     scenario: Scenario,
+
+    /// Worker processes; each takes an even share of the devices (at most
+    /// its open-file limit minus a reserve each).
+    #[arg(long, env = "SIM_PROCS", default_value_t = 1)]
+    procs: usize,
+
+    /// The wire protocol of the devices: cwp, or mqtt (the idle peer).
+    #[arg(long, env = "SIM_PROTOCOL", value_enum, default_value_t = Protocol::Cwp)]
+    protocol: Protocol,
+
+    /// MQTT keep-alive and PINGREQ period (--protocol mqtt).
+    #[arg(long, env = "SIM_MQTT_KEEP_ALIVE", default_value = "30s")]
+    mqtt_keep_alive: String,
+
+    /// Reconnects per second across the fleet (scenario churn).
+    #[arg(long, env = "SIM_CHURN", default_value_t = 0.0)]
+    churn: f64,
+
+    /// After a storm: end the run once every device has connected, or
+    /// hold the sessions until --duration.
+    #[arg(long, env = "SIM_STORM_THEN", value_enum, default_value_t = StormThen::End)]
+    storm_then: StormThen,
 
     /// Events per second across all devices, spread evenly.
     #[arg(long, env = "SIM_RATE", default_value_t = 1000.0)]
@@ -122,6 +176,39 @@ pub(crate) struct Args {
     /// Print the summary as one JSON object instead of text.
     #[arg(long, env = "SIM_JSON")]
     json: bool,
+
+    /// Internal (--procs): run as a worker of a parent process, talking
+    /// to it over stdin and stdout.
+    #[arg(long, hide = true)]
+    worker: bool,
+
+    /// Internal (--procs): digits of the serial numbers, so that every
+    /// worker pads them alike.
+    #[arg(long, hide = true)]
+    serial_width: Option<usize>,
+
+    /// Internal (--procs): the fleet-wide index of this process's first
+    /// device, which picks its group (mixed) and its target.
+    #[arg(long, hide = true, default_value_t = 0)]
+    device_offset: u64,
+}
+
+/// The wire protocol the simulated devices speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Protocol {
+    /// CWP/1: Drover's devices.
+    Cwp,
+    /// MQTT 3.1.1 keep-alives to a broker (the idle benchmark's peer).
+    Mqtt,
+}
+
+/// What a storm does once every device has connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StormThen {
+    /// End the run.
+    End,
+    /// Hold the sessions until --duration.
+    Hold,
 }
 
 /// How serial numbers are made: `<prefix><number>`, zero-padded.
@@ -133,16 +220,17 @@ pub(crate) struct SerialNaming {
 }
 
 impl SerialNaming {
-    /// Names for `count` devices numbered from `first`; fails if the longest
-    /// would not be a valid serial.
-    pub(crate) fn new(prefix: &str, first: u64, count: u64) -> Result<Self, String> {
+    /// Names for `count` devices numbered from `first`, padded to at least
+    /// `width` digits (by default, as many as the last number needs and at
+    /// least six); fails if the longest would not be a valid serial.
+    pub(crate) fn with_width(prefix: &str, first: u64, count: u64, width: Option<usize>) -> Result<Self, String> {
         let last = first
             .checked_add(count.saturating_sub(1))
             .ok_or("serial numbers overflow")?;
         let naming = Self {
             prefix: prefix.to_owned(),
             first,
-            width: last.to_string().len().max(6),
+            width: width.unwrap_or(0).max(last.to_string().len()).max(6),
         };
         let longest = naming.name(count.saturating_sub(1));
         longest.parse::<Serial>().map_err(|err| format!("{longest:?}: {err}"))?;
@@ -158,12 +246,28 @@ impl SerialNaming {
     pub(crate) fn serial(&self, index: u64) -> Result<Serial, cwp::InvalidSerial> {
         self.name(index).parse()
     }
+
+    /// The prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The number of the first serial.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Digits of the numbers.
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
 }
 
 /// The validated configuration of a run.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) target: SocketAddr,
+    /// Where devices connect, in turn.
+    pub(crate) targets: Vec<SocketAddr>,
     pub(crate) devices: u64,
     pub(crate) serials: SerialNaming,
     pub(crate) master_key: MasterKey,
@@ -183,6 +287,38 @@ pub(crate) struct Config {
     pub(crate) upload_window: u64,
     pub(crate) verify_redis: Option<String>,
     pub(crate) json: bool,
+    pub(crate) procs: usize,
+    pub(crate) protocol: Protocol,
+    pub(crate) mqtt_keep_alive: Duration,
+    pub(crate) churn: f64,
+    pub(crate) storm_then: StormThen,
+    /// This process is a worker of a `--procs` parent.
+    pub(crate) worker: bool,
+    /// The fleet-wide index of this process's first device.
+    pub(crate) device_offset: u64,
+}
+
+impl Config {
+    /// The targets, comma-separated, as given.
+    pub(crate) fn targets_text(&self) -> String {
+        let targets: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
+        targets.join(",")
+    }
+
+    /// Where device `index` (of this process) connects.
+    pub(crate) fn target_of(&self, index: u64) -> SocketAddr {
+        let global = self.device_offset + index;
+        self.targets[usize::try_from(global % self.targets.len() as u64).unwrap_or(0)]
+    }
+}
+
+/// File descriptors a process needs besides its devices' sockets.
+pub(crate) const SPARE_FDS: u64 = 64;
+
+/// The hard limit on open files of this process (what it can raise its
+/// soft limit to).
+pub(crate) fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
 
 /// Every bad option, one per line.
@@ -218,12 +354,13 @@ impl Config {
     pub(crate) fn from_args(args: Args) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
 
-        let target = check(&mut problems, "target", resolve(&args.target));
+        let targets = check(&mut problems, "target", resolve_all(&args.target));
         let serials = check(
             &mut problems,
             "serial-prefix",
-            SerialNaming::new(&args.serial_prefix, args.first_serial, args.devices),
+            SerialNaming::with_width(&args.serial_prefix, args.first_serial, args.devices, args.serial_width),
         );
+        let mqtt_keep_alive = check(&mut problems, "mqtt-keep-alive", parse_duration(&args.mqtt_keep_alive));
         let master_key = check(
             &mut problems,
             "master-key",
@@ -259,6 +396,31 @@ impl Config {
         );
         require(args.threads >= 1, "threads", "at least 1");
         require(
+            (1..=args.devices.max(1)).contains(&(args.procs as u64)),
+            "procs",
+            "at least 1 and at most --devices",
+        );
+        require(
+            args.churn.is_finite() && args.churn >= 0.0 && (args.scenario != Scenario::Churn || args.churn > 0.0),
+            "churn",
+            "a number > 0 with --scenario churn (reconnects per second)",
+        );
+        require(
+            args.protocol == Protocol::Cwp || args.scenario == Scenario::Idle,
+            "protocol",
+            "cwp unless --scenario idle (MQTT devices only hold idle connections)",
+        );
+        let per_process = args.devices.div_ceil(args.procs.max(1) as u64);
+        let limit = open_file_limit();
+        let procs_needed = args.devices.div_ceil(limit.saturating_sub(SPARE_FDS).max(1));
+        require(
+            per_process + SPARE_FDS <= limit,
+            "procs",
+            &format!(
+                "enough for each process to hold its devices within the open-file limit ({limit}): --procs {procs_needed} or more"
+            ),
+        );
+        require(
             (1..=MAX_BLOCK_SIZE).contains(&args.block_size),
             "block-size",
             "1 to 65,520 (what the default max_payload holds)",
@@ -280,7 +442,7 @@ impl Config {
         );
 
         match (
-            target,
+            targets,
             serials,
             master_key,
             duration,
@@ -288,9 +450,10 @@ impl Config {
             command_delay,
             grace,
             sources,
+            mqtt_keep_alive,
         ) {
             (
-                Some(target),
+                Some(targets),
                 Some(serials),
                 Some(master_key),
                 Some(duration),
@@ -298,8 +461,9 @@ impl Config {
                 Some(command_delay),
                 Some(grace),
                 Some(sources),
+                Some(mqtt_keep_alive),
             ) if problems.is_empty() => Ok(Self {
-                target,
+                targets,
                 devices: args.devices,
                 serials,
                 master_key,
@@ -307,7 +471,12 @@ impl Config {
                 rate: args.rate,
                 event_size: args.event_size,
                 duration,
-                connect_rate: args.connect_rate,
+                // A storm is all devices at once.
+                connect_rate: if args.scenario == Scenario::Storm {
+                    0.0
+                } else {
+                    args.connect_rate
+                },
                 sources,
                 burst_interval,
                 command_delay,
@@ -319,6 +488,13 @@ impl Config {
                 upload_window: args.upload_window,
                 verify_redis: args.verify_redis,
                 json: args.json,
+                procs: args.procs,
+                protocol: args.protocol,
+                mqtt_keep_alive,
+                churn: args.churn,
+                storm_then: args.storm_then,
+                worker: args.worker,
+                device_offset: args.device_offset,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -328,6 +504,20 @@ impl Config {
 /// `Some(value)`, or `None` with the problem recorded.
 fn check<T>(problems: &mut Vec<String>, option: &str, result: Result<T, String>) -> Option<T> {
     result.map_err(|err| problems.push(format!("--{option}: {err}"))).ok()
+}
+
+/// Comma-separated `host:port`s, each to the first address it resolves to.
+fn resolve_all(targets: &str) -> Result<Vec<SocketAddr>, String> {
+    let targets: Vec<SocketAddr> = targets
+        .split(',')
+        .map(str::trim)
+        .filter(|target| !target.is_empty())
+        .map(resolve)
+        .collect::<Result<_, _>>()?;
+    if targets.is_empty() {
+        return Err("no address given".to_owned());
+    }
+    Ok(targets)
 }
 
 /// `host:port` to the first address it resolves to.
@@ -407,17 +597,17 @@ mod tests {
 
     #[test]
     fn serials_are_prefix_and_zero_padded_number() {
-        let naming = SerialNaming::new("SIM-", 1, 100_000).unwrap();
+        let naming = SerialNaming::with_width("SIM-", 1, 100_000, None).unwrap();
         assert_eq!(naming.name(0), "SIM-000001");
         assert_eq!(naming.name(99_999), "SIM-100000");
         assert_eq!(naming.serial(41).unwrap().as_str(), "SIM-000042");
         // Wider when the numbers need it; a later process starts elsewhere.
-        let naming = SerialNaming::new("B.", 2_000_000, 10).unwrap();
+        let naming = SerialNaming::with_width("B.", 2_000_000, 10, None).unwrap();
         assert_eq!(naming.name(0), "B.2000000");
         // Only what CWP/1 allows in a serial.
-        assert!(SerialNaming::new("SIM ", 1, 1).is_err());
-        assert!(SerialNaming::new(&"X".repeat(27), 1, 1).is_err());
-        assert!(SerialNaming::new(&"X".repeat(26), 1, 1).is_ok());
+        assert!(SerialNaming::with_width("SIM ", 1, 1, None).is_err());
+        assert!(SerialNaming::with_width(&"X".repeat(27), 1, 1, None).is_err());
+        assert!(SerialNaming::with_width(&"X".repeat(26), 1, 1, None).is_ok());
     }
 
     #[test]

@@ -43,6 +43,26 @@ pub enum ClientError {
     Unexpected(ServerFrame),
 }
 
+/// A TCP connection to `addr` from the local address `source`, the port
+/// chosen by the kernel at connect time.
+///
+/// `IP_BIND_ADDRESS_NO_PORT` defers the choice of the local port from
+/// `bind` to `connect`, so that a port is unique per (source, destination)
+/// pair rather than per source: each source address then offers its ~28,000
+/// ephemeral ports to every destination (Linux ≥ 4.2; elsewhere the option
+/// is refused and the kernel picks at `bind` as usual).
+pub async fn connect_from(addr: SocketAddr, source: IpAddr) -> io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Err(error) = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true) {
+        tracing::debug!(%error, "IP_BIND_ADDRESS_NO_PORT refused");
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 /// One CWP/1 connection from the device's side.
 #[derive(Debug)]
 pub struct Connection {
@@ -68,12 +88,7 @@ impl Connection {
     /// the kernel), so that many connections can spread over several
     /// loopback addresses (`127.0.0.x`) and not run out of ports.
     pub async fn connect_from(addr: SocketAddr, source: IpAddr) -> Result<Self, ClientError> {
-        let socket = match source {
-            IpAddr::V4(_) => TcpSocket::new_v4()?,
-            IpAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let stream = socket.connect(addr).await?;
+        let stream = connect_from(addr, source).await?;
         Self::from_stream(stream)
     }
 

@@ -13,14 +13,20 @@
 //!   `Connection`, one tokio task per device. Devices share a
 //!   [`device::Behaviour`] (what they do) and a [`device::Stats`] (what
 //!   they measure).
+//! - [`mqtt`]: [`mqtt::MqttDevice`], the peer's device: an MQTT 3.1.1
+//!   client holding an idle connection to a broker with keep-alives (the
+//!   idle benchmark's comparison with Mosquitto).
 //! - [`verify`]: reads the Redis stream `cwp:events` and checks that every
 //!   acknowledged event is stored exactly once.
 //!
-//! The `controller-sim` binary runs thousands of devices against HAProxy
-//! or a driver and prints what they measured; `bench-limits` measures the
-//! network and storage limits the upload benchmark (`bench/uploads.sh`)
-//! compares with.
+//! The `controller-sim` binary runs up to hundreds of thousands of devices
+//! (over several worker processes) against HAProxy or drivers and prints
+//! what they measured; `bench-limits` measures the network and storage
+//! limits the upload benchmark (`bench/uploads.sh`) compares with;
+//! `bench-commands` plays the operator of the commands benchmark
+//! (publishes commands, times their results).
 
 pub mod client;
 pub mod device;
+pub mod mqtt;
 pub mod verify;

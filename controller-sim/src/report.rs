@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use controller_sim::device::{LatencySummary, StatsSnapshot, UploadSummary};
+use controller_sim::device::{LatencySummary, Stats, StatsSnapshot, UploadSummary};
 use controller_sim::verify::Verdict;
 use serde::Serialize;
 
@@ -72,7 +72,7 @@ impl Uploads {
         if upload.bytes_sent + upload.bytes_resent + upload.completed == 0 {
             return None;
         }
-        let seconds = upload.span.as_secs_f64();
+        let seconds = upload.span().as_secs_f64();
         let mb_per_s = if seconds > 0.0 {
             (upload.bytes_completed as f64 / 1e6 / seconds * 10.0).round() / 10.0
         } else {
@@ -147,8 +147,12 @@ impl Verification {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Summary {
     pub(crate) scenario: &'static str,
+    /// `cwp` or `mqtt`.
+    pub(crate) protocol: &'static str,
     pub(crate) target: String,
     pub(crate) devices: u64,
+    /// Processes the devices ran in.
+    pub(crate) procs: usize,
     /// How long devices made events, s.
     pub(crate) run_s: f64,
     pub(crate) devices_connected: u64,
@@ -176,6 +180,13 @@ pub(crate) struct Summary {
     pub(crate) byes: BTreeMap<String, u64>,
     pub(crate) commands_received: u64,
     pub(crate) commands_answered: u64,
+    /// `COMMAND` received → `ACK` of its result (includes --command-delay).
+    pub(crate) command_latency_us: Latency,
+    /// Heartbeats (`PING`, or MQTT `PINGREQ`) sent.
+    pub(crate) pings_sent: u64,
+    /// Sessions dropped on purpose (scenario churn), and the rate.
+    pub(crate) churn_drops: u64,
+    pub(crate) churn_per_s: f64,
     pub(crate) busy_retries: u64,
     pub(crate) rewinds: u64,
     pub(crate) id_jumps: u64,
@@ -190,8 +201,10 @@ pub(crate) struct Summary {
 #[derive(Debug, Clone)]
 pub(crate) struct RunFacts {
     pub(crate) scenario: &'static str,
+    pub(crate) protocol: &'static str,
     pub(crate) target: String,
     pub(crate) devices: u64,
+    pub(crate) procs: usize,
     pub(crate) run: Duration,
     /// Sessions established when the run ended.
     pub(crate) connected_at_end: u64,
@@ -229,8 +242,10 @@ impl Summary {
             .collect();
         Self {
             scenario: facts.scenario,
+            protocol: facts.protocol,
             target: facts.target,
             devices: facts.devices,
+            procs: facts.procs,
             run_s: (facts.run.as_secs_f64() * 1000.0).round() / 1000.0,
             devices_connected: stats.devices_connected,
             connected_at_end: facts.connected_at_end,
@@ -252,6 +267,10 @@ impl Summary {
             byes,
             commands_received: stats.commands_received,
             commands_answered: stats.commands_answered,
+            command_latency_us: stats.command_latency.into(),
+            pings_sent: stats.pings_sent,
+            churn_drops: stats.churn_drops,
+            churn_per_s: per_second(stats.churn_drops, facts.run),
             busy_retries: stats.busy_retries,
             rewinds: stats.rewinds,
             id_jumps: stats.id_jumps,
@@ -310,8 +329,17 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "controller-sim: scenario {} against {}, {} devices, {:.1} s",
-            self.scenario, self.target, self.devices, self.run_s
+            "controller-sim: scenario {} against {}, {} devices, {:.1} s{}{}",
+            self.scenario,
+            self.target,
+            self.devices,
+            self.run_s,
+            if self.protocol == "cwp" { "" } else { ", MQTT 3.1.1" },
+            if self.procs > 1 {
+                format!(", {} processes", self.procs)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,
@@ -335,9 +363,19 @@ impl fmt::Display for Summary {
         writeln!(f, "  server BYE   {}", counts(&self.byes))?;
         write!(
             f,
-            "  commands     {} received, {} answered",
-            self.commands_received, self.commands_answered
+            "  commands     {} received, {} answered; received -> result acked: {}",
+            self.commands_received,
+            self.commands_answered,
+            percentiles(&self.command_latency_us)
         )?;
+        write!(f, "\n  heartbeats   {} sent", self.pings_sent)?;
+        if self.churn_drops > 0 {
+            write!(
+                f,
+                "\n  churn        {} connections dropped and re-established, {:.1}/s",
+                self.churn_drops, self.churn_per_s
+            )?;
+        }
         if self.busy_retries + self.rewinds > 0 {
             write!(
                 f,
@@ -382,12 +420,34 @@ impl fmt::Display for Summary {
 }
 
 /// Counters sampled for the progress line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub(crate) struct Sample {
     pub(crate) connected: u64,
     pub(crate) sent: u64,
     pub(crate) acked: u64,
     pub(crate) errors: u64,
+}
+
+impl Sample {
+    /// The counters now.
+    pub(crate) fn of(stats: &Stats) -> Self {
+        Self {
+            connected: stats.connected(),
+            sent: stats.sent(),
+            acked: stats.acked(),
+            errors: stats.errors(),
+        }
+    }
+
+    /// Two processes' counters together.
+    pub(crate) fn add(self, other: Self) -> Self {
+        Self {
+            connected: self.connected + other.connected,
+            sent: self.sent + other.sent,
+            acked: self.acked + other.acked,
+            errors: self.errors + other.errors,
+        }
+    }
 }
 
 /// The live line: rates over the last `interval`.
@@ -438,8 +498,10 @@ mod tests {
         };
         let facts = RunFacts {
             scenario: "events",
+            protocol: "cwp",
             target: "127.0.0.1:7000".to_owned(),
             devices: 1000,
+            procs: 1,
             run: Duration::from_secs(30),
             connected_at_end: 1000,
             acked_in_run: 2_999_000,
@@ -485,15 +547,18 @@ mod tests {
                 bytes_durable: 401_600_000,
                 completed: 100,
                 bytes_completed: 401_600_000,
-                span: Duration::from_secs(4),
+                first_begin: Some(Duration::from_secs(1)),
+                last_done: Some(Duration::from_secs(5)),
                 ..UploadSummary::default()
             },
             ..StatsSnapshot::default()
         };
         let facts = RunFacts {
             scenario: "upload",
+            protocol: "cwp",
             target: "127.0.0.1:7000".to_owned(),
             devices: 100,
+            procs: 1,
             run: Duration::from_secs(5),
             connected_at_end: 100,
             acked_in_run: 0,

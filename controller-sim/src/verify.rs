@@ -145,7 +145,7 @@ impl Tally {
 }
 
 /// The outcome of the exactly-once check.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// Acknowledged (serial, event id) pairs expected in the stream.
     pub acked: u64,
@@ -179,6 +179,31 @@ impl Verdict {
         if self.examples.len() < EXAMPLES {
             self.examples.push(problem);
         }
+    }
+
+    /// One verdict for the devices of several processes, each of which
+    /// checked its own devices against the whole stream: the counts about
+    /// devices add up; every process read the same entries, so what was
+    /// scanned is one process's count, and the foreign entries are those of
+    /// none of the processes' devices.
+    pub fn merge(verdicts: &[Verdict]) -> Verdict {
+        let mut merged = Verdict::default();
+        let mut own = 0;
+        for verdict in verdicts {
+            merged.acked += verdict.acked;
+            merged.stored_once += verdict.stored_once;
+            merged.missing += verdict.missing;
+            merged.duplicated += verdict.duplicated;
+            merged.unacked_stored += verdict.unacked_stored;
+            merged.scanned = merged.scanned.max(verdict.scanned);
+            merged.malformed = merged.malformed.max(verdict.malformed);
+            own += verdict.scanned.saturating_sub(verdict.foreign + verdict.malformed);
+            for problem in &verdict.examples {
+                merged.example(problem.clone());
+            }
+        }
+        merged.foreign = merged.scanned.saturating_sub(merged.malformed + own);
+        merged
     }
 }
 
@@ -335,6 +360,36 @@ mod tests {
                 "SIM-1 event 9 (ack not received): stored 2 times",
             ]
         );
+    }
+
+    #[test]
+    fn verdicts_of_several_processes_merge() {
+        // Two processes, each with its own devices, read the same 10
+        // entries: 3 of process one's devices, 5 of process two's, 1 of
+        // nobody's, 1 unreadable.
+        let one = Verdict {
+            acked: 3,
+            stored_once: 3,
+            scanned: 10,
+            foreign: 6,
+            malformed: 1,
+            ..Verdict::default()
+        };
+        let two = Verdict {
+            acked: 5,
+            stored_once: 4,
+            duplicated: 1,
+            scanned: 10,
+            foreign: 4,
+            malformed: 1,
+            examples: vec!["SIM-2 event 4: stored 2 times".to_owned()],
+            ..Verdict::default()
+        };
+        let merged = Verdict::merge(&[one, two]);
+        assert_eq!((merged.acked, merged.stored_once, merged.duplicated), (8, 7, 1));
+        assert_eq!((merged.scanned, merged.foreign, merged.malformed), (10, 1, 1));
+        assert_eq!(merged.examples, ["SIM-2 event 4: stored 2 times"]);
+        assert!(!merged.passed());
     }
 
     #[test]

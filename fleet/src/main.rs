@@ -30,13 +30,31 @@ enum Commands {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = BENCH_HELP)]
 struct BenchArgs {
-    /// Benchmarks to run (comma-separated): events.
-    #[arg(long, value_delimiter = ',', default_value = "events")]
+    /// Benchmarks to run, comma-separated: events, idle, storm, commands,
+    /// uploads. Default: the standard suite (all but uploads).
+    #[arg(long, value_delimiter = ',', default_value = "events,idle,storm,commands")]
     only: Vec<String>,
     /// Devices for the events benchmark (comma-separated for several runs).
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     devices: Vec<u64>,
+    /// Devices the idle benchmark connects and holds (and as many MQTT
+    /// clients on Mosquitto).
+    #[arg(long, default_value_t = 100_000)]
+    idle_devices: u64,
+    /// Devices of the connect storm.
+    #[arg(long, default_value_t = 10_000)]
+    storm_devices: u64,
+    /// Drivers behind HAProxy in the storms, one storm each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    storm_drivers: Vec<usize>,
+    /// Devices answering commands in the commands benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    command_devices: u64,
+    /// Commands per second the commands benchmark publishes.
+    #[arg(long, default_value_t = 1000.0)]
+    command_rate: f64,
     /// Short phases, to check the runner itself.
     #[arg(long)]
     quick: bool,
@@ -48,6 +66,16 @@ struct BenchArgs {
     no_build: bool,
 }
 
+const BENCH_HELP: &str = "\
+Each benchmark brings up its own processes (Redis, vendor-bridge, drivers,
+HAProxy, Mosquitto, controller-sim) on loopback, measures, stops them, and
+replaces its own section of --out (<!-- bench:NAME --> markers), with the
+command, the machine, the date and the commit. A benchmark that fails is
+reported and the others still run; the exit status is then 1.
+
+Needs redis-server, haproxy and (idle) mosquitto on PATH, and an open-file
+limit of at least 20,000 (ulimit -Hn). Run it on a quiet machine: every
+figure shares the cores with whatever else runs.";
 #[derive(Debug, clap::Args)]
 struct UpArgs {
     /// Number of drivers.
@@ -335,7 +363,7 @@ Ctrl-C stops everything (drivers drain first).
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use fleet::bench::{BenchContext, events, machine::Machine, report};
+    use fleet::bench::{BenchContext, machine::Machine, report};
     if !args.no_build {
         build_binaries()?;
     }
@@ -352,24 +380,80 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let machine = Machine::current();
     eprintln!("benchmarking on {}", machine.describe());
+    report::write_section(&args.out, "suite", &suite_section(&args, &command, &machine))?;
+    let mut failed = Vec::new();
     for name in &args.only {
-        match name.as_str() {
-            "events" => {
-                let mut body = format!(
-                    "## Events end to end\n\nDevice → driver → gRPC stream → vendor-bridge → Redis (`appendonly yes`, `appendfsync always`) → `ACK`; devices connect straight to one driver (HAProxy is not on the measured path). `controller-sim` devices send 64-byte events in bursts every 50 ms and keep each until its `ACK`; latency is from send to the covering `ACK`.\n\nCommand: `{command}`  \nMachine: {}\n\n",
-                    machine.describe()
-                );
-                for devices in &args.devices {
-                    eprintln!("events: {devices} devices ...");
-                    let result = events::run(&ctx, *devices)?;
-                    body.push_str(&result.markdown());
-                    body.push('\n');
-                }
-                report::write_section(&args.out, "events", &body)?;
+        let header = |title: &str, what: &str| {
+            format!(
+                "## {title}\n\n{what}\n\nCommand: `{command}`  \nMachine: {}  \nLoad average (1 min) when it started: {}\n\n",
+                machine.describe(),
+                Machine::load_average().map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}"))
+            )
+        };
+        eprintln!("== {name} ==");
+        let outcome = match name.as_str() {
+            "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)),
+            "idle" => fleet::bench::idle::run(&ctx, args.idle_devices)
+                .map(|result| header("Idle connections", IDLE_WHAT) + &result.markdown()),
+            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers)
+                .map(|result| header("Connect storm", STORM_WHAT) + &result.markdown()),
+            "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
+                .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
+            "uploads" => fleet::bench::uploads::run(&ctx)
+                .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
+            other => Err(anyhow::anyhow!(
+                "unknown benchmark {other:?} (events, idle, storm, commands, uploads)"
+            )),
+        };
+        match outcome {
+            Ok(body) => {
+                report::write_section(&args.out, name, &body)?;
+                eprintln!("{name}: written to {}", args.out.display());
             }
-            other => bail!("unknown benchmark {other:?}"),
+            Err(err) => {
+                eprintln!("{name} failed: {err:#}");
+                failed.push(name.clone());
+            }
         }
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
     }
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+const EVENTS_TITLE: &str = "Events end to end";
+const EVENTS_WHAT: &str = "Device → driver → gRPC stream → vendor-bridge → Redis (`appendonly yes`, `appendfsync always`) → `ACK`; devices connect straight to one driver (HAProxy is not on the measured path). `controller-sim` devices send 64-byte events in bursts every 50 ms and keep each until its `ACK`; latency is from send to the covering `ACK`.";
+const IDLE_WHAT: &str = "The most authenticated devices held at once with heartbeats, and what an idle device costs: resident memory the drivers (and, separately, HAProxy) gained per device, beside the kernel's own memory per TCP socket measured over the same span (the limit: no server can hold a connection for less), and beside Mosquitto holding the same number of idle MQTT 3.1.1 clients with keep-alives (the peer an operator would otherwise pick).";
+const STORM_WHAT: &str = "Every device connects at once through HAProxy and completes the CWP/1 handshake (HMAC challenge–response, the bridge's session script in Redis, the command subscription, `WELCOME`).";
+const COMMANDS_WHAT: &str = "An operator publishes commands (JSON with an id) at a steady rate to devices picked at random among those connected (`PUBLISH cwp:cmd:{serial}`); each device answers at once with a result event; the operator times each command from its `PUBLISH` to the notice on `cwp:cmd-result:{serial}` (`PSUBSCRIBE cwp:cmd-result:*`).";
+const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
+
+fn bench_events(ctx: &fleet::bench::BenchContext, args: &BenchArgs, header: String) -> anyhow::Result<String> {
+    let mut body = header;
+    for devices in &args.devices {
+        eprintln!("events: {devices} devices ...");
+        let result = fleet::bench::events::run(ctx, *devices)?;
+        body.push_str(&result.markdown());
+        body.push('\n');
+    }
+    Ok(body)
+}
+
+/// The suite's own section: how to reproduce it and what it covers.
+fn suite_section(args: &BenchArgs, command: &str, machine: &fleet::bench::machine::Machine) -> String {
+    format!(
+        "## The benchmark suite\n\nOne command brings up the local fleet, runs the standard suite and rewrites the sections below (events at {} devices, {} idle devices beside Mosquitto and the kernel, a storm of {} devices, commands at {} devices):\n\n```sh\ncargo run --release -p fleet -- bench\n```\n\nLast run: `{command}` on {}.\n\n{}",
+        args.devices
+            .iter()
+            .map(|d| fleet::bench::report::thousands(*d as f64))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        fleet::bench::report::thousands(args.idle_devices as f64),
+        fleet::bench::report::thousands(args.storm_devices as f64),
+        fleet::bench::report::thousands(args.command_devices as f64),
+        machine.describe(),
+        fleet::bench::uploads::reference()
+    )
 }

@@ -60,6 +60,9 @@ impl RedisServer {
                 .arg("--dir")
                 .arg(dir)
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+                // Rewrite the append-only file only once it has grown by a
+                // gigabyte: see README, "Durability".
+                .args(["--auto-aof-rewrite-min-size", "1gb"])
                 .args(["--maxclients", "10000", "--logfile", "redis.log"])
                 // Redis applies its arguments in order: later ones win.
                 .args(&extra_args)

@@ -18,7 +18,11 @@
 //! - `PING` when it has sent nothing for `heartbeat_s`, `PONG` to the
 //!   server's `PING`s;
 //! - server `BYE`: reconnect after `reconnect_after_ms` plus jitter; any
-//!   other disconnect: reconnect with jittered exponential backoff.
+//!   other disconnect: reconnect with jittered exponential backoff;
+//! - churn (optional): the device drops its connection after a random
+//!   session lifetime (exponentially distributed, so a fleet's drops form
+//!   a steady stream) and reconnects at once, as a controller on a flaky
+//!   cellular link does.
 //!
 //! One tokio task runs one [`Device`] ([`Device::run`]); what the devices
 //! do is shared in a [`Behaviour`], what they measure in a [`Stats`], and a
@@ -55,7 +59,7 @@ use crate::client::{ClientError, Connection, READ_CHUNK};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::{Backoff, Pacing, jitter};
-pub use stats::{LatencySummary, Stats, StatsSnapshot, UploadSummary};
+pub use stats::{LatencyHistograms, LatencySummary, Stats, StatsSnapshot, UploadSummary, histogram};
 pub use upload::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, UploadJob};
 use upload::{UploadPhase, UploadProgress};
 
@@ -108,6 +112,9 @@ pub struct Behaviour {
     /// After the device's `BYE`, how long it waits for the server's
     /// pending acks, its `BYE` and the close.
     pub bye_timeout: Duration,
+    /// Mean session lifetime when the device drops its connections on
+    /// purpose (scenario churn); `None`: sessions last.
+    pub churn: Option<Duration>,
 }
 
 impl Default for Behaviour {
@@ -128,6 +135,7 @@ impl Default for Behaviour {
             },
             handshake_timeout: Duration::from_secs(15),
             bye_timeout: Duration::from_secs(2),
+            churn: None,
         }
     }
 }
@@ -169,6 +177,16 @@ impl Control {
     pub fn is_finishing(&self) -> bool {
         self.finish.is_cancelled()
     }
+
+    /// Resolves once [`Control::finish`] is called.
+    pub async fn finishing(&self) {
+        self.finish.cancelled().await;
+    }
+
+    /// Resolves once [`Control::abort`] is called.
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await;
+    }
 }
 
 /// How one session (one connection) ended.
@@ -183,6 +201,9 @@ pub enum SessionEnd {
     /// The device closed to resend refused events on a new connection
     /// (after `OUT_OF_ORDER`).
     Rewind,
+    /// The device dropped the connection without a word (churn); it
+    /// reconnects at once.
+    Dropped,
     /// The connection, the handshake or the session failed.
     Failed(ClientError),
 }
@@ -209,6 +230,8 @@ struct Session {
     upload: UploadPhase,
     /// Finishing: no new events.
     finishing: bool,
+    /// When the device drops this connection (churn).
+    drop_at: Option<Instant>,
 }
 
 /// After `ERROR BUSY` the device sends nothing new until `until`. If acks
@@ -255,6 +278,14 @@ pub struct Device {
     sessions: u32,
     /// The upload, once the behaviour asks for one.
     upload: Option<UploadProgress>,
+}
+
+/// A random duration with mean `mean`, exponentially distributed: the
+/// lifetimes of sessions that end at random, independently of each other.
+pub fn exponential(mean: Duration) -> Duration {
+    // 1 - U is in (0, 1], so its logarithm is finite.
+    let uniform: f64 = 1.0 - rand::random::<f64>();
+    Duration::try_from_secs_f64(-uniform.ln() * mean.as_secs_f64()).unwrap_or(Duration::MAX)
 }
 
 /// Unix time in ms, 0 if the clock is before 1970 (CWP/1: "0 if it has none").
@@ -360,8 +391,9 @@ impl Device {
         self.queue_event_at(kind, body, unix_ms(), Instant::now())
     }
 
-    /// Queues an event made at `time_ms` (device clock), `now` (monotonic).
-    fn queue_event_at(&mut self, kind: u16, body: Bytes, time_ms: u64, now: Instant) -> u64 {
+    /// Queues an event made at `time_ms` (device clock), `made_at`
+    /// (monotonic; for a command result, when the command arrived).
+    fn queue_event_at(&mut self, kind: u16, body: Bytes, time_ms: u64, made_at: Instant) -> u64 {
         let event_id = self.next_event_id;
         self.next_event_id += 1;
         self.outbox.push(Pending {
@@ -369,8 +401,9 @@ impl Device {
             time_ms,
             kind,
             body,
+            made_at,
             // Set again when the event is sent.
-            sent_at: now,
+            sent_at: made_at,
         });
         event_id
     }
@@ -425,6 +458,10 @@ impl Device {
                     after + jitter(after / 4 + Duration::from_millis(50))
                 }
                 SessionEnd::Rewind => Duration::ZERO,
+                SessionEnd::Dropped => {
+                    stats.churn_drop();
+                    Duration::ZERO
+                }
                 SessionEnd::Failed(error) => {
                     tracing::debug!(serial = %self.serial, %error, "session failed");
                     failures += 1;
@@ -519,6 +556,7 @@ impl Device {
                 Some(upload) if !upload.done && behaviour.upload.is_some() => UploadPhase::Waiting { at: now },
                 _ => UploadPhase::Idle,
             },
+            drop_at: behaviour.churn.map(|mean| now + exponential(mean)),
         };
 
         let abort = control.abort.cancelled();
@@ -633,6 +671,10 @@ impl Device {
             // A half-dead connection (CWP/1 §2): nothing for 3 heartbeats.
             return Some(SessionEnd::Failed(ClientError::Timeout));
         }
+        if session.drop_at.is_some_and(|at| now >= at) && !session.finishing {
+            // Churn: the link goes away; no BYE, the socket just closes.
+            return Some(SessionEnd::Dropped);
+        }
 
         if let Some(load) = &behaviour.events
             && !session.finishing
@@ -651,8 +693,10 @@ impl Device {
                 status: CommandStatus::OK,
                 data: behaviour.command_reply.clone(),
             };
-            // Results are never skipped, whatever the backlog.
-            self.queue_event_at(Event::COMMAND_RESULT_KIND, result.encode(), unix_ms(), now);
+            // Results are never skipped, whatever the backlog. The command
+            // arrived `command_delay` before it was due.
+            let arrived = due.checked_sub(behaviour.command_delay).unwrap_or(due);
+            self.queue_event_at(Event::COMMAND_RESULT_KIND, result.encode(), unix_ms(), arrived);
             stats.command_answered();
         }
 
@@ -896,6 +940,9 @@ impl Device {
                 let histogram = latency.get_or_insert_with(|| stats.ack_latency());
                 histogram.saturating_record(stats::micros(now.saturating_duration_since(event.sent_at)));
             }
+            if event.kind == Event::COMMAND_RESULT_KIND {
+                stats.command_round_trip(now.saturating_duration_since(event.made_at));
+            }
         });
         drop(latency);
         if dropped == 0 {
@@ -926,6 +973,11 @@ impl Device {
         }
         if let Some(stall) = &session.stall {
             deadline = deadline.min(stall.until);
+        }
+        if let Some(drop_at) = session.drop_at
+            && !session.finishing
+        {
+            deadline = deadline.min(drop_at);
         }
         if let UploadPhase::Waiting { at } = session.upload {
             deadline = deadline.min(at);

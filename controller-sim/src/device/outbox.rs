@@ -19,6 +19,9 @@ pub(crate) struct Pending {
     pub(crate) kind: u16,
     /// `EVENT.body`; usually a clone of one shared buffer, so no copy.
     pub(crate) body: Bytes,
+    /// When the event was made; for a command result, when the command
+    /// arrived (the device's view of the command's round trip).
+    pub(crate) made_at: Instant,
     /// When it was last written on the current connection, for the ack
     /// latency; meaningful only while the event is in flight.
     pub(crate) sent_at: Instant,
@@ -185,6 +188,7 @@ mod tests {
             time_ms: 0,
             kind: 1,
             body: Bytes::from_static(b"x"),
+            made_at: Instant::now(),
             sent_at: Instant::now(),
         }
     }

@@ -1,6 +1,11 @@
 //! What a fleet of simulated devices measured, shared by all of them:
-//! atomic counters, and two HDR histograms behind mutexes (locked once per
-//! received `ACK` or handshake, never across an `.await`).
+//! atomic counters, and three HDR histograms behind mutexes (locked once
+//! per received `ACK` or handshake, never across an `.await`).
+//!
+//! A [`StatsSnapshot`] and the [`LatencyHistograms`] are what one process
+//! measured; several processes' (`controller-sim --procs`) are merged with
+//! [`StatsSnapshot::absorb`] and [`LatencyHistograms::absorb`]: counters
+//! add, histograms add bucket by bucket (percentiles are never averaged).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -8,6 +13,7 @@ use std::time::Duration;
 
 use cwp::{ByeReason, ErrorCode};
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -31,6 +37,8 @@ pub struct Stats {
     /// When the latest first handshake of a device completed, µs after
     /// `started`.
     last_first_handshake_us: AtomicU64,
+    /// Sessions the device dropped on purpose (scenario churn).
+    churn_drops: AtomicU64,
     handshakes: AtomicU64,
     connect_failures: AtomicU64,
     handshake_failures: AtomicU64,
@@ -75,6 +83,9 @@ pub struct Stats {
     ack_latency: Mutex<Histogram<u64>>,
     /// TCP connect → `WELCOME`, µs.
     handshake_latency: Mutex<Histogram<u64>>,
+    /// `COMMAND` received → `ACK` of its result event, µs (includes the
+    /// behaviour's command delay).
+    command_latency: Mutex<Histogram<u64>>,
 }
 
 impl Default for Stats {
@@ -83,7 +94,8 @@ impl Default for Stats {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram: 1 µs to one hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
@@ -105,6 +117,7 @@ impl Stats {
             connected: AtomicI64::new(0),
             devices_connected: AtomicU64::new(0),
             last_first_handshake_us: AtomicU64::new(0),
+            churn_drops: AtomicU64::new(0),
             handshakes: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
@@ -139,6 +152,7 @@ impl Stats {
             upload_completion: Notify::new(),
             ack_latency: Mutex::new(histogram()),
             handshake_latency: Mutex::new(histogram()),
+            command_latency: Mutex::new(histogram()),
         }
     }
 
@@ -198,6 +212,15 @@ impl Stats {
     /// The ack latency histogram (µs), for one `ACK`'s worth of samples.
     pub(crate) fn ack_latency(&self) -> MutexGuard<'_, Histogram<u64>> {
         lock(&self.ack_latency)
+    }
+
+    /// Records one command's round trip as the device saw it.
+    pub(crate) fn command_round_trip(&self, latency: Duration) {
+        lock(&self.command_latency).saturating_record(micros(latency));
+    }
+
+    pub(crate) fn churn_drop(&self) {
+        self.churn_drops.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn command_received(&self) {
@@ -331,6 +354,20 @@ impl Stats {
         u64::try_from(self.connected.load(Relaxed)).unwrap_or(0)
     }
 
+    /// Devices that completed at least one handshake so far.
+    pub fn devices_connected(&self) -> u64 {
+        self.devices_connected.load(Relaxed)
+    }
+
+    /// Copies of the latency histograms, to merge with other processes'.
+    pub fn histograms(&self) -> LatencyHistograms {
+        LatencyHistograms {
+            ack: lock(&self.ack_latency).clone(),
+            handshake: lock(&self.handshake_latency).clone(),
+            command: lock(&self.command_latency).clone(),
+        }
+    }
+
     /// `ERROR` frames received so far (cheap: for progress lines).
     pub fn errors(&self) -> u64 {
         self.errors.iter().map(|slot| slot.load(Relaxed)).sum()
@@ -363,6 +400,7 @@ impl Stats {
             connected: self.connected(),
             devices_connected: load(&self.devices_connected),
             connect_span: Duration::from_micros(load(&self.last_first_handshake_us)),
+            churn_drops: load(&self.churn_drops),
             handshakes: load(&self.handshakes),
             connect_failures: load(&self.connect_failures),
             handshake_failures: load(&self.handshake_failures),
@@ -393,19 +431,24 @@ impl Stats {
                 refusals: load(&self.upload_refusals),
                 resumes: load(&self.upload_resumes),
                 offset_regressions: load(&self.upload_offset_regressions),
-                span: match (load(&self.upload_first_begin_us), load(&self.upload_last_done_us)) {
-                    (first, last) if first != u64::MAX && last > first => Duration::from_micros(last - first),
-                    _ => Duration::ZERO,
+                first_begin: match load(&self.upload_first_begin_us) {
+                    u64::MAX => None,
+                    first => Some(Duration::from_micros(first)),
+                },
+                last_done: match load(&self.upload_last_done_us) {
+                    0 => None,
+                    last => Some(Duration::from_micros(last)),
                 },
             },
             ack_latency: LatencySummary::of(&lock(&self.ack_latency)),
             handshake_latency: LatencySummary::of(&lock(&self.handshake_latency)),
+            command_latency: LatencySummary::of(&lock(&self.command_latency)),
         }
     }
 }
 
 /// The uploads of a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadSummary {
     /// `BLOCK` payload sent for the first time.
     pub bytes_sent: u64,
@@ -425,12 +468,24 @@ pub struct UploadSummary {
     pub resumes: u64,
     /// `durable_offset`s below one reported before (the server lost data).
     pub offset_regressions: u64,
+    /// The first `UPLOAD_BEGIN`, after the start of the run.
+    pub first_begin: Option<Duration>,
+    /// The last `UPLOAD_DONE OK`, after the start of the run.
+    pub last_done: Option<Duration>,
+}
+
+impl UploadSummary {
     /// From the first `UPLOAD_BEGIN` to the last `UPLOAD_DONE OK`.
-    pub span: Duration,
+    pub fn span(&self) -> Duration {
+        match (self.first_begin, self.last_done) {
+            (Some(first), Some(last)) => last.saturating_sub(first),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// Percentiles of a latency histogram, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Samples recorded.
     pub count: u64,
@@ -464,7 +519,7 @@ impl LatencySummary {
 }
 
 /// Every counter of a [`Stats`] at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Sessions established at that moment.
     pub connected: u64,
@@ -472,6 +527,8 @@ pub struct StatsSnapshot {
     pub devices_connected: u64,
     /// From the start of the run to the last device's first `WELCOME`.
     pub connect_span: Duration,
+    /// Sessions dropped on purpose to reconnect (scenario churn).
+    pub churn_drops: u64,
     /// Handshakes completed, reconnections included.
     pub handshakes: u64,
     /// TCP connections that could not be opened.
@@ -513,8 +570,10 @@ pub struct StatsSnapshot {
     /// `WELCOME.last_event_id` (events stored by an earlier run).
     pub id_jumps: u64,
     /// `ERROR` frames received, by code.
+    #[serde(with = "error_counts")]
     pub errors: Vec<(ErrorCode, u64)>,
     /// Server `BYE`s received, by reason.
+    #[serde(with = "bye_counts")]
     pub byes: Vec<(ByeReason, u64)>,
     /// What the uploads did.
     pub upload: UploadSummary,
@@ -522,6 +581,134 @@ pub struct StatsSnapshot {
     pub ack_latency: LatencySummary,
     /// TCP connect → `WELCOME`.
     pub handshake_latency: LatencySummary,
+    /// `COMMAND` received → `ACK` of its result.
+    pub command_latency: LatencySummary,
+}
+
+impl StatsSnapshot {
+    /// Adds another process's counters to these. Times since the start
+    /// (`connect_span`, the upload's first and last) and the latency
+    /// summaries are left alone: they depend on when each process started,
+    /// and percentiles come from merged [`LatencyHistograms`].
+    pub fn absorb(&mut self, other: &Self) {
+        self.connected += other.connected;
+        self.devices_connected += other.devices_connected;
+        self.churn_drops += other.churn_drops;
+        self.handshakes += other.handshakes;
+        self.connect_failures += other.connect_failures;
+        self.handshake_failures += other.handshake_failures;
+        self.disconnects += other.disconnects;
+        self.reconnects += other.reconnects;
+        self.events_sent += other.events_sent;
+        self.events_resent += other.events_resent;
+        self.events_acked += other.events_acked;
+        self.events_skipped += other.events_skipped;
+        self.commands_received += other.commands_received;
+        self.commands_answered += other.commands_answered;
+        self.pings_sent += other.pings_sent;
+        self.busy_retries += other.busy_retries;
+        self.rewinds += other.rewinds;
+        self.unexpected_frames += other.unexpected_frames;
+        self.acks_beyond_sent += other.acks_beyond_sent;
+        self.last_event_id_regressions += other.last_event_id_regressions;
+        self.id_jumps += other.id_jumps;
+        add_counts(&mut self.errors, &other.errors, |code| code.0);
+        add_counts(&mut self.byes, &other.byes, |reason| u16::from(reason.0));
+        let (mine, theirs) = (&mut self.upload, &other.upload);
+        mine.bytes_sent += theirs.bytes_sent;
+        mine.bytes_resent += theirs.bytes_resent;
+        mine.bytes_durable += theirs.bytes_durable;
+        mine.completed += theirs.completed;
+        mine.bytes_completed += theirs.bytes_completed;
+        mine.mismatches += theirs.mismatches;
+        mine.refusals += theirs.refusals;
+        mine.resumes += theirs.resumes;
+        mine.offset_regressions += theirs.offset_regressions;
+    }
+}
+
+/// Adds `(key, count)` pairs into a list kept in the order of `number`.
+fn add_counts<K: Copy + PartialEq>(into: &mut Vec<(K, u64)>, from: &[(K, u64)], number: impl Fn(&K) -> u16) {
+    for &(key, count) in from {
+        match into.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, total)) => *total += count,
+            None => into.push((key, count)),
+        }
+    }
+    into.sort_by_key(|(key, _)| number(key));
+}
+
+/// The latency histograms of a run (µs samples), whole: what another
+/// process needs to merge them with its own.
+#[derive(Debug, Clone)]
+pub struct LatencyHistograms {
+    /// Event sent → covering `ACK`.
+    pub ack: Histogram<u64>,
+    /// TCP connect → `WELCOME`.
+    pub handshake: Histogram<u64>,
+    /// `COMMAND` received → `ACK` of its result.
+    pub command: Histogram<u64>,
+}
+
+impl Default for LatencyHistograms {
+    fn default() -> Self {
+        Self {
+            ack: histogram(),
+            handshake: histogram(),
+            command: histogram(),
+        }
+    }
+}
+
+impl LatencyHistograms {
+    /// Adds another process's samples to these, bucket by bucket.
+    pub fn absorb(&mut self, other: &Self) {
+        // Same bounds on both sides (`histogram()`); samples beyond them
+        // were saturated when recorded.
+        for (mine, theirs) in [
+            (&mut self.ack, &other.ack),
+            (&mut self.handshake, &other.handshake),
+            (&mut self.command, &other.command),
+        ] {
+            if mine.add(theirs).is_err() {
+                for value in theirs.iter_recorded() {
+                    mine.saturating_record_n(value.value_iterated_to(), value.count_at_value());
+                }
+            }
+        }
+    }
+}
+
+/// `ErrorCode`s as their numbers on the wire of `--procs`.
+mod error_counts {
+    use cwp::ErrorCode;
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(counts: &[(ErrorCode, u64)], serializer: S) -> Result<S::Ok, S::Error> {
+        let plain: Vec<(u16, u64)> = counts.iter().map(|(code, n)| (code.0, *n)).collect();
+        plain.serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(ErrorCode, u64)>, D::Error> {
+        let plain = Vec::<(u16, u64)>::deserialize(deserializer)?;
+        Ok(plain.into_iter().map(|(code, n)| (ErrorCode(code), n)).collect())
+    }
+}
+
+/// `ByeReason`s as their numbers on the wire of `--procs`.
+mod bye_counts {
+    use cwp::ByeReason;
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(counts: &[(ByeReason, u64)], serializer: S) -> Result<S::Ok, S::Error> {
+        let plain: Vec<(u8, u64)> = counts.iter().map(|(reason, n)| (reason.0, *n)).collect();
+        plain.serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(ByeReason, u64)>, D::Error> {
+        let plain = Vec::<(u8, u64)>::deserialize(deserializer)?;
+        Ok(plain.into_iter().map(|(reason, n)| (ByeReason(reason), n)).collect())
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,16 @@ impl Machine {
         }
     }
 
+    /// The 1-minute load average now (`/proc/loadavg`).
+    pub fn load_average() -> Option<f64> {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// One line for a report.
     pub fn describe(&self) -> String {
         format!(

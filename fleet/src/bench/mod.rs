@@ -6,14 +6,23 @@
 //!
 //! - [`machine`]: what the figures were measured on.
 //! - [`report`]: the Markdown sections and the file they live in.
-//! - [`probe`]: process CPU and memory read from `/proc`, and the
-//!   simulator's JSON summary.
-//! - [`events`]: one benchmark each.
+//! - [`probe`]: process CPU and memory read from `/proc`, the kernel's
+//!   socket memory, and the simulator run in the background.
+//! - [`rig`]: the whole local fleet sized for a number of devices;
+//!   [`mosquitto`]: the idle benchmark's peer brokers.
+//! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`]: one
+//!   benchmark each; each returns its figures and renders its section.
 
+pub mod commands;
 pub mod events;
+pub mod idle;
 pub mod machine;
+pub mod mosquitto;
 pub mod probe;
 pub mod report;
+pub mod rig;
+pub mod storm;
+pub mod uploads;
 
 use std::path::PathBuf;
 

@@ -71,7 +71,11 @@ impl Mosquitto {
 
     /// The brokers' addresses, comma-separated (controller-sim's --target).
     pub fn targets(&self) -> String {
-        let targets: Vec<String> = self.brokers.iter().map(|(_, port)| format!("127.0.0.1:{port}")).collect();
+        let targets: Vec<String> = self
+            .brokers
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect();
         targets.join(",")
     }
 

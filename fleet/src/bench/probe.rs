@@ -303,7 +303,7 @@ impl SimProcess {
 
     /// Ends the run now (SIGINT: the devices finish and say `BYE`) and
     /// reads the summary; at most `timeout`.
-    pub fn stop<T: serde::de::DeserializeOwned>(mut self, timeout: Duration) -> anyhow::Result<T> {
+    pub fn stop<T: serde::de::DeserializeOwned>(self, timeout: Duration) -> anyhow::Result<T> {
         self.guard.signal(Signal::SIGINT)?;
         self.finish(timeout)
     }

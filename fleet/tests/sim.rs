@@ -1,0 +1,247 @@
+//! `controller-sim`, the binary, against real drivers: every scenario
+//! connects real CWP/1 devices, does what it says, reports it in its JSON
+//! summary, and (where events flow) verifies against Redis that every
+//! acknowledged event is stored exactly once, also when the devices run in
+//! several worker processes. The MQTT peer mode against a real Mosquitto.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fleet::process::find_on_path;
+use futures::StreamExt as _;
+use support::*;
+
+/// Starts `controller-sim` against `target` with `args` (plus `--json`).
+fn sim(target: &str, args: &[&str]) -> Child {
+    Command::new(fleet::binaries::binary("controller-sim").unwrap())
+        .args(["--target", target, "--json", "--grace", "5s"])
+        .args(args)
+        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the simulator, asserts it succeeded, returns its summary.
+fn summary(sim: Child) -> serde_json::Value {
+    let output = sim.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
+    assert!(output.status.success(), "controller-sim failed: {summary}");
+    summary
+}
+
+fn count(summary: &serde_json::Value, field: &str) -> u64 {
+    summary[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {summary}"))
+}
+
+fn no_errors(summary: &serde_json::Value) {
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    assert_eq!(count(summary, "connect_failures"), 0, "{summary}");
+    assert_eq!(count(summary, "handshake_failures"), 0, "{summary}");
+}
+
+#[test]
+fn idle_devices_hold_their_sessions_with_heartbeats() {
+    let fleet = TestFleet::start(1, &[("DRIVER_HEARTBEAT_S", "1")]);
+    let run = sim(
+        &fleet.addr().to_string(),
+        &["--scenario", "idle", "--devices", "200", "--duration", "4s"],
+    );
+    let summary = summary(run);
+    no_errors(&summary);
+    assert_eq!(summary["scenario"], "idle");
+    assert_eq!(count(&summary, "devices_connected"), 200, "{summary}");
+    assert_eq!(count(&summary, "connected_at_end"), 200, "{summary}");
+    assert_eq!(count(&summary, "events_sent"), 0, "{summary}");
+    assert!(
+        count(&summary, "pings_sent") >= 200,
+        "every device sent heartbeats: {summary}"
+    );
+}
+
+#[test]
+fn a_storm_connects_every_device_at_once_and_reports_the_handshake_rate() {
+    let fleet = TestFleet::start(1, &[]);
+    let run = sim(
+        &fleet.addr().to_string(),
+        &["--scenario", "storm", "--devices", "1000", "--duration", "30s"],
+    );
+    let summary = summary(run);
+    no_errors(&summary);
+    assert_eq!(count(&summary, "handshakes"), 1000, "{summary}");
+    assert!(summary["handshake_rate"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(count(&summary["handshake_latency_us"], "p99") > 0, "{summary}");
+    // "end": the run is over once the last device is in, well before --duration.
+    assert!(summary["run_s"].as_f64().unwrap() < 30.0, "{summary}");
+}
+
+#[test]
+fn churning_devices_reconnect_and_resend_without_losing_or_duplicating_events() {
+    let fleet = TestFleet::start(2, &[]);
+    let targets = format!("{},{}", fleet.drivers[0].addr(), fleet.drivers[1].addr());
+    let run = sim(
+        &targets,
+        &[
+            "--scenario",
+            "churn",
+            "--devices",
+            "100",
+            "--churn",
+            "40",
+            "--duration",
+            "4s",
+            "--verify-redis",
+            &fleet.redis.url(),
+        ],
+    );
+    let summary = summary(run);
+    no_errors(&summary);
+    assert!(count(&summary, "churn_drops") >= 40, "{summary}");
+    assert!(count(&summary, "reconnects") >= 40, "{summary}");
+    assert_eq!(summary["verification"]["passed"], true, "{summary}");
+}
+
+#[test]
+fn a_mixed_fleet_over_two_worker_processes_stores_every_acked_event_once() {
+    let fleet = TestFleet::start(1, &[]);
+    let run = sim(
+        &fleet.addr().to_string(),
+        &[
+            "--scenario",
+            "mixed",
+            "--devices",
+            "300",
+            "--procs",
+            "2",
+            "--rate",
+            "600",
+            "--upload-bytes",
+            "65536",
+            "--duration",
+            "4s",
+            "--source-ips",
+            "127.0.0.2-127.0.0.5",
+            "--verify-redis",
+            &fleet.redis.url(),
+        ],
+    );
+    let summary = summary(run);
+    no_errors(&summary);
+    assert_eq!(count(&summary, "procs"), 2, "{summary}");
+    assert_eq!(count(&summary, "devices_connected"), 300, "{summary}");
+    // 9 in 100 devices send events, 1 in 100 uploads.
+    assert!(count(&summary, "events_acked") > 0, "{summary}");
+    assert_eq!(summary["uploads"]["completed"], 3, "{summary}");
+    assert_eq!(summary["verification"]["passed"], true, "{summary}");
+    assert_eq!(summary["verification"]["missing"], 0, "{summary}");
+    assert_eq!(summary["verification"]["duplicated"], 0, "{summary}");
+}
+
+#[test]
+fn devices_answer_the_commands_an_operator_publishes() {
+    let fleet = TestFleet::start(1, &[]);
+    let run = sim(
+        &fleet.addr().to_string(),
+        &[
+            "--scenario",
+            "commands",
+            "--devices",
+            "20",
+            "--serial-prefix",
+            "CMD-",
+            "--command-delay",
+            "50ms",
+            "--duration",
+            "6s",
+        ],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let mut redis = fleet.redis().await;
+        let mut results = redis::Client::open(fleet.redis.url())
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        results.psubscribe("cwp:cmd-result:*").await.unwrap();
+        // Publish to every device until each has a subscriber (sessions up).
+        let mut answered = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut messages = results.on_message();
+        while answered.len() < 20 && tokio::time::Instant::now() < deadline {
+            for i in 1..=20 {
+                let serial = format!("CMD-{i:06}");
+                if answered.contains(&serial) {
+                    continue;
+                }
+                // No id: the driver gives each command a UUID.
+                let command = serde_json::json!({"name": "reboot"});
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(format!("cwp:cmd:{serial}"))
+                    .arg(command.to_string())
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+            }
+            let wait = tokio::time::sleep(Duration::from_millis(300));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    Some(message) = messages.next() => {
+                        let notice: serde_json::Value =
+                            serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+                        assert!(notice["id"].is_string(), "{notice}");
+                        answered.insert(notice["serial"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+        assert_eq!(answered.len(), 20, "every device answered: {answered:?}");
+    });
+    let summary = summary(run);
+    no_errors(&summary);
+    assert!(count(&summary, "commands_answered") >= 20, "{summary}");
+    assert!(
+        count(&summary["command_latency_us"], "p50") >= 50_000,
+        "the result waits for --command-delay: {summary}"
+    );
+}
+
+#[test]
+fn the_mqtt_peer_mode_holds_keep_alive_clients_on_mosquitto() {
+    if find_on_path("mosquitto").is_none() {
+        eprintln!("mosquitto is not installed: skipped (CI installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = fleet::bench::mosquitto::Mosquitto::start(dir.path(), 1).unwrap();
+    let run = sim(
+        &broker.targets(),
+        &[
+            "--protocol",
+            "mqtt",
+            "--scenario",
+            "idle",
+            "--devices",
+            "100",
+            "--mqtt-keep-alive",
+            "1s",
+            "--duration",
+            "3s",
+        ],
+    );
+    let summary = summary(run);
+    no_errors(&summary);
+    assert_eq!(summary["protocol"], "mqtt");
+    assert_eq!(count(&summary, "devices_connected"), 100, "{summary}");
+    assert!(count(&summary, "pings_sent") >= 100, "{summary}");
+}
