@@ -169,25 +169,25 @@ fn decode_error_frame(err: &DecodeError) -> ErrorFrame {
 }
 
 /// Serves one accepted connection to its end.
-pub async fn serve(driver: Arc<Driver>, connection: Connection) {
+///
+/// The handshake runs in a tracing span (`peer`, then `serial`); the
+/// established session does not: a span lives in the subscriber's registry
+/// with its formatted fields for as long as it is open, a few hundred bytes
+/// per idle device. Session logs name the serial themselves.
+pub async fn serve(driver: Arc<Driver>, mut connection: Connection) {
+    driver.metrics.connections.inc();
     let span = info_span!("conn", peer = %connection.peer, serial = tracing::field::Empty);
-    async move {
-        driver.metrics.connections.inc();
-        let mut connection = connection;
-        // The handshake's futures (the bridge call among them) are large
-        // and short-lived: boxing them keeps every idle connection's task
-        // as small as the established loop needs.
-        let established = Box::pin(handshake(&driver, &mut connection)).await;
-        if let Some(session) = established {
-            tracing::Span::current().record("serial", tracing::field::display(&session.serial));
-            let mut loop_state = Established::new(&driver, &session, connection);
-            loop_state.run().await;
-            end_session(&driver, &session, loop_state.last_heard_ms).await;
-        }
-        driver.metrics.connections.dec();
+    // The handshake's futures (the bridge call among them) are large and
+    // short-lived: boxing them keeps every idle connection's task as small
+    // as the established loop needs.
+    let established = Box::pin(handshake(&driver, &mut connection).instrument(span)).await;
+    if let Some(session) = established {
+        let mut loop_state = Established::new(&driver, &session, &mut connection);
+        loop_state.run().await;
+        let last_heard_ms = loop_state.last_heard_ms;
+        end_session(&driver, &session, last_heard_ms).await;
     }
-    .instrument(span)
-    .await;
+    driver.metrics.connections.dec();
 }
 
 /// HELLO → CHALLENGE → AUTH → (bridge: OpenSession) → WELCOME. Returns the
@@ -241,6 +241,7 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
             }
         }
     };
+    tracing::Span::current().record("serial", tracing::field::display(&serial));
 
     let session_id = SessionId(rand::random());
     // The bridge gets what is left of the handshake's time (at least a
@@ -311,7 +312,8 @@ enum Ending {
 struct Established<'a> {
     driver: &'a Arc<Driver>,
     session: &'a Arc<SessionHandle>,
-    conn: Connection,
+    /// Borrowed: the task keeps one copy of the connection, not two.
+    conn: &'a mut Connection,
     /// Highest event id accepted on this connection (ids must increase).
     last_event_id: u64,
     /// The first event refused with `BUSY`, until the device sends it
@@ -327,7 +329,7 @@ struct Established<'a> {
 }
 
 impl<'a> Established<'a> {
-    fn new(driver: &'a Arc<Driver>, session: &'a Arc<SessionHandle>, conn: Connection) -> Self {
+    fn new(driver: &'a Arc<Driver>, session: &'a Arc<SessionHandle>, conn: &'a mut Connection) -> Self {
         Self {
             driver,
             session,
@@ -342,6 +344,14 @@ impl<'a> Established<'a> {
 
     async fn run(&mut self) {
         let ending = self.serve().await;
+        // Once per session, and large (flushing an upload, waiting for
+        // acks, sending the goodbye): boxed, so that idle sessions' tasks
+        // are only as large as the loop.
+        Box::pin(self.finish(ending)).await;
+    }
+
+    /// After the loop: say goodbye as the ending requires.
+    async fn finish(&mut self, ending: Ending) {
         // A graceful goodbye makes the upload's buffered bytes durable and
         // says so first (a drain must not cost devices data they already
         // sent). Otherwise unflushed bytes were never reported and the
@@ -409,7 +419,7 @@ impl<'a> Established<'a> {
                     }
                 }
                 () = &mut idle => {
-                    info!("no frame for {idle_timeout:?}: closing idle session");
+                    info!(serial = %self.session.serial, "no frame for {idle_timeout:?}: closing idle session");
                     return Ending::Bye(ByeReason::IDLE, 0);
                 }
             }
@@ -424,7 +434,7 @@ impl<'a> Established<'a> {
             Ok(_) => {}
             Err(ReadError::Closed) => return Err(Ending::Quiet),
             Err(ReadError::Io(err)) => {
-                debug!(error = %err, "connection failed");
+                debug!(serial = %self.session.serial, error = %err, "connection failed");
                 return Err(Ending::Quiet);
             }
             Err(ReadError::Decode(err)) => return Err(Ending::Fatal(decode_error_frame(&err))),
@@ -435,7 +445,7 @@ impl<'a> Established<'a> {
                 Ok(Some(frame)) => self.handle(frame).await?,
                 Ok(None) => return Ok(true),
                 Err(ReadError::Decode(err)) => {
-                    debug!(error = %err, "undecodable frame");
+                    debug!(serial = %self.session.serial, error = %err, "undecodable frame");
                     return Err(Ending::Fatal(decode_error_frame(&err)));
                 }
                 Err(_) => return Err(Ending::Quiet),
@@ -445,7 +455,7 @@ impl<'a> Established<'a> {
 
     async fn handle(&mut self, frame: DeviceFrame) -> Result<(), Ending> {
         match frame {
-            DeviceFrame::Event(event) => self.on_event(event).await,
+            DeviceFrame::Event(event) => self.on_event(event),
             DeviceFrame::Ping(ping) => {
                 self.conn.queue(&ServerFrame::Pong(cwp::Pong { token: ping.token }));
                 Ok(())
@@ -453,11 +463,14 @@ impl<'a> Established<'a> {
             // Answers to server PINGs: being heard from is all that matters.
             DeviceFrame::Pong(_) => Ok(()),
             DeviceFrame::Bye(bye) => {
-                debug!(reason = %bye.reason, "device said BYE");
+                debug!(serial = %self.session.serial, reason = %bye.reason, "device said BYE");
                 Err(Ending::Bye(ByeReason::NORMAL, 0))
             }
             DeviceFrame::UploadBegin(begin) => {
-                let opened = self.upload.begin(self.driver, self.session.serial, begin).await;
+                // Beginning and ending an upload (file system work, the
+                // bridge's record) make large futures, once per upload:
+                // boxed, so that they do not size every idle session's task.
+                let opened = Box::pin(self.upload.begin(self.driver, self.session.serial, begin)).await;
                 match opened {
                     Ok(status) => self.conn.queue(&ServerFrame::UploadStatus(status)),
                     Err(err) => return self.upload_failed(&err),
@@ -473,7 +486,7 @@ impl<'a> Established<'a> {
                 Ok(())
             }
             DeviceFrame::UploadEnd(end) => {
-                match self.upload.end(self.driver, self.session.serial, end).await {
+                match Box::pin(self.upload.end(self.driver, self.session.serial, end)).await {
                     Ok(Some(ended)) => {
                         if let Some(status) = ended.status {
                             self.conn.queue(&ServerFrame::UploadStatus(status));
@@ -512,7 +525,7 @@ impl<'a> Established<'a> {
         if error.fatal {
             return Err(Ending::Fatal(error));
         }
-        debug!(code = %error.code, error = %err, "upload refused");
+        debug!(serial = %self.session.serial, code = %error.code, error = %err, "upload refused");
         self.driver.metrics.error_sent(error.code);
         self.conn.queue(&ServerFrame::Error(error));
         Ok(())
@@ -525,7 +538,7 @@ impl<'a> Established<'a> {
     }
 
     /// CWP/1 §3 Events.
-    async fn on_event(&mut self, event: cwp::Event) -> Result<(), Ending> {
+    fn on_event(&mut self, event: cwp::Event) -> Result<(), Ending> {
         let id = event.event_id;
         if id <= self.last_event_id {
             let message = format!("event id {id} <= {}", self.last_event_id);
@@ -563,15 +576,12 @@ impl<'a> Established<'a> {
         self.refused_from = None;
         self.last_event_id = id;
         self.driver.metrics.events_received.inc();
-        self.driver
-            .pipeline
-            .submit(PendingEvent {
-                session: self.session.clone(),
-                event,
-                received: Instant::now(),
-                received_ms: self.last_heard_ms,
-            })
-            .await;
+        self.driver.pipeline.submit(PendingEvent {
+            session: self.session.clone(),
+            event,
+            received: Instant::now(),
+            received_ms: self.last_heard_ms,
+        });
         Ok(())
     }
 
@@ -592,6 +602,7 @@ impl<'a> Established<'a> {
         while self.session.pending_events() > 0 {
             if tokio::time::timeout_at(deadline, self.session.woken()).await.is_err() {
                 warn!(
+                    serial = %self.session.serial,
                     pending = self.session.pending_events(),
                     "events still not durable at close: they stay unacknowledged and the device will resend them"
                 );

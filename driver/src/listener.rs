@@ -2,12 +2,13 @@
 //! its own task; transient accept errors (such as running out of file
 //! descriptors) back off instead of spinning or exiting.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -34,7 +35,7 @@ pub async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -49,21 +50,26 @@ pub async fn accept_loop(
         backoff = Duration::from_millis(5);
         driver.metrics.connections_accepted.inc();
         let _ = stream.set_nodelay(true);
-        let driver = driver.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let (peer, initial) = if driver.config.proxy_protocol {
-                match proxy::read_header(&mut stream, peer, driver.config.handshake_timeout).await {
-                    Ok(found) => found,
-                    Err(err) => {
-                        debug!(%peer, error = %err, "refusing connection without a valid PROXY header");
-                        return;
-                    }
-                }
-            } else {
-                (peer, BytesMut::new())
-            };
-            connection::serve(driver, Connection::new(stream, peer, initial)).await;
-        });
+        connections.spawn(accepted(driver.clone(), stream, peer, permit));
     }
+}
+
+/// One accepted connection, for its whole life: the PROXY header if
+/// required, then the device's session. Every idle device costs this
+/// task's size, so the short-lived PROXY read is boxed and the session
+/// future is built in place.
+async fn accepted(driver: Arc<Driver>, mut stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let (peer, initial) = if driver.config.proxy_protocol {
+        match Box::pin(proxy::read_header(&mut stream, peer, driver.config.handshake_timeout)).await {
+            Ok(found) => found,
+            Err(err) => {
+                debug!(%peer, error = %err, "refusing connection without a valid PROXY header");
+                return;
+            }
+        }
+    } else {
+        (peer, BytesMut::new())
+    };
+    connection::serve(driver, Connection::new(stream, peer, initial)).await;
 }

@@ -46,8 +46,6 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Batches sent and not yet confirmed. More than one keeps the stream full
 /// while the bridge works on a batch; the bridge queues the rest.
 const MAX_IN_FLIGHT: usize = 8;
-/// Capacity of the channel from connections to the pipeline task.
-const CHANNEL_CAPACITY: usize = 8192;
 
 /// An event on its way to the bridge.
 #[derive(Debug)]
@@ -65,7 +63,10 @@ pub struct PendingEvent {
 /// The connections' side of the pipeline.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    tx: mpsc::Sender<PendingEvent>,
+    /// Unbounded, because [`Pipeline::admit`] bounds it: every event in it
+    /// was admitted against `max_pending`. A plain send keeps the session
+    /// loop free of a waiting send's future (smaller idle tasks).
+    tx: mpsc::UnboundedSender<PendingEvent>,
     pending: Arc<AtomicUsize>,
     max_pending: usize,
     received_total: Arc<AtomicU64>,
@@ -87,12 +88,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Hands an admitted event to the pipeline. Waits only if the pipeline
-    /// task is momentarily behind (the channel is bounded).
-    pub async fn submit(&self, event: PendingEvent) {
+    /// Hands an admitted event to the pipeline.
+    pub fn submit(&self, event: PendingEvent) {
         event.session.event_submitted();
         self.received_total.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::error::SendError(event)) = self.tx.send(event).await {
+        if let Err(mpsc::error::SendError(event)) = self.tx.send(event) {
             // The pipeline task is gone (shutting down): the event is not
             // stored and will not be acknowledged; the device resends it.
             self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -173,7 +173,7 @@ pub fn pipeline(
     metrics: Arc<Metrics>,
     max_pending: usize,
 ) -> (Pipeline, impl FnOnce(CancellationToken) -> PipelineTask) {
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (tx, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(AtomicUsize::new(0));
     let handle = Pipeline {
         tx,
@@ -198,7 +198,7 @@ pub fn pipeline(
 pub struct PipelineTask {
     bridge: BridgeClient,
     metrics: Arc<Metrics>,
-    rx: mpsc::Receiver<PendingEvent>,
+    rx: mpsc::UnboundedReceiver<PendingEvent>,
     pending: Arc<AtomicUsize>,
     /// Batches not yet confirmed, oldest first; the first `in_flight` of
     /// them have been sent on the current stream.

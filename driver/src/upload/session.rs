@@ -134,6 +134,9 @@ enum Slot {
 /// An open upload receiving data.
 #[derive(Debug)]
 struct Receiving {
+    /// The device's serial, for the logs (sessions carry no tracing span:
+    /// see `connection::serve`).
+    serial: Serial,
     upload_id: UploadId,
     /// The most bytes it may have: `UPLOAD_MAX_BYTES`, or the announced
     /// `total_size` if smaller.
@@ -274,6 +277,7 @@ impl Uploads {
             return None;
         }
         let flushed = upload.buffer.len() as u64;
+        let (serial, upload_id) = (upload.serial, upload.upload_id);
         match flush(upload).await {
             Ok(upload) => {
                 driver.metrics.upload_bytes.inc_by(flushed);
@@ -285,7 +289,7 @@ impl Uploads {
                 Some(status)
             }
             Err(err) => {
-                warn!(error = %err, "upload buffer not written at close: the device resends it");
+                warn!(%serial, %upload_id, error = %err, "upload buffer not written at close: the device resends it");
                 None
             }
         }
@@ -339,6 +343,7 @@ impl Uploads {
                     // A resumed upload: its digest so far, read back once.
                     let hasher = file.hash_prefix(&mut buffer)?;
                     Began::Receiving(Box::new(Receiving {
+                        serial,
                         upload_id,
                         limit,
                         received: file.durable(),
@@ -419,8 +424,9 @@ impl Uploads {
             rest = later;
             if upload.buffer.len() == fill_to {
                 let flushed = upload.buffer.len() as u64;
+                let (serial, upload_id) = (upload.serial, upload.upload_id);
                 upload = flush(upload).await.map_err(|source| {
-                    warn!(error = %source, "upload write failed; the device gets BUSY");
+                    warn!(%serial, %upload_id, error = %source, "upload write failed; the device gets BUSY");
                     UploadError::Storage {
                         ref_type: FrameType::BLOCK,
                         source,
@@ -466,7 +472,7 @@ impl Uploads {
                 let recorded = if status == UploadOutcome::OK {
                     record(driver, &completed).await
                 } else {
-                    warn!(%upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
+                    warn!(%serial, %upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
                     Ok(())
                 };
                 Ok(Some(Ended {
@@ -500,7 +506,7 @@ impl Uploads {
                 if status != UploadOutcome::OK {
                     // CWP/1 §3: on a mismatch the stored upload is discarded.
                     if let Err(err) = blocking(move || file.discard()).await {
-                        warn!(%upload_id, error = %err, "cannot discard a mismatched upload; the expiry will");
+                        warn!(%serial, %upload_id, error = %err, "cannot discard a mismatched upload; the expiry will");
                     }
                     let result = if status == UploadOutcome::SIZE_MISMATCH {
                         "size_mismatch"
@@ -508,7 +514,7 @@ impl Uploads {
                         "digest_mismatch"
                     };
                     driver.metrics.uploads.get_or_create(&ResultLabel { result }).inc();
-                    info!(%upload_id, received, announced = end.total_size, result, "upload discarded");
+                    info!(%serial, %upload_id, received, announced = end.total_size, result, "upload discarded");
                     return Ok(Some(Ended {
                         status: None,
                         done: Ok(done),
@@ -523,7 +529,7 @@ impl Uploads {
                 })
                 .await
                 .map_err(|source| {
-                    warn!(%upload_id, error = %source, "cannot complete upload; the device gets BUSY");
+                    warn!(%serial, %upload_id, error = %source, "cannot complete upload; the device gets BUSY");
                     UploadError::Storage {
                         ref_type: FrameType::UPLOAD_END,
                         source,
@@ -585,7 +591,7 @@ async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), Uplo
             Ok(())
         }
         Err(status) => {
-            warn!(upload_id = %completed.upload_id, code = ?status.code(), message = status.message(), "cannot record a completed upload");
+            warn!(serial = %completed.serial, upload_id = %completed.upload_id, code = ?status.code(), message = status.message(), "cannot record a completed upload");
             Err(UploadError::NotRecorded(status.message().to_owned()))
         }
     }
