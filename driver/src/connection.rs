@@ -308,6 +308,16 @@ enum Ending {
     Fatal(ErrorFrame),
 }
 
+/// What woke an idle session loop.
+enum Wake {
+    /// Its mailbox: commands, a close request, acks.
+    Mailbox,
+    /// Its socket (`false`: the socket failed).
+    Readable(bool),
+    /// Nothing heard for the idle timeout.
+    Idle,
+}
+
 /// The established session's state.
 struct Established<'a> {
     driver: &'a Arc<Driver>,
@@ -405,20 +415,24 @@ impl<'a> Established<'a> {
             }
             self.conn.release_idle_buffers(self.upload.is_open());
 
-            tokio::select! {
+            // The wait yields a plain value, so that its futures are gone
+            // before the handling below: an idle task holds one or the
+            // other, not both.
+            let wake = tokio::select! {
                 biased;
-                () = self.session.woken() => {}
-                readable = self.conn.stream.readable() => {
-                    if readable.is_err() {
-                        return Ending::Quiet;
-                    }
-                    match self.read_and_handle().await {
-                        Ok(true) => idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout),
-                        Ok(false) => {}
-                        Err(ending) => return ending,
-                    }
-                }
-                () = &mut idle => {
+                () = self.session.woken() => Wake::Mailbox,
+                readable = self.conn.stream.readable() => Wake::Readable(readable.is_ok()),
+                () = &mut idle => Wake::Idle,
+            };
+            match wake {
+                Wake::Mailbox => {}
+                Wake::Readable(false) => return Ending::Quiet,
+                Wake::Readable(true) => match self.read_and_handle().await {
+                    Ok(true) => idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout),
+                    Ok(false) => {}
+                    Err(ending) => return ending,
+                },
+                Wake::Idle => {
                     info!(serial = %self.session.serial, "no frame for {idle_timeout:?}: closing idle session");
                     return Ending::Bye(ByeReason::IDLE, 0);
                 }
@@ -442,6 +456,10 @@ impl<'a> Established<'a> {
         self.last_heard_ms = unix_ms();
         loop {
             match self.conn.next_frame() {
+                // Blocks are the one frame whose handling may wait (a full
+                // buffer is written out): kept apart so that the other
+                // frames' handling stays small.
+                Ok(Some(DeviceFrame::Block(block))) => self.on_block(block.data).await?,
                 Ok(Some(frame)) => self.handle(frame).await?,
                 Ok(None) => return Ok(true),
                 Err(ReadError::Decode(err)) => {
@@ -477,14 +495,8 @@ impl<'a> Established<'a> {
                 }
                 Ok(())
             }
-            DeviceFrame::Block(block) => {
-                match self.upload.block(self.driver, block.data).await {
-                    Ok(Some(status)) => self.conn.queue(&ServerFrame::UploadStatus(status)),
-                    Ok(None) => {}
-                    Err(err) => return self.upload_failed(&err),
-                }
-                Ok(())
-            }
+            // `read_and_handle` hands blocks to `on_block` directly.
+            DeviceFrame::Block(block) => Box::pin(self.on_block(block.data)).await,
             DeviceFrame::UploadEnd(end) => {
                 match Box::pin(self.upload.end(self.driver, self.session.serial, end)).await {
                     Ok(Some(ended)) => {
@@ -508,6 +520,16 @@ impl<'a> Established<'a> {
                 Err(self.unexpected(&frame, "no file transfer is in progress"))
             }
         }
+    }
+
+    /// CWP/1 §3 Uploads: one `BLOCK`'s data.
+    async fn on_block(&mut self, data: bytes::Bytes) -> Result<(), Ending> {
+        match self.upload.block(self.driver, data).await {
+            Ok(Some(status)) => self.conn.queue(&ServerFrame::UploadStatus(status)),
+            Ok(None) => {}
+            Err(err) => return self.upload_failed(&err),
+        }
+        Ok(())
     }
 
     fn unexpected(&self, frame: &DeviceFrame, message: &str) -> Ending {

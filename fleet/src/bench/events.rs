@@ -322,6 +322,12 @@ impl EventsResult {
                 "\nCPU per acknowledged event at capacity (from `/proc`, all threads): {}; the simulator's own share is the rest of the 2 cores.",
                 per_event.join(", ")
             );
+            if !saturated.summary.errors.is_empty() {
+                let _ = writeln!(
+                    text,
+                    "\nErrors while saturated are the protocol's back-pressure at work: `BUSY` refuses events beyond a device's window or the driver's pending cap; acks then take longer than the simulator's `BUSY` back-off, so a device that hears no ack for a whole back-off resends its in-flight events, and those the driver had in fact accepted are refused with `OUT_OF_ORDER`; the device then resends on a new connection, where they are acknowledged without being stored twice."
+                );
+            }
         }
         let _ = writeln!(text, "\nCeiling: `{}`", self.ceiling_command);
         text
