@@ -368,6 +368,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         build_binaries()?;
     }
     let work = tempfile::Builder::new().prefix("drover-bench-").tempdir()?;
+    let log_dir = std::env::temp_dir().join("drover-bench-logs");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    eprintln!("process logs: {}", log_dir.display());
     let command = std::env::args()
         .skip(1)
         .fold("cargo run --release -p fleet --".to_owned(), |line, arg| {
@@ -375,6 +379,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         });
     let ctx = BenchContext {
         work_dir: work.path().to_owned(),
+        log_dir: log_dir.clone(),
         quick: args.quick,
         command: command.clone(),
     };

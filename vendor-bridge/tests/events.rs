@@ -274,6 +274,32 @@ async fn batches_sent_back_to_back_are_answered_each_in_order() {
     assert_eq!(xlen(&mut redis, "cwp:events").await, 2000);
 }
 
+/// A fleet of 10,000 devices makes calls where every event is another
+/// device's: more serials than a Lua script can `unpack` at once (about
+/// 8,000 values). Such a call must be stored, not fail and be retried
+/// forever (which stalled every device of the driver).
+#[tokio::test]
+async fn a_batch_of_thousands_of_devices_is_stored() {
+    let bridge = Bridge::start().await;
+    let mut client = bridge.client().await;
+    let mut redis = bridge.redis().await;
+    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
+
+    // 5,000 events of 5,000 devices: 10,000 values for the HSET of the
+    // high-water marks.
+    let batch = |id: u64| {
+        (0..5000u64)
+            .map(|i| event(&format!("FLEET-{i:04}"), id, 1, b"e"))
+            .collect()
+    };
+    assert_eq!(counts(&stream.store(1, batch(1)).await), (1, 5000, 0));
+    assert_eq!(xlen(&mut redis, "cwp:events").await, 5000);
+    // Every high-water mark was written: the same events again are
+    // duplicates, the next ones are stored.
+    assert_eq!(counts(&stream.store(2, batch(1)).await), (2, 0, 5000));
+    assert_eq!(counts(&stream.store(3, batch(2)).await), (3, 5000, 0));
+}
+
 #[tokio::test]
 async fn an_invalid_serial_ends_the_stream_with_invalid_argument() {
     let bridge = Bridge::start().await;

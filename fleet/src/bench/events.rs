@@ -62,7 +62,11 @@ struct Rig {
 impl Rig {
     fn start(ctx: &BenchContext, name: &str, devices: u64) -> anyhow::Result<Self> {
         let redis = RedisServer::start_in(&ctx.work_dir.join(format!("{name}-redis")), free_port()?)?;
-        let bridge = BridgeProcess::start(&redis.url(), &Logs::Discard, &[])?;
+        let bridge = BridgeProcess::start(
+            &redis.url(),
+            &Logs::File(ctx.log_dir.join(format!("{name}-bridge.log"))),
+            &[],
+        )?;
         let driver = DriverProcess::start(&DriverOptions {
             bridge_url: bridge.url(),
             redis_url: redis.url(),
@@ -77,7 +81,7 @@ impl Rig {
                     (devices * 256).max(100_000).to_string(),
                 ),
             ],
-            logs: Logs::Discard,
+            logs: Logs::File(ctx.log_dir.join(format!("{name}-driver.log"))),
         })?;
         Ok(Self { redis, bridge, driver })
     }

@@ -29,8 +29,11 @@ use std::path::PathBuf;
 /// What every benchmark gets.
 #[derive(Debug, Clone)]
 pub struct BenchContext {
-    /// Scratch space for Redis data and logs.
+    /// Scratch space for Redis data and the like (removed after the run).
     pub work_dir: PathBuf,
+    /// Where the processes' logs go (kept after the run, for a look at
+    /// what happened when a figure surprises).
+    pub log_dir: PathBuf,
     /// Shorter runs (for a smoke test of the runner itself).
     pub quick: bool,
     /// The command line that started the run, recorded with every section.

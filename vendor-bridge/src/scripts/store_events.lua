@@ -15,7 +15,8 @@
 --
 -- The high-water marks live in one hash, cwp:hwm (serial -> highest stored
 -- event id): one HMGET reads them all and one HSET writes them all, so the
--- cost per event is its XADD, whatever the number of devices. The registry
+-- cost per event is its XADD, whatever the number of devices (in chunks of
+-- a thousand serials, see CHUNK). The registry
 -- (cwp:device:{serial}) gets last_event_id and last_seen_ms only for the r
 -- serials the bridge asks for (at most about once a second per serial);
 -- session open and close bring it up to date too.
@@ -49,10 +50,19 @@ for j = 1, nserials do
   serials[j] = argv[4 + j]
 end
 
--- Reads: every serial's high-water mark at once.
-local marks = call('HMGET', 'cwp:hwm', unpack(serials))
-for j = 1, nserials do
-  marks[j] = marks[j] or '0'
+-- unpack() fails beyond about 8,000 values (Lua's C stack limit): commands
+-- that take one or two arguments per serial go in chunks of this many
+-- serials. A call holds up to 2 x 2,048 events, each of a different serial.
+local CHUNK = 1000
+
+-- Reads: every serial's high-water mark, a chunk of serials per HMGET.
+local marks = {}
+for first = 1, nserials, CHUNK do
+  local last = math.min(first + CHUNK - 1, nserials)
+  local part = call('HMGET', 'cwp:hwm', unpack(serials, first, last))
+  for j = first, last do
+    marks[j] = part[j - first + 1] or '0'
+  end
 end
 
 -- Writes: append what is above the mark, advancing it.
@@ -95,9 +105,10 @@ for j = 1, nserials do
     updates[#updates + 1] = serials[j]
     updates[#updates + 1] = marks[j]
   end
-end
-if #updates > 0 then
-  call('HSET', 'cwp:hwm', unpack(updates))
+  if #updates >= 2 * CHUNK or (j == nserials and #updates > 0) then
+    call('HSET', 'cwp:hwm', unpack(updates))
+    updates = {}
+  end
 end
 for j = 1, refresh do
   call('HSET', 'cwp:device:' .. serials[j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
