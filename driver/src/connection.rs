@@ -380,7 +380,7 @@ impl<'a> Established<'a> {
             }
             Ending::Fatal(error) => {
                 if error.code == ErrorCode::INTERNAL {
-                    error!(tags.serial = %self.session.serial, message = %error.message, "session failed");
+                    error!(tags.serial = %self.session.serial, peer = %self.conn.peer, message = %error.message, "session failed");
                 }
                 self.conn.send_error(self.driver, error).await;
             }
@@ -433,7 +433,7 @@ impl<'a> Established<'a> {
                     Err(ending) => return ending,
                 },
                 Wake::Idle => {
-                    info!(serial = %self.session.serial, "no frame for {idle_timeout:?}: closing idle session");
+                    info!(serial = %self.session.serial, peer = %self.conn.peer, "no frame for {idle_timeout:?}: closing idle session");
                     return Ending::Bye(ByeReason::IDLE, 0);
                 }
             }
@@ -448,7 +448,7 @@ impl<'a> Established<'a> {
             Ok(_) => {}
             Err(ReadError::Closed) => return Err(Ending::Quiet),
             Err(ReadError::Io(err)) => {
-                debug!(serial = %self.session.serial, error = %err, "connection failed");
+                debug!(serial = %self.session.serial, peer = %self.conn.peer, error = %err, "connection failed");
                 return Err(Ending::Quiet);
             }
             Err(ReadError::Decode(err)) => return Err(Ending::Fatal(decode_error_frame(&err))),
@@ -463,7 +463,7 @@ impl<'a> Established<'a> {
                 Ok(Some(frame)) => self.handle(frame).await?,
                 Ok(None) => return Ok(true),
                 Err(ReadError::Decode(err)) => {
-                    debug!(serial = %self.session.serial, error = %err, "undecodable frame");
+                    debug!(serial = %self.session.serial, peer = %self.conn.peer, error = %err, "undecodable frame");
                     return Err(Ending::Fatal(decode_error_frame(&err)));
                 }
                 Err(_) => return Err(Ending::Quiet),
@@ -481,7 +481,7 @@ impl<'a> Established<'a> {
             // Answers to server PINGs: being heard from is all that matters.
             DeviceFrame::Pong(_) => Ok(()),
             DeviceFrame::Bye(bye) => {
-                debug!(serial = %self.session.serial, reason = %bye.reason, "device said BYE");
+                debug!(serial = %self.session.serial, peer = %self.conn.peer, reason = %bye.reason, "device said BYE");
                 Err(Ending::Bye(ByeReason::NORMAL, 0))
             }
             DeviceFrame::UploadBegin(begin) => {
@@ -547,7 +547,7 @@ impl<'a> Established<'a> {
         if error.fatal {
             return Err(Ending::Fatal(error));
         }
-        debug!(serial = %self.session.serial, code = %error.code, error = %err, "upload refused");
+        debug!(serial = %self.session.serial, peer = %self.conn.peer, code = %error.code, error = %err, "upload refused");
         self.driver.metrics.error_sent(error.code);
         self.conn.queue(&ServerFrame::Error(error));
         Ok(())
@@ -625,6 +625,7 @@ impl<'a> Established<'a> {
             if tokio::time::timeout_at(deadline, self.session.woken()).await.is_err() {
                 warn!(
                     serial = %self.session.serial,
+                    peer = %self.conn.peer,
                     pending = self.session.pending_events(),
                     "events still not durable at close: they stay unacknowledged and the device will resend them"
                 );
