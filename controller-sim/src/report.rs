@@ -5,33 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use controller_sim::device::{LatencySummary, Stats, StatsSnapshot, UploadSummary};
+use controller_sim::device::{LatencyReport as Latency, Stats, StatsSnapshot, UploadSummary};
 use controller_sim::verify::Verdict;
 use serde::Serialize;
-
-/// Latency percentiles in µs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub(crate) struct Latency {
-    samples: u64,
-    mean: f64,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
-impl From<LatencySummary> for Latency {
-    fn from(summary: LatencySummary) -> Self {
-        Self {
-            samples: summary.count,
-            mean: (summary.mean_us * 10.0).round() / 10.0,
-            p50: summary.p50_us,
-            p99: summary.p99_us,
-            p999: summary.p999_us,
-            max: summary.max_us,
-        }
-    }
-}
 
 /// Signs that the server misbehaves; all zero in a healthy run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -472,6 +448,7 @@ pub(crate) fn progress_line(
 
 #[cfg(test)]
 mod tests {
+    use controller_sim::device::LatencySummary;
     use cwp::{ByeReason, ErrorCode};
 
     use super::*;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use controller_sim::device::LatencyReport;
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -48,50 +49,14 @@ struct Args {
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// How long to publish (e.g. 30s).
-    #[arg(long, default_value = "30s", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30s", value_parser = controller_sim::parse_duration)]
     duration: Duration,
     /// After the last command, how long to wait for outstanding results.
-    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5s", value_parser = controller_sim::parse_duration)]
     grace: Duration,
     /// The commands' `name`.
     #[arg(long, default_value = "bench")]
     name: String,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds = text.trim_end_matches('s');
-    seconds
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| format!("{text:?} is not a number of seconds (e.g. 30s)"))
-}
-
-/// Percentiles in µs.
-#[derive(Debug, Default, Serialize)]
-struct Latency {
-    samples: u64,
-    mean: f64,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
-impl Latency {
-    fn of(histogram: &Histogram<u64>) -> Self {
-        if histogram.is_empty() {
-            return Self::default();
-        }
-        Self {
-            samples: histogram.len(),
-            mean: (histogram.mean() * 10.0).round() / 10.0,
-            p50: histogram.value_at_quantile(0.5),
-            p99: histogram.value_at_quantile(0.99),
-            p999: histogram.value_at_quantile(0.999),
-            max: histogram.max(),
-        }
-    }
 }
 
 /// The summary.
@@ -111,7 +76,7 @@ struct Report {
     /// Commands published per second.
     rate: f64,
     /// `PUBLISH` sent → result notice received, µs.
-    round_trip_us: Latency,
+    round_trip_us: LatencyReport,
 }
 
 /// Commands sent and not yet answered: id → when its `PUBLISH` went out.
@@ -227,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         without_result: lock(&outstanding).len() as u64,
         publish_s: (publish_s * 1000.0).round() / 1000.0,
         rate: (published as f64 / publish_s * 10.0).round() / 10.0,
-        round_trip_us: Latency::of(&lock(&round_trips)),
+        round_trip_us: LatencyReport::of(&lock(&round_trips)),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

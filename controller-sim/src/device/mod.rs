@@ -59,7 +59,7 @@ use crate::client::{ClientError, Connection, READ_CHUNK};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::{Backoff, Pacing, jitter};
-pub use stats::{LatencyHistograms, LatencySummary, Stats, StatsSnapshot, UploadSummary, histogram};
+pub use stats::{LatencyHistograms, LatencyReport, LatencySummary, Stats, StatsSnapshot, UploadSummary, histogram};
 pub use upload::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, UploadJob};
 use upload::{UploadPhase, UploadProgress};
 

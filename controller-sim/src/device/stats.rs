@@ -518,6 +518,44 @@ impl LatencySummary {
     }
 }
 
+/// A [`LatencySummary`] as reports print it (JSON field names `samples`,
+/// `mean`, `p50`, `p99`, `p999`, `max`; µs, mean to 0.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyReport {
+    /// Samples recorded.
+    pub samples: u64,
+    /// Mean, rounded to 0.1 µs.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+}
+
+impl LatencyReport {
+    /// Reports `histogram` (µs samples).
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        LatencySummary::of(histogram).into()
+    }
+}
+
+impl From<LatencySummary> for LatencyReport {
+    fn from(summary: LatencySummary) -> Self {
+        Self {
+            samples: summary.count,
+            mean: (summary.mean_us * 10.0).round() / 10.0,
+            p50: summary.p50_us,
+            p99: summary.p99_us,
+            p999: summary.p999_us,
+            max: summary.max_us,
+        }
+    }
+}
+
 /// Every counter of a [`Stats`] at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {

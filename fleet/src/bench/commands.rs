@@ -181,23 +181,11 @@ impl CommandsResult {
             }
         );
         let mut table = Table::new(&["", "samples", "p50", "p99", "p99.9", "max"]);
-        table.row(vec![
-            "operator: `PUBLISH` → notice on `cwp:cmd-result:*`".to_owned(),
-            thousands(rt.samples as f64),
-            duration_us(rt.p50 as f64),
-            duration_us(rt.p99 as f64),
-            duration_us(rt.p999 as f64),
-            duration_us(rt.max as f64),
-        ]);
-        let dv = &self.devices_view.command_latency_us;
-        table.row(vec![
-            "device: `COMMAND` received → `ACK` of its result".to_owned(),
-            thousands(dv.samples as f64),
-            duration_us(dv.p50 as f64),
-            duration_us(dv.p99 as f64),
-            duration_us(dv.p999 as f64),
-            duration_us(dv.max as f64),
-        ]);
+        table.row(latency_row("operator: `PUBLISH` → notice on `cwp:cmd-result:*`", rt));
+        table.row(latency_row(
+            "device: `COMMAND` received → `ACK` of its result",
+            &self.devices_view.command_latency_us,
+        ));
         text.push_str(&table.render());
         let results: Vec<String> = o.results.iter().map(|(status, n)| format!("{status} {n}")).collect();
         let cpu: Vec<String> = self
@@ -229,4 +217,16 @@ impl CommandsResult {
         );
         text
     }
+}
+
+/// One row of the latency table.
+fn latency_row(label: &str, latency: &SimLatency) -> Vec<String> {
+    vec![
+        label.to_owned(),
+        thousands(latency.samples as f64),
+        duration_us(latency.p50 as f64),
+        duration_us(latency.p99 as f64),
+        duration_us(latency.p999 as f64),
+        duration_us(latency.max as f64),
+    ]
 }
