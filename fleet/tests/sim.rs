@@ -3,6 +3,8 @@
 //! summary, and (where events flow) verifies against Redis that every
 //! acknowledged event is stored exactly once, also when the devices run in
 //! several worker processes. The MQTT peer mode against a real Mosquitto.
+//! And the vendor-bridge's process title, counted against what the devices
+//! were told was stored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -244,4 +246,37 @@ fn the_mqtt_peer_mode_holds_keep_alive_clients_on_mosquitto() {
     assert_eq!(summary["protocol"], "mqtt");
     assert_eq!(count(&summary, "devices_connected"), 100, "{summary}");
     assert!(count(&summary, "pings_sent") >= 100, "{summary}");
+}
+
+/// The vendor-bridge shows its state in `ps` (`/proc/PID/cmdline`): its
+/// port, the drivers streaming to it and the events it stored.
+#[test]
+fn the_bridge_title_shows_its_port_drivers_and_stored_events() {
+    let mut fleet = TestFleet::start(2, &[]);
+    let targets = format!("{},{}", fleet.drivers[0].addr(), fleet.drivers[1].addr());
+    let run = sim(
+        &targets,
+        &[
+            "--devices",
+            "20",
+            "--rate",
+            "400",
+            "--duration",
+            "2s",
+            "--verify-redis",
+            &fleet.redis.url(),
+        ],
+    );
+    let summary = summary(run);
+    let acked = count(&summary, "events_acked");
+    assert!(acked > 0, "{summary}");
+    let port = fleet.bridge.port();
+    let pid = fleet.bridge.process().pid();
+    let expected = format!("vendor-bridge v0.1.0 port: {port} drivers: 2 events: {acked}");
+    let title = || {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " ")
+    };
+    fleet::process::wait_for("the bridge's title", Duration::from_secs(5), || title() == expected)
+        .unwrap_or_else(|_| panic!("title {:?}, expected {expected:?}", title()));
 }
