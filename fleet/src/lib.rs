@@ -11,10 +11,13 @@
 //! - [`bench`]: the benchmark runner (`fleet bench`).
 //! - [`local`]: all of it together, the way `fleet up` runs it.
 //! - [`http`]: a tiny GET for health checks and metrics.
+//! - [`fault_proxy`]: a TCP proxy that injects network faults (latency,
+//!   stalls, a lying store-and-forward hop, cuts) for the tests.
 
 pub mod bench;
 pub mod binaries;
 pub mod components;
+pub mod fault_proxy;
 pub mod haproxy;
 pub mod http;
 pub mod lbconfig;
