@@ -1,21 +1,42 @@
 //! The exactly-once check: every event a device saw acknowledged must be in
-//! the Redis stream `cwp:events` exactly once, and no event of these
-//! devices may be there twice.
+//! the Redis stream `cwp:events` exactly once, no event of these devices
+//! may be there twice, and nothing may be there that they never sent.
+//! Three ways to fail, each counted:
+//!
+//! - **lost** ([`Verdict::missing`]): acknowledged, not stored;
+//! - **duplicated**: an event of these devices stored more than once,
+//!   acknowledged or not;
+//! - **unexpected**: an entry under one of these devices' serials whose
+//!   event id the device never sent (above the highest it sent), or an
+//!   entry without a readable serial and event id.
+//!
+//! Entries of other serials ("foreign") are counted but are no failure: a
+//! stream is shared by every device of a fleet, and a check covers the
+//! devices of one run (or of one process of it).
+//!
+//! Events stored whose `ACK` the device never saw are allowed (the ack was
+//! lost or still on its way when the run ended), and counted.
+//!
+//! Uploads get the same check against `cwp:uploads` ([`UploadTally`]):
+//! every upload a device was told complete (`UPLOAD_DONE OK`) recorded
+//! exactly once, with the size and digest the device sent.
 //!
 //! A [`Tally`] holds what the devices expect and counts what the stream
 //! holds (pure, no I/O); [`read_stream`] feeds it from Redis, a page of
-//! `XRANGE` at a time.
+//! `XRANGE` at a time ([`read_uploads`] feeds an [`UploadTally`]).
 
 use std::collections::HashMap;
 use std::fmt;
 
-use cwp::Serial;
+use cwp::{Serial, UploadId};
 use redis::Value;
 
-use crate::device::AckLog;
+use crate::device::{AckLog, Device, UploadJob};
 
 /// The stream the vendor-bridge appends every stored event to.
 pub const EVENTS_STREAM: &str = "cwp:events";
+/// The stream the vendor-bridge appends every completed upload to.
+pub const UPLOADS_STREAM: &str = "cwp:uploads";
 /// Entries per `XRANGE` page.
 const PAGE: usize = 10_000;
 /// Problems described one by one in a verdict; the rest are only counted.
@@ -32,16 +53,42 @@ pub enum VerifyError {
     Reply(String),
 }
 
+/// What one device knows of its events: which ids it saw acknowledged,
+/// and how far it got in sending.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// The device.
+    pub serial: Serial,
+    /// Every id it saw acknowledged.
+    pub acked: AckLog,
+    /// The highest id it ever sent; it never sent a higher one.
+    pub highest_sent: u64,
+}
+
+impl Expectation {
+    /// A device's expectation, taking its [`AckLog`]; `None` if it kept none.
+    pub fn of(device: &mut Device) -> Option<Self> {
+        Some(Self {
+            serial: *device.serial(),
+            highest_sent: device.highest_sent(),
+            acked: device.take_ack_log()?,
+        })
+    }
+}
+
 /// What one device expects, and what the stream held for it.
 #[derive(Debug)]
 struct DeviceTally {
     serial: Serial,
     acked: AckLog,
+    highest_sent: u64,
     /// Times each acknowledged id was found, by its position in `acked`.
     found: Vec<u8>,
     /// Ids found that the device never saw acknowledged (stored, but the
     /// `ACK` was lost or still on its way when the run ended).
     unacked: HashMap<u64, u32>,
+    /// Ids found that the device never sent.
+    unsent: HashMap<u64, u32>,
 }
 
 /// Counts stream entries against the acknowledged ids of a set of devices.
@@ -55,17 +102,25 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Expects, for each serial, exactly the ids of its [`AckLog`].
-    pub fn new(expected: impl IntoIterator<Item = (Serial, AckLog)>) -> Self {
+    /// Expects, for each device, exactly the ids of its [`AckLog`], and
+    /// none above the highest it sent.
+    pub fn new(expected: impl IntoIterator<Item = Expectation>) -> Self {
         let mut tally = Self::default();
-        for (serial, acked) in expected {
+        for Expectation {
+            serial,
+            acked,
+            highest_sent,
+        } in expected
+        {
             let found = vec![0; usize::try_from(acked.len()).unwrap_or(usize::MAX)];
             tally.by_serial.insert(serial, tally.devices.len());
             tally.devices.push(DeviceTally {
                 serial,
                 acked,
+                highest_sent,
                 found,
                 unacked: HashMap::new(),
+                unsent: HashMap::new(),
             });
         }
         tally
@@ -91,6 +146,7 @@ impl Tally {
         let device = &mut self.devices[index];
         match device.acked.position(event_id).and_then(|p| usize::try_from(p).ok()) {
             Some(position) => device.found[position] = device.found[position].saturating_add(1),
+            None if event_id > device.highest_sent => *device.unsent.entry(event_id).or_default() += 1,
             None => *device.unacked.entry(event_id).or_default() += 1,
         }
     }
@@ -107,8 +163,15 @@ impl Tally {
             scanned: self.scanned,
             foreign: self.foreign,
             malformed: self.malformed,
+            unexpected: self.malformed,
             ..Verdict::default()
         };
+        if self.malformed > 0 {
+            verdict.example(format!(
+                "{} entries without a readable serial and event_id",
+                self.malformed
+            ));
+        }
         for device in &self.devices {
             verdict.acked += device.acked.len();
             for (event_id, &found) in device.acked.iter().zip(&device.found) {
@@ -139,6 +202,15 @@ impl Tally {
                     ));
                 }
             }
+            let mut unsent: Vec<_> = device.unsent.iter().collect();
+            unsent.sort_unstable();
+            for (&event_id, &found) in unsent {
+                verdict.unexpected += u64::from(found);
+                verdict.example(format!(
+                    "{} event {event_id}: stored {found} times, never sent (highest sent: {})",
+                    device.serial, device.highest_sent
+                ));
+            }
         }
         verdict
     }
@@ -158,6 +230,10 @@ pub struct Verdict {
     /// Distinct events of these devices stored without the device having
     /// seen their `ACK` (allowed: the ack was lost or late).
     pub unacked_stored: u64,
+    /// Entries of these devices' serials with ids they never sent, plus
+    /// unreadable entries: data nobody sent.
+    #[serde(default)]
+    pub unexpected: u64,
     /// Stream entries read.
     pub scanned: u64,
     /// Entries of other serials.
@@ -169,10 +245,10 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Whether every acknowledged event is stored exactly once and nothing
-    /// is stored twice.
+    /// Whether every acknowledged event is stored exactly once, nothing is
+    /// stored twice, and nothing is stored that was never sent.
     pub fn passed(&self) -> bool {
-        self.missing == 0 && self.duplicated == 0
+        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0
     }
 
     fn example(&mut self, problem: String) {
@@ -195,6 +271,8 @@ impl Verdict {
             merged.missing += verdict.missing;
             merged.duplicated += verdict.duplicated;
             merged.unacked_stored += verdict.unacked_stored;
+            // Every process counted the same unreadable entries.
+            merged.unexpected += verdict.unexpected.saturating_sub(verdict.malformed);
             merged.scanned = merged.scanned.max(verdict.scanned);
             merged.malformed = merged.malformed.max(verdict.malformed);
             own += verdict.scanned.saturating_sub(verdict.foreign + verdict.malformed);
@@ -203,6 +281,7 @@ impl Verdict {
             }
         }
         merged.foreign = merged.scanned.saturating_sub(merged.malformed + own);
+        merged.unexpected += merged.malformed;
         merged
     }
 }
@@ -212,8 +291,8 @@ impl fmt::Display for Verdict {
         let outcome = if self.passed() { "PASS" } else { "FAIL" };
         writeln!(
             f,
-            "exactly-once: {outcome}: {} acknowledged, {} stored once, {} missing, {} duplicated",
-            self.acked, self.stored_once, self.missing, self.duplicated
+            "exactly-once: {outcome}: {} acknowledged, {} stored once, {} lost, {} duplicated, {} unexpected",
+            self.acked, self.stored_once, self.missing, self.duplicated, self.unexpected
         )?;
         write!(
             f,
@@ -227,8 +306,238 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// What one device knows of its upload: its id, what it sent, and whether
+/// the server told it the upload is complete.
+#[derive(Debug, Clone)]
+pub struct ExpectedUpload {
+    /// The device.
+    pub serial: Serial,
+    /// The upload.
+    pub upload_id: UploadId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Whether the device heard `UPLOAD_DONE OK`.
+    pub completed: bool,
+}
+
+impl ExpectedUpload {
+    /// The upload of `device`, running `job`; `None` before it began one.
+    pub fn of(device: &Device, job: &UploadJob) -> Option<Self> {
+        Some(Self {
+            serial: *device.serial(),
+            upload_id: device.upload_id()?,
+            size: job.size(),
+            sha256: job.sha256,
+            completed: device.upload_done(),
+        })
+    }
+}
+
+/// Counts `cwp:uploads` records against the uploads of a set of devices.
+#[derive(Debug, Default)]
+pub struct UploadTally {
+    /// By serial and hyphenated upload id: the expectation, and how many
+    /// records matched it.
+    expected: HashMap<(Serial, String), (ExpectedUpload, u32)>,
+    serials: std::collections::HashSet<Serial>,
+    scanned: u64,
+    foreign: u64,
+    unexpected: u64,
+    examples: Vec<String>,
+}
+
+impl UploadTally {
+    /// Expects these uploads (at most one record each).
+    pub fn new(expected: impl IntoIterator<Item = ExpectedUpload>) -> Self {
+        let mut tally = Self::default();
+        for upload in expected {
+            tally.serials.insert(upload.serial);
+            tally
+                .expected
+                .insert((upload.serial, upload.upload_id.to_string()), (upload, 0));
+        }
+        tally
+    }
+
+    /// One record's `serial`, `upload_id`, `size` and `sha256` fields, as
+    /// stored (`None`: the field is missing).
+    pub fn observe(&mut self, serial: &[u8], upload_id: &[u8], size: Option<&[u8]>, sha256: Option<&[u8]>) {
+        self.scanned += 1;
+        let Ok(serial) = Serial::from_bytes(serial) else {
+            self.unexpected("a record without a readable serial".to_owned());
+            return;
+        };
+        if !self.serials.contains(&serial) {
+            self.foreign += 1;
+            return;
+        }
+        let upload_id = String::from_utf8_lossy(upload_id).into_owned();
+        let Some((upload, found)) = self.expected.get_mut(&(serial, upload_id.clone())) else {
+            self.unexpected(format!("{serial} upload {upload_id}: recorded, never sent"));
+            return;
+        };
+        let size_matches = size.is_some_and(|size| size == upload.size.to_string().as_bytes());
+        let digest_matches = sha256.is_some_and(|digest| digest == hex(&upload.sha256).as_bytes());
+        if size_matches && digest_matches {
+            *found = found.saturating_add(1);
+        } else {
+            self.unexpected(format!(
+                "{serial} upload {upload_id}: recorded with a size or digest the device never sent"
+            ));
+        }
+    }
+
+    /// A record without a `serial` or `upload_id` field.
+    pub fn observe_malformed(&mut self) {
+        self.scanned += 1;
+        self.unexpected("a record without a serial or upload_id".to_owned());
+    }
+
+    fn unexpected(&mut self, problem: String) {
+        self.unexpected += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(problem);
+        }
+    }
+
+    /// The verdict on everything observed.
+    pub fn verdict(&self) -> UploadVerdict {
+        let mut verdict = UploadVerdict {
+            scanned: self.scanned,
+            foreign: self.foreign,
+            unexpected: self.unexpected,
+            examples: self.examples.clone(),
+            ..UploadVerdict::default()
+        };
+        let mut expected: Vec<_> = self.expected.iter().collect();
+        expected.sort_unstable_by_key(|(key, _)| *key);
+        for ((serial, upload_id), (upload, found)) in expected {
+            if upload.completed {
+                verdict.completed += 1;
+            }
+            let problem = match (upload.completed, found) {
+                (true, 1) => {
+                    verdict.recorded_once += 1;
+                    None
+                }
+                (false, 1) => {
+                    verdict.recorded_unconfirmed += 1;
+                    None
+                }
+                (_, 0) if upload.completed => {
+                    verdict.missing += 1;
+                    Some(format!("{serial} upload {upload_id}: completed but not recorded"))
+                }
+                (_, 0) => None,
+                (_, n) => {
+                    verdict.duplicated += 1;
+                    Some(format!("{serial} upload {upload_id}: recorded {n} times"))
+                }
+            };
+            if let Some(problem) = problem
+                && verdict.examples.len() < EXAMPLES
+            {
+                verdict.examples.push(problem);
+            }
+        }
+        verdict
+    }
+}
+
+/// The outcome of the uploads check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadVerdict {
+    /// Uploads the devices were told complete.
+    pub completed: u64,
+    /// Of those, recorded exactly once.
+    pub recorded_once: u64,
+    /// Recorded once, complete, but the device had not heard so yet
+    /// (allowed: `UPLOAD_DONE` lost or late).
+    pub recorded_unconfirmed: u64,
+    /// Told complete, not recorded: lost.
+    pub missing: u64,
+    /// Recorded more than once.
+    pub duplicated: u64,
+    /// Records of these devices' serials that no device sent: unknown
+    /// upload ids, a size or digest other than the one sent, unreadable.
+    pub unexpected: u64,
+    /// Records read.
+    pub scanned: u64,
+    /// Records of other serials.
+    pub foreign: u64,
+    /// The first few problems, spelled out.
+    pub examples: Vec<String>,
+}
+
+impl UploadVerdict {
+    /// Whether every completed upload is recorded exactly once, as sent,
+    /// and nothing else of these devices is recorded.
+    pub fn passed(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0
+    }
+}
+
+impl fmt::Display for UploadVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = if self.passed() { "PASS" } else { "FAIL" };
+        write!(
+            f,
+            "uploads: {outcome}: {} completed, {} recorded once, {} lost, {} duplicated, {} unexpected; \
+             {} records read ({} of other serials), {} recorded before the device heard",
+            self.completed,
+            self.recorded_once,
+            self.missing,
+            self.duplicated,
+            self.unexpected,
+            self.scanned,
+            self.foreign,
+            self.recorded_unconfirmed
+        )?;
+        for example in &self.examples {
+            write!(f, "\n  - {example}")?;
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
 /// Reads the whole stream `stream` from the Redis at `url` into `tally`.
 pub async fn read_stream(url: &str, stream: &str, tally: &mut Tally) -> Result<(), VerifyError> {
+    read_entries(url, stream, |fields| {
+        match (field(fields, b"serial"), field(fields, b"event_id")) {
+            (Some(serial), Some(event_id)) => tally.observe(serial, event_id),
+            _ => tally.observe_malformed(),
+        }
+    })
+    .await
+}
+
+/// Reads every record of `cwp:uploads` from the Redis at `url` into `tally`.
+pub async fn read_uploads(url: &str, tally: &mut UploadTally) -> Result<(), VerifyError> {
+    read_entries(url, UPLOADS_STREAM, |fields| {
+        match (field(fields, b"serial"), field(fields, b"upload_id")) {
+            (Some(serial), Some(upload_id)) => {
+                tally.observe(serial, upload_id, field(fields, b"size"), field(fields, b"sha256"));
+            }
+            _ => tally.observe_malformed(),
+        }
+    })
+    .await
+}
+
+/// Hands every entry of `stream` to `observe`, a page of `XRANGE` at a time.
+async fn read_entries(url: &str, stream: &str, mut observe: impl FnMut(&[(Value, Value)])) -> Result<(), VerifyError> {
     let client = redis::Client::open(url)?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     let mut start = "-".to_owned();
@@ -250,10 +559,7 @@ pub async fn read_stream(url: &str, stream: &str, tally: &mut Tally) -> Result<(
         let mut last_id = None;
         for entry in entries {
             let (id, fields) = stream_entry(entry)?;
-            match (field(&fields, b"serial"), field(&fields, b"event_id")) {
-                (Some(serial), Some(event_id)) => tally.observe(serial, event_id),
-                _ => tally.observe_malformed(),
-            }
+            observe(&fields);
             last_id = Some(id);
         }
         match last_id {
@@ -322,9 +628,18 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// A device that sent ids 1..=`highest_sent` and saw `acked` acknowledged.
+    fn device(name: &str, acked: impl IntoIterator<Item = u64>, highest_sent: u64) -> Expectation {
+        Expectation {
+            serial: serial(name),
+            acked: log(acked),
+            highest_sent,
+        }
+    }
+
     #[test]
     fn every_acked_event_stored_once_passes() {
-        let mut tally = Tally::new([(serial("SIM-1"), log(1..=3)), (serial("SIM-2"), log([5]))]);
+        let mut tally = Tally::new([device("SIM-1", 1..=3, 4), device("SIM-2", [5], 5)]);
         for (s, id) in [
             ("SIM-1", "1"),
             ("SIM-2", "5"),
@@ -344,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_missing_or_doubled_event_fails() {
-        let mut tally = Tally::new([(serial("SIM-1"), log(1..=3))]);
+        let mut tally = Tally::new([device("SIM-1", 1..=3, 9)]);
         for id in ["1", "3", "3", "9", "9"] {
             tally.observe(b"SIM-1", id.as_bytes());
         }
@@ -352,14 +667,48 @@ mod tests {
         let verdict = tally.verdict();
         assert!(!verdict.passed());
         assert_eq!((verdict.missing, verdict.duplicated, verdict.malformed), (1, 2, 1));
+        assert_eq!(verdict.unexpected, 1, "the unreadable entry");
         assert_eq!(
             verdict.examples,
             [
+                "1 entries without a readable serial and event_id",
                 "SIM-1 event 2: acknowledged but not stored",
                 "SIM-1 event 3: stored 2 times",
                 "SIM-1 event 9 (ack not received): stored 2 times",
             ]
         );
+    }
+
+    #[test]
+    fn an_event_the_device_never_sent_is_unexpected_and_fails() {
+        // SIM-1 sent 1..=5 and saw 1..=3 acknowledged.
+        let mut tally = Tally::new([device("SIM-1", 1..=3, 5)]);
+        for id in ["1", "2", "3", "5", "6", "6", "40"] {
+            tally.observe(b"SIM-1", id.as_bytes());
+        }
+        let verdict = tally.verdict();
+        assert!(!verdict.passed(), "{verdict}");
+        assert_eq!((verdict.stored_once, verdict.missing, verdict.duplicated), (3, 0, 0));
+        // 5 was sent, its ack not seen: allowed. 6 (twice) and 40 never left
+        // the device: three unexpected entries.
+        assert_eq!((verdict.unacked_stored, verdict.unexpected), (1, 3));
+        assert_eq!(
+            verdict.examples,
+            [
+                "SIM-1 event 6: stored 2 times, never sent (highest sent: 5)",
+                "SIM-1 event 40: stored 1 times, never sent (highest sent: 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_of_other_serials_are_counted_but_are_no_failure() {
+        let mut tally = Tally::new([device("SIM-1", [1], 1)]);
+        tally.observe(b"SIM-1", b"1");
+        tally.observe(b"OTHER-7", b"99");
+        let verdict = tally.verdict();
+        assert!(verdict.passed(), "{verdict}");
+        assert_eq!((verdict.foreign, verdict.unexpected), (1, 0));
     }
 
     #[test]
@@ -373,6 +722,7 @@ mod tests {
             scanned: 10,
             foreign: 6,
             malformed: 1,
+            unexpected: 1,
             ..Verdict::default()
         };
         let two = Verdict {
@@ -382,14 +732,81 @@ mod tests {
             scanned: 10,
             foreign: 4,
             malformed: 1,
+            unexpected: 3,
             examples: vec!["SIM-2 event 4: stored 2 times".to_owned()],
             ..Verdict::default()
         };
         let merged = Verdict::merge(&[one, two]);
         assert_eq!((merged.acked, merged.stored_once, merged.duplicated), (8, 7, 1));
         assert_eq!((merged.scanned, merged.foreign, merged.malformed), (10, 1, 1));
+        // Process two's 2 never-sent ids, and the unreadable entry once.
+        assert_eq!(merged.unexpected, 3);
         assert_eq!(merged.examples, ["SIM-2 event 4: stored 2 times"]);
         assert!(!merged.passed());
+    }
+
+    fn upload(name: &str, id: u8, completed: bool) -> ExpectedUpload {
+        ExpectedUpload {
+            serial: serial(name),
+            upload_id: UploadId([id; 16]),
+            size: 1000,
+            sha256: [id; 32],
+            completed,
+        }
+    }
+
+    /// A record as the bridge writes it.
+    fn record(tally: &mut UploadTally, name: &str, id: u8, size: &str) {
+        let upload_id = UploadId([id; 16]).to_string();
+        let digest = hex(&[id; 32]);
+        tally.observe(
+            name.as_bytes(),
+            upload_id.as_bytes(),
+            Some(size.as_bytes()),
+            Some(digest.as_bytes()),
+        );
+    }
+
+    #[test]
+    fn every_completed_upload_recorded_once_as_sent_passes() {
+        let mut tally = UploadTally::new([upload("SIM-1", 1, true), upload("SIM-2", 2, false)]);
+        record(&mut tally, "SIM-1", 1, "1000");
+        // Complete on the server, UPLOAD_DONE not heard yet: allowed.
+        record(&mut tally, "SIM-2", 2, "1000");
+        record(&mut tally, "OTHER", 9, "5");
+        let verdict = tally.verdict();
+        assert!(verdict.passed(), "{verdict}");
+        assert_eq!((verdict.completed, verdict.recorded_once), (1, 1));
+        assert_eq!(
+            (verdict.recorded_unconfirmed, verdict.foreign, verdict.scanned),
+            (1, 1, 3)
+        );
+    }
+
+    #[test]
+    fn a_lost_doubled_or_altered_upload_record_fails() {
+        let mut tally = UploadTally::new([
+            upload("SIM-1", 1, true),
+            upload("SIM-2", 2, true),
+            upload("SIM-3", 3, true),
+        ]);
+        record(&mut tally, "SIM-2", 2, "1000");
+        record(&mut tally, "SIM-2", 2, "1000");
+        record(&mut tally, "SIM-3", 3, "999");
+        record(&mut tally, "SIM-3", 4, "1000");
+        tally.observe_malformed();
+        let verdict = tally.verdict();
+        assert!(!verdict.passed());
+        // SIM-1's is lost, SIM-3's only record has the wrong size (so it is
+        // lost too), and upload 4 was never sent.
+        assert_eq!((verdict.missing, verdict.duplicated, verdict.unexpected), (2, 1, 3));
+        assert!(
+            verdict.examples.contains(&format!(
+                "SIM-1 upload {}: completed but not recorded",
+                UploadId([1; 16])
+            )),
+            "{verdict}"
+        );
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub struct Behaviour {
     /// Mean session lifetime when the device drops its connections on
     /// purpose (scenario churn); `None`: sessions last.
     pub churn: Option<Duration>,
+    /// DELIBERATELY WRONG, for proving that a checker can fail: the device
+    /// forgets an event (and logs it as acknowledged) as soon as it is
+    /// written to the socket, instead of when an `ACK` covers it, as if the
+    /// TCP stack's acceptance meant delivery. Behind a network that accepts
+    /// bytes and never delivers them, such a device loses events. Never
+    /// set it outside such a test.
+    pub forget_on_write: bool,
 }
 
 impl Default for Behaviour {
@@ -136,6 +143,7 @@ impl Default for Behaviour {
             handshake_timeout: Duration::from_secs(15),
             bye_timeout: Duration::from_secs(2),
             churn: None,
+            forget_on_write: false,
         }
     }
 }
@@ -360,6 +368,11 @@ impl Device {
         self.next_event_id
     }
 
+    /// The highest id ever sent (0: none yet).
+    pub fn highest_sent(&self) -> u64 {
+        self.highest_sent
+    }
+
     /// The highest id an `ACK` has covered.
     pub fn highest_acked(&self) -> u64 {
         self.highest_acked
@@ -570,7 +583,7 @@ impl Device {
             if let Some(end) = self.on_time(conn, &mut session, behaviour, stats, now) {
                 return end;
             }
-            self.pump(conn, &mut session, stats, now);
+            self.pump(conn, &mut session, behaviour, stats, now);
             loop {
                 let more = match &behaviour.upload {
                     Some(job) => self.pump_upload(job, conn, &mut session, stats, now),
@@ -791,7 +804,14 @@ impl Device {
 
     /// Encodes every event the window allows (CWP/1 §3: "never more than
     /// event_window unacknowledged in flight"), into one write.
-    fn pump(&mut self, conn: &mut Connection, session: &mut Session, stats: &Stats, now: Instant) {
+    fn pump(
+        &mut self,
+        conn: &mut Connection,
+        session: &mut Session,
+        behaviour: &Behaviour,
+        stats: &Stats,
+        now: Instant,
+    ) {
         if session.closing.is_some() || session.stall.is_some() {
             return;
         }
@@ -818,6 +838,11 @@ impl Device {
         }
         session.last_tx = now;
         stats.events_sent(first, resent);
+        if behaviour.forget_on_write {
+            // The wrong device: what it hands to the socket it counts as
+            // delivered (written right after this, before anything else).
+            self.acked(self.highest_sent, session, stats);
+        }
     }
 
     /// Handles every whole frame received.
