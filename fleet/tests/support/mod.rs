@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use controller_sim::client::Connection;
+use controller_sim::device::{Device, UploadJob};
+use controller_sim::verify::{
+    Expectation, ExpectedUpload, Tally, UploadTally, UploadVerdict, Verdict, read_stream, read_uploads,
+};
 use cwp::{DeviceKey, MasterKey, Serial, Welcome};
 use fleet::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use fleet::redis::RedisServer;
@@ -141,6 +145,49 @@ pub async fn stored_events(redis: &mut redis::aio::MultiplexedConnection) -> Vec
         }
     }
     out
+}
+
+/// The exactly-once check of `devices` (each started `with_ack_log`)
+/// against `cwp:events`: lost, duplicated and unexpected entries, counted.
+pub async fn exactly_once_verdict(redis_url: &str, devices: &[Device]) -> Verdict {
+    let mut tally = Tally::new(devices.iter().map(|device| Expectation {
+        serial: *device.serial(),
+        acked: device.ack_log().cloned().expect("devices keep an ack log"),
+        highest_sent: device.highest_sent(),
+    }));
+    read_stream(redis_url, controller_sim::verify::EVENTS_STREAM, &mut tally)
+        .await
+        .expect("cwp:events is readable");
+    tally.verdict()
+}
+
+/// Reads all of `cwp:events`, prints the verdict, and fails the test unless
+/// every event the devices saw acknowledged is stored exactly once, none is
+/// stored twice and none is stored that they never sent.
+pub async fn assert_nothing_lost_or_duplicated(redis_url: &str, devices: &[Device]) -> Verdict {
+    let verdict = exactly_once_verdict(redis_url, devices).await;
+    eprintln!("{verdict}");
+    assert!(verdict.passed(), "{verdict}");
+    assert!(verdict.acked > 0, "the devices saw nothing acknowledged: {verdict}");
+    verdict
+}
+
+/// Reads all of `cwp:uploads`, prints the verdict, and fails the test unless
+/// every upload of `devices` (running `job`) that was reported complete is
+/// recorded exactly once as sent, and nothing else of theirs is.
+pub async fn assert_uploads_recorded_exactly_once(
+    redis_url: &str,
+    devices: &[Device],
+    job: &UploadJob,
+) -> UploadVerdict {
+    let mut tally = UploadTally::new(devices.iter().filter_map(|device| ExpectedUpload::of(device, job)));
+    read_uploads(redis_url, &mut tally)
+        .await
+        .expect("cwp:uploads is readable");
+    let verdict = tally.verdict();
+    eprintln!("{verdict}");
+    assert!(verdict.passed(), "{verdict}");
+    verdict
 }
 
 /// A multi-threaded runtime for a test body.
