@@ -7,8 +7,12 @@
 //! *at the moment it acts*: a racing "session ended" and "new session of the
 //! same serial" therefore always converge to subscribed.
 //!
-//! After Redis restarts, the task reconnects with backoff and resubscribes
-//! every live serial and the control channel `cwp:driver:{driver_id}`.
+//! When the pub/sub connection is lost (Redis restarted, the connection
+//! killed), the task reconnects at once and resubscribes every live serial
+//! and the control channel `cwp:driver:{driver_id}`: commands published in
+//! between are lost (pub/sub keeps nothing), so the gap must be short. Only
+//! when reconnecting fails does it back off, doubling up to 5 s with
+//! jitter, so that the drivers of a fleet do not retry in step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use cwp::{Command, CommandId, Serial, Str8};
 use futures::StreamExt as _;
+use rand::RngExt as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -194,7 +199,8 @@ async fn run(
     mut requests: mpsc::UnboundedReceiver<SyncRequest>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
+    let mut subscribed_before = false;
     loop {
         let connected = tokio::select! {
             () = stop.cancelled() => return,
@@ -203,16 +209,15 @@ async fn run(
         let (mut sink, stream) = match connected {
             Ok(pubsub) => pubsub.split(),
             Err(err) => {
-                warn!(error = %err, retry_in = ?delay, "Redis pub/sub unavailable; commands cannot be delivered until it returns");
+                let retry_in = backoff.next();
+                warn!(error = %err, ?retry_in, "Redis pub/sub unavailable; commands cannot be delivered until it returns");
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(retry_in) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        delay = Duration::from_millis(100);
 
         let lost = CancellationToken::new();
         let reader = tokio::spawn(read_messages(router.clone(), stream, lost.clone()));
@@ -225,10 +230,22 @@ async fn run(
             Ok::<_, redis::RedisError>(())
         };
         match resubscribed.await {
-            Ok(()) => info!(sessions = router.registry.len(), "subscribed to command channels"),
+            Ok(()) => {
+                backoff = Backoff::default();
+                if subscribed_before {
+                    router.metrics.pubsub_reconnects.inc();
+                }
+                subscribed_before = true;
+                info!(sessions = router.registry.len(), "subscribed to command channels");
+            }
             Err(err) => {
-                warn!(error = %err, "resubscribing failed; reconnecting");
                 reader.abort();
+                let retry_in = backoff.next();
+                warn!(error = %err, ?retry_in, "resubscribing failed; reconnecting");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(retry_in) => {}
+                }
                 continue;
             }
         }
@@ -274,6 +291,29 @@ async fn run(
             }
         }
         reader.abort();
+    }
+}
+
+/// Waits between failed attempts to reach Redis: 100 ms doubling up to
+/// 5 s, each drawn from the upper half of its step (jitter).
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            step: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(Duration::from_secs(5));
+        step / 2 + rand::rng().random_range(Duration::ZERO..=step / 2)
     }
 }
 
@@ -424,6 +464,20 @@ mod tests {
             Some("42"),
             "a readable id is reported back"
         );
+    }
+
+    #[test]
+    fn failed_reconnects_back_off_with_jitter_up_to_five_seconds() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&waits[0]));
+        assert!((Duration::from_millis(100)..=Duration::from_millis(200)).contains(&waits[1]));
+        for wait in &waits[6..] {
+            assert!(
+                (Duration::from_millis(2500)..=Duration::from_secs(5)).contains(wait),
+                "{waits:?}"
+            );
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub bridge_connects: Family<ResultLabel, Counter>,
     /// Commands by outcome: `delivered`, `rejected`, `undelivered`.
     pub commands: Family<ResultLabel, Counter>,
+    /// Times the Redis pub/sub connection was lost and every subscription
+    /// restored on a new one.
+    pub pubsub_reconnects: Counter,
     /// Upload payload bytes made durable.
     pub upload_bytes: Counter,
     /// Uploads by outcome: `ok`, `digest_mismatch`, `size_mismatch`.
@@ -82,6 +85,7 @@ impl Metrics {
             events_pending: Gauge::default(),
             bridge_connects: Family::default(),
             commands: Family::default(),
+            pubsub_reconnects: Counter::default(),
             upload_bytes: Counter::default(),
             uploads: Family::default(),
             upload_buffers: Gauge::default(),
@@ -136,6 +140,11 @@ impl Metrics {
             metrics.bridge_connects.clone(),
         );
         r.register("commands", "Operator commands by outcome", metrics.commands.clone());
+        r.register(
+            "pubsub_reconnects",
+            "Redis pub/sub connections re-established, every subscription restored",
+            metrics.pubsub_reconnects.clone(),
+        );
         r.register(
             "upload_bytes",
             "Upload bytes made durable",

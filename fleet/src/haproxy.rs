@@ -1,7 +1,17 @@
 //! HAProxy processes for a local fleet: the generated configuration checked
-//! with `haproxy -c`, then one or more processes in the foreground. Several
-//! processes share the fleet port through SO_REUSEPORT (HAProxy's default
-//! on Linux), each with its own file-descriptor budget.
+//! with `haproxy -c`, then one or more HAProxy instances in the foreground.
+//! Several instances share the fleet port through SO_REUSEPORT (HAProxy's
+//! default on Linux), each with its own file-descriptor budget.
+//!
+//! Each instance runs in master-worker mode (`-W -db`), as the official
+//! Docker image and the distributions' systemd units run it: a master
+//! process supervises the worker that serves devices. A reload
+//! ([`Haproxy::reload`]) is what `systemctl reload haproxy` or
+//! `docker kill -s HUP` does: a signal to the master, which checks the
+//! configuration, starts a new worker on the fleet port and tells the old
+//! one to stop accepting; the old worker keeps serving the devices it holds
+//! until they leave. A restart ([`Haproxy::restart`]) is a crash and a
+//! supervisor starting it again: every device connection is cut.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,10 +19,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
 
 use crate::components::Logs;
 use crate::lbconfig::LbConfig;
-use crate::process::{ChildGuard, find_on_path, wait_for_port};
+use crate::process::{ChildGuard, find_on_path, wait_for, wait_for_port};
+
+/// How long a new worker may take to appear after a reload.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to install what is missing, printed with the error.
 pub const INSTALL_HINT: &str =
@@ -42,47 +56,103 @@ pub fn check(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Running HAProxy processes sharing one configuration.
+/// Running HAProxy instances (each a master and its workers) sharing one
+/// configuration.
 #[derive(Debug)]
 pub struct Haproxy {
-    processes: Vec<ChildGuard>,
+    masters: Vec<ChildGuard>,
     config_path: PathBuf,
     fleet_port: u16,
     stats_port: u16,
+    logs: Logs,
 }
 
 impl Haproxy {
     /// Writes `config` into `dir`, checks it, and starts `processes`
-    /// HAProxy processes on it; waits until the fleet port accepts.
+    /// HAProxy instances on it; waits until the fleet port accepts.
     pub fn start(config: &LbConfig, processes: usize, dir: &Path, logs: &Logs) -> anyhow::Result<Self> {
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(&config_path, config.render()).with_context(|| format!("writing {}", config_path.display()))?;
         check(&config_path)?;
         let mut haproxy = Self {
-            processes: Vec::new(),
+            masters: Vec::new(),
             config_path,
             fleet_port: config.fleet_port,
             stats_port: config.stats_port,
+            logs: logs.clone(),
         };
-        for i in 0..processes.max(1) {
-            let mut command = Command::new(executable()?);
-            command
-                .arg("-db")
-                .arg("-f")
-                .arg(&haproxy.config_path)
-                .stdin(Stdio::null())
-                .stdout(logs.stdio()?)
-                .stderr(logs.stdio()?);
-            haproxy.processes.push(ChildGuard::spawn(
-                format!("haproxy #{} :{}", i + 1, config.fleet_port),
-                &mut command,
-            )?);
+        for _ in 0..processes.max(1) {
+            haproxy.masters.push(haproxy.spawn_master()?);
         }
-        wait_for_port(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, config.fleet_port)),
-            Duration::from_secs(10),
-        )?;
+        haproxy.wait_serving()?;
         Ok(haproxy)
+    }
+
+    fn spawn_master(&self) -> anyhow::Result<ChildGuard> {
+        let mut command = Command::new(executable()?);
+        command
+            .arg("-W")
+            .arg("-db")
+            .arg("-f")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(self.logs.stdio()?)
+            .stderr(self.logs.stdio()?);
+        ChildGuard::spawn(
+            format!("haproxy #{} :{}", self.masters.len() + 1, self.fleet_port),
+            &mut command,
+        )
+    }
+
+    fn wait_serving(&self) -> anyhow::Result<()> {
+        for master in &self.masters {
+            let pid = master.pid();
+            wait_for("HAProxy's worker to start", RELOAD_TIMEOUT, || {
+                !children(pid).is_empty()
+            })?;
+        }
+        wait_for_port(self.addr(), RELOAD_TIMEOUT)
+    }
+
+    /// Reloads every instance the way operators do (`systemctl reload
+    /// haproxy`: SIGUSR2 to the master) and waits until each runs a new
+    /// worker. Devices already connected stay on the old worker, which
+    /// exits once they have all left.
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        // A configuration HAProxy rejects would leave the old worker in
+        // charge; say so instead.
+        check(&self.config_path)?;
+        for master in &self.masters {
+            let pid = master.pid();
+            let before = children(pid);
+            master.signal(Signal::SIGUSR2)?;
+            wait_for("HAProxy's new worker after a reload", RELOAD_TIMEOUT, || {
+                children(pid).iter().any(|child| !before.contains(child))
+            })?;
+        }
+        wait_for_port(self.addr(), RELOAD_TIMEOUT)
+    }
+
+    /// Kills every instance (SIGKILL to the master; its workers exit with
+    /// it) and starts them again on the same configuration: what a crash
+    /// and a supervisor's restart look like. Every device connection is
+    /// cut.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let count = self.masters.len();
+        for master in &mut self.masters {
+            let workers = children(master.pid());
+            master.kill();
+            // The port is free again only once the workers are gone.
+            wait_for("HAProxy's workers to exit with their master", RELOAD_TIMEOUT, || {
+                workers.iter().all(|&worker| !is_alive(worker))
+            })?;
+        }
+        self.masters.clear();
+        for _ in 0..count {
+            let master = self.spawn_master()?;
+            self.masters.push(master);
+        }
+        self.wait_serving()
     }
 
     /// Where devices connect (on loopback).
@@ -100,15 +170,45 @@ impl Haproxy {
         &self.config_path
     }
 
-    /// Stops every process.
+    /// Stops every instance (SIGTERM to the master stops its workers).
     pub fn stop(&mut self) {
-        for process in &mut self.processes {
-            process.stop(Duration::from_secs(5));
+        for master in &mut self.masters {
+            master.stop(Duration::from_secs(5));
         }
     }
 
-    /// The processes' ids.
+    /// The ids of the processes serving devices: every instance's workers,
+    /// including old ones still serving their devices after a reload.
     pub fn pids(&self) -> Vec<u32> {
-        self.processes.iter().map(ChildGuard::pid).collect()
+        self.masters.iter().flat_map(|master| children(master.pid())).collect()
     }
+
+    /// The masters' process ids.
+    pub fn master_pids(&self) -> Vec<u32> {
+        self.masters.iter().map(ChildGuard::pid).collect()
+    }
+}
+
+/// The children of `pid` (`/proc/PID/task/*/children`); empty once it is gone.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }

@@ -1,0 +1,311 @@
+//! Operational faults the fleet recovers from (issue 8):
+//!
+//! - HAProxy reloaded under connection churn (`systemctl reload haproxy`:
+//!   SIGUSR2 to its master): no session is cut, new devices keep getting
+//!   in, every acknowledged event is stored exactly once.
+//! - HAProxy crashed and restarted under churn: every device reconnects
+//!   and nothing is lost.
+//! - A driver's Redis pub/sub connection cut (`CLIENT KILL TYPE pubsub`):
+//!   the driver resubscribes every session's command channel and commands
+//!   flow again; the test prints how long the gap was.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cwp::ServerFrame;
+use fleet::local::{FleetSpec, LocalFleet};
+use fleet::process::free_port;
+use support::*;
+
+/// Upper bound on any wait: only there to fail instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn spec(drivers: usize, state_dir: &std::path::Path) -> FleetSpec {
+    FleetSpec {
+        drivers,
+        fleet_port: free_port().unwrap(),
+        stats_port: free_port().unwrap(),
+        haproxy_processes: 1,
+        redis_url: None,
+        master_key_hex: MASTER_KEY_HEX.to_owned(),
+        state_dir: state_dir.to_owned(),
+        log_files: true,
+        driver_env: Vec::new(),
+        haproxy_open_files: 20_000,
+    }
+}
+
+/// `controller-sim` through HAProxy with verification against Redis. It
+/// runs until SIGTERM (or a long `--duration`), then waits for acks and
+/// checks every acked event is stored once.
+fn simulate(fleet: &LocalFleet, args: &[&str]) -> Child {
+    Command::new(fleet::binaries::binary("controller-sim").unwrap())
+        .args(["--target", &fleet.haproxy.addr().to_string()])
+        .args(["--duration", "120s", "--grace", "15s", "--json"])
+        .args(["--verify-redis", &fleet.redis_url])
+        .args(args)
+        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Ends the run (SIGTERM), asserts exactly-once, returns the summary.
+fn verdict(sim: Child, name: &str) -> serde_json::Value {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(sim.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = sim.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{name}: not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
+    eprintln!("{name}: {summary}");
+    assert!(output.status.success(), "{name}: controller-sim failed: {summary}");
+    let verification = &summary["verification"];
+    assert_eq!(verification["passed"], true, "{name}: {summary}");
+    assert_eq!(verification["missing"], 0, "{name}: {summary}");
+    assert_eq!(verification["duplicated"], 0, "{name}: {summary}");
+    summary
+}
+
+fn count(summary: &serde_json::Value, field: &str) -> u64 {
+    summary[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {summary}"))
+}
+
+fn total(fleet: &LocalFleet, metric: &str) -> f64 {
+    fleet.drivers.iter().map(|d| d.metric(metric).unwrap_or(0.0)).sum()
+}
+
+/// Waits until the drivers have acknowledged `more` events beyond now.
+fn events_flow(fleet: &LocalFleet, more: f64, what: &str) {
+    let start = total(fleet, "drover_driver_events_acked_total");
+    fleet::process::wait_for(what, DEADLINE, || {
+        total(fleet, "drover_driver_events_acked_total") >= start + more
+    })
+    .unwrap();
+}
+
+/// 150 devices sending 600 events/s, and 150 more that drop their session
+/// and reconnect 30 times a second in all.
+fn load(fleet: &LocalFleet) -> (Child, Child) {
+    let events = simulate(
+        fleet,
+        &[
+            "--serial-prefix",
+            "EVENTS-",
+            "--devices",
+            "150",
+            "--rate",
+            "600",
+            "--source-ips",
+            "127.0.0.10-127.0.0.14",
+        ],
+    );
+    let churn = simulate(
+        fleet,
+        &[
+            "--scenario",
+            "churn",
+            "--serial-prefix",
+            "CHURN-",
+            "--devices",
+            "150",
+            "--churn",
+            "30",
+            "--source-ips",
+            "127.0.0.15-127.0.0.19",
+        ],
+    );
+    fleet::process::wait_for("every device to connect", DEADLINE, || {
+        total(fleet, "drover_driver_sessions") >= 290.0
+    })
+    .unwrap();
+    events_flow(fleet, 1200.0, "events to flow");
+    (events, churn)
+}
+
+#[test]
+fn reloading_haproxy_under_connection_churn_cuts_no_session_and_loses_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(2, state.path())).unwrap();
+    let (events, churn) = load(&fleet);
+    let first_workers = fleet.haproxy.pids();
+    let churned_before = total(&fleet, "drover_driver_connections_accepted_total");
+
+    for reload in 1..=3 {
+        fleet.haproxy.reload().unwrap();
+        // New devices get in through the new worker, old ones keep sending.
+        let accepted = total(&fleet, "drover_driver_connections_accepted_total");
+        fleet::process::wait_for("churned devices to connect after the reload", DEADLINE, || {
+            total(&fleet, "drover_driver_connections_accepted_total") >= accepted + 30.0
+        })
+        .unwrap();
+        events_flow(&fleet, 600.0, "events to flow after the reload");
+        eprintln!("reload {reload}: HAProxy workers {:?}", fleet.haproxy.pids());
+    }
+    assert!(
+        fleet.haproxy.pids().iter().any(|pid| !first_workers.contains(pid)),
+        "a new worker serves after the reloads: {:?} then {:?}",
+        first_workers,
+        fleet.haproxy.pids()
+    );
+    assert!(total(&fleet, "drover_driver_connections_accepted_total") > churned_before + 90.0);
+
+    let events = verdict(events, "events");
+    let churn = verdict(churn, "churn");
+    assert_eq!(
+        count(&events, "reconnects"),
+        0,
+        "a reload leaves every session on the old worker: {events}"
+    );
+    assert!(count(&events, "events_acked") > 3000, "{events}");
+    assert!(count(&churn, "reconnects") >= 90, "{churn}");
+    eprintln!(
+        "reload under churn: events acked {} (stored once: {}), churn reconnects {}, churn handshake failures {}, connect failures {}",
+        count(&events, "events_acked"),
+        events["verification"]["stored_once"],
+        count(&churn, "reconnects"),
+        count(&churn, "handshake_failures"),
+        count(&churn, "connect_failures"),
+    );
+}
+
+#[test]
+fn haproxy_crashing_and_restarting_under_connection_churn_loses_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(2, state.path())).unwrap();
+    let (events, churn) = load(&fleet);
+
+    // kill -9 and start again, like a supervisor would: every session is cut.
+    fleet.haproxy.restart().unwrap();
+    fleet::process::wait_for("every device to reconnect", DEADLINE, || {
+        total(&fleet, "drover_driver_sessions") >= 290.0
+    })
+    .unwrap();
+    events_flow(&fleet, 1200.0, "events to flow after the restart");
+
+    let events = verdict(events, "events");
+    let churn = verdict(churn, "churn");
+    assert!(
+        count(&events, "reconnects") >= 150,
+        "every device of the event run reconnected: {events}"
+    );
+    assert!(count(&events, "events_acked") > 2000, "{events}");
+    assert!(count(&churn, "reconnects") >= 150, "{churn}");
+}
+
+/// `PUBSUB NUMSUB channel` for one channel.
+async fn subscribers(redis: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let (_, count): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(redis)
+        .await
+        .unwrap();
+    count
+}
+
+/// How many `cwp:cmd:*` channels have a subscriber.
+async fn command_channels(redis: &mut redis::aio::MultiplexedConnection) -> usize {
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("cwp:cmd:*")
+        .query_async(redis)
+        .await
+        .unwrap();
+    channels.len()
+}
+
+#[test]
+fn a_cut_pubsub_connection_is_resubscribed_and_commands_flow_again() {
+    const IDLE: usize = 1000;
+    const CUTS: u32 = 5;
+    let fleet = TestFleet::start(1, &[]);
+    // A driver's worth of sessions, so that resubscribing has work to do.
+    let mut idle = Command::new(fleet::binaries::binary("controller-sim").unwrap())
+        .args(["--target", &fleet.addr().to_string(), "--json"])
+        .args(["--scenario", "idle", "--serial-prefix", "IDLE-"])
+        .args(["--devices", &IDLE.to_string(), "--duration", "120s"])
+        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut redis = fleet.redis().await;
+        let (mut device, _) = connect(fleet.addr(), &serial("CTRL-0042")).await;
+        eventually("every session to be subscribed", DEADLINE, || {
+            let mut redis = redis.clone();
+            async move { command_channels(&mut redis).await == IDLE + 1 }
+        })
+        .await;
+
+        let mut device_gaps = Vec::new();
+        let mut all_gaps = Vec::new();
+        for cut in 1..=CUTS {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let cut_at = Instant::now();
+            assert_eq!(killed, 1, "the driver's one pub/sub connection");
+            let mut device_back = None;
+            loop {
+                if device_back.is_none() && subscribers(&mut redis, "cwp:cmd:CTRL-0042").await == 1 {
+                    device_back = Some(cut_at.elapsed());
+                }
+                if device_back.is_some() && command_channels(&mut redis).await == IDLE + 1 {
+                    break;
+                }
+                assert!(cut_at.elapsed() < DEADLINE, "not resubscribed after cut {cut}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let all_back = cut_at.elapsed();
+            let device_back = device_back.unwrap();
+            eprintln!(
+                "cut {cut}: the device's channel back after {device_back:?}, all {} channels after {all_back:?}",
+                IDLE + 1
+            );
+            device_gaps.push(device_back);
+            all_gaps.push(all_back);
+
+            // Commands flow again.
+            let message = format!(r#"{{"name":"after-cut-{cut}"}}"#);
+            let receivers: i64 = redis::cmd("PUBLISH")
+                .arg("cwp:cmd:CTRL-0042")
+                .arg(&message)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(receivers, 1);
+            match device.recv_timeout(DEADLINE).await.unwrap() {
+                ServerFrame::Command(command) => assert_eq!(command.name.as_str(), format!("after-cut-{cut}")),
+                other => panic!("expected COMMAND, got {other:?}"),
+            }
+        }
+        eprintln!(
+            "resubscribe time over {CUTS} cuts with {} sessions: the device's channel max {:?}, every channel max {:?}",
+            IDLE + 1,
+            device_gaps.iter().max().unwrap(),
+            all_gaps.iter().max().unwrap()
+        );
+    });
+    assert_eq!(
+        fleet.drivers[0]
+            .metric("drover_driver_pubsub_reconnects_total")
+            .unwrap(),
+        f64::from(CUTS),
+        "every reconnect is counted"
+    );
+    idle.kill().unwrap();
+    idle.wait().unwrap();
+}
