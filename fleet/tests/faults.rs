@@ -302,19 +302,39 @@ fn a_killed_vendor_bridge_acks_nothing_unstored_and_every_event_is_stored_once_a
     let running = run(&rt, devices("BRIDGE-KILL", 20), fleet.addr(), events(50.0));
     running.wait_for_acks(&rt, 2000);
 
+    let driver_pid = fleet.drivers[0].process().pid();
+    let rss_before = rss_kib(driver_pid);
+
     let port = fleet.bridge.port();
     fleet.bridge.process().kill();
-    // Load goes on: the driver's pending events reach the limit.
+    let acked_at_kill = running.stats.acked();
+    // Load goes on: the driver's pending events reach the limit, and stay
+    // there for a few seconds of outage.
     rt.block_on(eventually("devices to be told BUSY", WAIT, || async {
         running.busy() > 0
     }));
+    let mut rss_during = 0;
+    for _ in 0..5 {
+        rss_during = rss_during.max(rss_kib(driver_pid));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let busy_while_down = running.busy();
+    let acked_while_down = running.stats.acked() - acked_at_kill;
     fleet.bridge = BridgeProcess::start_on(port, &fleet.redis.url(), &logs(), &[]).expect("the bridge restarts");
 
     running.wait_for_acks(&rt, 2000);
+    let rss_after = rss_kib(driver_pid);
     let busy = running.busy();
     let devices = running.finish(&rt);
     let verdict = rt.block_on(assert_nothing_lost_or_duplicated(&fleet.redis.url(), &devices));
-    eprintln!("bridge killed: {busy} BUSY; {verdict}");
+    eprintln!(
+        "bridge killed: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after} KiB after; \
+         {busy_while_down} BUSY while down ({busy} in all); {acked_while_down} acks while down; {verdict}"
+    );
+    assert!(
+        rss_during <= rss_before + 64 * 1024,
+        "driver RSS grew from {rss_before} KiB to {rss_during} KiB while the bridge was down"
+    );
 }
 
 #[test]
@@ -361,11 +381,14 @@ fn redis_killed_and_restarted_with_aof_appendfsync_always_keeps_every_acked_even
     let mut fleet = TestFleet::start(1, &[]);
     let rt = runtime();
     let running = run(&rt, devices("REDIS-KILL", 20), fleet.addr(), events(50.0));
-    for _ in 0..2 {
-        running.wait_for_acks(&rt, 2000);
-        // kill -9, then a supervisor's restart on the same data.
-        fleet.redis.restart().expect("redis restarts");
-    }
+    running.wait_for_acks(&rt, 2000);
+    // kill -9, then a supervisor's restart on the same data.
+    fleet.redis.restart().expect("redis restarts");
+    running.wait_for_acks(&rt, 2000);
+    // kill -9, down for a while under load (devices get BUSY), then back.
+    fleet.redis.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.redis.start_again().expect("redis starts again");
     running.wait_for_acks(&rt, 2000);
     let regressions = running.stats.snapshot().last_event_id_regressions;
     let devices = running.finish(&rt);
