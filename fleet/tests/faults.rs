@@ -231,6 +231,35 @@ fn a_device_that_forgets_events_once_written_instead_of_acked_fails_the_same_che
 }
 
 #[test]
+fn connections_cut_at_chosen_bytes_and_a_slow_then_stalled_network_lose_and_duplicate_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let fleet = behind_haproxy(2, state.path(), &[]);
+    let rt = runtime();
+    let proxy = rt.block_on(FaultProxy::start(fleet.haproxy.addr())).unwrap();
+    let running = run(&rt, devices("CUT", 20), proxy.addr(), events(50.0));
+    let pause = |ms| rt.block_on(async { tokio::time::sleep(Duration::from_millis(ms)).await });
+    // Cut inside the handshake, inside a frame, after a few events, after
+    // many: every connection dies at that byte, again and again.
+    for at in [40, 150, 333, 1000, 5000] {
+        proxy.set_fault(Fault::Cut { at });
+        pause(800);
+    }
+    let cuts = proxy.stats().cuts;
+    // A slow path, then a frozen one (shorter than the heartbeat timeout:
+    // the sessions survive it), then a healthy one.
+    proxy.set_fault(Fault::Latency(Duration::from_millis(30)));
+    pause(1000);
+    proxy.set_fault(Fault::Stall);
+    pause(1500);
+    proxy.set_fault(Fault::PassThrough);
+    running.wait_for_acks(&rt, 1000);
+    let devices = running.finish(&rt);
+    assert!(cuts >= 20, "connections were cut: {:?}", proxy.stats());
+    let verdict = rt.block_on(assert_nothing_lost_or_duplicated(&fleet.redis_url, &devices));
+    eprintln!("cuts at chosen bytes, latency, stall: {:?}; {verdict}", proxy.stats());
+}
+
+#[test]
 fn kill_9_of_a_driver_under_load_and_mid_upload_loses_no_acked_event_or_durable_byte() {
     let state = tempfile::tempdir().unwrap();
     // Small buffers: one fdatasync per 4 KiB makes the uploads last long
