@@ -23,7 +23,6 @@ use cwp::ErrorCode;
 use fleet::components::BridgeProcess;
 use fleet::fault_proxy::{Fault, FaultProxy, ProxyStats};
 use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::free_port;
 use nix::sys::signal::Signal;
 use support::*;
 use tokio::runtime::Runtime;
@@ -150,31 +149,11 @@ fn run(rt: &Runtime, devices: Vec<Device>, target: SocketAddr, behaviour: Behavi
 /// `drivers` drivers behind one HAProxy.
 fn behind_haproxy(drivers: usize, state_dir: &std::path::Path, driver_env: &[(&str, &str)]) -> LocalFleet {
     LocalFleet::start(FleetSpec {
-        drivers,
-        fleet_port: free_port().unwrap(),
-        stats_port: free_port().unwrap(),
-        haproxy_processes: 1,
-        redis_url: None,
-        master_key_hex: MASTER_KEY_HEX.to_owned(),
-        state_dir: state_dir.to_owned(),
-        log_files: true,
-        driver_env: driver_env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        driver_env: env(driver_env),
         haproxy_open_files: 1000,
+        ..fleet_spec(drivers, state_dir)
     })
     .unwrap()
-}
-
-/// A process's resident memory, KiB (`VmRSS` of /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Devices → a lying store-and-forward network → HAProxy → 2 drivers:

@@ -8,12 +8,10 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use controller_sim::client::Connection;
 use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::free_port;
 use support::*;
 
 fn spec(
@@ -23,19 +21,9 @@ fn spec(
     driver_env: &[(&str, &str)],
 ) -> FleetSpec {
     FleetSpec {
-        drivers,
-        fleet_port: free_port().unwrap(),
-        stats_port: free_port().unwrap(),
         haproxy_processes,
-        redis_url: None,
-        master_key_hex: MASTER_KEY_HEX.to_owned(),
-        state_dir: state_dir.to_owned(),
-        log_files: true,
-        driver_env: driver_env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        haproxy_open_files: 20_000,
+        driver_env: env(driver_env),
+        ..fleet_spec(drivers, state_dir)
     }
 }
 
@@ -126,33 +114,18 @@ fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() 
     drop(connections);
 }
 
-/// Runs `controller-sim` against the fleet with verification; returns its JSON summary.
+/// Runs `controller-sim` against the fleet with verification.
 fn simulate(fleet: &LocalFleet, devices: u32, rate: u32, duration: &str) -> std::process::Child {
-    Command::new(fleet::binaries::binary("controller-sim").unwrap())
-        .args(["--target", &fleet.haproxy.addr().to_string()])
+    controller_sim(&fleet.haproxy.addr().to_string())
         .args(["--devices", &devices.to_string(), "--rate", &rate.to_string()])
         .args(["--duration", duration, "--source-ips", "127.0.0.10-127.0.0.20"])
-        .args(["--verify-redis", &fleet.redis_url, "--json"])
-        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .args(["--verify-redis", &fleet.redis_url])
         .spawn()
         .unwrap()
 }
 
 fn verdict(sim: std::process::Child) -> serde_json::Value {
-    let output = sim.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "sim summary is not JSON ({err}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    assert!(output.status.success(), "controller-sim failed: {summary}");
-    assert_eq!(summary["verification"]["passed"], true, "{summary}");
-    assert_eq!(summary["verification"]["missing"], 0, "{summary}");
-    assert_eq!(summary["verification"]["duplicated"], 0, "{summary}");
-    summary
+    verified(sim_summary(sim), "controller-sim")
 }
 
 fn wait_for_events(fleet: &LocalFleet, at_least: f64) {

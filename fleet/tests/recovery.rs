@@ -13,79 +13,33 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use cwp::ServerFrame;
-use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::free_port;
+use fleet::local::LocalFleet;
 use support::*;
 
 /// Upper bound on any wait: only there to fail instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn spec(drivers: usize, state_dir: &std::path::Path) -> FleetSpec {
-    FleetSpec {
-        drivers,
-        fleet_port: free_port().unwrap(),
-        stats_port: free_port().unwrap(),
-        haproxy_processes: 1,
-        redis_url: None,
-        master_key_hex: MASTER_KEY_HEX.to_owned(),
-        state_dir: state_dir.to_owned(),
-        log_files: true,
-        driver_env: Vec::new(),
-        haproxy_open_files: 20_000,
-    }
-}
-
 /// `controller-sim` through HAProxy with verification against Redis. It
 /// runs until SIGTERM (or a long `--duration`), then waits for acks and
 /// checks every acked event is stored once.
 fn simulate(fleet: &LocalFleet, args: &[&str]) -> Child {
-    Command::new(fleet::binaries::binary("controller-sim").unwrap())
-        .args(["--target", &fleet.haproxy.addr().to_string()])
-        .args(["--duration", "120s", "--grace", "15s", "--json"])
+    controller_sim(&fleet.haproxy.addr().to_string())
+        .args(["--duration", "120s", "--grace", "15s"])
         .args(["--verify-redis", &fleet.redis_url])
         .args(args)
-        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
 }
 
-/// Ends the run (SIGTERM), asserts exactly-once, returns the summary.
-fn verdict(sim: Child, name: &str) -> serde_json::Value {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(sim.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let output = sim.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("{name}: not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
-    eprintln!("{name}: {summary}");
-    assert!(output.status.success(), "{name}: controller-sim failed: {summary}");
-    let verification = &summary["verification"];
-    assert_eq!(verification["passed"], true, "{name}: {summary}");
-    assert_eq!(verification["missing"], 0, "{name}: {summary}");
-    assert_eq!(verification["duplicated"], 0, "{name}: {summary}");
-    summary
-}
-
-fn count(summary: &serde_json::Value, field: &str) -> u64 {
-    summary[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {summary}"))
-}
-
-fn total(fleet: &LocalFleet, metric: &str) -> f64 {
-    fleet.drivers.iter().map(|d| d.metric(metric).unwrap_or(0.0)).sum()
-}
-
 /// Waits until the drivers have acknowledged `more` events beyond now.
 fn events_flow(fleet: &LocalFleet, more: f64, what: &str) {
-    let start = total(fleet, "drover_driver_events_acked_total");
+    let start = drivers_total(fleet, "drover_driver_events_acked_total");
     fleet::process::wait_for(what, DEADLINE, || {
-        total(fleet, "drover_driver_events_acked_total") >= start + more
+        drivers_total(fleet, "drover_driver_events_acked_total") >= start + more
     })
     .unwrap();
 }
@@ -122,7 +76,7 @@ fn load(fleet: &LocalFleet) -> (Child, Child) {
         ],
     );
     fleet::process::wait_for("every device to connect", DEADLINE, || {
-        total(fleet, "drover_driver_sessions") >= 290.0
+        drivers_total(fleet, "drover_driver_sessions") >= 290.0
     })
     .unwrap();
     events_flow(fleet, 1200.0, "events to flow");
@@ -132,17 +86,17 @@ fn load(fleet: &LocalFleet) -> (Child, Child) {
 #[test]
 fn reloading_haproxy_under_connection_churn_cuts_no_session_and_loses_nothing() {
     let state = tempfile::tempdir().unwrap();
-    let mut fleet = LocalFleet::start(spec(2, state.path())).unwrap();
+    let mut fleet = LocalFleet::start(fleet_spec(2, state.path())).unwrap();
     let (events, churn) = load(&fleet);
     let first_workers = fleet.haproxy.pids();
-    let churned_before = total(&fleet, "drover_driver_connections_accepted_total");
+    let churned_before = drivers_total(&fleet, "drover_driver_connections_accepted_total");
 
     for reload in 1..=3 {
         fleet.haproxy.reload().unwrap();
         // New devices get in through the new worker, old ones keep sending.
-        let accepted = total(&fleet, "drover_driver_connections_accepted_total");
+        let accepted = drivers_total(&fleet, "drover_driver_connections_accepted_total");
         fleet::process::wait_for("churned devices to connect after the reload", DEADLINE, || {
-            total(&fleet, "drover_driver_connections_accepted_total") >= accepted + 30.0
+            drivers_total(&fleet, "drover_driver_connections_accepted_total") >= accepted + 30.0
         })
         .unwrap();
         events_flow(&fleet, 600.0, "events to flow after the reload");
@@ -154,10 +108,10 @@ fn reloading_haproxy_under_connection_churn_cuts_no_session_and_loses_nothing() 
         first_workers,
         fleet.haproxy.pids()
     );
-    assert!(total(&fleet, "drover_driver_connections_accepted_total") > churned_before + 90.0);
+    assert!(drivers_total(&fleet, "drover_driver_connections_accepted_total") > churned_before + 90.0);
 
-    let events = verdict(events, "events");
-    let churn = verdict(churn, "churn");
+    let events = stop_and_verify(events, "events");
+    let churn = stop_and_verify(churn, "churn");
     assert_eq!(
         count(&events, "reconnects"),
         0,
@@ -178,19 +132,19 @@ fn reloading_haproxy_under_connection_churn_cuts_no_session_and_loses_nothing() 
 #[test]
 fn haproxy_crashing_and_restarting_under_connection_churn_loses_nothing() {
     let state = tempfile::tempdir().unwrap();
-    let mut fleet = LocalFleet::start(spec(2, state.path())).unwrap();
+    let mut fleet = LocalFleet::start(fleet_spec(2, state.path())).unwrap();
     let (events, churn) = load(&fleet);
 
     // kill -9 and start again, like a supervisor would: every session is cut.
     fleet.haproxy.restart().unwrap();
     fleet::process::wait_for("every device to reconnect", DEADLINE, || {
-        total(&fleet, "drover_driver_sessions") >= 290.0
+        drivers_total(&fleet, "drover_driver_sessions") >= 290.0
     })
     .unwrap();
     events_flow(&fleet, 1200.0, "events to flow after the restart");
 
-    let events = verdict(events, "events");
-    let churn = verdict(churn, "churn");
+    let events = stop_and_verify(events, "events");
+    let churn = stop_and_verify(churn, "churn");
     assert!(
         count(&events, "reconnects") >= 150,
         "every device of the event run reconnected: {events}"
@@ -227,13 +181,10 @@ fn a_cut_pubsub_connection_is_resubscribed_and_commands_flow_again() {
     const CUTS: u32 = 5;
     let fleet = TestFleet::start(1, &[]);
     // A driver's worth of sessions, so that resubscribing has work to do.
-    let mut idle = Command::new(fleet::binaries::binary("controller-sim").unwrap())
-        .args(["--target", &fleet.addr().to_string(), "--json"])
+    let mut idle = controller_sim(&fleet.addr().to_string())
         .args(["--scenario", "idle", "--serial-prefix", "IDLE-"])
         .args(["--devices", &IDLE.to_string(), "--duration", "120s"])
-        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let rt = runtime();

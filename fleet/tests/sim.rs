@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use fleet::process::find_on_path;
@@ -19,29 +19,11 @@ use support::*;
 
 /// Starts `controller-sim` against `target` with `args` (plus `--json`).
 fn sim(target: &str, args: &[&str]) -> Child {
-    Command::new(fleet::binaries::binary("controller-sim").unwrap())
-        .args(["--target", target, "--json", "--grace", "5s"])
+    controller_sim(target)
+        .args(["--grace", "5s"])
         .args(args)
-        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
-}
-
-/// Waits for the simulator, asserts it succeeded, returns its summary.
-fn summary(sim: Child) -> serde_json::Value {
-    let output = sim.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
-    assert!(output.status.success(), "controller-sim failed: {summary}");
-    summary
-}
-
-fn count(summary: &serde_json::Value, field: &str) -> u64 {
-    summary[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {summary}"))
 }
 
 fn no_errors(summary: &serde_json::Value) {
@@ -57,7 +39,7 @@ fn idle_devices_hold_their_sessions_with_heartbeats() {
         &fleet.addr().to_string(),
         &["--scenario", "idle", "--devices", "200", "--duration", "4s"],
     );
-    let summary = summary(run);
+    let summary = sim_summary(run);
     no_errors(&summary);
     assert_eq!(summary["scenario"], "idle");
     assert_eq!(count(&summary, "devices_connected"), 200, "{summary}");
@@ -76,7 +58,7 @@ fn a_storm_connects_every_device_at_once_and_reports_the_handshake_rate() {
         &fleet.addr().to_string(),
         &["--scenario", "storm", "--devices", "1000", "--duration", "30s"],
     );
-    let summary = summary(run);
+    let summary = sim_summary(run);
     no_errors(&summary);
     assert_eq!(count(&summary, "handshakes"), 1000, "{summary}");
     assert!(summary["handshake_rate"].as_f64().unwrap() > 0.0, "{summary}");
@@ -104,11 +86,10 @@ fn churning_devices_reconnect_and_resend_without_losing_or_duplicating_events() 
             &fleet.redis.url(),
         ],
     );
-    let summary = summary(run);
+    let summary = verified(sim_summary(run), "churn");
     no_errors(&summary);
     assert!(count(&summary, "churn_drops") >= 40, "{summary}");
     assert!(count(&summary, "reconnects") >= 40, "{summary}");
-    assert_eq!(summary["verification"]["passed"], true, "{summary}");
 }
 
 #[test]
@@ -135,16 +116,13 @@ fn a_mixed_fleet_over_two_worker_processes_stores_every_acked_event_once() {
             &fleet.redis.url(),
         ],
     );
-    let summary = summary(run);
+    let summary = verified(sim_summary(run), "mixed");
     no_errors(&summary);
     assert_eq!(count(&summary, "procs"), 2, "{summary}");
     assert_eq!(count(&summary, "devices_connected"), 300, "{summary}");
     // 9 in 100 devices send events, 1 in 100 uploads.
     assert!(count(&summary, "events_acked") > 0, "{summary}");
     assert_eq!(summary["uploads"]["completed"], 3, "{summary}");
-    assert_eq!(summary["verification"]["passed"], true, "{summary}");
-    assert_eq!(summary["verification"]["missing"], 0, "{summary}");
-    assert_eq!(summary["verification"]["duplicated"], 0, "{summary}");
 }
 
 #[test]
@@ -209,7 +187,7 @@ fn devices_answer_the_commands_an_operator_publishes() {
         }
         assert_eq!(answered.len(), 20, "every device answered: {answered:?}");
     });
-    let summary = summary(run);
+    let summary = sim_summary(run);
     no_errors(&summary);
     assert!(count(&summary, "commands_answered") >= 20, "{summary}");
     assert!(
@@ -241,7 +219,7 @@ fn the_mqtt_peer_mode_holds_keep_alive_clients_on_mosquitto() {
             "3s",
         ],
     );
-    let summary = summary(run);
+    let summary = sim_summary(run);
     no_errors(&summary);
     assert_eq!(summary["protocol"], "mqtt");
     assert_eq!(count(&summary, "devices_connected"), 100, "{summary}");
@@ -267,7 +245,7 @@ fn the_bridge_title_shows_its_port_drivers_and_stored_events() {
             &fleet.redis.url(),
         ],
     );
-    let summary = summary(run);
+    let summary = sim_summary(run);
     let acked = count(&summary, "events_acked");
     assert!(acked > 0, "{summary}");
     let port = fleet.bridge.port();

@@ -31,12 +31,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet::components::{BridgeProcess, DriverProcess, Logs};
-use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::{free_port, wait_for};
+use fleet::local::LocalFleet;
+use fleet::process::wait_for;
 use nix::sys::signal::Signal;
 use support::*;
 
@@ -75,23 +74,10 @@ struct Sample {
     redis: RedisSample,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
-}
-
 fn process_sample(pid: u32, connections: u64) -> ProcessSample {
     ProcessSample {
         rss_kib: rss_kib(pid),
-        fds: fds(pid),
+        fds: open_fds(pid),
         connections,
     }
 }
@@ -137,19 +123,15 @@ fn sample(fleet: &mut LocalFleet) -> Sample {
     }
 }
 
-fn total(fleet: &LocalFleet, metric: &str) -> f64 {
-    fleet.drivers.iter().map(|d| d.metric(metric).unwrap_or(0.0)).sum()
-}
-
 /// Every device in session again, and events acknowledged again.
 fn recovered(fleet: &LocalFleet, after: &str) {
     wait_for(&format!("every device back after {after}"), DEADLINE, || {
-        total(fleet, "drover_driver_sessions") >= DEVICES as f64
+        drivers_total(fleet, "drover_driver_sessions") >= DEVICES as f64
     })
     .unwrap();
-    let acked = total(fleet, "drover_driver_events_acked_total");
+    let acked = drivers_total(fleet, "drover_driver_events_acked_total");
     wait_for(&format!("events acknowledged after {after}"), DEADLINE, || {
-        total(fleet, "drover_driver_events_acked_total") >= acked + f64::from(RATE)
+        drivers_total(fleet, "drover_driver_events_acked_total") >= acked + f64::from(RATE)
     })
     .unwrap();
 }
@@ -276,31 +258,15 @@ fn print_sample(when: &str, s: &Sample) {
 #[test]
 fn two_thousand_devices_through_every_fault_in_turn_lose_nothing_and_leak_nothing() {
     let state = tempfile::tempdir().unwrap();
-    let mut fleet = LocalFleet::start(FleetSpec {
-        drivers: 2,
-        fleet_port: free_port().unwrap(),
-        stats_port: free_port().unwrap(),
-        haproxy_processes: 1,
-        redis_url: None,
-        master_key_hex: MASTER_KEY_HEX.to_owned(),
-        state_dir: state.path().to_owned(),
-        log_files: true,
-        driver_env: Vec::new(),
-        haproxy_open_files: 20_000,
-    })
-    .unwrap();
+    let mut fleet = LocalFleet::start(fleet_spec(2, state.path())).unwrap();
 
     // Runs until SIGTERM (--duration is only a backstop), then waits for
     // outstanding acks and verifies.
-    let sim = Command::new(fleet::binaries::binary("controller-sim").unwrap())
-        .args(["--target", &fleet.haproxy.addr().to_string()])
+    let sim = controller_sim(&fleet.haproxy.addr().to_string())
         .args(["--devices", &DEVICES.to_string(), "--rate", &RATE.to_string()])
         .args(["--connect-rate", "500", "--duration", "300s", "--grace", "20s"])
         .args(["--source-ips", "127.0.0.10-127.0.0.20"])
-        .args(["--verify-redis", &fleet.redis_url, "--json"])
-        .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .args(["--verify-redis", &fleet.redis_url])
         .spawn()
         .unwrap();
     recovered(&fleet, "connecting");
@@ -321,17 +287,8 @@ fn two_thousand_devices_through_every_fault_in_turn_lose_nothing_and_leak_nothin
     );
     eprintln!("soak: {ROUNDS} rounds of 6 faults in {:.0?}", started.elapsed());
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(sim.id()).unwrap());
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    let output = sim.wait_with_output().unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)));
-    eprintln!("soak: {summary}");
-    assert!(output.status.success(), "controller-sim failed: {summary}");
+    let summary = stop_and_verify(sim, "soak");
     let verification = &summary["verification"];
-    assert_eq!(verification["passed"], true, "{summary}");
-    assert_eq!(verification["missing"], 0, "{summary}");
-    assert_eq!(verification["duplicated"], 0, "{summary}");
     assert!(verification["acked"].as_u64().unwrap() > 5000, "{summary}");
 
     assert_process_flat("driver-1", warm.drivers[0], end.drivers[0]);

@@ -20,7 +20,6 @@ use cwp::{
     UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome,
 };
 use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::free_port;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -415,16 +414,9 @@ fn a_driver_killed_mid_upload_loses_nothing_reported_and_the_device_finishes_on_
     // Small buffers: one fdatasync per 4 KiB makes the upload last long
     // enough to be killed in the middle.
     let mut fleet = LocalFleet::start(FleetSpec {
-        drivers: 2,
-        fleet_port: free_port().unwrap(),
-        stats_port: free_port().unwrap(),
-        haproxy_processes: 1,
-        redis_url: None,
-        master_key_hex: MASTER_KEY_HEX.to_owned(),
-        state_dir: state.path().to_owned(),
-        log_files: true,
-        driver_env: vec![("UPLOAD_BUFFER_BYTES".to_owned(), "4096".to_owned())],
+        driver_env: env(&[("UPLOAD_BUFFER_BYTES", "4096")]),
         haproxy_open_files: 1000,
+        ..fleet_spec(2, state.path())
     })
     .unwrap();
     let upload_dir = state.path().join("uploads");

@@ -16,6 +16,10 @@ use cwp::{DeviceKey, MasterKey, Serial, Welcome};
 use fleet::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use fleet::redis::RedisServer;
 
+mod haproxy_fleet;
+#[allow(unused_imports)] // not every test binary runs a fleet behind HAProxy
+pub use haproxy_fleet::*;
+
 /// The master key of every test fleet.
 pub const MASTER_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
