@@ -2,7 +2,8 @@
 //! CWP/1 §2: handshake, then the established session.
 //!
 //! [`Connection`] owns the socket, the codec and the two buffers; the
-//! functions below own the protocol. Both buffers are released whenever they
+//! functions below run the handshake and carry out what the established
+//! session's rules ([`crate::session`], free of I/O) decide for each frame. Both buffers are released whenever they
 //! are empty, so an idle session holds no buffer at all: its cost is this
 //! task, its socket, its [`SessionHandle`] and its seal. An open upload
 //! adds its write buffer ([`crate::upload`]) and keeps the receive buffer,
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, BytesMut};
 use cwp::{
-    Ack, ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Nonce, ServerBye, ServerCodec,
-    ServerFrame, ServerHandshake, ServerStep, SessionId, Welcome,
+    ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Nonce, ServerBye, ServerCodec, ServerFrame,
+    ServerHandshake, ServerStep, SessionId, Welcome,
 };
 use rand::RngExt as _;
 use tokio::io::AsyncWriteExt as _;
@@ -28,6 +29,7 @@ use crate::Driver;
 use crate::bridge::unix_ms;
 use crate::pipeline::PendingEvent;
 use crate::registry::{CloseRequest, SessionHandle};
+use crate::session::{Ending, EventStore, Session, Step, UploadFrame, decode_error_frame};
 use crate::upload::{UploadError, Uploads};
 
 /// Bytes read per read call at most: big enough for bulk uploads to read
@@ -164,10 +166,6 @@ impl Connection {
     }
 }
 
-fn decode_error_frame(err: &DecodeError) -> ErrorFrame {
-    ErrorFrame::new(err.code(), err.ref_type(), &err.to_string())
-}
-
 /// Serves one accepted connection to its end.
 ///
 /// The handshake runs in a tracing span (`peer`, then `serial`); the
@@ -298,16 +296,6 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
     Some(session)
 }
 
-/// How an established session ends.
-enum Ending {
-    /// Already closed or nothing more to say.
-    Quiet,
-    /// Send `BYE` with this reason and delay, after flushing acks.
-    Bye(ByeReason, u32),
-    /// Send this fatal `ERROR` and close.
-    Fatal(ErrorFrame),
-}
-
 /// What woke an idle session loop.
 enum Wake {
     /// Its mailbox: commands, a close request, acks.
@@ -324,14 +312,8 @@ struct Established<'a> {
     session: &'a Arc<SessionHandle>,
     /// Borrowed: the task keeps one copy of the connection, not two.
     conn: &'a mut Connection,
-    /// Highest event id accepted on this connection (ids must increase).
-    last_event_id: u64,
-    /// The first event refused with `BUSY`, until the device sends it
-    /// again. Later events are refused too: accepting one would let its
-    /// cumulative `ACK` cover the refused event, which was never stored.
-    refused_from: Option<u64>,
-    /// Highest id acknowledged to the device so far.
-    last_ack: u64,
+    /// CWP/1 §3: what each frame calls for.
+    rules: Session,
     /// When the device was last heard from, Unix ms (for the registry).
     last_heard_ms: u64,
     /// CWP/1 §3 Uploads: the one upload this connection may have open.
@@ -344,9 +326,7 @@ impl<'a> Established<'a> {
             driver,
             session,
             conn,
-            last_event_id: 0,
-            refused_from: None,
-            last_ack: session.durable_event_id(),
+            rules: Session::new(session.durable_event_id(), driver.config.event_window),
             last_heard_ms: unix_ms(),
             upload: Uploads::default(),
         }
@@ -409,7 +389,7 @@ impl<'a> Established<'a> {
                 self.conn.queue(&ServerFrame::Command(command));
                 self.driver.metrics.command("delivered");
             }
-            self.queue_ack(false);
+            self.queue_ack();
             if self.conn.flush().await.is_err() {
                 return Ending::Quiet;
             }
@@ -451,40 +431,62 @@ impl<'a> Established<'a> {
                 debug!(serial = %self.session.serial, peer = %self.conn.peer, error = %err, "connection failed");
                 return Err(Ending::Quiet);
             }
-            Err(ReadError::Decode(err)) => return Err(Ending::Fatal(decode_error_frame(&err))),
+            Err(ReadError::Decode(err)) => return Err(self.rules.on_undecodable(&err)),
         }
         self.last_heard_ms = unix_ms();
         loop {
-            match self.conn.next_frame() {
-                // Blocks are the one frame whose handling may wait (a full
-                // buffer is written out): kept apart so that the other
-                // frames' handling stays small.
-                Ok(Some(DeviceFrame::Block(block))) => self.on_block(block.data).await?,
-                Ok(Some(frame)) => self.handle(frame).await?,
+            let frame = match self.conn.next_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(true),
                 Err(ReadError::Decode(err)) => {
                     debug!(serial = %self.session.serial, peer = %self.conn.peer, error = %err, "undecodable frame");
-                    return Err(Ending::Fatal(decode_error_frame(&err)));
+                    return Err(self.rules.on_undecodable(&err));
                 }
-                Err(_) => return Err(Ending::Quiet),
+                Err(_) => return Err(self.rules.end(Ending::Quiet)),
+            };
+            if let DeviceFrame::Bye(bye) = &frame {
+                debug!(serial = %self.session.serial, peer = %self.conn.peer, reason = %bye.reason, "device said BYE");
+            }
+            let store = PipelineStore {
+                driver: self.driver,
+                session: self.session,
+            };
+            match self.rules.on_frame(frame, &store) {
+                // Blocks are the one frame whose handling may wait (a full
+                // buffer is written out): kept apart so that the other
+                // steps' handling stays small.
+                Step::Upload(UploadFrame::Block(data)) => self.on_block(data).await?,
+                step => self.apply(step).await?,
             }
         }
     }
 
-    async fn handle(&mut self, frame: DeviceFrame) -> Result<(), Ending> {
-        match frame {
-            DeviceFrame::Event(event) => self.on_event(event),
-            DeviceFrame::Ping(ping) => {
-                self.conn.queue(&ServerFrame::Pong(cwp::Pong { token: ping.token }));
-                Ok(())
+    /// Carries out what the rules decided for one frame.
+    async fn apply(&mut self, step: Step) -> Result<(), Ending> {
+        match step {
+            Step::Nothing => {}
+            Step::Send(frame) => {
+                if let ServerFrame::Error(error) = &frame {
+                    self.driver.metrics.error_sent(error.code);
+                }
+                self.conn.queue(&frame);
             }
-            // Answers to server PINGs: being heard from is all that matters.
-            DeviceFrame::Pong(_) => Ok(()),
-            DeviceFrame::Bye(bye) => {
-                debug!(serial = %self.session.serial, peer = %self.conn.peer, reason = %bye.reason, "device said BYE");
-                Err(Ending::Bye(ByeReason::NORMAL, 0))
+            Step::Duplicate(ack) => {
+                self.driver.metrics.events_duplicate.inc();
+                self.driver.metrics.events_acked.inc();
+                self.conn.queue(&ServerFrame::Ack(ack));
             }
-            DeviceFrame::UploadBegin(begin) => {
+            Step::Store(event) => {
+                self.driver.metrics.events_received.inc();
+                self.driver.pipeline.submit(PendingEvent {
+                    session: self.session.clone(),
+                    event,
+                    received: Instant::now(),
+                    received_ms: self.last_heard_ms,
+                });
+            }
+            Step::End(ending) => return Err(ending),
+            Step::Upload(UploadFrame::Begin(begin)) => {
                 // Beginning and ending an upload (file system work, the
                 // bridge's record) make large futures, once per upload:
                 // boxed, so that they do not size every idle session's task.
@@ -493,11 +495,10 @@ impl<'a> Established<'a> {
                     Ok(status) => self.conn.queue(&ServerFrame::UploadStatus(status)),
                     Err(err) => return self.upload_failed(&err),
                 }
-                Ok(())
             }
             // `read_and_handle` hands blocks to `on_block` directly.
-            DeviceFrame::Block(block) => Box::pin(self.on_block(block.data)).await,
-            DeviceFrame::UploadEnd(end) => {
+            Step::Upload(UploadFrame::Block(data)) => Box::pin(self.on_block(data)).await?,
+            Step::Upload(UploadFrame::End(end)) => {
                 match Box::pin(self.upload.end(self.driver, self.session.serial, end)).await {
                     Ok(Some(ended)) => {
                         if let Some(status) = ended.status {
@@ -511,15 +512,9 @@ impl<'a> Established<'a> {
                     Ok(None) => {}
                     Err(err) => return self.upload_failed(&err),
                 }
-                Ok(())
-            }
-            DeviceFrame::Hello(_) | DeviceFrame::Auth(_) => {
-                Err(self.unexpected(&frame, "the handshake is already complete"))
-            }
-            DeviceFrame::FileAccept(_) | DeviceFrame::FileAck(_) => {
-                Err(self.unexpected(&frame, "no file transfer is in progress"))
             }
         }
+        Ok(())
     }
 
     /// CWP/1 §3 Uploads: one `BLOCK`'s data.
@@ -532,20 +527,12 @@ impl<'a> Established<'a> {
         Ok(())
     }
 
-    fn unexpected(&self, frame: &DeviceFrame, message: &str) -> Ending {
-        Ending::Fatal(ErrorFrame::new(
-            ErrorCode::UNEXPECTED,
-            cwp::Frame::frame_type(frame),
-            message,
-        ))
-    }
-
     /// An upload frame failed: fatal errors end the session, the others
     /// are sent and the session goes on.
     fn upload_failed(&mut self, err: &UploadError) -> Result<(), Ending> {
         let error = err.to_frame();
         if error.fatal {
-            return Err(Ending::Fatal(error));
+            return Err(self.rules.end(Ending::Fatal(error)));
         }
         debug!(serial = %self.session.serial, peer = %self.conn.peer, code = %error.code, error = %err, "upload refused");
         self.driver.metrics.error_sent(error.code);
@@ -553,67 +540,10 @@ impl<'a> Established<'a> {
         Ok(())
     }
 
-    fn refuse_type(&mut self, code: ErrorCode, frame_type: FrameType, message: &str) {
-        self.driver.metrics.error_sent(code);
-        self.conn
-            .queue(&ServerFrame::Error(ErrorFrame::new(code, frame_type, message)));
-    }
-
-    /// CWP/1 §3 Events.
-    fn on_event(&mut self, event: cwp::Event) -> Result<(), Ending> {
-        let id = event.event_id;
-        if id <= self.last_event_id {
-            let message = format!("event id {id} <= {}", self.last_event_id);
-            self.refuse_type(ErrorCode::OUT_OF_ORDER, FrameType::EVENT, &message);
-            return Ok(());
-        }
-        if id <= self.session.durable_event_id() {
-            // A resend after a lost ack: acknowledge again, store nothing.
-            self.last_event_id = id;
-            self.driver.metrics.events_duplicate.inc();
-            self.driver.metrics.events_acked.inc();
-            self.queue_ack(true);
-            return Ok(());
-        }
-        if let Some(refused) = self.refused_from
-            && id != refused
-        {
-            let message = format!("event {refused} was refused: send it again first");
-            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, &message);
-            return Ok(());
-        }
-        let admitted = if self.session.pending_events() >= u32::from(self.driver.config.event_window) {
-            Err("event window full: wait for ACK")
-        } else {
-            self.driver
-                .pipeline
-                .admit()
-                .map_err(|_| "server cannot store now, retry later")
-        };
-        if let Err(message) = admitted {
-            self.refused_from.get_or_insert(id);
-            self.refuse_type(ErrorCode::BUSY, FrameType::EVENT, message);
-            return Ok(());
-        }
-        self.refused_from = None;
-        self.last_event_id = id;
-        self.driver.metrics.events_received.inc();
-        self.driver.pipeline.submit(PendingEvent {
-            session: self.session.clone(),
-            event,
-            received: Instant::now(),
-            received_ms: self.last_heard_ms,
-        });
-        Ok(())
-    }
-
-    /// Queues an `ACK` for everything durable; with `again`, even if that
-    /// was acknowledged before (a duplicate must be acknowledged again).
-    fn queue_ack(&mut self, again: bool) {
-        let durable = self.session.durable_event_id();
-        if durable > self.last_ack || (again && durable > 0) {
-            self.conn.queue(&ServerFrame::Ack(Ack { event_id: durable }));
-            self.last_ack = durable;
+    /// Queues an `ACK` for everything durable, if it says anything new.
+    fn queue_ack(&mut self) {
+        if let Some(ack) = self.rules.ack(self.session.durable_event_id(), false) {
+            self.conn.queue(&ServerFrame::Ack(ack));
         }
     }
 
@@ -632,7 +562,28 @@ impl<'a> Established<'a> {
                 break;
             }
         }
-        self.queue_ack(false);
+        self.queue_ack();
+    }
+}
+
+/// The session's events as the rules see them: its registry entry and
+/// the driver's pipeline.
+struct PipelineStore<'a> {
+    driver: &'a Driver,
+    session: &'a SessionHandle,
+}
+
+impl EventStore for PipelineStore<'_> {
+    fn durable_event_id(&self) -> u64 {
+        self.session.durable_event_id()
+    }
+
+    fn pending_events(&self) -> u32 {
+        self.session.pending_events()
+    }
+
+    fn admit(&self) -> bool {
+        self.driver.pipeline.admit().is_ok()
     }
 }
 

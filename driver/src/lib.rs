@@ -5,7 +5,9 @@
 //! - [`listener`] accepts connections (bounded), [`proxy`] reads HAProxy's
 //!   PROXY v2 header when enabled, and [`connection`] runs each one:
 //!   handshake (keys from [`keys`], the session registered with the bridge
-//!   through [`bridge`]), then the session loop.
+//!   through [`bridge`]), then the session loop, whose per-frame rules
+//!   (event order, window and `BUSY`, acks, what ends a session) are
+//!   [`session`]'s, free of I/O.
 //! - [`pipeline`] batches every session's events onto one gRPC stream to
 //!   the vendor-bridge and turns its durable confirmations into `ACK`s.
 //! - [`commands`] holds the one Redis pub/sub connection: operators'
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod registry;
+pub mod session;
 pub mod title;
 pub mod upload;
 

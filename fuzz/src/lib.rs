@@ -1,6 +1,7 @@
 //! The CWP/1 decoder under fuzzing: one connection's receive path, driven by
 //! arbitrary bytes. The `decoder` fuzz target calls [`decode_connection`];
-//! `examples/seeds.rs` writes [`seeds`] as a starting corpus.
+//! `examples/seeds.rs` writes [`seeds`] as a starting corpus. The `session`
+//! fuzz target plays [`session::Script`]s against the driver's session rules.
 //!
 //! An input is `[state, chunk, stream…]`:
 //!
@@ -24,6 +25,8 @@
 //! receive buffer never exceeds one header plus `max_payload`; the codec never
 //! waits for bytes it may not read; and every frame it accepts re-encodes to
 //! the very body bytes it was decoded from.
+
+pub mod session;
 
 use std::hint::black_box;
 
