@@ -75,10 +75,10 @@ pub enum Step {
 pub struct Session {
     /// Highest event id accepted on this connection (ids must increase).
     last_event_id: u64,
-    /// The first event refused with `BUSY`, until the device sends it
-    /// again. Later events are refused too: accepting one would let its
-    /// cumulative `ACK` cover the refused event, which was never stored.
-    refused_from: Option<u64>,
+    /// Events refused with `BUSY` and not yet sent again, if any. Until they
+    /// are all stored, no later event may be: its cumulative `ACK` would
+    /// cover them, and they were never stored.
+    refused: Option<Refused>,
     /// Highest id acknowledged to the device so far.
     last_ack: u64,
     /// `EVENT_WINDOW`: events this session may have pending at most.
@@ -93,7 +93,7 @@ impl Session {
     pub fn new(durable_event_id: u64, event_window: u16) -> Self {
         Self {
             last_event_id: 0,
-            refused_from: None,
+            refused: None,
             last_ack: durable_event_id,
             window: event_window,
             ended: false,
@@ -170,13 +170,10 @@ impl Session {
             self.last_ack = durable;
             return Step::Duplicate(Ack { event_id: durable });
         }
-        if let Some(refused) = self.refused_from
-            && id != refused
+        if let Some(refused) = &mut self.refused
+            && let Some(message) = refused.out_of_turn(id)
         {
-            return refuse(
-                ErrorCode::BUSY,
-                &format!("event {refused} was refused: send it again first"),
-            );
+            return refuse(ErrorCode::BUSY, &message);
         }
         // The window is checked before the pipeline is asked: `admit`
         // reserves room that only a stored event gives back.
@@ -188,12 +185,74 @@ impl Session {
             None
         };
         if let Some(message) = refusal {
-            self.refused_from.get_or_insert(id);
+            match &mut self.refused {
+                Some(refused) => refused.refuse(id),
+                None => self.refused = Some(Refused::new(id)),
+            }
             return refuse(ErrorCode::BUSY, message);
         }
-        self.refused_from = None;
+        if self.refused.as_mut().is_some_and(|refused| refused.stored(id)) {
+            self.refused = None;
+        }
         self.last_event_id = id;
         Step::Store(event)
+    }
+}
+
+/// The events of one connection refused with `BUSY` and not stored since.
+///
+/// A device sends its events in id order and, after a refusal, sends the
+/// refused ones again in the same order, so they are the ids it sent from
+/// `first` to `last`. Until `last` is stored, every event above it is
+/// refused as well (and extends the range): otherwise the cumulative `ACK`
+/// of a later event would tell the device that refused ones are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refused {
+    /// The lowest refused id not sent again yet; `None` once it was stored
+    /// (the next one to come is then any id up to `last`, in order).
+    first: Option<u64>,
+    /// The highest refused id.
+    last: u64,
+}
+
+impl Refused {
+    fn new(id: u64) -> Self {
+        Self {
+            first: Some(id),
+            last: id,
+        }
+    }
+
+    /// Why `id` must wait, if it must: it is above the refused range, or
+    /// skips its lowest id.
+    fn out_of_turn(&mut self, id: u64) -> Option<String> {
+        if id > self.last {
+            self.last = id;
+            let first = self
+                .first
+                .map_or_else(|| "earlier events".to_owned(), |first| format!("event {first}"));
+            return Some(format!("{first} was refused: send it again first"));
+        }
+        match self.first {
+            Some(first) if id > first => Some(format!("event {first} was refused: send it again first")),
+            _ => None,
+        }
+    }
+
+    /// `id` was refused (again).
+    fn refuse(&mut self, id: u64) {
+        self.last = self.last.max(id);
+        if self.first.is_none_or(|first| id < first) {
+            self.first = Some(id);
+        }
+    }
+
+    /// `id` is to be stored; whether every refused event now is.
+    fn stored(&mut self, id: u64) -> bool {
+        if self.first.is_some_and(|first| id >= first) {
+            self.first = None;
+        }
+        id >= self.last
     }
 }
 
@@ -320,6 +379,33 @@ mod tests {
         );
         assert!(matches!(send_event(&mut session, &storage, 3), Step::Store(_)));
         assert!(matches!(send_event(&mut session, &storage, 4), Step::Store(_)));
+    }
+
+    #[test]
+    fn no_event_is_stored_above_refused_ones_until_they_all_are() {
+        let storage = Storage::default();
+        let mut session = Session::new(0, 1);
+        assert!(matches!(send_event(&mut session, &storage, 6), Step::Store(_)));
+        for id in [7, 8] {
+            assert_eq!(
+                error_code(&send_event(&mut session, &storage, id)),
+                Some(ErrorCode::BUSY)
+            );
+        }
+        storage.pending.set(0);
+        storage.durable.set(6);
+        assert!(matches!(send_event(&mut session, &storage, 7), Step::Store(_)));
+        storage.pending.set(0);
+        // 8 was refused too: a new 9 now would be acknowledged over it.
+        assert_eq!(
+            error_code(&send_event(&mut session, &storage, 9)),
+            Some(ErrorCode::BUSY)
+        );
+        assert!(matches!(send_event(&mut session, &storage, 8), Step::Store(_)));
+        storage.pending.set(0);
+        assert!(matches!(send_event(&mut session, &storage, 9), Step::Store(_)));
+        storage.pending.set(0);
+        assert!(matches!(send_event(&mut session, &storage, 10), Step::Store(_)));
     }
 
     #[test]
