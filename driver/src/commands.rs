@@ -177,6 +177,36 @@ pub struct CommandRouter {
     pub max_payload: u32,
 }
 
+/// Checks once, at start, that Redis accepts this driver's user (the
+/// `REDIS_URL` credentials) for what the driver does there: subscribing.
+/// A refusal is fatal, since it will not fix itself and would leave every
+/// command undelivered; an unreachable Redis is not (the subscription
+/// task waits for it).
+pub async fn check_access(redis_url: &str, driver_id: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(control_channel(driver_id)).await?;
+        Ok::<_, redis::RedisError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) if is_refused_by_acl(&err) => Err(anyhow::anyhow!(
+            "Redis refused this driver's user ({err}): check the user and password in REDIS_URL \
+             (redis://USER:PASSWORD@HOST:PORT) and that its ACL allows SUBSCRIBE and UNSUBSCRIBE \
+             on the channels cwp:cmd:* and cwp:driver:* (README, Security)"
+        )),
+        Ok(Err(err)) => {
+            warn!(error = %err, "Redis is not reachable at start; commands will be delivered once it is");
+            Ok(())
+        }
+        Err(_) => {
+            warn!("Redis did not answer at start; commands will be delivered once it does");
+            Ok(())
+        }
+    }
+}
+
 /// Starts the subscription task; it runs until `stop` is cancelled.
 pub fn spawn(
     router: CommandRouter,
@@ -203,16 +233,17 @@ async fn run(
         let (mut sink, stream) = match connected {
             Ok(pubsub) => pubsub.split(),
             Err(err) => {
-                warn!(error = %err, retry_in = ?delay, "Redis pub/sub unavailable; commands cannot be delivered until it returns");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                report_failure(
+                    &err,
+                    delay,
+                    "Redis pub/sub unavailable; commands cannot be delivered until it returns",
+                );
+                if !back_off(&stop, &mut delay).await {
+                    return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        delay = Duration::from_millis(100);
 
         let lost = CancellationToken::new();
         let reader = tokio::spawn(read_messages(router.clone(), stream, lost.clone()));
@@ -225,10 +256,18 @@ async fn run(
             Ok::<_, redis::RedisError>(())
         };
         match resubscribed.await {
-            Ok(()) => info!(sessions = router.registry.len(), "subscribed to command channels"),
+            Ok(()) => {
+                info!(sessions = router.registry.len(), "subscribed to command channels");
+                delay = Duration::from_millis(100);
+            }
             Err(err) => {
-                warn!(error = %err, "resubscribing failed; reconnecting");
+                // With an ACL user, the connection succeeds and SUBSCRIBE is
+                // what is refused: back off like a failed connection.
+                report_failure(&err, delay, "subscribing to command channels failed; reconnecting");
                 reader.abort();
+                if !back_off(&stop, &mut delay).await {
+                    return;
+                }
                 continue;
             }
         }
@@ -275,6 +314,41 @@ async fn run(
         }
         reader.abort();
     }
+}
+
+/// Logs a failure of the pub/sub connection. Refused credentials or
+/// permissions will not fix themselves: they are errors that name the
+/// variable to look at, not a passing warning.
+fn report_failure(err: &redis::RedisError, retry_in: Duration, what: &str) {
+    if is_refused_by_acl(err) {
+        tracing::error!(
+            error = %err,
+            ?retry_in,
+            "Redis refused this driver's user: check the user and password in REDIS_URL and that its ACL allows \
+             SUBSCRIBE/UNSUBSCRIBE on the channels cwp:cmd:* and cwp:driver:* (README, Security); \
+             commands cannot be delivered"
+        );
+    } else {
+        warn!(error = %err, ?retry_in, "{what}");
+    }
+}
+
+/// Whether Redis refused the credentials (`WRONGPASS`, `NOAUTH`: none
+/// given while the default user is off) or a command (`NOPERM`).
+fn is_refused_by_acl(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
+/// Sleeps `delay` (doubled for next time, up to 5 s) unless `stop` comes
+/// first; returns false when it did.
+async fn back_off(stop: &CancellationToken, delay: &mut Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => return false,
+        () = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    true
 }
 
 /// Routes every published message until the connection is lost.
