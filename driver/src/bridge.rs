@@ -55,6 +55,7 @@ pub fn channel(url: &str, tls: Option<&BridgeTls>) -> anyhow::Result<Channel> {
 }
 
 fn client_tls(tls: &BridgeTls) -> anyhow::Result<ClientTlsConfig> {
+    drover_service::tls::install_crypto_provider();
     let ca = read_certificates("VENDOR_BRIDGE_CA", &tls.ca)?;
     let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))

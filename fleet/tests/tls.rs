@@ -169,8 +169,20 @@ fn log_number() -> u32 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A driver's log, without the colours of its text format.
 fn log_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ digits/semicolons m.
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 async fn event_count(redis: &RedisServer) -> u64 {
@@ -253,6 +265,7 @@ fn assert_refused(fleet: &TlsBridge, bridge_url: String, env: Vec<(String, Strin
         assert_eq!(event_count(&fleet.redis).await, 0, "nothing is stored");
     });
     let text = log_text(&log);
+    eprintln!("driver log:\n{text}");
     assert!(
         text.contains("vendor-bridge unavailable") && cause.iter().any(|c| text.contains(c)),
         "the driver's log names the failure and one of {cause:?}:\n{text}"

@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Makes ring the process's rustls crypto provider. rustls cannot pick one
+/// by itself when, as here, two are compiled in (ring for tonic, aws-lc-rs
+/// through Sentry's HTTP client), and tonic's TLS server would panic. Call
+/// it before building any TLS configuration; later calls change nothing.
+pub fn install_crypto_provider() {
+    // Err: a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A PEM file that cannot serve its purpose.
 #[derive(Debug, thiserror::Error)]
 pub enum PemFileError {

@@ -19,6 +19,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads and checks the configured files into tonic's server TLS settings.
 pub(crate) fn server_config(tls: &ServerTls) -> anyhow::Result<ServerTlsConfig> {
+    drover_service::tls::install_crypto_provider();
     let cert = read_certificates("BRIDGE_TLS_CERT", &tls.cert)?;
     let key = read_private_key("BRIDGE_TLS_KEY", &tls.key)?;
     let mut config = ServerTlsConfig::new()
