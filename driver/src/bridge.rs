@@ -1,14 +1,19 @@
 //! The driver's side of the vendor-bridge's unary calls (sessions, rejected
 //! commands, completed uploads). Events travel on the pipeline's stream,
-//! not here.
+//! not here, but over the same [`channel`], so both are plaintext or both
+//! are (mutual) TLS.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use cwp::{Serial, SessionId};
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{CloseSessionRequest, OpenSessionRequest, RecordUploadRequest, RejectCommandRequest};
-use tonic::transport::{Channel, Endpoint};
+use drover_service::tls::{read_certificates, read_private_key};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::BridgeTls;
 
 /// How long a unary call may take before the driver gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,9 +34,17 @@ pub struct BridgeClient {
     instance_id: String,
 }
 
-/// Opens the gRPC channel to `url` (without connecting yet).
-pub fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?
+/// Opens the gRPC channel to `url` (without connecting yet), over TLS when
+/// `tls` is given; its files are read and checked now, so that a bad one
+/// stops the driver at start.
+pub fn channel(url: &str, tls: Option<&BridgeTls>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("VENDOR_BRIDGE_URL={url}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(client_tls(tls)?)
+            .context("setting up TLS to the vendor-bridge (VENDOR_BRIDGE_CA, VENDOR_BRIDGE_CLIENT_*)")?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         // Detects a dead bridge (or a dead path to it) on an idle stream.
@@ -39,6 +52,38 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
+}
+
+fn client_tls(tls: &BridgeTls) -> anyhow::Result<ClientTlsConfig> {
+    drover_service::tls::install_crypto_provider();
+    let ca = read_certificates("VENDOR_BRIDGE_CA", &tls.ca)?;
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        // A bridge that does not answer the handshake counts as down.
+        .timeout(Duration::from_secs(10));
+    if let Some((cert, key)) = &tls.client_identity {
+        let cert = read_certificates("VENDOR_BRIDGE_CLIENT_CERT", cert)?;
+        let key = read_private_key("VENDOR_BRIDGE_CLIENT_KEY", key)?;
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}
+
+/// A failed call's status with its causes: a transport failure's status
+/// message alone ("transport error") does not say that a certificate was
+/// refused, its source chain does.
+pub fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// What `OpenSession` tells the driver.

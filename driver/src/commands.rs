@@ -182,6 +182,36 @@ pub struct CommandRouter {
     pub max_payload: u32,
 }
 
+/// Checks once, at start, that Redis accepts this driver's user (the
+/// `REDIS_URL` credentials) for what the driver does there: subscribing.
+/// A refusal is fatal, since it will not fix itself and would leave every
+/// command undelivered; an unreachable Redis is not (the subscription
+/// task waits for it).
+pub async fn check_access(redis_url: &str, driver_id: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(control_channel(driver_id)).await?;
+        Ok::<_, redis::RedisError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) if is_refused_by_acl(&err) => Err(anyhow::anyhow!(
+            "Redis refused this driver's user ({err}): check the user and password in REDIS_URL \
+             (redis://USER:PASSWORD@HOST:PORT) and that its ACL allows SUBSCRIBE and UNSUBSCRIBE \
+             on the channels cwp:cmd:* and cwp:driver:* (README, Security)"
+        )),
+        Ok(Err(err)) => {
+            warn!(error = %err, "Redis is not reachable at start; commands will be delivered once it is");
+            Ok(())
+        }
+        Err(_) => {
+            warn!("Redis did not answer at start; commands will be delivered once it does");
+            Ok(())
+        }
+    }
+}
+
 /// Starts the subscription task; it runs until `stop` is cancelled.
 pub fn spawn(
     router: CommandRouter,
@@ -210,7 +240,11 @@ async fn run(
             Ok(pubsub) => pubsub.split(),
             Err(err) => {
                 let retry_in = backoff.next();
-                warn!(error = %err, ?retry_in, "Redis pub/sub unavailable; commands cannot be delivered until it returns");
+                report_failure(
+                    &err,
+                    retry_in,
+                    "Redis pub/sub unavailable; commands cannot be delivered until it returns",
+                );
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(retry_in) => {}
@@ -239,9 +273,11 @@ async fn run(
                 info!(sessions = router.registry.len(), "subscribed to command channels");
             }
             Err(err) => {
+                // With an ACL user, the connection succeeds and SUBSCRIBE is
+                // what is refused: back off like a failed connection.
                 reader.abort();
                 let retry_in = backoff.next();
-                warn!(error = %err, ?retry_in, "resubscribing failed; reconnecting");
+                report_failure(&err, retry_in, "subscribing to command channels failed; reconnecting");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(retry_in) => {}
@@ -315,6 +351,30 @@ impl Backoff {
         self.step = (step * 2).min(Duration::from_secs(5));
         step / 2 + rand::rng().random_range(Duration::ZERO..=step / 2)
     }
+}
+
+/// Logs a failure of the pub/sub connection. Refused credentials or
+/// permissions will not fix themselves: they are errors that name the
+/// variable to look at, not a passing warning.
+fn report_failure(err: &redis::RedisError, retry_in: Duration, what: &str) {
+    if is_refused_by_acl(err) {
+        tracing::error!(
+            error = %err,
+            ?retry_in,
+            "Redis refused this driver's user: check the user and password in REDIS_URL and that its ACL allows \
+             SUBSCRIBE/UNSUBSCRIBE on the channels cwp:cmd:* and cwp:driver:* (README, Security); \
+             commands cannot be delivered"
+        );
+    } else {
+        warn!(error = %err, ?retry_in, "{what}");
+    }
+}
+
+/// Whether Redis refused the credentials (`WRONGPASS`, `NOAUTH`: none
+/// given while the default user is off) or a command (`NOPERM`).
+fn is_refused_by_acl(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
 /// Routes every published message until the connection is lost.

@@ -34,12 +34,32 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "VENDOR_BRIDGE_URL",
         default: Some("http://127.0.0.1:50051"),
-        help: "the vendor-bridge's gRPC address",
+        help: "the vendor-bridge's gRPC address; https://HOST:PORT for TLS (then VENDOR_BRIDGE_CA is required)",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_CA",
+        default: None,
+        help: "PEM CA certificate(s) the bridge's certificate must chain to (TLS only)",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_CLIENT_CERT",
+        default: None,
+        help: "PEM certificate chain this driver presents to the bridge (mutual TLS); set with VENDOR_BRIDGE_CLIENT_KEY",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_CLIENT_KEY",
+        default: None,
+        help: "PEM private key of VENDOR_BRIDGE_CLIENT_CERT",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_SERVER_NAME",
+        default: None,
+        help: "name the bridge's certificate must be valid for; unset: the host of VENDOR_BRIDGE_URL",
     },
     Variable {
         name: "REDIS_URL",
         default: Some("redis://127.0.0.1:6379"),
-        help: "Redis, for command subscriptions (cwp:cmd:{serial})",
+        help: "Redis, for command subscriptions (cwp:cmd:{serial}); redis://USER:PASSWORD@HOST:PORT for an ACL user",
     },
     Variable {
         name: "CWP_MASTER_KEY",
@@ -155,6 +175,8 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// The vendor-bridge's gRPC endpoint.
     pub bridge_url: String,
+    /// TLS to the bridge (`https://` URL); `None`: plaintext.
+    pub bridge_tls: Option<BridgeTls>,
     /// Redis for command pub/sub.
     pub redis_url: String,
     /// The fleet's master key, if devices derive their keys from one.
@@ -197,6 +219,62 @@ pub struct Config {
     pub sentry_environment: Option<String>,
 }
 
+/// How the driver's channel to the bridge is secured, as configured (the
+/// files are read by [`crate::bridge::channel`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeTls {
+    /// CA(s) the bridge's certificate must chain to (`VENDOR_BRIDGE_CA`).
+    pub ca: PathBuf,
+    /// This driver's certificate and key for mutual TLS
+    /// (`VENDOR_BRIDGE_CLIENT_CERT`, `VENDOR_BRIDGE_CLIENT_KEY`).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// The name checked against the bridge's certificate
+    /// (`VENDOR_BRIDGE_SERVER_NAME`); `None`: the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// The TLS variables together, checked against the URL's scheme: TLS is on
+/// exactly when the URL is `https://`, and a TLS file given for a plaintext
+/// URL is a mistake worth stopping for (it would be silently ignored).
+fn bridge_tls(env: &mut EnvReader, bridge_url: Option<&str>) -> Option<BridgeTls> {
+    let ca = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CA");
+    let cert = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_CERT");
+    let key = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_KEY");
+    let server_name = env.parse_optional::<String>("VENDOR_BRIDGE_SERVER_NAME");
+    let client_identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            env.problem("set both VENDOR_BRIDGE_CLIENT_CERT and VENDOR_BRIDGE_CLIENT_KEY, or neither");
+            None
+        }
+    };
+    let https = bridge_url?.starts_with("https://");
+    if !https {
+        for (name, set) in [
+            ("VENDOR_BRIDGE_CA", ca.is_some()),
+            ("VENDOR_BRIDGE_CLIENT_CERT", client_identity.is_some()),
+            ("VENDOR_BRIDGE_SERVER_NAME", server_name.is_some()),
+        ] {
+            if set {
+                env.problem(format!(
+                    "{name} is set but VENDOR_BRIDGE_URL is not https://: TLS is used only with an https:// URL"
+                ));
+            }
+        }
+        return None;
+    }
+    let Some(ca) = ca else {
+        env.problem("VENDOR_BRIDGE_URL is https:// but VENDOR_BRIDGE_CA is not set: name the CA that signed the bridge's certificate");
+        return None;
+    };
+    Some(BridgeTls {
+        ca,
+        client_identity,
+        server_name,
+    })
+}
+
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -231,7 +309,8 @@ impl Config {
         let driver_id = env.parse_optional::<String>("DRIVER_ID");
         let admin_listen = env.parse("DRIVER_ADMIN_LISTEN");
         let proxy_protocol = env.parse_with("DRIVER_PROXY_PROTOCOL", parse_bool);
-        let bridge_url = env.parse("VENDOR_BRIDGE_URL");
+        let bridge_url: Option<String> = env.parse("VENDOR_BRIDGE_URL");
+        let bridge_tls = bridge_tls(&mut env, bridge_url.as_deref());
         let redis_url = env.parse("REDIS_URL");
         let master_key = env.parse_with("CWP_MASTER_KEY", MasterKey::from_hex);
         let keys_file = env.parse_optional::<PathBuf>("CWP_KEYS_FILE");
@@ -290,6 +369,7 @@ impl Config {
             admin_listen: admin_listen.expect("parsed"),
             proxy_protocol: proxy_protocol.expect("parsed"),
             bridge_url: bridge_url.expect("parsed"),
+            bridge_tls,
             redis_url: redis_url.expect("parsed"),
             master_key,
             keys_file,

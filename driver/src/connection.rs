@@ -254,7 +254,7 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
     {
         Ok(opened) => opened,
         Err(status) => {
-            warn!(%serial, code = ?status.code(), message = status.message(), "cannot register the session: vendor-bridge unavailable");
+            warn!(%serial, code = ?status.code(), message = %crate::bridge::describe(&status), "cannot register the session: vendor-bridge unavailable");
             driver.metrics.handshake("bridge_unavailable");
             // Still before WELCOME: the ERROR is unsealed.
             let error = ErrorFrame::new(

@@ -122,7 +122,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(&mut prometheus));
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
     let bridge = BridgeClient::new(
-        bridge::channel(&config.bridge_url).context("VENDOR_BRIDGE_URL")?,
+        bridge::channel(&config.bridge_url, config.bridge_tls.as_ref())?,
         config.driver_id.clone(),
         instance_id,
     );
@@ -133,6 +133,7 @@ pub async fn run(
     let registry = Arc::new(Registry::default());
     let (pipeline, pipeline_task) = pipeline::pipeline(bridge.clone(), metrics.clone(), config.max_pending_events);
 
+    commands::check_access(&config.redis_url, &config.driver_id).await?;
     let stop_commands = CancellationToken::new();
     let (subscriptions, commands_task) = commands::spawn(
         CommandRouter {
@@ -166,6 +167,8 @@ pub async fn run(
         admin = %listeners.admin.local_addr()?,
         listed_keys = driver.keys.listed(),
         master_key = driver.config.master_key.is_some(),
+        bridge_tls = driver.config.bridge_tls.is_some(),
+        bridge_client_certificate = driver.config.bridge_tls.as_ref().is_some_and(|tls| tls.client_identity.is_some()),
         "driver ready"
     );
 

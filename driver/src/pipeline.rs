@@ -283,7 +283,7 @@ impl PipelineTask {
                     .bridge_connects
                     .get_or_create(&ResultLabel { result: "failed" })
                     .inc();
-                warn!(code = ?status.code(), message = status.message(), "vendor-bridge unavailable");
+                warn!(code = ?status.code(), message = %crate::bridge::describe(&status), "vendor-bridge unavailable");
                 None
             }
         }

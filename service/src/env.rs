@@ -43,6 +43,22 @@ pub fn load_dotenv() {
     let _ = dotenvy::dotenv();
 }
 
+/// `url` with its password, if any, replaced by `***`: what a log line may
+/// show of a `REDIS_URL` such as `redis://drover-bridge:secret@redis:6379`.
+/// Text that is not a URL is shown as `(unparsable URL)`.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Only fails for URLs that cannot have a password at all.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
+
 /// Reads a binary's variables from the process environment.
 #[derive(Debug)]
 pub struct EnvReader {
@@ -229,6 +245,16 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_redis_url_never_shows_its_password() {
+        assert_eq!(
+            redact_password("redis://drover-bridge:s3cret@redis:6379"),
+            "redis://drover-bridge:***@redis:6379"
+        );
+        assert_eq!(redact_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_password("not a url"), "(unparsable URL)");
+    }
 
     #[test]
     fn durations() {

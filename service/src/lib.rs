@@ -9,7 +9,10 @@
 //!   `SENTRY_DSN` is set, Sentry errors, panics and breadcrumbs; the
 //!   operator's `--sentry-test`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream.
+//! - [`tls`]: the PEM files of the optional TLS between drivers and the
+//!   bridge, checked at start.
 
 pub mod env;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -4,6 +4,7 @@
 //! environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_service::env::{ConfigError, EnvReader, Variable};
@@ -17,9 +18,24 @@ pub static VARIABLES: &[Variable] = &[
         help: "address the gRPC server (VendorBridge + grpc.health.v1) listens on",
     },
     Variable {
+        name: "BRIDGE_TLS_CERT",
+        default: None,
+        help: "PEM certificate chain of the gRPC server; set with BRIDGE_TLS_KEY to serve TLS only (unset: plaintext)",
+    },
+    Variable {
+        name: "BRIDGE_TLS_KEY",
+        default: None,
+        help: "PEM private key of BRIDGE_TLS_CERT",
+    },
+    Variable {
+        name: "BRIDGE_TLS_CLIENT_CA",
+        default: None,
+        help: "PEM CA certificate(s); when set, every client must present a certificate that chains to one (mutual TLS)",
+    },
+    Variable {
         name: "REDIS_URL",
         default: Some("redis://127.0.0.1:6379"),
-        help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always)",
+        help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always); redis://USER:PASSWORD@HOST:PORT for an ACL user",
     },
     Variable {
         name: "REDIS_POOL_SIZE",
@@ -57,6 +73,8 @@ pub const SUMMARY: &str = "The gRPC bridge between Drover drivers and Redis: sto
 pub struct Config {
     /// Where the gRPC server listens (`BRIDGE_LISTEN`).
     pub listen: SocketAddr,
+    /// TLS on the gRPC server (`BRIDGE_TLS_*`); `None`: plaintext.
+    pub tls: Option<ServerTls>,
     /// The Redis URL (`REDIS_URL`), already checked to parse.
     pub redis_url: String,
     /// Most Redis connections at once (`REDIS_POOL_SIZE`, at least 1).
@@ -69,6 +87,18 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     /// Sentry's environment (`SENTRY_ENVIRONMENT`).
     pub sentry_environment: Option<String>,
+}
+
+/// The files of the gRPC server's TLS, as configured (read by [`crate::serve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The server's certificate chain (`BRIDGE_TLS_CERT`).
+    pub cert: PathBuf,
+    /// Its private key (`BRIDGE_TLS_KEY`).
+    pub key: PathBuf,
+    /// CA(s) client certificates must chain to (`BRIDGE_TLS_CLIENT_CA`);
+    /// `None`: clients are not asked for a certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `LOG_FORMAT`.
@@ -98,6 +128,30 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::new(VARIABLES);
         let listen = env.parse::<SocketAddr>("BRIDGE_LISTEN");
+        let tls_cert = env.parse_optional::<PathBuf>("BRIDGE_TLS_CERT");
+        let tls_key = env.parse_optional::<PathBuf>("BRIDGE_TLS_KEY");
+        let tls_client_ca = env.parse_optional::<PathBuf>("BRIDGE_TLS_CLIENT_CA");
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            }),
+            (None, None) => {
+                if tls_client_ca.is_some() {
+                    env.problem("BRIDGE_TLS_CLIENT_CA needs BRIDGE_TLS_CERT and BRIDGE_TLS_KEY: client certificates are only asked for over TLS");
+                }
+                None
+            }
+            (Some(_), None) => {
+                env.problem("BRIDGE_TLS_CERT is set but BRIDGE_TLS_KEY is not: set both, or neither for plaintext");
+                None
+            }
+            (None, Some(_)) => {
+                env.problem("BRIDGE_TLS_KEY is set but BRIDGE_TLS_CERT is not: set both, or neither for plaintext");
+                None
+            }
+        };
         let redis_url = env.parse_with("REDIS_URL", |url| {
             url.into_connection_info()
                 .map(|_| url.to_owned())
@@ -116,6 +170,7 @@ impl Config {
             (Some(listen), Some(redis_url), Some(redis_pool_size), Some(shutdown_grace), Some(log_format)) => {
                 Ok(Self {
                     listen,
+                    tls,
                     redis_url,
                     redis_pool_size,
                     shutdown_grace,
@@ -136,6 +191,7 @@ impl Config {
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
             redis_url: redis_url.into(),
             redis_pool_size: 16,
             shutdown_grace: Duration::from_secs(10),

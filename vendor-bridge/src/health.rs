@@ -46,8 +46,8 @@ pub(crate) async fn watch_redis(store: Store, reporter: HealthReporter, draining
         }
         let answer = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!("no answer to PING within {PING_TIMEOUT:?}")),
+            Ok(Err(err)) => Err((err.to_string(), err.is_refused_by_acl())),
+            Err(_) => Err((format!("no answer to PING within {PING_TIMEOUT:?}"), false)),
         };
         let up = answer.is_ok();
         if redis_up == Some(up) {
@@ -63,7 +63,15 @@ pub(crate) async fn watch_redis(store: Store, reporter: HealthReporter, draining
                     Err(err) => warn!(error = %err, "could not check Redis's durability settings"),
                 }
             }
-            Err(error) => {
+            Err((error, true)) => {
+                tracing::error!(
+                    %error,
+                    "Redis refused the bridge's user: check the user and password in REDIS_URL and its ACL \
+                     (README, Security); health NOT_SERVING"
+                );
+                set(&reporter, ServingStatus::NotServing).await;
+            }
+            Err((error, false)) => {
                 warn!(%error, "Redis does not answer: health NOT_SERVING");
                 set(&reporter, ServingStatus::NotServing).await;
             }

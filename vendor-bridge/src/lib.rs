@@ -4,7 +4,8 @@
 //!
 //! Layout, in the order a request flows through it:
 //!
-//! - `listener`: the bounded accept loop feeding tonic.
+//! - `listener`: the bounded accept loop feeding tonic; `tls`: optional
+//!   (mutual) TLS on top of it.
 //! - [`service`]: the `VendorBridge` gRPC service; checks every request
 //!   (serials through [`cwp::Serial`]), maps Redis failures to `UNAVAILABLE`.
 //! - `stream`: one `StreamEvents` stream after its `hello`: a reader task
@@ -40,6 +41,7 @@ pub mod stats;
 pub mod store;
 mod stream;
 pub mod title;
+mod tls;
 
 pub use config::Config;
 pub use stats::{Stats, StatsSnapshot};
@@ -68,6 +70,13 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // First, so that a bad certificate stops the start with a clear error.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls::server_config(tls)?)
+            .context("setting up TLS from BRIDGE_TLS_CERT / BRIDGE_TLS_KEY / BRIDGE_TLS_CLIENT_CA")?;
+    }
     let store = Store::new(&config.redis_url, config.redis_pool_size).context("setting up the Redis pool")?;
     let lifecycle = Lifecycle::default();
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -77,7 +86,7 @@ pub async fn serve(
     let local = listener.local_addr().context("reading the listening address")?;
     let bridge = VendorBridgeServer::new(Bridge::new(store, stats, lifecycle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE);
-    let server = tonic::transport::Server::builder()
+    let server = server
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(KEEPALIVE))
@@ -88,7 +97,13 @@ pub async fn serve(
             listener::incoming(listener),
             lifecycle.draining.clone().cancelled_owned(),
         );
-    info!(%local, redis = %config.redis_url, "vendor-bridge serving");
+    info!(
+        %local,
+        redis = %drover_service::env::redact_password(&config.redis_url),
+        tls = config.tls.is_some(),
+        client_certificates = config.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        "vendor-bridge serving"
+    );
 
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {

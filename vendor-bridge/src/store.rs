@@ -59,6 +59,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether Redis refused the bridge's user (`WRONGPASS`; `NOAUTH`: no
+    /// user given while the default user is off) or a command (`NOPERM`):
+    /// a configuration problem that retrying will not fix.
+    pub fn is_refused_by_acl(&self) -> bool {
+        let err = match self {
+            Self::Redis(err) | Self::Pool(deadpool_redis::PoolError::Backend(err)) => err,
+            Self::Pool(_) | Self::Setup(_) => return false,
+        };
+        err.kind() == ErrorKind::AuthenticationFailed || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    }
+
     /// Whether the connection that produced the error is worth keeping.
     fn connection_is_broken(&self) -> bool {
         match self {
