@@ -107,6 +107,26 @@ pub static VARIABLES: &[Variable] = &[
         help: "concurrent device connections; further connections wait in the kernel's backlog",
     },
     Variable {
+        name: "DRIVER_MAX_HANDSHAKES",
+        default: Some("10000"),
+        help: "connections not yet authenticated; beyond it the oldest handshake in progress gets ERROR BUSY and is closed",
+    },
+    Variable {
+        name: "DRIVER_AUTH_FAILURES_PER_ADDRESS",
+        default: Some("20"),
+        help: "failed authentications from one address (IPv6: one /64) per DRIVER_AUTH_FAILURE_WINDOW; then its HELLOs get ERROR BUSY (0: no limit)",
+    },
+    Variable {
+        name: "DRIVER_AUTH_FAILURES_PER_SERIAL",
+        default: Some("10"),
+        help: "failed authentications for one serial per DRIVER_AUTH_FAILURE_WINDOW; then its HELLOs get ERROR BUSY (0: no limit)",
+    },
+    Variable {
+        name: "DRIVER_AUTH_FAILURE_WINDOW",
+        default: Some("60s"),
+        help: "how long failed authentications count, from the first one",
+    },
+    Variable {
         name: "DRIVER_DRAIN_PERIOD",
         default: Some("30s"),
         help: "on SIGTERM, devices are told to reconnect at times spread over this period",
@@ -197,6 +217,14 @@ pub struct Config {
     pub max_pending_events: usize,
     /// Concurrent device connections.
     pub max_connections: usize,
+    /// Connections not yet authenticated.
+    pub max_handshakes: usize,
+    /// Failed authentications per source address per window (0: no limit).
+    pub auth_failures_per_address: u32,
+    /// Failed authentications per serial per window (0: no limit).
+    pub auth_failures_per_serial: u32,
+    /// How long a failed authentication counts.
+    pub auth_failure_window: Duration,
     /// Period over which draining devices are told to reconnect.
     pub drain_period: Duration,
     /// Serials named in the process title.
@@ -321,6 +349,10 @@ impl Config {
         let max_payload = env.parse::<u32>("DRIVER_MAX_PAYLOAD");
         let max_pending_events = env.parse("DRIVER_MAX_PENDING_EVENTS");
         let max_connections = env.parse("DRIVER_MAX_CONNECTIONS");
+        let max_handshakes = env.parse::<usize>("DRIVER_MAX_HANDSHAKES");
+        let auth_failures_per_address = env.parse("DRIVER_AUTH_FAILURES_PER_ADDRESS");
+        let auth_failures_per_serial = env.parse("DRIVER_AUTH_FAILURES_PER_SERIAL");
+        let auth_failure_window = env.parse_with("DRIVER_AUTH_FAILURE_WINDOW", parse_duration);
         let drain_period = env.parse_with("DRIVER_DRAIN_PERIOD", parse_duration);
         let title_serials = env.parse("DRIVER_TITLE_SERIALS");
         let upload_dir = env.parse("UPLOAD_DIR");
@@ -340,6 +372,9 @@ impl Config {
         }
         if event_window == Some(0) {
             env.problem("DRIVER_EVENT_WINDOW must be at least 1");
+        }
+        if max_handshakes == Some(0) {
+            env.problem("DRIVER_MAX_HANDSHAKES must be at least 1");
         }
         if max_payload.is_some_and(|m| m < 1024) {
             env.problem("DRIVER_MAX_PAYLOAD must be at least 1024 (a 1 KiB BLOCK frame must fit)");
@@ -380,6 +415,10 @@ impl Config {
             max_payload: max_payload.expect("parsed"),
             max_pending_events: max_pending_events.expect("parsed"),
             max_connections: max_connections.expect("parsed"),
+            max_handshakes: max_handshakes.expect("parsed"),
+            auth_failures_per_address: auth_failures_per_address.expect("parsed"),
+            auth_failures_per_serial: auth_failures_per_serial.expect("parsed"),
+            auth_failure_window: auth_failure_window.expect("parsed"),
             drain_period: drain_period.expect("parsed"),
             title_serials: title_serials.expect("parsed"),
             upload_dir: upload_dir.expect("parsed"),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, BytesMut};
 use cwp::{
-    ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Nonce, ServerBye, ServerCodec, ServerFrame,
-    ServerHandshake, ServerStep, SessionId, Welcome,
+    ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Nonce, Serial, ServerBye, ServerCodec,
+    ServerFrame, ServerHandshake, ServerStep, SessionId, Welcome,
 };
 use rand::RngExt as _;
 use tokio::io::AsyncWriteExt as _;
@@ -27,6 +27,8 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::Driver;
 use crate::bridge::unix_ms;
+use crate::handshakes::HandshakeSlot;
+use crate::metrics::{LimiterLabel, ReasonLabel};
 use crate::pipeline::PendingEvent;
 use crate::registry::{CloseRequest, SessionHandle};
 use crate::session::{Ending, EventStore, Session, Step, UploadFrame, decode_error_frame};
@@ -172,13 +174,13 @@ impl Connection {
 /// established session does not: a span lives in the subscriber's registry
 /// with its formatted fields for as long as it is open, a few hundred bytes
 /// per idle device. Session logs name the serial themselves.
-pub async fn serve(driver: Arc<Driver>, mut connection: Connection) {
+pub async fn serve(driver: Arc<Driver>, mut connection: Connection, slot: HandshakeSlot) {
     driver.metrics.connections.inc();
     let span = info_span!("conn", peer = %connection.peer, serial = tracing::field::Empty);
     // The handshake's futures (the bridge call among them) are large and
     // short-lived: boxing them keeps every idle connection's task as small
     // as the established loop needs.
-    let established = Box::pin(handshake(&driver, &mut connection).instrument(span)).await;
+    let established = Box::pin(handshake(&driver, &mut connection, slot).instrument(span)).await;
     if let Some(session) = established {
         let mut loop_state = Established::new(&driver, &session, &mut connection);
         loop_state.run().await;
@@ -190,11 +192,28 @@ pub async fn serve(driver: Arc<Driver>, mut connection: Connection) {
 
 /// HELLO → CHALLENGE → AUTH → (bridge: OpenSession) → WELCOME. Returns the
 /// registered session, or `None` after answering the device's failure.
-async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<SessionHandle>> {
-    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+/// `slot` is this connection's place among the unauthenticated ones; it is
+/// given up once `AUTH` is verified.
+async fn handshake(driver: &Arc<Driver>, conn: &mut Connection, slot: HandshakeSlot) -> Option<Arc<SessionHandle>> {
+    let deadline = slot.deadline;
     let mut handshake = ServerHandshake::default();
+    // The serial claimed in HELLO, for counting a failed AUTH against it.
+    let mut claimed: Option<Serial> = None;
     let (serial, firmware, session_key) = loop {
-        let frame = match tokio::time::timeout_at(deadline, conn.read_frame()).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, conn.read_frame()) => read,
+            () = slot.evicted() => {
+                driver.metrics.handshake("evicted");
+                let error = ErrorFrame::new(
+                    ErrorCode::BUSY,
+                    FrameType(0),
+                    "too many handshakes in progress, retry later",
+                );
+                conn.send_error(driver, error).await;
+                return None;
+            }
+        };
+        let frame = match read {
             Ok(Ok(frame)) => frame,
             Ok(Err(ReadError::Decode(err))) => {
                 debug!(error = %err, "undecodable handshake frame");
@@ -213,6 +232,29 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
                 return None;
             }
         };
+        if let DeviceFrame::Hello(hello) = &frame {
+            // Refused before anything else is done for it (no nonce, no
+            // key lookup), with the same answer whether the serial exists.
+            if let Some(limiter) = driver.auth_limits.refuses(conn.peer.ip(), &hello.serial) {
+                debug!(serial = %hello.serial, limiter = limiter.label(), "too many failed authentications: HELLO refused");
+                driver.metrics.handshake("rate_limited");
+                driver
+                    .metrics
+                    .auth_rate_limited
+                    .get_or_create(&LimiterLabel {
+                        limiter: limiter.label(),
+                    })
+                    .inc();
+                let error = ErrorFrame::new(
+                    ErrorCode::BUSY,
+                    FrameType::HELLO,
+                    "too many failed authentications, retry later",
+                );
+                conn.send_error(driver, error).await;
+                return None;
+            }
+            claimed = Some(hello.serial);
+        }
         let fresh_nonce = || Nonce(rand::random());
         match handshake.receive(frame, fresh_nonce, |serial| driver.keys.device_key(serial)) {
             Ok(ServerStep::Challenge(challenge)) => {
@@ -229,16 +271,31 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection) -> Option<Arc<Se
             }) => break (serial, firmware, session_key),
             Err(err) => {
                 info!(code = %err.code, detail = err.detail, "handshake refused");
-                driver.metrics.handshake(if err.code == ErrorCode::UNAUTHORIZED {
-                    "unauthorized"
+                if err.code == ErrorCode::UNAUTHORIZED {
+                    driver.metrics.handshake("unauthorized");
+                    let reason = if err.detail == "unknown serial" {
+                        "unknown_serial"
+                    } else {
+                        "wrong_mac"
+                    };
+                    driver
+                        .metrics
+                        .auth_failures
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc();
+                    if let Some(serial) = &claimed {
+                        driver.auth_limits.failed(conn.peer.ip(), serial);
+                    }
                 } else {
-                    "unexpected"
-                });
+                    driver.metrics.handshake("unexpected");
+                }
                 conn.send_error(driver, err.to_frame()).await;
                 return None;
             }
         }
     };
+    // Authenticated: the rest of the handshake is the server's own work.
+    drop(slot);
     tracing::Span::current().record("serial", tracing::field::display(&serial));
 
     let session_id = SessionId(rand::random());

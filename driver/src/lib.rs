@@ -2,12 +2,13 @@
 //!
 //! Layout, following one device's data through it:
 //!
-//! - [`listener`] accepts connections (bounded), [`proxy`] reads HAProxy's
-//!   PROXY v2 header when enabled, and [`connection`] runs each one:
-//!   handshake (keys from [`keys`], the session registered with the bridge
-//!   through [`bridge`]), then the session loop, whose per-frame rules
-//!   (event order, window and `BUSY`, acks, what ends a session) are
-//!   [`session`]'s, free of I/O.
+//! - [`listener`] accepts connections (bounded), [`handshakes`] caps those
+//!   not yet authenticated and gives each its deadline, [`proxy`] reads
+//!   HAProxy's PROXY v2 header when enabled, and [`connection`] runs each
+//!   one: handshake (failed ones limited by [`auth_limits`], keys from
+//!   [`keys`], the session registered with the bridge through [`bridge`]),
+//!   then the session loop, whose per-frame rules (event order, window and
+//!   `BUSY`, acks, what ends a session) are [`session`]'s, free of I/O.
 //! - [`pipeline`] batches every session's events onto one gRPC stream to
 //!   the vendor-bridge and turns its durable confirmations into `ACK`s.
 //! - [`commands`] holds the one Redis pub/sub connection: operators'
@@ -24,11 +25,13 @@
 //! - [`config`] is every environment variable, parsed once.
 
 pub mod admin;
+pub mod auth_limits;
 pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod drain;
+pub mod handshakes;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
@@ -52,8 +55,10 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use crate::auth_limits::AuthLimits;
 use crate::bridge::BridgeClient;
 use crate::commands::{CommandRouter, Subscriptions};
+use crate::handshakes::HandshakeSlots;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -82,6 +87,10 @@ pub struct Driver {
     /// `UPLOAD_MAX_OPEN` slots: an upload in progress holds one (and its
     /// write buffer).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// `DRIVER_MAX_HANDSHAKES` slots for connections not yet authenticated.
+    pub handshake_slots: Arc<HandshakeSlots>,
+    /// Failed authentications per address and per serial.
+    pub auth_limits: AuthLimits,
     /// Set on SIGTERM: `/healthz` answers 503 and new sessions leave at once.
     pub draining: AtomicBool,
 }
@@ -149,6 +158,12 @@ pub async fn run(
     .context("REDIS_URL")?;
 
     let upload_slots = Arc::new(tokio::sync::Semaphore::new(config.upload_max_open));
+    let handshake_slots = HandshakeSlots::new(config.max_handshakes, metrics.handshakes_in_progress.clone());
+    let auth_limits = AuthLimits::new(
+        config.auth_failures_per_address,
+        config.auth_failures_per_serial,
+        config.auth_failure_window,
+    );
     let driver = Arc::new(Driver {
         config,
         keys,
@@ -159,6 +174,8 @@ pub async fn run(
         metrics,
         upload_slots,
         uploads,
+        handshake_slots,
+        auth_limits,
         draining: AtomicBool::new(false),
     });
     info!(

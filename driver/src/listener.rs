@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::Driver;
 use crate::connection::{self, Connection};
+use crate::handshakes::HandshakeSlot;
 use crate::proxy;
 
 /// Accepts connections until `stop` is cancelled; the listener is dropped
@@ -50,7 +51,12 @@ pub async fn accept_loop(
         backoff = Duration::from_millis(5);
         driver.metrics.connections_accepted.inc();
         let _ = stream.set_nodelay(true);
-        connections.spawn(accepted(driver.clone(), stream, peer, permit));
+        // CWP/1 §2: the handshake deadline runs from accept, PROXY header
+        // included, so that a slow header does not buy a second deadline.
+        let slot = driver
+            .handshake_slots
+            .take(tokio::time::Instant::now() + driver.config.handshake_timeout);
+        connections.spawn(accepted(driver.clone(), stream, peer, permit, slot));
     }
 }
 
@@ -58,10 +64,25 @@ pub async fn accept_loop(
 /// required, then the device's session. Every idle device costs this
 /// task's size, so the short-lived PROXY read is boxed and the session
 /// future is built in place.
-async fn accepted(driver: Arc<Driver>, mut stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+async fn accepted(
+    driver: Arc<Driver>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    slot: HandshakeSlot,
+) {
     let _permit = permit;
     let (peer, initial) = if driver.config.proxy_protocol {
-        match Box::pin(proxy::read_header(&mut stream, peer, driver.config.handshake_timeout)).await {
+        let remaining = slot.deadline.saturating_duration_since(tokio::time::Instant::now());
+        let header = tokio::select! {
+            header = Box::pin(proxy::read_header(&mut stream, peer, remaining)) => header,
+            () = slot.evicted() => {
+                // Not speaking CWP/1 yet: nothing to answer.
+                driver.metrics.handshake("evicted");
+                return;
+            }
+        };
+        match header {
             Ok(found) => found,
             Err(err) => {
                 debug!(%peer, error = %err, "refusing connection without a valid PROXY header");
@@ -71,5 +92,5 @@ async fn accepted(driver: Arc<Driver>, mut stream: TcpStream, peer: SocketAddr, 
     } else {
         (peer, BytesMut::new())
     };
-    connection::serve(driver, Connection::new(stream, peer, initial)).await;
+    connection::serve(driver, Connection::new(stream, peer, initial), slot).await;
 }

@@ -23,6 +23,21 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// Why an authentication failed (for operators; devices get the same
+/// `UNAUTHORIZED` for both).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `unknown_serial` or `wrong_mac`.
+    pub reason: &'static str,
+}
+
+/// Which failed-authentication limit refused a `HELLO`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabel {
+    /// `address` or `serial`.
+    pub limiter: &'static str,
+}
+
 /// Every metric of one driver process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,8 +47,17 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Authenticated sessions live now.
     pub sessions: Gauge,
-    /// Handshakes by result: `ok`, `unauthorized`, `timeout`, `malformed`, `unexpected`, `bridge_unavailable`, `closed`.
+    /// Handshakes by result: `ok`, `unauthorized`, `timeout`, `malformed`,
+    /// `unexpected`, `bridge_unavailable`, `closed`, `evicted` (its slot
+    /// went to a newer connection, `DRIVER_MAX_HANDSHAKES`), `rate_limited`.
     pub handshakes: Family<ResultLabel, Counter>,
+    /// Connections accepted and not yet authenticated, now.
+    pub handshakes_in_progress: Gauge,
+    /// Failed authentications by reason: `unknown_serial`, `wrong_mac`.
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// `HELLO`s refused with `BUSY` after too many failed authentications,
+    /// by limit: `address`, `serial`.
+    pub auth_rate_limited: Family<LimiterLabel, Counter>,
     /// `EVENT` frames accepted for storage.
     pub events_received: Counter,
     /// Events acknowledged to devices (stored now or earlier).
@@ -77,6 +101,9 @@ impl Metrics {
             connections_accepted: Counter::default(),
             sessions: Gauge::default(),
             handshakes: Family::default(),
+            handshakes_in_progress: Gauge::default(),
+            auth_failures: Family::default(),
+            auth_rate_limited: Family::default(),
             events_received: Counter::default(),
             events_acked: Counter::default(),
             events_duplicate: Counter::default(),
@@ -104,6 +131,21 @@ impl Metrics {
         );
         r.register("sessions", "Authenticated sessions live now", metrics.sessions.clone());
         r.register("handshakes", "Handshakes by result", metrics.handshakes.clone());
+        r.register(
+            "handshakes_in_progress",
+            "Connections accepted and not yet authenticated",
+            metrics.handshakes_in_progress.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Failed authentications by reason",
+            metrics.auth_failures.clone(),
+        );
+        r.register(
+            "auth_rate_limited",
+            "HELLOs refused after too many failed authentications, by limit",
+            metrics.auth_rate_limited.clone(),
+        );
         r.register(
             "events_received",
             "EVENT frames accepted for storage",

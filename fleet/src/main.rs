@@ -33,7 +33,8 @@ enum Commands {
 #[command(after_help = BENCH_HELP)]
 struct BenchArgs {
     /// Benchmarks to run, comma-separated: events, idle, storm, commands,
-    /// uploads. Default: the standard suite (all but uploads).
+    /// uploads, hostile. Default: the standard suite (all but uploads and
+    /// hostile).
     #[arg(long, value_delimiter = ',', default_value = "events,idle,storm,commands")]
     only: Vec<String>,
     /// Devices for the events benchmark (comma-separated for several runs).
@@ -404,10 +405,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|result| header("Connect storm", STORM_WHAT) + &result.markdown()),
             "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
                 .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
+            "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
+                .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
             "uploads" => fleet::bench::uploads::run(&ctx)
                 .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
             other => Err(anyhow::anyhow!(
-                "unknown benchmark {other:?} (events, idle, storm, commands, uploads)"
+                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile)"
             )),
         };
         match outcome {
@@ -433,6 +436,11 @@ const EVENTS_WHAT: &str = "Device → driver → gRPC stream → vendor-bridge �
 const IDLE_WHAT: &str = "The most authenticated devices held at once with heartbeats, and what an idle device costs: resident memory the drivers (and, separately, HAProxy) gained per device, beside the kernel's own memory per TCP socket measured over the same span (the limit: no server can hold a connection for less), and beside Mosquitto holding the same number of idle MQTT 3.1.1 clients with keep-alives (the peer an operator would otherwise pick).";
 const STORM_WHAT: &str = "Every device connects at once through HAProxy and completes the CWP/1 handshake (HMAC challenge–response, the bridge's session script in Redis, the command subscription, `WELCOME`).";
 const COMMANDS_WHAT: &str = "An operator publishes commands (JSON with an id) at a steady rate to devices picked at random among those connected (`PUBLISH cwp:cmd:{serial}`); each device answers at once with a result event; the operator times each command from its `PUBLISH` to the notice on `cwp:cmd-result:{serial}` (`PSUBSCRIBE cwp:cmd-result:*`).";
+/// Honest devices of the hostile benchmark (issue 8).
+const HOSTILE_DEVICES: u64 = 100;
+/// Slow connections held against them.
+const HOSTILE_CONNECTIONS: usize = 10_000;
+const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in all to one driver (defaults for `DRIVER_HANDSHAKE_TIMEOUT` and `DRIVER_MAX_HANDSHAKES`), first alone, then while 10,000 connections that never send a byte are held open against the same driver, each reopened as soon as the driver closes it; latency is from send to the covering `ACK`. Target (issue 8): p99 under attack within 2× the unloaded p99.";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 
 fn bench_events(ctx: &fleet::bench::BenchContext, args: &BenchArgs, header: String) -> anyhow::Result<String> {

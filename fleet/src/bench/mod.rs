@@ -10,11 +10,13 @@
 //!   socket memory, and the simulator run in the background.
 //! - [`rig`]: the whole local fleet sized for a number of devices;
 //!   [`mosquitto`]: the idle benchmark's peer brokers.
-//! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`]: one
-//!   benchmark each; each returns its figures and renders its section.
+//! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`],
+//!   [`hostile`]: one benchmark each; each returns its figures and renders
+//!   its section.
 
 pub mod commands;
 pub mod events;
+pub mod hostile;
 pub mod idle;
 pub mod machine;
 pub mod mosquitto;

@@ -1,0 +1,282 @@
+//! Honest devices under a slowloris attack (issue 8): the ack latency of
+//! 100 `controller-sim` devices on one driver, first alone, then while
+//! 10,000 connections that never send a byte are held open against the
+//! same driver (each opened again as soon as the driver closes it at its
+//! handshake deadline or evicts it). The driver runs with its defaults
+//! (`DRIVER_HANDSHAKE_TIMEOUT`, `DRIVER_MAX_HANDSHAKES`). The target: p99
+//! under attack within 2× the unloaded p99.
+
+use std::fmt::Write as _;
+use std::io::{ErrorKind, Read as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::BenchContext;
+use super::events::MASTER_KEY_HEX;
+use super::probe::{SimSummary, run_sim};
+use super::report::{Table, duration_us, thousands};
+use crate::binaries::binary;
+use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use crate::process::free_port;
+use crate::redis::RedisServer;
+
+/// The limit: p99 under attack over p99 unloaded.
+const TARGET_RATIO: f64 = 2.0;
+/// Events per second, all honest devices together.
+const RATE: u64 = 1_000;
+
+/// One measured phase.
+#[derive(Debug, Clone)]
+pub struct HostilePhase {
+    /// What it was.
+    pub label: String,
+    /// Attack connections open when the phase ended.
+    pub attackers_open: u64,
+    /// What the simulator measured.
+    pub summary: SimSummary,
+}
+
+/// The result.
+#[derive(Debug, Clone)]
+pub struct HostileResult {
+    /// Honest devices.
+    pub devices: u64,
+    /// Attack connections held.
+    pub attackers: usize,
+    /// Unloaded, then under attack.
+    pub phases: Vec<HostilePhase>,
+    /// Attack connections opened in all (the driver closed all but the
+    /// last `attackers`).
+    pub attack_connections: u64,
+    /// The driver's `handshakes_total` by result after the attack.
+    pub handshakes: Vec<(String, f64)>,
+    /// The simulator's command line.
+    pub command: String,
+}
+
+/// Connections that never send, held open: a thread opens `count`, then
+/// sweeps them every half second and opens a new one for each the driver
+/// has closed.
+struct Slowloris {
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Slowloris {
+    fn start(target: SocketAddr, count: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, open, opened) = (stop.clone(), open.clone(), opened.clone());
+            std::thread::spawn(move || {
+                let connect = || {
+                    let stream = TcpStream::connect(target).ok()?;
+                    stream.set_nonblocking(true).ok()?;
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    Some(stream)
+                };
+                let mut streams: Vec<Option<TcpStream>> = Vec::with_capacity(count);
+                let mut scratch = [0_u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    streams.resize_with(count, || None);
+                    for slot in &mut streams {
+                        let alive = match slot {
+                            Some(stream) => loop {
+                                match stream.read(&mut scratch) {
+                                    // The driver's ERROR: read on to its close.
+                                    Ok(n) if n > 0 => {}
+                                    Err(err) if err.kind() == ErrorKind::WouldBlock => break true,
+                                    _ => break false,
+                                }
+                            },
+                            None => false,
+                        };
+                        if !alive {
+                            *slot = connect();
+                        }
+                    }
+                    open.store(streams.iter().flatten().count() as u64, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        };
+        Self {
+            stop,
+            open,
+            opened,
+            thread: Some(thread),
+        }
+    }
+
+    fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slowloris {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sim_args(driver: SocketAddr, devices: u64, seconds: u64) -> Vec<String> {
+    [
+        "--target".to_owned(),
+        driver.to_string(),
+        "--devices".to_owned(),
+        devices.to_string(),
+        "--rate".to_owned(),
+        RATE.to_string(),
+        "--event-size".to_owned(),
+        "64".to_owned(),
+        "--duration".to_owned(),
+        format!("{seconds}s"),
+        "--burst-interval".to_owned(),
+        "50ms".to_owned(),
+        "--source-ips".to_owned(),
+        "127.0.0.2-127.0.0.9".to_owned(),
+        "--serial-prefix".to_owned(),
+        "HONEST-".to_owned(),
+    ]
+    .into()
+}
+
+/// Runs the benchmark: `devices` honest devices, `attackers` slow
+/// connections.
+pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result<HostileResult> {
+    let sim = binary("controller-sim")?;
+    let redis = RedisServer::start_in(&ctx.work_dir.join("hostile-redis"), free_port()?)?;
+    let bridge = BridgeProcess::start(&redis.url(), &Logs::File(ctx.log_dir.join("hostile-bridge.log")), &[])?;
+    let driver = DriverProcess::start(&DriverOptions {
+        bridge_url: bridge.url(),
+        redis_url: redis.url(),
+        master_key_hex: MASTER_KEY_HEX.to_owned(),
+        proxy_protocol: false,
+        extra_env: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+        logs: Logs::File(ctx.log_dir.join("hostile-driver.log")),
+    })?;
+    let seconds = ctx.phase_seconds();
+    let args = sim_args(driver.addr(), devices, seconds);
+
+    let unloaded = run_sim(&sim, MASTER_KEY_HEX, &args)?;
+    let mut phases = vec![HostilePhase {
+        label: "unloaded".to_owned(),
+        attackers_open: 0,
+        summary: unloaded,
+    }];
+
+    let attack = Slowloris::start(driver.addr(), attackers);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while attack.open() < attackers as u64 * 9 / 10 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "only {} of {attackers} attack connections open after 60 s",
+            attack.open()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let loaded = run_sim(&sim, MASTER_KEY_HEX, &args)?;
+    phases.push(HostilePhase {
+        label: format!("under attack ({} slow connections)", thousands(attackers as f64)),
+        attackers_open: attack.open(),
+        summary: loaded,
+    });
+    let attack_connections = attack.opened.load(Ordering::Relaxed);
+    drop(attack);
+
+    let metrics = driver.metrics()?;
+    let handshakes = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("drover_driver_handshakes_total{result=\""))
+        .filter_map(|rest| {
+            let (result, value) = rest.split_once("\"} ")?;
+            Some((result.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    let command = format!(
+        "controller-sim {} (twice: alone, then beside the attack)",
+        args.join(" ")
+    );
+    Ok(HostileResult {
+        devices,
+        attackers,
+        phases,
+        attack_connections,
+        handshakes,
+        command,
+    })
+}
+
+impl HostileResult {
+    /// p99 under attack over p99 unloaded.
+    pub fn ratio(&self) -> f64 {
+        match self.phases.as_slice() {
+            [unloaded, loaded, ..] => {
+                loaded.summary.ack_latency_us.p99 as f64 / (unloaded.summary.ack_latency_us.p99.max(1) as f64)
+            }
+            _ => f64::NAN,
+        }
+    }
+
+    /// The section for docs/BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut text = String::new();
+        let ratio = self.ratio();
+        let _ = writeln!(
+            text,
+            "**{} honest devices** beside **{} slow connections**: ack p99 **{ratio:.2}×** the unloaded p99 (target ≤ {TARGET_RATIO}×: {}).\n",
+            thousands(self.devices as f64),
+            thousands(self.attackers as f64),
+            if ratio <= TARGET_RATIO { "met" } else { "**not met**" }
+        );
+        let mut table = Table::new(&[
+            "phase",
+            "slow connections open",
+            "acknowledged /s",
+            "ack p50",
+            "ack p99",
+            "ack p99.9",
+            "errors",
+        ]);
+        for phase in &self.phases {
+            let s = &phase.summary;
+            let errors: Vec<String> = s.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            table.row(vec![
+                phase.label.clone(),
+                thousands(phase.attackers_open as f64),
+                thousands(s.acked_per_s),
+                duration_us(s.ack_latency_us.p50 as f64),
+                duration_us(s.ack_latency_us.p99 as f64),
+                duration_us(s.ack_latency_us.p999 as f64),
+                if errors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    errors.join(", ")
+                },
+            ]);
+        }
+        text.push_str(&table.render());
+        let handshakes: Vec<String> = self
+            .handshakes
+            .iter()
+            .map(|(result, n)| format!("{result} {}", thousands(*n)))
+            .collect();
+        let _ = writeln!(
+            text,
+            "\nThe attack opened {} connections in all (each reopened once the driver closed it); the driver's handshakes by result: {}.\n\nDevices: `{}`",
+            thousands(self.attack_connections as f64),
+            handshakes.join(", "),
+            self.command
+        );
+        text
+    }
+}
