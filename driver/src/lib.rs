@@ -104,13 +104,34 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Connections the kernel may hold completed for the driver to accept.
+/// tokio's `TcpListener::bind` asks for 128 here; a connect storm (every
+/// device of a driver reconnecting after a restart) overflows that at
+/// once, and the kernel then drops the handshakes' final `ACK`s: devices
+/// wait out SYN retransmissions (1, 3, 7 … seconds), and a silent client
+/// can even believe itself connected to a driver that never accepted it.
+/// Linux caps the value at `net.core.somaxconn` (4096 by default).
+const DEVICE_BACKLOG: u32 = 4096;
+
+/// The device listener, with [`DEVICE_BACKLOG`].
+fn bind_devices(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted driver rebinds its port
+    // while the old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(DEVICE_BACKLOG)
+}
+
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
-            devices: TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("binding DRIVER_LISTEN {}", config.listen))?,
+            devices: bind_devices(config.listen).with_context(|| format!("binding DRIVER_LISTEN {}", config.listen))?,
             admin: TcpListener::bind(config.admin_listen)
                 .await
                 .with_context(|| format!("binding DRIVER_ADMIN_LISTEN {}", config.admin_listen))?,
