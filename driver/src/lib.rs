@@ -105,7 +105,7 @@ pub struct Listeners {
 }
 
 /// Connections the kernel may hold completed for the driver to accept.
-/// tokio's `TcpListener::bind` asks for 128 here; a connect storm (every
+/// `TcpListener::bind` left 128 here (`ss -tln`); a connect storm (every
 /// device of a driver reconnecting after a restart) overflows that at
 /// once, and the kernel then drops the handshakes' final `ACK`s: devices
 /// wait out SYN retransmissions (1, 3, 7 … seconds), and a silent client
