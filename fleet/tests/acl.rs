@@ -11,7 +11,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use controller_sim::client::Connection;
@@ -21,7 +20,6 @@ use cwp::{
     UploadOutcome,
 };
 use fleet::components::{BridgeProcess, DriverOptions, DriverProcess};
-use fleet::process::ChildGuard;
 use fleet::redis::RedisServer;
 use futures::StreamExt as _;
 use sha2::Digest as _;
@@ -259,26 +257,18 @@ fn the_whole_flow_works_with_the_documented_minimal_acls() {
 /// Runs a driver whose `REDIS_URL` is `redis_url` until it exits (it must,
 /// within the deadline); returns its exit code and what it wrote.
 fn driver_exit(redis_url: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("output");
-    let file = std::fs::File::create(&output).unwrap();
-    let mut process = ChildGuard::spawn(
+    let uploads = tempfile::tempdir().unwrap();
+    let upload_dir = uploads.path().to_str().unwrap();
+    run_to_exit(
         "driver",
-        Command::new(fleet::binaries::binary("driver").unwrap())
-            .env("DRIVER_LISTEN", "127.0.0.1:0")
-            .env("DRIVER_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("CWP_MASTER_KEY", MASTER_KEY_HEX)
-            .env("REDIS_URL", redis_url)
-            .env("UPLOAD_DIR", dir.path().join("uploads"))
-            .env("LOG_FORMAT", "text")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file),
+        &[
+            ("DRIVER_LISTEN", "127.0.0.1:0"),
+            ("DRIVER_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("CWP_MASTER_KEY", MASTER_KEY_HEX),
+            ("REDIS_URL", redis_url),
+            ("UPLOAD_DIR", upload_dir),
+        ],
     )
-    .unwrap();
-    let status = process.wait_timeout(WAIT).expect("the driver exits by itself");
-    (status.code(), std::fs::read_to_string(&output).unwrap())
 }
 
 #[test]

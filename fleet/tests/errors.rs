@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use controller_sim::client::{ClientError, Connection};
-use cwp::{DeviceFrame, ErrorCode, ErrorFrame, Event, FrameType, ServerFrame};
+use cwp::{DeviceFrame, ErrorCode, Event, FrameType, ServerFrame};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -24,27 +24,6 @@ fn raw_frame(frame_type: u8, payload: &[u8]) -> Vec<u8> {
     frame.put_u32(crc);
     frame.put_slice(payload);
     frame.to_vec()
-}
-
-async fn expect_error(connection: &mut Connection) -> ErrorFrame {
-    loop {
-        match connection.recv_timeout(WAIT).await {
-            Ok(ServerFrame::Error(error)) => return error,
-            Ok(ServerFrame::Ack(_)) => {}
-            other => panic!("expected ERROR, got {other:?}"),
-        }
-    }
-}
-
-async fn expect_fatal(connection: &mut Connection, code: ErrorCode, ref_type: FrameType) {
-    let error = expect_error(connection).await;
-    assert_eq!(error.code, code, "{error:?}");
-    assert!(error.fatal, "{code} is fatal");
-    assert_eq!(error.ref_type, ref_type, "{error:?}");
-    assert!(
-        connection.closed_within(WAIT).await,
-        "the connection closes after {code}"
-    );
 }
 
 async fn raw(fleet: &TestFleet, bytes: &[u8]) -> Connection {

@@ -84,26 +84,6 @@ async fn frames_until_closed(connection: &mut tokio::net::tcp::OwnedReadHalf) ->
     frames
 }
 
-async fn expect_error(connection: &mut Connection) -> ErrorFrame {
-    loop {
-        match connection.recv_timeout(WAIT).await {
-            Ok(ServerFrame::Error(error)) => return error,
-            Ok(ServerFrame::Ack(_)) => {}
-            other => panic!("expected ERROR, got {other:?}"),
-        }
-    }
-}
-
-async fn expect_fatal(connection: &mut Connection, code: ErrorCode, ref_type: FrameType) {
-    let error = expect_error(connection).await;
-    assert_eq!((error.code, error.ref_type), (code, ref_type), "{error:?}");
-    assert!(error.fatal, "{code} is fatal");
-    assert!(
-        connection.closed_within(WAIT).await,
-        "the connection closes after {code}"
-    );
-}
-
 /// Waits for `ACK(id)` or a later one.
 async fn expect_ack(connection: &mut Connection, id: u64) {
     loop {
@@ -209,6 +189,7 @@ async fn honest_device(addr: SocketAddr, name: String, attack_over: Arc<AtomicBo
 fn ten_thousand_slow_connections_are_closed_by_the_deadline_the_cap_holds_and_honest_devices_are_served() {
     const ATTACKERS: usize = 10_000;
     const CAP: usize = 1_000;
+    raise_open_file_limit(ATTACKERS + 1_000);
     let fleet = TestFleet::start(
         1,
         &[

@@ -10,12 +10,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cwp::{DeviceFrame, Event, ServerFrame};
 use fleet::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
-use fleet::process::ChildGuard;
 use fleet::redis::RedisServer;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -305,27 +303,6 @@ fn a_driver_that_does_not_trust_the_bridges_ca_refuses_it() {
     let fleet = TlsBridge::start();
     let env = fleet.pki.driver_env("other-ca.pem", Some("driver"));
     assert_refused(&fleet, fleet.https_url(), env, &["UnknownIssuer"]);
-}
-
-/// Runs `binary` with `env` until it exits (it must, within the deadline);
-/// returns its exit code and what it wrote.
-fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("output");
-    let file = std::fs::File::create(&output).unwrap();
-    let mut process = ChildGuard::spawn(
-        binary,
-        Command::new(fleet::binaries::binary(binary).unwrap())
-            .envs(env.iter().copied())
-            .env("LOG_FORMAT", "text")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file),
-    )
-    .unwrap();
-    let status = process.wait_timeout(WAIT).expect("exits by itself");
-    (status.code(), std::fs::read_to_string(&output).unwrap())
 }
 
 #[test]

@@ -12,7 +12,7 @@ use controller_sim::device::{Device, UploadJob};
 use controller_sim::verify::{
     Expectation, ExpectedUpload, Tally, UploadTally, UploadVerdict, Verdict, read_stream, read_uploads,
 };
-use cwp::{DeviceKey, MasterKey, Serial, Welcome};
+use cwp::{DeviceKey, ErrorCode, ErrorFrame, FrameType, MasterKey, Serial, ServerFrame, Welcome};
 use fleet::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use fleet::redis::RedisServer;
 
@@ -192,6 +192,69 @@ pub async fn assert_uploads_recorded_exactly_once(
     eprintln!("{verdict}");
     assert!(verdict.passed(), "{verdict}");
     verdict
+}
+
+/// Raises this process's soft open-file limit to its hard limit, and fails
+/// the test if that still leaves fewer than `needed` (a test holding
+/// thousands of client sockets; the spawned processes raise their own).
+pub fn raise_open_file_limit(needed: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(
+        usize::try_from(hard).unwrap_or(usize::MAX) >= needed,
+        "this test needs {needed} open files; the hard limit is {hard}"
+    );
+}
+
+/// How long a device waits for the driver's answer, or for it to close.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// The next `ERROR` from the driver (acks before it are skipped).
+pub async fn expect_error(connection: &mut Connection) -> ErrorFrame {
+    loop {
+        match connection.recv_timeout(ANSWER_WAIT).await {
+            Ok(ServerFrame::Error(error)) => return error,
+            Ok(ServerFrame::Ack(_)) => {}
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame is the fatal `ERROR` `code` about a `ref_type` frame, and
+/// then the driver closes the connection (CWP/1 §4).
+pub async fn expect_fatal(connection: &mut Connection, code: ErrorCode, ref_type: FrameType) {
+    let error = expect_error(connection).await;
+    assert_eq!((error.code, error.ref_type), (code, ref_type), "{error:?}");
+    assert!(error.fatal, "{code} is fatal");
+    assert!(
+        connection.closed_within(ANSWER_WAIT).await,
+        "the connection closes after {code}"
+    );
+}
+
+/// Runs one of Drover's binaries with `env` until it exits by itself (it
+/// must, within a minute: a configuration error); returns its exit code and
+/// everything it wrote.
+pub fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("output");
+    let file = std::fs::File::create(&output).unwrap();
+    let mut process = fleet::process::ChildGuard::spawn(
+        binary,
+        std::process::Command::new(fleet::binaries::binary(binary).unwrap())
+            .envs(env.iter().copied())
+            .env("LOG_FORMAT", "text")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file),
+    )
+    .unwrap();
+    let status = process.wait_timeout(Duration::from_secs(60)).expect("exits by itself");
+    (status.code(), std::fs::read_to_string(&output).unwrap())
 }
 
 /// A multi-threaded runtime for a test body.
