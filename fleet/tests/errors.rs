@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use controller_sim::client::{ClientError, Connection};
-use cwp::{DeviceFrame, ErrorCode, Event, FrameType, ServerFrame};
+use cwp::{DeviceFrame, ErrorCode, FrameType, ServerFrame};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -30,15 +30,6 @@ async fn raw(fleet: &TestFleet, bytes: &[u8]) -> Connection {
     let mut connection = Connection::connect(fleet.addr()).await.unwrap();
     connection.send_raw(bytes).await.unwrap();
     connection
-}
-
-fn event(event_id: u64) -> DeviceFrame {
-    DeviceFrame::Event(Event {
-        event_id,
-        time_ms: 0,
-        kind: 1,
-        body: Bytes::from_static(b"x"),
-    })
 }
 
 #[test]

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use controller_sim::client::{ClientError, Connection, connect_from};
-use cwp::{DeviceCodec, DeviceFrame, ErrorCode, ErrorFrame, Event, FrameType, Ping, ServerFrame};
+use cwp::{DeviceCodec, DeviceFrame, ErrorCode, ErrorFrame, FrameType, Ping, ServerFrame};
 use fleet::components::DriverProcess;
 use fleet::process::ChildGuard;
 use support::*;
@@ -50,15 +50,6 @@ fn hello_body(serial: &[u8]) -> Vec<u8> {
     body.extend_from_slice(b"\x02fw");
     body.extend_from_slice(&[0; 16]);
     body
-}
-
-fn event(event_id: u64) -> DeviceFrame {
-    DeviceFrame::Event(Event {
-        event_id,
-        time_ms: 0,
-        kind: 1,
-        body: Bytes::from_static(b"x"),
-    })
 }
 
 fn loopback(last: u8, third: u8) -> IpAddr {

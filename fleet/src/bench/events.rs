@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 use super::BenchContext;
 use super::probe::{CpuMeter, SimSummary, run_sim};
-use super::report::{Table, duration_us, thousands};
+use super::report::{Table, thousands};
 use crate::binaries::binary;
 use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use crate::process::{find_on_path, free_port};
@@ -298,20 +298,10 @@ impl EventsResult {
         ]);
         for phase in &self.phases {
             let s = &phase.summary;
-            let errors: Vec<String> = s.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
-            table.row(vec![
-                phase.label.clone(),
-                thousands(phase.offered),
-                thousands(s.acked_per_s),
-                duration_us(s.ack_latency_us.p50 as f64),
-                duration_us(s.ack_latency_us.p99 as f64),
-                duration_us(s.ack_latency_us.p999 as f64),
-                if errors.is_empty() {
-                    "none".to_owned()
-                } else {
-                    errors.join(", ")
-                },
-            ]);
+            let mut row = vec![phase.label.clone(), thousands(phase.offered)];
+            row.extend(s.ack_cells());
+            row.push(s.errors_cell());
+            table.row(row);
         }
         text.push_str(&table.render());
         if let Some(saturated) = self.phases.first() {

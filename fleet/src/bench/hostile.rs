@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
 use super::probe::{SimSummary, run_sim};
-use super::report::{Table, duration_us, thousands};
+use super::report::{Table, thousands};
 use crate::binaries::binary;
 use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use crate::process::free_port;
@@ -249,20 +249,10 @@ impl HostileResult {
         ]);
         for phase in &self.phases {
             let s = &phase.summary;
-            let errors: Vec<String> = s.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
-            table.row(vec![
-                phase.label.clone(),
-                thousands(phase.attackers_open as f64),
-                thousands(s.acked_per_s),
-                duration_us(s.ack_latency_us.p50 as f64),
-                duration_us(s.ack_latency_us.p99 as f64),
-                duration_us(s.ack_latency_us.p999 as f64),
-                if errors.is_empty() {
-                    "none".to_owned()
-                } else {
-                    errors.join(", ")
-                },
-            ]);
+            let mut row = vec![phase.label.clone(), thousands(phase.attackers_open as f64)];
+            row.extend(s.ack_cells());
+            row.push(s.errors_cell());
+            table.row(row);
         }
         text.push_str(&table.render());
         let handshakes: Vec<String> = self

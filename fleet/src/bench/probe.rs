@@ -248,6 +248,28 @@ pub struct SimSummary {
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
+impl SimSummary {
+    /// A report's ack columns: acknowledged/s, p50, p99, p99.9.
+    pub fn ack_cells(&self) -> [String; 4] {
+        let latency = &self.ack_latency_us;
+        [
+            super::report::thousands(self.acked_per_s),
+            super::report::duration_us(latency.p50 as f64),
+            super::report::duration_us(latency.p99 as f64),
+            super::report::duration_us(latency.p999 as f64),
+        ]
+    }
+
+    /// A report's errors column: `none`, or `CODE n, ...`.
+    pub fn errors_cell(&self) -> String {
+        if self.errors.is_empty() {
+            return "none".to_owned();
+        }
+        let errors: Vec<String> = self.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+        errors.join(", ")
+    }
+}
+
 /// Runs `controller-sim` with `args` (plus `--json`) and parses its summary.
 pub fn run_sim(binary: &Path, master_key_hex: &str, args: &[String]) -> anyhow::Result<SimSummary> {
     let output = Command::new(binary)

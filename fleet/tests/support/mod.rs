@@ -209,6 +209,16 @@ pub fn raise_open_file_limit(needed: usize) {
     );
 }
 
+/// `EVENT(event_id)` with a one-byte body.
+pub fn event(event_id: u64) -> cwp::DeviceFrame {
+    cwp::DeviceFrame::Event(cwp::Event {
+        event_id,
+        time_ms: 0,
+        kind: 1,
+        body: bytes::Bytes::from_static(b"x"),
+    })
+}
+
 /// How long a device waits for the driver's answer, or for it to close.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
