@@ -9,14 +9,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use cwp::{Serial, SessionId};
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
-use drover_proto::bridge::{CloseSessionRequest, OpenSessionRequest, RecordUploadRequest, RejectCommandRequest};
+use drover_proto::bridge::{
+    CallError, CloseSessionReply, CloseSessionRequest, CloseSessionsRequest, OpenSessionReply, OpenSessionRequest,
+    OpenSessionsRequest, RecordUploadRequest, RejectCommandRequest, close_session_outcome, open_session_outcome,
+};
 use drover_service::tls::{read_certificates, read_private_key};
+use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::batcher::{BatchLimits, BatchResult, Batcher};
 use crate::config::BridgeTls;
 
 /// How long a unary call may take before the driver gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sessions opening or closing together are registered together
+/// (`OpenSessions`, `CloseSessions`): up to 256 per call, 4 calls out at
+/// once. The bridge takes up to 1,000.
+const SESSION_BATCHES: BatchLimits = BatchLimits {
+    max_batch: 256,
+    in_flight: 4,
+    // A storm's registrations queue behind each other; a batch whose
+    // earliest callers are about to give up still serves the later ones.
+    min_timeout: Duration::from_secs(1),
+};
 
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
@@ -30,6 +46,8 @@ pub fn unix_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct BridgeClient {
     client: VendorBridgeClient<Channel>,
+    opens: Batcher<OpenSessionRequest, OpenSessionReply>,
+    closes: Batcher<CloseSessionRequest, CloseSessionReply>,
     driver_id: String,
     instance_id: String,
 }
@@ -96,10 +114,23 @@ pub struct OpenedSession {
 }
 
 impl BridgeClient {
-    /// A client for `channel`, identifying itself as `driver_id`.
+    /// A client for `channel`, identifying itself as `driver_id`. Spawns
+    /// the tasks that batch session registrations (they end with the last
+    /// clone): call it within the runtime.
     pub fn new(channel: Channel, driver_id: String, instance_id: String) -> Self {
+        let client = VendorBridgeClient::new(channel);
+        let opens = Batcher::spawn(SESSION_BATCHES, {
+            let client = client.clone();
+            move |sessions, timeout| open_sessions(client.clone(), sessions, timeout)
+        });
+        let closes = Batcher::spawn(SESSION_BATCHES, {
+            let client = client.clone();
+            move |sessions, timeout| close_sessions(client.clone(), sessions, timeout)
+        });
         Self {
-            client: VendorBridgeClient::new(channel),
+            client,
+            opens,
+            closes,
             driver_id,
             instance_id,
         }
@@ -120,8 +151,9 @@ impl BridgeClient {
         self.client.clone()
     }
 
-    /// Registers an authenticated session; see `OpenSession` in bridge.proto.
-    /// `timeout` is what is left of the handshake's time.
+    /// Registers an authenticated session, batched with others registering
+    /// at the same time; see `OpenSessions` in bridge.proto. `timeout` is
+    /// what is left of the handshake's time.
     pub async fn open_session(
         &self,
         serial: &Serial,
@@ -130,7 +162,7 @@ impl BridgeClient {
         firmware: &str,
         timeout: Duration,
     ) -> Result<OpenedSession, tonic::Status> {
-        let mut request = tonic::Request::new(OpenSessionRequest {
+        let request = OpenSessionRequest {
             serial: serial.to_string(),
             session_id: session_id.0.to_vec(),
             driver_id: self.driver_id.clone(),
@@ -138,30 +170,29 @@ impl BridgeClient {
             firmware: firmware.to_owned(),
             connected_ms: unix_ms(),
             instance_id: self.instance_id.clone(),
-        });
-        request.set_timeout(timeout);
-        let reply = self.client.clone().open_session(request).await?.into_inner();
+        };
+        let reply = self.opens.call(request, Instant::now() + timeout).await?;
         Ok(OpenedSession {
             last_event_id: reply.last_event_id,
             superseded_other: reply.superseded_other,
         })
     }
 
-    /// Marks a session ended in the registry.
+    /// Marks a session ended in the registry, batched with others closing
+    /// at the same time.
     pub async fn close_session(
         &self,
         serial: &Serial,
         session_id: &SessionId,
         last_seen_ms: u64,
     ) -> Result<(), tonic::Status> {
-        let mut request = tonic::Request::new(CloseSessionRequest {
+        let request = CloseSessionRequest {
             serial: serial.to_string(),
             session_id: session_id.0.to_vec(),
             driver_id: self.driver_id.clone(),
             last_seen_ms,
-        });
-        request.set_timeout(CALL_TIMEOUT);
-        self.client.clone().close_session(request).await.map(drop)
+        };
+        self.closes.call(request, Instant::now() + CALL_TIMEOUT).await.map(drop)
     }
 
     /// Records a command that did not reach the device.
@@ -194,4 +225,54 @@ impl BridgeClient {
         request.set_timeout(CALL_TIMEOUT);
         Ok(self.client.clone().record_upload(request).await?.into_inner().recorded)
     }
+}
+
+async fn open_sessions(
+    mut client: VendorBridgeClient<Channel>,
+    sessions: Vec<OpenSessionRequest>,
+    timeout: Duration,
+) -> BatchResult<OpenSessionReply> {
+    let mut request = tonic::Request::new(OpenSessionsRequest { sessions });
+    request.set_timeout(timeout);
+    let reply = client.open_sessions(request).await?.into_inner();
+    Ok(results(reply.outcomes, |outcome| {
+        outcome.outcome.map(|outcome| match outcome {
+            open_session_outcome::Outcome::Opened(opened) => Ok(opened),
+            open_session_outcome::Outcome::Error(error) => Err(error),
+        })
+    }))
+}
+
+async fn close_sessions(
+    mut client: VendorBridgeClient<Channel>,
+    sessions: Vec<CloseSessionRequest>,
+    timeout: Duration,
+) -> BatchResult<CloseSessionReply> {
+    let mut request = tonic::Request::new(CloseSessionsRequest { sessions });
+    request.set_timeout(timeout);
+    let reply = client.close_sessions(request).await?.into_inner();
+    Ok(results(reply.outcomes, |outcome| {
+        outcome.outcome.map(|outcome| match outcome {
+            close_session_outcome::Outcome::Closed(closed) => Ok(closed),
+            close_session_outcome::Outcome::Error(error) => Err(error),
+        })
+    }))
+}
+
+/// A batch reply's outcomes as the results of the calls in it; `split`
+/// takes one outcome apart (`None`: the bridge left it empty).
+fn results<O, T>(outcomes: Vec<O>, split: impl Fn(O) -> Option<Result<T, CallError>>) -> Vec<Result<T, tonic::Status>> {
+    outcomes
+        .into_iter()
+        .map(|outcome| match split(outcome) {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(error)) => Err(status_of(error)),
+            None => Err(tonic::Status::internal("the bridge sent an empty outcome")),
+        })
+        .collect()
+}
+
+/// A batch item's error as the status its unary call would have failed with.
+fn status_of(error: CallError) -> tonic::Status {
+    tonic::Status::new(tonic::Code::from(error.code), error.message)
 }

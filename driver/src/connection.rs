@@ -190,7 +190,7 @@ pub async fn serve(driver: Arc<Driver>, mut connection: Connection, slot: Handsh
     driver.metrics.connections.dec();
 }
 
-/// HELLO → CHALLENGE → AUTH → (bridge: OpenSession) → WELCOME. Returns the
+/// HELLO → CHALLENGE → AUTH → (bridge: OpenSessions) → WELCOME. Returns the
 /// registered session, or `None` after answering the device's failure.
 /// `slot` is this connection's place among the unauthenticated ones; it is
 /// given up once `AUTH` is verified.

@@ -6,7 +6,8 @@
 //!   not yet authenticated and gives each its deadline, [`proxy`] reads
 //!   HAProxy's PROXY v2 header when enabled, and [`connection`] runs each
 //!   one: handshake (failed ones limited by [`auth_limits`], keys from
-//!   [`keys`], the session registered with the bridge through [`bridge`]),
+//!   [`keys`], the session registered with the bridge through [`bridge`],
+//!   whose [`batcher`] sends registrations made together in one call),
 //!   then the session loop, whose per-frame rules (event order, window and
 //!   `BUSY`, acks, what ends a session) are [`session`]'s, free of I/O.
 //! - [`pipeline`] batches every session's events onto one gRPC stream to
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod auth_limits;
+pub mod batcher;
 pub mod bridge;
 pub mod commands;
 pub mod config;

@@ -10,9 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use drover_proto::bridge::driver_message::Kind;
 use drover_proto::bridge::vendor_bridge_server::VendorBridge;
 use drover_proto::bridge::{
-    CloseSessionReply, CloseSessionRequest, DriverHello, DriverMessage, OpenSessionReply, OpenSessionRequest,
-    RecordUploadReply, RecordUploadRequest, RejectCommandReply, RejectCommandRequest,
+    CallError, CloseSessionOutcome, CloseSessionReply, CloseSessionRequest, CloseSessionsReply, CloseSessionsRequest,
+    DriverHello, DriverMessage, OpenSessionOutcome, OpenSessionReply, OpenSessionRequest, OpenSessionsReply,
+    OpenSessionsRequest, RecordUploadReply, RecordUploadRequest, RejectCommandReply, RejectCommandRequest,
+    close_session_outcome, open_session_outcome,
 };
+use futures::future::join_all;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
@@ -27,6 +30,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ID_LEN: usize = 128;
 /// How much of a rejected command's message is kept.
 const MAX_REJECTED_MESSAGE: usize = 4096;
+/// The most sessions one `OpenSessions` or `CloseSessions` call may carry.
+const MAX_BATCH_SESSIONS: usize = 1000;
 
 /// The gRPC service; one per process, shared by every connection.
 #[derive(Debug, Clone)]
@@ -97,44 +102,48 @@ impl VendorBridge for Bridge {
     }
 
     async fn open_session(&self, request: Request<OpenSessionRequest>) -> Result<Response<OpenSessionReply>, Status> {
-        let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        check_id("instance_id", &request.instance_id)?;
-        let session = session_hex(&request.session_id)?;
-        let opened = self
-            .store
-            .open_session(SessionOpening {
-                serial: &serial,
-                session: &session,
-                driver: &request.driver_id,
-                instance: &request.instance_id,
-                peer: &request.peer,
-                firmware: &request.firmware,
-                connected_ms: request.connected_ms,
-            })
-            .await
-            .map_err(|err| unavailable("OpenSession", &err))?;
-        Ok(Response::new(OpenSessionReply {
-            last_event_id: opened.last_event_id,
-            superseded_other: opened.superseded_other,
-        }))
+        self.open_one(request.into_inner()).await.map(Response::new)
     }
 
     async fn close_session(
         &self,
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<CloseSessionReply>, Status> {
-        let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        let session = session_hex(&request.session_id)?;
-        let was_current = self
-            .store
-            .close_session(&serial, &session, &request.driver_id, request.last_seen_ms)
-            .await
-            .map_err(|err| unavailable("CloseSession", &err))?;
-        Ok(Response::new(CloseSessionReply { was_current }))
+        self.close_one(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn open_sessions(
+        &self,
+        request: Request<OpenSessionsRequest>,
+    ) -> Result<Response<OpenSessionsReply>, Status> {
+        let sessions = request.into_inner().sessions;
+        check_batch_size(sessions.len())?;
+        // Concurrent on the shared multiplexed connection: pipelined to
+        // Redis in this order, each session its own atomic script.
+        let results = join_all(sessions.into_iter().map(|session| self.open_one(session))).await;
+        let outcomes = outcomes(results, |result| OpenSessionOutcome {
+            outcome: Some(match result {
+                Ok(opened) => open_session_outcome::Outcome::Opened(opened),
+                Err(error) => open_session_outcome::Outcome::Error(error),
+            }),
+        });
+        Ok(Response::new(OpenSessionsReply { outcomes }))
+    }
+
+    async fn close_sessions(
+        &self,
+        request: Request<CloseSessionsRequest>,
+    ) -> Result<Response<CloseSessionsReply>, Status> {
+        let sessions = request.into_inner().sessions;
+        check_batch_size(sessions.len())?;
+        let results = join_all(sessions.into_iter().map(|session| self.close_one(session))).await;
+        let outcomes = outcomes(results, |result| CloseSessionOutcome {
+            outcome: Some(match result {
+                Ok(closed) => close_session_outcome::Outcome::Closed(closed),
+                Err(error) => close_session_outcome::Outcome::Error(error),
+            }),
+        });
+        Ok(Response::new(CloseSessionsReply { outcomes }))
     }
 
     async fn reject_command(
@@ -200,6 +209,69 @@ impl VendorBridge for Bridge {
             .map_err(|err| unavailable("RecordUpload", &err))?;
         Ok(Response::new(RecordUploadReply { recorded }))
     }
+}
+
+impl Bridge {
+    /// `OpenSession`, alone or as one of `OpenSessions`.
+    async fn open_one(&self, request: OpenSessionRequest) -> Result<OpenSessionReply, Status> {
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        check_id("instance_id", &request.instance_id)?;
+        let session = session_hex(&request.session_id)?;
+        let opened = self
+            .store
+            .open_session(SessionOpening {
+                serial: &serial,
+                session: &session,
+                driver: &request.driver_id,
+                instance: &request.instance_id,
+                peer: &request.peer,
+                firmware: &request.firmware,
+                connected_ms: request.connected_ms,
+            })
+            .await
+            .map_err(|err| unavailable("OpenSession", &err))?;
+        Ok(OpenSessionReply {
+            last_event_id: opened.last_event_id,
+            superseded_other: opened.superseded_other,
+        })
+    }
+
+    /// `CloseSession`, alone or as one of `CloseSessions`.
+    async fn close_one(&self, request: CloseSessionRequest) -> Result<CloseSessionReply, Status> {
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        let session = session_hex(&request.session_id)?;
+        let was_current = self
+            .store
+            .close_session(&serial, &session, &request.driver_id, request.last_seen_ms)
+            .await
+            .map_err(|err| unavailable("CloseSession", &err))?;
+        Ok(CloseSessionReply { was_current })
+    }
+}
+
+fn check_batch_size(sessions: usize) -> Result<(), Status> {
+    if sessions == 0 || sessions > MAX_BATCH_SESSIONS {
+        return Err(Status::invalid_argument(format!(
+            "a batch carries 1-{MAX_BATCH_SESSIONS} sessions, not {sessions}"
+        )));
+    }
+    Ok(())
+}
+
+/// A batch's results as its reply's outcomes, each failure as its unary
+/// call would have failed; `outcome` wraps one.
+fn outcomes<T, O>(results: Vec<Result<T, Status>>, outcome: impl Fn(Result<T, CallError>) -> O) -> Vec<O> {
+    results
+        .into_iter()
+        .map(|result| {
+            outcome(result.map_err(|status| CallError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }))
+        })
+        .collect()
 }
 
 /// `cwp:cmd-result:{serial}`'s message for a command that never reached

@@ -3,8 +3,8 @@
 //! handshakes completed per second, from the first connect to the last
 //! device's `WELCOME` (`controller-sim --scenario storm`). A handshake is
 //! the whole CWP/1 §2 exchange: TCP through HAProxy, PROXY v2, `HELLO`,
-//! `CHALLENGE`, `AUTH` (HMAC-SHA256 both ways), the bridge's `OpenSession`
-//! script in Redis (fsynced), the command subscription, `WELCOME`.
+//! `CHALLENGE`, `AUTH` (HMAC-SHA256 both ways), the bridge's session
+//! script in Redis (fsynced; registrations batched by the driver), the command subscription, `WELCOME`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
