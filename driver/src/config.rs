@@ -79,7 +79,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "DRIVER_IDLE_TIMEOUT",
         default: None,
-        help: "close a session silent this long (e.g. 90s); unset: 3 x DRIVER_HEARTBEAT_S",
+        help: "close a session silent this long (e.g. 90s) with BYE IDLE, within a tenth of it (at most 1 s) after; unset: 3 x DRIVER_HEARTBEAT_S",
     },
     Variable {
         name: "DRIVER_HANDSHAKE_TIMEOUT",

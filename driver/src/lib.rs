@@ -19,7 +19,8 @@
 //!   and records completed ones through [`bridge`]; a background task
 //!   expires abandoned partial uploads.
 //! - [`registry`] is the table of live sessions and their mailboxes, the
-//!   only way other tasks reach a connection.
+//!   only way other tasks reach a connection; [`idle`] closes the sessions
+//!   whose devices went quiet.
 //! - [`drain`] ends everything gracefully on SIGTERM; [`admin`] serves
 //!   `/healthz` and `/metrics` ([`metrics`]); [`title`] keeps the process
 //!   title (`ps`) current.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod handshakes;
+pub mod idle;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
@@ -230,6 +232,12 @@ pub async fn run(
         driver.config.upload_expire_after,
         stop_expiry.clone(),
     ));
+    let stop_idle = CancellationToken::new();
+    let idle = tokio::spawn(idle::close_idle_sessions(
+        driver.registry.clone(),
+        driver.config.idle_timeout,
+        stop_idle.clone(),
+    ));
     let stop_title = CancellationToken::new();
     let title = title.map(|title| tokio::spawn(title::refresh(driver.clone(), title, stop_title.clone())));
 
@@ -268,6 +276,8 @@ pub async fn run(
     reload.abort();
     stop_expiry.cancel();
     let _ = expiry.await;
+    stop_idle.cancel();
+    let _ = idle.await;
     stop_title.cancel();
     if let Some(title) = title {
         let _ = title.await;

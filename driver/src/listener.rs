@@ -56,22 +56,28 @@ pub async fn accept_loop(
         let slot = driver
             .handshake_slots
             .take(tokio::time::Instant::now() + driver.config.handshake_timeout);
-        connections.spawn(accepted(driver.clone(), stream, peer, permit, slot));
+        connections.spawn(accepted(
+            driver.clone(),
+            stream,
+            peer,
+            permit,
+            slot,
+            connections.clone(),
+        ));
     }
 }
 
-/// One accepted connection, for its whole life: the PROXY header if
-/// required, then the device's session. Every idle device costs this
-/// task's size, so the short-lived PROXY read is boxed and the session
-/// future is built in place.
+/// One accepted connection until its handshake ends: the PROXY header if
+/// required, then the handshake; an established session goes on in a task
+/// of its own, tracked by `connections` and holding `permit`.
 async fn accepted(
     driver: Arc<Driver>,
     mut stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     slot: HandshakeSlot,
+    connections: TaskTracker,
 ) {
-    let _permit = permit;
     let (peer, initial) = if driver.config.proxy_protocol {
         let remaining = slot.deadline.saturating_duration_since(tokio::time::Instant::now());
         let header = tokio::select! {
@@ -92,5 +98,6 @@ async fn accepted(
     } else {
         (peer, BytesMut::new())
     };
-    connection::serve(driver, Connection::new(stream, peer, initial), slot).await;
+    let connection = Connection::new(stream, peer, initial);
+    connection::serve(driver, connection, slot, permit, &connections).await;
 }
