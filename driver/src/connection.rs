@@ -77,7 +77,41 @@ impl From<io::Error> for ReadError {
     }
 }
 
+/// A [`Connection`] between runtimes: its socket registered with none.
+pub struct DetachedConnection {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    codec: ServerCodec,
+    rx: BytesMut,
+    tx: BytesMut,
+}
+
+impl DetachedConnection {
+    /// Registers the socket with the runtime this is called on.
+    fn attach(self) -> io::Result<Connection> {
+        Ok(Connection {
+            stream: TcpStream::from_std(self.stream)?,
+            peer: self.peer,
+            codec: self.codec,
+            rx: self.rx,
+            tx: self.tx,
+        })
+    }
+}
+
 impl Connection {
+    /// Unregisters the socket from this runtime, to move the connection to
+    /// another ([`crate::handshake_thread`]).
+    fn detach(self) -> io::Result<DetachedConnection> {
+        Ok(DetachedConnection {
+            stream: self.stream.into_std()?,
+            peer: self.peer,
+            codec: self.codec,
+            rx: self.rx,
+            tx: self.tx,
+        })
+    }
+
     /// Wraps an accepted socket; `initial` holds bytes already read past a
     /// PROXY header.
     pub fn new(stream: TcpStream, peer: SocketAddr, initial: BytesMut) -> Self {
@@ -194,10 +228,12 @@ impl Connection {
     }
 }
 
-/// Serves one accepted connection: the handshake here, then, once the
-/// device is authenticated, its session in a task of its own (tracked by
-/// `connections`, holding `permit`). Every idle device costs its session
-/// task's size: that task carries nothing the handshake needed.
+/// Serves one accepted connection: the handshake here (on the handshake
+/// thread, [`crate::handshake_thread`]), then, once the device is
+/// authenticated, its session in a task of its own on the sessions'
+/// runtime (tracked by `connections`, holding `permit`). Every idle device
+/// costs its session task's size: that task carries nothing the handshake
+/// needed.
 ///
 /// The handshake runs in a tracing span (`peer`, then `serial`); the
 /// established session does not: a span lives in the subscriber's registry
@@ -212,17 +248,24 @@ pub async fn serve(
 ) {
     driver.metrics.connections.inc();
     let span = info_span!("conn", peer = %connection.peer, serial = tracing::field::Empty);
-    match handshake(&driver, &mut connection, slot).instrument(span).await {
-        Some(session) => {
-            connections.spawn(established(driver, connection, session, permit));
+    let Some(session) = handshake(&driver, &mut connection, slot).instrument(span).await else {
+        driver.metrics.connections.dec();
+        return;
+    };
+    match connection.detach() {
+        Ok(detached) => {
+            let sessions = driver.sessions.clone();
+            connections.spawn_on(established(driver, detached, session, permit), &sessions);
         }
-        None => {
+        Err(err) => {
+            warn!(serial = %session.serial, error = %err, "cannot hand the connection to the sessions' runtime");
+            end_session(&driver, &session, unix_ms()).await;
             driver.metrics.connections.dec();
         }
     }
 }
 
-/// An established session, to its end.
+/// An established session, to its end, on the sessions' runtime.
 ///
 /// A block, not an `async fn`: an `async fn` moves its arguments into
 /// locals of its own and its future keeps both copies; the block uses the
@@ -231,15 +274,23 @@ pub async fn serve(
 #[allow(clippy::manual_async_fn, reason = "the async fn's future is 336 bytes larger")]
 fn established(
     driver: Arc<Driver>,
-    mut connection: Connection,
+    detached: DetachedConnection,
     session: Arc<SessionHandle>,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut loop_state = Established::new(&driver, &session, &mut connection);
-        loop_state.run().await;
-        let last_heard_ms = loop_state.last_heard_ms;
-        end_session(&driver, &session, last_heard_ms).await;
+        match detached.attach() {
+            Ok(mut connection) => {
+                let mut loop_state = Established::new(&driver, &session, &mut connection);
+                loop_state.run().await;
+                let last_heard_ms = loop_state.last_heard_ms;
+                end_session(&driver, &session, last_heard_ms).await;
+            }
+            Err(err) => {
+                warn!(serial = %session.serial, error = %err, "cannot register the connection with the sessions' runtime");
+                end_session(&driver, &session, unix_ms()).await;
+            }
+        }
         driver.metrics.connections.dec();
         // The connection's place under DRIVER_MAX_CONNECTIONS.
         drop(permit);

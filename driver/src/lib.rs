@@ -2,7 +2,8 @@
 //!
 //! Layout, following one device's data through it:
 //!
-//! - [`listener`] accepts connections (bounded), [`handshakes`] caps those
+//! - [`listener`] accepts connections (bounded) on the [`handshake_thread`],
+//!   apart from established sessions; [`handshakes`] caps those
 //!   not yet authenticated and gives each its deadline, [`proxy`] reads
 //!   HAProxy's PROXY v2 header when enabled, and [`connection`] runs each
 //!   one: handshake (failed ones limited by [`auth_limits`], keys from
@@ -34,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod drain;
+pub mod handshake_thread;
 pub mod handshakes;
 pub mod idle;
 pub mod keys;
@@ -97,6 +99,9 @@ pub struct Driver {
     pub auth_limits: AuthLimits,
     /// Set on SIGTERM: `/healthz` answers 503 and new sessions leave at once.
     pub draining: AtomicBool,
+    /// The runtime established sessions run on (handshakes run on the
+    /// [`handshake_thread`]).
+    pub sessions: tokio::runtime::Handle,
 }
 
 /// The sockets the driver serves on, bound by the caller.
@@ -202,6 +207,7 @@ pub async fn run(
         handshake_slots,
         auth_limits,
         draining: AtomicBool::new(false),
+        sessions: tokio::runtime::Handle::current(),
     });
     info!(
         driver_id = %driver.config.driver_id,
@@ -243,9 +249,19 @@ pub async fn run(
 
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-    let accept = tokio::spawn(listener::accept_loop(
+    let handshake_thread = handshake_thread::HandshakeThread::start()?;
+    // Registered with the handshake thread's runtime, where it is accepted on.
+    let device_listener = {
+        let _runtime = handshake_thread.handle().enter();
+        listeners
+            .devices
+            .into_std()
+            .and_then(TcpListener::from_std)
+            .context("moving the device listener to the handshake thread")?
+    };
+    let accept = handshake_thread.handle().spawn(listener::accept_loop(
         driver.clone(),
-        listeners.devices,
+        device_listener,
         connections.clone(),
         stop_accepting.clone(),
     ));
@@ -260,6 +276,7 @@ pub async fn run(
         driver.config.drain_period.max(Duration::from_secs(5)) + Duration::from_secs(15),
     )
     .await;
+    handshake_thread.stop().await;
 
     stop_pipeline.cancel();
     let mut pipeline = pipeline;
