@@ -77,38 +77,15 @@ impl From<io::Error> for ReadError {
     }
 }
 
-/// A [`Connection`] between runtimes: its socket registered with none.
-pub struct DetachedConnection {
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    codec: ServerCodec,
-    rx: BytesMut,
-    tx: BytesMut,
-}
-
-impl DetachedConnection {
-    /// Registers the socket with the runtime this is called on.
-    fn attach(self) -> io::Result<Connection> {
-        Ok(Connection {
-            stream: TcpStream::from_std(self.stream)?,
-            peer: self.peer,
-            codec: self.codec,
-            rx: self.rx,
-            tx: self.tx,
-        })
-    }
-}
-
 impl Connection {
-    /// Unregisters the socket from this runtime, to move the connection to
-    /// another ([`crate::handshake_thread`]).
-    fn detach(self) -> io::Result<DetachedConnection> {
-        Ok(DetachedConnection {
-            stream: self.stream.into_std()?,
-            peer: self.peer,
-            codec: self.codec,
-            rx: self.rx,
-            tx: self.tx,
+    /// Moves the socket's registration to `runtime`'s I/O driver (from the
+    /// handshake thread's, [`crate::handshake_thread`], to the sessions').
+    fn register_with(self, runtime: &tokio::runtime::Handle) -> io::Result<Self> {
+        let stream = self.stream.into_std()?;
+        let _entered = runtime.enter();
+        Ok(Self {
+            stream: TcpStream::from_std(stream)?,
+            ..self
         })
     }
 
@@ -252,10 +229,13 @@ pub async fn serve(
         driver.metrics.connections.dec();
         return;
     };
-    match connection.detach() {
-        Ok(detached) => {
+    // Registered with the sessions' runtime before its task is spawned, so
+    // that the task holds one connection, not a detached one and the
+    // attached one.
+    match connection.register_with(&driver.sessions) {
+        Ok(connection) => {
             let sessions = driver.sessions.clone();
-            connections.spawn_on(established(driver, detached, session, permit), &sessions);
+            connections.spawn_on(established(driver, connection, session, permit), &sessions);
         }
         Err(err) => {
             warn!(serial = %session.serial, error = %err, "cannot hand the connection to the sessions' runtime");
@@ -274,23 +254,15 @@ pub async fn serve(
 #[allow(clippy::manual_async_fn, reason = "the async fn's future is 336 bytes larger")]
 fn established(
     driver: Arc<Driver>,
-    detached: DetachedConnection,
+    mut connection: Connection,
     session: Arc<SessionHandle>,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        match detached.attach() {
-            Ok(mut connection) => {
-                let mut loop_state = Established::new(&driver, &session, &mut connection);
-                loop_state.run().await;
-                let last_heard_ms = loop_state.last_heard_ms;
-                end_session(&driver, &session, last_heard_ms).await;
-            }
-            Err(err) => {
-                warn!(serial = %session.serial, error = %err, "cannot register the connection with the sessions' runtime");
-                end_session(&driver, &session, unix_ms()).await;
-            }
-        }
+        let mut loop_state = Established::new(&driver, &session, &mut connection);
+        loop_state.run().await;
+        let last_heard_ms = loop_state.last_heard_ms;
+        end_session(&driver, &session, last_heard_ms).await;
         driver.metrics.connections.dec();
         // The connection's place under DRIVER_MAX_CONNECTIONS.
         drop(permit);

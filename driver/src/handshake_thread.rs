@@ -7,8 +7,9 @@
 //! p99 to 2.5–3× the unloaded figure (docs/BENCHMARKS.md, "Honest devices
 //! under a slowloris attack"). Here they run on one thread with its own
 //! single-threaded runtime: the sessions' runtime never queues behind
-//! them, and they get one thread's share of the CPU. An authenticated connection's socket moves
-//! to the sessions' runtime ([`crate::connection::DetachedConnection`]).
+//! them, and they get one thread's share of the CPU. An authenticated
+//! connection's socket moves to the sessions' runtime before its session's
+//! task is spawned there.
 
 use std::thread::JoinHandle;
 
