@@ -3,8 +3,16 @@
 //! 10,000 connections that never send a byte are held open against the
 //! same driver (each opened again as soon as the driver closes it at its
 //! handshake deadline or evicts it). The driver runs with its defaults
-//! (`DRIVER_HANDSHAKE_TIMEOUT`, `DRIVER_MAX_HANDSHAKES`). The target: p99
-//! under attack within 2× the unloaded p99.
+//! (`DRIVER_HANDSHAKE_TIMEOUT`, `DRIVER_MAX_HANDSHAKES`,
+//! `DRIVER_HANDSHAKE_NICE`). The target: p99 under attack within 2× the
+//! unloaded p99.
+//!
+//! A p99 of 1–3 ms over a 20 s phase moves by tenths of a millisecond from
+//! run to run, so the phases alternate over [`ROUNDS`] rounds and the
+//! ratio is of the medians. The attacking thread runs at the lowest CPU
+//! priority (nice 19): a real attacker's CPU is on another machine, and
+//! this one's should not be what the honest devices wait for; the honest
+//! devices' simulator keeps the normal priority.
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read as _};
@@ -27,12 +35,16 @@ use crate::redis::RedisServer;
 const TARGET_RATIO: f64 = 2.0;
 /// Events per second, all honest devices together.
 const RATE: u64 = 1_000;
+/// Unloaded and attacked phases, alternating.
+const ROUNDS: usize = 3;
 
 /// One measured phase.
 #[derive(Debug, Clone)]
 pub struct HostilePhase {
     /// What it was.
     pub label: String,
+    /// Whether the attack was on.
+    pub attacked: bool,
     /// Attack connections open when the phase ended.
     pub attackers_open: u64,
     /// What the simulator measured.
@@ -46,7 +58,7 @@ pub struct HostileResult {
     pub devices: u64,
     /// Attack connections held.
     pub attackers: usize,
-    /// Unloaded, then under attack.
+    /// Unloaded, then under attack, [`ROUNDS`] times.
     pub phases: Vec<HostilePhase>,
     /// Attack connections opened in all (the driver closed all but the
     /// last `attackers`).
@@ -75,6 +87,9 @@ impl Slowloris {
         let thread = {
             let (stop, open, opened) = (stop.clone(), open.clone(), opened.clone());
             std::thread::spawn(move || {
+                // Best effort: at the normal priority the figures are
+                // only more pessimistic.
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
                 let connect = || {
                     let stream = TcpStream::connect(target).ok()?;
                     stream.set_nonblocking(true).ok()?;
@@ -167,31 +182,37 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
     let seconds = ctx.phase_seconds();
     let args = sim_args(driver.addr(), devices, seconds);
 
-    let unloaded = run_sim(&sim, MASTER_KEY_HEX, &args)?;
-    let mut phases = vec![HostilePhase {
-        label: "unloaded".to_owned(),
-        attackers_open: 0,
-        summary: unloaded,
-    }];
-
-    let attack = Slowloris::start(driver.addr(), attackers);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while attack.open() < attackers as u64 * 9 / 10 {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "only {} of {attackers} attack connections open after 60 s",
-            attack.open()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    let mut phases = Vec::with_capacity(2 * ROUNDS);
+    let mut attack_connections = 0;
+    for round in 1..=ROUNDS {
+        phases.push(HostilePhase {
+            label: format!("unloaded, round {round}"),
+            attacked: false,
+            attackers_open: 0,
+            summary: run_sim(&sim, MASTER_KEY_HEX, &args)?,
+        });
+        let attack = Slowloris::start(driver.addr(), attackers);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while attack.open() < attackers as u64 * 9 / 10 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "only {} of {attackers} attack connections open after 60 s",
+                attack.open()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let loaded = run_sim(&sim, MASTER_KEY_HEX, &args)?;
+        phases.push(HostilePhase {
+            label: format!("under attack, round {round}"),
+            attacked: true,
+            attackers_open: attack.open(),
+            summary: loaded,
+        });
+        attack_connections += attack.opened.load(Ordering::Relaxed);
+        drop(attack);
+        // The driver closes the attack's connections as they hang up.
+        std::thread::sleep(Duration::from_secs(1));
     }
-    let loaded = run_sim(&sim, MASTER_KEY_HEX, &args)?;
-    phases.push(HostilePhase {
-        label: format!("under attack ({} slow connections)", thousands(attackers as f64)),
-        attackers_open: attack.open(),
-        summary: loaded,
-    });
-    let attack_connections = attack.opened.load(Ordering::Relaxed);
-    drop(attack);
 
     let metrics = driver.metrics()?;
     let handshakes = metrics
@@ -203,7 +224,7 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
         })
         .collect();
     let command = format!(
-        "controller-sim {} (twice: alone, then beside the attack)",
+        "controller-sim {} ({ROUNDS} times alone and {ROUNDS} times beside the attack, alternating)",
         args.join(" ")
     );
     Ok(HostileResult {
@@ -217,12 +238,20 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
 }
 
 impl HostileResult {
-    /// p99 under attack over p99 unloaded.
+    /// The median p99 under attack over the median p99 unloaded.
     pub fn ratio(&self) -> f64 {
-        match self.phases.as_slice() {
-            [unloaded, loaded, ..] => {
-                loaded.summary.ack_latency_us.p99 as f64 / (unloaded.summary.ack_latency_us.p99.max(1) as f64)
-            }
+        let median_p99 = |attacked: bool| {
+            let mut p99s: Vec<u64> = self
+                .phases
+                .iter()
+                .filter(|phase| phase.attacked == attacked)
+                .map(|phase| phase.summary.ack_latency_us.p99)
+                .collect();
+            p99s.sort_unstable();
+            p99s.get(p99s.len() / 2).copied()
+        };
+        match (median_p99(false), median_p99(true)) {
+            (Some(unloaded), Some(attacked)) => attacked as f64 / unloaded.max(1) as f64,
             _ => f64::NAN,
         }
     }
@@ -233,7 +262,7 @@ impl HostileResult {
         let ratio = self.ratio();
         let _ = writeln!(
             text,
-            "**{} honest devices** beside **{} slow connections**: ack p99 **{ratio:.2}×** the unloaded p99 (target ≤ {TARGET_RATIO}×: {}).\n",
+            "**{} honest devices** beside **{} slow connections**: median ack p99 under attack **{ratio:.2}×** the median unloaded p99, over {ROUNDS} rounds (target ≤ {TARGET_RATIO}×: {}).\n",
             thousands(self.devices as f64),
             thousands(self.attackers as f64),
             if ratio <= TARGET_RATIO { "met" } else { "**not met**" }
@@ -268,5 +297,50 @@ impl HostileResult {
             self.command
         );
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(attacked: bool, p99_us: u64) -> HostilePhase {
+        let mut summary = SimSummary::default();
+        summary.ack_latency_us.p99 = p99_us;
+        HostilePhase {
+            label: String::new(),
+            attacked,
+            attackers_open: if attacked { 10_000 } else { 0 },
+            summary,
+        }
+    }
+
+    fn result(phases: Vec<HostilePhase>) -> HostileResult {
+        HostileResult {
+            devices: 100,
+            attackers: 10_000,
+            phases,
+            attack_connections: 0,
+            handshakes: Vec::new(),
+            command: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_ratio_is_of_the_median_p99s_so_one_noisy_round_does_not_decide_it() {
+        let rounds = result(vec![
+            phase(false, 1_400),
+            phase(true, 5_700),
+            phase(false, 40_000),
+            phase(true, 2_300),
+            phase(false, 1_500),
+            phase(true, 2_200),
+        ]);
+        assert!((rounds.ratio() - 2_300.0 / 1_500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn without_both_kinds_of_phase_there_is_no_ratio() {
+        assert!(result(vec![phase(false, 1_400)]).ratio().is_nan());
     }
 }
