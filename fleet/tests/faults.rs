@@ -83,6 +83,39 @@ impl Running {
     }
 }
 
+/// The driver's highest RSS, sampled once a second for `period`.
+fn peak_rss_kib(pid: u32, period: Duration) -> u64 {
+    let start = Instant::now();
+    let mut peak = 0;
+    while start.elapsed() < period {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    peak
+}
+
+/// What a vendor-bridge outage left behind, once the bridge is back.
+struct AfterOutage {
+    rss_after_kib: u64,
+    busy_in_all: u64,
+    verdict: Verdict,
+}
+
+/// Waits until devices are acknowledged again, stops them, and checks
+/// that every event they were told is stored is stored exactly once.
+fn recover_from_outage(rt: &Runtime, fleet: &TestFleet, running: Running, driver_pid: u32) -> AfterOutage {
+    running.wait_for_acks(rt, 2000);
+    let rss_after_kib = rss_kib(driver_pid);
+    let busy_in_all = running.busy();
+    let devices = running.finish(rt);
+    let verdict = rt.block_on(assert_nothing_lost_or_duplicated(&fleet.redis.url(), &devices));
+    AfterOutage {
+        rss_after_kib,
+        busy_in_all,
+        verdict,
+    }
+}
+
 fn errors(stats: &Stats, code: ErrorCode) -> u64 {
     stats
         .snapshot()
@@ -325,23 +358,19 @@ fn a_killed_vendor_bridge_acks_nothing_unstored_and_every_event_is_stored_once_a
     rt.block_on(eventually("devices to be told BUSY", WAIT, || async {
         running.busy() > 0
     }));
-    let mut rss_during = 0;
-    for _ in 0..5 {
-        rss_during = rss_during.max(rss_kib(driver_pid));
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let rss_during = peak_rss_kib(driver_pid, Duration::from_secs(5));
     let busy_while_down = running.busy();
     let acked_while_down = running.stats.acked() - acked_at_kill;
     fleet.bridge = BridgeProcess::start_on(port, &fleet.redis.url(), &logs(), &[]).expect("the bridge restarts");
 
-    running.wait_for_acks(&rt, 2000);
-    let rss_after = rss_kib(driver_pid);
-    let busy = running.busy();
-    let devices = running.finish(&rt);
-    let verdict = rt.block_on(assert_nothing_lost_or_duplicated(&fleet.redis.url(), &devices));
+    let AfterOutage {
+        rss_after_kib,
+        busy_in_all,
+        verdict,
+    } = recover_from_outage(&rt, &fleet, running, driver_pid);
     eprintln!(
-        "bridge killed: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after} KiB after; \
-         {busy_while_down} BUSY while down ({busy} in all); {acked_while_down} acks while down; {verdict}"
+        "bridge killed: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after_kib} KiB after; \
+         {busy_while_down} BUSY while down ({busy_in_all} in all); {acked_while_down} acks while down; {verdict}"
     );
     assert!(
         rss_during <= rss_before + 64 * 1024,
@@ -359,25 +388,20 @@ fn a_vendor_bridge_frozen_for_60_s_under_load_keeps_driver_memory_bounded_and_lo
     let rss_before = rss_kib(driver_pid);
 
     fleet.bridge.process().signal(Signal::SIGSTOP).unwrap();
-    let frozen = Instant::now();
     let acked_when_frozen = running.stats.acked();
-    let mut rss_during = 0;
-    while frozen.elapsed() < Duration::from_secs(60) {
-        rss_during = rss_during.max(rss_kib(driver_pid));
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let rss_during = peak_rss_kib(driver_pid, Duration::from_secs(60));
     let busy_while_frozen = running.busy();
     let acked_while_frozen = running.stats.acked() - acked_when_frozen;
     fleet.bridge.process().signal(Signal::SIGCONT).unwrap();
 
-    running.wait_for_acks(&rt, 2000);
-    let rss_after = rss_kib(driver_pid);
-    let busy = running.busy();
-    let devices = running.finish(&rt);
-    let verdict = rt.block_on(assert_nothing_lost_or_duplicated(&fleet.redis.url(), &devices));
+    let AfterOutage {
+        rss_after_kib,
+        busy_in_all,
+        verdict,
+    } = recover_from_outage(&rt, &fleet, running, driver_pid);
     eprintln!(
-        "bridge frozen 60 s: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after} KiB after; \
-         {busy_while_frozen} BUSY while frozen ({busy} in all); {acked_while_frozen} acks while frozen; {verdict}"
+        "bridge frozen 60 s: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after_kib} KiB after; \
+         {busy_while_frozen} BUSY while frozen ({busy_in_all} in all); {acked_while_frozen} acks while frozen; {verdict}"
     );
     assert!(busy_while_frozen > 0, "devices were told BUSY beyond the limit");
     // 500 pending events are a few hundred KiB: anything near the limit
