@@ -4,7 +4,8 @@
 //! acknowledged event is stored exactly once, also when the devices run in
 //! several worker processes. The MQTT peer mode against a real Mosquitto.
 //! And the vendor-bridge's process title, counted against what the devices
-//! were told was stored.
+//! were told was stored; and `bench-stand-in`, the slowloris benchmark's
+//! control server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -257,4 +258,32 @@ fn the_bridge_title_shows_its_port_drivers_and_stored_events() {
     };
     fleet::process::wait_for("the bridge's title", Duration::from_secs(5), || title() == expected)
         .unwrap_or_else(|_| panic!("title {:?}, expected {expected:?}", title()));
+}
+
+#[test]
+fn the_slowloris_benchmarks_stand_in_holds_a_connection_to_its_deadline_then_replies_and_closes() {
+    let mut stand_in = std::process::Command::new(fleet::binaries::binary("bench-stand-in").unwrap())
+        .args(["--deadline", "300ms"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stand_in.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().parse().unwrap();
+
+    let connected = std::time::Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut reply).unwrap();
+    assert_eq!(reply.len(), 8, "a frame header's worth of bytes, then the close");
+    assert!(
+        connected.elapsed() >= Duration::from_millis(300),
+        "held until the deadline"
+    );
+
+    // Closing its standard input stops it.
+    drop(stand_in.stdin.take());
+    assert!(stand_in.wait().unwrap().success());
 }
