@@ -262,18 +262,10 @@ fn the_bridge_title_shows_its_port_drivers_and_stored_events() {
 
 #[test]
 fn the_slowloris_benchmarks_stand_in_holds_a_connection_to_its_deadline_then_replies_and_closes() {
-    let mut stand_in = std::process::Command::new(fleet::binaries::binary("bench-stand-in").unwrap())
-        .args(["--deadline", "300ms"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stand_in.stdout.take().unwrap()), &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().parse().unwrap();
+    let stand_in = fleet::bench::hostile::StandIn::start(Duration::from_millis(300)).unwrap();
 
     let connected = std::time::Instant::now();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(stand_in.addr()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = Vec::new();
     std::io::Read::read_to_end(&mut stream, &mut reply).unwrap();
@@ -284,6 +276,5 @@ fn the_slowloris_benchmarks_stand_in_holds_a_connection_to_its_deadline_then_rep
     );
 
     // Closing its standard input stops it.
-    drop(stand_in.stdin.take());
-    assert!(stand_in.wait().unwrap().success());
+    assert!(stand_in.stop().unwrap().success());
 }

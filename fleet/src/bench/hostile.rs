@@ -167,14 +167,18 @@ impl Drop for Slowloris {
 /// The control's target, `bench-stand-in`, in a process of its own (one
 /// process holding both ends of 10,000 connections would pass the
 /// open-file limit). Stops when dropped: its standard input closes.
-struct StandIn {
+#[derive(Debug)]
+pub struct StandIn {
     addr: SocketAddr,
     child: std::process::Child,
 }
 
 impl StandIn {
-    fn start() -> anyhow::Result<Self> {
+    /// Starts `bench-stand-in` holding each connection for `deadline`.
+    pub fn start(deadline: Duration) -> anyhow::Result<Self> {
         let mut child = std::process::Command::new(binary("bench-stand-in")?)
+            .arg("--deadline")
+            .arg(format!("{}ms", deadline.as_millis()))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -190,12 +194,27 @@ impl StandIn {
             .with_context(|| format!("bench-stand-in printed {line:?}, not an address"))?;
         Ok(Self { addr, child })
     }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes its standard input and waits for it to exit.
+    pub fn stop(mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.close_and_wait()
+    }
+
+    fn close_and_wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        drop(self.child.stdin.take());
+        self.child.wait()
+    }
 }
 
 impl Drop for StandIn {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        // After stop() the child is already reaped: wait() returns at once.
+        let _ = self.close_and_wait();
     }
 }
 
@@ -253,7 +272,8 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
     let seconds = ctx.phase_seconds();
     let args = sim_args(driver.addr(), devices, seconds);
 
-    let stand_in = StandIn::start()?;
+    // The driver's default handshake deadline (CWP/1 §2).
+    let stand_in = StandIn::start(Duration::from_secs(10))?;
     let mut phases = Vec::with_capacity(3 * ROUNDS);
     let mut attack_connections = 0;
     for round in 1..=ROUNDS {
@@ -265,7 +285,7 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
         });
         for (attack_kind, target, label) in [
             (Attack::OnDriver, driver.addr(), "attack on the driver"),
-            (Attack::OnStandIn, stand_in.addr, "same attack on the stand-in"),
+            (Attack::OnStandIn, stand_in.addr(), "same attack on the stand-in"),
         ] {
             let attack = open_attack(target, attackers)?;
             let summary = run_sim(&sim, MASTER_KEY_HEX, &args)?;
@@ -283,7 +303,7 @@ pub fn run(ctx: &BenchContext, devices: u64, attackers: usize) -> anyhow::Result
             std::thread::sleep(Duration::from_secs(1));
         }
     }
-    drop(stand_in);
+    stand_in.stop().context("stopping bench-stand-in")?;
 
     let metrics = driver.metrics()?;
     let handshakes = metrics
