@@ -6,11 +6,14 @@
 //!
 //! One [`Seal`] serves both directions of a connection: the HMAC is keyed
 //! once with the session key (its inner and outer pads precomputed), and
-//! each frame clones that keyed state instead of re-hashing the key. The two
+//! each frame clones that keyed state instead of re-hashing the key. Only
+//! the keyed core is kept, not the HMAC's 64-byte block buffer, which is
+//! empty between frames: every idle session holds a seal. The two
 //! sequence counters are implicit: they are never sent, only counted.
 
 use std::fmt;
 
+use hmac::digest::block_api::CoreProxy;
 use hmac::{KeyInit, Mac};
 
 use crate::keys::{HmacSha256, SessionKey};
@@ -31,7 +34,7 @@ pub enum Direction {
 /// next sequence number in each direction.
 #[derive(Clone)]
 pub struct Seal {
-    keyed: HmacSha256,
+    keyed: <HmacSha256 as CoreProxy>::Core,
     /// Sequence number of the next frame this side sends.
     tx_seq: u64,
     /// Sequence number of the next frame this side expects to receive.
@@ -44,7 +47,10 @@ impl Seal {
     /// Both counters start at 0 (`WELCOME` is server frame 0).
     pub fn new(key: &SessionKey, tx_dir: Direction) -> Self {
         Self {
-            keyed: HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC accepts keys of any length"),
+            keyed: HmacSha256::new_from_slice(key.as_bytes())
+                .expect("HMAC accepts keys of any length")
+                .decompose()
+                .0,
             tx_seq: 0,
             rx_seq: 0,
             tx_dir,
@@ -59,7 +65,7 @@ impl Seal {
     }
 
     fn mac(&self, dir: Direction, seq: u64, header: &[u8], body: &[u8]) -> HmacSha256 {
-        let mut mac = self.keyed.clone();
+        let mut mac = HmacSha256::compose(self.keyed.clone(), Default::default());
         mac.update(&[dir as u8]);
         mac.update(&seq.to_be_bytes());
         mac.update(header);

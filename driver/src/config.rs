@@ -82,6 +82,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "close a session silent this long (e.g. 90s) with BYE IDLE, within a tenth of it (at most 1 s) after; unset: 3 x DRIVER_HEARTBEAT_S",
     },
     Variable {
+        name: "DRIVER_PARK_AFTER",
+        default: Some("1s"),
+        help: "park a session silent this long (at once after WELCOME or a PING if nothing is in flight): no task, no I/O registration, ~0.7 KiB instead of ~1.7 KiB, until its device or an operator needs it; 0s: never park",
+    },
+    Variable {
         name: "DRIVER_HANDSHAKE_TIMEOUT",
         default: Some("10s"),
         help: "close a connection that has not completed the handshake in this time (ERROR TIMEOUT)",
@@ -207,6 +212,9 @@ pub struct Config {
     pub heartbeat_s: u16,
     /// Silence after which a session is closed with `BYE IDLE`.
     pub idle_timeout: Duration,
+    /// Silence after which an established session is parked
+    /// ([`crate::park`]); `None`: never.
+    pub park_after: Option<Duration>,
     /// Deadline for `HELLO` … `AUTH`.
     pub handshake_timeout: Duration,
     /// Unacknowledged events per device.
@@ -344,6 +352,7 @@ impl Config {
         let keys_file = env.parse_optional::<PathBuf>("CWP_KEYS_FILE");
         let heartbeat_s = env.parse::<u16>("DRIVER_HEARTBEAT_S");
         let idle_timeout = env.parse_with("DRIVER_IDLE_TIMEOUT", parse_duration);
+        let park_after = env.parse_with("DRIVER_PARK_AFTER", parse_duration);
         let handshake_timeout = env.parse_with("DRIVER_HANDSHAKE_TIMEOUT", parse_duration);
         let event_window = env.parse::<u16>("DRIVER_EVENT_WINDOW");
         let max_payload = env.parse::<u32>("DRIVER_MAX_PAYLOAD");
@@ -410,6 +419,7 @@ impl Config {
             keys_file,
             heartbeat_s,
             idle_timeout: idle_timeout.unwrap_or(Duration::from_secs(3 * u64::from(heartbeat_s))),
+            park_after: park_after.filter(|after| !after.is_zero()),
             handshake_timeout: handshake_timeout.expect("parsed"),
             event_window: event_window.expect("parsed"),
             max_payload: max_payload.expect("parsed"),

@@ -235,12 +235,97 @@ pub async fn serve(
     match connection.register_with(&driver.sessions) {
         Ok(connection) => {
             let sessions = driver.sessions.clone();
-            connections.spawn_on(established(driver, connection, session, permit), &sessions);
+            let state = SessionState {
+                rules: Session::new(session.durable_event_id(), driver.config.event_window),
+                last_heard_ms: unix_ms(),
+            };
+            let session = established(driver, connection, session, permit, state, Start::New);
+            connections.spawn_on(session, &sessions);
         }
         Err(err) => {
             warn!(serial = %session.serial, error = %err, "cannot hand the connection to the sessions' runtime");
-            end_session(&driver, &session, unix_ms()).await;
+            end_session(&driver, &session, unix_ms());
             driver.metrics.connections.dec();
+        }
+    }
+}
+
+/// What an established session carries from one task to the next when it
+/// parks ([`crate::park`]).
+#[derive(Debug)]
+struct SessionState {
+    /// CWP/1 §3: the event ids seen and acknowledged.
+    rules: Session,
+    /// When the device was last heard from, Unix ms (for the registry).
+    last_heard_ms: u64,
+}
+
+/// How an established session's task starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Right after `WELCOME`: nothing is in flight yet, so the session
+    /// parks as soon as it is quiet.
+    New,
+    /// From the park, woken by its socket or its mailbox.
+    Resumed,
+}
+
+/// An established session without a task: what it needs to resume where
+/// it stopped. Held by the park ([`crate::park`]).
+#[derive(Debug)]
+pub struct ParkedSession {
+    /// No longer registered with tokio: the park's epoll set watches it.
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The seal and its sequence numbers, and the payload limit.
+    codec: ServerCodec,
+    state: SessionState,
+    session: Arc<SessionHandle>,
+    /// The connection's place under DRIVER_MAX_CONNECTIONS.
+    permit: OwnedSemaphorePermit,
+}
+
+impl ParkedSession {
+    /// The session's registry entry.
+    pub fn session(&self) -> &Arc<SessionHandle> {
+        &self.session
+    }
+
+    /// The socket, for the park's epoll set.
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.stream.as_fd()
+    }
+
+    /// The session running again: its task's future, to spawn on the
+    /// sessions' runtime (the caller must be running on it). `None` if the
+    /// socket cannot be registered again; the session has then ended.
+    pub fn resume(self, driver: Arc<Driver>) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let Self {
+            stream,
+            peer,
+            codec,
+            state,
+            session,
+            permit,
+        } = self;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let connection = Connection {
+                    stream,
+                    peer,
+                    codec,
+                    rx: BytesMut::new(),
+                    tx: BytesMut::new(),
+                };
+                Some(established(driver, connection, session, permit, state, Start::Resumed))
+            }
+            Err(err) => {
+                warn!(serial = %session.serial, %peer, error = %err, "cannot resume a parked session");
+                end_session(&driver, &session, state.last_heard_ms);
+                driver.metrics.connections.dec();
+                None
+            }
         }
     }
 }
@@ -251,22 +336,67 @@ pub async fn serve(
 /// locals of its own and its future keeps both copies; the block uses the
 /// captured ones in place. Measured with `size_of_val`: 864 bytes as an
 /// `async fn`, 528 as a block, in every idle device's task.
+///
+/// Ends when the session ends, or when it parks: its state then goes to
+/// the park ([`crate::park`]), which resumes it in a new task.
 #[allow(clippy::manual_async_fn, reason = "the async fn's future is 336 bytes larger")]
 fn established(
     driver: Arc<Driver>,
     mut connection: Connection,
     session: Arc<SessionHandle>,
     permit: OwnedSemaphorePermit,
+    state: SessionState,
+    start: Start,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut loop_state = Established::new(&driver, &session, &mut connection);
-        loop_state.run().await;
-        let last_heard_ms = loop_state.last_heard_ms;
-        end_session(&driver, &session, last_heard_ms).await;
+        let mut loop_state = Established::new(&driver, &session, &mut connection, state, start);
+        let parks = loop_state.run().await;
+        let state = loop_state.into_state();
+        let last_heard_ms = state.last_heard_ms;
+        if parks {
+            match park(&driver, connection, session, permit, state) {
+                Ok(()) => return,
+                Err(session) => end_session(&driver, &session, last_heard_ms),
+            }
+        } else {
+            end_session(&driver, &session, last_heard_ms);
+            // The connection's place under DRIVER_MAX_CONNECTIONS.
+            drop(permit);
+        }
         driver.metrics.connections.dec();
-        // The connection's place under DRIVER_MAX_CONNECTIONS.
-        drop(permit);
     }
+}
+
+/// Hands a quiet session to the park. Gives the session back if it cannot
+/// be parked; its connection is then closed.
+fn park(
+    driver: &Driver,
+    connection: Connection,
+    session: Arc<SessionHandle>,
+    permit: OwnedSemaphorePermit,
+    state: SessionState,
+) -> Result<(), Arc<SessionHandle>> {
+    let Connection {
+        stream, peer, codec, ..
+    } = connection;
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            warn!(serial = %session.serial, %peer, error = %err, "cannot park the session");
+            return Err(session);
+        }
+    };
+    let parked = ParkedSession {
+        stream,
+        peer,
+        codec,
+        state,
+        session,
+        permit,
+    };
+    driver.park.park(parked).inspect_err(|session| {
+        debug!(serial = %session.serial, "the park has stopped: closing the session");
+    })
 }
 
 /// HELLO → CHALLENGE → AUTH → (bridge: OpenSessions) → WELCOME. Returns the
@@ -432,6 +562,14 @@ async fn handshake(driver: &Arc<Driver>, conn: &mut Connection, slot: HandshakeS
     Some(session)
 }
 
+/// How the session loop ends.
+enum Exit {
+    /// The session ends this way.
+    End(Ending),
+    /// The session parks ([`crate::park`]).
+    Park,
+}
+
 /// What woke an idle session loop.
 enum Wake {
     /// Its mailbox: commands, a close request (the idle sweep's too), acks.
@@ -452,26 +590,60 @@ struct Established<'a> {
     last_heard_ms: u64,
     /// CWP/1 §3 Uploads: the one upload this connection may have open.
     upload: Uploads,
+    /// The device has nothing to send for now: the session just began, or
+    /// the device sent a heartbeat (`PING`). Such a session parks as soon
+    /// as nothing is in flight, without waiting for the idle sweep.
+    quiet: bool,
 }
 
 impl<'a> Established<'a> {
-    fn new(driver: &'a Arc<Driver>, session: &'a Arc<SessionHandle>, conn: &'a mut Connection) -> Self {
+    fn new(
+        driver: &'a Arc<Driver>,
+        session: &'a Arc<SessionHandle>,
+        conn: &'a mut Connection,
+        state: SessionState,
+        start: Start,
+    ) -> Self {
         Self {
             driver,
             session,
             conn,
-            rules: Session::new(session.durable_event_id(), driver.config.event_window),
-            last_heard_ms: unix_ms(),
+            rules: state.rules,
+            last_heard_ms: state.last_heard_ms,
             upload: Uploads::default(),
+            quiet: start == Start::New,
         }
     }
 
-    async fn run(&mut self) {
-        let ending = self.serve().await;
+    /// What a parked session keeps.
+    fn into_state(self) -> SessionState {
+        SessionState {
+            rules: self.rules,
+            last_heard_ms: self.last_heard_ms,
+        }
+    }
+
+    /// Serves the session until it ends (`false`) or parks (`true`).
+    async fn run(&mut self) -> bool {
+        let ending = match self.serve().await {
+            Exit::Park => return true,
+            Exit::End(ending) => ending,
+        };
         // Once per session, and large (flushing an upload, waiting for
         // acks, sending the goodbye): boxed, so that idle sessions' tasks
         // are only as large as the loop.
         Box::pin(self.finish(ending)).await;
+        false
+    }
+
+    /// Whether the session can park: nothing in flight either way, so
+    /// that its state is all in [`SessionState`] and the codec.
+    fn can_park(&self) -> bool {
+        self.session.pending_events() == 0
+            && !self.upload.is_open()
+            && self.conn.rx.is_empty()
+            && self.conn.tx.is_empty()
+            && !self.rules.has_ended()
     }
 
     /// After the loop: say goodbye as the ending requires.
@@ -501,9 +673,9 @@ impl<'a> Established<'a> {
         }
     }
 
-    /// The session loop: mailbox, then wait for the device, the mailbox or
-    /// the idle deadline.
-    async fn serve(&mut self) -> Ending {
+    /// The session loop: mailbox, then wait for the device or the
+    /// mailbox.
+    async fn serve(&mut self) -> Exit {
         if self.driver.draining.load(Ordering::Acquire) {
             self.session
                 .request_close(crate::drain::close_request(&self.driver.config));
@@ -517,7 +689,7 @@ impl<'a> Established<'a> {
                 if request == CloseRequest::Idle {
                     info!(serial = %self.session.serial, peer = %self.conn.peer, "no frame for {:?}: closing idle session", self.driver.config.idle_timeout);
                 }
-                return Ending::Bye(request.bye_reason(), delay);
+                return Exit::End(Ending::Bye(request.bye_reason(), delay));
             }
             for command in self.session.take_commands() {
                 self.conn.queue(&ServerFrame::Command(command));
@@ -525,9 +697,22 @@ impl<'a> Established<'a> {
             }
             self.queue_ack();
             if self.conn.flush().await.is_err() {
-                return Ending::Quiet;
+                return Exit::End(Ending::Quiet);
             }
             self.conn.release_idle_buffers(self.upload.is_open());
+            let asked = self.session.take_park_request();
+            let quiet = std::mem::take(&mut self.quiet) && self.driver.config.park_after.is_some();
+            if (asked || quiet) && self.can_park() {
+                // Whatever the socket already holds is read first: a
+                // parked session has nothing unread but what the kernel
+                // will report to the park.
+                match Box::pin(self.read_and_handle()).await {
+                    Ok(false) => return Exit::Park,
+                    Ok(true) => self.session.heard(),
+                    Err(ending) => return Exit::End(ending),
+                }
+                continue;
+            }
 
             // The wait yields a plain value, so that its futures are gone
             // before the handling below: an idle task holds one or the
@@ -547,14 +732,14 @@ impl<'a> Established<'a> {
             .await;
             match wake {
                 Wake::Mailbox => {}
-                Wake::Readable(false) => return Ending::Quiet,
+                Wake::Readable(false) => return Exit::End(Ending::Quiet),
                 // Boxed: handling frames takes most of the loop's future,
                 // and an idle session's task would carry it while it waits.
                 // One short-lived allocation per read instead.
                 Wake::Readable(true) => match Box::pin(self.read_and_handle()).await {
                     Ok(true) => self.session.heard(),
                     Ok(false) => {}
-                    Err(ending) => return ending,
+                    Err(ending) => return Exit::End(ending),
                 },
             }
         }
@@ -584,8 +769,12 @@ impl<'a> Established<'a> {
                 }
                 Err(_) => return Err(self.rules.end(Ending::Quiet)),
             };
-            if let DeviceFrame::Bye(bye) = &frame {
-                debug!(serial = %self.session.serial, peer = %self.conn.peer, reason = %bye.reason, "device said BYE");
+            match &frame {
+                DeviceFrame::Bye(bye) => {
+                    debug!(serial = %self.session.serial, peer = %self.conn.peer, reason = %bye.reason, "device said BYE");
+                }
+                DeviceFrame::Ping(_) => self.quiet = true,
+                _ => {}
             }
             let store = PipelineStore {
                 driver: self.driver,
@@ -729,7 +918,7 @@ impl EventStore for PipelineStore<'_> {
 
 /// Unregisters the session everywhere; commands that did not go out are
 /// reported as undelivered.
-async fn end_session(driver: &Arc<Driver>, session: &Arc<SessionHandle>, last_heard_ms: u64) {
+fn end_session(driver: &Arc<Driver>, session: &Arc<SessionHandle>, last_heard_ms: u64) {
     driver.metrics.sessions.dec();
     driver.registry.remove(session);
     driver.subscriptions.sync(session.serial);

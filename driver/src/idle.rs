@@ -1,11 +1,14 @@
-//! Closes sessions the device has gone quiet on (CWP/1: nothing heard for
-//! the idle timeout, by default three heartbeats) with `BYE IDLE`.
+//! Sweeps the sessions the device has gone quiet on: after
+//! `DRIVER_PARK_AFTER` they are asked to park ([`crate::park`]); after the
+//! idle timeout (CWP/1: nothing heard for it, by default three
+//! heartbeats) they are closed with `BYE IDLE`, parked or not.
 //!
 //! One task sweeps every session a few times per timeout, instead of a
 //! timer in each session: an idle device's task is smaller by the timer
 //! (112 bytes, and its entry in tokio's timer wheel), and reading a frame
 //! stores a time instead of moving a timer. A session closes between one
-//! timeout and one timeout plus a sweep period after it was last heard.
+//! timeout and one timeout plus a sweep period after it was last heard,
+//! and parks between `DRIVER_PARK_AFTER` and that plus a sweep period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,27 +17,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::{CloseRequest, Registry, monotonic_ms};
 
-/// How often sessions are checked: a tenth of the timeout, within
-/// 10 ms – 1 s.
-pub fn sweep_period(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+/// How often sessions are checked: a tenth of the idle timeout, or the
+/// park delay if that is shorter, within 10 ms – 1 s.
+pub fn sweep_period(idle_timeout: Duration, park_after: Option<Duration>) -> Duration {
+    let period = park_after.map_or(idle_timeout / 10, |park| park.min(idle_timeout / 10));
+    period.clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-/// Asks every session unheard for `idle_timeout` to close, until `stop`.
-pub async fn close_idle_sessions(registry: Arc<Registry>, idle_timeout: Duration, stop: CancellationToken) {
-    let timeout_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
-    let mut sweeps = tokio::time::interval(sweep_period(idle_timeout));
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Asks every session unheard for `idle_timeout` to close, and every
+/// running one unheard for `park_after` to park, until `stop`.
+pub async fn sweep_quiet_sessions(
+    registry: Arc<Registry>,
+    idle_timeout: Duration,
+    park_after: Option<Duration>,
+    stop: CancellationToken,
+) {
+    let mut sweeps = tokio::time::interval(sweep_period(idle_timeout, park_after));
     sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = sweeps.tick() => {}
         }
-        let Some(cutoff_ms) = monotonic_ms().checked_sub(timeout_ms) else {
-            continue;
-        };
-        for session in registry.unheard_since(cutoff_ms) {
-            session.request_close(CloseRequest::Idle);
+        let now_ms = monotonic_ms();
+        if let Some(cutoff_ms) = now_ms.checked_sub(millis(idle_timeout)) {
+            for session in registry.unheard_since(cutoff_ms) {
+                session.request_close(CloseRequest::Idle);
+            }
+        }
+        if let Some(cutoff_ms) = park_after.and_then(|after| now_ms.checked_sub(millis(after))) {
+            for session in registry.parkable_since(cutoff_ms) {
+                session.request_park();
+            }
         }
     }
 }
@@ -45,8 +63,21 @@ mod tests {
 
     #[test]
     fn sweeps_come_a_tenth_of_the_timeout_apart_within_bounds() {
-        assert_eq!(sweep_period(Duration::from_secs(90)), Duration::from_secs(1));
-        assert_eq!(sweep_period(Duration::from_secs(5)), Duration::from_millis(500));
-        assert_eq!(sweep_period(Duration::from_millis(50)), Duration::from_millis(10));
+        assert_eq!(sweep_period(Duration::from_secs(90), None), Duration::from_secs(1));
+        assert_eq!(sweep_period(Duration::from_secs(5), None), Duration::from_millis(500));
+        assert_eq!(sweep_period(Duration::from_millis(50), None), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_shorter_park_delay_sets_the_sweep_period() {
+        let timeout = Duration::from_secs(5);
+        assert_eq!(
+            sweep_period(timeout, Some(Duration::from_millis(200))),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            sweep_period(timeout, Some(Duration::from_secs(1))),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -20,8 +20,9 @@
 //!   and records completed ones through [`bridge`]; a background task
 //!   expires abandoned partial uploads.
 //! - [`registry`] is the table of live sessions and their mailboxes, the
-//!   only way other tasks reach a connection; [`idle`] closes the sessions
-//!   whose devices went quiet.
+//!   only way other tasks reach a connection; [`idle`] parks the sessions
+//!   whose devices went quiet ([`park`]: no task until they are needed),
+//!   and closes those silent for the idle timeout.
 //! - [`drain`] ends everything gracefully on SIGTERM; [`admin`] serves
 //!   `/healthz` and `/metrics` ([`metrics`]); [`title`] keeps the process
 //!   title (`ps`) current.
@@ -41,6 +42,7 @@ pub mod idle;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod park;
 pub mod pipeline;
 pub mod proxy;
 pub mod registry;
@@ -102,6 +104,8 @@ pub struct Driver {
     /// The runtime established sessions run on (handshakes run on the
     /// [`handshake_thread`]).
     pub sessions: tokio::runtime::Handle,
+    /// Where quiet sessions wait without a task ([`park`]).
+    pub park: park::Park,
 }
 
 /// The sockets the driver serves on, bound by the caller.
@@ -194,6 +198,8 @@ pub async fn run(
         config.auth_failures_per_serial,
         config.auth_failure_window,
     );
+    let connections = TaskTracker::new();
+    let (park, park_inbox) = park::park(connections.clone());
     let driver = Arc::new(Driver {
         config,
         keys,
@@ -208,6 +214,7 @@ pub async fn run(
         auth_limits,
         draining: AtomicBool::new(false),
         sessions: tokio::runtime::Handle::current(),
+        park,
     });
     info!(
         driver_id = %driver.config.driver_id,
@@ -239,15 +246,17 @@ pub async fn run(
         stop_expiry.clone(),
     ));
     let stop_idle = CancellationToken::new();
-    let idle = tokio::spawn(idle::close_idle_sessions(
+    let idle = tokio::spawn(idle::sweep_quiet_sessions(
         driver.registry.clone(),
         driver.config.idle_timeout,
+        driver.config.park_after,
         stop_idle.clone(),
     ));
+    let stop_park = CancellationToken::new();
+    let park = tokio::spawn(park::run(driver.clone(), park_inbox, stop_park.clone()));
     let stop_title = CancellationToken::new();
     let title = title.map(|title| tokio::spawn(title::refresh(driver.clone(), title, stop_title.clone())));
 
-    let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let handshake_thread = handshake_thread::HandshakeThread::start()?;
     // Registered with the handshake thread's runtime, where it is accepted on.
@@ -277,6 +286,12 @@ pub async fn run(
     )
     .await;
     handshake_thread.stop().await;
+    stop_park.cancel();
+    match park.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "the park failed"),
+        Err(err) => tracing::error!(error = %err, "the park's task failed"),
+    }
 
     stop_pipeline.cancel();
     let mut pipeline = pipeline;

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Authenticated sessions live now.
     pub sessions: Gauge,
+    /// Of those, sessions parked now (no task: [`crate::park`]).
+    pub sessions_parked: Gauge,
     /// Handshakes by result: `ok`, `unauthorized`, `timeout`, `malformed`,
     /// `unexpected`, `bridge_unavailable`, `closed`, `evicted` (its slot
     /// went to a newer connection, `DRIVER_MAX_HANDSHAKES`), `rate_limited`.
@@ -100,6 +102,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_accepted: Counter::default(),
             sessions: Gauge::default(),
+            sessions_parked: Gauge::default(),
             handshakes: Family::default(),
             handshakes_in_progress: Gauge::default(),
             auth_failures: Family::default(),
@@ -130,6 +133,11 @@ impl Metrics {
             metrics.connections_accepted.clone(),
         );
         r.register("sessions", "Authenticated sessions live now", metrics.sessions.clone());
+        r.register(
+            "sessions_parked",
+            "Of the live sessions, those parked now: quiet, held without a task until their device or an operator needs them",
+            metrics.sessions_parked.clone(),
+        );
         r.register("handshakes", "Handshakes by result", metrics.handshakes.clone());
         r.register(
             "handshakes_in_progress",

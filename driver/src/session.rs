@@ -78,7 +78,8 @@ pub struct Session {
     /// Events refused with `BUSY` and not yet sent again, if any. Until they
     /// are all stored, no later event may be: its cumulative `ACK` would
     /// cover them, and they were never stored.
-    refused: Option<Refused>,
+    /// Boxed: rare, and every idle session holds this struct.
+    refused: Option<Box<Refused>>,
     /// Highest id acknowledged to the device so far.
     last_ack: u64,
     /// `EVENT_WINDOW`: events this session may have pending at most.
@@ -187,7 +188,7 @@ impl Session {
         if let Some(message) = refusal {
             match &mut self.refused {
                 Some(refused) => refused.refuse(id),
-                None => self.refused = Some(Refused::new(id)),
+                None => self.refused = Some(Box::new(Refused::new(id))),
             }
             return refuse(ErrorCode::BUSY, message);
         }

@@ -1,0 +1,374 @@
+//! Parked sessions: established sessions whose devices are quiet, held
+//! with no task and no registration with tokio's I/O driver.
+//!
+//! A running session costs its task (its future and tokio's task header,
+//! about 670 bytes) and its socket's registration with tokio (its
+//! `ScheduledIo`, about 270 bytes), before anything of its own. Devices
+//! are quiet nearly all the time (a heartbeat every 30 s), so once one has
+//! been silent for `DRIVER_PARK_AFTER` the idle sweep ([`crate::idle`])
+//! asks its session to park. If nothing is in flight (no event awaiting
+//! storage, no open upload, nothing buffered either way) the session hands
+//! the park what it needs to resume exactly where it stopped, a
+//! [`ParkedSession`] (the socket, the codec with its seal and sequence
+//! numbers, the rules' event ids), and its task ends.
+//!
+//! The park is one task on the sessions' runtime, which owns the parked
+//! sessions, and an epoll set of its own, which a thread (the watcher)
+//! waits on. A parked socket that becomes readable (a frame, or the
+//! close), or a wake of the parked session's mailbox (a command, a close
+//! request: the mailbox's waker is the park's while the session is
+//! parked) resumes the session in a new task, which reads and answers as
+//! if it had never stopped. Nothing changes for the device: parking is
+//! not visible on the wire.
+//!
+//! The watcher is a thread of its own, not a task: registering the epoll
+//! set with tokio (`AsyncFd`) needs unsafe code, which the workspace
+//! forbids. It blocks in `epoll_wait` and forwards each readable socket
+//! to the park task; each socket is reported once (`EPOLLONESHOT`), and
+//! the park takes it out of the set when it resumes the session.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+
+use rustix::event::{EventfdFlags, epoll};
+use slab::Slab;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{debug, warn};
+
+use crate::Driver;
+use crate::connection::ParkedSession;
+use crate::registry::SessionHandle;
+
+/// Readiness events taken from the epoll set per call.
+const EVENTS_PER_WAIT: usize = 256;
+/// The epoll data of the watcher's stop signal; a parked socket's data is
+/// its [`Ticket`], whose key is below 2^32.
+const STOP: u64 = u64::MAX;
+
+/// Which parked session: its key in the park, and the parking's id, which
+/// tells a stale wake (for a session since resumed, and its key reused)
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ticket {
+    key: u32,
+    id: u32,
+}
+
+impl Ticket {
+    fn to_u64(self) -> u64 {
+        (u64::from(self.id) << 32) | u64::from(self.key)
+    }
+
+    fn from_u64(data: u64) -> Self {
+        Self {
+            key: data as u32,
+            id: (data >> 32) as u32,
+        }
+    }
+}
+
+/// What the park is told.
+enum Message {
+    /// Hold this session until it is needed; the token counts it among
+    /// the driver's connections on its way.
+    Park(Box<Slot>, TaskTrackerToken),
+    /// A parked session is needed: its mailbox was woken, or its socket
+    /// is readable.
+    Wake(Ticket),
+}
+
+/// One parked session.
+struct Slot {
+    parked: ParkedSession,
+    id: u32,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Park(slot, _) => f.debug_tuple("Park").field(&slot.parked.session().serial).finish(),
+            Self::Wake(ticket) => f.debug_tuple("Wake").field(ticket).finish(),
+        }
+    }
+}
+
+/// The sessions' way to the park.
+#[derive(Debug, Clone)]
+pub struct Park {
+    inbox: mpsc::UnboundedSender<Message>,
+    connections: TaskTracker,
+}
+
+/// The park's end of [`Park`], for [`run`].
+#[derive(Debug)]
+pub struct ParkInbox {
+    inbox: mpsc::UnboundedReceiver<Message>,
+    sender: mpsc::UnboundedSender<Message>,
+    connections: TaskTracker,
+}
+
+/// A park whose resumed sessions run as tasks of `connections`.
+pub fn park(connections: TaskTracker) -> (Park, ParkInbox) {
+    let (sender, inbox) = mpsc::unbounded_channel();
+    (
+        Park {
+            inbox: sender.clone(),
+            connections: connections.clone(),
+        },
+        ParkInbox {
+            inbox,
+            sender,
+            connections,
+        },
+    )
+}
+
+impl Park {
+    /// Hands a session to the park. If the park has stopped, the parked
+    /// state is dropped (the connection closes) and the session's registry
+    /// entry comes back, for the caller to end the session.
+    pub fn park(&self, parked: ParkedSession) -> Result<(), Arc<SessionHandle>> {
+        let slot = Box::new(Slot { parked, id: 0 });
+        let connection = self.connections.token();
+        self.inbox
+            .send(Message::Park(slot, connection))
+            .map_err(|failed| match failed.0 {
+                Message::Park(slot, _) => slot.parked.session().clone(),
+                Message::Wake(_) => unreachable!("a park message was sent"),
+            })
+    }
+}
+
+/// The waker of a parked session's mailbox: tells the park to resume it.
+struct ParkedWaker {
+    park: mpsc::UnboundedSender<Message>,
+    ticket: Ticket,
+}
+
+impl Wake for ParkedWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.park.send(Message::Wake(self.ticket));
+    }
+}
+
+/// The thread that waits on the park's epoll set.
+struct Watcher {
+    stop: OwnedFd,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(epoll: Arc<OwnedFd>, park: mpsc::UnboundedSender<Message>) -> io::Result<Self> {
+        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)?;
+        epoll::add(&*epoll, &stop, epoll::EventData::new_u64(STOP), epoll::EventFlags::IN)?;
+        let thread = std::thread::Builder::new()
+            .name("park-watcher".to_owned())
+            .spawn(move || watch(&epoll, &park))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        if let Err(err) = rustix::io::write(&self.stop, &1u64.to_ne_bytes()) {
+            warn!(error = %err, "cannot stop the park's watcher");
+            return;
+        }
+        let _ = self.thread.join();
+    }
+}
+
+/// Forwards every readable parked socket to the park, until stopped.
+fn watch(epoll: &OwnedFd, park: &mpsc::UnboundedSender<Message>) {
+    let mut events = Vec::with_capacity(EVENTS_PER_WAIT);
+    loop {
+        events.clear();
+        match epoll::wait(epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => {
+                // Parked sessions still resume through their mailboxes,
+                // and the idle sweep closes them in time.
+                tracing::error!(error = %err, "the park's watcher failed: parked devices are not heard until the idle timeout");
+                return;
+            }
+        }
+        for event in events.drain(..) {
+            let data = event.data.u64();
+            if data == STOP {
+                return;
+            }
+            if park.send(Message::Wake(Ticket::from_u64(data))).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The parked sessions and their epoll set.
+struct Lot {
+    driver: Arc<Driver>,
+    epoll: Arc<OwnedFd>,
+    slots: Slab<Box<Slot>>,
+    /// While any session is parked: keeps the drain ([`crate::drain`])
+    /// waiting for them as for running connections. One for all, not one
+    /// per session: 8 bytes less per parked device.
+    occupied: Option<TaskTrackerToken>,
+    next_id: u32,
+    sender: mpsc::UnboundedSender<Message>,
+    connections: TaskTracker,
+}
+
+/// Holds parked sessions and resumes them when they are needed, until
+/// `stop`. Must run on the sessions' runtime: resumed sessions register
+/// their sockets with the runtime it runs on.
+pub async fn run(driver: Arc<Driver>, inbox: ParkInbox, stop: CancellationToken) -> io::Result<()> {
+    let ParkInbox {
+        mut inbox,
+        sender,
+        connections,
+    } = inbox;
+    let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
+    let watcher = Watcher::start(epoll.clone(), sender.clone())?;
+    let mut lot = Lot {
+        driver,
+        epoll,
+        slots: Slab::new(),
+        occupied: None,
+        next_id: 0,
+        sender,
+        connections,
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            message = inbox.recv() => match message {
+                Some(Message::Park(slot, connection)) => {
+                    // Kept as the lot's token if it has none yet, before
+                    // the session may be resumed (and the lot emptied).
+                    lot.occupied.get_or_insert(connection);
+                    lot.park(slot);
+                }
+                Some(Message::Wake(ticket)) => lot.wake(ticket),
+                None => break,
+            },
+        }
+    }
+    watcher.stop();
+    let left = lot.slots.len();
+    if left > 0 {
+        warn!(
+            sessions = left,
+            "park stopped with sessions still parked: their connections close"
+        );
+    }
+    Ok(())
+}
+
+impl Lot {
+    fn park(&mut self, mut slot: Box<Slot>) {
+        self.next_id = self.next_id.wrapping_add(1);
+        slot.id = self.next_id;
+        let entry = self.slots.vacant_entry();
+        // The highest key would make the highest ticket read as STOP.
+        let Some(key) = u32::try_from(entry.key()).ok().filter(|key| *key < u32::MAX) else {
+            self.spawn(slot);
+            return;
+        };
+        let ticket = Ticket { key, id: slot.id };
+        let added = epoll::add(
+            &*self.epoll,
+            slot.parked.socket(),
+            epoll::EventData::new_u64(ticket.to_u64()),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT,
+        );
+        if let Err(err) = added {
+            warn!(serial = %slot.parked.session().serial, error = %err, "cannot park the session; it stays running");
+            self.spawn(slot);
+            return;
+        }
+        let session = slot.parked.session().clone();
+        session.set_parked(true);
+        self.driver.metrics.sessions_parked.inc();
+        entry.insert(slot);
+        let waker = Waker::from(Arc::new(ParkedWaker {
+            park: self.sender.clone(),
+            ticket,
+        }));
+        // A wake between the session's last look at its mailbox and now
+        // went to its ended task: look once more, with the park's waker.
+        // The resumed session reads its whole mailbox, whatever the flag.
+        if session.poll_woken(&mut Context::from_waker(&waker)).is_ready() {
+            self.resume(key as usize);
+        }
+    }
+
+    fn wake(&mut self, ticket: Ticket) {
+        let key = ticket.key as usize;
+        if self.slots.get(key).is_some_and(|slot| slot.id == ticket.id) {
+            self.resume(key);
+        }
+    }
+
+    /// Takes the session parked under `key` out of the set and runs it.
+    fn resume(&mut self, key: usize) {
+        let Some(slot) = self.slots.try_remove(key) else {
+            return;
+        };
+        if let Err(err) = epoll::delete(&*self.epoll, slot.parked.socket()) {
+            debug!(serial = %slot.parked.session().serial, error = %err, "removing a parked socket from the park's set");
+        }
+        slot.parked.session().set_parked(false);
+        self.driver.metrics.sessions_parked.dec();
+        self.spawn(slot);
+    }
+
+    fn spawn(&mut self, slot: Box<Slot>) {
+        if let Some(session) = slot.parked.resume(self.driver.clone()) {
+            self.connections.spawn(session);
+        }
+        // Only now, with the resumed session's task tracked: the drain
+        // never sees the connection count at 0 in between.
+        if self.slots.is_empty() {
+            self.occupied = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_survives_the_epoll_data_and_never_reads_as_stop() {
+        let ticket = Ticket {
+            key: 70_000,
+            id: 4_000_000_000,
+        };
+        assert_eq!(Ticket::from_u64(ticket.to_u64()), ticket);
+        let highest = Ticket {
+            key: u32::MAX - 1,
+            id: u32::MAX,
+        };
+        assert_ne!(highest.to_u64(), STOP);
+    }
+
+    /// What a parked device costs is these two, beside its entries in the
+    /// registry, the slab and the Redis client: each fills one of
+    /// jemalloc's size classes (160 and 224 bytes) exactly. A field more
+    /// costs every parked device the next class, 32 bytes.
+    #[test]
+    fn a_parked_device_fits_its_memory_budget() {
+        let handle = std::mem::size_of::<crate::registry::SessionHandle>();
+        assert!(handle + 16 <= 160, "SessionHandle is {handle} bytes (+16 for its Arc)");
+        let slot = std::mem::size_of::<Slot>();
+        assert!(slot <= 224, "a parked session is {slot} bytes");
+    }
+}
