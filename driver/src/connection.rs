@@ -3,11 +3,14 @@
 //!
 //! [`Connection`] owns the socket, the codec and the two buffers; the
 //! functions below run the handshake and carry out what the established
-//! session's rules ([`crate::session`], free of I/O) decide for each frame. Both buffers are released whenever they
-//! are empty, so an idle session holds no buffer at all: its cost is this
-//! task, its socket, its [`SessionHandle`] and its seal. An open upload
-//! adds its write buffer ([`crate::upload`]) and keeps the receive buffer,
-//! so that its blocks cost no allocation.
+//! session's rules ([`crate::session`], free of I/O) decide for each
+//! frame. Both buffers are released whenever they are empty. A quiet
+//! session with nothing in flight parks: its task ends, and a
+//! [`ParkedSession`] (socket, codec, the rules' state) waits in the park
+//! ([`crate::park`]) until the device or the mailbox needs it. An open
+//! upload adds its write buffer ([`crate::upload`]) and keeps the receive
+//! buffer, so that its blocks cost no allocation; such a session does not
+//! park.
 
 use std::future::Future;
 use std::io;
@@ -206,11 +209,11 @@ impl Connection {
 }
 
 /// Serves one accepted connection: the handshake here (on the handshake
-/// thread, [`crate::handshake_thread`]), then, once the device is
-/// authenticated, its session in a task of its own on the sessions'
-/// runtime (tracked by `connections`, holding `permit`). Every idle device
-/// costs its session task's size: that task carries nothing the handshake
-/// needed.
+/// thread, [`crate::handshake_thread`]); then, once the device is
+/// authenticated, its session parks ([`crate::park`]), or, if the device
+/// already sent more or parking is off, runs in a task of its own on the
+/// sessions' runtime (tracked by `connections`, holding `permit`), which
+/// carries nothing the handshake needed.
 ///
 /// The handshake runs in a tracing span (`peer`, then `serial`); the
 /// established session does not: a span lives in the subscriber's registry
@@ -232,15 +235,24 @@ pub async fn serve(
     // Registered with the sessions' runtime before its task is spawned, so
     // that the task holds one connection, not a detached one and the
     // attached one.
+    let state = SessionState {
+        rules: Session::new(session.durable_event_id(), driver.config.event_window),
+        last_heard_ms: unix_ms(),
+    };
+    // Nothing is in flight yet: unless the device already sent more, the
+    // session parks right here, without ever having a task on the
+    // sessions' runtime.
+    if driver.config.park_after.is_some() && connection.rx.is_empty() && connection.tx.is_empty() {
+        if let Err(session) = park(&driver, connection, session, permit, state) {
+            end_session(&driver, &session, unix_ms());
+            driver.metrics.connections.dec();
+        }
+        return;
+    }
     match connection.register_with(&driver.sessions) {
         Ok(connection) => {
             let sessions = driver.sessions.clone();
-            let state = SessionState {
-                rules: Session::new(session.durable_event_id(), driver.config.event_window),
-                last_heard_ms: unix_ms(),
-            };
-            let session = established(driver, connection, session, permit, state, Start::New);
-            connections.spawn_on(session, &sessions);
+            connections.spawn_on(established(driver, connection, session, permit, state), &sessions);
         }
         Err(err) => {
             warn!(serial = %session.serial, error = %err, "cannot hand the connection to the sessions' runtime");
@@ -260,15 +272,6 @@ struct SessionState {
     last_heard_ms: u64,
 }
 
-/// How an established session's task starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// Right after `WELCOME`: nothing is in flight yet, so the session
-    /// parks as soon as it is quiet.
-    New,
-    /// From the park, woken by its socket or its mailbox.
-    Resumed,
-}
 
 /// An established session without a task: what it needs to resume where
 /// it stopped. Held by the park ([`crate::park`]).
@@ -318,7 +321,7 @@ impl ParkedSession {
                     rx: BytesMut::new(),
                     tx: BytesMut::new(),
                 };
-                Some(established(driver, connection, session, permit, state, Start::Resumed))
+                Some(established(driver, connection, session, permit, state))
             }
             Err(err) => {
                 warn!(serial = %session.serial, %peer, error = %err, "cannot resume a parked session");
@@ -346,10 +349,9 @@ fn established(
     session: Arc<SessionHandle>,
     permit: OwnedSemaphorePermit,
     state: SessionState,
-    start: Start,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut loop_state = Established::new(&driver, &session, &mut connection, state, start);
+        let mut loop_state = Established::new(&driver, &session, &mut connection, state);
         let parks = loop_state.run().await;
         let state = loop_state.into_state();
         let last_heard_ms = state.last_heard_ms;
@@ -590,9 +592,9 @@ struct Established<'a> {
     last_heard_ms: u64,
     /// CWP/1 §3 Uploads: the one upload this connection may have open.
     upload: Uploads,
-    /// The device has nothing to send for now: the session just began, or
-    /// the device sent a heartbeat (`PING`). Such a session parks as soon
-    /// as nothing is in flight, without waiting for the idle sweep.
+    /// The device has nothing to send for now: it sent a heartbeat
+    /// (`PING`). The session then parks as soon as nothing is in flight,
+    /// without waiting for the idle sweep.
     quiet: bool,
 }
 
@@ -602,7 +604,6 @@ impl<'a> Established<'a> {
         session: &'a Arc<SessionHandle>,
         conn: &'a mut Connection,
         state: SessionState,
-        start: Start,
     ) -> Self {
         Self {
             driver,
@@ -611,7 +612,7 @@ impl<'a> Established<'a> {
             rules: state.rules,
             last_heard_ms: state.last_heard_ms,
             upload: Uploads::default(),
-            quiet: start == Start::New,
+            quiet: false,
         }
     }
 
