@@ -162,12 +162,12 @@ fn the_whole_flow_works_with_the_documented_minimal_acls() {
             .unwrap();
         results.subscribe("cwp:cmd-result:CTRL-0042").await.unwrap();
         let mut results = results.into_on_message();
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg("cwp:cmd:CTRL-0042")
-            .arg(r#"{"id":"11111111-1111-1111-1111-111111111111","name":"reboot"}"#)
-            .query_async(&mut operator)
-            .await
-            .unwrap();
+        let receivers = publish(
+            &mut operator,
+            "cwp:cmd:CTRL-0042",
+            r#"{"id":"11111111-1111-1111-1111-111111111111","name":"reboot"}"#,
+        )
+        .await;
         assert_eq!(receivers, 1, "the driver's user subscribed to the device's channel");
         let command = match next_frame(&mut device).await {
             ServerFrame::Command(command) => command,

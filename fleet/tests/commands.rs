@@ -15,15 +15,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn publish(redis: &mut redis::aio::MultiplexedConnection, channel: &str, message: &str) -> i64 {
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(message)
-        .query_async(redis)
-        .await
-        .unwrap()
-}
-
 async fn subscribe(fleet: &TestFleet, channel: &str) -> redis::aio::PubSubStream {
     let mut pubsub = redis::Client::open(fleet.redis.url())
         .unwrap()

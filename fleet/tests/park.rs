@@ -60,12 +60,12 @@ fn a_parked_device_is_answered_as_if_its_session_had_never_stopped() {
 
         // Its mailbox wakes it: an operator's command.
         let mut redis = fleet.redis().await;
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg("cwp:cmd:PARK-1")
-            .arg(r#"{"id":"22222222-2222-2222-2222-222222222222","name":"reboot"}"#)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let receivers = publish(
+            &mut redis,
+            "cwp:cmd:PARK-1",
+            r#"{"id":"22222222-2222-2222-2222-222222222222","name":"reboot"}"#,
+        )
+        .await;
         assert_eq!(receivers, 1, "a parked device is online");
         match device.recv_timeout(WAIT).await.unwrap() {
             ServerFrame::Command(command) => assert_eq!(command.command_id, CommandId([0x22; 16])),

@@ -127,6 +127,17 @@ where
 }
 
 /// Every `(serial, event_id)` in `cwp:events`, in stream order.
+/// `PUBLISH channel message`, as an operator sends it; how many
+/// subscribers received it.
+pub async fn publish(redis: &mut redis::aio::MultiplexedConnection, channel: &str, message: &str) -> i64 {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
 pub async fn stored_events(redis: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut start = "-".to_owned();
