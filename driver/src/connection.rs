@@ -682,28 +682,16 @@ impl<'a> Established<'a> {
                 .request_close(crate::drain::close_request(&self.driver.config));
         }
         loop {
-            if let Some(request) = self.session.close_requested() {
-                let delay = match request {
-                    CloseRequest::Superseded | CloseRequest::Idle => 0,
-                    CloseRequest::Draining { reconnect_after_ms } => reconnect_after_ms,
-                };
-                if request == CloseRequest::Idle {
-                    info!(serial = %self.session.serial, peer = %self.conn.peer, "no frame for {:?}: closing idle session", self.driver.config.idle_timeout);
-                }
-                return Exit::End(Ending::Bye(request.bye_reason(), delay));
-            }
-            for command in self.session.take_commands() {
-                self.conn.queue(&ServerFrame::Command(command));
-                self.driver.metrics.command("delivered");
-            }
-            self.queue_ack();
+            let asked_to_park = match self.read_mailbox() {
+                Ok(asked_to_park) => asked_to_park,
+                Err(ending) => return Exit::End(ending),
+            };
             if self.conn.flush().await.is_err() {
                 return Exit::End(Ending::Quiet);
             }
             self.conn.release_idle_buffers(self.upload.is_open());
-            let asked = self.session.take_park_request();
             let quiet = std::mem::take(&mut self.quiet) && self.driver.config.park_after.is_some();
-            if (asked || quiet) && self.can_park() {
+            if (asked_to_park || quiet) && self.can_park() {
                 // Whatever the socket already holds is read first: a
                 // parked session has nothing unread but what the kernel
                 // will report to the park.
@@ -744,6 +732,30 @@ impl<'a> Established<'a> {
                 },
             }
         }
+    }
+
+    /// Carries out what the mailbox holds: a close request ends the session
+    /// (`Err`), commands and the acknowledgement of what became durable are
+    /// queued. Returns whether the idle sweep asked the session to park.
+    /// Not async: the mail is gone before the loop waits again.
+    fn read_mailbox(&mut self) -> Result<bool, Ending> {
+        let mail = self.session.take_mail();
+        if let Some(request) = mail.close {
+            let delay = match request {
+                CloseRequest::Superseded | CloseRequest::Idle => 0,
+                CloseRequest::Draining { reconnect_after_ms } => reconnect_after_ms,
+            };
+            if request == CloseRequest::Idle {
+                info!(serial = %self.session.serial, peer = %self.conn.peer, "no frame for {:?}: closing idle session", self.driver.config.idle_timeout);
+            }
+            return Err(Ending::Bye(request.bye_reason(), delay));
+        }
+        for command in mail.commands {
+            self.conn.queue(&ServerFrame::Command(command));
+            self.driver.metrics.command("delivered");
+        }
+        self.queue_ack();
+        Ok(mail.park)
     }
 
     /// Reads what is there and handles every whole frame. `Ok(true)` if

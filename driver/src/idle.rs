@@ -35,7 +35,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Asks every session unheard for `idle_timeout` to close, and every
-/// running one unheard for `park_after` to park, until `stop`.
+/// running one unheard for `park_after`, with no event awaiting storage,
+/// to park, until `stop`.
 pub async fn sweep_quiet_sessions(
     registry: Arc<Registry>,
     idle_timeout: Duration,
@@ -50,15 +51,15 @@ pub async fn sweep_quiet_sessions(
             _ = sweeps.tick() => {}
         }
         let now_ms = monotonic_ms();
-        if let Some(cutoff_ms) = now_ms.checked_sub(millis(idle_timeout)) {
-            for session in registry.unheard_since(cutoff_ms) {
-                session.request_close(CloseRequest::Idle);
-            }
+        let quiet = registry.quiet(
+            now_ms.checked_sub(millis(idle_timeout)),
+            park_after.and_then(|after| now_ms.checked_sub(millis(after))),
+        );
+        for session in quiet.idle {
+            session.request_close(CloseRequest::Idle);
         }
-        if let Some(cutoff_ms) = park_after.and_then(|after| now_ms.checked_sub(millis(after))) {
-            for session in registry.parkable_since(cutoff_ms) {
-                session.request_park();
-            }
+        for session in quiet.to_park {
+            session.request_park();
         }
     }
 }

@@ -176,20 +176,27 @@ impl SessionHandle {
         self.wake();
     }
 
-    /// Takes the queued commands (the connection task sends them).
+    /// Takes the queued commands (the session's end reports them).
     pub fn take_commands(&self) -> Vec<Command> {
         std::mem::take(&mut self.mailbox().commands)
+    }
+
+    /// What the connection task finds in the mailbox, with one lock: the
+    /// close request (it stays), the queued commands and the park request
+    /// (taken).
+    pub fn take_mail(&self) -> Mail {
+        let mut mailbox = self.mailbox();
+        Mail {
+            close: mailbox.close,
+            commands: std::mem::take(&mut mailbox.commands),
+            park: std::mem::take(&mut mailbox.park),
+        }
     }
 
     /// Asks a quiet session to park; it does if it has nothing in flight.
     pub fn request_park(&self) {
         self.mailbox().park = true;
         self.wake();
-    }
-
-    /// Whether the session was asked to park since the last call.
-    pub fn take_park_request(&self) -> bool {
-        std::mem::take(&mut self.mailbox().park)
     }
 
     /// Marks the session parked (by the park) or running again.
@@ -201,11 +208,17 @@ impl SessionHandle {
     pub fn is_parked(&self) -> bool {
         self.parked.load(Ordering::Acquire)
     }
+}
 
-    /// Whether someone asked the session to end, and why.
-    pub fn close_requested(&self) -> Option<CloseRequest> {
-        self.mailbox().close
-    }
+/// What [`SessionHandle::take_mail`] found.
+#[derive(Debug)]
+pub struct Mail {
+    /// Someone asked the session to end, and why.
+    pub close: Option<CloseRequest>,
+    /// Commands to send, in the order they were published.
+    pub commands: Vec<Command>,
+    /// The idle sweep asked the session to park.
+    pub park: bool,
 }
 
 /// A registry entry: the session, found by its serial. The serial is not
@@ -296,30 +309,41 @@ impl Registry {
         (serials, total)
     }
 
-    /// The live sessions matching `filter`.
-    fn matching(&self, filter: impl Fn(&SessionHandle) -> bool) -> Vec<Arc<SessionHandle>> {
-        self.sessions()
-            .iter()
-            .filter(|entry| filter(&entry.0))
-            .map(|entry| entry.0.clone())
-            .collect()
-    }
-
-    /// The live sessions last heard from before `cutoff_ms` ([`monotonic_ms`]).
-    pub fn unheard_since(&self, cutoff_ms: u64) -> Vec<Arc<SessionHandle>> {
-        self.matching(|session| session.heard_ms.load(Ordering::Relaxed) < cutoff_ms)
-    }
-
-    /// The running (not parked) sessions last heard from before
-    /// `cutoff_ms`: those the idle sweep asks to park.
-    pub fn parkable_since(&self, cutoff_ms: u64) -> Vec<Arc<SessionHandle>> {
-        self.matching(|session| session.heard_ms.load(Ordering::Relaxed) < cutoff_ms && !session.is_parked())
+    /// What the idle sweep acts on, in one pass over the sessions (times
+    /// on [`monotonic_ms`]'s clock; `None`: no such cutoff yet, or parking
+    /// is off).
+    pub fn quiet(&self, idle_cutoff_ms: Option<u64>, park_cutoff_ms: Option<u64>) -> Quiet {
+        let mut quiet = Quiet::default();
+        for Registered(session) in self.sessions().iter() {
+            let heard_ms = session.heard_ms.load(Ordering::Relaxed);
+            if idle_cutoff_ms.is_some_and(|cutoff| heard_ms < cutoff) {
+                quiet.idle.push(session.clone());
+            } else if park_cutoff_ms.is_some_and(|cutoff| heard_ms < cutoff)
+                && !session.is_parked()
+                // Asked again each sweep until they are stored: a bridge
+                // outage would wake every waiting session ten times a second.
+                && session.pending_events() == 0
+            {
+                quiet.to_park.push(session.clone());
+            }
+        }
+        quiet
     }
 
     /// Every live session (for the drain).
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
-        self.matching(|_| true)
+        self.sessions().iter().map(|entry| entry.0.clone()).collect()
     }
+}
+
+/// The sessions one idle sweep found quiet ([`Registry::quiet`]).
+#[derive(Debug, Default)]
+pub struct Quiet {
+    /// Unheard for the idle timeout, parked or not: to be closed.
+    pub idle: Vec<Arc<SessionHandle>>,
+    /// Running, nothing awaiting storage, unheard for `DRIVER_PARK_AFTER`:
+    /// to be asked to park.
+    pub to_park: Vec<Arc<SessionHandle>>,
 }
 
 #[cfg(test)]
@@ -351,7 +375,12 @@ mod tests {
         let session = handle("CTRL-1");
         session.request_close(CloseRequest::Superseded);
         session.request_close(CloseRequest::Draining { reconnect_after_ms: 5 });
-        assert_eq!(session.close_requested(), Some(CloseRequest::Superseded));
+        assert_eq!(session.take_mail().close, Some(CloseRequest::Superseded));
+        assert_eq!(
+            session.take_mail().close,
+            Some(CloseRequest::Superseded),
+            "a close request stays"
+        );
     }
 
     #[tokio::test]
@@ -383,7 +412,7 @@ mod tests {
         registry.insert(chatty.clone());
         quiet.heard_ms.store(10, Ordering::Relaxed);
         chatty.heard_ms.store(30, Ordering::Relaxed);
-        let unheard = registry.unheard_since(20);
+        let unheard = registry.quiet(Some(20), None).idle;
         assert_eq!(unheard.len(), 1);
         assert!(Arc::ptr_eq(&unheard[0], &quiet));
     }
@@ -394,25 +423,39 @@ mod tests {
         let quiet = handle("QUIET");
         let parked = handle("PARKED");
         let chatty = handle("CHATTY");
-        for session in [&quiet, &parked, &chatty] {
+        let waiting = handle("WAITING");
+        for session in [&quiet, &parked, &chatty, &waiting] {
             registry.insert(session.clone());
         }
         quiet.heard_ms.store(10, Ordering::Relaxed);
         parked.heard_ms.store(10, Ordering::Relaxed);
         parked.set_parked(true);
         chatty.heard_ms.store(30, Ordering::Relaxed);
-        let parkable = registry.parkable_since(20);
+        waiting.heard_ms.store(10, Ordering::Relaxed);
+        waiting.event_submitted();
+        let parkable = registry.quiet(None, Some(20)).to_park;
         assert_eq!(parkable.len(), 1);
         assert!(Arc::ptr_eq(&parkable[0], &quiet));
     }
 
     #[test]
+    fn a_session_silent_for_the_idle_timeout_is_closed_not_parked() {
+        let registry = Registry::default();
+        let silent = handle("SILENT");
+        registry.insert(silent.clone());
+        silent.heard_ms.store(10, Ordering::Relaxed);
+        let quiet = registry.quiet(Some(20), Some(25));
+        assert_eq!(quiet.idle.len(), 1);
+        assert!(quiet.to_park.is_empty());
+    }
+
+    #[test]
     fn a_park_request_is_seen_once() {
         let session = handle("CTRL-1");
-        assert!(!session.take_park_request());
+        assert!(!session.take_mail().park);
         session.request_park();
-        assert!(session.take_park_request());
-        assert!(!session.take_park_request());
+        assert!(session.take_mail().park);
+        assert!(!session.take_mail().park);
     }
 
     #[test]
