@@ -49,10 +49,7 @@ impl Default for MqttBehaviour {
         Self {
             keep_alive: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
-            reconnect: Backoff {
-                min: Duration::from_millis(100),
-                max: Duration::from_secs(10),
-            },
+            reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         }
     }
 }

@@ -165,10 +165,7 @@ struct Running {
 }
 
 fn quick(behaviour: Behaviour) -> Behaviour {
-    let quick = Backoff {
-        min: Duration::from_millis(10),
-        max: Duration::from_millis(20),
-    };
+    let quick = Backoff::new(Duration::from_millis(10), Duration::from_millis(20));
     Behaviour {
         reconnect: quick,
         busy: quick,

@@ -51,25 +51,50 @@ pub enum ServerStep {
     },
 }
 
-/// A handshake failure: the unsealed `ERROR` to send before closing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct HandshakeError {
-    /// `UNEXPECTED` or `UNAUTHORIZED`, both fatal.
-    pub code: ErrorCode,
-    /// The frame that caused it.
-    pub ref_type: FrameType,
-    /// For the `ERROR` frame; identical for an unknown serial and a wrong
-    /// mac, so that a stranger cannot probe which serials exist.
-    pub message: &'static str,
-    /// For the server's own logs: what really went wrong.
-    pub detail: &'static str,
+/// Why a handshake failed; the server sends its unsealed, fatal `ERROR`
+/// and closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// `UNAUTHORIZED`: no key is known for the serial in `HELLO`.
+    #[error("unknown serial")]
+    UnknownSerial,
+    /// `UNAUTHORIZED`: `AUTH`'s mac does not prove the serial's key.
+    #[error("wrong mac")]
+    WrongMac,
+    /// `UNEXPECTED`: a frame the handshake does not allow here.
+    #[error("{0} not allowed before WELCOME")]
+    NotAllowed(FrameType),
 }
 
 impl HandshakeError {
+    /// The wire code.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::UnknownSerial | Self::WrongMac => ErrorCode::UNAUTHORIZED,
+            Self::NotAllowed(_) => ErrorCode::UNEXPECTED,
+        }
+    }
+
+    /// The frame the `ERROR` refers to.
+    pub fn ref_type(self) -> FrameType {
+        match self {
+            Self::UnknownSerial | Self::WrongMac => FrameType::AUTH,
+            Self::NotAllowed(frame_type) => frame_type,
+        }
+    }
+
+    /// The `ERROR` frame's message: the same for an unknown serial and a
+    /// wrong mac, so that a stranger cannot probe which serials exist.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::UnknownSerial | Self::WrongMac => "bad mac",
+            Self::NotAllowed(_) => "handshake incomplete",
+        }
+    }
+
     /// The `ERROR` frame for the device.
-    pub fn to_frame(&self) -> ErrorFrame {
-        ErrorFrame::new(self.code, self.ref_type, self.message)
+    pub fn to_frame(self) -> ErrorFrame {
+        ErrorFrame::new(self.code(), self.ref_type(), self.message())
     }
 }
 
@@ -90,15 +115,9 @@ impl ServerHandshake {
                 Ok(ServerStep::Challenge(Challenge { nonce: nonce_s }))
             }
             (Self::AwaitingAuth { hello, nonce_s }, DeviceFrame::Auth(Auth { mac })) => {
-                let unauthorized = |detail| HandshakeError {
-                    code: ErrorCode::UNAUTHORIZED,
-                    ref_type: FrameType::AUTH,
-                    message: "bad mac",
-                    detail,
-                };
-                let key = device_key(&hello.serial).ok_or_else(|| unauthorized("unknown serial"))?;
+                let key = device_key(&hello.serial).ok_or(HandshakeError::UnknownSerial)?;
                 if !AuthMac::verify(&mac, &key, &hello.serial, &hello.nonce, &nonce_s) {
-                    return Err(unauthorized("wrong mac"));
+                    return Err(HandshakeError::WrongMac);
                 }
                 Ok(ServerStep::Authenticated {
                     serial: hello.serial,
@@ -106,12 +125,7 @@ impl ServerHandshake {
                     session_key: SessionKey::derive(&key, &hello.nonce, &nonce_s),
                 })
             }
-            (_, frame) => Err(HandshakeError {
-                code: ErrorCode::UNEXPECTED,
-                ref_type: crate::frame::Frame::frame_type(&frame),
-                message: "handshake incomplete",
-                detail: "frame not allowed before WELCOME",
-            }),
+            (_, frame) => Err(HandshakeError::NotAllowed(crate::frame::Frame::frame_type(&frame))),
         }
     }
 }

@@ -13,6 +13,9 @@
 //!   numbers) that tags and verifies every frame after the handshake.
 //! - [`handshake`]: the HELLO → CHALLENGE → AUTH → WELCOME exchange as two
 //!   I/O-free state machines, [`ServerHandshake`] and [`DeviceHandshake`].
+//! - [`session`]: the established session's rules on the server's side
+//!   ([`ServerSession`]: event order, window and `BUSY`, cumulative acks,
+//!   what ends a session), with refusals and violations as values.
 //! - [`keys`]: the key schedule: [`DeviceKey::derive`], [`AuthMac`],
 //!   [`SessionKey::derive`].
 //! - [`serial`]: [`Serial`], the only way a serial enters the system.
@@ -44,6 +47,7 @@ pub mod handshake;
 pub mod keys;
 pub mod seal;
 pub mod serial;
+pub mod session;
 mod wire;
 
 pub use codec::{Codec, DEFAULT_MAX_PAYLOAD, DeviceCodec, HEADER_LEN, ServerCodec};
@@ -58,3 +62,4 @@ pub use handshake::{DeviceHandshake, HandshakeError, ServerHandshake, ServerStep
 pub use keys::{AuthMac, DeviceKey, InvalidKey, MasterKey, SessionKey};
 pub use seal::{Direction, Seal, TAG_LEN};
 pub use serial::{InvalidSerial, Serial};
+pub use session::{EventRefusal, EventStore, ServerSession, Violation};

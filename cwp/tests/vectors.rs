@@ -675,8 +675,9 @@ fn event_before_the_handshake_is_unexpected() {
     let err = handshake
         .receive(DeviceFrame::Event(event), || Nonce(NONCE_S), |_| None)
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::UNEXPECTED);
-    assert_eq!(err.ref_type, FrameType::EVENT);
+    assert_eq!(err, HandshakeError::NotAllowed(FrameType::EVENT));
+    assert_eq!(err.code(), ErrorCode::UNEXPECTED);
+    assert_eq!(err.ref_type(), FrameType::EVENT);
     assert!(err.to_frame().fatal);
 }
 

@@ -3,42 +3,40 @@
 //! devices) and `/metrics` in the Prometheus text format.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use drover_service::drain;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::Driver;
 
 struct AdminState {
-    driver: Arc<Driver>,
+    /// Signalled when the driver drains: `/healthz` answers 503.
+    draining: drain::Watch,
     registry: prometheus_client::registry::Registry,
 }
 
-/// Serves until `stop` is cancelled.
+/// Serves `/healthz` and `/metrics` until `stop` is signalled.
 pub async fn serve(
     listener: TcpListener,
-    driver: Arc<Driver>,
     registry: prometheus_client::registry::Registry,
-    stop: CancellationToken,
+    draining: drain::Watch,
+    stop: drain::Watch,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AdminState { driver, registry });
+    let state = Arc::new(AdminState { draining, registry });
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(async move { stop.signaled().await })
         .await
 }
 
 async fn healthz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if state.driver.draining.load(Ordering::Acquire) {
+    if state.draining.is_signaled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ok\n")

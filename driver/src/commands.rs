@@ -13,6 +13,11 @@
 //! between are lost (pub/sub keeps nothing), so the gap must be short. Only
 //! when reconnecting fails does it back off, doubling up to 5 s with
 //! jitter, so that the drivers of a fleet do not retry in step.
+//!
+//! One task does all of it: it reads published messages and applies
+//! subscription changes in one loop, so nothing is left running when it
+//! stops. Commands that will not reach their device are recorded through
+//! the bridge by [`CommandReports`], whose short tasks the driver tracks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +25,17 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use cwp::{Command, CommandId, Serial, Str8};
+use drover_service::backoff::Backoff;
+use drover_service::drain;
 use futures::StreamExt as _;
-use rand::RngExt as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::bridge::BridgeClient;
 use crate::metrics::Metrics;
-use crate::registry::{CloseRequest, Registry};
+use crate::session::registry::{CloseRequest, Registry};
 
 /// Prefix of the per-device command channels.
 pub const COMMAND_CHANNEL_PREFIX: &str = "cwp:cmd:";
@@ -37,6 +43,10 @@ pub const COMMAND_CHANNEL_PREFIX: &str = "cwp:cmd:";
 const CHANNELS_PER_CALL: usize = 512;
 /// The largest rejected message kept for diagnosis.
 const MAX_REJECTED_MESSAGE: usize = 4096;
+/// Waits between failed attempts to reach Redis.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// Why an undelivered command was not delivered.
+const UNDELIVERED: &str = "the device's session ended before delivery";
 
 /// The command channel of `serial`.
 pub fn command_channel(serial: &Serial) -> String {
@@ -56,6 +66,11 @@ struct SyncRequest {
 /// The sessions' handle on the subscription task.
 #[derive(Debug, Clone)]
 pub struct Subscriptions {
+    /// Unbounded in type, bounded by the sessions: a session asks twice in
+    /// its life (when it starts and when it ends), and while Redis is away
+    /// the task drops what comes in (a fresh connection subscribes the
+    /// registry's serials anyway), so the queue holds at most the requests
+    /// of sessions that started or ended within one reconnect attempt.
     tx: mpsc::UnboundedSender<SyncRequest>,
 }
 
@@ -166,7 +181,80 @@ struct ControlMessage {
     session: String,
 }
 
+/// Records commands that will not reach their device, where operators
+/// look (`cwp:cmd-rejected`, `cwp:cmd-result:{serial}`), through the
+/// bridge. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CommandReports {
+    /// `RejectCommand`.
+    pub bridge: BridgeClient,
+    /// `drover_driver_commands_total`.
+    pub metrics: Arc<Metrics>,
+    /// Where the reports' calls run: awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// The runtime they run on (a session may end on the handshake thread).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Why a command did not reach its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message is not a valid command.
+    Rejected,
+    /// The device's session ended before it could be sent.
+    Undelivered,
+}
+
+impl Outcome {
+    /// The `status`/`outcome` recorded in Redis.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "REJECTED",
+            Self::Undelivered => "UNDELIVERED",
+        }
+    }
+
+    /// The `result` label of `drover_driver_commands_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Undelivered => "undelivered",
+        }
+    }
+}
+
+impl CommandReports {
+    /// Records a command that will not reach the device, where operators
+    /// look.
+    pub fn report(&self, serial: Serial, outcome: Outcome, command_id: Option<String>, reason: String, payload: &[u8]) {
+        self.metrics.command(outcome.label());
+        let bridge = self.bridge.clone();
+        let message = payload[..payload.len().min(MAX_REJECTED_MESSAGE)].to_vec();
+        let call = async move {
+            if let Err(status) = bridge
+                .reject_command(&serial, outcome.as_str(), command_id, &reason, &message)
+                .await
+            {
+                warn!(%serial, code = ?status.code(), "could not record a rejected command with the vendor-bridge");
+            }
+        };
+        self.tasks.spawn_on(call, &self.runtime);
+    }
+
+    /// A command queued for a session that ended before it went out.
+    pub fn undelivered(&self, serial: Serial, command_id: CommandId) {
+        self.report(
+            serial,
+            Outcome::Undelivered,
+            Some(command_id.to_string()),
+            UNDELIVERED.to_owned(),
+            &[],
+        );
+    }
+}
+
 /// What the subscription task needs.
+#[derive(Debug)]
 pub struct CommandRouter {
     /// Redis, for pub/sub.
     pub redis_url: String,
@@ -174,9 +262,9 @@ pub struct CommandRouter {
     pub driver_id: String,
     /// The live sessions.
     pub registry: Arc<Registry>,
-    /// For reporting rejected and undelivered commands.
-    pub bridge: BridgeClient,
-    /// Counters.
+    /// Rejected and undelivered commands.
+    pub reports: CommandReports,
+    /// `drover_driver_pubsub_reconnects_total`.
     pub metrics: Arc<Metrics>,
     /// Largest payload a device accepts.
     pub max_payload: u32,
@@ -212,49 +300,46 @@ pub async fn check_access(redis_url: &str, driver_id: &str) -> anyhow::Result<()
     }
 }
 
-/// Starts the subscription task; it runs until `stop` is cancelled.
-pub fn spawn(
+/// The handle sessions use, and the subscription task to spawn; it runs
+/// until `stop` is signalled.
+pub fn subscriptions(
     router: CommandRouter,
-    stop: CancellationToken,
-) -> anyhow::Result<(Subscriptions, tokio::task::JoinHandle<()>)> {
+    stop: drain::Watch,
+) -> anyhow::Result<(Subscriptions, impl std::future::Future<Output = ()> + Send)> {
     let client = redis::Client::open(router.redis_url.as_str())?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(Arc::new(router), client, rx, stop));
-    Ok((Subscriptions { tx }, task))
+    Ok((Subscriptions { tx }, run(router, client, rx, stop)))
 }
 
 async fn run(
-    router: Arc<CommandRouter>,
+    router: CommandRouter,
     client: redis::Client,
     mut requests: mpsc::UnboundedReceiver<SyncRequest>,
-    stop: CancellationToken,
+    stop: drain::Watch,
 ) {
-    let mut backoff = Backoff::default();
+    let mut backoff = RECONNECT;
     let mut subscribed_before = false;
     loop {
         let connected = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.signaled() => return,
             connected = client.get_async_pubsub() => connected,
         };
-        let (mut sink, stream) = match connected {
+        let (mut sink, mut stream) = match connected {
             Ok(pubsub) => pubsub.split(),
             Err(err) => {
-                let retry_in = backoff.next();
+                let retry_in = backoff.next_delay();
                 report_failure(
                     &err,
                     retry_in,
                     "Redis pub/sub unavailable; commands cannot be delivered until it returns",
                 );
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(retry_in) => {}
+                if wait_dropping_requests(&stop, &mut requests, retry_in).await.is_err() {
+                    return;
                 }
                 continue;
             }
         };
 
-        let lost = CancellationToken::new();
-        let reader = tokio::spawn(read_messages(router.clone(), stream, lost.clone()));
         let resubscribed = async {
             sink.subscribe(control_channel(&router.driver_id)).await?;
             for chunk in router.registry.serials().chunks(CHANNELS_PER_CALL) {
@@ -265,7 +350,7 @@ async fn run(
         };
         match resubscribed.await {
             Ok(()) => {
-                backoff = Backoff::default();
+                backoff.reset();
                 if subscribed_before {
                     router.metrics.pubsub_reconnects.inc();
                 }
@@ -275,25 +360,35 @@ async fn run(
             Err(err) => {
                 // With an ACL user, the connection succeeds and SUBSCRIBE is
                 // what is refused: back off like a failed connection.
-                reader.abort();
-                let retry_in = backoff.next();
+                let retry_in = backoff.next_delay();
                 report_failure(&err, retry_in, "subscribing to command channels failed; reconnecting");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(retry_in) => {}
+                if wait_dropping_requests(&stop, &mut requests, retry_in).await.is_err() {
+                    return;
                 }
                 continue;
             }
         }
 
-        // Serve subscription changes until Redis goes away or we stop.
+        // Route messages and serve subscription changes until Redis goes
+        // away or we stop. The connection's own task buffers messages while
+        // a change is applied.
+        let control = control_channel(&router.driver_id);
         loop {
             let first = tokio::select! {
-                () = stop.cancelled() => { reader.abort(); return; }
-                () = lost.cancelled() => break,
+                () = stop.signaled() => return,
+                message = stream.next() => match message {
+                    Some(message) => {
+                        route(&router, &control, &message);
+                        continue;
+                    }
+                    None => {
+                        warn!("Redis pub/sub connection lost");
+                        break;
+                    }
+                },
                 request = requests.recv() => match request {
                     Some(request) => request,
-                    None => { reader.abort(); return; }
+                    None => return,
                 },
             };
             let mut batch = vec![first];
@@ -326,30 +421,28 @@ async fn run(
                 }
             }
         }
-        reader.abort();
     }
 }
 
-/// Waits between failed attempts to reach Redis: 100 ms doubling up to
-/// 5 s, each drawn from the upper half of its step (jitter).
-#[derive(Debug)]
-struct Backoff {
-    step: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            step: Duration::from_millis(100),
+/// While Redis is away: waits `delay`, dropping subscription requests as
+/// they come (the next connection subscribes every live serial; a session
+/// waiting for a confirmation learns at once that there is none). `Err`
+/// once stopped.
+async fn wait_dropping_requests(
+    stop: &drain::Watch,
+    requests: &mut mpsc::UnboundedReceiver<SyncRequest>,
+    delay: Duration,
+) -> Result<(), ()> {
+    let deadline = tokio::time::sleep(delay);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = stop.signaled() => return Err(()),
+            () = &mut deadline => return Ok(()),
+            request = requests.recv() => if request.is_none() {
+                return Err(());
+            },
         }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(Duration::from_secs(5));
-        step / 2 + rand::rng().random_range(Duration::ZERO..=step / 2)
     }
 }
 
@@ -377,19 +470,15 @@ fn is_refused_by_acl(err: &redis::RedisError) -> bool {
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
-/// Routes every published message until the connection is lost.
-async fn read_messages(router: Arc<CommandRouter>, mut stream: redis::aio::PubSubStream, lost: CancellationToken) {
-    let control = control_channel(&router.driver_id);
-    while let Some(message) = stream.next().await {
-        let channel = message.get_channel_name();
-        if channel == control {
-            handle_control(&router, message.get_payload_bytes());
-        } else if let Some(serial) = channel.strip_prefix(COMMAND_CHANNEL_PREFIX) {
-            route_command(&router, serial, message.get_payload_bytes());
-        }
+/// Routes one published message: a supersede notice on the control
+/// channel, or a command for a session.
+fn route(router: &CommandRouter, control: &str, message: &redis::Msg) {
+    let channel = message.get_channel_name();
+    if channel == control {
+        handle_control(router, message.get_payload_bytes());
+    } else if let Some(serial) = channel.strip_prefix(COMMAND_CHANNEL_PREFIX) {
+        route_command(router, serial, message.get_payload_bytes());
     }
-    warn!("Redis pub/sub connection lost");
-    lost.cancel();
 }
 
 fn handle_control(router: &CommandRouter, payload: &[u8]) {
@@ -416,7 +505,7 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
     }
 }
 
-fn route_command(router: &Arc<CommandRouter>, serial: &str, payload: &[u8]) {
+fn route_command(router: &CommandRouter, serial: &str, payload: &[u8]) {
     let Ok(serial) = serial.parse::<Serial>() else {
         // We only subscribe to valid serials; a pattern subscriber could
         // still hand us something odd.
@@ -425,56 +514,25 @@ fn route_command(router: &Arc<CommandRouter>, serial: &str, payload: &[u8]) {
     match parse_command(payload, router.max_payload) {
         Ok(command) => match router.registry.get(&serial) {
             Some(session) => session.push_command(command),
-            None => report(
-                &router.bridge,
-                &router.metrics,
+            None => router.reports.report(
                 serial,
-                "UNDELIVERED",
+                Outcome::Undelivered,
                 Some(command.command_id.to_string()),
-                "the device's session ended before delivery".to_owned(),
+                UNDELIVERED.to_owned(),
                 payload,
             ),
         },
         Err(rejection) => {
             warn!(%serial, reason = %rejection.reason, "rejected a malformed command (see cwp:cmd-rejected)");
-            report(
-                &router.bridge,
-                &router.metrics,
+            router.reports.report(
                 serial,
-                "REJECTED",
+                Outcome::Rejected,
                 rejection.command_id,
                 rejection.reason,
                 payload,
             );
         }
     }
-}
-
-/// Records a command that will not reach the device, where operators look.
-pub fn report(
-    bridge: &BridgeClient,
-    metrics: &Metrics,
-    serial: Serial,
-    outcome: &'static str,
-    command_id: Option<String>,
-    reason: String,
-    payload: &[u8],
-) {
-    metrics.command(if outcome == "REJECTED" {
-        "rejected"
-    } else {
-        "undelivered"
-    });
-    let bridge = bridge.clone();
-    let message = payload[..payload.len().min(MAX_REJECTED_MESSAGE)].to_vec();
-    tokio::spawn(async move {
-        if let Err(status) = bridge
-            .reject_command(&serial, outcome, command_id, &reason, &message)
-            .await
-        {
-            warn!(%serial, code = ?status.code(), "could not record a rejected command with the vendor-bridge");
-        }
-    });
 }
 
 #[cfg(test)]
@@ -524,20 +582,6 @@ mod tests {
             Some("42"),
             "a readable id is reported back"
         );
-    }
-
-    #[test]
-    fn failed_reconnects_back_off_with_jitter_up_to_five_seconds() {
-        let mut backoff = Backoff::default();
-        let waits: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
-        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&waits[0]));
-        assert!((Duration::from_millis(100)..=Duration::from_millis(200)).contains(&waits[1]));
-        for wait in &waits[6..] {
-            assert!(
-                (Duration::from_millis(2500)..=Duration::from_secs(5)).contains(wait),
-                "{waits:?}"
-            );
-        }
     }
 
     #[test]

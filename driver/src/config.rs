@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cwp::MasterKey;
-use drover_service::env::{ConfigError, EnvReader, Variable, parse_duration};
+use drover_service::duration::parse_duration;
+use drover_service::env::{ConfigError, EnvReader, Variable};
 
 /// Every variable the driver reads, with its default. `--help` prints this
 /// table and the README documents it; a test keeps the two in step.
@@ -164,7 +165,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "UPLOAD_EXPIRE_AFTER",
         default: Some("7d"),
-        help: "partial uploads untouched this long are deleted (units: s, m, h, d)",
+        help: "partial uploads untouched this long are deleted (e.g. 7d, 12h)",
     },
     Variable {
         name: "LOG_FORMAT",
@@ -213,7 +214,7 @@ pub struct Config {
     /// Silence after which a session is closed with `BYE IDLE`.
     pub idle_timeout: Duration,
     /// Silence after which an established session is parked
-    /// ([`crate::park`]); `None`: never.
+    /// ([`crate::session::park`]); `None`: never.
     pub park_after: Option<Duration>,
     /// Deadline for `HELLO` … `AUTH`.
     pub handshake_timeout: Duration,
@@ -319,17 +320,6 @@ fn parse_bool(text: &str) -> Result<bool, String> {
     }
 }
 
-/// Durations for expiry also accept days.
-fn parse_long_duration(text: &str) -> Result<Duration, String> {
-    match text.strip_suffix('d') {
-        Some(days) => days
-            .parse::<u64>()
-            .map(|d| Duration::from_secs(d * 86_400))
-            .map_err(|_| format!("{text:?} is not a number of days")),
-        None => parse_duration(text),
-    }
-}
-
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -368,7 +358,7 @@ impl Config {
         let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
         let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
         let upload_max_open = env.parse("UPLOAD_MAX_OPEN");
-        let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_long_duration);
+        let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_duration);
         let log_format = env.parse::<String>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional("SENTRY_DSN");
         let sentry_environment = env.parse_optional("SENTRY_ENVIRONMENT");

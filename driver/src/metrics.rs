@@ -47,7 +47,7 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Authenticated sessions live now.
     pub sessions: Gauge,
-    /// Of those, sessions parked now (no task: [`crate::park`]).
+    /// Of those, sessions parked now (no task: [`crate::session::park`]).
     pub sessions_parked: Gauge,
     /// Handshakes by result: `ok`, `unauthorized`, `timeout`, `malformed`,
     /// `unexpected`, `bridge_unavailable`, `closed`, `evicted` (its slot

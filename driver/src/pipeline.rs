@@ -3,9 +3,9 @@
 //! turned back into per-session acknowledgements.
 //!
 //! ```text
-//! connections ──submit──▶ [bounded channel] ──▶ pipeline task ──EventBatch──▶ bridge
-//!      ▲                                             │ ◀──BatchDurable─────────┘
-//!      └──────── SessionHandle::events_durable + wake ┘
+//! sessions ──EventPermit::submit──▶ [admission's queue] ──▶ pipeline task ──EventBatch──▶ bridge
+//!      ▲                                                        │ ◀──BatchDurable─────────┘
+//!      └─────────────── SessionHandle::events_durable + wake ◀──┘
 //! ```
 //!
 //! Invariants:
@@ -16,28 +16,29 @@
 //! - Batches go out in the order their events arrived, and the bridge
 //!   applies one stream's batches in order, so each serial's events reach
 //!   Redis in id order.
-//! - Memory is bounded: the channel has a fixed capacity, and admission
-//!   ([`Pipeline::admit`]) refuses events beyond `max_pending` in total
-//!   (the device gets `BUSY`). Each batch copies its event bodies into one
-//!   buffer, so a pending event never pins a connection's receive buffer.
+//! - Memory is bounded: every event here holds an
+//!   [`crate::admission::EventPermit`]'s room, `DRIVER_MAX_PENDING_EVENTS`
+//!   in all (beyond it devices get `BUSY`), which goes back only when the
+//!   event is durable. Each batch copies its event bodies into one buffer,
+//!   so a pending event never pins a connection's receive buffer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use drover_proto::bridge::{self, BridgeMessage, DriverMessage, EventBatch, bridge_message, driver_message};
+use drover_service::backoff::Backoff;
+use drover_service::drain;
 use futures::StreamExt as _;
-use rand::RngExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::{AdmittedEvents, PendingEvent};
 use crate::bridge::BridgeClient;
 use crate::metrics::{Metrics, ResultLabel};
-use crate::registry::SessionHandle;
+use crate::session::registry::SessionHandle;
 
 /// Most events in one batch.
 const MAX_BATCH_EVENTS: usize = 2048;
@@ -47,68 +48,33 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// while the bridge works on a batch; the bridge queues the rest.
 const MAX_IN_FLIGHT: usize = 8;
 
-/// An event on its way to the bridge.
-#[derive(Debug)]
-pub struct PendingEvent {
-    /// The session that received it, to be told when it is durable.
-    pub session: Arc<SessionHandle>,
-    /// The event as decoded.
-    pub event: cwp::Event,
-    /// When the driver received it (for the ack latency metric).
-    pub received: Instant,
-    /// When the driver received it, Unix ms (stored with the event).
-    pub received_ms: u64,
-}
+/// How long the pipeline may keep storing what is pending once told to
+/// stop; then it abandons the rest (not acknowledged: devices resend it).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// The connections' side of the pipeline.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    /// Unbounded, because [`Pipeline::admit`] bounds it: every event in it
-    /// was admitted against `max_pending`. A plain send keeps the session
-    /// loop free of a waiting send's future (smaller idle tasks).
-    tx: mpsc::UnboundedSender<PendingEvent>,
-    pending: Arc<AtomicUsize>,
-    max_pending: usize,
-    received_total: Arc<AtomicU64>,
-}
+/// Waits between failed attempts to open the event stream.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
-/// The driver holds too many events awaiting storage: answer `BUSY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PipelineFull;
-
-impl Pipeline {
-    /// Reserves room for one event; fails when `max_pending` are waiting.
-    /// Every successful `admit` must be followed by [`Pipeline::submit`].
-    pub fn admit(&self) -> Result<(), PipelineFull> {
-        let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(PipelineFull);
-        }
-        Ok(())
-    }
-
-    /// Hands an admitted event to the pipeline.
-    pub fn submit(&self, event: PendingEvent) {
-        event.session.event_submitted();
-        self.received_total.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::error::SendError(event)) = self.tx.send(event) {
-            // The pipeline task is gone (shutting down): the event is not
-            // stored and will not be acknowledged; the device resends it.
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            event.session.events_durable(0, 1);
-        }
-    }
-
-    /// Events received since start (for the process title).
-    pub fn received_total(&self) -> u64 {
-        self.received_total.load(Ordering::Relaxed)
-    }
-
-    /// Events waiting for storage now.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
+/// Why a live stream stopped.
+#[derive(Debug, thiserror::Error)]
+enum StreamLost {
+    /// The bridge failed the stream.
+    #[error("{0}")]
+    Failed(tonic::Status),
+    /// The bridge closed the stream.
+    #[error("stream closed by the bridge")]
+    Closed,
+    /// The stream's send queue is gone (its HTTP/2 stream ended).
+    #[error("stream's send queue closed")]
+    SendQueueClosed,
+    /// The bridge confirmed a batch that is not the oldest in flight.
+    #[error("bridge confirmed batch {confirmed} but the oldest in flight is {oldest:?}")]
+    OutOfOrder {
+        /// The batch it confirmed.
+        confirmed: u64,
+        /// The oldest batch in flight, if any.
+        oldest: Option<u64>,
+    },
 }
 
 /// A batch and the bookkeeping needed to confirm it.
@@ -167,76 +133,70 @@ struct Stream {
     inbound: tonic::Streaming<BridgeMessage>,
 }
 
-/// Creates the pipeline: the handle connections use, and the task to spawn.
-pub fn pipeline(
-    bridge: BridgeClient,
-    metrics: Arc<Metrics>,
-    max_pending: usize,
-) -> (Pipeline, impl FnOnce(CancellationToken) -> PipelineTask) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(AtomicUsize::new(0));
-    let handle = Pipeline {
-        tx,
-        pending: pending.clone(),
-        max_pending,
-        received_total: Arc::new(AtomicU64::new(0)),
-    };
-    let task = move |stop| PipelineTask {
-        bridge,
-        metrics,
-        rx,
-        pending,
-        unconfirmed: VecDeque::new(),
-        in_flight: 0,
-        next_batch_id: 1,
-        stop,
-    };
-    (handle, task)
-}
-
 /// The pipeline task's state.
 pub struct PipelineTask {
     bridge: BridgeClient,
     metrics: Arc<Metrics>,
-    rx: mpsc::UnboundedReceiver<PendingEvent>,
-    pending: Arc<AtomicUsize>,
+    events: AdmittedEvents,
     /// Batches not yet confirmed, oldest first; the first `in_flight` of
     /// them have been sent on the current stream.
     unconfirmed: VecDeque<Batch>,
     in_flight: usize,
     next_batch_id: u64,
-    /// Cancelled when the driver stops: finish what is pending, then exit.
-    stop: CancellationToken,
+    /// Signalled when the driver stops: finish what is pending (within
+    /// [`STOP_GRACE`]), then exit.
+    stop: drain::Watch,
+}
+
+impl PipelineTask {
+    /// The task that stores the events `events` admits.
+    pub fn new(bridge: BridgeClient, metrics: Arc<Metrics>, events: AdmittedEvents, stop: drain::Watch) -> Self {
+        Self {
+            bridge,
+            metrics,
+            events,
+            unconfirmed: VecDeque::new(),
+            in_flight: 0,
+            next_batch_id: 1,
+            stop,
+        }
+    }
 }
 
 impl PipelineTask {
     /// Runs until stopped and every pending event is confirmed, or until
-    /// `abandon` fires (the drain's deadline).
-    pub async fn run(mut self, abandon: CancellationToken) {
-        let mut backoff = Backoff::default();
+    /// [`STOP_GRACE`] after the stop.
+    pub async fn run(mut self) {
+        let stop = self.stop.clone();
+        let abandon = async move {
+            stop.signaled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let mut abandon = std::pin::pin!(abandon);
+        let mut backoff = RECONNECT;
         let mut rx_open = true;
         loop {
-            if self.stop.is_cancelled() && self.unconfirmed.is_empty() && (!rx_open || self.rx.is_empty()) {
+            if self.done(rx_open) {
                 break;
             }
             let stream = tokio::select! {
                 biased;
-                () = abandon.cancelled() => break,
+                () = &mut abandon => break,
                 stream = self.connect() => stream,
             };
             let Some(mut live) = stream else {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tokio::select! {
-                    () = abandon.cancelled() => break,
+                    () = &mut abandon => break,
                     () = tokio::time::sleep(delay) => {}
                     // Keep batching arrivals while the bridge is away, so the
-                    // channel never blocks connections.
+                    // queue never holds events apart from their batches.
                     () = self.absorb(&mut rx_open, delay) => {}
                 }
                 continue;
             };
-            backoff = Backoff::default();
-            match self.pump(&mut live, &mut rx_open, &abandon).await {
+            backoff.reset();
+            match self.pump(&mut live, &mut rx_open, &mut abandon).await {
                 Ok(()) => break,
                 Err(reason) => {
                     warn!(%reason, unconfirmed = self.unconfirmed.len(), "event stream to the vendor-bridge lost; reconnecting");
@@ -251,6 +211,11 @@ impl PipelineTask {
                 "stopping with events not confirmed by the bridge: they were not acknowledged, devices will resend them"
             );
         }
+    }
+
+    /// Stopped, nothing unconfirmed and nothing left to batch.
+    fn done(&self, rx_open: bool) -> bool {
+        self.stop.is_signaled() && self.unconfirmed.is_empty() && (!rx_open || self.events.is_empty())
     }
 
     async fn connect(&mut self) -> Option<Stream> {
@@ -293,7 +258,7 @@ impl PipelineTask {
     async fn absorb(&mut self, rx_open: &mut bool, delay: Duration) {
         let deadline = tokio::time::Instant::now() + delay;
         while *rx_open {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) => self.batch_from(event),
                 Ok(None) => *rx_open = false,
                 Err(_) => return,
@@ -304,27 +269,33 @@ impl PipelineTask {
 
     /// Sends and confirms batches on a live stream until it fails (`Err`) or
     /// the pipeline is done (`Ok`).
-    async fn pump(&mut self, live: &mut Stream, rx_open: &mut bool, abandon: &CancellationToken) -> Result<(), String> {
+    async fn pump(
+        &mut self,
+        live: &mut Stream,
+        rx_open: &mut bool,
+        abandon: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<(), StreamLost> {
         // Everything unconfirmed was sent on a previous stream: send again.
         self.in_flight = 0;
+        let stop = self.stop.clone();
         loop {
             self.send_ready(live)?;
-            if self.stop.is_cancelled() && self.unconfirmed.is_empty() && (!*rx_open || self.rx.is_empty()) {
+            if self.done(*rx_open) {
                 return Ok(());
             }
             tokio::select! {
                 biased;
-                () = abandon.cancelled() => return Ok(()),
+                () = &mut *abandon => return Ok(()),
                 reply = live.inbound.next() => match reply {
                     Some(Ok(message)) => self.confirm(message)?,
-                    Some(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
-                    None => return Err("stream closed by the bridge".to_owned()),
+                    Some(Err(status)) => return Err(StreamLost::Failed(status)),
+                    None => return Err(StreamLost::Closed),
                 },
-                event = self.rx.recv(), if *rx_open => match event {
+                event = self.events.recv(), if *rx_open => match event {
                     Some(event) => self.batch_from(event),
                     None => *rx_open = false,
                 },
-                () = self.stop.cancelled(), if *rx_open && self.rx.is_empty() && self.unconfirmed.is_empty() => {
+                () = stop.signaled(), if *rx_open && self.events.is_empty() && self.unconfirmed.is_empty() => {
                     return Ok(());
                 }
             }
@@ -332,12 +303,12 @@ impl PipelineTask {
     }
 
     /// Sends unsent batches while the in-flight window has room.
-    fn send_ready(&mut self, live: &mut Stream) -> Result<(), String> {
+    fn send_ready(&mut self, live: &mut Stream) -> Result<(), StreamLost> {
         while self.in_flight < MAX_IN_FLIGHT && self.in_flight < self.unconfirmed.len() {
             let batch = &mut self.unconfirmed[self.in_flight];
             live.outbound
                 .try_send(batch.to_message())
-                .map_err(|_| "stream's send queue closed".to_owned())?;
+                .map_err(|_| StreamLost::SendQueueClosed)?;
             batch.sent_at = Some(Instant::now());
             self.in_flight += 1;
         }
@@ -351,18 +322,15 @@ impl PipelineTask {
         let mut bytes = first.event.body.len();
         let mut events = vec![first];
         while events.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
-            match self.rx.try_recv() {
-                Ok(event) => {
+            match self.events.try_recv() {
+                Some(event) => {
                     bytes += event.event.body.len();
                     events.push(event);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         compact_bodies(&mut events);
-        self.metrics
-            .events_pending
-            .set(self.pending.load(Ordering::Acquire) as i64);
 
         let has_unsent = self.unconfirmed.len() > self.in_flight;
         if let Some(newest) = self.unconfirmed.back_mut()
@@ -384,16 +352,16 @@ impl PipelineTask {
     }
 
     /// Applies a `BatchDurable`: the oldest in-flight batch is stored.
-    fn confirm(&mut self, message: BridgeMessage) -> Result<(), String> {
+    fn confirm(&mut self, message: BridgeMessage) -> Result<(), StreamLost> {
         let Some(bridge_message::Kind::Durable(durable)) = message.kind else {
             return Ok(());
         };
         let front_id = self.unconfirmed.front().map(|b| b.id);
         if self.in_flight == 0 || front_id != Some(durable.batch_id) {
-            return Err(format!(
-                "bridge confirmed batch {} but the oldest in flight is {front_id:?}",
-                durable.batch_id
-            ));
+            return Err(StreamLost::OutOfOrder {
+                confirmed: durable.batch_id,
+                oldest: front_id,
+            });
         }
         let Some(batch) = self.unconfirmed.pop_front() else {
             return Ok(());
@@ -432,36 +400,8 @@ impl PipelineTask {
             session.events_durable(last, count);
             session.wake();
         }
-        self.pending.fetch_sub(batch.events.len(), Ordering::AcqRel);
+        self.events.release(batch.events.len());
         self.metrics.events_acked.inc_by(batch.events.len() as u64);
-        self.metrics
-            .events_pending
-            .set(self.pending.load(Ordering::Acquire) as i64);
         Ok(())
-    }
-}
-
-/// Jittered exponential backoff: 100 ms doubling to 5 s, each delay drawn
-/// uniformly from [d/2, d] so that a fleet of drivers does not reconnect in
-/// lockstep.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (current * 2).min(Duration::from_secs(5));
-        let half = current / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
     }
 }

@@ -5,10 +5,26 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_service::drain;
 use process_title::ProcessTitle;
-use tokio_util::sync::CancellationToken;
 
-use crate::Driver;
+use crate::metrics::Metrics;
+use crate::session::registry::Registry;
+
+/// What the title shows, and where it reads it.
+#[derive(Debug)]
+pub struct TitleSource {
+    /// The device port.
+    pub port: u16,
+    /// Serials named before `+N more` (`DRIVER_TITLE_SERIALS`).
+    pub serials_shown: usize,
+    /// The live sessions.
+    pub registry: Arc<Registry>,
+    /// `events_received`.
+    pub metrics: Arc<Metrics>,
+    /// Signalled when the driver drains: `(draining)`.
+    pub draining: drain::Watch,
+}
 
 /// Formats the title: the first `limit` serials in order, then `+N more`.
 pub fn format_title(port: u16, serials: &[cwp::Serial], total: usize, events: u64, draining: bool) -> String {
@@ -36,24 +52,22 @@ pub fn format_title(port: u16, serials: &[cwp::Serial], total: usize, events: u6
     title
 }
 
-/// Refreshes the title every second until `stop`.
-pub async fn refresh(driver: Arc<Driver>, title: ProcessTitle, stop: CancellationToken) {
-    let port = driver.config.listen.port();
+/// Refreshes the title every second until `stop` is signalled.
+pub async fn refresh(source: TitleSource, title: ProcessTitle, stop: drain::Watch) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.signaled() => return,
             _ = tick.tick() => {}
         }
-        let (serials, total) = driver.registry.sample(driver.config.title_serials);
-        let draining = driver.draining.load(std::sync::atomic::Ordering::Acquire);
+        let (serials, total) = source.registry.sample(source.serials_shown);
         title.set(&format_title(
-            port,
+            source.port,
             &serials,
             total,
-            driver.pipeline.received_total(),
-            draining,
+            source.metrics.events_received.get(),
+            source.draining.is_signaled(),
         ));
     }
 }

@@ -6,9 +6,8 @@
 //! fuzzer's sequences get past authentication and reach the session's
 //! rules; `Garbage`, `Replay` and `SkipSeq` break the stream on purpose.
 //! The server side is cwp's `ServerHandshake` and `ServerCodec` fed the way
-//! `driver/src/connection.rs` feeds them, and the driver's own
-//! `driver/src/session.rs` (compiled here from the same file: it depends on
-//! `cwp` and `std` only) decides every frame. The pipeline behind it is a
+//! the driver's `connection.rs` feeds them, and cwp's `ServerSession`, the
+//! rules the driver runs, decides every frame. The store behind it is a
 //! model ([`Pipeline`]) whose durability and room the script steers.
 //!
 //! Upload frames reach the rules, which hand them to the driver's upload
@@ -18,8 +17,14 @@
 //! - every server answer is a legal established-session frame (`PONG` with
 //!   the ping's token, `ACK`, non-fatal `ERROR` about an `EVENT`), and the
 //!   device decodes it under its seal;
-//! - a session ends with a fatal `ERROR` or a `BYE`, and after that nothing
-//!   is handled;
+//! - a session ends exactly as the device's bytes call for: `BYE` with
+//!   `NORMAL` for the device's `BYE`, a fatal `ERROR` with the code and the
+//!   frame the spec gives (`UNEXPECTED` for a handshake or file frame,
+//!   `BAD_TAG` for a replayed or skipped seal sequence, `FRAME_TOO_LARGE`
+//!   for a frame beyond `max_payload`), the first such frame on the wire
+//!   deciding; a session whose bytes hold none of them does not end (bytes
+//!   of `Garbage` make the outcome anything fatal, or nothing); after the
+//!   end nothing is handled;
 //! - `ACK`s are cumulative (never smaller than an earlier one) and never
 //!   beyond what was stored (or was already stored at `WELCOME`);
 //! - stored event ids strictly increase, each stored event was admitted,
@@ -32,13 +37,8 @@ use std::cell::Cell;
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
+use cwp::session::{Ending, Step, UploadFrame, Violation, violation_frame};
 use cwp::*;
-
-#[path = "../../driver/src/session.rs"]
-#[allow(dead_code, reason = "the driver's module, compiled whole")]
-mod driver_session;
-
-use driver_session::{Ending, EventStore, Session, Step, UploadFrame};
 
 /// One connection, as the fuzzer writes it.
 #[derive(Debug, Arbitrary)]
@@ -122,11 +122,23 @@ pub struct Pipeline {
     /// Ids handed to the pipeline, not durable yet, in order.
     pending: std::cell::RefCell<std::collections::VecDeque<u64>>,
     full: Cell<bool>,
-    /// Admitted and not yet stored: at most one, between `admit` and `Store`.
-    admitted: Cell<u32>,
+    /// Permits handed out and not yet used or dropped.
+    admitted: std::rc::Rc<Cell<u32>>,
+}
+
+/// One event's room, as the driver's permit: counted while it lives.
+#[derive(Debug)]
+pub struct Permit(std::rc::Rc<Cell<u32>>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl EventStore for Pipeline {
+    type Permit = Permit;
+
     fn durable_event_id(&self) -> u64 {
         self.durable.get()
     }
@@ -135,13 +147,24 @@ impl EventStore for Pipeline {
         self.pending.borrow().len() as u32
     }
 
-    fn admit(&self) -> bool {
+    fn admit(&self) -> Option<Permit> {
         if self.full.get() {
-            return false;
+            return None;
         }
         self.admitted.set(self.admitted.get() + 1);
-        true
+        Some(Permit(self.admitted.clone()))
     }
+}
+
+/// How the device's bytes say the session must end, if they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    /// The device's `BYE`: `BYE NORMAL`.
+    Bye,
+    /// A fatal `ERROR` with this code about this frame (`None`: any frame).
+    Fatal(ErrorCode, Option<FrameType>),
+    /// After `Garbage`: anything fatal, or nothing.
+    Unknown,
 }
 
 const SERIAL: &[u8] = b"FUZZ-0001";
@@ -158,14 +181,42 @@ struct Device {
     /// The last frame's bytes, for `Replay`.
     last: Vec<u8>,
     last_event_id: u64,
+    /// `max_payload` from `WELCOME`.
+    max_payload: u32,
+    /// A sequence number was sealed and never sent: the next frame fails.
+    skipped: bool,
+    /// The first ending the bytes sent so far call for.
+    expected: Option<Expected>,
 }
 
 impl Device {
     fn send(&mut self, frame: &DeviceFrame) {
         let mut out = BytesMut::new();
         self.codec.encode(frame, &mut out);
+        let payload = out.len() - HEADER_LEN;
+        let expected = if payload > self.max_payload as usize {
+            Some(Expected::Fatal(ErrorCode::FRAME_TOO_LARGE, None))
+        } else if std::mem::take(&mut self.skipped) {
+            Some(Expected::Fatal(ErrorCode::BAD_TAG, None))
+        } else {
+            match frame {
+                DeviceFrame::Bye(_) => Some(Expected::Bye),
+                DeviceFrame::Hello(_) | DeviceFrame::Auth(_) | DeviceFrame::FileAccept(_) | DeviceFrame::FileAck(_) => {
+                    Some(Expected::Fatal(ErrorCode::UNEXPECTED, Some(frame.frame_type())))
+                }
+                _ => None,
+            }
+        };
+        self.expect(expected);
         self.last = out.to_vec();
         self.wire.extend_from_slice(&out);
+    }
+
+    /// The first ending on the wire decides; later ones are never read.
+    fn expect(&mut self, expected: Option<Expected>) {
+        if self.expected.is_none() {
+            self.expected = expected;
+        }
     }
 
     fn event_id(&self, choice: EventId, checker: &Checker) -> u64 {
@@ -296,7 +347,8 @@ pub fn play(script: Script) {
         }
         Err(err) => {
             assert!(script.wrong_mac, "the right mac was refused: {err}");
-            assert_eq!(err.code, ErrorCode::UNAUTHORIZED);
+            assert_eq!(err, HandshakeError::WrongMac);
+            assert_eq!(err.code(), ErrorCode::UNAUTHORIZED);
             assert!(err.to_frame().fatal);
             return;
         }
@@ -321,6 +373,9 @@ pub fn play(script: Script) {
         wire: Vec::new(),
         last: Vec::new(),
         last_event_id: 0,
+        max_payload,
+        skipped: false,
+        expected: None,
     };
     server.codec.start_sealing(&session_key);
     device.codec.start_sealing(&device_key);
@@ -346,7 +401,7 @@ pub fn play(script: Script) {
         durable: Cell::new(stored_before),
         ..Pipeline::default()
     };
-    let mut rules = Session::new(stored_before, window);
+    let mut rules = ServerSession::new(stored_before, window);
     let mut checker = Checker {
         last_ack: 0,
         highest_stored: stored_before,
@@ -420,14 +475,24 @@ pub fn play(script: Script) {
                 offset,
                 status: FileAckStatus(status),
             })),
-            Action::Garbage(bytes) => device.wire.extend_from_slice(&bytes),
+            Action::Garbage(bytes) => {
+                if !bytes.is_empty() {
+                    device.expect(Some(Expected::Unknown));
+                }
+                device.wire.extend_from_slice(&bytes);
+            }
             Action::Replay => {
                 let last = device.last.clone();
+                if !last.is_empty() {
+                    // Its sequence number was used already.
+                    device.expect(Some(Expected::Fatal(ErrorCode::BAD_TAG, None)));
+                }
                 device.wire.extend_from_slice(&last);
             }
             Action::SkipSeq => {
                 let mut dropped = BytesMut::new();
                 device.codec.encode(&DeviceFrame::Ping(Ping { token: 0 }), &mut dropped);
+                device.skipped = true;
             }
             Action::Read => connection.read(&mut device, &mut rules, &pipeline, &mut checker),
             Action::Durable(n) => {
@@ -442,6 +507,25 @@ pub fn play(script: Script) {
     }
     // The device stops sending; the server reads everything there is.
     connection.read(&mut device, &mut rules, &pipeline, &mut checker);
+    check_ending(device.expected, connection.ended.as_ref());
+}
+
+/// The session ended as the device's bytes call for.
+fn check_ending(expected: Option<Expected>, ended: Option<&Ending>) {
+    match (expected, ended) {
+        (None, None) | (Some(Expected::Bye), Some(Ending::Bye(ByeReason::NORMAL, 0))) => {}
+        (Some(Expected::Unknown), None | Some(Ending::Fatal(_))) => {}
+        (Some(Expected::Fatal(code, ref_type)), Some(Ending::Fatal(violation))) => {
+            assert_eq!(violation.code(), code, "the session ended on {violation:?}");
+            if let Some(ref_type) = ref_type {
+                assert_eq!(violation.ref_type(), ref_type, "the session ended on {violation:?}");
+            }
+            if code == ErrorCode::UNEXPECTED {
+                assert!(matches!(violation, Violation::Unexpected { .. }), "{violation:?}");
+            }
+        }
+        (expected, ended) => panic!("the bytes call for {expected:?}, the session ended with {ended:?}"),
+    }
 }
 
 /// The server's side of the established session.
@@ -458,14 +542,14 @@ struct Connection {
 impl Connection {
     /// Reads and handles everything on the wire, as `connection.rs`'s
     /// `read_and_handle` does, then the loop's `ACK`.
-    fn read(&mut self, device: &mut Device, rules: &mut Session, pipeline: &Pipeline, checker: &mut Checker) {
+    fn read(&mut self, device: &mut Device, rules: &mut ServerSession, pipeline: &Pipeline, checker: &mut Checker) {
         while self.ended.is_none() && self.server.read_from(&device.wire) {
             loop {
                 let frame = match self.server.codec.decode(&mut self.server.rx) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(err) => {
-                        let ending = rules.on_undecodable(&err);
+                        let ending = rules.on_undecodable(err);
                         self.end(ending, device, rules, pipeline, checker);
                         return;
                     }
@@ -481,14 +565,20 @@ impl Connection {
                         self.send(&frame, device);
                         checker.on_answer(&frame, event_id);
                     }
+                    Step::Refuse(refusal) => {
+                        let frame = ServerFrame::Error(session::refusal_frame(refusal));
+                        self.send(&frame, device);
+                        checker.on_answer(&frame, event_id);
+                    }
                     Step::Duplicate(ack) => {
                         let id = event_id.expect("a duplicate is an event");
                         assert!(id <= pipeline.durable.get(), "event {id} is not durable yet");
                         self.send(&ServerFrame::Ack(ack), device);
                         checker.on_ack(ack);
                     }
-                    Step::Store(event) => {
-                        assert_eq!(pipeline.admitted.replace(0), 1, "stored without being admitted");
+                    Step::Store(event, permit) => {
+                        assert_eq!(pipeline.admitted.get(), 1, "one permit per stored event");
+                        drop(permit);
                         let id = event.event_id;
                         assert!(
                             id > checker.highest_stored,
@@ -527,7 +617,7 @@ impl Connection {
         &mut self,
         ending: Ending,
         device: &mut Device,
-        rules: &mut Session,
+        rules: &mut ServerSession,
         pipeline: &Pipeline,
         checker: &mut Checker,
     ) {
@@ -541,9 +631,10 @@ impl Connection {
                     checker.on_ack(ack);
                 }
             }
-            Ending::Fatal(error) => {
+            Ending::Fatal(violation) => {
+                let error = violation_frame(violation);
                 assert!(error.fatal, "the session ended with a non-fatal ERROR: {error:?}");
-                self.send(&ServerFrame::Error(error.clone()), device);
+                self.send(&ServerFrame::Error(error), device);
             }
         }
         self.ended = Some(ending);
@@ -625,6 +716,15 @@ mod tests {
                 vec![Ping(1), breakage, Ping(2), Event(EventId::Next, 0, vec![])],
             ));
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "the bytes call for Some(Bye)")]
+    fn a_bye_that_does_not_end_the_session_is_caught() {
+        // The control: the player's own check fails a session that the
+        // device's BYE did not end (here: the BYE never reaches the
+        // server, but the player is told it did).
+        check_ending(Some(Expected::Bye), None);
     }
 
     #[test]

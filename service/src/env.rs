@@ -222,26 +222,6 @@ pub fn handle_cli(binary: &str, summary: &str, table: &[Variable]) -> CliAction 
     }
 }
 
-/// A duration given in whole seconds or milliseconds, e.g. `10s`, `250ms`;
-/// a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?}: unit must be ms, s, m or h")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,15 +234,6 @@ mod tests {
         );
         assert_eq!(redact_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_password("not a url"), "(unparsable URL)");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10").unwrap().as_secs(), 10);
-        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
-        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 
     #[test]

@@ -8,10 +8,18 @@
 //! - [`telemetry`]: `tracing` logs (text or JSON, `RUST_LOG`) and, when
 //!   `SENTRY_DSN` is set, Sentry errors, panics and breadcrumbs; the
 //!   operator's `--sentry-test`.
-//! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream.
+//! - [`shutdown`]: SIGTERM/SIGINT as a future, SIGHUP as a stream;
+//!   [`drain`]: the one way a process's tasks are told to stop and awaited.
+//! - [`backoff`], [`clock`] and [`duration`]: the one jittered backoff,
+//!   the one Unix-millisecond clock and the one duration syntax of every
+//!   Drover process (servers, simulator, tools).
 //! - [`tls`]: the PEM files of the optional TLS between drivers and the
 //!   bridge, checked at start.
 
+pub mod backoff;
+pub mod clock;
+pub mod drain;
+pub mod duration;
 pub mod env;
 pub mod shutdown;
 pub mod telemetry;

@@ -42,7 +42,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cwp::{
@@ -56,9 +56,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, Connection, READ_CHUNK};
 
+pub use drover_service::backoff::{Backoff, random_up_to as jitter};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
-pub use pacing::{Backoff, Pacing, jitter};
+pub use pacing::Pacing;
 pub use stats::{LatencyHistograms, LatencyReport, LatencySummary, Stats, StatsSnapshot, UploadSummary, histogram};
 pub use upload::{DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW, UploadJob};
 use upload::{UploadPhase, UploadProgress};
@@ -132,14 +133,8 @@ impl Default for Behaviour {
             upload: None,
             command_delay: Duration::ZERO,
             command_reply: Bytes::from_static(b"done"),
-            reconnect: Backoff {
-                min: Duration::from_millis(100),
-                max: Duration::from_secs(10),
-            },
-            busy: Backoff {
-                min: Duration::from_millis(100),
-                max: Duration::from_secs(5),
-            },
+            reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            busy: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             handshake_timeout: Duration::from_secs(15),
             bye_timeout: Duration::from_secs(2),
             churn: None,
@@ -296,13 +291,6 @@ pub fn exponential(mean: Duration) -> Duration {
     Duration::try_from_secs_f64(-uniform.ln() * mean.as_secs_f64()).unwrap_or(Duration::MAX)
 }
 
-/// Unix time in ms, 0 if the clock is before 1970 (CWP/1: "0 if it has none").
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Device {
     /// A device that has never sent an event: its first id is 1.
     pub fn new(serial: Serial, key: DeviceKey) -> Self {
@@ -401,7 +389,7 @@ impl Device {
     /// Queues an event; it is sent when a connection and the window allow.
     /// Returns its id.
     pub fn queue_event(&mut self, kind: u16, body: Bytes) -> u64 {
-        self.queue_event_at(kind, body, unix_ms(), Instant::now())
+        self.queue_event_at(kind, body, drover_service::clock::unix_ms(), Instant::now())
     }
 
     /// Queues an event made at `time_ms` (device clock), `made_at`
@@ -709,7 +697,12 @@ impl Device {
             // Results are never skipped, whatever the backlog. The command
             // arrived `command_delay` before it was due.
             let arrived = due.checked_sub(behaviour.command_delay).unwrap_or(due);
-            self.queue_event_at(Event::COMMAND_RESULT_KIND, result.encode(), unix_ms(), arrived);
+            self.queue_event_at(
+                Event::COMMAND_RESULT_KIND,
+                result.encode(),
+                drover_service::clock::unix_ms(),
+                arrived,
+            );
             stats.command_answered();
         }
 
@@ -786,7 +779,7 @@ impl Device {
         let room = load.backlog.saturating_sub(self.outbox.len());
         let made = owed.min(room);
         if made > 0 {
-            let time_ms = unix_ms();
+            let time_ms = drover_service::clock::unix_ms();
             for _ in 0..made {
                 self.queue_event_at(load.kind, load.body.clone(), time_ms, now);
             }

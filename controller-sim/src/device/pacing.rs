@@ -1,5 +1,7 @@
 //! When a device acts: how a fleet-wide event rate becomes per-device
-//! bursts, and how long a device waits before reconnecting.
+//! bursts. (How long it waits before reconnecting is
+//! [`drover_service::backoff::Backoff`], the one backoff of every Drover
+//! process.)
 
 use std::time::Duration;
 
@@ -36,42 +38,6 @@ impl Pacing {
     pub fn burst(&self) -> f64 {
         self.rate * self.interval.as_secs_f64()
     }
-}
-
-/// Exponential backoff with jitter between `min` and `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The first delay (before jitter).
-    pub min: Duration,
-    /// The largest delay (before jitter).
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (1 for the first retry):
-    /// `min · 2^(attempt-1)` capped at `max`, of which a random half is
-    /// added to the other half ("equal jitter"), so that devices that lost
-    /// their connection together do not come back together.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.ceiling(attempt);
-        let half = base / 2;
-        half + jitter(base - half)
-    }
-
-    /// The delay before jitter for attempt `attempt`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(31);
-        self.min.saturating_mul(1 << doublings).min(self.max)
-    }
-}
-
-/// A uniformly random duration in `[0, up_to]`.
-pub fn jitter(up_to: Duration) -> Duration {
-    let nanos = u64::try_from(up_to.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(rand::random_range(0..=nanos))
 }
 
 #[cfg(test)]
@@ -118,22 +84,5 @@ mod tests {
             Pacing::spread(1e-12, 1, TICK).unwrap().interval,
             Duration::from_secs(3600)
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
-        let backoff = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(backoff.ceiling(1), Duration::from_millis(100));
-        assert_eq!(backoff.ceiling(2), Duration::from_millis(200));
-        assert_eq!(backoff.ceiling(7), Duration::from_secs(5));
-        assert_eq!(backoff.ceiling(1000), Duration::from_secs(5));
-        for attempt in 1..10 {
-            let delay = backoff.delay(attempt);
-            let ceiling = backoff.ceiling(attempt);
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} vs {ceiling:?}");
-        }
     }
 }

@@ -6,6 +6,9 @@
 //!   and the one place upload failures become CWP/1 errors.
 //! - [`store`]: the files: layout, the `flock` that makes an upload id
 //!   exclusive to one session fleet-wide, recovery, completion, expiry.
+//! - [`UploadService`]: what every uploading connection shares (the
+//!   store, the `UPLOAD_MAX_OPEN` slots, the limits, the bridge that
+//!   records completed uploads).
 //! - [`expire_periodically`]: the background task deleting abandoned
 //!   partial uploads.
 //!
@@ -58,13 +61,61 @@
 pub mod session;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio_util::sync::CancellationToken;
+use drover_service::drain;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 pub use session::{Ended, UploadError, Uploads};
 pub use store::UploadStore;
+
+use crate::bridge::BridgeClient;
+use crate::metrics::Metrics;
+
+/// What every uploading connection of the driver shares.
+#[derive(Debug)]
+pub struct UploadService {
+    /// The files under `UPLOAD_DIR`.
+    pub store: UploadStore,
+    /// `UPLOAD_MAX_OPEN` slots: an upload in progress holds one (and its
+    /// write buffer).
+    slots: Arc<Semaphore>,
+    /// `UPLOAD_MAX_OPEN`, for the refusal's message.
+    max_open: usize,
+    /// `UPLOAD_MAX_BYTES`.
+    max_bytes: u64,
+    /// `UPLOAD_BUFFER_BYTES`.
+    buffer_bytes: usize,
+    /// Bytes, outcomes, buffers held.
+    metrics: Arc<Metrics>,
+    /// Records completed uploads (`RecordUpload`).
+    bridge: BridgeClient,
+}
+
+impl UploadService {
+    /// The uploads of a driver: at most `max_open` at once, each at most
+    /// `max_bytes`, written through a buffer of `buffer_bytes`.
+    pub fn new(
+        store: UploadStore,
+        max_open: usize,
+        max_bytes: u64,
+        buffer_bytes: usize,
+        metrics: Arc<Metrics>,
+        bridge: BridgeClient,
+    ) -> Self {
+        Self {
+            store,
+            slots: Arc::new(Semaphore::new(max_open)),
+            max_open,
+            max_bytes,
+            buffer_bytes,
+            metrics,
+            bridge,
+        }
+    }
+}
 
 /// Longest time between two expiry passes.
 const MAX_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -76,8 +127,8 @@ pub fn expiry_interval(expire_after: Duration) -> Duration {
 }
 
 /// Deletes partial uploads untouched for `expire_after` (and not open on
-/// any session) every [`expiry_interval`], until `stop`.
-pub async fn expire_periodically(store: UploadStore, expire_after: Duration, stop: CancellationToken) {
+/// any session) every [`expiry_interval`], until `stop` is signalled.
+pub async fn expire_periodically(store: UploadStore, expire_after: Duration, stop: drain::Watch) {
     let interval = expiry_interval(expire_after);
     loop {
         let pass = {
@@ -97,7 +148,7 @@ pub async fn expire_periodically(store: UploadStore, expire_after: Duration, sto
             Err(err) => warn!(error = %err, "upload expiry pass panicked"),
         }
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.signaled() => return,
             () = tokio::time::sleep(interval) => {}
         }
     }

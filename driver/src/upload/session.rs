@@ -12,16 +12,15 @@ use std::io;
 
 use bytes::Bytes;
 use cwp::{
-    ErrorCode, ErrorFrame, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus,
+    ErrorCode, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus, Violation,
 };
 use drover_proto::bridge::RecordUploadRequest;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
+use super::UploadService;
 use super::store::{CompletedUpload, Opened, PartialUpload, StoreError};
-use crate::Driver;
-use crate::bridge::unix_ms;
 use crate::metrics::ResultLabel;
 
 /// Why an upload frame could not be served. Every variant but
@@ -77,10 +76,9 @@ pub enum UploadError {
 }
 
 impl UploadError {
-    /// The `ERROR` frame for the device, with the fatality the spec gives
-    /// its code.
-    pub fn to_frame(&self) -> ErrorFrame {
-        let (code, ref_type) = match self {
+    /// The wire code and the frame it refers to (CWP/1 §3 Uploads, §4).
+    pub fn code_and_frame(&self) -> (ErrorCode, FrameType) {
+        match self {
             Self::Unexpected { ref_type, .. } => (ErrorCode::UNEXPECTED, *ref_type),
             Self::TooLarge { ref_type, .. } | Self::PastTotal { ref_type, .. } | Self::Storage { ref_type, .. } => {
                 (ErrorCode::BUSY, *ref_type)
@@ -88,14 +86,27 @@ impl UploadError {
             Self::Conflict => (ErrorCode::UPLOAD_CONFLICT, FrameType::UPLOAD_BEGIN),
             Self::TooManyOpen(_) => (ErrorCode::BUSY, FrameType::UPLOAD_BEGIN),
             Self::NotRecorded(_) => (ErrorCode::BUSY, FrameType::UPLOAD_END),
-        };
-        let message = match self {
-            // The device needs no details of our disk.
+        }
+    }
+
+    /// The `ERROR` frame's message: what the device can act on, nothing
+    /// of the server's disk.
+    pub fn device_message(&self) -> String {
+        match self {
             Self::Storage { .. } => "cannot store the upload now, retry later".to_owned(),
             Self::NotRecorded(_) => "upload stored but not yet recorded, send UPLOAD_END again".to_owned(),
             other => other.to_string(),
-        };
-        ErrorFrame::new(code, ref_type, &message)
+        }
+    }
+
+    /// A frame the upload state does not allow breaks the protocol: the
+    /// session ends with it. Every other failure is answered and the
+    /// session goes on.
+    pub fn into_violation(self) -> Result<Violation, Self> {
+        match self {
+            Self::Unexpected { ref_type, reason } => Ok(Violation::Unexpected { ref_type, reason }),
+            other => Err(other),
+        }
     }
 }
 
@@ -269,7 +280,7 @@ impl Uploads {
     /// durable and returns the `UPLOAD_STATUS` that tells the device, so
     /// that it resumes after them. The upload stays open until
     /// [`Uploads::close`].
-    pub async fn flush_before_close(&mut self, driver: &Driver) -> Option<UploadStatus> {
+    pub async fn flush_before_close(&mut self, uploads: &UploadService) -> Option<UploadStatus> {
         let Slot::Receiving(upload) = std::mem::replace(&mut self.slot, Slot::Idle) else {
             return None;
         };
@@ -280,7 +291,7 @@ impl Uploads {
         let (serial, upload_id) = (upload.serial, upload.upload_id);
         match flush(upload).await {
             Ok(upload) => {
-                driver.metrics.upload_bytes.inc_by(flushed);
+                uploads.metrics.upload_bytes.inc_by(flushed);
                 let status = UploadStatus {
                     upload_id: upload.upload_id,
                     durable_offset: upload.file.durable(),
@@ -299,7 +310,7 @@ impl Uploads {
     /// that tells the device where to resume.
     pub async fn begin(
         &mut self,
-        driver: &Driver,
+        uploads: &UploadService,
         serial: Serial,
         begin: UploadBegin,
     ) -> Result<UploadStatus, UploadError> {
@@ -311,7 +322,7 @@ impl Uploads {
         }
         // Refused until it is open.
         self.slot = Slot::Refused;
-        let max_bytes = driver.config.upload_max_bytes;
+        let max_bytes = uploads.max_bytes;
         if begin.total_size > max_bytes {
             return Err(UploadError::TooLarge {
                 ref_type: FrameType::UPLOAD_BEGIN,
@@ -321,16 +332,22 @@ impl Uploads {
         }
         let limit = Limit::new(begin.total_size, max_bytes);
         // Each open upload holds a write buffer: their number bounds memory.
-        let Ok(slot) = driver.upload_slots.clone().try_acquire_owned() else {
-            return Err(UploadError::TooManyOpen(driver.config.upload_max_open));
+        let Ok(slot) = uploads.slots.clone().try_acquire_owned() else {
+            return Err(UploadError::TooManyOpen(uploads.max_open));
         };
         let upload_id = begin.upload_id;
-        let store = driver.uploads.clone();
-        let buffer_bytes = driver.config.upload_buffer_bytes;
+        let store = uploads.store.clone();
+        let buffer_bytes = uploads.buffer_bytes;
         let name = begin.name.as_str().to_owned();
-        let gauge = driver.metrics.upload_buffers.clone();
+        let gauge = uploads.metrics.upload_buffers.clone();
         let opened = blocking(move || {
-            let opened = match store.open(&serial, upload_id, &name, begin.total_size, unix_ms()) {
+            let opened = match store.open(
+                &serial,
+                upload_id,
+                &name,
+                begin.total_size,
+                drover_service::clock::unix_ms(),
+            ) {
                 Ok(opened) => opened,
                 Err(StoreError::Locked) => return Ok(Began::Locked),
                 Err(StoreError::Io(err)) => return Err(err),
@@ -391,7 +408,7 @@ impl Uploads {
 
     /// `BLOCK`: the next bytes. Returns the `UPLOAD_STATUS` to send when
     /// they filled the buffer and it was made durable.
-    pub async fn block(&mut self, driver: &Driver, data: Bytes) -> Result<Option<UploadStatus>, UploadError> {
+    pub async fn block(&mut self, uploads: &UploadService, data: Bytes) -> Result<Option<UploadStatus>, UploadError> {
         let mut upload = match std::mem::replace(&mut self.slot, Slot::Refused) {
             Slot::Receiving(upload) => upload,
             Slot::Idle => {
@@ -432,7 +449,7 @@ impl Uploads {
                         source,
                     }
                 })?;
-                driver.metrics.upload_bytes.inc_by(flushed);
+                uploads.metrics.upload_bytes.inc_by(flushed);
                 status = Some(UploadStatus {
                     upload_id: upload.upload_id,
                     durable_offset: upload.file.durable(),
@@ -449,7 +466,12 @@ impl Uploads {
     /// `UPLOAD_END`: checks size and digest; completes the upload (durable,
     /// moved to `completed/`, recorded through the bridge) or discards it.
     /// `None`: the frame belongs to an upload refused earlier and is ignored.
-    pub async fn end(&mut self, driver: &Driver, serial: Serial, end: UploadEnd) -> Result<Option<Ended>, UploadError> {
+    pub async fn end(
+        &mut self,
+        uploads: &UploadService,
+        serial: Serial,
+        end: UploadEnd,
+    ) -> Result<Option<Ended>, UploadError> {
         let not_open = UploadError::Unexpected {
             ref_type: FrameType::UPLOAD_END,
             reason: "UPLOAD_END for an upload that is not open",
@@ -470,7 +492,7 @@ impl Uploads {
                     &end,
                 );
                 let recorded = if status == UploadOutcome::OK {
-                    record(driver, &completed).await
+                    record(uploads, &completed).await
                 } else {
                     warn!(%serial, %upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
                     Ok(())
@@ -513,7 +535,7 @@ impl Uploads {
                     } else {
                         "digest_mismatch"
                     };
-                    driver.metrics.uploads.get_or_create(&ResultLabel { result }).inc();
+                    uploads.metrics.uploads.get_or_create(&ResultLabel { result }).inc();
                     info!(%serial, %upload_id, received, announced = end.total_size, result, "upload discarded");
                     return Ok(Some(Ended {
                         status: None,
@@ -525,7 +547,7 @@ impl Uploads {
                     if !buffer.is_empty() {
                         file.append(&buffer)?;
                     }
-                    file.complete(&digest, unix_ms())
+                    file.complete(&digest, drover_service::clock::unix_ms())
                 })
                 .await
                 .map_err(|source| {
@@ -535,15 +557,15 @@ impl Uploads {
                         source,
                     }
                 })?;
-                driver.metrics.upload_bytes.inc_by(flushed);
+                uploads.metrics.upload_bytes.inc_by(flushed);
                 let status = (flushed > 0).then_some(UploadStatus {
                     upload_id,
                     durable_offset: received,
                 });
-                if let Err(err) = record(driver, &completed).await {
+                if let Err(err) = record(uploads, &completed).await {
                     return Ok(Some(Ended { status, done: Err(err) }));
                 }
-                driver
+                uploads
                     .metrics
                     .uploads
                     .get_or_create(&ResultLabel { result: "ok" })
@@ -575,7 +597,7 @@ fn verdict(size: u64, digest: &[u8], end: &UploadEnd) -> UploadOutcome {
 }
 
 /// Appends the `upload_completed` record (idempotent at the bridge).
-async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), UploadError> {
+async fn record(uploads: &UploadService, completed: &CompletedUpload) -> Result<(), UploadError> {
     let request = RecordUploadRequest {
         serial: completed.serial.clone(),
         upload_id: completed.upload_id.clone(),
@@ -585,7 +607,7 @@ async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), Uplo
         path: completed.path.clone(),
         driver_id: String::new(),
     };
-    match driver.bridge.record_upload(request).await {
+    match uploads.bridge.record_upload(request).await {
         Ok(appended) => {
             debug!(upload_id = %completed.upload_id, appended, "upload recorded");
             Ok(())
@@ -600,6 +622,7 @@ async fn record(driver: &Driver, completed: &CompletedUpload) -> Result<(), Uplo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refusal::Refusal;
 
     #[test]
     fn each_failure_maps_to_one_cwp_error_with_the_spec_fatality() {
@@ -655,11 +678,12 @@ mod tests {
             ),
         ];
         for (error, code, fatal, ref_type) in cases {
-            let frame = error.to_frame();
+            let described = error.to_string();
+            let frame = Refusal::Upload(error).to_frame();
             assert_eq!(
                 (frame.code, frame.fatal, frame.ref_type),
                 (code, fatal, ref_type),
-                "{error}"
+                "{described}"
             );
         }
         let limit = UploadError::TooLarge {
@@ -668,7 +692,7 @@ mod tests {
             limit: 1_000,
         };
         assert_eq!(
-            limit.to_frame().message.as_str(),
+            Refusal::Upload(limit).to_frame().message.as_str(),
             "upload of 2000 bytes exceeds UPLOAD_MAX_BYTES = 1000"
         );
         let disk = UploadError::Storage {
@@ -676,7 +700,7 @@ mod tests {
             source: io::Error::other("/var/lib/drover: No space left on device"),
         };
         assert!(
-            !disk.to_frame().message.as_str().contains("/var"),
+            !Refusal::Upload(disk).to_frame().message.as_str().contains("/var"),
             "no server paths reach the device"
         );
     }

@@ -8,15 +8,23 @@
 //! at once (no added latency when there is no storm), and while
 //! [`BatchLimits::in_flight`] batches are out, the next ones gather.
 //!
-//! The queue is unbounded because its senders are: at most one call per
-//! handshake slot or per session is waiting in it.
+//! The queue is unbounded in type but bounded by its callers: each waits
+//! for its answer, so it holds at most one call per handshake slot
+//! (`DRIVER_MAX_HANDSHAKES`, opening) or per session
+//! (`DRIVER_MAX_CONNECTIONS`, closing).
+//!
+//! The task forming batches and the task of each batch out are tracked by
+//! the driver's task tracker, and stop when the driver's background drain
+//! is signalled: calls still waiting then fail ("shutting down").
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_service::drain;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 /// How batches are formed.
@@ -36,7 +44,8 @@ pub struct BatchLimits {
 pub type BatchResult<Rep> = Result<Vec<Result<Rep, Status>>, Status>;
 
 /// The sending side of a batching queue; cloning it is cheap. The task that
-/// forms and sends the batches ends when the last clone is dropped.
+/// forms and sends the batches ends when its stop is signalled or the last
+/// clone is dropped.
 pub struct Batcher<Req, Rep> {
     queue: mpsc::UnboundedSender<Waiting<Req, Rep>>,
 }
@@ -67,15 +76,22 @@ where
     Req: Send + 'static,
     Rep: Send + 'static,
 {
-    /// Spawns the task that sends batches with `send(requests, timeout)`;
-    /// `timeout` is what is left of the latest deadline in the batch.
-    pub fn spawn<F, Fut>(limits: BatchLimits, send: F) -> Self
+    /// Spawns, on `tasks`, the task that sends batches with
+    /// `send(requests, timeout)` until `stop` is signalled; `timeout` is
+    /// what is left of the latest deadline in the batch.
+    pub fn spawn<F, Fut>(limits: BatchLimits, tasks: &TaskTracker, stop: drain::Watch, send: F) -> Self
     where
         F: Fn(Vec<Req>, Duration) -> Fut + Send + 'static,
         Fut: Future<Output = BatchResult<Rep>> + Send + 'static,
     {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(run(waiting, limits, send));
+        let batches = tasks.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = stop.signaled() => {}
+                () = run(waiting, limits, send, batches) => {}
+            }
+        });
         Self { queue }
     }
 
@@ -97,8 +113,12 @@ where
     }
 }
 
-async fn run<Req, Rep, F, Fut>(mut queue: mpsc::UnboundedReceiver<Waiting<Req, Rep>>, limits: BatchLimits, send: F)
-where
+async fn run<Req, Rep, F, Fut>(
+    mut queue: mpsc::UnboundedReceiver<Waiting<Req, Rep>>,
+    limits: BatchLimits,
+    send: F,
+    batches: TaskTracker,
+) where
     Req: Send + 'static,
     Rep: Send + 'static,
     F: Fn(Vec<Req>, Duration) -> Fut,
@@ -131,7 +151,7 @@ where
             .map(|waiting| (waiting.request, waiting.reply))
             .unzip();
         let sent = send(requests, timeout);
-        tokio::spawn(async move {
+        batches.spawn(async move {
             let result = sent.await;
             drop(permit);
             deliver(result, replies);
@@ -182,10 +202,20 @@ mod tests {
         Instant::now() + Duration::from_secs(10)
     }
 
+    /// A batcher on a tracker of its own, and the signal that stops it.
+    fn batcher<F, Fut>(send: F) -> (Batcher<u32, u32>, drain::Signal)
+    where
+        F: Fn(Vec<u32>, Duration) -> Fut + Send + 'static,
+        Fut: Future<Output = BatchResult<u32>> + Send + 'static,
+    {
+        let (signal, watch) = drain::channel();
+        (Batcher::spawn(LIMITS, &TaskTracker::new(), watch, send), signal)
+    }
+
     /// A batch call that doubles each number, refuses odd ones, and
     /// records the size of every batch it was given.
-    fn doubling(sizes: Arc<Mutex<Vec<usize>>>) -> Batcher<u32, u32> {
-        Batcher::spawn(LIMITS, move |numbers: Vec<u32>, _timeout| {
+    fn doubling(sizes: Arc<Mutex<Vec<usize>>>) -> (Batcher<u32, u32>, drain::Signal) {
+        batcher(move |numbers: Vec<u32>, _timeout| {
             sizes.lock().unwrap().push(numbers.len());
             async move {
                 tokio::task::yield_now().await;
@@ -206,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_call_goes_at_once_and_gets_its_own_answer() {
         let sizes = Arc::default();
-        let batcher = doubling(Arc::clone(&sizes));
+        let (batcher, _stop) = doubling(Arc::clone(&sizes));
         assert_eq!(batcher.call(4, later()).await.unwrap(), 8);
         assert_eq!(*sizes.lock().unwrap(), [1]);
     }
@@ -214,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn calls_that_wait_together_go_together_and_fail_alone() {
         let sizes = Arc::default();
-        let batcher = doubling(Arc::clone(&sizes));
+        let (batcher, _stop) = doubling(Arc::clone(&sizes));
         let calls = (0..250).map(|n| batcher.call(n, later()));
         let results = futures::future::join_all(calls).await;
         for (n, result) in (0..250).zip(results) {
@@ -232,8 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_call_in_it() {
-        let batcher: Batcher<u32, u32> =
-            Batcher::spawn(LIMITS, |_numbers, _timeout| async { Err(Status::unavailable("down")) });
+        let (batcher, _stop) = batcher(|_numbers, _timeout| async { Err(Status::unavailable("down")) });
         let results = futures::future::join_all((0..3).map(|n| batcher.call(n, later()))).await;
         assert!(
             results
@@ -244,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_number_of_answers_is_an_error_not_a_mix_up() {
-        let batcher: Batcher<u32, u32> = Batcher::spawn(LIMITS, |_numbers, _timeout| async { Ok(vec![Ok(1)]) });
+        let (batcher, _stop) = batcher(|_numbers, _timeout| async { Ok(vec![Ok(1)]) });
         let results = futures::future::join_all((0..2).map(|n| batcher.call(n, later()))).await;
         for result in results {
             assert_eq!(result.unwrap_err().code(), tonic::Code::Internal);
@@ -253,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_gives_up_at_its_deadline() {
-        let batcher: Batcher<u32, u32> = Batcher::spawn(LIMITS, |_numbers, _timeout| std::future::pending());
+        let (batcher, _stop) = batcher(|_numbers, _timeout| std::future::pending());
         let deadline = Instant::now() + Duration::from_millis(50);
         let err = batcher.call(1, deadline).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
@@ -263,7 +292,7 @@ mod tests {
     async fn a_batch_is_given_the_latest_deadline_of_its_calls() {
         let timeouts = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&timeouts);
-        let batcher: Batcher<u32, u32> = Batcher::spawn(LIMITS, move |numbers: Vec<u32>, timeout| {
+        let (batcher, _stop) = batcher(move |numbers: Vec<u32>, timeout| {
             seen.lock().unwrap().push(timeout);
             async move { Ok(numbers.into_iter().map(Ok).collect()) }
         });
@@ -277,5 +306,18 @@ mod tests {
             "a close deadline still gets the minimum"
         );
         assert!(timeouts[1] > Duration::from_secs(29));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_batcher_fails_its_calls_and_its_tasks_end() {
+        let tasks = TaskTracker::new();
+        let (signal, watch) = drain::channel();
+        let batcher: Batcher<u32, u32> =
+            Batcher::spawn(LIMITS, &tasks, watch, |_numbers, _timeout| std::future::pending());
+        signal.signal();
+        tasks.close();
+        tasks.wait().await;
+        let err = batcher.call(1, later()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     }
 }

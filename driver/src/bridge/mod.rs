@@ -1,10 +1,13 @@
 //! The driver's side of the vendor-bridge's unary calls (sessions, rejected
 //! commands, completed uploads). Events travel on the pipeline's stream,
 //! not here, but over the same [`channel`], so both are plaintext or both
-//! are (mutual) TLS.
+//! are (mutual) TLS. [`batcher`] coalesces the session registrations of a
+//! connect storm into batch calls.
+
+pub mod batcher;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use cwp::{Serial, SessionId};
@@ -13,11 +16,14 @@ use drover_proto::bridge::{
     CallError, CloseSessionReply, CloseSessionRequest, CloseSessionsRequest, OpenSessionReply, OpenSessionRequest,
     OpenSessionsRequest, RecordUploadRequest, RejectCommandRequest, close_session_outcome, open_session_outcome,
 };
+use drover_service::clock::unix_ms;
+use drover_service::drain;
 use drover_service::tls::{read_certificates, read_private_key};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::batcher::{BatchLimits, BatchResult, Batcher};
+use self::batcher::{BatchLimits, BatchResult, Batcher};
 use crate::config::BridgeTls;
 
 /// How long a unary call may take before the driver gives up on it.
@@ -33,13 +39,6 @@ const SESSION_BATCHES: BatchLimits = BatchLimits {
     // earliest callers are about to give up still serves the later ones.
     min_timeout: Duration::from_secs(1),
 };
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// A connection to the vendor-bridge, shared by the whole driver. The
 /// channel connects lazily and reconnects by itself.
@@ -114,16 +113,22 @@ pub struct OpenedSession {
 }
 
 impl BridgeClient {
-    /// A client for `channel`, identifying itself as `driver_id`. Spawns
-    /// the tasks that batch session registrations (they end with the last
-    /// clone): call it within the runtime.
-    pub fn new(channel: Channel, driver_id: String, instance_id: String) -> Self {
+    /// A client for `channel`, identifying itself as `driver_id`. Spawns,
+    /// on `tasks`, the tasks that batch session registrations; they end
+    /// when `stop` is signalled.
+    pub fn new(
+        channel: Channel,
+        driver_id: String,
+        instance_id: String,
+        tasks: &TaskTracker,
+        stop: &drain::Watch,
+    ) -> Self {
         let client = VendorBridgeClient::new(channel);
-        let opens = Batcher::spawn(SESSION_BATCHES, {
+        let opens = Batcher::spawn(SESSION_BATCHES, tasks, stop.clone(), {
             let client = client.clone();
             move |sessions, timeout| open_sessions(client.clone(), sessions, timeout)
         });
-        let closes = Batcher::spawn(SESSION_BATCHES, {
+        let closes = Batcher::spawn(SESSION_BATCHES, tasks, stop.clone(), {
             let client = client.clone();
             move |sessions, timeout| close_sessions(client.clone(), sessions, timeout)
         });

@@ -21,35 +21,130 @@
 //! if it had never stopped. Nothing changes for the device: parking is
 //! not visible on the wire.
 //!
-//! The watcher is a thread of its own, not a task: registering the epoll
-//! set with tokio (`AsyncFd`) needs unsafe code, which the workspace
-//! forbids. It blocks in `epoll_wait` and forwards each readable socket
-//! to the park task; each socket is reported once (`EPOLLONESHOT`), and
-//! the park takes it out of the set when it resumes the session.
+//! The watcher is a thread of its own, not a task, because registering the
+//! epoll set with tokio's reactor needs unsafe code, which the workspace
+//! forbids: tokio 1.54 deprecated `AsyncFd::new` and `with_interest` as
+//! unsound (tokio#8587: safe code can swap the registered descriptor
+//! through `get_mut`), and their sound replacement, `AsyncFd::register`,
+//! is an `unsafe fn`. The watcher blocks in `epoll_wait` and forwards each
+//! readable socket to the park task; each socket is reported once
+//! (`EPOLLONESHOT`), and the park takes it out of the set when it resumes
+//! the session. It costs one thread and an eventfd for the whole driver,
+//! nothing per parked session.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 
 use rustix::event::{EventfdFlags, epoll};
 use slab::Slab;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+
+use cwp::ServerCodec;
+use drover_service::drain;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn};
 
-use crate::Driver;
-use crate::connection::ParkedSession;
-use crate::registry::SessionHandle;
+use super::Sessions;
+use super::established::{self, SessionState};
+use super::registry::SessionHandle;
+use crate::connection::Connection;
+
+/// An established session without a task: what it needs to resume where
+/// it stopped.
+#[derive(Debug)]
+pub struct ParkedSession {
+    /// No longer registered with tokio: the park's epoll set watches it.
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The seal and its sequence numbers, and the payload limit.
+    codec: ServerCodec,
+    state: SessionState,
+    session: Arc<SessionHandle>,
+    /// The connection's place under DRIVER_MAX_CONNECTIONS.
+    permit: OwnedSemaphorePermit,
+}
+
+impl ParkedSession {
+    /// The session's registry entry.
+    fn session(&self) -> &Arc<SessionHandle> {
+        &self.session
+    }
+
+    /// The socket, for the park's epoll set.
+    fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.stream.as_fd()
+    }
+
+    /// The session running again: its task's future, to spawn on the
+    /// sessions' runtime (the caller must be running on it). `None` if the
+    /// socket cannot be registered again; the session has then ended.
+    fn resume(self, sessions: Arc<Sessions>) -> Option<impl Future<Output = ()> + Send + use<>> {
+        let Self {
+            stream,
+            peer,
+            codec,
+            state,
+            session,
+            permit,
+        } = self;
+        match Connection::resume(stream, peer, codec) {
+            Ok(connection) => Some(established::run(sessions, connection, session, permit, state)),
+            Err(err) => {
+                warn!(serial = %session.serial, %peer, error = %err, "cannot resume a parked session");
+                super::end(&sessions, &session, state.last_heard_ms);
+                sessions.metrics.connections.dec();
+                None
+            }
+        }
+    }
+}
+
+/// Hands a quiet session (nothing in flight, nothing buffered) to the
+/// park. If it cannot be parked, the session ends and its connection
+/// closes.
+pub fn park_or_end(
+    sessions: &Sessions,
+    connection: Connection,
+    session: Arc<SessionHandle>,
+    permit: OwnedSemaphorePermit,
+    state: SessionState,
+) {
+    let last_heard_ms = state.last_heard_ms;
+    let (stream, peer, codec) = match connection.into_parts() {
+        Ok(parts) => parts,
+        Err(err) => {
+            warn!(serial = %session.serial, error = %err, "cannot park the session");
+            super::end(sessions, &session, last_heard_ms);
+            sessions.metrics.connections.dec();
+            return;
+        }
+    };
+    let parked = ParkedSession {
+        stream,
+        peer,
+        codec,
+        state,
+        session,
+        permit,
+    };
+    if let Err(session) = sessions.park.park(parked) {
+        debug!(serial = %session.serial, "the park has stopped: closing the session");
+        super::end(sessions, &session, last_heard_ms);
+        sessions.metrics.connections.dec();
+    }
+}
 
 /// Readiness events taken from the epoll set per call.
 const EVENTS_PER_WAIT: usize = 256;
 /// The epoll data of the watcher's stop signal; a parked socket's data is
-/// its [`Ticket`], whose key is below 2^32.
+/// its [`Ticket`], whose key is below 2^32 - 1.
 const STOP: u64 = u64::MAX;
-
 /// Which parked session: its key in the park, and the parking's id, which
 /// tells a stale wake (for a session since resumed, and its key reused)
 /// apart.
@@ -100,6 +195,12 @@ impl std::fmt::Debug for Message {
 /// The sessions' way to the park.
 #[derive(Debug, Clone)]
 pub struct Park {
+    /// Unbounded in type, bounded by the sessions: a session parking sends
+    /// one `Park`, and while parked at most one `Wake` from its mailbox (the
+    /// park's waker is registered once per parking, and a wake takes it)
+    /// and one from the watcher (`EPOLLONESHOT`). So the queue never holds
+    /// more than three messages per session, of which there are at most
+    /// `DRIVER_MAX_CONNECTIONS`.
     inbox: mpsc::UnboundedSender<Message>,
     connections: TaskTracker,
 }
@@ -214,12 +315,14 @@ fn watch(epoll: &OwnedFd, park: &mpsc::UnboundedSender<Message>) {
 
 /// The parked sessions and their epoll set.
 struct Lot {
-    driver: Arc<Driver>,
+    sessions: Arc<Sessions>,
+    /// The parked sockets, each registered once (`EPOLLONESHOT`) with its
+    /// [`Ticket`] as data; the watcher waits on it.
     epoll: Arc<OwnedFd>,
     slots: Slab<Box<Slot>>,
-    /// While any session is parked: keeps the drain ([`crate::drain`])
-    /// waiting for them as for running connections. One for all, not one
-    /// per session: 8 bytes less per parked device.
+    /// While any session is parked: keeps the driver's shutdown waiting
+    /// for them as for running connections. One for all, not one per
+    /// session: 8 bytes less per parked device.
     occupied: Option<TaskTrackerToken>,
     next_id: u32,
     sender: mpsc::UnboundedSender<Message>,
@@ -227,9 +330,9 @@ struct Lot {
 }
 
 /// Holds parked sessions and resumes them when they are needed, until
-/// `stop`. Must run on the sessions' runtime: resumed sessions register
-/// their sockets with the runtime it runs on.
-pub async fn run(driver: Arc<Driver>, inbox: ParkInbox, stop: CancellationToken) -> io::Result<()> {
+/// `stop` is signalled. Must run on the sessions' runtime: resumed
+/// sessions register their sockets with the runtime it runs on.
+pub async fn run(sessions: Arc<Sessions>, inbox: ParkInbox, stop: drain::Watch) -> io::Result<()> {
     let ParkInbox {
         mut inbox,
         sender,
@@ -238,7 +341,7 @@ pub async fn run(driver: Arc<Driver>, inbox: ParkInbox, stop: CancellationToken)
     let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
     let watcher = Watcher::start(epoll.clone(), sender.clone())?;
     let mut lot = Lot {
-        driver,
+        sessions,
         epoll,
         slots: Slab::new(),
         occupied: None,
@@ -248,7 +351,7 @@ pub async fn run(driver: Arc<Driver>, inbox: ParkInbox, stop: CancellationToken)
     };
     loop {
         tokio::select! {
-            () = stop.cancelled() => break,
+            () = stop.signaled() => break,
             message = inbox.recv() => match message {
                 Some(Message::Park(slot, connection)) => {
                     // Kept as the lot's token if it has none yet, before
@@ -296,7 +399,7 @@ impl Lot {
         }
         let session = slot.parked.session().clone();
         session.set_parked(true);
-        self.driver.metrics.sessions_parked.inc();
+        self.sessions.metrics.sessions_parked.inc();
         entry.insert(slot);
         let waker = Waker::from(Arc::new(ParkedWaker {
             park: self.sender.clone(),
@@ -326,12 +429,12 @@ impl Lot {
             debug!(serial = %slot.parked.session().serial, error = %err, "removing a parked socket from the park's set");
         }
         slot.parked.session().set_parked(false);
-        self.driver.metrics.sessions_parked.dec();
+        self.sessions.metrics.sessions_parked.dec();
         self.spawn(slot);
     }
 
     fn spawn(&mut self, slot: Box<Slot>) {
-        if let Some(session) = slot.parked.resume(self.driver.clone()) {
+        if let Some(session) = slot.parked.resume(self.sessions.clone()) {
             self.connections.spawn(session);
         }
         // Only now, with the resumed session's task tracked: the drain
@@ -366,7 +469,7 @@ mod tests {
     /// costs every parked device the next class, 32 bytes.
     #[test]
     fn a_parked_device_fits_its_memory_budget() {
-        let handle = std::mem::size_of::<crate::registry::SessionHandle>();
+        let handle = std::mem::size_of::<SessionHandle>();
         assert!(handle + 16 <= 160, "SessionHandle is {handle} bytes (+16 for its Arc)");
         let slot = std::mem::size_of::<Slot>();
         assert!(slot <= 224, "a parked session is {slot} bytes");

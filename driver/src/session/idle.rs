@@ -1,5 +1,5 @@
 //! Sweeps the sessions the device has gone quiet on: after
-//! `DRIVER_PARK_AFTER` they are asked to park ([`crate::park`]); after the
+//! `DRIVER_PARK_AFTER` they are asked to park ([`super::park`]); after the
 //! idle timeout (CWP/1: nothing heard for it, by default three
 //! heartbeats) they are closed with `BYE IDLE`, parked or not.
 //!
@@ -19,9 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use drover_service::drain;
 
-use crate::registry::{CloseRequest, Registry, monotonic_ms};
+use super::registry::{CloseRequest, Registry, monotonic_ms};
 
 /// How often sessions are checked: a tenth of the idle timeout, or of the
 /// park delay if that is shorter, within 10 ms – 1 s.
@@ -36,18 +36,18 @@ fn millis(duration: Duration) -> u64 {
 
 /// Asks every session unheard for `idle_timeout` to close, and every
 /// running one unheard for `park_after`, with no event awaiting storage,
-/// to park, until `stop`.
+/// to park, until `stop` is signalled.
 pub async fn sweep_quiet_sessions(
     registry: Arc<Registry>,
     idle_timeout: Duration,
     park_after: Option<Duration>,
-    stop: CancellationToken,
+    stop: drain::Watch,
 ) {
     let mut sweeps = tokio::time::interval(sweep_period(idle_timeout, park_after));
     sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.signaled() => return,
             _ = sweeps.tick() => {}
         }
         let now_ms = monotonic_ms();

@@ -1,31 +1,123 @@
-//! The established session's rules, CWP/1 §3, with no I/O: what each
-//! device frame after `WELCOME` calls for.
+//! CWP/1 §3, the established session's rules on the server's side, with no
+//! I/O: what each device frame after `WELCOME` calls for.
 //!
-//! [`Session::on_frame`] takes one decoded frame and returns one [`Step`]
-//! for the connection to carry out (send a frame, hand an event to the
-//! pipeline, serve an upload frame, end the session). What the rules need
-//! from the rest of the driver (how far this session's events are durable,
-//! whether the pipeline has room) comes through [`EventStore`].
+//! [`ServerSession::on_frame`] takes one decoded frame and returns one
+//! [`Step`] for the server to carry out (send a frame, refuse an event,
+//! store an event, serve an upload frame, end the session). What the rules
+//! need from the server's storage (how far this session's events are
+//! durable, whether there is room for one more) comes through
+//! [`EventStore`]; room is a value, [`EventStore::Permit`], that the store
+//! hands out in [`EventStore::admit`] and [`Step::Store`] carries to
+//! whoever stores the event, so that no event is ever admitted without
+//! being stored, nor stored without being admitted.
 //!
-//! This module depends on `cwp` and `std` only, so that the fuzz workspace
-//! (`fuzz/`, target `session`) compiles this very file without the driver's
-//! runtime dependencies and drives it with arbitrary frame sequences.
+//! Refusals and violations are typed ([`EventRefusal`], [`Violation`]); the
+//! server turns them into `ERROR` frames in one place.
 
-use cwp::{
-    Ack, ByeReason, DecodeError, DeviceFrame, ErrorCode, ErrorFrame, Event, Frame as _, FrameType, Pong, ServerFrame,
-    UploadBegin, UploadEnd,
+use crate::error::{DecodeError, ErrorCode};
+use crate::frame::{
+    Ack, ByeReason, DeviceFrame, ErrorFrame, Event, Frame as _, FrameType, Pong, ServerFrame, UploadBegin, UploadEnd,
 };
 
 /// What the session's rules ask of event storage at the moment a frame
 /// is handled.
 pub trait EventStore {
+    /// One event's room in the store, from [`EventStore::admit`] until the
+    /// event is durable (or dropped, which gives the room back).
+    type Permit;
     /// Highest event id of this session that is durable.
     fn durable_event_id(&self) -> u64;
-    /// This session's events handed to the pipeline, not yet durable.
+    /// This session's events handed to storage, not yet durable.
     fn pending_events(&self) -> u32;
-    /// Reserves the pipeline's room for one event; `false` when it is
-    /// full. Every `true` is followed by a [`Step::Store`] of the event.
-    fn admit(&self) -> bool;
+    /// Room for one more event, if the store has it.
+    fn admit(&self) -> Option<Self::Permit>;
+}
+
+/// Why an event is refused. Never fatal: CWP/1 §4 has the device keep it
+/// and send it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRefusal {
+    /// `OUT_OF_ORDER`: ids must increase on a connection.
+    OutOfOrder {
+        /// The refused id.
+        id: u64,
+        /// The highest id accepted on this connection.
+        last: u64,
+    },
+    /// `BUSY`: the device has `EVENT_WINDOW` events unacknowledged.
+    WindowFull,
+    /// `BUSY`: the server holds as many events awaiting storage as it may.
+    StoreFull,
+    /// `BUSY`: an earlier event was refused and must be sent again first,
+    /// or a later cumulative `ACK` would cover it.
+    RefusedFirst {
+        /// The lowest refused id not sent again yet, if known.
+        first: Option<u64>,
+    },
+}
+
+impl EventRefusal {
+    /// The code CWP/1 §4 gives this refusal.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Self::OutOfOrder { .. } => ErrorCode::OUT_OF_ORDER,
+            Self::WindowFull | Self::StoreFull | Self::RefusedFirst { .. } => ErrorCode::BUSY,
+        }
+    }
+}
+
+impl std::fmt::Display for EventRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OutOfOrder { id, last } => write!(f, "event id {id} <= {last}"),
+            Self::WindowFull => f.write_str("event window full: wait for ACK"),
+            Self::StoreFull => f.write_str("server cannot store now, retry later"),
+            Self::RefusedFirst { first: Some(first) } => write!(f, "event {first} was refused: send it again first"),
+            Self::RefusedFirst { first: None } => f.write_str("earlier events were refused: send them again first"),
+        }
+    }
+}
+
+/// Why a session ends with a fatal `ERROR`: the device broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// The receive buffer holds bytes that are not CWP/1 (CWP/1 §1: the
+    /// byte stream can no longer be trusted).
+    Undecodable(DecodeError),
+    /// `UNEXPECTED`: a frame this state does not allow.
+    Unexpected {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// Why, for the device's log.
+        reason: &'static str,
+    },
+}
+
+impl Violation {
+    /// The code CWP/1 §4 gives this violation (always fatal).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Undecodable(err) => err.code(),
+            Self::Unexpected { .. } => ErrorCode::UNEXPECTED,
+        }
+    }
+
+    /// The frame the `ERROR` refers to.
+    pub fn ref_type(&self) -> FrameType {
+        match self {
+            Self::Undecodable(err) => err.ref_type(),
+            Self::Unexpected { ref_type, .. } => *ref_type,
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Undecodable(err) => err.fmt(f),
+            Self::Unexpected { reason, .. } => f.write_str(reason),
+        }
+    }
 }
 
 /// How an established session ends.
@@ -35,12 +127,12 @@ pub enum Ending {
     Quiet,
     /// Send `BYE` with this reason and delay, after flushing acks.
     Bye(ByeReason, u32),
-    /// Send this fatal `ERROR` and close.
-    Fatal(ErrorFrame),
+    /// Send the fatal `ERROR` for this violation and close.
+    Fatal(Violation),
 }
 
-/// An upload frame, served by [`crate::upload`] (it needs the disk and the
-/// bridge).
+/// An upload frame, served by the server's upload store (it needs the disk
+/// and the event store).
 #[derive(Debug)]
 pub enum UploadFrame {
     /// `UPLOAD_BEGIN`
@@ -51,28 +143,30 @@ pub enum UploadFrame {
     End(UploadEnd),
 }
 
-/// What one device frame calls for.
+/// What one device frame calls for. `P` is the store's
+/// [`EventStore::Permit`].
 #[derive(Debug)]
-pub enum Step {
+pub enum Step<P> {
     /// Nothing to answer.
     Nothing,
-    /// Send this frame; the session goes on. Errors sent this way are
-    /// never fatal.
+    /// Send this frame; the session goes on.
     Send(ServerFrame),
+    /// Refuse the event with this non-fatal `ERROR`; the session goes on.
+    Refuse(EventRefusal),
     /// A resend of an event that is already durable (its `ACK` was lost):
     /// send this `ACK` again, store nothing.
     Duplicate(Ack),
-    /// The event was admitted: hand it to the pipeline.
-    Store(Event),
+    /// The event was admitted: store it, with the room it was given.
+    Store(Event, P),
     /// Serve this upload frame.
     Upload(UploadFrame),
     /// The session ends.
     End(Ending),
 }
 
-/// One established session's protocol state.
+/// One established session's protocol state, on the server's side.
 #[derive(Debug)]
-pub struct Session {
+pub struct ServerSession {
     /// Highest event id accepted on this connection (ids must increase).
     last_event_id: u64,
     /// Events refused with `BUSY` and not yet sent again, if any. Until they
@@ -88,9 +182,9 @@ pub struct Session {
     ended: bool,
 }
 
-impl Session {
+impl ServerSession {
     /// A session whose events are durable up to `durable_event_id` (what
-    /// the bridge said at registration), with `WELCOME`'s `event_window`.
+    /// the server said in `WELCOME`), with `WELCOME`'s `event_window`.
     pub fn new(durable_event_id: u64, event_window: u16) -> Self {
         Self {
             last_event_id: 0,
@@ -108,7 +202,7 @@ impl Session {
 
     /// The next frame the device sent. After a step that ended the session,
     /// every frame is ignored ([`Step::Nothing`]).
-    pub fn on_frame(&mut self, frame: DeviceFrame, store: &impl EventStore) -> Step {
+    pub fn on_frame<S: EventStore>(&mut self, frame: DeviceFrame, store: &S) -> Step<S::Permit> {
         if self.ended {
             return Step::Nothing;
         }
@@ -134,13 +228,13 @@ impl Session {
 
     /// The receive buffer holds bytes that are not CWP/1: the session ends
     /// with the error that says why.
-    pub fn on_undecodable(&mut self, err: &DecodeError) -> Ending {
+    pub fn on_undecodable(&mut self, err: DecodeError) -> Ending {
         self.ended = true;
-        Ending::Fatal(decode_error_frame(err))
+        Ending::Fatal(Violation::Undecodable(err))
     }
 
-    /// An upload frame failed fatally, or the connection did: the session
-    /// ends, nothing after it is handled.
+    /// Something outside the rules (a failed upload frame, the connection)
+    /// ended the session: nothing after it is handled.
     pub fn end(&mut self, ending: Ending) -> Ending {
         self.ended = true;
         ending
@@ -159,11 +253,13 @@ impl Session {
     }
 
     /// CWP/1 §3 Events.
-    fn on_event(&mut self, event: Event, store: &impl EventStore) -> Step {
+    fn on_event<S: EventStore>(&mut self, event: Event, store: &S) -> Step<S::Permit> {
         let id = event.event_id;
         if id <= self.last_event_id {
-            let message = format!("event id {id} <= {}", self.last_event_id);
-            return refuse(ErrorCode::OUT_OF_ORDER, &message);
+            return Step::Refuse(EventRefusal::OutOfOrder {
+                id,
+                last: self.last_event_id,
+            });
         }
         let durable = store.durable_event_id();
         if id <= durable {
@@ -172,32 +268,50 @@ impl Session {
             return Step::Duplicate(Ack { event_id: durable });
         }
         if let Some(refused) = &mut self.refused
-            && let Some(message) = refused.out_of_turn(id)
+            && let Some(refusal) = refused.out_of_turn(id)
         {
-            return refuse(ErrorCode::BUSY, &message);
+            return Step::Refuse(refusal);
         }
-        // The window is checked before the pipeline is asked: `admit`
-        // reserves room that only a stored event gives back.
-        let refusal = if store.pending_events() >= u32::from(self.window) {
-            Some("event window full: wait for ACK")
-        } else if !store.admit() {
-            Some("server cannot store now, retry later")
+        // The window is checked before the store is asked: a permit is
+        // room that only a stored event gives back.
+        let admitted = if store.pending_events() >= u32::from(self.window) {
+            Err(EventRefusal::WindowFull)
         } else {
-            None
+            store.admit().ok_or(EventRefusal::StoreFull)
         };
-        if let Some(message) = refusal {
-            match &mut self.refused {
-                Some(refused) => refused.refuse(id),
-                None => self.refused = Some(Box::new(Refused::new(id))),
+        let permit = match admitted {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                match &mut self.refused {
+                    Some(refused) => refused.refuse(id),
+                    None => self.refused = Some(Box::new(Refused::new(id))),
+                }
+                return Step::Refuse(refusal);
             }
-            return refuse(ErrorCode::BUSY, message);
-        }
+        };
         if self.refused.as_mut().is_some_and(|refused| refused.stored(id)) {
             self.refused = None;
         }
         self.last_event_id = id;
-        Step::Store(event)
+        Step::Store(event, permit)
     }
+}
+
+/// The `ERROR` frame of an event refusal (non-fatal, about an `EVENT`).
+pub fn refusal_frame(refusal: EventRefusal) -> ErrorFrame {
+    ErrorFrame::new(refusal.code(), FrameType::EVENT, &refusal.to_string())
+}
+
+/// The fatal `ERROR` frame of a violation.
+pub fn violation_frame(violation: &Violation) -> ErrorFrame {
+    ErrorFrame::new(violation.code(), violation.ref_type(), &violation.to_string())
+}
+
+fn unexpected<P>(frame: &DeviceFrame, reason: &'static str) -> Step<P> {
+    Step::End(Ending::Fatal(Violation::Unexpected {
+        ref_type: frame.frame_type(),
+        reason,
+    }))
 }
 
 /// The events of one connection refused with `BUSY` and not stored since.
@@ -226,16 +340,13 @@ impl Refused {
 
     /// Why `id` must wait, if it must: it is above the refused range, or
     /// skips its lowest id.
-    fn out_of_turn(&mut self, id: u64) -> Option<String> {
+    fn out_of_turn(&mut self, id: u64) -> Option<EventRefusal> {
         if id > self.last {
             self.last = id;
-            let first = self
-                .first
-                .map_or_else(|| "earlier events".to_owned(), |first| format!("event {first}"));
-            return Some(format!("{first} was refused: send it again first"));
+            return Some(EventRefusal::RefusedFirst { first: self.first });
         }
         match self.first {
-            Some(first) if id > first => Some(format!("event {first} was refused: send it again first")),
+            Some(first) if id > first => Some(EventRefusal::RefusedFirst { first: Some(first) }),
             _ => None,
         }
     }
@@ -257,29 +368,12 @@ impl Refused {
     }
 }
 
-/// The fatal `ERROR` for bytes that are not CWP/1.
-pub fn decode_error_frame(err: &DecodeError) -> ErrorFrame {
-    ErrorFrame::new(err.code(), err.ref_type(), &err.to_string())
-}
-
-fn refuse(code: ErrorCode, message: &str) -> Step {
-    Step::Send(ServerFrame::Error(ErrorFrame::new(code, FrameType::EVENT, message)))
-}
-
-fn unexpected(frame: &DeviceFrame, message: &str) -> Step {
-    Step::End(Ending::Fatal(ErrorFrame::new(
-        ErrorCode::UNEXPECTED,
-        frame.frame_type(),
-        message,
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
 
+    use crate::{Auth, AuthMac, Block, DeviceBye, FileAck, FileAckStatus, FileId, Ping};
     use bytes::Bytes;
-    use cwp::{Auth, AuthMac, Block, DeviceBye, FileAck, FileAckStatus, FileId, Ping};
 
     use super::*;
 
@@ -292,6 +386,8 @@ mod tests {
     }
 
     impl EventStore for Storage {
+        type Permit = ();
+
         fn durable_event_id(&self) -> u64 {
             self.durable.get()
         }
@@ -300,8 +396,8 @@ mod tests {
             self.pending.get()
         }
 
-        fn admit(&self) -> bool {
-            !self.full.get()
+        fn admit(&self) -> Option<()> {
+            (!self.full.get()).then_some(())
         }
     }
 
@@ -316,17 +412,20 @@ mod tests {
 
     /// Sends `EVENT(id)`; a stored event counts as pending, as the pipeline
     /// counts it.
-    fn send_event(session: &mut Session, storage: &Storage, id: u64) -> Step {
+    fn send_event(session: &mut ServerSession, storage: &Storage, id: u64) -> Step<()> {
         let step = session.on_frame(event(id), storage);
-        if matches!(step, Step::Store(_)) {
+        if matches!(step, Step::Store(..)) {
             storage.pending.set(storage.pending.get() + 1);
         }
         step
     }
 
-    fn error_code(step: &Step) -> Option<ErrorCode> {
+    /// The code of a refused event's `ERROR`, which is never fatal and
+    /// always about the `EVENT`.
+    fn error_code(step: &Step<()>) -> Option<ErrorCode> {
         match step {
-            Step::Send(ServerFrame::Error(error)) => {
+            Step::Refuse(refusal) => {
+                let error = refusal_frame(*refusal);
                 assert!(!error.fatal);
                 assert_eq!(error.ref_type, FrameType::EVENT);
                 Some(error.code)
@@ -338,35 +437,35 @@ mod tests {
     #[test]
     fn event_ids_must_increase_within_a_connection() {
         let storage = Storage::default();
-        let mut session = Session::new(0, 16);
-        assert!(matches!(send_event(&mut session, &storage, 5), Step::Store(_)));
+        let mut session = ServerSession::new(0, 16);
+        assert!(matches!(send_event(&mut session, &storage, 5), Step::Store(..)));
         for id in [5, 4] {
             let step = send_event(&mut session, &storage, id);
             assert_eq!(error_code(&step), Some(ErrorCode::OUT_OF_ORDER), "event {id}");
         }
-        assert!(matches!(send_event(&mut session, &storage, 9), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 9), Step::Store(..)));
     }
 
     #[test]
     fn a_resend_of_a_stored_event_is_acknowledged_again_and_not_stored() {
         let storage = Storage::default();
         storage.durable.set(7);
-        let mut session = Session::new(7, 16);
+        let mut session = ServerSession::new(7, 16);
         match send_event(&mut session, &storage, 3) {
             Step::Duplicate(ack) => assert_eq!(ack.event_id, 7),
             other => panic!("{other:?}"),
         }
         // Acknowledged already: the loop has nothing new to say.
         assert_eq!(session.ack(7, false), None);
-        assert!(matches!(send_event(&mut session, &storage, 8), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 8), Step::Store(..)));
     }
 
     #[test]
     fn a_full_window_refuses_the_event_and_every_later_one_until_it_comes_again() {
         let storage = Storage::default();
-        let mut session = Session::new(0, 2);
-        assert!(matches!(send_event(&mut session, &storage, 1), Step::Store(_)));
-        assert!(matches!(send_event(&mut session, &storage, 2), Step::Store(_)));
+        let mut session = ServerSession::new(0, 2);
+        assert!(matches!(send_event(&mut session, &storage, 1), Step::Store(..)));
+        assert!(matches!(send_event(&mut session, &storage, 2), Step::Store(..)));
         assert_eq!(
             error_code(&send_event(&mut session, &storage, 3)),
             Some(ErrorCode::BUSY)
@@ -378,15 +477,15 @@ mod tests {
             error_code(&send_event(&mut session, &storage, 4)),
             Some(ErrorCode::BUSY)
         );
-        assert!(matches!(send_event(&mut session, &storage, 3), Step::Store(_)));
-        assert!(matches!(send_event(&mut session, &storage, 4), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 3), Step::Store(..)));
+        assert!(matches!(send_event(&mut session, &storage, 4), Step::Store(..)));
     }
 
     #[test]
     fn no_event_is_stored_above_refused_ones_until_they_all_are() {
         let storage = Storage::default();
-        let mut session = Session::new(0, 1);
-        assert!(matches!(send_event(&mut session, &storage, 6), Step::Store(_)));
+        let mut session = ServerSession::new(0, 1);
+        assert!(matches!(send_event(&mut session, &storage, 6), Step::Store(..)));
         for id in [7, 8] {
             assert_eq!(
                 error_code(&send_event(&mut session, &storage, id)),
@@ -395,42 +494,42 @@ mod tests {
         }
         storage.pending.set(0);
         storage.durable.set(6);
-        assert!(matches!(send_event(&mut session, &storage, 7), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 7), Step::Store(..)));
         storage.pending.set(0);
         // 8 was refused too: a new 9 now would be acknowledged over it.
         assert_eq!(
             error_code(&send_event(&mut session, &storage, 9)),
             Some(ErrorCode::BUSY)
         );
-        assert!(matches!(send_event(&mut session, &storage, 8), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 8), Step::Store(..)));
         storage.pending.set(0);
-        assert!(matches!(send_event(&mut session, &storage, 9), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 9), Step::Store(..)));
         storage.pending.set(0);
-        assert!(matches!(send_event(&mut session, &storage, 10), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 10), Step::Store(..)));
     }
 
     #[test]
     fn a_full_pipeline_refuses_with_busy_until_it_has_room() {
         let storage = Storage::default();
         storage.full.set(true);
-        let mut session = Session::new(0, 16);
+        let mut session = ServerSession::new(0, 16);
         assert_eq!(
             error_code(&send_event(&mut session, &storage, 1)),
             Some(ErrorCode::BUSY)
         );
         storage.full.set(false);
-        assert!(matches!(send_event(&mut session, &storage, 1), Step::Store(_)));
+        assert!(matches!(send_event(&mut session, &storage, 1), Step::Store(..)));
     }
 
     #[test]
     fn acks_are_cumulative_and_sent_when_they_say_something_new() {
-        let mut session = Session::new(4, 16);
+        let mut session = ServerSession::new(4, 16);
         assert_eq!(session.ack(4, false), None, "WELCOME said 4 already");
         assert_eq!(session.ack(6, false), Some(Ack { event_id: 6 }));
         assert_eq!(session.ack(6, false), None);
         assert_eq!(session.ack(6, true), Some(Ack { event_id: 6 }));
         assert_eq!(
-            Session::new(0, 16).ack(0, true),
+            ServerSession::new(0, 16).ack(0, true),
             None,
             "nothing stored, nothing to acknowledge"
         );
@@ -439,7 +538,7 @@ mod tests {
     #[test]
     fn ping_is_answered_with_its_token_and_bye_ends_the_session_normally() {
         let storage = Storage::default();
-        let mut session = Session::new(0, 16);
+        let mut session = ServerSession::new(0, 16);
         match session.on_frame(DeviceFrame::Ping(Ping { token: 42 }), &storage) {
             Step::Send(ServerFrame::Pong(pong)) => assert_eq!(pong.token, 42),
             other => panic!("{other:?}"),
@@ -460,9 +559,10 @@ mod tests {
         });
         let auth = DeviceFrame::Auth(Auth { mac: AuthMac([0; 32]) });
         for (frame, ref_type) in [(auth, FrameType::AUTH), (file_ack, FrameType::FILE_ACK)] {
-            let mut session = Session::new(0, 16);
+            let mut session = ServerSession::new(0, 16);
             match session.on_frame(frame, &Storage::default()) {
-                Step::End(Ending::Fatal(error)) => {
+                Step::End(Ending::Fatal(violation)) => {
+                    let error = violation_frame(&violation);
                     assert_eq!(
                         (error.code, error.fatal, error.ref_type),
                         (ErrorCode::UNEXPECTED, true, ref_type)
@@ -476,9 +576,9 @@ mod tests {
     #[test]
     fn nothing_is_handled_after_the_session_ended() {
         let storage = Storage::default();
-        let mut session = Session::new(0, 16);
-        let ending = session.on_undecodable(&DecodeError::BadVersion { found: 9 });
-        assert!(matches!(ending, Ending::Fatal(error) if error.fatal));
+        let mut session = ServerSession::new(0, 16);
+        let ending = session.on_undecodable(DecodeError::BadVersion { found: 9 });
+        assert!(matches!(&ending, Ending::Fatal(violation) if violation_frame(violation).fatal));
         for frame in [
             event(1),
             DeviceFrame::Ping(Ping { token: 1 }),

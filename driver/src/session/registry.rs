@@ -53,7 +53,7 @@ struct Mailbox {
     commands: Vec<Command>,
     /// Set once; the connection ends as soon as it sees it.
     close: Option<CloseRequest>,
-    /// The idle sweep asks a quiet session to park ([`crate::park`]).
+    /// The idle sweep asks a quiet session to park ([`super::park`]).
     park: bool,
 }
 
@@ -71,7 +71,7 @@ pub struct SessionHandle {
     /// Events handed to the pipeline and not yet confirmed durable.
     pending_events: AtomicU32,
     /// When the device was last heard from, on [`monotonic_ms`]'s clock.
-    /// Read by the idle sweep ([`crate::idle`]), so that no session needs
+    /// Read by the idle sweep ([`super::idle`]), so that no session needs
     /// a timer of its own.
     heard_ms: AtomicU64,
     mailbox: Mutex<Mailbox>,
@@ -82,7 +82,7 @@ pub struct SessionHandle {
     /// parked, the park's waker for it.
     waiter: AtomicWaker,
     /// Whether the session is parked: it has no task, the park holds its
-    /// socket ([`crate::park`]).
+    /// socket ([`super::park`]).
     parked: AtomicBool,
 }
 
