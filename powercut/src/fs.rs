@@ -305,9 +305,11 @@ impl State {
 
     /// The pending state of a regular file, started over its backing length.
     fn pending(&mut self, ino: u64) -> Outcome<&mut Pending> {
-        let durable_len = self.data(ino)?.metadata()?.len();
-        let inode = self.inode_mut(ino)?;
-        Ok(inode.pending.get_or_insert_with(|| Pending::new(durable_len)))
+        if self.inode(INodeNo(ino))?.pending.is_none() {
+            let durable_len = self.data(ino)?.metadata()?.len();
+            self.inode_mut(ino)?.pending = Some(Pending::new(durable_len));
+        }
+        Ok(self.inode_mut(ino)?.pending.as_mut().ok_or(Errno::EIO)?)
     }
 
     /// The file handle `fh`, unless a cut made it stale.
@@ -326,9 +328,14 @@ impl State {
 
     fn open_file(&mut self, ino: u64, flags: i32) -> Outcome<FileHandle> {
         let oflags = OFlags::from_bits_retain(flags as u32);
-        self.data(ino)?;
+        let durable_len = self.data(ino)?.metadata()?.len();
         if oflags.contains(OFlags::TRUNC) {
-            self.pending(ino)?.truncate(0);
+            let inode = self.inode_mut(ino)?;
+            let len = inode.pending.as_ref().map_or(durable_len, Pending::len);
+            // Nothing to hold back for an empty (say, just created) file.
+            if len > 0 {
+                self.pending(ino)?.truncate(0);
+            }
         }
         self.inode_mut(ino)?.open += 1;
         let fh = self.next_handle;
@@ -386,33 +393,31 @@ impl State {
         Ok(buf)
     }
 
-    fn setattr(
-        &mut self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        times: (Option<TimeOrNow>, Option<TimeOrNow>),
-        fh: Option<FileHandle>,
-    ) -> Outcome<FileAttr> {
+    fn setattr(&mut self, ino: u64, change: AttrChange, fh: Option<FileHandle>) -> Outcome<FileAttr> {
         if let Some(fh) = fh {
             self.live_file(fh)?;
         }
         let proc = proc_path(&self.inode(INodeNo(ino))?.path);
         // Modes, owners and times are metadata: applied to the backing
         // inode at once, like namespace changes.
+        let AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = change;
         if let Some(mode) = mode {
             rustix::fs::chmodat(CWD, &proc, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())?;
         }
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::chown(&proc, uid, gid)?;
         }
-        if let (None, None) = times {
-        } else {
+        if atime.is_some() || mtime.is_some() {
             let timestamps = Timestamps {
-                last_access: timespec(times.0),
-                last_modification: timespec(times.1),
+                last_access: timespec(atime),
+                last_modification: timespec(mtime),
             };
             rustix::fs::utimensat(CWD, &proc, &timestamps, AtFlags::empty())?;
         }
@@ -534,6 +539,17 @@ impl State {
 
 type CreateResult = Outcome<(FileAttr, FileHandle)>;
 
+/// What a SETATTR request changes (`None`: leave as it is).
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// A truncation or extension: file data, held until fsync.
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 /// An operation's result, failed with the errno the kernel passes on.
 type Outcome<T> = Result<T, Fail>;
 
@@ -651,10 +667,15 @@ impl Filesystem for PassThrough {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result = self
-            .shared
-            .lock()
-            .setattr(ino.0, mode, uid, gid, size, (atime, mtime), fh);
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        let result = self.shared.lock().setattr(ino.0, change, fh);
         reply!(reply, result, |attr| reply.attr(&TTL, &attr));
     }
 

@@ -144,10 +144,12 @@ impl Redis {
         }
     }
 
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .and_then(|c| c.get_connection())
-            .expect("connecting to the test's redis-server")
+        connect(&self.url())
     }
 
     /// `kill -9`, and waits until it is gone.
@@ -171,6 +173,13 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// A connection to the Redis at `url`.
+pub fn connect(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connecting to the test's redis-server")
 }
 
 fn free_port() -> u16 {
