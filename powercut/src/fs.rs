@@ -105,11 +105,14 @@ enum Handle {
 impl Shared {
     /// The state for a mount of the backing directory `backing`.
     pub(crate) fn new(backing: &Path) -> io::Result<Arc<Shared>> {
-        let path = open_path(CWD, backing)?;
+        // Following a symbolic link here (unlike inside the filesystem).
+        let path = File::from(rustix::fs::openat(
+            CWD,
+            backing,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
         let meta = path.metadata()?;
-        if !meta.is_dir() {
-            return Err(io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error()));
-        }
         let root = Inode {
             path,
             backing: (meta.dev(), meta.ino()),
@@ -338,18 +341,19 @@ impl State {
             }
         }
         self.inode_mut(ino)?.open += 1;
+        Ok(self.new_handle(Handle::File {
+            ino,
+            epoch: self.epoch,
+            // O_SYNC is O_DSYNC plus a bit on Linux: DSYNC covers both.
+            sync_writes: oflags.contains(OFlags::DSYNC),
+        }))
+    }
+
+    fn new_handle(&mut self, handle: Handle) -> FileHandle {
         let fh = self.next_handle;
         self.next_handle += 1;
-        self.handles.insert(
-            fh,
-            Handle::File {
-                ino,
-                epoch: self.epoch,
-                // O_SYNC is O_DSYNC plus a bit on Linux: DSYNC covers both.
-                sync_writes: oflags.contains(OFlags::DSYNC),
-            },
-        );
-        Ok(FileHandle(fh))
+        self.handles.insert(fh, handle);
+        FileHandle(fh)
     }
 
     /// fsync: writes the file's pending data to the backing file and syncs
@@ -444,7 +448,14 @@ impl State {
         self.attr(ino)
     }
 
-    fn create(&mut self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, flags: i32) -> CreateResult {
+    fn create(
+        &mut self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Outcome<(FileAttr, FileHandle)> {
         let oflags = OFlags::from_bits_retain(flags as u32);
         let mut create = OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         if oflags.contains(OFlags::EXCL) {
@@ -530,14 +541,9 @@ impl State {
             let kind = file_type(&entry.file_type()?);
             entries.push((entry.ino(), kind, entry.file_name()));
         }
-        let fh = self.next_handle;
-        self.next_handle += 1;
-        self.handles.insert(fh, Handle::Dir { entries });
-        Ok(FileHandle(fh))
+        Ok(self.new_handle(Handle::Dir { entries }))
     }
 }
-
-type CreateResult = Outcome<(FileAttr, FileHandle)>;
 
 /// What a SETATTR request changes (`None`: leave as it is).
 struct AttrChange {

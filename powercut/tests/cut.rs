@@ -69,6 +69,25 @@ fn only_the_synced_prefix_survives_a_cut() {
 }
 
 #[test]
+fn a_write_through_an_o_dsync_handle_survives_a_cut() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rig = Rig::new();
+    let dsync = rustix::fs::OFlags::DSYNC.bits() as i32;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(dsync)
+        .open(rig.path("f"))
+        .unwrap();
+    f.write_all(b"synced as written").unwrap();
+
+    rig.mount().cut_power();
+
+    assert_eq!(contents(&rig.path("f")), b"synced as written");
+}
+
+#[test]
 fn a_rename_after_fsync_survives_a_cut() {
     // Redis's manifest, an upload completed: write a temporary file, fsync
     // it, rename it over the real name.
@@ -211,4 +230,14 @@ fn an_unlinked_file_keeps_its_data_while_open() {
         fs::metadata(rig.path("f")).map_err(|e| e.kind()).err(),
         Some(ErrorKind::NotFound)
     );
+}
+
+#[test]
+fn mounting_over_a_missing_backing_directory_says_so() {
+    let mountpoint = tempfile::tempdir().unwrap();
+    let missing = mountpoint.path().join("no-such-disk");
+
+    let error = drover_powercut::PowerCutFs::mount(&missing, mountpoint.path()).unwrap_err();
+
+    assert!(matches!(error, drover_powercut::Error::Backing { .. }), "{error}");
 }
