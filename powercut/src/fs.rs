@@ -1,6 +1,8 @@
 //! The FUSE filesystem: every operation passes through to the backing
-//! directory at once, except file contents, which wait in [`Pending`] until
-//! that file is fsynced (README.md, "What survives a cut").
+//! directory at once; file contents wait in [`Pending`] until that file is
+//! fsynced, and namespace changes are kept in the [`Journal`] until a
+//! directory fsync, so that a cut can undo them (README.md, "What survives
+//! a cut").
 //!
 //! One mutex guards the whole state. fuser runs one request loop thread, so
 //! the only contention is a power cut or an unmount from the test's thread;
@@ -24,6 +26,7 @@ use fuser::{
 };
 use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
 
+use crate::journal::{GRAVEYARD, Journal};
 use crate::pending::Pending;
 
 /// How long the kernel may cache an entry or attributes: not at all, so that
@@ -41,6 +44,9 @@ pub struct Cut {
     /// Open file handles made stale: every later read, write, fsync or close
     /// through them fails with EIO.
     pub stale_handles: usize,
+    /// Namespace changes (creations, removals, renames) undone because no
+    /// directory fsync had committed them.
+    pub namespace_changes: usize,
 }
 
 /// The state shared by the FUSE thread and the [`Mount`](crate::Mount).
@@ -69,6 +75,8 @@ struct State {
     next_handle: u64,
     /// Power cuts so far; a file handle opened before the latest is stale.
     epoch: u64,
+    /// Namespace changes no directory fsync has committed yet.
+    journal: Journal,
 }
 
 #[derive(Debug)]
@@ -113,6 +121,7 @@ impl Shared {
             Mode::empty(),
         )?);
         let meta = path.metadata()?;
+        let journal = Journal::open(&path)?;
         let root = Inode {
             path,
             backing: (meta.dev(), meta.ino()),
@@ -129,6 +138,7 @@ impl Shared {
             handles: HashMap::new(),
             next_handle: 1,
             epoch: 0,
+            journal,
         };
         state.by_backing.insert(root.backing, INodeNo::ROOT.0);
         state.inodes.insert(INodeNo::ROOT.0, root);
@@ -148,7 +158,10 @@ impl Shared {
     pub(crate) fn cut_power(&self) -> Cut {
         let mut state = self.lock();
         state.epoch += 1;
-        let mut cut = Cut::default();
+        let mut cut = Cut {
+            namespace_changes: state.journal.undo(),
+            ..Cut::default()
+        };
         for inode in state.inodes.values_mut() {
             if let Some(pending) = inode.pending.take() {
                 cut.files += 1;
@@ -160,10 +173,7 @@ impl Shared {
             .values()
             .filter(|h| matches!(h, Handle::File { .. }))
             .count();
-        let unused: Vec<u64> = state.inodes.keys().copied().collect();
-        for ino in unused {
-            state.forget_if_unused(ino);
-        }
+        state.sweep();
         cut
     }
 
@@ -178,10 +188,11 @@ impl Shared {
             .sum()
     }
 
-    /// Writes every file's unsynced data to the backing directory, as a
-    /// clean unmount does.
+    /// Writes every file's unsynced data to the backing directory and
+    /// commits every namespace change, as a clean unmount does.
     pub(crate) fn sync_all(&self) -> io::Result<()> {
         let mut state = self.lock();
+        state.journal.commit();
         let dirty: Vec<u64> = state
             .inodes
             .iter()
@@ -193,7 +204,14 @@ impl Shared {
                 .sync(ino, false)
                 .map_err(|Fail(e)| io::Error::from_raw_os_error(e.code()))?;
         }
+        state.sweep();
         Ok(())
+    }
+
+    /// Removes the hidden graveyard from the backing directory, once
+    /// unmounted.
+    pub(crate) fn remove_graveyard(&self) {
+        self.lock().journal.remove_graveyard();
     }
 }
 
@@ -258,6 +276,15 @@ impl State {
         let backing = inode.backing;
         self.by_backing.remove(&backing);
         self.inodes.remove(&ino);
+    }
+
+    /// Applies [`forget_if_unused`](Self::forget_if_unused) to every inode,
+    /// after a cut or a commit changed which files are linked.
+    fn sweep(&mut self) {
+        let all: Vec<u64> = self.inodes.keys().copied().collect();
+        for ino in all {
+            self.forget_if_unused(ino);
+        }
     }
 
     /// The attributes the kernel sees: the backing inode's, with the length
@@ -442,7 +469,18 @@ impl State {
         Ok(())
     }
 
+    /// Fails with EPERM if `name` in `parent` is the hidden graveyard.
+    fn not_graveyard(&self, parent: INodeNo, name: &OsStr) -> Outcome<()> {
+        if self.journal.is_graveyard(&self.inode(parent)?.path, name) {
+            return Err(Errno::EPERM.into());
+        }
+        Ok(())
+    }
+
     fn lookup(&mut self, parent: INodeNo, name: &OsStr) -> Outcome<FileAttr> {
+        if self.journal.is_graveyard(&self.inode(parent)?.path, name) {
+            return Err(Errno::ENOENT.into());
+        }
         let path = open_path(&self.inode(parent)?.path, name)?;
         let ino = self.remember(path)?;
         self.attr(ino)
@@ -461,7 +499,10 @@ impl State {
         if oflags.contains(OFlags::EXCL) {
             create |= OFlags::EXCL;
         }
-        let parent_path = &self.inode(parent)?.path;
+        self.not_graveyard(parent, name)?;
+        // A descriptor of our own: the journal below needs `self` mutably.
+        let parent_path = &self.inode(parent)?.path.try_clone()?;
+        let existed = rustix::fs::statat(parent_path, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
         let file = File::from(rustix::fs::openat(
             parent_path,
             name,
@@ -469,8 +510,11 @@ impl State {
             Mode::from_raw_mode(mode & 0o7777),
         )?);
         Self::chown_to_caller(&file, req)?;
-        // The new name is on the backing disk at once; its contents are
-        // empty there until fsync.
+        // The new name is on the backing disk at once, until a cut undoes
+        // it; its contents are empty there until fsync.
+        if !existed {
+            self.journal.created(parent_path, name, false)?;
+        }
         let path = open_path(parent_path, name)?;
         let ino = self.remember(path)?;
         let inode = self.inode_mut(ino)?;
@@ -482,8 +526,10 @@ impl State {
     }
 
     fn mkdir(&mut self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32) -> Outcome<FileAttr> {
-        let parent_path = &self.inode(parent)?.path;
+        self.not_graveyard(parent, name)?;
+        let parent_path = &self.inode(parent)?.path.try_clone()?;
         rustix::fs::mkdirat(parent_path, name, Mode::from_raw_mode(mode & 0o7777))?;
+        self.journal.created(parent_path, name, true)?;
         let path = open_path(parent_path, name)?;
         Self::chown_to_caller(&path, req)?;
         let ino = self.remember(path)?;
@@ -499,8 +545,10 @@ impl State {
     }
 
     fn unlink(&mut self, parent: INodeNo, name: &OsStr, flags: AtFlags) -> Outcome<()> {
+        self.not_graveyard(parent, name)?;
         let known = self.known_child(parent, name)?;
-        rustix::fs::unlinkat(&self.inode(parent)?.path, name, flags)?;
+        let parent_path = self.inode(parent)?.path.try_clone()?;
+        self.journal.remove(&parent_path, name, flags)?;
         if let Some(ino) = known {
             self.forget_if_unused(ino);
         }
@@ -517,11 +565,15 @@ impl State {
     ) -> Outcome<()> {
         // The renamed inode keeps its FUSE number and so its pending data;
         // the one it replaces may now be unreachable.
+        self.not_graveyard(parent, name)?;
+        self.not_graveyard(new_parent, new_name)?;
         let replaced = self.known_child(new_parent, new_name)?;
-        rustix::fs::renameat_with(
-            &self.inode(parent)?.path,
+        let from_dir = self.inode(parent)?.path.try_clone()?;
+        let to_dir = self.inode(new_parent)?.path.try_clone()?;
+        self.journal.rename(
+            &from_dir,
             name,
-            &self.inode(new_parent)?.path,
+            &to_dir,
             new_name,
             rustix::fs::RenameFlags::from_bits_retain(flags.bits()),
         )?;
@@ -538,6 +590,9 @@ impl State {
         ];
         for entry in std::fs::read_dir(proc_path(&self.inode(ino)?.path))? {
             let entry = entry?;
+            if ino == INodeNo::ROOT && entry.file_name() == GRAVEYARD {
+                continue;
+            }
             let kind = file_type(&entry.file_type()?);
             entries.push((entry.ino(), kind, entry.file_name()));
         }
@@ -595,7 +650,7 @@ fn open_path(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<File> {
 
 /// `/proc/self/fd/N`: opens, chmods and lists the inode an O_PATH
 /// descriptor refers to, as libfuse's passthrough_ll does.
-fn proc_path(file: &File) -> PathBuf {
+pub(crate) fn proc_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
@@ -827,9 +882,11 @@ impl Filesystem for PassThrough {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Namespace changes are already on the backing directory (and
-        // survive a cut); sync it there too, as fsync does for files.
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
+        // The journal commits every namespace change so far (README.md:
+        // "an ordered metadata journal"), not only this directory's.
+        state.journal.commit();
+        state.sweep();
         let result = state.inode(ino).and_then(|inode| {
             let dir = File::open(proc_path(&inode.path))?;
             Ok(dir.sync_all()?)

@@ -103,10 +103,11 @@ impl PowerCutFs {
 
 impl Mount {
     /// Cuts the power: every write and truncation not yet fsynced is
-    /// discarded at once, and every open file handle becomes stale (its
-    /// reads, writes, fsyncs and close fail with EIO). The mount stays
-    /// usable: files opened from now on see only what was synced, as after
-    /// a reboot. Kill the processes using the mount first (`kill -9`), then
+    /// discarded at once, every creation, rename and removal no directory
+    /// fsync has committed is undone, and every open file handle becomes
+    /// stale (its reads, writes, fsyncs and close fail with EIO). The mount
+    /// stays usable: files opened from now on see only what was synced, as
+    /// after a reboot. Kill the processes using the mount first (`kill -9`), then
     /// cut, as a real power cut stops both at the same instant.
     pub fn cut_power(&self) -> Cut {
         self.shared.cut_power()
@@ -139,8 +140,10 @@ impl Mount {
     }
 
     /// A clean shutdown: writes every file's unsynced data to the backing
-    /// directory (as `umount` writes back dirty pages), then unmounts and
-    /// waits for the FUSE thread. To lose unsynced data, cut the power
+    /// directory and commits every namespace change (as `umount` writes back
+    /// dirty pages and commits the journal), then unmounts, waits for the
+    /// FUSE thread and removes the hidden graveyard from the backing
+    /// directory. To lose unsynced data, cut the power
     /// first. While a process still has a file or directory open on the
     /// mount, the kernel refuses ([`Error::Unmount`], EBUSY) and the mount is
     /// detached lazily instead: it disappears from the namespace now and
@@ -161,7 +164,9 @@ impl Mount {
             path: self.mountpoint.clone(),
             source,
         });
-        if unmounted.is_err() {
+        if unmounted.is_ok() {
+            self.shared.remove_graveyard();
+        } else {
             // The FUSE thread is detached and goes on serving the processes
             // still using the mount; the kernel ends the session, and the
             // thread, when the last of them closes its files.

@@ -1,21 +1,50 @@
 //! What survives a power cut, file by file, through the real kernel
-//! (README.md, "What survives a cut").
+//! (README.md, "What survives a cut"). A file's contents need an fsync of
+//! the file; its name (created, renamed, removed) needs an fsync of a
+//! directory.
 
 mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
 
 use support::Rig;
 
-fn contents(path: &std::path::Path) -> Vec<u8> {
+fn contents(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn exists(path: &Path) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => false,
+        Err(e) => panic!("stat {}: {e}", path.display()),
+    }
+}
+
+/// Commits every namespace change so far, as the upload store's `sync_dir`
+/// and Redis's `fsyncFileDir` do.
+fn sync_dir(dir: &Path) {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .unwrap_or_else(|e| panic!("fsync of directory {}: {e}", dir.display()));
+}
+
+/// Writes `name`, fsyncs it and its directory: durable, contents and name.
+fn write_durably(rig: &Rig, name: &str, bytes: &[u8]) {
+    let path = rig.path(name);
+    File::create(&path)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    sync_dir(path.parent().expect("a file in a directory"));
 }
 
 #[test]
 fn a_write_without_fsync_is_gone_after_a_cut() {
     let rig = Rig::new();
     fs::write(rig.path("f"), b"never synced").unwrap();
+    sync_dir(&rig.path(""));
     assert_eq!(
         contents(&rig.path("f")),
         b"never synced",
@@ -27,7 +56,7 @@ fn a_write_without_fsync_is_gone_after_a_cut() {
 
     assert_eq!((cut.files, cut.bytes), (1, 12));
     assert_eq!(rig.mount().pending_bytes(), 0);
-    // The name was created on the disk at once; its contents never were.
+    // Its name was committed by the directory fsync; its contents never were.
     assert_eq!(contents(&rig.path("f")), b"");
 }
 
@@ -38,6 +67,7 @@ fn a_write_with_fsync_survives_a_cut() {
     f.write_all(b"synced").unwrap();
     f.sync_data().unwrap();
     drop(f);
+    sync_dir(&rig.path(""));
     assert_eq!(
         contents(&rig.on_disk("f")),
         b"synced",
@@ -46,14 +76,29 @@ fn a_write_with_fsync_survives_a_cut() {
 
     let cut = rig.mount().cut_power();
 
-    assert_eq!(cut.bytes, 0);
+    assert_eq!((cut.bytes, cut.namespace_changes), (0, 0));
     assert_eq!(contents(&rig.path("f")), b"synced");
+}
+
+#[test]
+fn a_file_fsynced_in_a_directory_never_fsynced_is_gone_after_a_cut() {
+    let rig = Rig::new();
+    let mut f = File::create(rig.path("f")).unwrap();
+    f.write_all(b"synced, but nameless").unwrap();
+    f.sync_all().unwrap();
+
+    let cut = rig.mount().cut_power();
+
+    assert_eq!(cut.namespace_changes, 1);
+    assert!(!exists(&rig.path("f")));
+    assert!(!exists(&rig.on_disk("f")));
 }
 
 #[test]
 fn only_the_synced_prefix_survives_a_cut() {
     let rig = Rig::new();
     let mut f = File::create(rig.path("log")).unwrap();
+    sync_dir(&rig.path(""));
     f.write_all(b"one,two,").unwrap();
     f.sync_all().unwrap();
     f.write_all(b"three,").unwrap();
@@ -80,6 +125,7 @@ fn a_write_through_an_o_dsync_handle_survives_a_cut() {
         .custom_flags(dsync)
         .open(rig.path("f"))
         .unwrap();
+    sync_dir(&rig.path(""));
     f.write_all(b"synced as written").unwrap();
 
     rig.mount().cut_power();
@@ -88,33 +134,49 @@ fn a_write_through_an_o_dsync_handle_survives_a_cut() {
 }
 
 #[test]
-fn a_rename_after_fsync_survives_a_cut() {
-    // Redis's manifest, an upload completed: write a temporary file, fsync
-    // it, rename it over the real name.
+fn a_rename_after_fsync_and_a_directory_fsync_survives_a_cut() {
+    // Redis's manifest, the upload store's meta: write a temporary file,
+    // fsync it, rename it over the real name, fsync the directory.
     let rig = Rig::new();
-    fs::write(rig.path("manifest"), b"old").unwrap();
-    File::open(rig.path("manifest")).unwrap().sync_all().unwrap();
+    write_durably(&rig, "manifest", b"old");
     let mut tmp = File::create(rig.path("temp-manifest")).unwrap();
     tmp.write_all(b"new").unwrap();
     tmp.sync_all().unwrap();
     drop(tmp);
     fs::rename(rig.path("temp-manifest"), rig.path("manifest")).unwrap();
+    sync_dir(&rig.path(""));
 
     rig.mount().cut_power();
 
     assert_eq!(contents(&rig.path("manifest")), b"new");
-    assert!(!rig.path("temp-manifest").exists());
+    assert!(!exists(&rig.path("temp-manifest")));
+}
+
+#[test]
+fn a_rename_without_a_directory_fsync_is_undone_by_a_cut() {
+    let rig = Rig::new();
+    write_durably(&rig, "manifest", b"old");
+    write_durably(&rig, "temp-manifest", b"new");
+    fs::rename(rig.path("temp-manifest"), rig.path("manifest")).unwrap();
+    assert_eq!(contents(&rig.path("manifest")), b"new");
+
+    let cut = rig.mount().cut_power();
+
+    assert_eq!(cut.namespace_changes, 1);
+    assert_eq!(contents(&rig.path("manifest")), b"old", "the replaced file is back");
+    assert_eq!(contents(&rig.path("temp-manifest")), b"new");
 }
 
 #[test]
 fn a_rename_before_fsync_leaves_an_empty_file_after_a_cut() {
-    // The classic bug this filesystem exists to catch: renaming a file into
-    // place without fsyncing it first.
+    // The classic bug: renaming a file into place without fsyncing it
+    // first. The directory fsync commits the rename; the contents were
+    // never written.
     let rig = Rig::new();
-    fs::write(rig.path("manifest"), b"old").unwrap();
-    File::open(rig.path("manifest")).unwrap().sync_all().unwrap();
+    write_durably(&rig, "manifest", b"old");
     fs::write(rig.path("temp-manifest"), b"new").unwrap();
     fs::rename(rig.path("temp-manifest"), rig.path("manifest")).unwrap();
+    sync_dir(&rig.path(""));
     assert_eq!(
         contents(&rig.path("manifest")),
         b"new",
@@ -129,9 +191,8 @@ fn a_rename_before_fsync_leaves_an_empty_file_after_a_cut() {
 #[test]
 fn a_truncation_without_fsync_is_undone_by_a_cut() {
     let rig = Rig::new();
-    let mut f = File::create(rig.path("f")).unwrap();
-    f.write_all(b"durable").unwrap();
-    f.sync_all().unwrap();
+    write_durably(&rig, "f", b"durable");
+    let f = OpenOptions::new().write(true).open(rig.path("f")).unwrap();
     f.set_len(3).unwrap();
     assert_eq!(contents(&rig.path("f")), b"dur");
 
@@ -143,9 +204,8 @@ fn a_truncation_without_fsync_is_undone_by_a_cut() {
 #[test]
 fn open_files_are_stale_after_a_cut_and_new_ones_work() {
     let rig = Rig::new();
-    let mut f = File::create(rig.path("f")).unwrap();
-    f.write_all(b"synced").unwrap();
-    f.sync_all().unwrap();
+    write_durably(&rig, "f", b"synced");
+    let mut f = OpenOptions::new().append(true).open(rig.path("f")).unwrap();
     let mut reader = File::open(rig.path("f")).unwrap();
 
     rig.mount().cut_power();
@@ -162,45 +222,122 @@ fn open_files_are_stale_after_a_cut_and_new_ones_work() {
 }
 
 #[test]
-fn directories_renames_and_unlinks_are_on_the_disk_at_once() {
-    // Namespace operations are not held back: they survive a cut without a
-    // directory fsync (README.md, "What is not modelled").
+fn the_upload_store_sequence_survives_a_cut() {
+    // Drover's upload store: each directory made durable by fsyncing its
+    // parent, bytes by fdatasync, completion by renaming into completed/
+    // and fsyncing both directories.
     let rig = Rig::new();
-    fs::create_dir(rig.path("partial")).unwrap();
-    fs::create_dir(rig.path("completed")).unwrap();
-    let mut upload = File::create(rig.path("partial/u1")).unwrap();
-    upload.write_all(b"bytes").unwrap();
-    upload.sync_data().unwrap();
-    drop(upload);
-    fs::rename(rig.path("partial/u1"), rig.path("completed/u1")).unwrap();
-    fs::write(rig.path("gone"), b"x").unwrap();
-    fs::remove_file(rig.path("gone")).unwrap();
+    for dir in ["partial", "partial/u1", "completed"] {
+        fs::create_dir(rig.path(dir)).unwrap();
+        sync_dir(rig.path(dir).parent().unwrap());
+    }
+    let mut data = File::create(rig.path("partial/u1/data")).unwrap();
+    sync_dir(&rig.path("partial/u1"));
+    data.write_all(b"bytes").unwrap();
+    data.sync_data().unwrap();
+    drop(data);
+    write_durably(&rig, "completed/u1.json", b"{}");
+    fs::rename(rig.path("partial/u1/data"), rig.path("completed/u1")).unwrap();
+    sync_dir(&rig.path("completed"));
+    sync_dir(&rig.path("partial/u1"));
+    fs::remove_dir(rig.path("partial/u1")).unwrap();
 
-    rig.mount().cut_power();
+    let cut = rig.mount().cut_power();
 
+    assert_eq!(cut.namespace_changes, 1, "only the last rmdir was uncommitted");
     assert_eq!(contents(&rig.path("completed/u1")), b"bytes");
-    assert!(!rig.path("partial/u1").exists());
-    assert!(!rig.path("gone").exists());
+    assert_eq!(contents(&rig.path("completed/u1.json")), b"{}");
+    assert!(!exists(&rig.path("partial/u1/data")));
+    assert!(rig.path("partial/u1").is_dir(), "the uncommitted rmdir is undone");
+}
+
+#[test]
+fn a_directory_fsync_commits_every_earlier_namespace_change() {
+    let rig = Rig::new();
+    write_durably(&rig, "kept", b"kept");
+    write_durably(&rig, "removed", b"removed");
+    write_durably(&rig, "moved", b"moved");
+    fs::create_dir(rig.path("empty")).unwrap();
+    sync_dir(&rig.path(""));
+
+    fs::remove_file(rig.path("removed")).unwrap();
+    fs::rename(rig.path("moved"), rig.path("elsewhere")).unwrap();
+    fs::remove_dir(rig.path("empty")).unwrap();
+    fs::create_dir(rig.path("new")).unwrap();
+    // Fsyncing "new" commits every change before it, in any directory
+    // (an ordered journal), but not the one after.
+    write_durably(&rig, "new/f", b"in a new directory");
+    fs::remove_file(rig.path("kept")).unwrap();
+
+    let cut = rig.mount().cut_power();
+
+    assert_eq!(
+        cut.namespace_changes, 1,
+        "one change came after the last directory fsync"
+    );
+    assert_eq!(contents(&rig.path("kept")), b"kept");
+    assert!(!exists(&rig.path("removed")));
+    assert_eq!(contents(&rig.path("elsewhere")), b"moved");
+    assert!(!exists(&rig.path("empty")));
+    assert_eq!(contents(&rig.path("new/f")), b"in a new directory");
+}
+
+#[test]
+fn every_kind_of_namespace_change_is_undone() {
+    let rig = Rig::new();
+    write_durably(&rig, "removed", b"removed");
+    write_durably(&rig, "moved", b"moved");
+    write_durably(&rig, "replaced", b"replaced");
+    fs::create_dir(rig.path("empty")).unwrap();
+    sync_dir(&rig.path(""));
+
+    fs::create_dir(rig.path("new")).unwrap();
+    fs::write(rig.path("new/f"), b"x").unwrap();
+    fs::remove_file(rig.path("removed")).unwrap();
+    fs::rename(rig.path("moved"), rig.path("new/moved")).unwrap();
+    fs::rename(rig.path("new/f"), rig.path("replaced")).unwrap();
+    fs::remove_dir(rig.path("empty")).unwrap();
+
+    let cut = rig.mount().cut_power();
+
+    assert_eq!(cut.namespace_changes, 6);
+    assert!(!exists(&rig.path("new")));
+    assert_eq!(contents(&rig.path("removed")), b"removed");
+    assert_eq!(contents(&rig.path("moved")), b"moved");
+    assert_eq!(contents(&rig.path("replaced")), b"replaced");
+    assert!(rig.path("empty").is_dir());
+    let mut names: Vec<_> = fs::read_dir(rig.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["empty", "moved", "removed", "replaced"],
+        "the graveyard stays hidden"
+    );
 }
 
 #[test]
 fn a_remount_after_a_cut_shows_what_was_synced() {
     let mut rig = Rig::new();
-    let mut f = File::create(rig.path("f")).unwrap();
-    f.write_all(b"synced").unwrap();
-    f.sync_all().unwrap();
+    write_durably(&rig, "f", b"synced");
+    let mut f = OpenOptions::new().append(true).open(rig.path("f")).unwrap();
     f.write_all(b" lost").unwrap();
     drop(f);
+    fs::write(rig.path("g"), b"lost with its name").unwrap();
 
     rig.mount().cut_power();
     rig.remount();
 
     assert_eq!(contents(&rig.path("f")), b"synced");
+    assert!(!exists(&rig.path("g")));
 }
 
 #[test]
-fn a_clean_unmount_writes_unsynced_data_to_the_disk() {
-    // Like umount(8), which writes back dirty pages: only a cut loses them.
+fn a_clean_unmount_writes_everything_to_the_disk() {
+    // Like umount(8), which writes back dirty pages and commits the
+    // journal: only a cut loses anything.
     let mut rig = Rig::new();
     fs::write(rig.path("f"), b"written, not synced").unwrap();
 
@@ -226,10 +363,7 @@ fn an_unlinked_file_keeps_its_data_while_open() {
     std::io::Seek::rewind(&mut f).unwrap();
     f.read_to_string(&mut read).unwrap();
     assert_eq!(read, "scratch");
-    assert_eq!(
-        fs::metadata(rig.path("f")).map_err(|e| e.kind()).err(),
-        Some(ErrorKind::NotFound)
-    );
+    assert!(!exists(&rig.path("f")));
 }
 
 #[test]
