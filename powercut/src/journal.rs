@@ -8,17 +8,19 @@
 //! restores exactly the committed namespace.
 //!
 //! Every change is made on the backing directory at once (that is what
-//! everybody sees until a cut). To be able to undo a removal, the removed
-//! file is first hard-linked into a hidden graveyard directory in the
-//! backing root; a removed (hence empty) directory is remembered by its mode
-//! and owner and made again.
+//! everybody sees until a cut). To be able to undo a removal, nothing is
+//! destroyed before its commit: a removed or replaced file is first
+//! hard-linked into a hidden graveyard directory in the backing root, and a
+//! removed or replaced (hence empty) directory is moved there. So every
+//! inode the journal refers to, directories included, still exists when a
+//! cut undoes the changes.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
 use crate::fs::proc_path;
 
@@ -63,14 +65,12 @@ enum Change {
     },
 }
 
-/// How to bring back what a removal or a replacing rename took away.
+/// What a removal or a replacing rename took away, kept in the graveyard
+/// under `name` (a hard link to a file, or the empty directory itself).
 #[derive(Debug)]
-enum Buried {
-    /// A hard link in the graveyard to the removed file (of any type but a
-    /// directory), under this name.
-    Link(OsString),
-    /// An empty directory: made again with this mode and owner.
-    Dir { mode: u32, uid: u32, gid: u32 },
+struct Buried {
+    name: OsString,
+    is_dir: bool,
 }
 
 impl Journal {
@@ -90,7 +90,13 @@ impl Journal {
             Mode::empty(),
         )?);
         for entry in std::fs::read_dir(proc_path(&graveyard))? {
-            rustix::fs::unlinkat(&graveyard, entry?.file_name(), AtFlags::empty())?;
+            let entry = entry?;
+            let flags = if entry.file_type()?.is_dir() {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            rustix::fs::unlinkat(&graveyard, entry.file_name(), flags)?;
         }
         Ok(Journal {
             root: root.try_clone()?,
@@ -118,12 +124,23 @@ impl Journal {
 
     /// unlink (or, with `AtFlags::REMOVEDIR`, rmdir) `name` in `dir`.
     pub(crate) fn remove(&mut self, dir: &File, name: &OsStr, flags: AtFlags) -> io::Result<()> {
-        let was = self.bury(dir, name)?.ok_or(rustix::io::Errno::NOENT)?;
-        // The real unlink decides (EISDIR, ENOTDIR, ENOTEMPTY, EACCES...).
-        if let Err(e) = rustix::fs::unlinkat(dir, name, flags) {
-            self.forget(&was);
-            return Err(e.into());
-        }
+        let was = if flags.contains(AtFlags::REMOVEDIR) {
+            let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                return Err(rustix::io::Errno::NOTDIR.into());
+            }
+            // rmdir's own checks, since the directory is moved, not removed.
+            ensure_empty(dir, name)?;
+            self.bury_by_moving(dir, name)?
+        } else {
+            let was = self.bury_by_linking(dir, name)?;
+            // The real unlink decides (EISDIR for a directory, EACCES...).
+            if let Err(e) = rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                self.forget(&was);
+                return Err(e.into());
+            }
+            was
+        };
         self.changes.push(Change::Removed {
             dir: dir.try_clone()?,
             name: name.to_owned(),
@@ -142,14 +159,36 @@ impl Journal {
         flags: RenameFlags,
     ) -> io::Result<()> {
         let exchange = flags.contains(RenameFlags::EXCHANGE);
-        let replaced = if exchange || flags.contains(RenameFlags::NOREPLACE) {
-            None
-        } else {
-            self.bury(to_dir, to)?
+        let target = match rustix::fs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if !exchange && !flags.contains(RenameFlags::NOREPLACE) => Some(stat),
+            // Nothing replaced: absent, or the kernel refuses (NOREPLACE),
+            // or it is exchanged, not replaced.
+            _ => None,
+        };
+        let replaced = match target {
+            None => None,
+            Some(target) if FileType::from_raw_mode(target.st_mode) == FileType::Directory => {
+                let source = rustix::fs::statat(from_dir, from, AtFlags::SYMLINK_NOFOLLOW)?;
+                if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino) {
+                    return Ok(()); // The same directory: rename does nothing.
+                }
+                // rename's own checks, since the target is moved away first.
+                if FileType::from_raw_mode(source.st_mode) != FileType::Directory {
+                    return Err(rustix::io::Errno::ISDIR.into());
+                }
+                ensure_empty(to_dir, to)?;
+                Some(self.bury_by_moving(to_dir, to)?)
+            }
+            Some(_) => Some(self.bury_by_linking(to_dir, to)?),
         };
         if let Err(e) = rustix::fs::renameat_with(from_dir, from, to_dir, to, flags) {
-            if let Some(replaced) = &replaced {
-                self.forget(replaced);
+            if let Some(replaced) = replaced {
+                // Put back what was moved away; a link is just dropped.
+                if replaced.is_dir {
+                    let _ = self.unbury(replaced, to_dir, to);
+                } else {
+                    self.forget(&replaced);
+                }
             }
             return Err(e.into());
         }
@@ -226,51 +265,61 @@ impl Journal {
         Ok(())
     }
 
-    /// Keeps what `name` in `dir` is, so that it can be brought back;
-    /// `None` if there is nothing there.
-    fn bury(&mut self, dir: &File, name: &OsStr) -> io::Result<Option<Buried>> {
-        let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => stat,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            return Ok(Some(Buried::Dir {
-                mode: stat.st_mode & 0o7777,
-                uid: stat.st_uid,
-                gid: stat.st_gid,
-            }));
-        }
-        let buried = OsString::from(self.next_buried.to_string());
+    /// A fresh name in the graveyard.
+    fn grave(&mut self) -> OsString {
+        let name = OsString::from(self.next_buried.to_string());
         self.next_buried += 1;
-        rustix::fs::linkat(dir, name, &self.graveyard, &buried, AtFlags::empty())?;
-        Ok(Some(Buried::Link(buried)))
+        name
     }
 
+    /// Keeps the file `name` in `dir` alive as a hard link in the graveyard.
+    fn bury_by_linking(&mut self, dir: &File, name: &OsStr) -> io::Result<Buried> {
+        let grave = self.grave();
+        rustix::fs::linkat(dir, name, &self.graveyard, &grave, AtFlags::empty())?;
+        Ok(Buried {
+            name: grave,
+            is_dir: false,
+        })
+    }
+
+    /// Moves the empty directory `name` in `dir` into the graveyard.
+    fn bury_by_moving(&mut self, dir: &File, name: &OsStr) -> io::Result<Buried> {
+        let grave = self.grave();
+        rustix::fs::renameat(dir, name, &self.graveyard, &grave)?;
+        Ok(Buried {
+            name: grave,
+            is_dir: true,
+        })
+    }
+
+    /// Brings a buried file or directory back as `name` in `dir`.
     fn unbury(&self, was: Buried, dir: &File, name: &OsStr) -> io::Result<()> {
-        match was {
-            Buried::Link(buried) => rustix::fs::renameat(&self.graveyard, &buried, dir, name)?,
-            Buried::Dir { mode, uid, gid } => {
-                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode))?;
-                let made = File::from(rustix::fs::openat(
-                    dir,
-                    name,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?);
-                // mkdir applies the umask; the directory had exactly `mode`.
-                rustix::fs::chmodat(CWD, proc_path(&made), Mode::from_raw_mode(mode), AtFlags::empty())?;
-                std::os::unix::fs::chown(proc_path(&made), Some(uid), Some(gid))?;
-            }
-        }
-        Ok(())
+        Ok(rustix::fs::renameat(&self.graveyard, &was.name, dir, name)?)
     }
 
+    /// Destroys a buried file or directory: its removal is committed.
     fn forget(&self, was: &Buried) {
-        if let Buried::Link(buried) = was {
-            let _ = rustix::fs::unlinkat(&self.graveyard, buried, AtFlags::empty());
-        }
+        let flags = if was.is_dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        let _ = rustix::fs::unlinkat(&self.graveyard, &was.name, flags);
     }
+}
+
+/// ENOTEMPTY unless the directory `name` in `dir` is empty.
+fn ensure_empty(dir: &File, name: &OsStr) -> io::Result<()> {
+    let opened = File::from(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
+    if std::fs::read_dir(proc_path(&opened))?.next().is_some() {
+        return Err(rustix::io::Errno::NOTEMPTY.into());
+    }
+    Ok(())
 }
 
 fn same_inode(a: &File, b: &File) -> bool {

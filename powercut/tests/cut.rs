@@ -319,6 +319,34 @@ fn every_kind_of_namespace_change_is_undone() {
 }
 
 #[test]
+fn a_removed_directory_comes_back_with_what_was_removed_from_it() {
+    let rig = Rig::new();
+    fs::create_dir(rig.path("d")).unwrap();
+    write_durably(&rig, "d/g", b"g");
+    fs::create_dir(rig.path("empty")).unwrap();
+    fs::create_dir(rig.path("moved")).unwrap();
+    sync_dir(&rig.path(""));
+
+    fs::remove_file(rig.path("d/g")).unwrap();
+    fs::remove_dir(rig.path("d")).unwrap();
+    // A directory renamed over an empty one.
+    fs::rename(rig.path("moved"), rig.path("empty")).unwrap();
+    fs::write(rig.path("empty/f"), b"").unwrap();
+    assert_eq!(
+        fs::remove_dir(rig.path("empty")).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::DirectoryNotEmpty),
+        "rmdir keeps its checks, though it moves the directory to the graveyard"
+    );
+
+    let cut = rig.mount().cut_power();
+
+    assert_eq!(cut.namespace_changes, 4);
+    assert_eq!(contents(&rig.path("d/g")), b"g");
+    assert!(rig.path("empty").is_dir() && rig.path("moved").is_dir());
+    assert!(!exists(&rig.path("empty/f")));
+}
+
+#[test]
 fn a_remount_after_a_cut_shows_what_was_synced() {
     let mut rig = Rig::new();
     write_durably(&rig, "f", b"synced");
