@@ -429,8 +429,8 @@ impl State {
             self.live_file(fh)?;
         }
         let proc = proc_path(&self.inode(INodeNo(ino))?.path);
-        // Modes, owners and times are metadata: applied to the backing
-        // inode at once, like namespace changes.
+        // Modes, owners and times go to the backing inode for good at once:
+        // a cut does not undo them (README.md, "What is not modelled").
         let AttrChange {
             mode,
             uid,
