@@ -9,6 +9,14 @@
 //! Validation follows the spec's order: magic, version, and `length` against
 //! `max_payload` from the header alone (before any payload is buffered), then
 //! the CRC-32C, then the tag, then the type, then the body's structure.
+//!
+//! A server can also receive within a byte budget ([`Held`]), as it must
+//! before `WELCOME`: `max_payload` is 65,536 then, but no valid handshake
+//! frame is longer than [`MAX_HANDSHAKE_PAYLOAD`]. A frame announcing more
+//! is received without being kept: its first bytes are held, the rest only
+//! runs through the CRC, and it is then answered exactly as if it had been
+//! kept (`BAD_CRC`, `UNKNOWN_TYPE`, `MALFORMED`, or a well-formed frame not
+//! allowed yet: [`Received::TooLongToHold`]).
 
 use std::marker::PhantomData;
 
@@ -16,6 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, Malformation};
 use crate::frame::{DeviceFrame, Frame, FrameType, ServerFrame};
+use crate::serial::MAX_SERIAL_LEN;
 use crate::keys::SessionKey;
 use crate::seal::{Direction, Seal, TAG_LEN};
 
@@ -27,6 +36,10 @@ pub const VERSION: u8 = 0x01;
 pub const HEADER_LEN: usize = 12;
 /// `max_payload` until `WELCOME` says otherwise.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 65_536;
+/// The largest valid payload before `WELCOME`: a `HELLO` with the longest
+/// serial and firmware (`str8` serial, `str8` firmware, 16-byte nonce).
+/// `AUTH` is 32 bytes.
+pub const MAX_HANDSHAKE_PAYLOAD: u32 = (1 + MAX_SERIAL_LEN + 1 + 255 + 16) as u32;
 
 /// Which end of the connection a codec serves; fixes what it decodes, what
 /// it encodes, and the `dir` byte of its tags.
@@ -141,6 +154,49 @@ impl Header {
     }
 }
 
+/// What a receive within a byte budget ([`Codec::decode_held`]) yields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<F> {
+    /// A whole frame.
+    Frame(F),
+    /// A frame longer than the budget that would have decoded (its type
+    /// ends with a `rest` field), received without being kept. It is never
+    /// a frame allowed at this stage (CWP/1 §2: before `WELCOME`, only
+    /// `HELLO` and `AUTH`, both short): `UNEXPECTED`.
+    TooLongToHold(FrameType),
+}
+
+/// A byte budget for one connection's receive buffer, and the frame
+/// passing through it without being kept, if any.
+#[derive(Debug)]
+pub struct Held {
+    /// Payload bytes kept at most.
+    limit: usize,
+    /// A frame longer than `limit`, being received.
+    passing: Option<Box<Passing>>,
+}
+
+/// A frame received without being kept: its header, its first `limit`
+/// payload bytes, the CRC of what has passed, and how much is still to come.
+#[derive(Debug)]
+struct Passing {
+    header: Header,
+    kept: BytesMut,
+    crc: u32,
+    remaining: usize,
+}
+
+impl Held {
+    /// A budget of `limit` payload bytes (at least
+    /// [`MAX_HANDSHAKE_PAYLOAD`] before `WELCOME`).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit: limit as usize,
+            passing: None,
+        }
+    }
+}
+
 impl<R: Role> Codec<R> {
     /// A codec at the start of a connection: unsealed, `max_payload` 65,536.
     pub fn new() -> Self {
@@ -247,6 +303,81 @@ impl<R: Role> Codec<R> {
             Ok(Some(decoded)) => Ok(decoded),
             Ok(None) => Err(DecodeError::UnknownType { frame_type }),
             Err(reason) => Err(DecodeError::Malformed { frame_type, reason }),
+        }
+    }
+
+    /// [`Codec::read_limit`] within a budget: the receive buffer never
+    /// holds more than one header plus `held`'s limit, whatever a header
+    /// announces.
+    pub fn read_limit_held(&self, buffered: usize, held: &Held) -> usize {
+        match &held.passing {
+            // Consumed as it arrives.
+            Some(passing) => passing.remaining.min(HEADER_LEN + held.limit),
+            None => (HEADER_LEN + held.limit.min(self.max_payload as usize)).saturating_sub(buffered),
+        }
+    }
+
+    /// [`Codec::decode`] within a budget. A frame announcing more payload
+    /// than `held`'s limit (but no more than `max_payload`) is consumed as
+    /// its bytes arrive, keeping only its first `limit` bytes, and checked
+    /// in the spec's order once all of it has passed: CRC, type, body. An
+    /// unsealed receive only (before `WELCOME`): a sealed frame's tag needs
+    /// all of it.
+    pub fn decode_held(
+        &mut self,
+        buf: &mut BytesMut,
+        held: &mut Held,
+    ) -> Result<Option<Received<R::Inbound>>, DecodeError> {
+        debug_assert!(self.inbound == Inbound::Unsealed, "a held receive is unsealed");
+        if held.passing.is_none() {
+            let Some(header) = Header::check(buf, self.max_payload)? else {
+                return Ok(None);
+            };
+            if header.length as usize <= held.limit {
+                return Ok(self.decode(buf)?.map(Received::Frame));
+            }
+            let header_bytes = buf.split_to(HEADER_LEN);
+            held.passing = Some(Box::new(Passing {
+                header,
+                kept: BytesMut::with_capacity(held.limit),
+                crc: crc32c::crc32c(&header_bytes[..8]),
+                remaining: header.length as usize,
+            }));
+        }
+        let Some(passing) = held.passing.as_mut() else {
+            return Ok(None);
+        };
+        let arrived = buf.split_to(buf.len().min(passing.remaining));
+        passing.crc = crc32c::crc32c_append(passing.crc, &arrived);
+        passing.remaining -= arrived.len();
+        let room = held.limit - passing.kept.len();
+        passing.kept.extend_from_slice(&arrived[..arrived.len().min(room)]);
+        if passing.remaining > 0 {
+            return Ok(None);
+        }
+        let Some(passing) = held.passing.take() else {
+            return Ok(None);
+        };
+        let Passing { header, kept, crc, .. } = *passing;
+        let frame_type = header.frame_type;
+        if crc != header.crc {
+            return Err(DecodeError::BadCrc {
+                frame_type,
+                received: header.crc,
+                computed: crc,
+            });
+        }
+        // What the whole body would have decoded to: the kept bytes decode
+        // the type and every field before a `rest`; a type without a `rest`
+        // has bytes beyond its last field.
+        match R::Inbound::decode_body(frame_type, kept.freeze()) {
+            Ok(None) => Err(DecodeError::UnknownType { frame_type }),
+            Err(reason) => Err(DecodeError::Malformed { frame_type, reason }),
+            Ok(Some(_)) if R::Inbound::ends_with_rest(frame_type) => Ok(Some(Received::TooLongToHold(frame_type))),
+            Ok(Some(_)) => Err(DecodeError::Malformed {
+                frame_type,
+                reason: Malformation::TrailingBytes,
+            }),
         }
     }
 

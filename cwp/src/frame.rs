@@ -504,6 +504,11 @@ pub trait Frame: Sized {
     /// Decodes a body of type `frame_type`. `Ok(None)` when the type is not
     /// one this direction defines (`UNKNOWN_TYPE`).
     fn decode_body(frame_type: FrameType, body: Bytes) -> Result<Option<Self>, Malformation>;
+
+    /// Whether a body of `frame_type` may be of any length: its last field
+    /// is `rest` (an event's body, an upload's block, a command's body, a
+    /// file chunk). Every other type's body has a largest valid size.
+    fn ends_with_rest(frame_type: FrameType) -> bool;
 }
 
 impl Frame for DeviceFrame {
@@ -617,6 +622,10 @@ impl Frame for DeviceFrame {
         };
         r.finish()?;
         Ok(Some(frame))
+    }
+
+    fn ends_with_rest(frame_type: FrameType) -> bool {
+        matches!(frame_type, FrameType::EVENT | FrameType::BLOCK)
     }
 }
 
@@ -740,6 +749,10 @@ impl Frame for ServerFrame {
         };
         r.finish()?;
         Ok(Some(frame))
+    }
+
+    fn ends_with_rest(frame_type: FrameType) -> bool {
+        matches!(frame_type, FrameType::COMMAND | FrameType::FILE_CHUNK)
     }
 }
 

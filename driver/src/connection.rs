@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, BytesMut};
-use cwp::{ByeReason, DecodeError, DeviceFrame, ServerBye, ServerCodec, ServerFrame};
+use cwp::{ByeReason, DecodeError, DeviceFrame, Held, Received, ServerBye, ServerCodec, ServerFrame};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
@@ -130,6 +130,11 @@ impl Connection {
     /// `Ok(0)` means the socket had nothing after all (spurious readiness).
     pub fn read_available(&mut self) -> Result<usize, ReadError> {
         let limit = self.codec.read_limit(self.rx.len()).min(READ_CHUNK);
+        self.read_up_to(limit)
+    }
+
+    /// Reads at most `limit` bytes of what the socket has now.
+    fn read_up_to(&mut self, limit: usize) -> Result<usize, ReadError> {
         if limit == 0 {
             // A whole frame is buffered; decode it before reading more.
             return Ok(0);
@@ -148,14 +153,19 @@ impl Connection {
         self.codec.decode(&mut self.rx).map_err(ReadError::Decode)
     }
 
-    /// Waits for the next whole frame.
-    pub async fn read_frame(&mut self) -> Result<DeviceFrame, ReadError> {
+    /// Waits for the next frame of the handshake, holding no more than
+    /// `held` allows whatever a header announces (CWP/1 §2: no valid frame
+    /// before `WELCOME` is longer than a `HELLO`; a longer one passes
+    /// through the CRC without being kept, and is answered as the spec
+    /// says).
+    pub async fn read_held(&mut self, held: &mut Held) -> Result<Received<DeviceFrame>, ReadError> {
         loop {
-            if let Some(frame) = self.next_frame()? {
-                return Ok(frame);
+            if let Some(received) = self.codec.decode_held(&mut self.rx, held).map_err(ReadError::Decode)? {
+                return Ok(received);
             }
             self.stream.readable().await?;
-            self.read_available()?;
+            let limit = self.codec.read_limit_held(self.rx.len(), held).min(READ_CHUNK);
+            self.read_up_to(limit)?;
         }
     }
 

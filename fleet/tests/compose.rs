@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use drover_service::env::{Variable, parse_duration};
+use drover_service::duration::parse_duration;
+use drover_service::env::Variable;
 use fleet::lbconfig::{LbConfig, maxconn_for_open_files};
 use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
 use serde_json::{Map, Value};

@@ -161,7 +161,7 @@ impl Config {
             Ok(size) if size >= 1 => Ok(size),
             _ => Err("must be a whole number of at least 1"),
         });
-        let shutdown_grace = env.parse_with("BRIDGE_SHUTDOWN_GRACE", drover_service::env::parse_duration);
+        let shutdown_grace = env.parse_with("BRIDGE_SHUTDOWN_GRACE", drover_service::duration::parse_duration);
         let log_format = env.parse::<LogFormat>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional::<String>("SENTRY_DSN");
         let sentry_environment = env.parse_optional::<String>("SENTRY_ENVIRONMENT");

@@ -19,7 +19,10 @@ pub mod thread;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cwp::{HandshakeError, Nonce, Serial, ServerFrame, ServerHandshake, ServerStep, SessionId, Welcome};
+use cwp::{
+    HandshakeError, Held, MAX_HANDSHAKE_PAYLOAD, Nonce, Received, Serial, ServerFrame, ServerHandshake, ServerStep,
+    SessionId, Welcome,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -123,12 +126,19 @@ async fn handshake(
     let metrics = &sessions.metrics;
     let deadline = slot.deadline;
     let mut state = ServerHandshake::default();
+    // CWP/1 §2: nothing longer than a HELLO is held before WELCOME, whatever
+    // a header announces (10,000 half-open connections announcing 64 KiB
+    // frames hold 3 MiB, not 640 MiB).
+    let mut held = Held::new(MAX_HANDSHAKE_PAYLOAD);
     // The serial claimed in HELLO, for counting a failed AUTH against it.
     let mut claimed: Option<Serial> = None;
     let (serial, firmware, session_key) = loop {
         let frame = tokio::select! {
-            read = tokio::time::timeout_at(deadline, conn.read_frame()) => match read {
-                Ok(Ok(frame)) => frame,
+            read = tokio::time::timeout_at(deadline, conn.read_held(&mut held)) => match read {
+                Ok(Ok(Received::Frame(frame))) => frame,
+                Ok(Ok(Received::TooLongToHold(frame_type))) => {
+                    return Err(HandshakeEnd::Refused(Refusal::Handshake(HandshakeError::NotAllowed(frame_type))));
+                }
                 Ok(Err(ReadError::Decode(err))) => {
                     debug!(error = %err, "undecodable handshake frame");
                     return Err(HandshakeEnd::Refused(err.into()));
