@@ -24,9 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, Malformation};
 use crate::frame::{DeviceFrame, Frame, FrameType, ServerFrame};
-use crate::serial::MAX_SERIAL_LEN;
 use crate::keys::SessionKey;
 use crate::seal::{Direction, Seal, TAG_LEN};
+use crate::serial::MAX_SERIAL_LEN;
 
 /// `CW`, the first two bytes of every frame.
 pub const MAGIC: [u8; 2] = [0x43, 0x57];

@@ -50,7 +50,9 @@ pub mod serial;
 pub mod session;
 mod wire;
 
-pub use codec::{Codec, DEFAULT_MAX_PAYLOAD, DeviceCodec, HEADER_LEN, Held, MAX_HANDSHAKE_PAYLOAD, Received, ServerCodec};
+pub use codec::{
+    Codec, DEFAULT_MAX_PAYLOAD, DeviceCodec, HEADER_LEN, Held, MAX_HANDSHAKE_PAYLOAD, Received, ServerCodec,
+};
 pub use error::{DecodeError, ErrorCode, Malformation};
 pub use fields::{CommandId, FileId, Nonce, SessionId, Str8, Str8TooLong, UploadId};
 pub use frame::{

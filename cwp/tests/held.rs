@@ -80,7 +80,10 @@ fn the_longest_valid_hello_is_the_budget_and_decodes() {
     let body = hello_body(&[b'A'; 32], &[b'f'; 255]);
     assert_eq!(body.len(), MAX_HANDSHAKE_PAYLOAD as usize);
     let (outcome, most) = receive_held(&frame(0x01, &body, true), 4096);
-    assert!(matches!(outcome, Ok(Some(Received::Frame(DeviceFrame::Hello(_))))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Ok(Some(Received::Frame(DeviceFrame::Hello(_))))),
+        "{outcome:?}"
+    );
     assert!(most <= CEILING);
 }
 
@@ -92,7 +95,10 @@ fn an_oversized_hello_is_malformed_after_its_crc_and_is_never_held_whole() {
     let err = outcome.unwrap_err();
     assert_eq!((err.code(), err.ref_type()), (ErrorCode::MALFORMED, FrameType::HELLO));
     assert!(most <= CEILING, "{most} bytes buffered");
-    assert_eq!(receive_plain(&frame(0x01, &body, true)).unwrap_err().code(), ErrorCode::MALFORMED);
+    assert_eq!(
+        receive_plain(&frame(0x01, &body, true)).unwrap_err().code(),
+        ErrorCode::MALFORMED
+    );
 }
 
 #[test]
@@ -132,7 +138,15 @@ fn half_of_an_announced_64_kib_frame_is_consumed_not_kept() {
 
 /// A device frame type, valid or not.
 fn frame_type() -> impl Strategy<Value = u8> {
-    prop_oneof![Just(0x01u8), Just(0x02), Just(0x03), Just(0x05), Just(0x06), Just(0x0A), 0u8..=0x7F]
+    prop_oneof![
+        Just(0x01u8),
+        Just(0x02),
+        Just(0x03),
+        Just(0x05),
+        Just(0x06),
+        Just(0x0A),
+        0u8..=0x7F
+    ]
 }
 
 proptest! {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cwp::MasterKey;
+use drover_proto::auth::BearerToken;
 use drover_service::duration::parse_duration;
 use drover_service::env::{ConfigError, EnvReader, Variable};
 
@@ -51,6 +52,16 @@ pub static VARIABLES: &[Variable] = &[
         name: "VENDOR_BRIDGE_CLIENT_KEY",
         default: None,
         help: "PEM private key of VENDOR_BRIDGE_CLIENT_CERT",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_TOKEN",
+        default: None,
+        help: "shared secret sent to the bridge on every call (authorization: Bearer); must match the bridge's BRIDGE_TOKEN",
+    },
+    Variable {
+        name: "VENDOR_BRIDGE_TOKEN_FILE",
+        default: None,
+        help: "file holding VENDOR_BRIDGE_TOKEN (instead of the variable)",
     },
     Variable {
         name: "VENDOR_BRIDGE_SERVER_NAME",
@@ -203,6 +214,8 @@ pub struct Config {
     pub bridge_url: String,
     /// TLS to the bridge (`https://` URL); `None`: plaintext.
     pub bridge_tls: Option<BridgeTls>,
+    /// The bridge's shared secret, sent on every call.
+    pub bridge_token: Option<BearerToken>,
     /// Redis for command pub/sub.
     pub redis_url: String,
     /// The fleet's master key, if devices derive their keys from one.
@@ -337,6 +350,15 @@ impl Config {
         let proxy_protocol = env.parse_with("DRIVER_PROXY_PROTOCOL", parse_bool);
         let bridge_url: Option<String> = env.parse("VENDOR_BRIDGE_URL");
         let bridge_tls = bridge_tls(&mut env, bridge_url.as_deref());
+        let bridge_token = env
+            .secret("VENDOR_BRIDGE_TOKEN", "VENDOR_BRIDGE_TOKEN_FILE")
+            .and_then(|text| match BearerToken::new(&text) {
+                Ok(token) => Some(token),
+                Err(err) => {
+                    env.problem(format!("VENDOR_BRIDGE_TOKEN: {err}"));
+                    None
+                }
+            });
         let redis_url = env.parse("REDIS_URL");
         let master_key = env.parse_with("CWP_MASTER_KEY", MasterKey::from_hex);
         let keys_file = env.parse_optional::<PathBuf>("CWP_KEYS_FILE");
@@ -404,6 +426,7 @@ impl Config {
             proxy_protocol: proxy_protocol.expect("parsed"),
             bridge_url: bridge_url.expect("parsed"),
             bridge_tls,
+            bridge_token,
             redis_url: redis_url.expect("parsed"),
             master_key,
             keys_file,

@@ -129,6 +129,7 @@ async fn start(
     let instance_id = uuid::Uuid::new_v4().simple().to_string();
     let bridge = BridgeClient::new(
         bridge::channel(&config.bridge_url, config.bridge_tls.as_ref())?,
+        config.bridge_token.as_ref(),
         config.driver_id.clone(),
         instance_id,
         &tasks,
@@ -214,6 +215,7 @@ async fn start(
         listed_keys = handshakes.keys.listed(),
         master_key = config.master_key.is_some(),
         bridge_tls = config.bridge_tls.is_some(),
+        bridge_token = config.bridge_token.is_some(),
         bridge_client_certificate = config.bridge_tls.as_ref().is_some_and(|tls| tls.client_identity.is_some()),
         "driver ready"
     );

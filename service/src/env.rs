@@ -131,6 +131,28 @@ impl EnvReader {
         }
     }
 
+    /// A secret given either inline (`name`) or as a file (`file_name`, the
+    /// way container orchestrators mount secrets); setting both is a
+    /// problem. The file's content is the secret, surrounding whitespace
+    /// removed. `None` when neither is set.
+    pub fn secret(&mut self, name: &str, file_name: &str) -> Option<String> {
+        match (self.raw(name), self.raw(file_name)) {
+            (Some(_), Some(_)) => {
+                self.problems.push(format!("set {name} or {file_name}, not both"));
+                None
+            }
+            (Some(value), None) => Some(value.trim().to_owned()),
+            (None, Some(path)) => match std::fs::read_to_string(path.trim()) {
+                Ok(value) => Some(value.trim().to_owned()),
+                Err(err) => {
+                    self.problems.push(format!("{file_name}={path:?}: {err}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
     /// Records a problem found while checking values against each other.
     pub fn problem(&mut self, problem: impl Into<String>) {
         self.problems.push(problem.into());

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cwp::{Serial, SessionId};
+use drover_proto::auth::{AttachToken, BearerToken};
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
     CallError, CloseSessionReply, CloseSessionRequest, CloseSessionsRequest, OpenSessionReply, OpenSessionRequest,
@@ -21,7 +22,11 @@ use drover_service::drain;
 use drover_service::tls::{read_certificates, read_private_key};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The generated client, every call carrying the bridge's token, if any.
+pub type GrpcClient = VendorBridgeClient<InterceptedService<Channel, AttachToken>>;
 
 use self::batcher::{BatchLimits, BatchResult, Batcher};
 use crate::config::BridgeTls;
@@ -44,7 +49,7 @@ const SESSION_BATCHES: BatchLimits = BatchLimits {
 /// channel connects lazily and reconnects by itself.
 #[derive(Debug, Clone)]
 pub struct BridgeClient {
-    client: VendorBridgeClient<Channel>,
+    client: GrpcClient,
     opens: Batcher<OpenSessionRequest, OpenSessionReply>,
     closes: Batcher<CloseSessionRequest, CloseSessionReply>,
     driver_id: String,
@@ -113,17 +118,18 @@ pub struct OpenedSession {
 }
 
 impl BridgeClient {
-    /// A client for `channel`, identifying itself as `driver_id`. Spawns,
-    /// on `tasks`, the tasks that batch session registrations; they end
-    /// when `stop` is signalled.
+    /// A client for `channel`, identifying itself as `driver_id` and
+    /// sending `token` on every call. Spawns, on `tasks`, the tasks that
+    /// batch session registrations; they end when `stop` is signalled.
     pub fn new(
         channel: Channel,
+        token: Option<&BearerToken>,
         driver_id: String,
         instance_id: String,
         tasks: &TaskTracker,
         stop: &drain::Watch,
     ) -> Self {
-        let client = VendorBridgeClient::new(channel);
+        let client = VendorBridgeClient::with_interceptor(channel, AttachToken::new(token));
         let opens = Batcher::spawn(SESSION_BATCHES, tasks, stop.clone(), {
             let client = client.clone();
             move |sessions, timeout| open_sessions(client.clone(), sessions, timeout)
@@ -152,7 +158,7 @@ impl BridgeClient {
     }
 
     /// The raw gRPC client (for the event stream).
-    pub fn grpc(&self) -> VendorBridgeClient<Channel> {
+    pub fn grpc(&self) -> GrpcClient {
         self.client.clone()
     }
 
@@ -233,7 +239,7 @@ impl BridgeClient {
 }
 
 async fn open_sessions(
-    mut client: VendorBridgeClient<Channel>,
+    mut client: GrpcClient,
     sessions: Vec<OpenSessionRequest>,
     timeout: Duration,
 ) -> BatchResult<OpenSessionReply> {
@@ -249,7 +255,7 @@ async fn open_sessions(
 }
 
 async fn close_sessions(
-    mut client: VendorBridgeClient<Channel>,
+    mut client: GrpcClient,
     sessions: Vec<CloseSessionRequest>,
     timeout: Duration,
 ) -> BatchResult<CloseSessionReply> {
