@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use controller_sim::device::{Behaviour, Control, Device, Endpoint, Stats};
 use controller_sim::mqtt::{MqttBehaviour, MqttDevice};
-use controller_sim::verify::{EVENTS_STREAM, Expectation, Tally, read_stream};
+use controller_sim::verify::{Expectation, Tally, read_stream};
 use cwp::DeviceKey;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::Notify;
@@ -297,7 +297,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let verdict = match &config.verify_redis {
         Some(url) => {
             let mut tally = Tally::new(finished.iter_mut().filter_map(Expectation::of));
-            Some(match read_stream(url, EVENTS_STREAM, &mut tally).await {
+            Some(match read_stream(url, drover_schema::EVENTS, &mut tally).await {
                 Ok(()) => Ok(tally.verdict()),
                 Err(err) => Err(err.to_string()),
             })

@@ -29,14 +29,14 @@ use std::collections::HashMap;
 use std::fmt;
 
 use cwp::{Serial, UploadId};
+use drover_schema::{event_fields, upload_fields};
 use redis::Value;
 
 use crate::device::{AckLog, Device, UploadJob};
 
-/// The stream the vendor-bridge appends every stored event to.
-pub const EVENTS_STREAM: &str = "cwp:events";
-/// The stream the vendor-bridge appends every completed upload to.
-pub const UPLOADS_STREAM: &str = "cwp:uploads";
+/// [`drover_schema::EVENTS`], the stream the vendor-bridge appends every
+/// stored event to, under the name the end-to-end tests' harness knows.
+pub const EVENTS_STREAM: &str = drover_schema::EVENTS;
 /// Entries per `XRANGE` page.
 const PAGE: usize = 10_000;
 /// Problems described one by one in a verdict; the rest are only counted.
@@ -515,7 +515,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Reads the whole stream `stream` from the Redis at `url` into `tally`.
 pub async fn read_stream(url: &str, stream: &str, tally: &mut Tally) -> Result<(), VerifyError> {
     read_entries(url, stream, |fields| {
-        match (field(fields, b"serial"), field(fields, b"event_id")) {
+        match (
+            field(fields, event_fields::SERIAL),
+            field(fields, event_fields::EVENT_ID),
+        ) {
             (Some(serial), Some(event_id)) => tally.observe(serial, event_id),
             _ => tally.observe_malformed(),
         }
@@ -523,12 +526,21 @@ pub async fn read_stream(url: &str, stream: &str, tally: &mut Tally) -> Result<(
     .await
 }
 
-/// Reads every record of `cwp:uploads` from the Redis at `url` into `tally`.
+/// Reads every record of `cwp:uploads` ([`drover_schema::UPLOADS`]) from
+/// the Redis at `url` into `tally`.
 pub async fn read_uploads(url: &str, tally: &mut UploadTally) -> Result<(), VerifyError> {
-    read_entries(url, UPLOADS_STREAM, |fields| {
-        match (field(fields, b"serial"), field(fields, b"upload_id")) {
+    read_entries(url, drover_schema::UPLOADS, |fields| {
+        match (
+            field(fields, upload_fields::SERIAL),
+            field(fields, upload_fields::UPLOAD_ID),
+        ) {
             (Some(serial), Some(upload_id)) => {
-                tally.observe(serial, upload_id, field(fields, b"size"), field(fields, b"sha256"));
+                tally.observe(
+                    serial,
+                    upload_id,
+                    field(fields, upload_fields::SIZE),
+                    field(fields, upload_fields::SHA256),
+                );
             }
             _ => tally.observe_malformed(),
         }
@@ -600,7 +612,7 @@ fn stream_entry(entry: Value) -> Result<(String, Vec<(Value, Value)>), VerifyErr
     Ok((id, fields))
 }
 
-fn field<'a>(fields: &'a [(Value, Value)], name: &[u8]) -> Option<&'a [u8]> {
+fn field<'a>(fields: &'a [(Value, Value)], name: &str) -> Option<&'a [u8]> {
     let text = |value: &'a Value| match value {
         Value::BulkString(bytes) => Some(bytes.as_slice()),
         Value::SimpleString(text) => Some(text.as_bytes()),
@@ -608,7 +620,7 @@ fn field<'a>(fields: &'a [(Value, Value)], name: &[u8]) -> Option<&'a [u8]> {
     };
     fields
         .iter()
-        .find(|(key, _)| text(key) == Some(name))
+        .find(|(key, _)| text(key) == Some(name.as_bytes()))
         .and_then(|(_, value)| text(value))
 }
 
@@ -818,10 +830,10 @@ mod tests {
         ]);
         let (id, fields) = stream_entry(resp2).unwrap();
         assert_eq!(id, "1-0");
-        assert_eq!(field(&fields, b"event_id"), Some(&b"7"[..]));
+        assert_eq!(field(&fields, "event_id"), Some(&b"7"[..]));
         let resp3 = Value::Array(vec![bulk("2-0"), Value::Map(vec![(bulk("serial"), bulk("SIM-1"))])]);
         let (_, fields) = stream_entry(resp3).unwrap();
-        assert_eq!(field(&fields, b"serial"), Some(&b"SIM-1"[..]));
-        assert_eq!(field(&fields, b"event_id"), None);
+        assert_eq!(field(&fields, "serial"), Some(&b"SIM-1"[..]));
+        assert_eq!(field(&fields, "event_id"), None);
     }
 }

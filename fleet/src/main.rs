@@ -326,6 +326,8 @@ fn print_welcome(fleet: &LocalFleet, args: &UpArgs, key: &str, state_dir: &Path)
         .iter()
         .map(|d| format!("{} (metrics http://{}/metrics)", d.addr(), d.admin_addr()))
         .collect();
+    // The first of controller-sim's default serials (SIM- and six digits).
+    let first_device = cwp::Serial::from_bytes(b"SIM-000001").expect("SIM-000001 is a valid serial");
     println!(
         r#"
 Drover fleet is up.
@@ -344,11 +346,11 @@ Try it (in another terminal):
   CWP_MASTER_KEY={key} {bin}/controller-sim --target 127.0.0.1:{port} --devices 100 --rate 1000 --duration 60s
 
   # watch command results, then send a command to one of them
-  redis-cli -p {redis_port} SUBSCRIBE 'cwp:cmd-result:SIM-000001'
-  redis-cli -p {redis_port} PUBLISH cwp:cmd:SIM-000001 '{{"name":"reboot","body":"{{\"delay_s\":5}}"}}'
+  redis-cli -p {redis_port} SUBSCRIBE '{results}'
+  redis-cli -p {redis_port} PUBLISH {commands} '{{"name":"reboot","body":"{{\"delay_s\":5}}"}}'
 
   # the newest events
-  redis-cli -p {redis_port} XREVRANGE cwp:events + - COUNT 5
+  redis-cli -p {redis_port} XREVRANGE {events} + - COUNT 5
 
 Ctrl-C stops everything (drivers drain first).
 "#,
@@ -360,6 +362,9 @@ Ctrl-C stops everything (drivers drain first).
         bridge = fleet.bridge.url(),
         drivers = drivers.join("\n                       "),
         stats = args.stats_port,
+        results = drover_schema::COMMAND_RESULTS.name(&first_device),
+        commands = drover_schema::COMMANDS.name(&first_device),
+        events = drover_schema::EVENTS,
     );
 }
 

@@ -18,8 +18,11 @@ pub struct ValidBatch {
     pub batch_id: u64,
     /// The events, in the driver's order, exactly as received.
     pub events: Vec<Event>,
-    /// The `cwp:cmd-result:{serial}` notice of each command-result event,
-    /// in the order those events appear in `events`.
+    /// Each event's serial, checked: `serials[i]` is `events[i].serial`.
+    pub serials: Vec<cwp::Serial>,
+    /// The notice on the device's result channel
+    /// ([`drover_schema::COMMAND_RESULTS`]) of each command-result event, in
+    /// the order those events appear in `events`.
     pub results: Vec<String>,
     /// Bytes of serials, bodies and notices: bounds how many batches one
     /// script call may carry.
@@ -56,6 +59,7 @@ impl ValidBatch {
     /// Checks every event of `batch` and prepares its command-result notices.
     pub fn check(batch: EventBatch) -> Result<Self, InvalidBatch> {
         let batch_id = batch.batch_id;
+        let mut serials = Vec::with_capacity(batch.events.len());
         let mut results = Vec::new();
         let mut payload_bytes = 0;
         for (index, event) in batch.events.iter().enumerate() {
@@ -77,20 +81,23 @@ impl ValidBatch {
                 payload_bytes += notice.len();
                 results.push(notice);
             }
+            serials.push(serial);
         }
         Ok(Self {
             batch_id,
             events: batch.events,
+            serials,
             results,
             payload_bytes,
         })
     }
 }
 
-/// The JSON published on `cwp:cmd-result:{serial}` for a command-result
-/// event: `{"id","serial","status","data"}`, `data` being the result's
-/// output as text, or `null` with `data_b64` when it is not UTF-8. A body
-/// that is not a command result gives `"status":"INVALID"` and an `error`.
+/// The JSON published on the device's result channel
+/// ([`drover_schema::COMMAND_RESULTS`]) for a command-result event:
+/// `{"id","serial","status","data"}`, `data` being the result's output as
+/// text, or `null` with `data_b64` when it is not UTF-8. A body that is not
+/// a command result gives `"status":"INVALID"` and an `error`.
 pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes) -> String {
     let notice = match cwp::CommandResult::decode(body) {
         Ok(result) => {
@@ -124,7 +131,8 @@ pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes) -> String
     notice.unwrap_or_default()
 }
 
-/// `cwp:cmd-result:{serial}`'s message for a device's result.
+/// The result channel's message for a device's result (its fields:
+/// [`drover_schema::result_fields`]).
 #[derive(Serialize)]
 struct CommandResultNotice<'a> {
     id: Option<String>,
@@ -179,6 +187,23 @@ mod tests {
             command_result_notice(&serial(), Bytes::from_static(b"short")),
             r#"{"id":null,"serial":"CTRL-1","status":"INVALID","data":null,"error":"the event body is not a command result: body too short"}"#
         );
+    }
+
+    #[test]
+    fn every_notice_uses_the_schemas_field_names() {
+        for notice in [
+            command_result_notice(&serial(), result_body(0, b"rebooting")),
+            command_result_notice(&serial(), result_body(9, b"\xff\x00")),
+            command_result_notice(&serial(), Bytes::from_static(b"short")),
+        ] {
+            let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&notice).unwrap();
+            for field in fields.keys() {
+                assert!(
+                    drover_schema::result_fields::ALL.contains(&field.as_str()),
+                    "{field} in {notice}"
+                );
+            }
+        }
     }
 
     fn event(serial: &str, kind: u32) -> Event {

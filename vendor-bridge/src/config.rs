@@ -38,11 +38,6 @@ pub static VARIABLES: &[Variable] = &[
         help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always); redis://USER:PASSWORD@HOST:PORT for an ACL user",
     },
     Variable {
-        name: "REDIS_POOL_SIZE",
-        default: Some("16"),
-        help: "most Redis connections open at once",
-    },
-    Variable {
         name: "BRIDGE_SHUTDOWN_GRACE",
         default: Some("10s"),
         help: "on SIGTERM, how long batches already received may take to be stored and answered",
@@ -64,6 +59,24 @@ pub static VARIABLES: &[Variable] = &[
     },
 ];
 
+/// A variable the bridge once read and no longer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// Its name.
+    pub name: &'static str,
+    /// Why it no longer means anything, for the warning.
+    pub why: &'static str,
+}
+
+/// Variables the bridge no longer reads. One left in a deployment's
+/// environment must not stop the bridge, nor go unnoticed: the bridge
+/// starts and warns once that it ignores it.
+pub static RETIRED: &[Retired] = &[Retired {
+    name: "REDIS_POOL_SIZE",
+    why: "the bridge has no connection pool: its unary calls share one multiplexed Redis connection \
+          and each event stream has one of its own",
+}];
+
 /// What `--help` says the binary is.
 pub const SUMMARY: &str = "The gRPC bridge between Drover drivers and Redis: stores device events exactly once \
      and keeps the device registry.";
@@ -77,8 +90,6 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     /// The Redis URL (`REDIS_URL`), already checked to parse.
     pub redis_url: String,
-    /// Most Redis connections at once (`REDIS_POOL_SIZE`, at least 1).
-    pub redis_pool_size: usize,
     /// How long a shutdown waits for received batches (`BRIDGE_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
     /// How logs are written (`LOG_FORMAT`).
@@ -87,6 +98,8 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     /// Sentry's environment (`SENTRY_ENVIRONMENT`).
     pub sentry_environment: Option<String>,
+    /// The [`RETIRED`] variables that are set, to warn about.
+    pub retired_set: Vec<Retired>,
 }
 
 /// The files of the gRPC server's TLS, as configured (read by [`crate::serve`]).
@@ -157,28 +170,23 @@ impl Config {
                 .map(|_| url.to_owned())
                 .map_err(|err| format!("not a Redis URL: {err}"))
         });
-        let redis_pool_size = env.parse_with("REDIS_POOL_SIZE", |text| match text.parse::<usize>() {
-            Ok(size) if size >= 1 => Ok(size),
-            _ => Err("must be a whole number of at least 1"),
-        });
         let shutdown_grace = env.parse_with("BRIDGE_SHUTDOWN_GRACE", drover_service::duration::parse_duration);
         let log_format = env.parse::<LogFormat>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional::<String>("SENTRY_DSN");
         let sentry_environment = env.parse_optional::<String>("SENTRY_ENVIRONMENT");
+        let retired_set = retired_set(|name| std::env::var_os(name).is_some());
         env.finish()?;
-        match (listen, redis_url, redis_pool_size, shutdown_grace, log_format) {
-            (Some(listen), Some(redis_url), Some(redis_pool_size), Some(shutdown_grace), Some(log_format)) => {
-                Ok(Self {
-                    listen,
-                    tls,
-                    redis_url,
-                    redis_pool_size,
-                    shutdown_grace,
-                    log_format,
-                    sentry_dsn,
-                    sentry_environment,
-                })
-            }
+        match (listen, redis_url, shutdown_grace, log_format) {
+            (Some(listen), Some(redis_url), Some(shutdown_grace), Some(log_format)) => Ok(Self {
+                listen,
+                tls,
+                redis_url,
+                shutdown_grace,
+                log_format,
+                sentry_dsn,
+                sentry_environment,
+                retired_set,
+            }),
             // `finish` fails whenever a variable with a default did not parse.
             _ => Err(ConfigError {
                 problems: vec!["a variable did not parse".to_owned()],
@@ -193,11 +201,46 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: None,
             redis_url: redis_url.into(),
-            redis_pool_size: 16,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             sentry_dsn: None,
             sentry_environment: None,
+            retired_set: Vec::new(),
+        }
+    }
+}
+
+/// The [`RETIRED`] variables for which `is_set` holds.
+fn retired_set(is_set: impl Fn(&str) -> bool) -> Vec<Retired> {
+    RETIRED.iter().filter(|retired| is_set(retired.name)).copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leftover_redis_pool_size_is_ignored_not_read() {
+        assert!(
+            VARIABLES.iter().all(|variable| variable.name != "REDIS_POOL_SIZE"),
+            "REDIS_POOL_SIZE is no variable of the bridge any more"
+        );
+        let set = retired_set(|name| name == "REDIS_POOL_SIZE");
+        assert_eq!(
+            set.iter().map(|retired| retired.name).collect::<Vec<_>>(),
+            ["REDIS_POOL_SIZE"]
+        );
+        assert_eq!(retired_set(|_| false), [], "nothing to warn about when it is unset");
+    }
+
+    #[test]
+    fn a_retired_variable_is_not_also_a_current_one() {
+        for retired in RETIRED {
+            assert!(
+                VARIABLES.iter().all(|variable| variable.name != retired.name),
+                "{} is both read and retired",
+                retired.name
+            );
         }
     }
 }

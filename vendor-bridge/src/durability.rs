@@ -80,7 +80,7 @@ impl Durability {
 /// Asks Redis for `appendonly` and `appendfsync`. Fails only when Redis
 /// cannot be reached; a refused `CONFIG` is [`Durability::Unverified`].
 pub async fn check(store: &Store) -> Result<Durability, StoreError> {
-    let mut conn = store.connection().await?;
+    let mut conn = store.connection();
     let mut settings = Vec::with_capacity(2);
     for name in ["appendonly", "appendfsync"] {
         let reply: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await;

@@ -1,6 +1,6 @@
 //! The vendor-bridge: the gRPC server between the driver fleet and Redis
 //! (contract: `proto/drover/bridge/v1/bridge.proto`; Redis keys:
-//! docs/ARCHITECTURE.md).
+//! [`drover_schema`] and docs/ARCHITECTURE.md).
 //!
 //! Layout, in the order a request flows through it:
 //!
@@ -13,7 +13,8 @@
 //!   them in order, several waiting batches per script call, retrying until
 //!   Redis takes them, and answers each with `BatchDurable`.
 //! - [`store`]: all Redis work, one atomic Lua script per operation
-//!   (`src/scripts/*.lua`).
+//!   (`src/scripts/*.lua`), every key and channel named by
+//!   [`drover_schema`].
 //! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
 //!   the check that Redis fsyncs before it answers.
 //! - [`stats`]: counters, shown by [`title`] as the process title; [`config`]:
@@ -77,7 +78,13 @@ pub async fn serve(
             .tls_config(tls::server_config(tls)?)
             .context("setting up TLS from BRIDGE_TLS_CERT / BRIDGE_TLS_KEY / BRIDGE_TLS_CLIENT_CA")?;
     }
-    let store = Store::new(&config.redis_url, config.redis_pool_size).context("setting up the Redis pool")?;
+    for retired in &config.retired_set {
+        warn!(
+            variable = retired.name,
+            "{} is set but ignored: {}", retired.name, retired.why
+        );
+    }
+    let store = Store::new(&config.redis_url).context("setting up the Redis client")?;
     let lifecycle = Lifecycle::default();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set(&reporter, ServingStatus::NotServing).await;

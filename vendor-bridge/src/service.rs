@@ -90,11 +90,15 @@ impl VendorBridge for Bridge {
         if offline > 0 {
             info!(driver = %driver_id, instance = %instance_id, offline, "driver restarted: its previous instance's devices are offline");
         }
+        let writer = self
+            .store
+            .event_writer()
+            .map_err(|err| unavailable("StreamEvents", &err))?;
         info!(driver = %driver_id, instance = %instance_id, version = %version, "driver stream open");
         let replies = stream::start(
             inbound,
             driver_id,
-            &self.store,
+            writer,
             Arc::clone(&self.stats),
             self.lifecycle.clone(),
         );
@@ -274,8 +278,9 @@ fn outcomes<T, O>(results: Vec<Result<T, Status>>, outcome: impl Fn(Result<T, Ca
         .collect()
 }
 
-/// `cwp:cmd-result:{serial}`'s message for a command that never reached
-/// its device.
+/// The result channel's message ([`drover_schema::COMMAND_RESULTS`]) for a
+/// command that never reached its device (its fields:
+/// [`drover_schema::result_fields`]).
 #[derive(Serialize)]
 struct RejectionNotice<'a> {
     id: Option<&'a str>,
@@ -330,4 +335,30 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_notice_uses_the_schemas_field_names() {
+        let notice = RejectionNotice {
+            id: Some("11111111-1111-1111-1111-111111111111"),
+            serial: "CTRL-1",
+            status: "REJECTED",
+            data: "name is empty",
+        };
+        let notice = serde_json::to_value(&notice).unwrap();
+        let mut fields: Vec<&str> = notice.as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        let mut expected = [
+            drover_schema::result_fields::ID,
+            drover_schema::result_fields::SERIAL,
+            drover_schema::result_fields::STATUS,
+            drover_schema::result_fields::DATA,
+        ];
+        expected.sort_unstable();
+        assert_eq!(fields, expected);
+    }
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// `StreamEvents` streams open now (one per connected driver process).
     connected_drivers: AtomicU64,
-    /// Events appended to `cwp:events` since start.
+    /// Events appended to the events stream ([`drover_schema::EVENTS`])
+    /// since start.
     events_stored: AtomicU64,
     /// Events skipped as already stored (resends after a lost ack).
     duplicates: AtomicU64,

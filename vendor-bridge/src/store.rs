@@ -1,19 +1,26 @@
 //! All Redis work of the bridge. Every operation is one Lua script (in
 //! `src/scripts/`), so it is atomic: two bridges, two drivers or a resent
-//! batch can never store an event twice or half-install a session. Key
-//! names follow docs/ARCHITECTURE.md §Redis keys and are built inside the
-//! scripts from serials that [`cwp::Serial`] has checked.
+//! batch can never store an event twice or half-install a session. Every
+//! key and channel name comes from [`drover_schema`] and reaches a script
+//! as one of its `KEYS`, or in `ARGV` (a family's prefix, for the names of
+//! serials and drivers a script only learns inside Redis); each script's
+//! header lists what it takes. Serials have been checked by [`cwp::Serial`]
+//! before they get here.
 //!
 //! Scripts are sent with `EVALSHA`; after a Redis restart the first call
 //! gets `NOSCRIPT`, loads the script and runs it again.
+//!
+//! Connections: one `Connection` (multiplexed, mends itself) carries every
+//! unary call, and each event stream has one of its own ([`EventWriter`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Connection, Pool, Runtime, Timeouts};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, Script, ServerErrorKind};
+use cwp::Serial;
+use drover_schema as schema;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 
 use crate::batch::{COMMAND_RESULT_KIND, ValidBatch};
 
@@ -47,15 +54,10 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// restarting (`LOADING`), slow, or out of memory.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No connection could be had from the pool.
-    #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    /// Redis failed the command or the connection broke.
+    /// Redis failed the command, refused the connection or its login, or
+    /// the connection broke.
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
-    /// The Redis URL or pool settings are unusable.
-    #[error("cannot set up the Redis pool: {0}")]
-    Setup(String),
 }
 
 impl StoreError {
@@ -63,21 +65,8 @@ impl StoreError {
     /// user given while the default user is off) or a command (`NOPERM`):
     /// a configuration problem that retrying will not fix.
     pub fn is_refused_by_acl(&self) -> bool {
-        let err = match self {
-            Self::Redis(err) | Self::Pool(deadpool_redis::PoolError::Backend(err)) => err,
-            Self::Pool(_) | Self::Setup(_) => return false,
-        };
+        let Self::Redis(err) = self;
         err.kind() == ErrorKind::AuthenticationFailed || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-    }
-
-    /// Whether the connection that produced the error is worth keeping.
-    fn connection_is_broken(&self) -> bool {
-        match self {
-            Self::Redis(err) => {
-                err.is_io_error() || err.is_connection_dropped() || err.is_timeout() || err.is_connection_refusal()
-            }
-            Self::Pool(_) | Self::Setup(_) => false,
-        }
     }
 }
 
@@ -85,7 +74,7 @@ impl StoreError {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOpening<'a> {
     /// The device.
-    pub serial: &'a cwp::Serial,
+    pub serial: &'a Serial,
     /// The session id, lowercase hex.
     pub session: &'a str,
     /// The driver holding the session.
@@ -113,7 +102,7 @@ pub struct SessionOpened {
 #[derive(Debug, Clone, Copy)]
 pub struct CommandRejection<'a> {
     /// The device the command was for.
-    pub serial: &'a cwp::Serial,
+    pub serial: &'a Serial,
     /// The command's id, empty if unreadable.
     pub command_id: &'a str,
     /// `REJECTED` or `UNDELIVERED`.
@@ -126,7 +115,8 @@ pub struct CommandRejection<'a> {
     pub driver: &'a str,
     /// When, Unix ms.
     pub rejected_ms: u64,
-    /// The JSON published on `cwp:cmd-result:{serial}`.
+    /// The JSON published on the device's result channel
+    /// ([`schema::COMMAND_RESULTS`]).
     pub notice: &'a str,
 }
 
@@ -134,7 +124,7 @@ pub struct CommandRejection<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct UploadRecord<'a> {
     /// The device that uploaded.
-    pub serial: &'a cwp::Serial,
+    pub serial: &'a Serial,
     /// The upload's id, a hyphenated UUID.
     pub upload_id: &'a str,
     /// The name the device gave it.
@@ -151,103 +141,69 @@ pub struct UploadRecord<'a> {
     pub completed_ms: u64,
 }
 
-/// The bridge's Redis: a pool of multiplexed connections for the unary
-/// calls, and a client for the event streams' own connections. Cheap to
+/// The bridge's Redis: one shared `Connection` for the unary calls, and
+/// the client that event streams open their own connections with. Cheap to
 /// clone.
 ///
-/// Unary calls share one multiplexed connection taken from the pool rather
-/// than checking one out per call: a checkout costs a `PING` round trip,
-/// and with `appendfsync always` every round trip waits for an fsync, so a
-/// connect storm of thousands of `OpenSession`s would crawl. Multiplexed,
-/// they are pipelined: one fsync covers all that arrive together. A broken
-/// connection is dropped and the pool gives (or makes) another.
-#[derive(Clone)]
+/// Unary calls share one multiplexed connection rather than taking turns
+/// on several: with `appendfsync always` every round trip waits for an
+/// fsync, and a connect storm of thousands of `OpenSession`s would crawl;
+/// multiplexed, they are pipelined and one fsync covers all that arrive
+/// together. Redis runs one command at a time whatever the number of
+/// connections, so more would not make it answer sooner.
+#[derive(Debug, Clone)]
 pub struct Store {
-    pool: Pool,
     client: redis::Client,
-    shared: std::sync::Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("pool", &self.pool.status()).finish()
-    }
+    unary: Connection,
 }
 
 impl Store {
-    /// A pool of at most `pool_size` connections to `redis_url`. Connects
-    /// lazily: Redis need not be up yet.
-    pub fn new(redis_url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    /// The bridge's Redis at `redis_url`. Connects lazily: Redis need not be
+    /// up yet.
+    pub fn new(redis_url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(redis_url)?;
-        let manager = deadpool_redis::Manager::new_with_config(redis_url, connection)?;
-        let pool = Pool::builder(manager)
-            .max_size(pool_size)
-            .timeouts(Timeouts {
-                // Waiting for a free connection is back-pressure, not a fault.
-                wait: None,
-                create: Some(CONNECT_TIMEOUT),
-                recycle: Some(CONNECT_TIMEOUT),
-            })
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|err| StoreError::Setup(err.to_string()))?;
-        Ok(Self {
-            pool,
-            client,
-            shared: std::sync::Arc::default(),
-        })
+        let unary = Connection::new(client.clone())?;
+        Ok(Self { client, unary })
     }
 
-    /// The shared multiplexed connection for unary calls.
-    pub(crate) async fn connection(&self) -> Result<SharedConnection, StoreError> {
-        let mut slot = self.shared.lock().await;
-        let connection = match &*slot {
-            Some(connection) => connection.clone(),
-            None => {
-                let pooled: Connection = self.pool.get().await?;
-                let connection = pooled.as_ref().clone();
-                *slot = Some(connection.clone());
-                connection
-            }
-        };
-        Ok(SharedConnection {
-            connection,
-            slot: self.shared.clone(),
-        })
+    /// The shared connection of the unary calls.
+    pub(crate) fn connection(&self) -> Connection {
+        self.unary.clone()
     }
 
     /// `PING`: whether Redis answers at all.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        redis::cmd("PING").query_async::<()>(&mut self.connection()).await?;
         Ok(())
     }
 
-    /// A writer for one event stream (see [`EventWriter`]).
-    pub fn event_writer(&self) -> EventWriter {
-        EventWriter::new(self.client.clone())
+    /// A writer for one event stream (see [`EventWriter`]), with a
+    /// connection of its own.
+    pub fn event_writer(&self) -> Result<EventWriter, StoreError> {
+        Ok(EventWriter::new(Connection::new(self.client.clone())?))
     }
 
     /// The restart cleanup on a stream's `hello`: returns how many devices
     /// of a previous instance of `driver` were marked offline.
     pub async fn driver_restart(&self, driver: &str, instance: &str) -> Result<u64, StoreError> {
-        let mut conn = self.connection().await?;
         Ok(SCRIPTS
             .driver_restart
+            .key(schema::DRIVER_INSTANCE.name(driver))
+            .key(schema::DRIVER_DEVICES.name(driver))
             .arg(driver)
             .arg(instance)
-            .invoke_async(&mut conn)
+            .arg(schema::DEVICE.script_prefix())
+            .invoke_async(&mut self.connection())
             .await?)
     }
 
     /// Installs a session in the registry (`OpenSession`).
     pub async fn open_session(&self, session: SessionOpening<'_>) -> Result<SessionOpened, StoreError> {
-        let mut conn = self.connection().await?;
         let (last_event_id, superseded): (String, i64) = SCRIPTS
             .open_session
+            .key(schema::DEVICE.name(session.serial))
+            .key(schema::HIGH_WATER_MARKS)
+            .key(schema::DRIVER_DEVICES.name(session.driver))
             .arg(session.serial.as_str())
             .arg(session.session)
             .arg(session.driver)
@@ -255,7 +211,9 @@ impl Store {
             .arg(session.peer)
             .arg(session.firmware)
             .arg(session.connected_ms)
-            .invoke_async(&mut conn)
+            .arg(schema::DRIVER_DEVICES.script_prefix())
+            .arg(schema::DRIVER_CONTROL.script_prefix())
+            .invoke_async(&mut self.connection())
             .await?;
         let last_event_id = last_event_id.parse().map_err(|_| {
             RedisError::from((
@@ -274,28 +232,29 @@ impl Store {
     /// returns whether it was the current one.
     pub async fn close_session(
         &self,
-        serial: &cwp::Serial,
+        serial: &Serial,
         session: &str,
         driver: &str,
         last_seen_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
         let current: i64 = SCRIPTS
             .close_session
+            .key(schema::DEVICE.name(serial))
+            .key(schema::HIGH_WATER_MARKS)
+            .key(schema::DRIVER_DEVICES.name(driver))
             .arg(serial.as_str())
             .arg(session)
-            .arg(driver)
             .arg(last_seen_ms)
-            .invoke_async(&mut conn)
+            .invoke_async(&mut self.connection())
             .await?;
         Ok(current == 1)
     }
 
     /// Records a rejected command and publishes its notice (`RejectCommand`).
     pub async fn reject_command(&self, rejection: CommandRejection<'_>) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
         SCRIPTS
             .reject_command
+            .key(schema::REJECTED_COMMANDS)
             .arg(rejection.serial.as_str())
             .arg(rejection.command_id)
             .arg(rejection.outcome)
@@ -304,7 +263,8 @@ impl Store {
             .arg(rejection.driver)
             .arg(rejection.rejected_ms)
             .arg(rejection.notice)
-            .invoke_async::<()>(&mut conn)
+            .arg(schema::COMMAND_RESULTS.name(rejection.serial))
+            .invoke_async::<()>(&mut self.connection())
             .await?;
         Ok(())
     }
@@ -312,9 +272,10 @@ impl Store {
     /// Appends an `upload_completed` record once per upload
     /// (`RecordUpload`); returns whether this call appended it.
     pub async fn record_upload(&self, upload: UploadRecord<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
         let recorded: i64 = SCRIPTS
             .record_upload
+            .key(schema::UPLOAD_RECORDED.name(upload.serial, upload.upload_id))
+            .key(schema::UPLOADS)
             .arg(upload.serial.as_str())
             .arg(upload.upload_id)
             .arg(upload.name)
@@ -323,60 +284,148 @@ impl Store {
             .arg(upload.path)
             .arg(upload.driver)
             .arg(upload.completed_ms)
-            .invoke_async(&mut conn)
+            .invoke_async(&mut self.connection())
             .await?;
         Ok(recorded == 1)
     }
 }
 
-/// A handle on the shared connection; an I/O failure through it retires
-/// the connection for every later call.
-pub(crate) struct SharedConnection {
-    connection: MultiplexedConnection,
-    slot: std::sync::Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+/// A multiplexed Redis connection that mends itself: redis-rs's
+/// [`ConnectionManager`], which pipelines concurrent calls over one socket
+/// and dials again after an I/O error or a dropped connection, and a fresh
+/// manager in the two cases that leave a manager broken for good:
+///
+/// - a reply that never came within [`RESPONSE_TIMEOUT`]: the manager keeps
+///   the connection, and behind a peer that vanished without a reset every
+///   later call would time out too;
+/// - a refused login (`WRONGPASS`, or a full Redis answering `AUTH` with an
+///   error) while dialling: the manager keeps that failed dial and answers
+///   every later call with it, so the bridge would stay locked out after
+///   the ACL is fixed.
+///
+/// A call fails at once while Redis is down, rather than waiting through a
+/// schedule of reconnection attempts: the manager dials once per failure,
+/// and every caller retries on its own terms already (drivers, the event
+/// streams' appliers, the health check). Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
 }
 
-impl redis::aio::ConnectionLike for SharedConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+/// What the clones of a [`Connection`] share.
+struct Shared {
+    /// Where a new manager dials.
+    client: redis::Client,
+    /// The manager in use; replaced whole, never changed in place.
+    current: RwLock<Current>,
+}
+
+#[derive(Clone)]
+struct Current {
+    /// Counts replacements, so that of many calls failing on one manager
+    /// only the first replaces it.
+    generation: u64,
+    manager: ConnectionManager,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("replacements", &self.current().generation)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A connection to `client`'s Redis, dialled on first use.
+    fn new(client: redis::Client) -> Result<Self, RedisError> {
+        let manager = Self::new_manager(&client)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                current: RwLock::new(Current { generation: 0, manager }),
+            }),
+        })
+    }
+
+    /// A manager that dials on first use.
+    fn new_manager(client: &redis::Client) -> Result<ConnectionManager, RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(0);
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+    }
+
+    fn current(&self) -> Current {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces manager `generation` if `result` shows it cannot recover
+    /// by itself (see [`Connection`]).
+    fn mend<T>(&self, generation: u64, result: &Result<T, RedisError>) {
+        let Err(err) = result else { return };
+        if !(err.is_timeout() || err.kind() == ErrorKind::AuthenticationFailed) {
+            return;
+        }
+        let mut current = self.shared.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.generation != generation {
+            return; // another call replaced it already
+        }
+        // Only fails for settings this type never makes.
+        if let Ok(manager) = Self::new_manager(&self.shared.client) {
+            *current = Current {
+                generation: generation + 1,
+                manager,
+            };
+        }
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.connection.req_packed_command(cmd).await;
-            self.retire_if_broken(&result).await;
+            let Current {
+                generation,
+                mut manager,
+            } = self.current();
+            let result = manager.req_packed_command(cmd).await;
+            self.mend(generation, &result);
             result
         })
     }
 
     fn req_packed_commands<'a>(
         &'a mut self,
-        cmd: &'a redis::Pipeline,
+        cmd: &'a Pipeline,
         offset: usize,
         count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+    ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.connection.req_packed_commands(cmd, offset, count).await;
-            self.retire_if_broken(&result).await;
+            let Current {
+                generation,
+                mut manager,
+            } = self.current();
+            let result = manager.req_packed_commands(cmd, offset, count).await;
+            self.mend(generation, &result);
             result
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.connection.get_db()
-    }
-}
-
-impl SharedConnection {
-    async fn retire_if_broken<T>(&self, result: &Result<T, RedisError>) {
-        if let Err(err) = result
-            && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
-        {
-            *self.slot.lock().await = None;
-        }
+        self.current().manager.get_db()
     }
 }
 
 /// How often, at most, one stream refreshes a device's registry entry
 /// (`last_event_id`, `last_seen_ms`) while it keeps sending events. The
-/// exactly-once high-water mark (`cwp:hwm`) is exact at every call; only
-/// this human-facing copy lags, by at most this much.
+/// exactly-once high-water mark ([`schema::HIGH_WATER_MARKS`]) is exact at
+/// every call; only this human-facing copy lags, by at most this much.
 const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Stores the batches of one event stream, one script call at a time.
@@ -386,36 +435,34 @@ const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
 /// `OpenSession` must not queue behind it on a shared connection (a
 /// handshake storm during heavy event traffic would time out). It reuses
 /// one command buffer and its scratch tables, so a call allocates nothing
-/// per event.
+/// per event (only a key name per registry entry it refreshes).
 pub struct EventWriter {
-    client: redis::Client,
-    connection: Option<MultiplexedConnection>,
-    command: redis::Cmd,
+    connection: Connection,
+    command: Cmd,
     /// Serials of the call being built, in first-seen order.
-    serials: Vec<String>,
+    serials: Vec<Serial>,
     /// Serial -> its index (1-based) in `serials`.
-    index: HashMap<String, usize>,
+    index: HashMap<Serial, usize>,
     /// Serials whose registry entry was refreshed in the current and the
     /// previous period: a serial is refreshed when it is in neither. Two
     /// generations bound the memory to the devices active lately.
-    refreshed: [HashSet<String>; 2],
+    refreshed: [HashSet<Serial>; 2],
     period_started: Instant,
 }
 
 impl std::fmt::Debug for EventWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventWriter")
-            .field("connected", &self.connection.is_some())
+            .field("connection", &self.connection)
             .finish()
     }
 }
 
 impl EventWriter {
-    fn new(client: redis::Client) -> Self {
+    fn new(connection: Connection) -> Self {
         Self {
-            client,
-            connection: None,
-            command: redis::Cmd::new(),
+            connection,
+            command: Cmd::new(),
             serials: Vec::new(),
             index: HashMap::new(),
             refreshed: [HashSet::new(), HashSet::new()],
@@ -424,18 +471,14 @@ impl EventWriter {
     }
 
     /// Stores `batches` (in order) with one script call and returns, per
-    /// batch, how many events were newly appended to `cwp:events`; the rest
-    /// were duplicates. On error nothing is known about what was stored:
-    /// call again with the same batches.
+    /// batch, how many events were newly appended to [`schema::EVENTS`]; the
+    /// rest were duplicates. On error nothing is known about what was
+    /// stored: call again with the same batches.
     pub async fn store(&mut self, driver: &str, batches: &[ValidBatch]) -> Result<Vec<u32>, StoreError> {
         let refreshing = self.plan_call(batches);
         self.build_store_events(driver, batches, refreshing);
         let result = self.invoke().await;
-        if let Err(err) = &result {
-            if err.connection_is_broken() {
-                // The next call connects again.
-                self.connection = None;
-            }
+        if result.is_err() {
             // The registry refreshes of a failed call did not happen.
             for serial in &self.serials[..refreshing] {
                 self.refreshed[0].remove(serial);
@@ -464,40 +507,46 @@ impl EventWriter {
         self.serials.clear();
         self.index.clear();
         let mut later = Vec::new();
-        for event in batches.iter().flat_map(|batch| &batch.events) {
-            if self.index.insert(event.serial.clone(), 0).is_some() {
+        for &serial in batches.iter().flat_map(|batch| &batch.serials) {
+            if self.index.insert(serial, 0).is_some() {
                 continue; // met earlier in this call
             }
             let [current, previous] = &mut self.refreshed;
-            if current.contains(&event.serial) || previous.contains(&event.serial) {
-                later.push(event.serial.clone());
+            if current.contains(&serial) || previous.contains(&serial) {
+                later.push(serial);
             } else {
-                current.insert(event.serial.clone());
-                self.serials.push(event.serial.clone());
+                current.insert(serial);
+                self.serials.push(serial);
             }
         }
         let refreshing = self.serials.len();
         self.serials.append(&mut later);
         for (i, serial) in self.serials.iter().enumerate() {
-            self.index.insert(serial.clone(), i + 1);
+            self.index.insert(*serial, i + 1);
         }
         refreshing
     }
 
-    /// Writes `EVALSHA store_events 0 driver k s r serials... n1..nk
-    /// (index id time kind body received [notice])...` into the command
-    /// (see `scripts/store_events.lua`).
+    /// Writes `EVALSHA store_events 2+r events hwm device... results-prefix
+    /// driver k s serials... n1..nk (index id time kind body received
+    /// [notice])...` into the command (see `scripts/store_events.lua`).
     fn build_store_events(&mut self, driver: &str, batches: &[ValidBatch], refreshing: usize) {
         let command = &mut self.command;
         command.clear();
         command
             .arg("EVALSHA")
             .arg(SCRIPTS.store_events.get_hash())
-            .arg(0)
+            .arg(2 + refreshing)
+            .arg(schema::EVENTS)
+            .arg(schema::HIGH_WATER_MARKS);
+        for serial in &self.serials[..refreshing] {
+            command.arg(schema::DEVICE.name(serial));
+        }
+        command
+            .arg(schema::COMMAND_RESULTS.script_prefix())
             .arg(driver)
             .arg(batches.len())
-            .arg(self.serials.len())
-            .arg(refreshing);
+            .arg(self.serials.len());
         for serial in &self.serials {
             command.arg(serial.as_bytes());
         }
@@ -506,9 +555,9 @@ impl EventWriter {
         }
         for batch in batches {
             let mut notices = batch.results.iter();
-            for event in &batch.events {
+            for (event, serial) in batch.events.iter().zip(&batch.serials) {
                 command
-                    .arg(self.index.get(&event.serial).copied().unwrap_or(0))
+                    .arg(self.index.get(serial).copied().unwrap_or(0))
                     .arg(event.event_id)
                     .arg(event.time_ms)
                     .arg(event.kind)
@@ -523,25 +572,80 @@ impl EventWriter {
     }
 
     async fn invoke(&mut self) -> Result<Vec<u32>, StoreError> {
-        let connection = match &mut self.connection {
-            Some(connection) => connection,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                let connection = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                self.connection.insert(connection)
-            }
-        };
+        let connection = &mut self.connection;
         match self.command.query_async(connection).await {
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 SCRIPTS.store_events.load_async(connection).await?;
                 Ok(self.command.query_async(connection).await?)
             }
             result => Ok(result?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use drover_schema::{control_fields, device_fields, event_fields, rejection_fields, upload_fields};
+
+    const SCRIPT_SOURCES: [(&str, &str); 6] = [
+        ("store_events", include_str!("scripts/store_events.lua")),
+        ("open_session", include_str!("scripts/open_session.lua")),
+        ("close_session", include_str!("scripts/close_session.lua")),
+        ("driver_restart", include_str!("scripts/driver_restart.lua")),
+        ("reject_command", include_str!("scripts/reject_command.lua")),
+        ("record_upload", include_str!("scripts/record_upload.lua")),
+    ];
+
+    /// The quoted strings of a Lua source, comments left out.
+    fn literals(source: &str) -> Vec<&str> {
+        let mut found = Vec::new();
+        for line in source.lines() {
+            let code = line.split("--").next().unwrap_or_default();
+            let mut rest = code;
+            while let Some(open) = rest.find(['\'', '"']) {
+                let quote = &rest[open..=open];
+                let after = &rest[open + 1..];
+                let Some(close) = after.find(quote) else { break };
+                found.push(&after[..close]);
+                rest = &after[close + 1..];
+            }
+        }
+        found
+    }
+
+    /// Names reach the scripts through `KEYS` and `ARGV` (from
+    /// `drover_schema`); what a script may spell itself is a Redis command
+    /// or keyword, a number, and the field names and values of the schema.
+    #[test]
+    fn scripts_spell_no_key_or_channel_and_only_the_schemas_fields() {
+        let fields: HashSet<&str> = [
+            &event_fields::ALL[..],
+            &device_fields::ALL,
+            &rejection_fields::ALL,
+            &upload_fields::ALL,
+            &control_fields::ALL,
+            &[control_fields::SUPERSEDE, upload_fields::UPLOAD_COMPLETED],
+        ]
+        .concat()
+        .into_iter()
+        .collect();
+        for (script, source) in SCRIPT_SOURCES {
+            assert!(
+                !source.contains("cwp:"),
+                "{script}.lua names a key or channel itself: pass it in KEYS or ARGV"
+            );
+            let literals = literals(source);
+            assert!(!literals.is_empty(), "{script}.lua: the literals are found");
+            for literal in literals {
+                let command_or_keyword = !literal.is_empty() && literal.bytes().all(|b| b.is_ascii_uppercase());
+                let number_or_symbol = literal.bytes().all(|b| b.is_ascii_digit()) || matches!(literal, "*" | "~");
+                assert!(
+                    command_or_keyword || number_or_symbol || fields.contains(literal),
+                    "{script}.lua spells '{literal}', which is no field name of drover_schema"
+                );
+            }
         }
     }
 }

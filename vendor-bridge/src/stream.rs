@@ -30,7 +30,7 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::batch::ValidBatch;
 use crate::stats::Stats;
-use crate::store::{EventWriter, Store};
+use crate::store::EventWriter;
 
 /// Batches a stream may have received but not yet stored.
 const BATCH_QUEUE: usize = 64;
@@ -73,12 +73,12 @@ enum Inbound {
     Fail(Status),
 }
 
-/// Starts the tasks of one stream whose `hello` came from `driver`;
-/// returns the stream of answers.
+/// Starts the tasks of one stream whose `hello` came from `driver`, storing
+/// with `writer`; returns the stream of answers.
 pub(crate) fn start(
     inbound: Streaming<DriverMessage>,
     driver: String,
-    store: &Store,
+    writer: EventWriter,
     stats: Arc<Stats>,
     lifecycle: Lifecycle,
 ) -> Replies {
@@ -88,7 +88,7 @@ pub(crate) fn start(
     tokio::spawn(read(inbound, batches_tx, lifecycle.draining.clone()).instrument(span.clone()));
     let applier = Applier {
         driver,
-        writer: store.event_writer(),
+        writer,
         replies: replies_tx,
         stats,
         abandon: lifecycle.abandon,

@@ -54,14 +54,14 @@ async fn health_is_serving_only_while_redis_answers() {
 #[tokio::test]
 async fn redis_with_appendfsync_always_makes_acks_durable() {
     let redis = RedisServer::start().unwrap();
-    let store = Store::new(&redis.url(), 1).unwrap();
+    let store = Store::new(&redis.url()).unwrap();
     assert_eq!(durability::check(&store).await.unwrap(), Durability::Fsynced);
 }
 
 #[tokio::test]
 async fn redis_with_appendfsync_everysec_is_reported_weak() {
     let redis = RedisServer::start_with_args(&["--appendfsync", "everysec"]).unwrap();
-    let store = Store::new(&redis.url(), 1).unwrap();
+    let store = Store::new(&redis.url()).unwrap();
     assert_eq!(
         durability::check(&store).await.unwrap(),
         Durability::Weak {
@@ -74,7 +74,7 @@ async fn redis_with_appendfsync_everysec_is_reported_weak() {
 #[tokio::test]
 async fn redis_refusing_config_leaves_durability_unverified() {
     let redis = RedisServer::start_with_args(&["--rename-command", "CONFIG", ""]).unwrap();
-    let store = Store::new(&redis.url(), 1).unwrap();
+    let store = Store::new(&redis.url()).unwrap();
     assert!(matches!(
         durability::check(&store).await.unwrap(),
         Durability::Unverified { .. }

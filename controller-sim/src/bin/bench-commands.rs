@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use controller_sim::device::LatencyReport;
+use drover_schema::{COMMAND_RESULTS, COMMANDS, command_fields, result_fields};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -97,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Redis")?;
     let mut subscriber = client.get_async_pubsub().await.context("connecting to Redis")?;
-    subscriber.psubscribe("cwp:cmd-result:*").await?;
+    subscriber.psubscribe(COMMAND_RESULTS.pattern()).await?;
 
     let outstanding: Outstanding = Arc::default();
     let round_trips = Arc::new(Mutex::new(
@@ -115,8 +116,10 @@ async fn main() -> anyhow::Result<()> {
                     Ok(notice) => notice,
                     Err(_) => continue,
                 };
-                let status = notice["status"].as_str().unwrap_or("?").to_owned();
-                let Some(id) = notice["id"].as_str() else { continue };
+                let status = notice[result_fields::STATUS].as_str().unwrap_or("?").to_owned();
+                let Some(id) = notice[result_fields::ID].as_str() else {
+                    continue;
+                };
                 if let Some(sent) = lock(&outstanding).remove(id) {
                     lock(&round_trips).saturating_record(
                         u64::try_from(now.duration_since(sent).as_micros())
@@ -149,12 +152,18 @@ async fn main() -> anyhow::Result<()> {
         let mut ids = Vec::with_capacity(owed as usize);
         for _ in 0..owed as u64 {
             let number = args.first_serial + rand::random_range(0..args.devices);
-            let serial = format!("{}{:0width$}", args.serial_prefix, number, width = args.serial_width);
+            let serial: cwp::Serial = format!("{}{:0width$}", args.serial_prefix, number, width = args.serial_width)
+                .parse()
+                .context("--serial-prefix and --serial-width must make serials of at most 32 [A-Za-z0-9._-]")?;
             let id = uuid::Uuid::new_v4().to_string();
-            let command = serde_json::json!({"id": id, "name": args.name, "body": body});
+            let command = serde_json::json!({
+                (command_fields::ID): id,
+                (command_fields::NAME): args.name,
+                (command_fields::BODY): body,
+            });
             batch
                 .cmd("PUBLISH")
-                .arg(format!("cwp:cmd:{serial}"))
+                .arg(COMMANDS.name(&serial))
                 .arg(command.to_string());
             ids.push(id);
         }

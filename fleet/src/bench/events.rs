@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use drover_schema::event_fields;
 
 use super::BenchContext;
 use super::probe::{CpuMeter, SimSummary, run_sim};
@@ -124,7 +125,7 @@ fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64)
 fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64) -> anyhow::Result<Phase> {
     let sim = binary("controller-sim")?;
     let seconds = ctx.phase_seconds();
-    let _consumer = Consumer::start(rig.redis.port(), "cwp:events");
+    let _consumer = Consumer::start(rig.redis.port(), drover_schema::EVENTS);
     let meter = CpuMeter::start(&rig.processes());
     let started = std::time::Instant::now();
     let summary = run_sim(
@@ -204,19 +205,19 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         "XADD",
         "cwp:ceiling",
         "*",
-        "serial",
+        event_fields::SERIAL,
         "EVB-000001",
-        "event_id",
+        event_fields::EVENT_ID,
         "__rand_int__",
-        "time_ms",
+        event_fields::TIME_MS,
         "1767225600000",
-        "kind",
+        event_fields::KIND,
         "7",
-        "body",
+        event_fields::BODY,
         &body,
-        "driver",
+        event_fields::DRIVER,
         "driver-1",
-        "received_ms",
+        event_fields::RECEIVED_MS,
         "1767225600000",
     ];
     let _consumer = Consumer::start(redis.port(), "cwp:ceiling");

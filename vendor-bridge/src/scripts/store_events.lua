@@ -1,25 +1,31 @@
 #!lua
 -- Stores one or more batches of events exactly once per (serial, event_id).
 --
--- ARGV[1]      driver id, recorded with every event
--- ARGV[2]      k, the number of batches
--- ARGV[3]      s, the number of distinct serials in the call
--- ARGV[4]      r, how many of those serials also refresh their registry entry
+-- KEYS[1]      the events stream (drover_schema::EVENTS)
+-- KEYS[2]      the high-water marks (drover_schema::HIGH_WATER_MARKS)
+-- KEYS[3..2+r] the registry entries (drover_schema::DEVICE) of the r
+--              serials whose entry this call refreshes, in the order of
+--              the serials below
+-- ARGV[1]      the prefix of result channels (drover_schema::COMMAND_RESULTS):
+--              a channel is only needed for a command result newly stored
+-- ARGV[2]      driver id, recorded with every event
+-- ARGV[3]      k, the number of batches
+-- ARGV[4]      s, the number of distinct serials in the call
 -- ARGV[5..4+s] the distinct serials, the r to refresh first
 -- ARGV[5+s..4+s+k] the number of events in each batch
 -- then per event: serial index (1-based, into the serials above), event_id,
 -- time_ms, kind, body, received_ms and, only when kind is 65535 (a command
 -- result), the JSON notice to publish.
 --
--- Returns, per batch, how many of its events were appended to cwp:events.
+-- Returns, per batch, how many of its events were appended to KEYS[1].
 --
--- The high-water marks live in one hash, cwp:hwm (serial -> highest stored
+-- The high-water marks live in one hash, KEYS[2] (serial -> highest stored
 -- event id): one HMGET reads them all and one HSET writes them all, so the
 -- cost per event is its XADD, whatever the number of devices (in chunks of
--- a thousand serials, see CHUNK). The registry
--- (cwp:device:{serial}) gets last_event_id and last_seen_ms only for the r
--- serials the bridge asks for (at most about once a second per serial);
--- session open and close bring it up to date too.
+-- a thousand serials, see CHUNK). The registry gets last_event_id and
+-- last_seen_ms only for the r serials the bridge asks for (at most about
+-- once a second per serial); session open and close bring it up to date
+-- too.
 --
 -- Event ids are u64 decimal strings without leading zeros. Lua numbers are
 -- doubles that lose precision above 2^53, so ids are compared as strings and
@@ -41,10 +47,12 @@ local function above(id, mark)
   return id > mark
 end
 
-local driver = argv[1]
-local batches = tonumber(argv[2])
-local nserials = tonumber(argv[3])
-local refresh = tonumber(argv[4])
+local events, marks_key = KEYS[1], KEYS[2]
+local refresh = #KEYS - 2
+local result_prefix = argv[1]
+local driver = argv[2]
+local batches = tonumber(argv[3])
+local nserials = tonumber(argv[4])
 local serials = {}
 for j = 1, nserials do
   serials[j] = argv[4 + j]
@@ -59,7 +67,7 @@ local CHUNK = 1000
 local marks = {}
 for first = 1, nserials, CHUNK do
   local last = math.min(first + CHUNK - 1, nserials)
-  local part = call('HMGET', 'cwp:hwm', unpack(serials, first, last))
+  local part = call('HMGET', marks_key, unpack(serials, first, last))
   for j = first, last do
     marks[j] = part[j - first + 1] or '0'
   end
@@ -84,14 +92,14 @@ for b = 1, batches do
     end
     local serial = serials[j]
     if above(id, marks[j]) then
-      call('XADD', 'cwp:events', '*',
+      call('XADD', events, '*',
         'serial', serial, 'event_id', id, 'time_ms', time_ms, 'kind', kind,
         'body', body, 'driver', driver, 'received_ms', received_ms)
       marks[j] = id
       advanced[j] = true
       n = n + 1
       if notice then
-        call('PUBLISH', 'cwp:cmd-result:' .. serial, notice)
+        call('PUBLISH', result_prefix .. serial, notice)
       end
     end
     seen[j] = received_ms
@@ -106,11 +114,11 @@ for j = 1, nserials do
     updates[#updates + 1] = marks[j]
   end
   if #updates >= 2 * CHUNK or (j == nserials and #updates > 0) then
-    call('HSET', 'cwp:hwm', unpack(updates))
+    call('HSET', marks_key, unpack(updates))
     updates = {}
   end
 end
 for j = 1, refresh do
-  call('HSET', 'cwp:device:' .. serials[j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
+  call('HSET', KEYS[2 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
 return stored

@@ -1,0 +1,594 @@
+//! Drover's Redis contract, in code: the one place that names every Redis
+//! key and pub/sub channel, says how a name is built from a device's serial
+//! or a driver's id, and names the fields of every stream entry, hash and
+//! JSON message that crosses Redis. Code elsewhere never spells a name or
+//! joins a prefix to an id itself; it asks this crate.
+//!
+//! | key | here | type | written by | content |
+//! |---|---|---|---|---|
+//! | `cwp:events` | [`EVENTS`], [`event_fields`] | stream | bridge | One entry per stored event, exactly once per (serial, event id). |
+//! | `cwp:hwm` | [`HIGH_WATER_MARKS`] | hash | bridge | The exactly-once high-water mark: field = serial, value = the highest event id stored for it. |
+//! | `cwp:device:{serial}` | [`DEVICE`], [`device_fields`] | hash | bridge | The device registry: whether the device is online, where and since when, and its last event id. |
+//! | `cwp:cmd:{serial}` | [`COMMANDS`], [`command_fields`] | pub/sub channel | operators | Commands for a device, as JSON; its driver subscribes while the device is connected. |
+//! | `cwp:cmd-result:{serial}` | [`COMMAND_RESULTS`], [`result_fields`] | pub/sub channel | bridge | A device's command result as JSON, or the notice of a command that never reached it. |
+//! | `cwp:cmd-rejected` | [`REJECTED_COMMANDS`], [`rejection_fields`] | stream | bridge | Every command that never reached its device, and why. |
+//! | `cwp:driver:{driver_id}` | [`DRIVER_CONTROL`], [`control_fields`] | pub/sub channel | bridge | Control messages for one driver process (a session superseded elsewhere). |
+//! | `cwp:driver-devices:{driver_id}` | [`DRIVER_DEVICES`] | set | bridge | The serials whose current session lives on that driver. |
+//! | `cwp:driver-instance:{driver_id}` | [`DRIVER_INSTANCE`] | string | bridge | The driver process instance currently using that id. |
+//! | `cwp:uploads` | [`UPLOADS`], [`upload_fields`] | stream | bridge | One `upload_completed` record per finished upload. |
+//! | `cwp:upload-recorded:{serial}:{upload_id}` | [`UPLOAD_RECORDED`] | string | bridge | Marks an upload as recorded, so that a retried record is not appended twice. |
+//!
+//! docs/ARCHITECTURE.md ("Redis keys") is the same table with the fields
+//! spelled out, and docs/redis-acl.conf grants each component its part of
+//! it; the tests below hold all three to these names.
+//!
+//! # Building names
+//!
+//! A fixed key is a constant ([`EVENTS`]). A key or channel per device or
+//! per driver is a *family* ([`DeviceFamily`], [`DriverFamily`],
+//! [`UploadFamily`]): `DEVICE.name(&serial)` builds one name,
+//! `COMMANDS.serial_of(channel)` reads the serial back out of one,
+//! `COMMAND_RESULTS.pattern()` matches them all. Only the vendor-bridge's Lua
+//! scripts see a family's bare prefix ([`DeviceFamily::script_prefix`]), and
+//! only for the names of serials or drivers they learn inside Redis (the
+//! members of a set, the previous driver of a session); every other name
+//! reaches a script fully built, as one of its `KEYS` or `ARGV`.
+//!
+//! This is what makes the layout this crate's business alone: sharding for
+//! Redis Cluster (hash tags such as `cwp:{p3}:events`, a high-water-mark
+//! hash per partition) changes how these functions build names, and the
+//! callers that ask them stay as they are, bar the ones that must learn a
+//! partition.
+
+use cwp::Serial;
+
+/// The stream of stored events (`XADD` by the bridge's `store_events`
+/// script); its entries' fields are [`event_fields`]. The main application
+/// consumes and trims it.
+pub const EVENTS: &str = "cwp:events";
+
+/// The exactly-once high-water marks: one hash, field = serial, value = the
+/// highest event id stored for it (decimal). Read and written once per
+/// batch, whatever the number of devices.
+pub const HIGH_WATER_MARKS: &str = "cwp:hwm";
+
+/// Each device's registry entry, a hash of [`device_fields`].
+pub const DEVICE: DeviceFamily = DeviceFamily::new("cwp:device:");
+
+/// Each device's command channel: operators `PUBLISH` JSON commands
+/// ([`command_fields`]); the device's driver subscribes while it is online,
+/// so `PUBLISH` answers 1 then and 0 when it is offline.
+pub const COMMANDS: DeviceFamily = DeviceFamily::new("cwp:cmd:");
+
+/// Each device's result channel: the bridge publishes the device's command
+/// results and the notices of commands that never reached it, as JSON
+/// ([`result_fields`]).
+pub const COMMAND_RESULTS: DeviceFamily = DeviceFamily::new("cwp:cmd-result:");
+
+/// The stream of every command that never reached its device, with
+/// [`rejection_fields`]. Capped by the bridge to about 100,000 entries.
+pub const REJECTED_COMMANDS: &str = "cwp:cmd-rejected";
+
+/// Each driver process's control channel: the bridge publishes JSON
+/// control messages ([`control_fields`]), the driver subscribes.
+pub const DRIVER_CONTROL: DriverFamily = DriverFamily::new("cwp:driver:");
+
+/// Each driver's set of the serials whose current session it holds: lets
+/// the bridge mark them offline when the driver restarts.
+pub const DRIVER_DEVICES: DriverFamily = DriverFamily::new("cwp:driver-devices:");
+
+/// Each driver id's current process instance (a string): a new instance
+/// means the previous one died.
+pub const DRIVER_INSTANCE: DriverFamily = DriverFamily::new("cwp:driver-instance:");
+
+/// The stream of finished uploads, one record of [`upload_fields`] each.
+pub const UPLOADS: &str = "cwp:uploads";
+
+/// Per upload, a marker (a string) that its record was appended to
+/// [`UPLOADS`], so that a retried record is not appended twice.
+pub const UPLOAD_RECORDED: UploadFamily = UploadFamily::new("cwp:upload-recorded:");
+
+/// A family of Redis names, one per device: the name is built from the
+/// device's [`Serial`] and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceFamily {
+    prefix: &'static str,
+}
+
+impl DeviceFamily {
+    const fn new(prefix: &'static str) -> Self {
+        Self { prefix }
+    }
+
+    /// The name for the device `serial`.
+    pub fn name(&self, serial: &Serial) -> String {
+        [self.prefix, serial.as_str()].concat()
+    }
+
+    /// The serial `name` was built from, if it is a name of this family
+    /// (e.g. the channel of a pub/sub message); `None` for any other name.
+    pub fn serial_of(&self, name: &str) -> Option<Serial> {
+        name.strip_prefix(self.prefix)?.parse().ok()
+    }
+
+    /// The glob that matches every name of the family (`PSUBSCRIBE`,
+    /// `SCAN MATCH`, ACL patterns). Serials contain no glob characters, so
+    /// it matches nothing else.
+    pub fn pattern(&self) -> String {
+        [self.prefix, "*"].concat()
+    }
+
+    /// What precedes the serial in a name. Only for a Lua script that
+    /// learns serials inside Redis and so cannot be handed their names as
+    /// `KEYS`; anything else builds names with [`DeviceFamily::name`].
+    pub fn script_prefix(&self) -> &'static str {
+        self.prefix
+    }
+}
+
+/// A family of Redis names, one per driver: the name is built from the
+/// driver's id (`DRIVER_ID`; the bridge admits 1-128 visible ASCII
+/// characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverFamily {
+    prefix: &'static str,
+}
+
+impl DriverFamily {
+    const fn new(prefix: &'static str) -> Self {
+        Self { prefix }
+    }
+
+    /// The name for the driver `driver_id`.
+    pub fn name(&self, driver_id: &str) -> String {
+        [self.prefix, driver_id].concat()
+    }
+
+    /// The driver id `name` was built from, if it is a non-empty name of
+    /// this family; `None` for any other name.
+    pub fn driver_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(self.prefix).filter(|id| !id.is_empty())
+    }
+
+    /// The glob that matches every name of the family.
+    pub fn pattern(&self) -> String {
+        [self.prefix, "*"].concat()
+    }
+
+    /// What precedes the driver id in a name. Only for a Lua script that
+    /// learns driver ids inside Redis (a session's previous driver);
+    /// anything else builds names with [`DriverFamily::name`].
+    pub fn script_prefix(&self) -> &'static str {
+        self.prefix
+    }
+}
+
+/// A family of Redis names, one per upload: built from the device's serial
+/// and the upload's id (hyphenated UUID, as the bridge checks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadFamily {
+    prefix: &'static str,
+}
+
+impl UploadFamily {
+    const fn new(prefix: &'static str) -> Self {
+        Self { prefix }
+    }
+
+    /// The name for upload `upload_id` of device `serial`.
+    pub fn name(&self, serial: &Serial, upload_id: &str) -> String {
+        [self.prefix, serial.as_str(), ":", upload_id].concat()
+    }
+
+    /// The glob that matches every name of the family.
+    pub fn pattern(&self) -> String {
+        [self.prefix, "*"].concat()
+    }
+}
+
+/// The fields of an [`EVENTS`] entry, in the order the bridge writes them.
+pub mod event_fields {
+    /// The device's serial.
+    pub const SERIAL: &str = "serial";
+    /// The event's id, a u64 in decimal; ids of a device only increase.
+    pub const EVENT_ID: &str = "event_id";
+    /// The device's timestamp of the event, Unix ms.
+    pub const TIME_MS: &str = "time_ms";
+    /// The event's kind, 0-65535; 65535 is a command result.
+    pub const KIND: &str = "kind";
+    /// The event's body, raw bytes.
+    pub const BODY: &str = "body";
+    /// The driver that received it.
+    pub const DRIVER: &str = "driver";
+    /// When the driver received it, Unix ms.
+    pub const RECEIVED_MS: &str = "received_ms";
+
+    /// Every field, in written order.
+    pub const ALL: [&str; 7] = [SERIAL, EVENT_ID, TIME_MS, KIND, BODY, DRIVER, RECEIVED_MS];
+}
+
+/// The fields of a device's registry entry ([`DEVICE`]).
+pub mod device_fields {
+    /// `1` while a session of the device is live, `0` after it ended.
+    pub const ONLINE: &str = "online";
+    /// The driver holding the current (or last) session.
+    pub const DRIVER: &str = "driver";
+    /// That driver's process instance.
+    pub const INSTANCE: &str = "instance";
+    /// The device's address, as the driver saw it (behind HAProxy: from the
+    /// PROXY header).
+    pub const PEER: &str = "peer";
+    /// The firmware version from the device's `HELLO`.
+    pub const FIRMWARE: &str = "firmware";
+    /// The session id, lowercase hex.
+    pub const SESSION: &str = "session";
+    /// When the session was authenticated, Unix ms.
+    pub const CONNECTED_MS: &str = "connected_ms";
+    /// When the device was last heard from, Unix ms.
+    pub const LAST_SEEN_MS: &str = "last_seen_ms";
+    /// The highest stored event id: copied from the high-water mark when a
+    /// session opens and closes, and at most a second behind it while
+    /// events flow.
+    pub const LAST_EVENT_ID: &str = "last_event_id";
+
+    /// Every field.
+    pub const ALL: [&str; 9] = [
+        ONLINE,
+        DRIVER,
+        INSTANCE,
+        PEER,
+        FIRMWARE,
+        SESSION,
+        CONNECTED_MS,
+        LAST_SEEN_MS,
+        LAST_EVENT_ID,
+    ];
+}
+
+/// The fields of an operator's command, the JSON object published on
+/// [`COMMANDS`].
+pub mod command_fields {
+    /// The command's id, a UUID; the driver generates one when absent.
+    pub const ID: &str = "id";
+    /// The command's name, 1-255 bytes; required.
+    pub const NAME: &str = "name";
+    /// The body as UTF-8 text...
+    pub const BODY: &str = "body";
+    /// ...or as base64 bytes (not both).
+    pub const BODY_B64: &str = "body_b64";
+
+    /// Every field.
+    pub const ALL: [&str; 4] = [ID, NAME, BODY, BODY_B64];
+}
+
+/// The fields of a notice on [`COMMAND_RESULTS`]:
+/// a device's command result, or a command that never reached the device.
+pub mod result_fields {
+    /// The command's id (`null` when unknown).
+    pub const ID: &str = "id";
+    /// The device's serial.
+    pub const SERIAL: &str = "serial";
+    /// `OK`, `FAILED`, `UNSUPPORTED`, `BUSY` (or the status byte in decimal)
+    /// as the device reported it; `REJECTED` or `UNDELIVERED` when the
+    /// command never reached it; `INVALID` when the device's result could
+    /// not be read.
+    pub const STATUS: &str = "status";
+    /// The device's output as text, or why the command was rejected.
+    pub const DATA: &str = "data";
+    /// The device's output as base64, when it is not UTF-8.
+    pub const DATA_B64: &str = "data_b64";
+    /// Why a result could not be read (with status `INVALID`).
+    pub const ERROR: &str = "error";
+
+    /// Every field.
+    pub const ALL: [&str; 6] = [ID, SERIAL, STATUS, DATA, DATA_B64, ERROR];
+}
+
+/// The fields of a [`REJECTED_COMMANDS`] entry, in
+/// the order the bridge writes them.
+pub mod rejection_fields {
+    /// The device the command was for.
+    pub const SERIAL: &str = "serial";
+    /// The command's id, empty when unreadable.
+    pub const COMMAND_ID: &str = "command_id";
+    /// `REJECTED` (not a valid command) or `UNDELIVERED` (the session ended
+    /// before it could be sent).
+    pub const OUTCOME: &str = "outcome";
+    /// Why, for humans.
+    pub const REASON: &str = "reason";
+    /// The message as published, truncated to 4 KiB.
+    pub const MESSAGE: &str = "message";
+    /// The driver that rejected it.
+    pub const DRIVER: &str = "driver";
+    /// When, Unix ms.
+    pub const REJECTED_MS: &str = "rejected_ms";
+
+    /// Every field, in written order.
+    pub const ALL: [&str; 7] = [SERIAL, COMMAND_ID, OUTCOME, REASON, MESSAGE, DRIVER, REJECTED_MS];
+}
+
+/// The fields of a control message on
+/// [`DRIVER_CONTROL`], a JSON object.
+pub mod control_fields {
+    /// What the message asks; [`SUPERSEDE`] is the only one.
+    pub const TYPE: &str = "type";
+    /// The device concerned.
+    pub const SERIAL: &str = "serial";
+    /// The session concerned, lowercase hex.
+    pub const SESSION: &str = "session";
+
+    /// [`TYPE`] of "close this session with `BYE SUPERSEDED`: a newer
+    /// session of its device was installed".
+    pub const SUPERSEDE: &str = "supersede";
+
+    /// Every field.
+    pub const ALL: [&str; 3] = [TYPE, SERIAL, SESSION];
+}
+
+/// The fields of an [`UPLOADS`] record, in the order the
+/// bridge writes them.
+pub mod upload_fields {
+    /// The record's type, always [`UPLOAD_COMPLETED`].
+    pub const TYPE: &str = "type";
+    /// The device that uploaded.
+    pub const SERIAL: &str = "serial";
+    /// The upload's id, a hyphenated UUID.
+    pub const UPLOAD_ID: &str = "upload_id";
+    /// The name the device gave it.
+    pub const NAME: &str = "name";
+    /// Its size in bytes, decimal.
+    pub const SIZE: &str = "size";
+    /// Its SHA-256, lowercase hex.
+    pub const SHA256: &str = "sha256";
+    /// Where it lies, relative to `UPLOAD_DIR`.
+    pub const PATH: &str = "path";
+    /// The driver that received it.
+    pub const DRIVER: &str = "driver";
+    /// When it was recorded, Unix ms.
+    pub const COMPLETED_MS: &str = "completed_ms";
+
+    /// [`TYPE`] of a finished upload's record.
+    pub const UPLOAD_COMPLETED: &str = "upload_completed";
+
+    /// Every field, in written order.
+    pub const ALL: [&str; 9] = [TYPE, SERIAL, UPLOAD_ID, NAME, SIZE, SHA256, PATH, DRIVER, COMPLETED_MS];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial(text: &str) -> Serial {
+        text.parse().unwrap()
+    }
+
+    /// Every key and channel, as docs/ARCHITECTURE.md writes it:
+    /// `{serial}`, `{driver_id}` and `{upload_id}` stand for the ids.
+    fn documented_names() -> Vec<String> {
+        let per_device = |family: DeviceFamily| format!("{}{{serial}}", family.prefix);
+        let per_driver = |family: DriverFamily| format!("{}{{driver_id}}", family.prefix);
+        vec![
+            EVENTS.to_owned(),
+            HIGH_WATER_MARKS.to_owned(),
+            per_device(DEVICE),
+            per_device(COMMANDS),
+            per_device(COMMAND_RESULTS),
+            REJECTED_COMMANDS.to_owned(),
+            per_driver(DRIVER_CONTROL),
+            per_driver(DRIVER_DEVICES),
+            per_driver(DRIVER_INSTANCE),
+            UPLOADS.to_owned(),
+            format!("{}{{serial}}:{{upload_id}}", UPLOAD_RECORDED.prefix),
+        ]
+    }
+
+    /// The first column of the Markdown table that starts with `| key |`
+    /// in `text`, each line first stripped of `line_prefix`.
+    fn key_column(text: &str, line_prefix: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix(line_prefix))
+            .skip_while(|line| !line.starts_with("| key |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                line.split('|')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('`')
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn read(path: &str) -> String {
+        let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
+    }
+
+    /// The row of docs/ARCHITECTURE.md's "Redis keys" table for `key`.
+    fn architecture_row(key: &str) -> String {
+        read("../docs/ARCHITECTURE.md")
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("docs/ARCHITECTURE.md has no row for {key}"))
+            .to_owned()
+    }
+
+    /// The Redis contract, name by name: a rename here is a change of the
+    /// contract every deployed consumer depends on.
+    #[test]
+    fn every_name_is_the_documented_one() {
+        let device = serial("CTRL-0042");
+        assert_eq!(EVENTS, "cwp:events");
+        assert_eq!(HIGH_WATER_MARKS, "cwp:hwm");
+        assert_eq!(DEVICE.name(&device), "cwp:device:CTRL-0042");
+        assert_eq!(COMMANDS.name(&device), "cwp:cmd:CTRL-0042");
+        assert_eq!(COMMAND_RESULTS.name(&device), "cwp:cmd-result:CTRL-0042");
+        assert_eq!(REJECTED_COMMANDS, "cwp:cmd-rejected");
+        assert_eq!(DRIVER_CONTROL.name("driver-1"), "cwp:driver:driver-1");
+        assert_eq!(DRIVER_DEVICES.name("driver-1"), "cwp:driver-devices:driver-1");
+        assert_eq!(DRIVER_INSTANCE.name("driver-1"), "cwp:driver-instance:driver-1");
+        assert_eq!(UPLOADS, "cwp:uploads");
+        assert_eq!(
+            UPLOAD_RECORDED.name(&device, "6f1c2b1e-0000-4000-8000-000000000001"),
+            "cwp:upload-recorded:CTRL-0042:6f1c2b1e-0000-4000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn the_architecture_and_this_crate_document_exactly_these_keys() {
+        assert_eq!(key_column(&read("../docs/ARCHITECTURE.md"), ""), documented_names());
+        assert_eq!(key_column(&read("src/lib.rs"), "//! "), documented_names());
+    }
+
+    #[test]
+    fn every_field_is_the_documented_one() {
+        assert_eq!(
+            event_fields::ALL,
+            ["serial", "event_id", "time_ms", "kind", "body", "driver", "received_ms"]
+        );
+        assert_eq!(
+            device_fields::ALL,
+            [
+                "online",
+                "driver",
+                "instance",
+                "peer",
+                "firmware",
+                "session",
+                "connected_ms",
+                "last_seen_ms",
+                "last_event_id"
+            ]
+        );
+        assert_eq!(
+            rejection_fields::ALL,
+            [
+                "serial",
+                "command_id",
+                "outcome",
+                "reason",
+                "message",
+                "driver",
+                "rejected_ms"
+            ]
+        );
+        assert_eq!(
+            upload_fields::ALL,
+            [
+                "type",
+                "serial",
+                "upload_id",
+                "name",
+                "size",
+                "sha256",
+                "path",
+                "driver",
+                "completed_ms"
+            ]
+        );
+        assert_eq!(upload_fields::UPLOAD_COMPLETED, "upload_completed");
+        assert_eq!(command_fields::ALL, ["id", "name", "body", "body_b64"]);
+        assert_eq!(
+            result_fields::ALL,
+            ["id", "serial", "status", "data", "data_b64", "error"]
+        );
+        assert_eq!(control_fields::ALL, ["type", "serial", "session"]);
+        assert_eq!(control_fields::SUPERSEDE, "supersede");
+    }
+
+    #[test]
+    fn the_architecture_names_every_field_of_every_record() {
+        let families: [(&str, &[&str]); 7] = [
+            (EVENTS, &event_fields::ALL),
+            ("cwp:device:{serial}", &device_fields::ALL),
+            ("cwp:cmd:{serial}", &command_fields::ALL),
+            ("cwp:cmd-result:{serial}", &result_fields::ALL),
+            (REJECTED_COMMANDS, &rejection_fields::ALL),
+            ("cwp:driver:{driver_id}", &control_fields::ALL),
+            (UPLOADS, &upload_fields::ALL),
+        ];
+        for (key, fields) in families {
+            let row = architecture_row(key);
+            for field in fields {
+                assert!(
+                    row.contains(&format!("`{field}`")) || row.contains(&format!("\"{field}\"")),
+                    "docs/ARCHITECTURE.md's row for {key} does not name the field {field}: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_acl_users_are_granted_exactly_their_names() {
+        let acl = read("../docs/redis-acl.conf");
+        // Key (`~`) and channel (`&`) patterns, sorted.
+        let user = |name: &str| -> Vec<String> {
+            let line = acl
+                .lines()
+                .find(|line| line.starts_with(&format!("user {name} ")))
+                .unwrap_or_else(|| panic!("docs/redis-acl.conf has no user {name}"));
+            let mut patterns: Vec<String> = line
+                .split_whitespace()
+                .filter(|word| word.starts_with('~') || word.starts_with('&'))
+                .map(str::to_owned)
+                .collect();
+            patterns.sort();
+            patterns
+        };
+        let keys = |names: &[&str]| names.iter().map(|name| format!("~{name}")).collect::<Vec<_>>();
+        let channels = |names: &[String]| names.iter().map(|name| format!("&{name}")).collect::<Vec<_>>();
+        let mut bridge = keys(&[
+            EVENTS,
+            HIGH_WATER_MARKS,
+            &DEVICE.pattern(),
+            &DRIVER_DEVICES.pattern(),
+            &DRIVER_INSTANCE.pattern(),
+            REJECTED_COMMANDS,
+            UPLOADS,
+            &UPLOAD_RECORDED.pattern(),
+        ]);
+        bridge.extend(channels(&[DRIVER_CONTROL.pattern(), COMMAND_RESULTS.pattern()]));
+        bridge.sort();
+        let mut driver = channels(&[COMMANDS.pattern(), DRIVER_CONTROL.pattern()]);
+        driver.sort();
+        assert_eq!(
+            user("drover-bridge"),
+            bridge,
+            "the bridge writes every key and publishes results and control"
+        );
+        assert_eq!(
+            user("drover-driver"),
+            driver,
+            "drivers touch no key and subscribe to commands and control"
+        );
+    }
+
+    #[test]
+    fn a_name_gives_back_its_serial_or_driver_and_no_other_name_does() {
+        let device = serial("CTRL-0042");
+        assert_eq!(COMMANDS.serial_of(&COMMANDS.name(&device)), Some(device));
+        assert_eq!(COMMANDS.serial_of("cwp:cmd-result:CTRL-0042"), None, "another family");
+        assert_eq!(COMMANDS.serial_of("cwp:cmd:CTRL 42"), None, "not a serial");
+        assert_eq!(COMMANDS.serial_of("cwp:cmd:"), None, "no serial");
+        assert_eq!(
+            DRIVER_CONTROL.driver_of(&DRIVER_CONTROL.name("driver-1")),
+            Some("driver-1")
+        );
+        assert_eq!(DRIVER_CONTROL.driver_of("cwp:driver-devices:driver-1"), None);
+        assert_eq!(DRIVER_CONTROL.driver_of("cwp:driver:"), None);
+    }
+
+    #[test]
+    fn a_pattern_matches_its_family_and_a_script_prefix_builds_its_names() {
+        let device = serial("CTRL-0042");
+        assert_eq!(COMMAND_RESULTS.pattern(), "cwp:cmd-result:*");
+        assert_eq!(UPLOAD_RECORDED.pattern(), "cwp:upload-recorded:*");
+        assert_eq!(format!("{}{device}", DEVICE.script_prefix()), DEVICE.name(&device));
+        assert_eq!(
+            format!("{}driver-1", DRIVER_DEVICES.script_prefix()),
+            DRIVER_DEVICES.name("driver-1")
+        );
+    }
+}
