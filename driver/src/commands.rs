@@ -37,8 +37,6 @@ use crate::bridge::BridgeClient;
 use crate::metrics::Metrics;
 use crate::session::registry::{CloseRequest, Registry};
 
-/// Prefix of the per-device command channels.
-pub const COMMAND_CHANNEL_PREFIX: &str = "cwp:cmd:";
 /// Most channels in one SUBSCRIBE/UNSUBSCRIBE.
 const CHANNELS_PER_CALL: usize = 512;
 /// The largest rejected message kept for diagnosis.
@@ -49,13 +47,13 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::fr
 const UNDELIVERED: &str = "the device's session ended before delivery";
 
 /// The command channel of `serial`.
-pub fn command_channel(serial: &Serial) -> String {
-    format!("{COMMAND_CHANNEL_PREFIX}{serial}")
+fn command_channel(serial: &Serial) -> String {
+    drover_schema::COMMANDS.name(serial)
 }
 
 /// The control channel of a driver.
-pub fn control_channel(driver_id: &str) -> String {
-    format!("cwp:driver:{driver_id}")
+fn control_channel(driver_id: &str) -> String {
+    drover_schema::DRIVER_CONTROL.name(driver_id)
 }
 
 struct SyncRequest {
@@ -476,7 +474,7 @@ fn route(router: &CommandRouter, control: &str, message: &redis::Msg) {
     let channel = message.get_channel_name();
     if channel == control {
         handle_control(router, message.get_payload_bytes());
-    } else if let Some(serial) = channel.strip_prefix(COMMAND_CHANNEL_PREFIX) {
+    } else if let Some(serial) = drover_schema::COMMANDS.serial_of(channel) {
         route_command(router, serial, message.get_payload_bytes());
     }
 }
@@ -489,7 +487,7 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
             return;
         }
     };
-    if message.kind != "supersede" {
+    if message.kind != drover_schema::control_fields::SUPERSEDE {
         debug!(kind = message.kind, "ignoring unknown control message");
         return;
     }
@@ -505,12 +503,7 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
     }
 }
 
-fn route_command(router: &CommandRouter, serial: &str, payload: &[u8]) {
-    let Ok(serial) = serial.parse::<Serial>() else {
-        // We only subscribe to valid serials; a pattern subscriber could
-        // still hand us something odd.
-        return;
-    };
+fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
     match parse_command(payload, router.max_payload) {
         Ok(command) => match router.registry.get(&serial) {
             Some(session) => session.push_command(command),
