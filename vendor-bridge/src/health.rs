@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use drover_proto::bridge::vendor_bridge_server::VendorBridgeServer;
+use drover_service::drain;
 use tokio::time::MissedTickBehavior;
-use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -33,15 +33,15 @@ pub(crate) async fn set(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Pings Redis until `draining` is cancelled, then reports `NOT_SERVING`.
-pub(crate) async fn watch_redis(store: Store, reporter: HealthReporter, draining: CancellationToken) {
+/// Pings Redis until `draining` is signalled, then reports `NOT_SERVING`.
+pub(crate) async fn watch_redis(store: Store, reporter: HealthReporter, draining: drain::Watch) {
     let mut redis_up: Option<bool> = None;
     let mut ticks = tokio::time::interval(PING_INTERVAL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            () = draining.cancelled() => break,
+            () = draining.signaled() => break,
             _ = ticks.tick() => {}
         }
         let answer = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {

@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use drover_proto::bridge::vendor_bridge_server::VendorBridgeServer;
+use drover_service::drain;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -64,11 +66,13 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 /// `shutdown` resolves, then drains: no new connections or batches, the
 /// batches already received are stored and answered within
 /// `config.shutdown_grace`, streams end with `UNAVAILABLE` (the drivers
-/// reconnect elsewhere). Redis need not be up at start.
+/// reconnect elsewhere). Redis need not be up at start. `title`, when
+/// given, is kept showing the bridge's state.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     stats: Arc<Stats>,
+    title: Option<process_title::ProcessTitle>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // First, so that a bad certificate stops the start with a clear error.
@@ -85,10 +89,27 @@ pub async fn serve(
         );
     }
     let store = Store::new(&config.redis_url).context("setting up the Redis client")?;
-    let lifecycle = Lifecycle::default();
+    // Signalled in this order at shutdown (below): draining, then, when
+    // the grace is over, abandon; every task is tracked and awaited.
+    let (draining, draining_watch) = drain::channel();
+    let (abandon, abandon_watch) = drain::channel();
+    let tasks = TaskTracker::new();
+    let lifecycle = Lifecycle {
+        draining: draining_watch.clone(),
+        abandon: abandon_watch,
+        tasks: tasks.clone(),
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set(&reporter, ServingStatus::NotServing).await;
-    let health_task = tokio::spawn(health::watch_redis(store.clone(), reporter, lifecycle.draining.clone()));
+    tasks.spawn(health::watch_redis(store.clone(), reporter, draining_watch.clone()));
+    if let Some(title) = title {
+        tasks.spawn(title::refresh(
+            title,
+            config.listen.port(),
+            stats.clone(),
+            draining_watch.clone(),
+        ));
+    }
 
     let local = listener.local_addr().context("reading the listening address")?;
     let bridge = VendorBridgeServer::new(Bridge::new(store, stats, lifecycle.clone()))
@@ -100,10 +121,9 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_service(health_service)
         .add_service(bridge)
-        .serve_with_incoming_shutdown(
-            listener::incoming(listener),
-            lifecycle.draining.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(listener::incoming(listener), async move {
+            draining_watch.signaled().await;
+        });
     info!(
         %local,
         redis = %drover_service::env::redact_password(&config.redis_url),
@@ -117,11 +137,18 @@ pub async fn serve(
         result = &mut server => Some(result),
         () = shutdown => None,
     };
+    // The shutdown order, in one place:
+    // 1. Draining: health NOT_SERVING, no new connections or streams; each
+    //    stream stops reading and stores and answers what it has read.
+    // 2. The server and its streams finish within the grace period...
+    // 3. ...after which what is not stored is abandoned (never answered:
+    //    the drivers send it again elsewhere).
+    // 4. Every task is awaited.
     let result = match result {
         Some(result) => result,
         None => {
             info!(grace = ?config.shutdown_grace, "shutting down: storing and answering the batches already received");
-            lifecycle.draining.cancel();
+            draining.signal();
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -131,9 +158,10 @@ pub async fn serve(
             }
         }
     };
-    lifecycle.draining.cancel();
-    lifecycle.abandon.cancel();
-    let _ = health_task.await;
+    draining.signal();
+    abandon.signal();
+    tasks.close();
+    tasks.wait().await;
     info!("vendor-bridge stopped");
     result.context("the gRPC server failed")
 }

@@ -80,17 +80,10 @@ fn run(config: Config, title: Option<process_title::ProcessTitle>) -> anyhow::Re
             .await
             .with_context(|| format!("listening on BRIDGE_LISTEN={}", config.listen))?;
         let stats = Arc::new(Stats::new());
-        if let Some(title) = title {
-            tokio::spawn(vendor_bridge::title::refresh(
-                title,
-                config.listen.port(),
-                stats.clone(),
-            ));
-        }
         let shutdown = async {
             let signal = drover_service::shutdown::terminate().await;
             info!(signal, "received");
         };
-        vendor_bridge::serve(config, listener, stats, shutdown).await
+        vendor_bridge::serve(config, listener, stats, title, shutdown).await
     })
 }

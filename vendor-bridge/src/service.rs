@@ -5,7 +5,9 @@
 //! then hands the stream to the `stream` module.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use drover_service::clock::unix_ms;
 
 use drover_proto::bridge::driver_message::Kind;
 use drover_proto::bridge::vendor_bridge_server::VendorBridge;
@@ -79,7 +81,7 @@ impl VendorBridge for Bridge {
         } = hello;
         check_id("driver_id", &driver_id)?;
         check_id("instance_id", &instance_id)?;
-        if self.lifecycle.draining.is_cancelled() {
+        if self.lifecycle.draining.is_signaled() {
             return Err(Status::unavailable("the vendor-bridge is shutting down; reconnect"));
         }
         let offline = self
@@ -176,7 +178,7 @@ impl VendorBridge for Bridge {
                 reason: &request.reason,
                 message,
                 driver: &request.driver_id,
-                rejected_ms: now_ms(),
+                rejected_ms: unix_ms(),
                 notice: &notice,
             })
             .await
@@ -207,7 +209,7 @@ impl VendorBridge for Bridge {
                 sha256: &request.sha256,
                 path: &request.path,
                 driver: &request.driver_id,
-                completed_ms: now_ms(),
+                completed_ms: unix_ms(),
             })
             .await
             .map_err(|err| unavailable("RecordUpload", &err))?;
@@ -329,12 +331,6 @@ fn is_hyphenated_uuid(text: &str) -> bool {
 fn unavailable(operation: &str, err: &StoreError) -> Status {
     debug!(error = %err, "{operation} failed");
     Status::unavailable(format!("{operation}: {err}"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

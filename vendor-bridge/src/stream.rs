@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use drover_proto::bridge::driver_message::Kind;
 use drover_proto::bridge::{BatchDurable, BridgeMessage, DriverMessage, bridge_message};
+use drover_service::backoff::Backoff;
+use drover_service::drain;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Status, Streaming};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
@@ -45,24 +47,24 @@ const MAX_EVENTS_PER_CALL: usize = 2048;
 /// ...and fewer bytes of serials, bodies and notices than this. Bounds how
 /// long one script blocks Redis (a few milliseconds).
 const MAX_BYTES_PER_CALL: usize = 4 << 20;
-/// Retry delays after a failed call: doubling from the first to the last,
-/// each drawn from its upper half.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_LAST: Duration = Duration::from_secs(2);
+/// Retry delays after a failed call.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Every this many failed attempts in a row, the retry loop logs an error.
 const RETRIES_PER_ERROR_LOG: u32 = 50;
 
 /// The response stream of `StreamEvents`.
 pub(crate) type Replies = ReceiverStream<Result<BridgeMessage, Status>>;
 
-/// What a stream's tasks watch to stop.
-#[derive(Debug, Clone, Default)]
+/// What a stream's tasks watch to stop, and where they run.
+#[derive(Debug, Clone)]
 pub(crate) struct Lifecycle {
-    /// Cancelled when the bridge shuts down: stop reading new batches, store
+    /// Signalled when the bridge shuts down: stop reading new batches, store
     /// and answer those already read, end the stream with `UNAVAILABLE`.
-    pub(crate) draining: CancellationToken,
-    /// Cancelled when the shutdown grace period is over: stop retrying.
-    pub(crate) abandon: CancellationToken,
+    pub(crate) draining: drain::Watch,
+    /// Signalled when the shutdown grace period is over: stop retrying.
+    pub(crate) abandon: drain::Watch,
+    /// Every stream's reader and applier: the shutdown awaits them.
+    pub(crate) tasks: TaskTracker,
 }
 
 /// What the reader hands the applier.
@@ -85,7 +87,8 @@ pub(crate) fn start(
     let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE);
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let span = info_span!("stream", driver = %driver);
-    tokio::spawn(read(inbound, batches_tx, lifecycle.draining.clone()).instrument(span.clone()));
+    let tasks = lifecycle.tasks;
+    tasks.spawn(read(inbound, batches_tx, lifecycle.draining).instrument(span.clone()));
     let applier = Applier {
         driver,
         writer,
@@ -93,17 +96,17 @@ pub(crate) fn start(
         stats,
         abandon: lifecycle.abandon,
     };
-    tokio::spawn(applier.run(batches_rx).instrument(span));
+    tasks.spawn(applier.run(batches_rx).instrument(span));
     ReceiverStream::new(replies_rx)
 }
 
 /// The reader: checks each batch and queues it, until the driver ends the
 /// stream, sends something invalid, or the bridge drains.
-async fn read(mut inbound: Streaming<DriverMessage>, batches: mpsc::Sender<Inbound>, draining: CancellationToken) {
+async fn read(mut inbound: Streaming<DriverMessage>, batches: mpsc::Sender<Inbound>, draining: drain::Watch) {
     loop {
         let message = tokio::select! {
             biased;
-            () = draining.cancelled() => {
+            () = draining.signaled() => {
                 let _ = batches.send(Inbound::Fail(Status::unavailable("the vendor-bridge is shutting down; reconnect"))).await;
                 return;
             }
@@ -147,7 +150,7 @@ struct Applier {
     writer: EventWriter,
     replies: mpsc::Sender<Result<BridgeMessage, Status>>,
     stats: Arc<Stats>,
-    abandon: CancellationToken,
+    abandon: drain::Watch,
 }
 
 impl Applier {
@@ -193,13 +196,13 @@ impl Applier {
     /// Stores `call`, retrying until it succeeds; `None` when the driver went
     /// away or the shutdown grace ran out first.
     async fn store(&mut self, call: &[ValidBatch]) -> Option<Vec<u32>> {
-        let mut delay = RETRY_FIRST;
+        let mut backoff = RETRY;
         let mut failures: u32 = 0;
         loop {
             let result = tokio::select! {
                 result = self.writer.store(&self.driver, call) => result,
                 () = self.replies.closed() => return None,
-                () = self.abandon.cancelled() => return None,
+                () = self.abandon.signaled() => return None,
             };
             let err = match result {
                 Ok(stored) => {
@@ -217,12 +220,10 @@ impl Applier {
             } else if failures % RETRIES_PER_ERROR_LOG == 0 {
                 error!(error = %err, failures, "still cannot store events in Redis");
             }
-            let pause = rand::random_range(delay / 2..=delay);
-            delay = (delay * 2).min(RETRY_LAST);
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 () = self.replies.closed() => return None,
-                () = self.abandon.cancelled() => return None,
+                () = self.abandon.signaled() => return None,
             }
         }
     }
@@ -249,7 +250,7 @@ impl Applier {
                     sent = self.replies.send(Ok(durable)) => sent.is_ok(),
                     // A driver that stops reading must not hold the task
                     // past the shutdown grace.
-                    () = self.abandon.cancelled() => false,
+                    () = self.abandon.signaled() => false,
                 };
             }
         }

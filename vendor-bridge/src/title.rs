@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_service::drain;
 use process_title::ProcessTitle;
 
 use crate::Stats;
@@ -16,12 +17,15 @@ pub fn format_title(port: u16, drivers: u64, events_stored: u64) -> String {
     )
 }
 
-/// Refreshes the title every second, forever (abort the task to stop).
-pub async fn refresh(title: ProcessTitle, port: u16, stats: Arc<Stats>) {
+/// Refreshes the title every second until `stop` is signalled.
+pub async fn refresh(title: ProcessTitle, port: u16, stats: Arc<Stats>, stop: drain::Watch) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.signaled() => return,
+            _ = tick.tick() => {}
+        }
         let snapshot = stats.snapshot();
         title.set(&format_title(port, snapshot.connected_drivers, snapshot.events_stored));
     }

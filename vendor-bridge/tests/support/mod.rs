@@ -68,9 +68,15 @@ impl Bridge {
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = Config::for_redis(redis.url());
         config.listen = addr;
-        let task = tokio::spawn(vendor_bridge::serve(config, listener, Arc::clone(&stats), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(vendor_bridge::serve(
+            config,
+            listener,
+            Arc::clone(&stats),
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             redis,
             addr,
