@@ -575,6 +575,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_is_64_bytes_besides_its_body() {
+        // docs/HTTP.md §Memory gives this figure.
+        assert_eq!(size_of::<Record>(), 64);
+    }
+
+    #[test]
     fn the_body_limit_is_what_fits_a_sealed_event_frame() {
         use cwp::{DeviceCodec, DeviceFrame, Frame, ServerCodec, SessionKey};
 
