@@ -64,13 +64,18 @@ pub enum HandshakeError {
     /// `UNEXPECTED`: a frame the handshake does not allow here.
     #[error("{0} not allowed before WELCOME")]
     NotAllowed(FrameType),
+    /// `UNAUTHORIZED` at `HELLO`: the server's operator revoked the serial.
+    /// (Refused before any `CHALLENGE`; the server decides it, the state
+    /// machine does not.)
+    #[error("serial revoked")]
+    Revoked,
 }
 
 impl HandshakeError {
     /// The wire code.
     pub fn code(self) -> ErrorCode {
         match self {
-            Self::UnknownSerial | Self::WrongMac => ErrorCode::UNAUTHORIZED,
+            Self::UnknownSerial | Self::WrongMac | Self::Revoked => ErrorCode::UNAUTHORIZED,
             Self::NotAllowed(_) => ErrorCode::UNEXPECTED,
         }
     }
@@ -79,6 +84,7 @@ impl HandshakeError {
     pub fn ref_type(self) -> FrameType {
         match self {
             Self::UnknownSerial | Self::WrongMac => FrameType::AUTH,
+            Self::Revoked => FrameType::HELLO,
             Self::NotAllowed(frame_type) => frame_type,
         }
     }
@@ -88,6 +94,7 @@ impl HandshakeError {
     pub fn message(self) -> &'static str {
         match self {
             Self::UnknownSerial | Self::WrongMac => "bad mac",
+            Self::Revoked => "device key revoked",
             Self::NotAllowed(_) => "handshake incomplete",
         }
     }

@@ -29,8 +29,8 @@ pub trait EventStore {
     fn durable_event_id(&self) -> u64;
     /// This session's events handed to storage, not yet durable.
     fn pending_events(&self) -> u32;
-    /// Room for one more event, if the store has it.
-    fn admit(&self) -> Option<Self::Permit>;
+    /// Room for `event`, if the store has it.
+    fn admit(&self, event: &Event) -> Option<Self::Permit>;
 }
 
 /// Why an event is refused. Never fatal: CWP/1 §4 has the device keep it
@@ -129,6 +129,9 @@ pub enum Ending {
     Bye(ByeReason, u32),
     /// Send the fatal `ERROR` for this violation and close.
     Fatal(Violation),
+    /// The server no longer accepts the key this session was authenticated
+    /// with (revoked or changed by its operator): a fatal `UNAUTHORIZED`.
+    Unauthorized,
 }
 
 /// An upload frame, served by the server's upload store (it needs the disk
@@ -277,7 +280,7 @@ impl ServerSession {
         let admitted = if store.pending_events() >= u32::from(self.window) {
             Err(EventRefusal::WindowFull)
         } else {
-            store.admit().ok_or(EventRefusal::StoreFull)
+            store.admit(&event).ok_or(EventRefusal::StoreFull)
         };
         let permit = match admitted {
             Ok(permit) => permit,
@@ -396,7 +399,7 @@ mod tests {
             self.pending.get()
         }
 
-        fn admit(&self) -> Option<()> {
+        fn admit(&self, _event: &Event) -> Option<()> {
             (!self.full.get()).then_some(())
         }
     }

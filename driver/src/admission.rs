@@ -1,19 +1,22 @@
-//! Admission: room for events awaiting storage, `DRIVER_MAX_PENDING_EVENTS`
-//! in all, as a value.
+//! Admission: room for events awaiting storage, as a value. Room is
+//! counted twice over, in events (`DRIVER_MAX_PENDING_EVENTS`) and in body
+//! bytes (`DRIVER_MAX_PENDING_BYTES`): a hundred thousand 64 KiB events
+//! would be 6 GiB, far beyond what a count alone bounds on a small machine.
 //!
 //! [`Admission::admit`] hands out an [`EventPermit`], the room for one
-//! event; [`EventPermit::submit`] consumes it with the event, which then
-//! travels to the pipeline ([`crate::pipeline`]) and holds its room until
-//! the bridge says it is durable. A permit dropped without an event gives
-//! its room back. So no event is stored without room, and no room is
-//! taken without an event: the rule is kept by the types, not by
-//! convention. The session rules ask for room through
+//! event of a given size; [`EventPermit::submit`] consumes it with the
+//! event, which then travels to the pipeline ([`crate::pipeline`]) and
+//! holds its room until the bridge says it is durable. A permit dropped
+//! without an event gives its room back. So no event is stored without
+//! room, and no room is taken without an event: the rule is kept by the
+//! types, not by convention. The session rules ask for room through
 //! [`cwp::EventStore::admit`], and [`cwp::session::Step::Store`] carries
 //! the permit to the one place that submits it.
 //!
-//! The pending count is one number, the `drover_driver_events_pending`
-//! gauge itself: the permits move it, the pipeline lowers it as batches
-//! become durable, `/metrics` reads it.
+//! Each pending count is one number, the metric itself
+//! (`drover_driver_events_pending`, `drover_driver_events_pending_bytes`):
+//! the permits move them, the pipeline lowers them as batches become
+//! durable, `/metrics` reads them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,31 +39,51 @@ pub struct PendingEvent {
     pub received_ms: u64,
 }
 
+/// The most the driver holds awaiting storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// `DRIVER_MAX_PENDING_EVENTS`.
+    pub events: usize,
+    /// `DRIVER_MAX_PENDING_BYTES`: event bodies, bytes.
+    pub bytes: usize,
+}
+
+/// The two pending counts, which are the metrics themselves.
+#[derive(Debug, Clone, Default)]
+pub struct PendingGauges {
+    /// `drover_driver_events_pending`.
+    pub events: Gauge,
+    /// `drover_driver_events_pending_bytes`.
+    pub bytes: Gauge,
+}
+
 /// The sessions' side of admission: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Admission {
     /// To the pipeline. Unbounded in type, bounded by the permits: every
-    /// event in it holds one, so it never holds more than `max_pending`.
-    /// A plain send keeps the session loop free of a waiting send's
-    /// future (idle sessions' tasks stay small).
+    /// event in it holds one, so it never holds more than the limits. A
+    /// plain send keeps the session loop free of a waiting send's future
+    /// (idle sessions' tasks stay small).
     queue: mpsc::UnboundedSender<PendingEvent>,
-    /// Events admitted and not yet durable: `drover_driver_events_pending`.
-    pending: Gauge,
-    /// `DRIVER_MAX_PENDING_EVENTS`.
-    max_pending: i64,
+    /// Events and bytes admitted and not yet durable.
+    pending: PendingGauges,
+    max_events: i64,
+    max_bytes: i64,
 }
 
-/// The driver holds as many events awaiting storage as it may: the device
-/// gets `BUSY`.
+/// The driver holds as many events, or as many bytes of them, awaiting
+/// storage as it may: the device gets `BUSY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionFull;
 
-/// Room for one event, until it is durable. Dropped unused, it gives the
-/// room back.
+/// Room for one event of a given size, until it is durable. Dropped
+/// unused, it gives the room back.
 #[derive(Debug)]
 #[must_use = "a permit is room for one event: submit the event with it"]
 pub struct EventPermit {
     admission: Admission,
+    /// The body bytes it holds room for.
+    bytes: i64,
     /// Set once the event is on its way: the room then goes back when the
     /// pipeline confirms it, not when the permit drops.
     submitted: bool,
@@ -70,40 +93,57 @@ pub struct EventPermit {
 #[derive(Debug)]
 pub struct AdmittedEvents {
     queue: mpsc::UnboundedReceiver<PendingEvent>,
-    pending: Gauge,
+    pending: PendingGauges,
 }
 
-/// Admission for at most `max_pending` events; `pending` is the gauge that
-/// counts them.
-pub fn admission(max_pending: usize, pending: Gauge) -> (Admission, AdmittedEvents) {
+/// Admission within `limits`; `pending` are the gauges that count.
+pub fn admission(limits: AdmissionLimits, pending: PendingGauges) -> (Admission, AdmittedEvents) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
         Admission {
             queue: tx,
             pending: pending.clone(),
-            max_pending: i64::try_from(max_pending).unwrap_or(i64::MAX),
+            max_events: i64::try_from(limits.events).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(limits.bytes).unwrap_or(i64::MAX),
         },
         AdmittedEvents { queue: rx, pending },
     )
 }
 
+/// A body's size as the gauges count it.
+fn gauge_bytes(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 impl Admission {
-    /// Room for one event, or [`AdmissionFull`].
-    pub fn admit(&self) -> Result<EventPermit, AdmissionFull> {
-        let before = self.pending.inc();
-        if before >= self.max_pending {
-            self.pending.dec();
+    /// Room for one event of `body_bytes`, or [`AdmissionFull`]. An event
+    /// larger than the whole byte budget is admitted only when nothing
+    /// else is pending, so that it is never refused forever.
+    pub fn admit(&self, body_bytes: usize) -> Result<EventPermit, AdmissionFull> {
+        let bytes = gauge_bytes(body_bytes);
+        let events_before = self.pending.events.inc();
+        let bytes_before = self.pending.bytes.inc_by(bytes);
+        let over_bytes = bytes_before > 0 && bytes_before.saturating_add(bytes) > self.max_bytes;
+        if events_before >= self.max_events || over_bytes {
+            self.pending.events.dec();
+            self.pending.bytes.dec_by(bytes);
             return Err(AdmissionFull);
         }
         Ok(EventPermit {
             admission: self.clone(),
+            bytes,
             submitted: false,
         })
     }
 
     /// Events admitted and not yet durable.
     pub fn pending(&self) -> usize {
-        usize::try_from(self.pending.get()).unwrap_or(0)
+        usize::try_from(self.pending.events.get()).unwrap_or(0)
+    }
+
+    /// Body bytes admitted and not yet durable.
+    pub fn pending_bytes(&self) -> usize {
+        usize::try_from(self.pending.bytes.get()).unwrap_or(0)
     }
 }
 
@@ -112,6 +152,11 @@ impl EventPermit {
     /// pipeline has stopped (the driver is shutting down) the event is not
     /// stored and will not be acknowledged: the device sends it again.
     pub fn submit(mut self, event: PendingEvent) {
+        debug_assert_eq!(
+            gauge_bytes(event.event.body.len()),
+            self.bytes,
+            "a permit is for one size"
+        );
         event.session.event_submitted();
         match self.admission.queue.send(event) {
             Ok(()) => self.submitted = true,
@@ -123,7 +168,8 @@ impl EventPermit {
 impl Drop for EventPermit {
     fn drop(&mut self) {
         if !self.submitted {
-            self.admission.pending.dec();
+            self.admission.pending.events.dec();
+            self.admission.pending.bytes.dec_by(self.bytes);
         }
     }
 }
@@ -144,14 +190,11 @@ impl AdmittedEvents {
         self.queue.is_empty()
     }
 
-    /// `count` events are durable: their room goes back.
-    pub fn release(&self, count: usize) {
-        self.pending.dec_by(i64::try_from(count).unwrap_or(i64::MAX));
-    }
-
-    /// Events admitted and not yet durable.
-    pub fn pending(&self) -> usize {
-        usize::try_from(self.pending.get()).unwrap_or(0)
+    /// `events` events of `bytes` body bytes in all are durable: their
+    /// room goes back.
+    pub fn release(&self, events: usize, bytes: usize) {
+        self.pending.events.dec_by(gauge_bytes(events));
+        self.pending.bytes.dec_by(gauge_bytes(bytes));
     }
 }
 
@@ -161,55 +204,94 @@ mod tests {
 
     use super::*;
 
-    fn pending_event(session: &Arc<SessionHandle>, id: u64) -> PendingEvent {
+    const LIMITS: AdmissionLimits = AdmissionLimits { events: 2, bytes: 100 };
+
+    fn pending_event(session: &Arc<SessionHandle>, id: u64, body: usize) -> PendingEvent {
         PendingEvent {
             session: session.clone(),
             event: Event {
                 event_id: id,
                 time_ms: 0,
                 kind: 1,
-                body: bytes::Bytes::new(),
+                body: bytes::Bytes::from(vec![0; body]),
             },
             received: Instant::now(),
             received_ms: 0,
         }
     }
 
+    fn session() -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new("CTRL-1".parse().unwrap(), SessionId([1; 16]), 0))
+    }
+
     #[test]
     fn room_is_taken_by_a_permit_and_given_back_when_it_is_dropped_unused() {
-        let gauge = Gauge::default();
-        let (admission, _events) = admission(2, gauge.clone());
-        let first = admission.admit().unwrap();
-        let second = admission.admit().unwrap();
-        assert_eq!(admission.admit().unwrap_err(), AdmissionFull);
-        assert_eq!(gauge.get(), 2, "the gauge is the count");
+        let gauges = PendingGauges::default();
+        let (admission, _events) = admission(LIMITS, gauges.clone());
+        let first = admission.admit(10).unwrap();
+        let second = admission.admit(10).unwrap();
+        assert_eq!(admission.admit(10).unwrap_err(), AdmissionFull);
+        assert_eq!(
+            (gauges.events.get(), gauges.bytes.get()),
+            (2, 20),
+            "the gauges are the counts"
+        );
         drop(first);
-        assert_eq!(admission.pending(), 1);
-        let _third = admission.admit().unwrap();
+        assert_eq!((admission.pending(), admission.pending_bytes()), (1, 10));
+        let _third = admission.admit(10).unwrap();
         drop(second);
+    }
+
+    #[test]
+    fn room_runs_out_in_bytes_before_it_runs_out_in_events() {
+        let (admission, _events) = admission(
+            AdmissionLimits {
+                events: 100,
+                bytes: 100,
+            },
+            PendingGauges::default(),
+        );
+        let _first = admission.admit(60).unwrap();
+        assert_eq!(admission.admit(60).unwrap_err(), AdmissionFull);
+        assert_eq!(admission.pending_bytes(), 60, "a refusal takes nothing");
+        let _second = admission.admit(40).unwrap();
+    }
+
+    #[test]
+    fn an_event_larger_than_the_budget_waits_until_nothing_else_is_pending() {
+        let (admission, _events) = admission(LIMITS, PendingGauges::default());
+        let small = admission.admit(1).unwrap();
+        assert_eq!(admission.admit(500).unwrap_err(), AdmissionFull);
+        drop(small);
+        let _large = admission.admit(500).unwrap();
+        assert_eq!(admission.admit(1).unwrap_err(), AdmissionFull);
     }
 
     #[tokio::test]
     async fn a_submitted_event_keeps_its_room_until_the_pipeline_releases_it() {
-        let (admission, mut events) = admission(1, Gauge::default());
-        let session = Arc::new(SessionHandle::new("CTRL-1".parse().unwrap(), SessionId([1; 16]), 0));
-        admission.admit().unwrap().submit(pending_event(&session, 1));
+        let (admission, mut events) = admission(AdmissionLimits { events: 1, bytes: 100 }, PendingGauges::default());
+        let session = session();
+        admission.admit(5).unwrap().submit(pending_event(&session, 1, 5));
         assert_eq!(session.pending_events(), 1);
-        assert_eq!(admission.admit().unwrap_err(), AdmissionFull, "its room is still taken");
+        assert_eq!(
+            admission.admit(5).unwrap_err(),
+            AdmissionFull,
+            "its room is still taken"
+        );
         let event = events.recv().await.unwrap();
         assert_eq!(event.event.event_id, 1);
-        events.release(1);
-        assert_eq!(admission.pending(), 0);
-        assert!(admission.admit().is_ok());
+        events.release(1, 5);
+        assert_eq!((admission.pending(), admission.pending_bytes()), (0, 0));
+        assert!(admission.admit(5).is_ok());
     }
 
     #[test]
     fn an_event_submitted_after_the_pipeline_stopped_is_not_pending() {
-        let (admission, events) = admission(1, Gauge::default());
+        let (admission, events) = admission(LIMITS, PendingGauges::default());
         drop(events);
-        let session = Arc::new(SessionHandle::new("CTRL-1".parse().unwrap(), SessionId([1; 16]), 0));
-        admission.admit().unwrap().submit(pending_event(&session, 1));
+        let session = session();
+        admission.admit(3).unwrap().submit(pending_event(&session, 1, 3));
         assert_eq!(session.pending_events(), 0);
-        assert_eq!(admission.pending(), 0);
+        assert_eq!((admission.pending(), admission.pending_bytes()), (0, 0));
     }
 }

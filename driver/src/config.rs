@@ -81,7 +81,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "CWP_KEYS_FILE",
         default: None,
-        help: "file of `SERIAL HEXKEY` lines, consulted before the master key; reloaded on SIGHUP",
+        help: "file of `SERIAL HEXKEY` lines (`SERIAL -` revokes the serial), consulted before the master key; reloaded on SIGHUP, closing the sessions whose key changed",
     },
     Variable {
         name: "DRIVER_HEARTBEAT_S",
@@ -114,6 +114,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "largest frame payload accepted after WELCOME, bytes (announced in WELCOME)",
     },
     Variable {
+        name: "DRIVER_MAX_PENDING_BYTES",
+        default: Some("67108864"),
+        help: "bytes of event bodies held by this driver awaiting storage, all devices together; beyond it devices get BUSY (an event larger than this waits until nothing else is pending)",
+    },
+    Variable {
         name: "DRIVER_MAX_PENDING_EVENTS",
         default: Some("100000"),
         help: "events held by this driver awaiting storage, all devices together; beyond it devices get BUSY",
@@ -134,9 +139,14 @@ pub static VARIABLES: &[Variable] = &[
         help: "failed authentications from one address (IPv6: one /64) per DRIVER_AUTH_FAILURE_WINDOW; then its HELLOs get ERROR BUSY (0: no limit)",
     },
     Variable {
-        name: "DRIVER_AUTH_FAILURES_PER_SERIAL",
+        name: "DRIVER_AUTH_FAILURES_PER_SERIAL_ADDRESS",
         default: Some("10"),
-        help: "failed authentications for one serial per DRIVER_AUTH_FAILURE_WINDOW; then its HELLOs get ERROR BUSY (0: no limit)",
+        help: "failed authentications for one serial from one address (IPv6: one /64) per DRIVER_AUTH_FAILURE_WINDOW; then that serial's HELLOs from there get ERROR BUSY (0: no limit)",
+    },
+    Variable {
+        name: "DRIVER_AUTH_FAILURES_PER_SERIAL",
+        default: Some("0"),
+        help: "opt-in: failed authentications for one serial from anywhere per DRIVER_AUTH_FAILURE_WINDOW; then its HELLOs get ERROR BUSY everywhere, so a stranger who knows a serial can keep that device out (0: no limit)",
     },
     Variable {
         name: "DRIVER_AUTH_FAILURE_WINDOW",
@@ -167,6 +177,16 @@ pub static VARIABLES: &[Variable] = &[
         name: "UPLOAD_MAX_BYTES",
         default: Some("1073741824"),
         help: "largest upload accepted, bytes",
+    },
+    Variable {
+        name: "UPLOAD_MAX_BYTES_PER_SERIAL",
+        default: Some("2147483648"),
+        help: "bytes one device's uploads in progress may hold on disk, all its partial uploads together; beyond it its UPLOAD_BEGIN and BLOCKs get BUSY (0: no quota)",
+    },
+    Variable {
+        name: "UPLOAD_MIN_FREE_BYTES",
+        default: Some("1073741824"),
+        help: "free space UPLOAD_DIR's filesystem must keep; below it UPLOAD_BEGIN gets BUSY (0: no floor)",
     },
     Variable {
         name: "UPLOAD_MAX_OPEN",
@@ -237,13 +257,19 @@ pub struct Config {
     pub max_payload: u32,
     /// Events awaiting storage across all devices.
     pub max_pending_events: usize,
+    /// Bytes of event bodies awaiting storage across all devices.
+    pub max_pending_bytes: usize,
     /// Concurrent device connections.
     pub max_connections: usize,
     /// Connections not yet authenticated.
     pub max_handshakes: usize,
     /// Failed authentications per source address per window (0: no limit).
     pub auth_failures_per_address: u32,
-    /// Failed authentications per serial per window (0: no limit).
+    /// Failed authentications per serial and source address per window
+    /// (0: no limit).
+    pub auth_failures_per_serial_address: u32,
+    /// Failed authentications per serial from anywhere per window (0: no
+    /// limit, the default).
     pub auth_failures_per_serial: u32,
     /// How long a failed authentication counts.
     pub auth_failure_window: Duration,
@@ -259,6 +285,10 @@ pub struct Config {
     pub upload_max_bytes: u64,
     /// Uploads in progress at once.
     pub upload_max_open: usize,
+    /// Bytes of one device's uploads in progress (0: no quota).
+    pub upload_max_bytes_per_serial: u64,
+    /// Free space `UPLOAD_DIR` must keep (0: no floor).
+    pub upload_min_free_bytes: u64,
     /// Age after which abandoned partial uploads are deleted.
     pub upload_expire_after: Duration,
     /// JSON log lines.
@@ -369,9 +399,11 @@ impl Config {
         let event_window = env.parse::<u16>("DRIVER_EVENT_WINDOW");
         let max_payload = env.parse::<u32>("DRIVER_MAX_PAYLOAD");
         let max_pending_events = env.parse("DRIVER_MAX_PENDING_EVENTS");
+        let max_pending_bytes = env.parse("DRIVER_MAX_PENDING_BYTES");
         let max_connections = env.parse("DRIVER_MAX_CONNECTIONS");
         let max_handshakes = env.parse::<usize>("DRIVER_MAX_HANDSHAKES");
         let auth_failures_per_address = env.parse("DRIVER_AUTH_FAILURES_PER_ADDRESS");
+        let auth_failures_per_serial_address = env.parse("DRIVER_AUTH_FAILURES_PER_SERIAL_ADDRESS");
         let auth_failures_per_serial = env.parse("DRIVER_AUTH_FAILURES_PER_SERIAL");
         let auth_failure_window = env.parse_with("DRIVER_AUTH_FAILURE_WINDOW", parse_duration);
         let drain_period = env.parse_with("DRIVER_DRAIN_PERIOD", parse_duration);
@@ -380,6 +412,8 @@ impl Config {
         let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
         let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
         let upload_max_open = env.parse("UPLOAD_MAX_OPEN");
+        let upload_max_bytes_per_serial = env.parse("UPLOAD_MAX_BYTES_PER_SERIAL");
+        let upload_min_free_bytes = env.parse("UPLOAD_MIN_FREE_BYTES");
         let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_duration);
         let log_format = env.parse::<String>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional("SENTRY_DSN");
@@ -437,9 +471,11 @@ impl Config {
             event_window: event_window.expect("parsed"),
             max_payload: max_payload.expect("parsed"),
             max_pending_events: max_pending_events.expect("parsed"),
+            max_pending_bytes: max_pending_bytes.expect("parsed"),
             max_connections: max_connections.expect("parsed"),
             max_handshakes: max_handshakes.expect("parsed"),
             auth_failures_per_address: auth_failures_per_address.expect("parsed"),
+            auth_failures_per_serial_address: auth_failures_per_serial_address.expect("parsed"),
             auth_failures_per_serial: auth_failures_per_serial.expect("parsed"),
             auth_failure_window: auth_failure_window.expect("parsed"),
             drain_period: drain_period.expect("parsed"),
@@ -448,6 +484,8 @@ impl Config {
             upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
             upload_max_bytes: upload_max_bytes.expect("parsed"),
             upload_max_open: upload_max_open.expect("parsed"),
+            upload_max_bytes_per_serial: upload_max_bytes_per_serial.expect("parsed"),
+            upload_min_free_bytes: upload_min_free_bytes.expect("parsed"),
             upload_expire_after: upload_expire_after.expect("parsed"),
             json_logs,
             sentry_dsn,

@@ -1,12 +1,16 @@
-//! Where device keys come from (CWP/1 §2): a keys file of per-device keys,
-//! consulted first, and the fleet's master key, from which any serial's key
-//! derives. A serial found in neither is `UNAUTHORIZED`.
+//! Where device keys come from (CWP/1 §2): a keys file of per-device keys
+//! and revocations, consulted first, and the fleet's master key, from which
+//! any serial's key derives. A serial found in neither is `UNAUTHORIZED`.
 //!
 //! The keys file holds one `SERIAL HEXKEY` pair per line (`SERIAL=HEXKEY`
-//! works too); blank lines and `#` comments are ignored. It is re-read on
-//! SIGHUP; a file that fails to parse leaves the previous keys in place.
+//! works too); `SERIAL -` revokes the serial: it wins over the master key,
+//! and its `HELLO` gets `UNAUTHORIZED`. Blank lines and `#` comments are
+//! ignored. The file is re-read on SIGHUP; a file that fails to parse
+//! leaves the previous keys in place. A reload says which serials' keys it
+//! changed (revoked, removed, replaced), so that their live sessions,
+//! authenticated with a key no longer accepted, can be closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -23,7 +27,7 @@ pub enum KeysFileError {
         /// Why.
         source: std::io::Error,
     },
-    /// A line is not `SERIAL HEXKEY`.
+    /// A line is not `SERIAL HEXKEY` or `SERIAL -`.
     #[error("{path}:{line}: {problem}")]
     Parse {
         /// The file.
@@ -35,67 +39,121 @@ pub enum KeysFileError {
     },
 }
 
+/// What the keys file says.
+#[derive(Debug, Default)]
+struct Listed {
+    /// Per-device keys.
+    keys: HashMap<Serial, DeviceKey>,
+    /// Revoked serials (`SERIAL -`).
+    revoked: HashSet<Serial>,
+}
+
+/// What a reload found.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Per-device keys now listed.
+    pub keys: usize,
+    /// Serials now revoked.
+    pub revoked: usize,
+    /// Serials whose accepted key changed: revoked, removed from the file
+    /// (then the master key's, if any, applies), or replaced.
+    pub changed: HashSet<Serial>,
+}
+
 /// The device keys this driver accepts.
 #[derive(Debug)]
 pub struct KeyStore {
     master: Option<MasterKey>,
     file: Option<PathBuf>,
-    per_device: RwLock<HashMap<Serial, DeviceKey>>,
+    listed: RwLock<Listed>,
 }
 
 impl KeyStore {
     /// Builds the store, loading the keys file if there is one.
     pub fn new(master: Option<MasterKey>, file: Option<PathBuf>) -> Result<Self, KeysFileError> {
-        let per_device = match &file {
+        let listed = match &file {
             Some(path) => parse_keys_file(path)?,
-            None => HashMap::new(),
+            None => Listed::default(),
         };
         Ok(Self {
             master,
             file,
-            per_device: RwLock::new(per_device),
+            listed: RwLock::new(listed),
         })
     }
 
-    /// The key of `serial`, if this driver knows one.
-    pub fn device_key(&self, serial: &Serial) -> Option<DeviceKey> {
-        let listed = self
-            .per_device
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(serial)
-            .cloned();
-        listed.or_else(|| self.master.as_ref().map(|master| DeviceKey::derive(master, serial)))
+    fn listed(&self) -> std::sync::RwLockReadGuard<'_, Listed> {
+        self.listed.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Re-reads the keys file; returns how many keys it holds now. On error
-    /// the previous keys stay in force.
-    pub fn reload(&self) -> Result<usize, KeysFileError> {
-        let Some(path) = &self.file else { return Ok(0) };
-        let keys = parse_keys_file(path)?;
-        let count = keys.len();
-        *self
-            .per_device
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
-        Ok(count)
+    /// The key of `serial`, if this driver accepts one.
+    pub fn device_key(&self, serial: &Serial) -> Option<DeviceKey> {
+        accepted_key(&self.listed(), self.master.as_ref(), serial)
+    }
+
+    /// Whether the keys file revokes `serial`.
+    pub fn is_revoked(&self, serial: &Serial) -> bool {
+        self.listed().revoked.contains(serial)
+    }
+
+    /// Re-reads the keys file. On error the previous keys stay in force.
+    pub fn reload(&self) -> Result<Reloaded, KeysFileError> {
+        let Some(path) = &self.file else {
+            return Ok(Reloaded {
+                keys: 0,
+                revoked: 0,
+                changed: HashSet::new(),
+            });
+        };
+        let new = parse_keys_file(path)?;
+        let mut listed = self.listed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mentioned: HashSet<Serial> = listed
+            .keys
+            .keys()
+            .chain(listed.revoked.iter())
+            .chain(new.keys.keys())
+            .chain(new.revoked.iter())
+            .copied()
+            .collect();
+        let master = self.master.as_ref();
+        let changed = mentioned
+            .into_iter()
+            .filter(|serial| accepted_key(&listed, master, serial) != accepted_key(&new, master, serial))
+            .collect();
+        let reloaded = Reloaded {
+            keys: new.keys.len(),
+            revoked: new.revoked.len(),
+            changed,
+        };
+        *listed = new;
+        Ok(reloaded)
     }
 
     /// How many per-device keys are loaded.
-    pub fn listed(&self) -> usize {
-        self.per_device
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+    pub fn listed_keys(&self) -> usize {
+        self.listed().keys.len()
     }
 }
 
-fn parse_keys_file(path: &Path) -> Result<HashMap<Serial, DeviceKey>, KeysFileError> {
+/// The key accepted for `serial`: none if revoked, else the listed one,
+/// else the master key's.
+fn accepted_key(listed: &Listed, master: Option<&MasterKey>, serial: &Serial) -> Option<DeviceKey> {
+    if listed.revoked.contains(serial) {
+        return None;
+    }
+    listed
+        .keys
+        .get(serial)
+        .cloned()
+        .or_else(|| master.map(|master| DeviceKey::derive(master, serial)))
+}
+
+fn parse_keys_file(path: &Path) -> Result<Listed, KeysFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeysFileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let mut keys = HashMap::new();
+    let mut listed = Listed::default();
     for (index, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
         if line.is_empty() {
@@ -108,12 +166,22 @@ fn parse_keys_file(path: &Path) -> Result<HashMap<Serial, DeviceKey>, KeysFileEr
         };
         let (serial, key) = line
             .split_once(|c: char| c == '=' || c.is_whitespace())
-            .ok_or_else(|| problem("expected `SERIAL HEXKEY`"))?;
+            .ok_or_else(|| problem("expected `SERIAL HEXKEY` or `SERIAL -`"))?;
         let serial: Serial = serial.trim().parse().map_err(|_| problem("invalid serial"))?;
-        let key = DeviceKey::from_hex(key.trim()).map_err(|_| problem("key is not 64 hex digits"))?;
-        keys.insert(serial, key);
+        if listed.keys.contains_key(&serial) || listed.revoked.contains(&serial) {
+            return Err(problem("the serial is listed twice"));
+        }
+        match key.trim() {
+            "-" => {
+                listed.revoked.insert(serial);
+            }
+            key => {
+                let key = DeviceKey::from_hex(key).map_err(|_| problem("key is not 64 hex digits (or - to revoke)"))?;
+                listed.keys.insert(serial, key);
+            }
+        }
     }
-    Ok(keys)
+    Ok(listed)
 }
 
 #[cfg(test)]
@@ -121,6 +189,11 @@ mod tests {
     use super::*;
 
     const KEY_A: &str = "c550eed0f0cc5f4f2e050f8b5e78acf9082e0aafb94194c0402d2aab5def18d6";
+    const KEY_B: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn serial(text: &str) -> Serial {
+        text.parse().unwrap()
+    }
 
     #[test]
     fn listed_keys_win_over_the_master_key_and_reload_replaces_them() {
@@ -133,24 +206,68 @@ mod tests {
         .unwrap();
         let master = MasterKey::from_bytes([7; 32]);
         let store = KeyStore::new(Some(master.clone()), Some(path.clone())).unwrap();
-        let one: Serial = "CTRL-1".parse().unwrap();
-        let three: Serial = "CTRL-3".parse().unwrap();
+        let one = serial("CTRL-1");
+        let three = serial("CTRL-3");
         assert_eq!(store.device_key(&one), Some(DeviceKey::from_hex(KEY_A).unwrap()));
         assert_eq!(store.device_key(&three), Some(DeviceKey::derive(&master, &three)));
-        assert_eq!(store.listed(), 2);
+        assert_eq!(store.listed_keys(), 2);
 
         std::fs::write(&path, "CTRL-1 not-a-key\n").unwrap();
         assert!(matches!(store.reload(), Err(KeysFileError::Parse { line: 1, .. })));
-        assert_eq!(store.listed(), 2, "a bad file leaves the old keys in force");
+        assert_eq!(store.listed_keys(), 2, "a bad file leaves the old keys in force");
 
         std::fs::write(&path, "").unwrap();
-        assert_eq!(store.reload().unwrap(), 0);
+        assert_eq!(store.reload().unwrap().keys, 0);
         assert_eq!(store.device_key(&one), Some(DeviceKey::derive(&master, &one)));
+    }
+
+    #[test]
+    fn a_revoked_serial_has_no_key_even_with_a_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "CTRL-1 -\n").unwrap();
+        let store = KeyStore::new(Some(MasterKey::from_bytes([7; 32])), Some(path)).unwrap();
+        assert!(store.is_revoked(&serial("CTRL-1")));
+        assert_eq!(store.device_key(&serial("CTRL-1")), None);
+        assert!(store.device_key(&serial("CTRL-2")).is_some());
+    }
+
+    #[test]
+    fn a_reload_names_every_serial_whose_accepted_key_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(
+            &path,
+            format!("KEPT {KEY_A}\nREPLACED {KEY_A}\nREMOVED {KEY_A}\nUNREVOKED -\n"),
+        )
+        .unwrap();
+        let store = KeyStore::new(Some(MasterKey::from_bytes([7; 32])), Some(path.clone())).unwrap();
+        std::fs::write(
+            &path,
+            format!("KEPT {KEY_A}\nREPLACED {KEY_B}\nREVOKED -\nNEWLY {KEY_B}\n"),
+        )
+        .unwrap();
+        let reloaded = store.reload().unwrap();
+        let mut changed: Vec<&str> = reloaded.changed.iter().map(Serial::as_str).collect();
+        changed.sort_unstable();
+        assert_eq!(changed, ["NEWLY", "REMOVED", "REPLACED", "REVOKED", "UNREVOKED"]);
+        assert_eq!((reloaded.keys, reloaded.revoked), (3, 1));
+    }
+
+    #[test]
+    fn a_serial_listed_twice_is_a_mistake_worth_stopping_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("CTRL-1 {KEY_A}\nCTRL-1 -\n")).unwrap();
+        assert!(matches!(
+            KeyStore::new(None, Some(path)),
+            Err(KeysFileError::Parse { line: 2, .. })
+        ));
     }
 
     #[test]
     fn without_a_master_key_unlisted_serials_are_unknown() {
         let store = KeyStore::new(None, None).unwrap();
-        assert_eq!(store.device_key(&"CTRL-9".parse().unwrap()), None);
+        assert_eq!(store.device_key(&serial("CTRL-9")), None);
     }
 }

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub bridge_round_trip: Histogram,
     /// Events waiting for the bridge now.
     pub events_pending: Gauge,
+    /// Body bytes of the events waiting for the bridge now.
+    pub events_pending_bytes: Gauge,
     /// Event-stream (re)connections to the bridge by result.
     pub bridge_connects: Family<ResultLabel, Counter>,
     /// Commands by outcome: `delivered`, `rejected`, `undelivered`.
@@ -113,6 +115,7 @@ impl Metrics {
             ack_latency: Histogram::new(latency_buckets()),
             bridge_round_trip: Histogram::new(latency_buckets()),
             events_pending: Gauge::default(),
+            events_pending_bytes: Gauge::default(),
             bridge_connects: Family::default(),
             commands: Family::default(),
             pubsub_reconnects: Counter::default(),
@@ -183,6 +186,11 @@ impl Metrics {
             "events_pending",
             "Events awaiting storage",
             metrics.events_pending.clone(),
+        );
+        r.register(
+            "events_pending_bytes",
+            "Bytes of event bodies awaiting storage",
+            metrics.events_pending_bytes.clone(),
         );
         r.register(
             "bridge_connects",

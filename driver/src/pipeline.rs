@@ -400,7 +400,7 @@ impl PipelineTask {
             session.events_durable(last, count);
             session.wake();
         }
-        self.events.release(batch.events.len());
+        self.events.release(batch.events.len(), batch.bytes);
         self.metrics.events_acked.inc_by(batch.events.len() as u64);
         Ok(())
     }

@@ -21,6 +21,9 @@ pub enum Refusal {
     TooManyFailures,
     /// The handshake's own failure (`UNAUTHORIZED`, `UNEXPECTED`).
     Handshake(HandshakeError),
+    /// After `WELCOME`: the operator revoked or changed the key the session
+    /// was authenticated with (`UNAUTHORIZED`, sealed).
+    KeyRevoked,
     /// Before `WELCOME`: the session cannot be registered, the bridge is
     /// unavailable (`INTERNAL`: nothing of the device's was stored).
     StoreUnavailable,
@@ -57,6 +60,7 @@ impl Refusal {
                 "too many failed authentications, retry later",
             ),
             Self::Handshake(err) => ErrorFrame::new(err.code(), err.ref_type(), err.message()),
+            Self::KeyRevoked => ErrorFrame::new(ErrorCode::UNAUTHORIZED, FrameType(0), "device key revoked or changed"),
             Self::StoreUnavailable => ErrorFrame::new(
                 ErrorCode::INTERNAL,
                 FrameType::AUTH,
@@ -88,6 +92,12 @@ mod tests {
                 true,
             ),
             (Refusal::StoreUnavailable, ErrorCode::INTERNAL, true),
+            (
+                Refusal::Handshake(HandshakeError::Revoked),
+                ErrorCode::UNAUTHORIZED,
+                true,
+            ),
+            (Refusal::KeyRevoked, ErrorCode::UNAUTHORIZED, true),
         ];
         for (refusal, code, fatal) in cases {
             let frame = refusal.to_frame();

@@ -12,21 +12,21 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::admission::admission;
+use crate::admission::{AdmissionLimits, PendingGauges, admission};
 use crate::bridge::{self, BridgeClient};
 use crate::commands::{self, CommandReports, CommandRouter};
 use crate::config::Config;
 use crate::handshake::Handshakes;
-use crate::handshake::auth_limits::AuthLimits;
+use crate::handshake::auth_limits::{AuthLimits, FailureLimits};
 use crate::handshake::slots::HandshakeSlots;
 use crate::handshake::thread::HandshakeThread;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineTask;
-use crate::session::registry::Registry;
+use crate::session::registry::{CloseRequest, Registry};
 use crate::session::{SessionSettings, Sessions, idle, park};
 use crate::title::TitleSource;
-use crate::upload::{self, UploadService, UploadStore};
+use crate::upload::{self, UploadLimits, UploadService, UploadStore};
 use crate::{admin, listener, title};
 
 /// The sockets the driver serves on, bound by the caller.
@@ -140,7 +140,16 @@ async fn start(
         .prepare()
         .with_context(|| format!("preparing UPLOAD_DIR {}", config.upload_dir.display()))?;
     let registry = Arc::new(Registry::default());
-    let (admission, admitted) = admission(config.max_pending_events, metrics.events_pending.clone());
+    let (admission, admitted) = admission(
+        AdmissionLimits {
+            events: config.max_pending_events,
+            bytes: config.max_pending_bytes,
+        },
+        PendingGauges {
+            events: metrics.events_pending.clone(),
+            bytes: metrics.events_pending_bytes.clone(),
+        },
+    );
     tasks.spawn(PipelineTask::new(bridge.clone(), metrics.clone(), admitted, pipeline_watch).run());
 
     commands::check_access(&config.redis_url, &config.driver_id).await?;
@@ -183,9 +192,13 @@ async fn start(
         reports,
         uploads: UploadService::new(
             store.clone(),
-            config.upload_max_open,
-            config.upload_max_bytes,
-            config.upload_buffer_bytes,
+            UploadLimits {
+                max_open: config.upload_max_open,
+                max_bytes: config.upload_max_bytes,
+                max_bytes_per_serial: config.upload_max_bytes_per_serial,
+                min_free_bytes: config.upload_min_free_bytes,
+                buffer_bytes: config.upload_buffer_bytes,
+            },
             metrics.clone(),
             bridge,
         ),
@@ -199,8 +212,11 @@ async fn start(
     let handshakes = Arc::new(Handshakes {
         keys,
         auth_limits: AuthLimits::new(
-            config.auth_failures_per_address,
-            config.auth_failures_per_serial,
+            FailureLimits {
+                per_address: config.auth_failures_per_address,
+                per_serial_address: config.auth_failures_per_serial_address,
+                per_serial: config.auth_failures_per_serial,
+            },
             config.auth_failure_window,
         ),
         slots: HandshakeSlots::new(config.max_handshakes, metrics.handshakes_in_progress.clone()),
@@ -212,7 +228,7 @@ async fn start(
         driver_id = %config.driver_id,
         listen = %listeners.devices.local_addr()?,
         admin = %listeners.admin.local_addr()?,
-        listed_keys = handshakes.keys.listed(),
+        listed_keys = handshakes.keys.listed_keys(),
         master_key = config.master_key.is_some(),
         bridge_tls = config.bridge_tls.is_some(),
         bridge_token = config.bridge_token.is_some(),
@@ -380,7 +396,25 @@ async fn reload_keys_on_hangup(handshakes: Arc<Handshakes>, stop: drain::Watch) 
             },
         }
         match handshakes.keys.reload() {
-            Ok(count) => info!(keys = count, "reloaded CWP_KEYS_FILE"),
+            Ok(reloaded) => {
+                // Sessions authenticated with a key no longer accepted end
+                // now (ERROR UNAUTHORIZED); their devices' next HELLO meets
+                // the new keys.
+                let mut closed = 0;
+                for serial in &reloaded.changed {
+                    if let Some(session) = handshakes.sessions.registry.get(serial) {
+                        session.request_close(CloseRequest::KeyRevoked);
+                        closed += 1;
+                    }
+                }
+                info!(
+                    keys = reloaded.keys,
+                    revoked = reloaded.revoked,
+                    changed = reloaded.changed.len(),
+                    sessions_closed = closed,
+                    "reloaded CWP_KEYS_FILE"
+                );
+            }
             // An operator's mistake that leaves devices with stale keys: alert.
             Err(err) => tracing::error!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force"),
         }

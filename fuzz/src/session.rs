@@ -147,7 +147,7 @@ impl EventStore for Pipeline {
         self.pending.borrow().len() as u32
     }
 
-    fn admit(&self) -> Option<Permit> {
+    fn admit(&self, _event: &Event) -> Option<Permit> {
         if self.full.get() {
             return None;
         }
@@ -631,6 +631,7 @@ impl Connection {
                     checker.on_ack(ack);
                 }
             }
+            Ending::Unauthorized => panic!("the rules never end a session for its key"),
             Ending::Fatal(violation) => {
                 let error = violation_frame(violation);
                 assert!(error.fatal, "the session ended with a non-fatal ERROR: {error:?}");

@@ -1,18 +1,31 @@
-//! Failed authentications, limited per source address and per serial.
+//! Failed authentications, limited per source address, per serial and
+//! source address, and (only if an operator opts in) per serial.
 //!
 //! Every `UNAUTHORIZED` (unknown serial or wrong mac, counted alike) adds
-//! one to a counter for the device's address and one for the serial it
-//! claimed. A counter lives for `DRIVER_AUTH_FAILURE_WINDOW` from its first
-//! failure. While a counter is at its limit, a `HELLO` from that address or
-//! for that serial is answered `ERROR BUSY` at once: no `CHALLENGE`, no key
-//! lookup, and the same answer whether the serial exists or not.
+//! one to each counter it belongs to. A counter lives for
+//! `DRIVER_AUTH_FAILURE_WINDOW` from its first failure. While a counter is
+//! at its limit, a `HELLO` it covers is answered `ERROR BUSY` at once: no
+//! `CHALLENGE`, no key lookup, and the same answer whether the serial
+//! exists or not.
 //!
-//! Only failures count, never successful handshakes: many honest devices
-//! share one address behind a carrier's NAT and all reconnect after an
-//! outage. The counters are held in bounded caches ([`moka`]), so a flood
-//! of random serials or addresses cannot grow them without limit: beyond
-//! [`TRACKED_KEYS`] the least useful keys are dropped first (keys that keep
-//! failing stay).
+//! - **Per address** (`DRIVER_AUTH_FAILURES_PER_ADDRESS`): a host guessing
+//!   many serials' keys.
+//! - **Per serial and address** (`DRIVER_AUTH_FAILURES_PER_SERIAL_ADDRESS`,
+//!   the default guard for one serial): a host guessing one serial's key.
+//!   A stranger failing for `CTRL-1` from one address does not keep the
+//!   real `CTRL-1` out from another.
+//! - **Per serial** (`DRIVER_AUTH_FAILURES_PER_SERIAL`, 0 by default): one
+//!   serial's failures from anywhere. Device keys are 256 bits, so this
+//!   adds no security against guessing, and it lets anyone who knows a
+//!   serial keep that device out for the window: opt-in only.
+//!
+//! Addresses count as their IPv4 address or their IPv6 /64 (the block one
+//! subscriber gets). Only failures count, never successful handshakes:
+//! many honest devices share one address behind a carrier's NAT and all
+//! reconnect after an outage. The counters are held in bounded caches
+//! ([`moka`]), so a flood of random serials or addresses cannot grow them
+//! without limit: beyond [`TRACKED_KEYS`] the least useful keys are dropped
+//! first (keys that keep failing stay).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +43,9 @@ pub const TRACKED_KEYS: u64 = 100_000;
 pub enum Limiter {
     /// Too many failures from the device's address.
     Address,
-    /// Too many failures for the serial it claims.
+    /// Too many failures for the serial it claims, from its address.
+    SerialAddress,
+    /// Too many failures for the serial it claims, from anywhere (opt-in).
     Serial,
 }
 
@@ -39,6 +54,7 @@ impl Limiter {
     pub fn label(self) -> &'static str {
         match self {
             Self::Address => "address",
+            Self::SerialAddress => "serial_address",
             Self::Serial => "serial",
         }
     }
@@ -59,59 +75,93 @@ impl From<IpAddr> for SourceKey {
     }
 }
 
-type Failures = Cache<SourceKey, Arc<AtomicU32>>;
+/// The limits, each a number of failures per window (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureLimits {
+    /// `DRIVER_AUTH_FAILURES_PER_ADDRESS`.
+    pub per_address: u32,
+    /// `DRIVER_AUTH_FAILURES_PER_SERIAL_ADDRESS`.
+    pub per_serial_address: u32,
+    /// `DRIVER_AUTH_FAILURES_PER_SERIAL`.
+    pub per_serial: u32,
+}
 
-/// The two failure counters and their limits.
+type Counter = Arc<AtomicU32>;
+
+/// One limit's counters.
+#[derive(Debug)]
+struct Counters<K: std::hash::Hash + Eq + Send + Sync + 'static> {
+    counts: Cache<K, Counter>,
+    /// 0: no limit (nothing is counted).
+    limit: u32,
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + Sync + 'static> Counters<K> {
+    fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            counts: Cache::builder().max_capacity(TRACKED_KEYS).time_to_live(window).build(),
+            limit,
+        }
+    }
+
+    fn reached(&self, key: &K) -> bool {
+        self.limit > 0
+            && self
+                .counts
+                .get(key)
+                .is_some_and(|count| count.load(Ordering::Relaxed) >= self.limit)
+    }
+
+    /// The counter's window starts at its first failure (the cache's time
+    /// to live counts from insertion; later failures only increment it).
+    fn count(&self, key: K) {
+        if self.limit > 0 {
+            self.counts
+                .get_with(key, || Arc::new(AtomicU32::new(0)))
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The failure counters and their limits.
 #[derive(Debug)]
 pub struct AuthLimits {
-    per_address: Failures,
-    per_serial: Cache<Serial, Arc<AtomicU32>>,
-    /// `DRIVER_AUTH_FAILURES_PER_ADDRESS`; 0: no limit.
-    address_limit: u32,
-    /// `DRIVER_AUTH_FAILURES_PER_SERIAL`; 0: no limit.
-    serial_limit: u32,
+    per_address: Counters<SourceKey>,
+    per_serial_address: Counters<(Serial, SourceKey)>,
+    per_serial: Counters<Serial>,
 }
 
 impl AuthLimits {
-    /// Limits of `per_address` and `per_serial` failures per `window`.
-    pub fn new(per_address: u32, per_serial: u32, window: Duration) -> Self {
+    /// `limits` failures per `window`.
+    pub fn new(limits: FailureLimits, window: Duration) -> Self {
         Self {
-            per_address: Cache::builder().max_capacity(TRACKED_KEYS).time_to_live(window).build(),
-            per_serial: Cache::builder().max_capacity(TRACKED_KEYS).time_to_live(window).build(),
-            address_limit: per_address,
-            serial_limit: per_serial,
+            per_address: Counters::new(limits.per_address, window),
+            per_serial_address: Counters::new(limits.per_serial_address, window),
+            per_serial: Counters::new(limits.per_serial, window),
         }
     }
 
     /// Which limit, if any, refuses a `HELLO` from `source` for `serial`.
     pub fn refuses(&self, source: IpAddr, serial: &Serial) -> Option<Limiter> {
-        let reached = |count: Option<Arc<AtomicU32>>, limit: u32| {
-            limit > 0 && count.is_some_and(|count| count.load(Ordering::Relaxed) >= limit)
-        };
-        if reached(self.per_address.get(&SourceKey::from(source)), self.address_limit) {
+        let source = SourceKey::from(source);
+        if self.per_address.reached(&source) {
             return Some(Limiter::Address);
         }
-        if reached(self.per_serial.get(serial), self.serial_limit) {
+        if self.per_serial_address.reached(&(*serial, source)) {
+            return Some(Limiter::SerialAddress);
+        }
+        if self.per_serial.reached(serial) {
             return Some(Limiter::Serial);
         }
         None
     }
 
-    /// Counts one failed authentication. The counter's window starts at
-    /// its first failure (the cache's time to live counts from insertion;
-    /// later failures only increment it).
+    /// Counts one failed authentication from `source` for `serial`.
     pub fn failed(&self, source: IpAddr, serial: &Serial) {
-        let new_counter = || Arc::new(AtomicU32::new(0));
-        if self.address_limit > 0 {
-            self.per_address
-                .get_with(SourceKey::from(source), new_counter)
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        if self.serial_limit > 0 {
-            self.per_serial
-                .get_with(*serial, new_counter)
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let source = SourceKey::from(source);
+        self.per_address.count(source);
+        self.per_serial_address.count((*serial, source));
+        self.per_serial.count(*serial);
     }
 }
 
@@ -123,37 +173,95 @@ mod tests {
         text.parse().expect("valid serial")
     }
 
+    fn address(text: &str) -> IpAddr {
+        text.parse().expect("address")
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
     #[test]
-    fn each_limit_refuses_once_reached_and_only_its_own_key() {
-        let limits = AuthLimits::new(3, 2, Duration::from_secs(60));
-        let attacker: IpAddr = "192.0.2.1".parse().expect("address");
-        let honest: IpAddr = "192.0.2.2".parse().expect("address");
+    fn a_stranger_failing_for_a_serial_does_not_keep_it_out_elsewhere() {
+        let limits = AuthLimits::new(
+            FailureLimits {
+                per_address: 1_000,
+                per_serial_address: 2,
+                per_serial: 0,
+            },
+            WINDOW,
+        );
+        let stranger = address("192.0.2.1");
+        let device = address("192.0.2.2");
         let target = serial("CTRL-1");
-        limits.failed(attacker, &target);
-        assert_eq!(limits.refuses(attacker, &target), None, "one failure is allowed");
-        limits.failed(attacker, &target);
-        assert_eq!(limits.refuses(honest, &target), Some(Limiter::Serial));
-        assert_eq!(limits.refuses(honest, &serial("CTRL-2")), None);
-        limits.failed(attacker, &serial("CTRL-3"));
-        assert_eq!(limits.refuses(attacker, &serial("CTRL-2")), Some(Limiter::Address));
+        limits.failed(stranger, &target);
+        assert_eq!(limits.refuses(stranger, &target), None, "one failure is allowed");
+        limits.failed(stranger, &target);
+        assert_eq!(limits.refuses(stranger, &target), Some(Limiter::SerialAddress));
+        assert_eq!(limits.refuses(device, &target), None, "the device itself, elsewhere");
+        assert_eq!(
+            limits.refuses(stranger, &serial("CTRL-2")),
+            None,
+            "the stranger's other serials"
+        );
+    }
+
+    #[test]
+    fn the_per_address_limit_covers_every_serial_from_that_address() {
+        let limits = AuthLimits::new(
+            FailureLimits {
+                per_address: 3,
+                per_serial_address: 0,
+                per_serial: 0,
+            },
+            WINDOW,
+        );
+        let guesser = address("192.0.2.1");
+        for name in ["A", "B", "C"] {
+            limits.failed(guesser, &serial(name));
+        }
+        assert_eq!(limits.refuses(guesser, &serial("D")), Some(Limiter::Address));
+        assert_eq!(limits.refuses(address("192.0.2.9"), &serial("D")), None);
+    }
+
+    #[test]
+    fn the_opt_in_per_serial_limit_keeps_the_serial_out_everywhere() {
+        let limits = AuthLimits::new(
+            FailureLimits {
+                per_address: 0,
+                per_serial_address: 0,
+                per_serial: 2,
+            },
+            WINDOW,
+        );
+        let target = serial("CTRL-1");
+        limits.failed(address("192.0.2.1"), &target);
+        limits.failed(address("192.0.2.1"), &target);
+        assert_eq!(limits.refuses(address("192.0.2.2"), &target), Some(Limiter::Serial));
     }
 
     #[test]
     fn ipv6_addresses_count_by_their_64_block_and_ipv4_mapped_as_ipv4() {
-        let a: IpAddr = "2001:db8:1:2::1".parse().expect("address");
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("address");
-        let c: IpAddr = "2001:db8:1:3::1".parse().expect("address");
+        let a = address("2001:db8:1:2::1");
+        let b = address("2001:db8:1:2:ffff::9");
+        let c = address("2001:db8:1:3::1");
         assert_eq!(SourceKey::from(a), SourceKey::from(b));
         assert_ne!(SourceKey::from(a), SourceKey::from(c));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("address");
-        let plain: IpAddr = "192.0.2.1".parse().expect("address");
-        assert_eq!(SourceKey::from(mapped), SourceKey::from(plain));
+        assert_eq!(
+            SourceKey::from(address("::ffff:192.0.2.1")),
+            SourceKey::from(address("192.0.2.1"))
+        );
     }
 
     #[test]
     fn a_limit_of_zero_never_refuses() {
-        let limits = AuthLimits::new(0, 0, Duration::from_secs(60));
-        let source: IpAddr = "192.0.2.1".parse().expect("address");
+        let limits = AuthLimits::new(
+            FailureLimits {
+                per_address: 0,
+                per_serial_address: 0,
+                per_serial: 0,
+            },
+            WINDOW,
+        );
+        let source = address("192.0.2.1");
         for _ in 0..100 {
             limits.failed(source, &serial("CTRL-1"));
         }

@@ -75,10 +75,11 @@ impl HandshakeEnd {
                 Refusal::HandshakesFull => "evicted",
                 Refusal::TooManyFailures => "rate_limited",
                 Refusal::Handshake(HandshakeError::UnknownSerial | HandshakeError::WrongMac) => "unauthorized",
+                Refusal::Handshake(HandshakeError::Revoked) => "revoked",
                 Refusal::Handshake(HandshakeError::NotAllowed(_)) => "unexpected",
                 Refusal::StoreUnavailable => "bridge_unavailable",
                 Refusal::Violation(_) => "malformed",
-                Refusal::Event(_) | Refusal::Upload(_) => "unexpected",
+                Refusal::Event(_) | Refusal::Upload(_) | Refusal::KeyRevoked => "unexpected",
             },
         }
     }
@@ -155,6 +156,10 @@ async fn handshake(
                 debug!(serial = %hello.serial, limiter = limiter.label(), "too many failed authentications: HELLO refused");
                 count_rate_limited(metrics, limiter);
                 return Err(HandshakeEnd::Refused(Refusal::TooManyFailures));
+            }
+            if handshakes.keys.is_revoked(&hello.serial) {
+                debug!(serial = %hello.serial, "HELLO of a revoked serial refused");
+                return Err(HandshakeEnd::Refused(Refusal::Handshake(HandshakeError::Revoked)));
             }
             claimed = Some(hello.serial);
         }

@@ -168,6 +168,11 @@ impl<'a> Established<'a> {
                 self.flush_acks().await;
                 self.conn.send_bye(reason, reconnect_after_ms).await;
             }
+            Ending::Unauthorized => {
+                self.conn
+                    .send_refusal(&self.sessions.metrics, &Refusal::KeyRevoked)
+                    .await;
+            }
             Ending::Fatal(violation) => {
                 debug!(serial = %self.session.serial, peer = %self.conn.peer(), %violation, "session ends on a protocol violation");
                 self.conn
@@ -240,14 +245,13 @@ impl<'a> Established<'a> {
     fn read_mailbox(&mut self) -> Result<bool, Ending> {
         let mail = self.session.take_mail();
         if let Some(request) = mail.close {
-            let delay = match request {
-                CloseRequest::Superseded | CloseRequest::Idle => 0,
-                CloseRequest::Draining { reconnect_after_ms } => reconnect_after_ms,
-            };
             if request == CloseRequest::Idle {
                 info!(serial = %self.session.serial, peer = %self.conn.peer(), "no frame for {:?}: closing idle session", self.sessions.settings.idle_timeout);
             }
-            return Err(Ending::Bye(request.bye_reason(), delay));
+            if request == CloseRequest::KeyRevoked {
+                info!(serial = %self.session.serial, peer = %self.conn.peer(), "the device's key was revoked or changed: closing its session");
+            }
+            return Err(request.ending());
         }
         for command in mail.commands {
             self.conn.queue(&ServerFrame::Command(command));
@@ -422,8 +426,8 @@ impl EventStore for SessionEvents<'_> {
         self.session.pending_events()
     }
 
-    fn admit(&self) -> Option<EventPermit> {
-        self.admission.admit().ok()
+    fn admit(&self, event: &cwp::Event) -> Option<EventPermit> {
+        self.admission.admit(event.body.len()).ok()
     }
 }
 

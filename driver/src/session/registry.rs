@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use cwp::session::Ending;
 use cwp::{ByeReason, Command, Serial, SessionId};
 use futures::task::AtomicWaker;
 
@@ -31,15 +32,20 @@ pub enum CloseRequest {
     },
     /// Nothing heard from the device for the idle timeout.
     Idle,
+    /// The operator revoked or changed the device's key (`CWP_KEYS_FILE`
+    /// reloaded on SIGHUP).
+    KeyRevoked,
 }
 
 impl CloseRequest {
-    /// The `BYE` reason that tells the device.
-    pub fn bye_reason(self) -> ByeReason {
+    /// How the session ends: the `BYE` that tells the device why, or, for
+    /// a key no longer accepted, `ERROR UNAUTHORIZED`.
+    pub fn ending(self) -> Ending {
         match self {
-            Self::Superseded => ByeReason::SUPERSEDED,
-            Self::Draining { .. } => ByeReason::DRAINING,
-            Self::Idle => ByeReason::IDLE,
+            Self::Superseded => Ending::Bye(ByeReason::SUPERSEDED, 0),
+            Self::Draining { reconnect_after_ms } => Ending::Bye(ByeReason::DRAINING, reconnect_after_ms),
+            Self::Idle => Ending::Bye(ByeReason::IDLE, 0),
+            Self::KeyRevoked => Ending::Unauthorized,
         }
     }
 }

@@ -74,6 +74,23 @@ pub use store::UploadStore;
 use crate::bridge::BridgeClient;
 use crate::metrics::Metrics;
 
+/// The limits of a driver's uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// `UPLOAD_MAX_OPEN`: uploads in progress on this driver at once.
+    pub max_open: usize,
+    /// `UPLOAD_MAX_BYTES`: the largest upload.
+    pub max_bytes: u64,
+    /// `UPLOAD_MAX_BYTES_PER_SERIAL`: bytes of one device's uploads in
+    /// progress on disk, all drivers together (0: no quota).
+    pub max_bytes_per_serial: u64,
+    /// `UPLOAD_MIN_FREE_BYTES`: below this much free space, `UPLOAD_BEGIN`
+    /// gets `BUSY` (0: no floor).
+    pub min_free_bytes: u64,
+    /// `UPLOAD_BUFFER_BYTES`: each upload's write buffer.
+    pub buffer_bytes: usize,
+}
+
 /// What every uploading connection of the driver shares.
 #[derive(Debug)]
 pub struct UploadService {
@@ -86,6 +103,10 @@ pub struct UploadService {
     max_open: usize,
     /// `UPLOAD_MAX_BYTES`.
     max_bytes: u64,
+    /// `UPLOAD_MAX_BYTES_PER_SERIAL` (0: no quota).
+    max_bytes_per_serial: u64,
+    /// `UPLOAD_MIN_FREE_BYTES` (0: no floor).
+    min_free_bytes: u64,
     /// `UPLOAD_BUFFER_BYTES`.
     buffer_bytes: usize,
     /// Bytes, outcomes, buffers held.
@@ -95,21 +116,23 @@ pub struct UploadService {
 }
 
 impl UploadService {
-    /// The uploads of a driver: at most `max_open` at once, each at most
-    /// `max_bytes`, written through a buffer of `buffer_bytes`.
-    pub fn new(
-        store: UploadStore,
-        max_open: usize,
-        max_bytes: u64,
-        buffer_bytes: usize,
-        metrics: Arc<Metrics>,
-        bridge: BridgeClient,
-    ) -> Self {
+    /// The uploads of a driver, within `limits`, recording completed ones
+    /// through `bridge`.
+    pub fn new(store: UploadStore, limits: UploadLimits, metrics: Arc<Metrics>, bridge: BridgeClient) -> Self {
+        let UploadLimits {
+            max_open,
+            max_bytes,
+            max_bytes_per_serial,
+            min_free_bytes,
+            buffer_bytes,
+        } = limits;
         Self {
             store,
             slots: Arc::new(Semaphore::new(max_open)),
             max_open,
             max_bytes,
+            max_bytes_per_serial,
+            min_free_bytes,
             buffer_bytes,
             metrics,
             bridge,

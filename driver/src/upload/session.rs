@@ -60,6 +60,19 @@ pub enum UploadError {
     /// `UPLOAD_MAX_OPEN` uploads are in progress on this driver already.
     #[error("{0} uploads are in progress on this driver (UPLOAD_MAX_OPEN), retry later")]
     TooManyOpen(usize),
+    /// The device's uploads in progress would hold more than
+    /// `UPLOAD_MAX_BYTES_PER_SERIAL` on disk.
+    #[error("this device's uploads in progress would exceed UPLOAD_MAX_BYTES_PER_SERIAL = {quota} bytes")]
+    OverQuota {
+        /// The offending frame.
+        ref_type: FrameType,
+        /// `UPLOAD_MAX_BYTES_PER_SERIAL`.
+        quota: u64,
+    },
+    /// `UPLOAD_DIR`'s filesystem has less free space than
+    /// `UPLOAD_MIN_FREE_BYTES`.
+    #[error("the server's upload storage is nearly full, retry later")]
+    DiskFull,
     /// The disk refused (full, failing): nothing beyond the last
     /// `UPLOAD_STATUS` was stored.
     #[error("cannot store the upload now: {source}")]
@@ -70,7 +83,9 @@ pub enum UploadError {
         source: io::Error,
     },
     /// The upload is complete on disk, but the bridge did not take its
-    /// `upload_completed` record; `UPLOAD_END` again will retry.
+    /// `upload_completed` record. The upload is closed (as after any
+    /// `BUSY`); `UPLOAD_BEGIN` finds it completed and `UPLOAD_END` records
+    /// it again.
     #[error("upload stored, but its record could not be written: {0}")]
     NotRecorded(String),
 }
@@ -80,11 +95,12 @@ impl UploadError {
     pub fn code_and_frame(&self) -> (ErrorCode, FrameType) {
         match self {
             Self::Unexpected { ref_type, .. } => (ErrorCode::UNEXPECTED, *ref_type),
-            Self::TooLarge { ref_type, .. } | Self::PastTotal { ref_type, .. } | Self::Storage { ref_type, .. } => {
-                (ErrorCode::BUSY, *ref_type)
-            }
+            Self::TooLarge { ref_type, .. }
+            | Self::PastTotal { ref_type, .. }
+            | Self::Storage { ref_type, .. }
+            | Self::OverQuota { ref_type, .. } => (ErrorCode::BUSY, *ref_type),
             Self::Conflict => (ErrorCode::UPLOAD_CONFLICT, FrameType::UPLOAD_BEGIN),
-            Self::TooManyOpen(_) => (ErrorCode::BUSY, FrameType::UPLOAD_BEGIN),
+            Self::TooManyOpen(_) | Self::DiskFull => (ErrorCode::BUSY, FrameType::UPLOAD_BEGIN),
             Self::NotRecorded(_) => (ErrorCode::BUSY, FrameType::UPLOAD_END),
         }
     }
@@ -94,7 +110,11 @@ impl UploadError {
     pub fn device_message(&self) -> String {
         match self {
             Self::Storage { .. } => "cannot store the upload now, retry later".to_owned(),
-            Self::NotRecorded(_) => "upload stored but not yet recorded, send UPLOAD_END again".to_owned(),
+            // Like every BUSY of an upload, it closes the upload; reopened,
+            // it is found completed and its UPLOAD_END records it.
+            Self::NotRecorded(_) => {
+                "upload stored but not recorded yet: retry later with UPLOAD_BEGIN, then UPLOAD_END".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -185,40 +205,63 @@ impl Drop for BufferCount {
     }
 }
 
-/// The size limit of one upload, and which rule sets it.
+/// The size limits of one upload, and which rule sets each.
 #[derive(Debug, Clone, Copy)]
 struct Limit {
+    /// `UPLOAD_MAX_BYTES`, or the announced `total_size` if smaller.
     bytes: u64,
+    /// Whether `bytes` is the announced size.
     announced: bool,
+    /// What `UPLOAD_MAX_BYTES_PER_SERIAL` leaves this upload: the quota
+    /// less the device's other uploads in progress (`None`: no quota).
+    quota: Option<Quota>,
+}
+
+/// `UPLOAD_MAX_BYTES_PER_SERIAL` as it applies to one upload.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    /// The quota.
+    quota: u64,
+    /// What the device's other partial uploads leave of it.
+    left: u64,
 }
 
 impl Limit {
-    fn new(total_size: u64, max_bytes: u64) -> Self {
-        if total_size > 0 && total_size <= max_bytes {
-            Self {
-                bytes: total_size,
-                announced: true,
-            }
+    fn new(total_size: u64, max_bytes: u64, quota: Option<Quota>) -> Self {
+        let (bytes, announced) = if total_size > 0 && total_size <= max_bytes {
+            (total_size, true)
         } else {
-            Self {
-                bytes: max_bytes,
-                announced: false,
-            }
+            (max_bytes, false)
+        };
+        Self {
+            bytes,
+            announced,
+            quota,
         }
     }
 
-    fn exceeded(self, ref_type: FrameType, size: u64) -> UploadError {
-        if self.announced {
-            UploadError::PastTotal {
+    /// Whether the upload may hold `size` bytes.
+    fn check(self, ref_type: FrameType, size: u64) -> Result<(), UploadError> {
+        if size > self.bytes {
+            return Err(if self.announced {
+                UploadError::PastTotal {
+                    ref_type,
+                    total_size: self.bytes,
+                }
+            } else {
+                UploadError::TooLarge {
+                    ref_type,
+                    size,
+                    limit: self.bytes,
+                }
+            });
+        }
+        match self.quota {
+            Some(quota) if size > quota.left => Err(UploadError::OverQuota {
                 ref_type,
-                total_size: self.bytes,
-            }
-        } else {
-            UploadError::TooLarge {
-                ref_type,
-                size,
-                limit: self.bytes,
-            }
+                quota: quota.quota,
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -232,10 +275,13 @@ impl Receiving {
         (buffer_bytes - self.file.durable() % buffer_bytes) as usize
     }
 
-    /// One write + one fdatasync of the buffer; empties it.
+    /// One write + one fdatasync of the buffer; empties it. The hasher
+    /// then holds the state of exactly the durable prefix: checkpointed
+    /// every so often, so that a resume need not read it all back.
     fn write_buffer(&mut self) -> io::Result<()> {
         self.file.append(&self.buffer)?;
         self.buffer.clear();
+        self.file.checkpoint(&self.hasher);
         Ok(())
     }
 }
@@ -244,6 +290,10 @@ impl Receiving {
 enum Began {
     /// Open on another session.
     Locked,
+    /// `UPLOAD_DIR` is below `UPLOAD_MIN_FREE_BYTES`.
+    DiskFull,
+    /// The device's other uploads in progress use up its quota.
+    OverQuota(u64),
     /// Open here, receiving.
     Receiving(Box<Receiving>),
     /// Finished earlier.
@@ -330,7 +380,6 @@ impl Uploads {
                 limit: max_bytes,
             });
         }
-        let limit = Limit::new(begin.total_size, max_bytes);
         // Each open upload holds a write buffer: their number bounds memory.
         let Ok(slot) = uploads.slots.clone().try_acquire_owned() else {
             return Err(UploadError::TooManyOpen(uploads.max_open));
@@ -340,7 +389,21 @@ impl Uploads {
         let buffer_bytes = uploads.buffer_bytes;
         let name = begin.name.as_str().to_owned();
         let gauge = uploads.metrics.upload_buffers.clone();
+        let (quota, min_free) = (uploads.max_bytes_per_serial, uploads.min_free_bytes);
         let opened = blocking(move || {
+            if min_free > 0 && store.free_bytes()? < min_free {
+                return Ok(Began::DiskFull);
+            }
+            let quota = if quota == 0 {
+                None
+            } else {
+                let others = store.partial_bytes(&serial, upload_id)?;
+                match quota.checked_sub(others) {
+                    Some(left) if left > 0 && begin.total_size <= left => Some(Quota { quota, left }),
+                    _ => return Ok(Began::OverQuota(quota)),
+                }
+            };
+            let limit = Limit::new(begin.total_size, max_bytes, quota);
             let opened = match store.open(
                 &serial,
                 upload_id,
@@ -354,11 +417,15 @@ impl Uploads {
             };
             Ok(match opened {
                 Opened::Completed(completed) => Began::Completed(Box::new(completed)),
-                Opened::Partial(file) => {
+                Opened::Partial(mut file) => {
                     let counted = BufferCount::new(&gauge);
                     let mut buffer = Vec::with_capacity(buffer_bytes);
-                    // A resumed upload: its digest so far, read back once.
-                    let hasher = file.hash_prefix(&mut buffer)?;
+                    // A resumed upload: its digest so far, from the last
+                    // checkpoint (at most CHECKPOINT_BYTES read back).
+                    let (hasher, read_back) = file.hash_prefix(&mut buffer)?;
+                    if read_back > 0 {
+                        debug!(%serial, %upload_id, read_back, "resumed upload: hashed the bytes after its last checkpoint");
+                    }
                     Began::Receiving(Box::new(Receiving {
                         serial,
                         upload_id,
@@ -384,10 +451,18 @@ impl Uploads {
         })?;
         let durable_offset = match opened {
             Began::Locked => return Err(UploadError::Conflict),
+            Began::DiskFull => {
+                warn!(%serial, %upload_id, dir = %uploads.store.root().display(), "UPLOAD_DIR is below UPLOAD_MIN_FREE_BYTES: uploads get BUSY");
+                return Err(UploadError::DiskFull);
+            }
+            Began::OverQuota(quota) => {
+                return Err(UploadError::OverQuota {
+                    ref_type: FrameType::UPLOAD_BEGIN,
+                    quota,
+                });
+            }
             Began::Receiving(upload) => {
-                if upload.received > upload.limit.bytes {
-                    return Err(upload.limit.exceeded(FrameType::UPLOAD_BEGIN, upload.received));
-                }
+                upload.limit.check(FrameType::UPLOAD_BEGIN, upload.received)?;
                 debug!(%upload_id, durable_offset = upload.received, "upload opened");
                 let durable_offset = upload.received;
                 self.slot = Slot::Receiving(upload);
@@ -426,10 +501,7 @@ impl Uploads {
             }
         };
         let received = upload.received + data.len() as u64;
-        if received > upload.limit.bytes {
-            return Err(upload.limit.exceeded(FrameType::BLOCK, received));
-        }
-        upload.hasher.update(&data);
+        upload.limit.check(FrameType::BLOCK, received)?;
         upload.received = received;
         let mut rest: &[u8] = &data;
         let mut status = None;
@@ -437,6 +509,9 @@ impl Uploads {
             let fill_to = upload.fill_to();
             let room = fill_to - upload.buffer.len();
             let (now, later) = rest.split_at(room.min(rest.len()));
+            // Hashed as it enters the buffer: at each flush the hasher
+            // covers exactly the durable prefix (see `write_buffer`).
+            upload.hasher.update(now);
             upload.buffer.extend_from_slice(now);
             rest = later;
             if upload.buffer.len() == fill_to {
@@ -497,6 +572,9 @@ impl Uploads {
                     warn!(%serial, %upload_id, ?status, "UPLOAD_END does not match the completed upload; it is kept");
                     Ok(())
                 };
+                if recorded.is_err() {
+                    self.slot = Slot::Refused;
+                }
                 Ok(Some(Ended {
                     status: None,
                     done: recorded.map(|()| UploadDone {
@@ -563,6 +641,7 @@ impl Uploads {
                     durable_offset: received,
                 });
                 if let Err(err) = record(uploads, &completed).await {
+                    self.slot = Slot::Refused;
                     return Ok(Some(Ended { status, done: Err(err) }));
                 }
                 uploads
@@ -707,19 +786,43 @@ mod tests {
 
     #[test]
     fn the_announced_size_is_the_limit_when_it_is_the_smaller() {
-        let announced = Limit::new(5_000, 1_000_000);
+        let announced = Limit::new(5_000, 1_000_000, None);
         assert_eq!(announced.bytes, 5_000);
+        assert!(announced.check(FrameType::BLOCK, 5_000).is_ok());
         assert!(matches!(
-            announced.exceeded(FrameType::BLOCK, 5_001),
-            UploadError::PastTotal { total_size: 5_000, .. }
+            announced.check(FrameType::BLOCK, 5_001),
+            Err(UploadError::PastTotal { total_size: 5_000, .. })
         ));
         for unknown_or_too_big in [0, 2_000_000] {
-            let limit = Limit::new(unknown_or_too_big, 1_000_000);
+            let limit = Limit::new(unknown_or_too_big, 1_000_000, None);
             assert_eq!(limit.bytes, 1_000_000);
             assert!(matches!(
-                limit.exceeded(FrameType::BLOCK, 1_000_001),
-                UploadError::TooLarge { limit: 1_000_000, .. }
+                limit.check(FrameType::BLOCK, 1_000_001),
+                Err(UploadError::TooLarge { limit: 1_000_000, .. })
             ));
         }
+    }
+
+    #[test]
+    fn the_serial_quota_binds_when_other_uploads_leave_less() {
+        let limit = Limit::new(
+            0,
+            1_000_000,
+            Some(Quota {
+                quota: 3_000,
+                left: 1_000,
+            }),
+        );
+        assert!(limit.check(FrameType::BLOCK, 1_000).is_ok());
+        assert!(matches!(
+            limit.check(FrameType::BLOCK, 1_001),
+            Err(UploadError::OverQuota { quota: 3_000, .. })
+        ));
+        let refusal = Refusal::Upload(UploadError::OverQuota {
+            ref_type: FrameType::BLOCK,
+            quota: 3_000,
+        })
+        .to_frame();
+        assert_eq!((refusal.code, refusal.fatal), (ErrorCode::BUSY, false));
     }
 }

@@ -7,6 +7,7 @@
 //! UPLOAD_DIR/
 //!   partial/s-<serial>/<upload-id>/data    the bytes received so far, in order; flock'ed while open
 //!   partial/s-<serial>/<upload-id>/meta    JSON UploadMeta, written once (temp, fsync, rename, fsync dir)
+//!   partial/s-<serial>/<upload-id>/hash    the SHA-256 state of the first N bytes (a checkpoint, see below)
 //!   completed/s-<serial>/<upload-id>       the finished upload (renamed from partial/…/data)
 //!   completed/s-<serial>/<upload-id>.json  JSON CompletedUpload, written before that rename
 //! ```
@@ -15,6 +16,13 @@
 //! serials, so its directory is `s-` followed by the serial (`s-..` is an
 //! ordinary name). Upload ids are hyphenated lowercase UUIDs. `partial/`
 //! and `completed/` must be on one filesystem (completion is a rename).
+//!
+//! A resumed upload needs the SHA-256 state of its durable prefix. Rather
+//! than reading the whole prefix back on every reconnect (a gigabyte each
+//! time a flaky link drops), the state is checkpointed beside the data
+//! every [`CHECKPOINT_BYTES`] (written durably, after the data it covers):
+//! a resume reads back at most the bytes since the last checkpoint, less
+//! than `CHECKPOINT_BYTES` plus one write buffer.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -27,6 +35,7 @@ use cwp::{Serial, UploadId};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use sha2::digest::common::hazmat::SerializableState as _;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, error, warn};
 
@@ -38,6 +47,12 @@ const COMPLETED: &str = "completed";
 const DATA: &str = "data";
 /// A partial upload's [`UploadMeta`].
 const META: &str = "meta";
+/// A partial upload's hash checkpoint: the durable offset it covers (8
+/// bytes, big-endian), then the SHA-256 state serialized by `sha2`.
+const HASH: &str = "hash";
+/// How many durable bytes a hash checkpoint may lag behind: bounds what a
+/// resume reads back.
+pub const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// Before the serial in its directory's name (never a bare serial: `..`).
 const SERIAL_DIR_PREFIX: &str = "s-";
 /// After the upload id in the name of a [`CompletedUpload`] record.
@@ -195,8 +210,14 @@ impl UploadStore {
                 None => {
                     // No meta: nothing of this upload was ever reported
                     // durable (meta is written before the first byte), so
-                    // whatever the data file holds can go.
+                    // whatever the data file holds can go, and any hash
+                    // checkpoint of it.
                     data.set_len(0)?;
+                    if let Err(err) = fs::remove_file(dir.join(HASH))
+                        && err.kind() != io::ErrorKind::NotFound
+                    {
+                        return Err(err.into());
+                    }
                     let meta = UploadMeta {
                         serial: serial.to_string(),
                         upload_id: id.clone(),
@@ -220,9 +241,35 @@ impl UploadStore {
                 serial_dir,
                 meta,
                 durable,
+                checkpointed: 0,
             }));
         }
         Err(io::Error::other("the upload's directory keeps changing under us").into())
+    }
+
+    /// Bytes of `serial`'s partial uploads on disk, all but `except`
+    /// (the one being opened): what `UPLOAD_MAX_BYTES_PER_SERIAL` counts.
+    pub fn partial_bytes(&self, serial: &Serial, except: UploadId) -> io::Result<u64> {
+        let except = except.to_string();
+        let mut bytes = 0;
+        for upload_dir in read_dir_or_empty(&self.root.join(PARTIAL).join(serial_dir_name(serial)))? {
+            if upload_dir.file_name().is_some_and(|name| name == except.as_str()) {
+                continue;
+            }
+            match fs::metadata(upload_dir.join(DATA)) {
+                Ok(meta) => bytes += meta.len(),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Bytes free for uploads on `UPLOAD_DIR`'s filesystem (what an
+    /// unprivileged writer may still use).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(self.root.as_path()).map_err(io::Error::from)?;
+        Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
     }
 
     /// The record of a finished upload, if it is finished.
@@ -331,6 +378,9 @@ pub struct PartialUpload {
     meta: UploadMeta,
     /// Bytes of the data file known to be on disk.
     durable: u64,
+    /// The durable offset of the last hash checkpoint written (0: none
+    /// this session; [`PartialUpload::hash_prefix`] reads the file's).
+    checkpointed: u64,
 }
 
 impl PartialUpload {
@@ -371,16 +421,49 @@ impl PartialUpload {
         }
     }
 
-    /// SHA-256 state of the durable prefix (for a resumed upload), read
-    /// with `scratch` as the buffer (its capacity; left empty).
-    pub fn hash_prefix(&self, scratch: &mut Vec<u8>) -> io::Result<Sha256> {
-        let mut hasher = Sha256::new();
+    /// After an [`append`](Self::append), with `hasher` holding the
+    /// SHA-256 state of exactly the durable prefix: writes a checkpoint of
+    /// it if the last one is [`CHECKPOINT_BYTES`] behind. A failed
+    /// checkpoint costs a longer read on the next resume, nothing else.
+    pub fn checkpoint(&mut self, hasher: &Sha256) {
+        if self.durable < self.checkpointed + CHECKPOINT_BYTES {
+            return;
+        }
+        let mut state = self.durable.to_be_bytes().to_vec();
+        state.extend_from_slice(&hasher.serialize());
+        match write_durably(&self.dir(), HASH, &state) {
+            Ok(()) => self.checkpointed = self.durable,
+            Err(err) => warn!(path = %self.dir().display(), error = %err, "cannot checkpoint an upload's hash"),
+        }
+    }
+
+    /// The last hash checkpoint at or below the durable offset: its offset
+    /// and the SHA-256 state there. A missing, unreadable or later one
+    /// counts as none (the prefix is then hashed from the start).
+    fn read_checkpoint(&self) -> Option<(u64, Sha256)> {
+        let bytes = fs::read(self.dir().join(HASH)).ok()?;
+        let (offset, state) = bytes.split_first_chunk::<8>()?;
+        let offset = u64::from_be_bytes(*offset);
+        if offset > self.durable {
+            return None;
+        }
+        let state = state.try_into().ok()?;
+        Some((offset, Sha256::deserialize(state).ok()?))
+    }
+
+    /// SHA-256 state of the durable prefix (for a resumed upload): from the
+    /// last checkpoint, reading back only the bytes after it, with
+    /// `scratch` as the buffer (its capacity; left empty). Returns the
+    /// state and how many bytes were read back.
+    pub fn hash_prefix(&mut self, scratch: &mut Vec<u8>) -> io::Result<(Sha256, u64)> {
         scratch.clear();
-        if self.durable == 0 {
-            return Ok(hasher);
+        let (mut offset, mut hasher) = self.read_checkpoint().unwrap_or_else(|| (0, Sha256::new()));
+        self.checkpointed = offset;
+        let from = offset;
+        if self.durable == offset {
+            return Ok((hasher, 0));
         }
         scratch.resize(scratch.capacity().max(4096), 0);
-        let mut offset = 0u64;
         while offset < self.durable {
             let want = usize::try_from(self.durable - offset).map_or(scratch.len(), |left| left.min(scratch.len()));
             let read = self.data.read_at(&mut scratch[..want], offset)?;
@@ -394,7 +477,7 @@ impl PartialUpload {
             offset += read as u64;
         }
         scratch.clear();
-        Ok(hasher)
+        Ok((hasher, self.durable - from))
     }
 
     /// Moves the upload, whose every byte must be durable, into
@@ -532,8 +615,8 @@ enum Leftover {
 /// data, temporaries, the directory.
 fn remove_partial(dir: &Path, what: Leftover) {
     let names: &[&str] = match what {
-        Leftover::All => &[META, DATA],
-        Leftover::MetaOnly => &[META],
+        Leftover::All => &[HASH, META, DATA],
+        Leftover::MetaOnly => &[HASH, META],
     };
     for name in names {
         if let Err(err) = fs::remove_file(dir.join(name))
@@ -543,6 +626,7 @@ fn remove_partial(dir: &Path, what: Leftover) {
         }
     }
     let _ = fs::remove_file(dir.join(format!("{META}{TEMP_SUFFIX}")));
+    let _ = fs::remove_file(dir.join(format!("{HASH}{TEMP_SUFFIX}")));
     // Fails harmlessly if another session has just created a new data file.
     let _ = fs::remove_dir(dir);
 }
@@ -670,14 +754,15 @@ mod tests {
         (&*upload.data).write_all(&[2; 50]).unwrap();
         drop(upload);
 
-        let reopened = open_partial(&store, &device);
+        let mut reopened = open_partial(&store, &device);
         assert_eq!(
             reopened.durable(),
             150,
             "the reopen fsyncs and reports the file's length"
         );
         let mut scratch = Vec::with_capacity(64);
-        let hasher = reopened.hash_prefix(&mut scratch).unwrap();
+        let (hasher, read_back) = reopened.hash_prefix(&mut scratch).unwrap();
+        assert_eq!(read_back, 150, "no checkpoint yet: the whole prefix is read back");
         let mut expected = vec![1; 100];
         expected.extend([2; 50]);
         assert_eq!(hex::encode(hasher.finalize()), sha256_hex(&expected));
@@ -685,6 +770,55 @@ mod tests {
             scratch.is_empty() && scratch.capacity() >= 64,
             "the scratch buffer is reused"
         );
+    }
+
+    #[test]
+    fn a_resume_reads_back_only_what_follows_the_last_hash_checkpoint() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        let chunk = vec![7u8; 1 << 20];
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        // Past two checkpoint boundaries, then a little more.
+        while written < 2 * CHECKPOINT_BYTES + (3 << 20) {
+            upload.append(&chunk).unwrap();
+            hasher.update(&chunk);
+            upload.checkpoint(&hasher);
+            written += chunk.len() as u64;
+        }
+        drop(upload);
+
+        let mut reopened = open_partial(&store, &device);
+        let (resumed, read_back) = reopened.hash_prefix(&mut Vec::with_capacity(1 << 16)).unwrap();
+        assert!(read_back < CHECKPOINT_BYTES, "{read_back} bytes read back on resume");
+        assert_eq!(read_back, 3 << 20, "only the bytes since the last checkpoint");
+        assert_eq!(
+            resumed.finalize(),
+            hasher.finalize(),
+            "the same digest as hashing it all"
+        );
+    }
+
+    #[test]
+    fn a_stale_checkpoint_never_outlives_its_data() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        let mut hasher = Sha256::new();
+        let data = vec![9u8; usize::try_from(CHECKPOINT_BYTES).unwrap()];
+        upload.append(&data).unwrap();
+        hasher.update(&data);
+        upload.checkpoint(&hasher);
+        upload.discard().unwrap();
+        // The same id begun again with other bytes: hashed from its own start.
+        let mut again = open_partial(&store, &device);
+        let other = vec![1u8; usize::try_from(CHECKPOINT_BYTES).unwrap() + 10];
+        again.append(&other).unwrap();
+        drop(again);
+        let mut reopened = open_partial(&store, &device);
+        let (resumed, _) = reopened.hash_prefix(&mut Vec::with_capacity(1 << 16)).unwrap();
+        assert_eq!(hex::encode(resumed.finalize()), sha256_hex(&other));
     }
 
     #[test]
