@@ -9,8 +9,6 @@ use std::time::Duration;
 use clap::Parser;
 use cwp::{MasterKey, Serial};
 
-use crate::scenario::Scenario;
-
 const AFTER_HELP: &str = "\
 Serials are <prefix><number>, numbered from --first-serial and zero-padded to
 at least six digits (SIM-000001, SIM-000002, ...); each device's key is
@@ -570,6 +568,43 @@ pub(crate) fn parse_sources(text: &str) -> Result<Vec<IpAddr>, String> {
         return Err("no address given".to_owned());
     }
     Ok(sources)
+}
+
+/// What the devices do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Devices hold their sessions with heartbeats and answer commands.
+    Idle,
+    /// Every device sends events at its share of --rate, answers commands,
+    /// and keeps its session alive with heartbeats.
+    Events,
+    /// Every device uploads --upload-bytes once (no events), resuming
+    /// after reconnects; the run ends when all uploads are done.
+    Upload,
+    /// Idle devices answering the commands an operator publishes.
+    Commands,
+    /// Idle devices dropping and re-establishing their connections,
+    /// --churn times per second across the fleet.
+    Churn,
+    /// Every device connects at once; the handshake rate is the figure.
+    Storm,
+    /// 90% idle, 9% sending events, 1% uploading; all answer commands.
+    Mixed,
+}
+
+impl Scenario {
+    /// The name on the command line and in the summary.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Events => "events",
+            Self::Upload => "upload",
+            Self::Commands => "commands",
+            Self::Churn => "churn",
+            Self::Storm => "storm",
+            Self::Mixed => "mixed",
+        }
+    }
 }
 
 #[cfg(test)]

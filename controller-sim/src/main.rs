@@ -32,10 +32,10 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::cli::Scenario;
 use crate::cli::{Args, Config, Protocol, SPARE_FDS, StormThen};
 use crate::merge::{WireHistograms, WorkerMessage, WorkerReport};
 use crate::report::{RunFacts, Sample, Summary, Verification, progress_line};
-use crate::scenario::Scenario;
 
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);

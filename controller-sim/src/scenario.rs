@@ -1,5 +1,6 @@
-//! Scenarios: what the simulated fleet does. A scenario turns the
-//! configuration into a [`Plan`], the [`Behaviour`] of each device; the
+//! Scenarios: what the simulated fleet does. A scenario (the command
+//! line's `--scenario`, [`Scenario`]) turns the configuration into a
+//! [`Plan`], the [`Behaviour`] of each device; the
 //! run (in `main`) is the same for all of them. A plan holds groups of
 //! devices with different behaviours (scenario mixed), each group a share
 //! of every [`MIX_PERIOD`] consecutive devices, counted fleet-wide so that
@@ -11,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use controller_sim::device::{Behaviour, EventLoad, Pacing, UploadJob};
 
-use crate::cli::Config;
+use crate::cli::{Config, Scenario};
 
 /// `EVENT.kind` of the events scenario's telemetry.
 const TELEMETRY_KIND: u16 = 1;
@@ -29,42 +30,7 @@ const MIX_EVENTS: u64 = 9;
 const MIX_UPLOAD: u64 = 1;
 const _: () = assert!(MIX_IDLE + MIX_EVENTS + MIX_UPLOAD == MIX_PERIOD);
 
-/// What the devices do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Scenario {
-    /// Devices hold their sessions with heartbeats and answer commands.
-    Idle,
-    /// Every device sends events at its share of --rate, answers commands,
-    /// and keeps its session alive with heartbeats.
-    Events,
-    /// Every device uploads --upload-bytes once (no events), resuming
-    /// after reconnects; the run ends when all uploads are done.
-    Upload,
-    /// Idle devices answering the commands an operator publishes.
-    Commands,
-    /// Idle devices dropping and re-establishing their connections,
-    /// --churn times per second across the fleet.
-    Churn,
-    /// Every device connects at once; the handshake rate is the figure.
-    Storm,
-    /// 90% idle, 9% sending events, 1% uploading; all answer commands.
-    Mixed,
-}
-
 impl Scenario {
-    /// The name on the command line and in the summary.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::Events => "events",
-            Self::Upload => "upload",
-            Self::Commands => "commands",
-            Self::Churn => "churn",
-            Self::Storm => "storm",
-            Self::Mixed => "mixed",
-        }
-    }
-
     /// What each device of the run does.
     pub(crate) fn plan(self, config: &Config) -> Plan {
         let idle = Behaviour {

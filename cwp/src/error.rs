@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frame::FrameType;
+use crate::frame_type::FrameType;
 
 /// An error code as carried by an `ERROR` frame (CWP/1 §4).
 ///

@@ -8,7 +8,8 @@
 //!   `max_payload`), then CRC-32C, then the tag, then hands the body to
 //!   [`frame`]; encoding goes the other way.
 //! - [`frame`]: the typed frames, [`DeviceFrame`] (device → server) and
-//!   [`ServerFrame`] (server → device), their bodies and status codes.
+//!   [`ServerFrame`] (server → device), their bodies and status codes;
+//!   [`frame_type`]: the type byte alone.
 //! - [`seal`]: the per-session [`Seal`] (keyed HMAC, implicit sequence
 //!   numbers) that tags and verifies every frame after the handshake.
 //! - [`handshake`]: the HELLO → CHALLENGE → AUTH → WELCOME exchange as two
@@ -43,6 +44,7 @@ pub mod codec;
 pub mod error;
 pub mod fields;
 pub mod frame;
+pub mod frame_type;
 pub mod handshake;
 pub mod keys;
 pub mod seal;

@@ -24,7 +24,7 @@ use std::time::Instant;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
-use crate::session::registry::SessionHandle;
+use crate::registry::SessionHandle;
 
 /// An event on its way to the bridge.
 #[derive(Debug)]

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::bridge::BridgeClient;
 use crate::metrics::Metrics;
-use crate::session::registry::{CloseRequest, Registry};
+use crate::registry::{CloseRequest, Registry};
 
 /// Most channels in one SUBSCRIBE/UNSUBSCRIBE.
 const CHANNELS_PER_CALL: usize = 512;

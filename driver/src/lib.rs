@@ -11,10 +11,10 @@
 //!   session registered with the bridge through [`bridge`]).
 //! - [`session`] is the established session: its loop
 //!   ([`session::established`], whose per-frame rules are
-//!   [`cwp::ServerSession`]'s, free of I/O), the [`session::registry`] of
-//!   live sessions and their mailboxes (the only way other tasks reach a
-//!   session), the [`session::park`] where quiet sessions wait with no
-//!   task, and the [`session::idle`] sweep.
+//!   [`cwp::ServerSession`]'s, free of I/O), the [`session::park`] where
+//!   quiet sessions wait with no task, and the [`session::idle`] sweep;
+//!   [`registry`] is the table of live sessions and their mailboxes, the
+//!   only way other tasks (pipeline, commands, drain) reach a session.
 //! - [`admission`] gives each event its room (`DRIVER_MAX_PENDING_EVENTS`)
 //!   as a permit; [`pipeline`] batches every session's events onto one
 //!   gRPC stream to the vendor-bridge and turns its durable confirmations
@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod refusal;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod title;

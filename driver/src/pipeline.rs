@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use crate::admission::{AdmittedEvents, PendingEvent};
 use crate::bridge::BridgeClient;
 use crate::metrics::{Metrics, ResultLabel};
-use crate::session::registry::SessionHandle;
+use crate::registry::SessionHandle;
 
 /// Most events in one batch.
 const MAX_BATCH_EVENTS: usize = 2048;

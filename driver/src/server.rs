@@ -1,6 +1,6 @@
 //! A driver process from start to stop: [`run`] builds the parts, starts
 //! their tasks, and, when told to stop, stops them in one order, written
-//! once in [`Running::stop`].
+//! once in `Running::stop`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +23,8 @@ use crate::handshake::thread::HandshakeThread;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineTask;
-use crate::session::registry::{CloseRequest, Registry};
-use crate::session::{SessionSettings, Sessions, idle, park};
+use crate::registry::{CloseRequest, Registry};
+use crate::session::{SessionSettings, Sessions, established, idle, park};
 use crate::title::TitleSource;
 use crate::upload::{self, UploadLimits, UploadService, UploadStore};
 use crate::{admin, listener, title};
@@ -345,7 +345,7 @@ impl Running {
 
 /// Asks every session to leave and waits until every connection is gone or
 /// `grace` has passed. The drain must already be signalled: a session that
-/// registers after this asks leaves by itself ([`crate::session::start`]
+/// registers after this asks leaves by itself ([`crate::session::established::start`]
 /// does not park it, and its loop reads the drain first thing).
 async fn drain_sessions(sessions: &Sessions, grace: Duration) {
     sessions.connections.close();
@@ -367,7 +367,9 @@ async fn drain_sessions(sessions: &Sessions, grace: Duration) {
 }
 
 async fn park_task(sessions: Arc<Sessions>, inbox: park::ParkInbox, stop: drain::Watch) {
-    if let Err(err) = park::run(sessions, inbox, stop).await {
+    let parked = sessions.metrics.sessions_parked.clone();
+    let resume = move |session| established::resume(&sessions, session);
+    if let Err(err) = park::run(inbox, resume, parked, stop).await {
         tracing::error!(error = %err, "the park failed: parked devices are not heard until the idle timeout closes them");
     }
 }

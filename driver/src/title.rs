@@ -9,7 +9,7 @@ use drover_service::drain;
 use process_title::ProcessTitle;
 
 use crate::metrics::Metrics;
-use crate::session::registry::Registry;
+use crate::registry::Registry;
 
 /// What the title shows, and where it reads it.
 #[derive(Debug)]

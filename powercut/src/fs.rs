@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,7 @@ use fuser::{
 };
 use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
 
-use crate::journal::{GRAVEYARD, Journal};
+use crate::journal::{GRAVEYARD, Journal, proc_path};
 use crate::pending::Pending;
 
 /// How long the kernel may cache an entry or attributes: not at all, so that
@@ -646,12 +646,6 @@ fn open_path(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<File> {
         Mode::empty(),
     )?;
     Ok(File::from(fd))
-}
-
-/// `/proc/self/fd/N`: opens, chmods and lists the inode an O_PATH
-/// descriptor refers to, as libfuse's passthrough_ll does.
-pub(crate) fn proc_path(file: &File) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 fn time(secs: i64, nanos: i64) -> SystemTime {

@@ -22,8 +22,6 @@ use std::os::unix::fs::MetadataExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
-use crate::fs::proc_path;
-
 /// The graveyard's name in the backing root, hidden from the mount.
 pub(crate) const GRAVEYARD: &str = ".powercut-graveyard";
 
@@ -327,4 +325,11 @@ fn same_inode(a: &File, b: &File) -> bool {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
+}
+
+/// `/proc/self/fd/N`: opens, chmods and lists the inode an O_PATH
+/// descriptor refers to, as libfuse's passthrough_ll does.
+pub(crate) fn proc_path(file: &std::fs::File) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd as _;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }

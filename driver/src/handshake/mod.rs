@@ -32,8 +32,9 @@ use crate::connection::{Connection, ReadError};
 use crate::keys::KeyStore;
 use crate::metrics::{LimiterLabel, ReasonLabel};
 use crate::refusal::Refusal;
-use crate::session::registry::{CloseRequest, SessionHandle};
-use crate::session::{self, Sessions};
+use crate::registry::{CloseRequest, SessionHandle};
+use crate::session::Sessions;
+use crate::session::established;
 
 /// How long the handshake waits for Redis to confirm the command
 /// subscription before `WELCOME` (commands then start a little later).
@@ -87,7 +88,7 @@ impl HandshakeEnd {
 
 /// Serves one accepted connection: the handshake here (on the handshake
 /// thread); then, once the device is authenticated, its session goes to
-/// [`session::start`] with `permit`, its place under
+/// [`established::start`] with `permit`, its place under
 /// `DRIVER_MAX_CONNECTIONS`.
 ///
 /// The handshake runs in a tracing span (`peer`, then `serial`); the
@@ -104,7 +105,7 @@ pub async fn serve(
     metrics.connections.inc();
     let span = info_span!("conn", peer = %connection.peer(), serial = tracing::field::Empty);
     match handshake(&handshakes, &mut connection, slot).instrument(span).await {
-        Ok(session) => session::start(&handshakes.sessions, connection, session, permit),
+        Ok(session) => established::start(&handshakes.sessions, connection, session, permit),
         Err(end) => {
             metrics.handshake(end.label());
             if let HandshakeEnd::Refused(refusal) = &end {

@@ -17,25 +17,98 @@ use cwp::{EventStore, ServerFrame, ServerSession};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
-use super::registry::{CloseRequest, SessionHandle};
-use super::{Sessions, park};
+use super::context::{self, Sessions};
+use super::park::{ParkedSession, SessionState};
 use crate::admission::{Admission, EventPermit, PendingEvent};
 use crate::connection::{Connection, ReadError};
 use crate::refusal::Refusal;
+use crate::registry::{CloseRequest, SessionHandle};
 use crate::upload::{UploadError, Uploads};
 
 /// How long a closing session waits for its events to become durable
 /// before it acknowledges what it can and leaves.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What an established session carries from one task to the next when it
-/// parks ([`park`]).
-#[derive(Debug)]
-pub struct SessionState {
-    /// CWP/1 §3: the event ids seen and acknowledged.
-    pub rules: ServerSession,
-    /// When the device was last heard from, Unix ms (for the registry).
-    pub last_heard_ms: u64,
+/// A freshly authenticated session: it parks right away (nothing is in
+/// flight yet, and a session gets a task only when its device has
+/// something to say), or, if the device already sent more, parking is off
+/// or the driver is draining (the session then leaves at once), runs in a
+/// task of its own on the sessions' runtime, tracked by
+/// [`Sessions::connections`] and holding `permit`.
+pub fn start(
+    sessions: &Arc<Sessions>,
+    connection: Connection,
+    session: Arc<SessionHandle>,
+    permit: OwnedSemaphorePermit,
+) {
+    let state = SessionState {
+        rules: ServerSession::new(session.durable_event_id(), sessions.settings.event_window),
+        last_heard_ms: drover_service::clock::unix_ms(),
+    };
+    if sessions.settings.park_after.is_some() && connection.is_idle() && !sessions.draining.is_signaled() {
+        park_or_end(sessions, connection, session, permit, state);
+        return;
+    }
+    // Registered with the sessions' runtime before its task is spawned, so
+    // that the task holds one connection, not a detached one and the
+    // attached one.
+    match connection.register_with(&sessions.runtime) {
+        Ok(connection) => {
+            let task = run(sessions.clone(), connection, session, permit, state);
+            sessions.connections.spawn_on(task, &sessions.runtime);
+        }
+        Err(err) => {
+            warn!(serial = %session.serial, error = %err, "cannot hand the connection to the sessions' runtime");
+            context::end(sessions, &session, state.last_heard_ms);
+            sessions.metrics.connections.dec();
+        }
+    }
+}
+
+/// Hands a quiet session (nothing in flight, nothing buffered) to the
+/// park. If it cannot be parked, the session ends and its connection
+/// closes.
+pub fn park_or_end(
+    sessions: &Sessions,
+    connection: Connection,
+    session: Arc<SessionHandle>,
+    permit: OwnedSemaphorePermit,
+    state: SessionState,
+) {
+    let last_heard_ms = state.last_heard_ms;
+    let (stream, peer, codec) = match connection.into_parts() {
+        Ok(parts) => parts,
+        Err(err) => {
+            warn!(serial = %session.serial, error = %err, "cannot park the session");
+            context::end(sessions, &session, last_heard_ms);
+            sessions.metrics.connections.dec();
+            return;
+        }
+    };
+    let parked = ParkedSession::new(stream, peer, codec, state, session, permit);
+    if let Err(session) = sessions.park.park(parked) {
+        debug!(serial = %session.serial, "the park has stopped: closing the session");
+        context::end(sessions, &session, last_heard_ms);
+        sessions.metrics.connections.dec();
+    }
+}
+
+/// A parked session needed again (its device spoke, or its mailbox was
+/// woken): its task is spawned on the sessions' runtime (the caller runs
+/// on it), or, if its socket cannot be registered again, it ends.
+pub fn resume(sessions: &Arc<Sessions>, parked: ParkedSession) {
+    let (stream, peer, codec, state, session, permit) = parked.into_parts();
+    match Connection::resume(stream, peer, codec) {
+        Ok(connection) => {
+            let task = run(sessions.clone(), connection, session, permit, state);
+            sessions.connections.spawn(task);
+        }
+        Err(err) => {
+            warn!(serial = %session.serial, %peer, error = %err, "cannot resume a parked session");
+            context::end(sessions, &session, state.last_heard_ms);
+            sessions.metrics.connections.dec();
+        }
+    }
 }
 
 /// An established session, to its end, on the sessions' runtime.
@@ -47,7 +120,7 @@ pub struct SessionState {
 /// rustc 1.95; the test below keeps it there).
 ///
 /// Ends when the session ends, or when it parks: its state then goes to
-/// the park ([`park`]), which resumes it in a new task.
+/// the park ([`super::park`]), which resumes it in a new task.
 #[allow(clippy::manual_async_fn, reason = "the async fn's future is 336 bytes larger")]
 pub fn run(
     sessions: Arc<Sessions>,
@@ -61,10 +134,10 @@ pub fn run(
         let parks = loop_state.run().await;
         let state = loop_state.into_state();
         if parks {
-            park::park_or_end(&sessions, connection, session, permit, state);
+            park_or_end(&sessions, connection, session, permit, state);
             return;
         }
-        super::end(&sessions, &session, state.last_heard_ms);
+        context::end(&sessions, &session, state.last_heard_ms);
         // The connection's place under DRIVER_MAX_CONNECTIONS.
         drop(permit);
         sessions.metrics.connections.dec();
@@ -75,7 +148,7 @@ pub fn run(
 enum Exit {
     /// The session ends this way.
     End(Ending),
-    /// The session parks ([`park`]).
+    /// The session parks ([`super::park`]).
     Park,
 }
 

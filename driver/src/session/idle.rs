@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use drover_service::drain;
 
-use super::registry::{CloseRequest, Registry, monotonic_ms};
+use crate::registry::{CloseRequest, Registry, monotonic_ms};
 
 /// How often sessions are checked: a tenth of the idle timeout, or of the
 /// park delay if that is shorter, within 10 ms – 1 s.

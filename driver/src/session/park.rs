@@ -5,7 +5,7 @@
 //! about 670 bytes) and its socket's registration with tokio (its
 //! `ScheduledIo`, about 270 bytes), before anything of its own. Devices
 //! are quiet nearly all the time (a heartbeat every 30 s), so once one has
-//! been silent for `DRIVER_PARK_AFTER` the idle sweep ([`crate::idle`])
+//! been silent for `DRIVER_PARK_AFTER` the idle sweep ([`super::idle`])
 //! asks its session to park. If nothing is in flight (no event awaiting
 //! storage, no open upload, nothing buffered either way) the session hands
 //! the park what it needs to resume exactly where it stopped, a
@@ -32,7 +32,6 @@
 //! the session. It costs one thread and an eventfd for the whole driver,
 //! nothing per parked session.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -49,10 +48,20 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn};
 
-use super::Sessions;
-use super::established::{self, SessionState};
-use super::registry::SessionHandle;
-use crate::connection::Connection;
+use cwp::ServerSession;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::registry::SessionHandle;
+
+/// What an established session carries from one task to the next when it
+/// parks.
+#[derive(Debug)]
+pub struct SessionState {
+    /// CWP/1 §3: the event ids seen and acknowledged.
+    pub rules: ServerSession,
+    /// When the device was last heard from, Unix ms (for the registry).
+    pub last_heard_ms: u64,
+}
 
 /// An established session without a task: what it needs to resume where
 /// it stopped.
@@ -81,62 +90,46 @@ impl ParkedSession {
         self.stream.as_fd()
     }
 
-    /// The session running again: its task's future, to spawn on the
-    /// sessions' runtime (the caller must be running on it). `None` if the
-    /// socket cannot be registered again; the session has then ended.
-    fn resume(self, sessions: Arc<Sessions>) -> Option<impl Future<Output = ()> + Send + use<>> {
-        let Self {
+    /// What it holds, to resume it: the socket (registered with no
+    /// runtime), the device's address, the codec, the rules' state, its
+    /// registry entry and its connection permit.
+    pub fn into_parts(
+        self,
+    ) -> (
+        std::net::TcpStream,
+        SocketAddr,
+        ServerCodec,
+        SessionState,
+        Arc<SessionHandle>,
+        OwnedSemaphorePermit,
+    ) {
+        (
+            self.stream,
+            self.peer,
+            self.codec,
+            self.state,
+            self.session,
+            self.permit,
+        )
+    }
+
+    /// A quiet session's parts, to park.
+    pub fn new(
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        codec: ServerCodec,
+        state: SessionState,
+        session: Arc<SessionHandle>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
             stream,
             peer,
             codec,
             state,
             session,
             permit,
-        } = self;
-        match Connection::resume(stream, peer, codec) {
-            Ok(connection) => Some(established::run(sessions, connection, session, permit, state)),
-            Err(err) => {
-                warn!(serial = %session.serial, %peer, error = %err, "cannot resume a parked session");
-                super::end(&sessions, &session, state.last_heard_ms);
-                sessions.metrics.connections.dec();
-                None
-            }
         }
-    }
-}
-
-/// Hands a quiet session (nothing in flight, nothing buffered) to the
-/// park. If it cannot be parked, the session ends and its connection
-/// closes.
-pub fn park_or_end(
-    sessions: &Sessions,
-    connection: Connection,
-    session: Arc<SessionHandle>,
-    permit: OwnedSemaphorePermit,
-    state: SessionState,
-) {
-    let last_heard_ms = state.last_heard_ms;
-    let (stream, peer, codec) = match connection.into_parts() {
-        Ok(parts) => parts,
-        Err(err) => {
-            warn!(serial = %session.serial, error = %err, "cannot park the session");
-            super::end(sessions, &session, last_heard_ms);
-            sessions.metrics.connections.dec();
-            return;
-        }
-    };
-    let parked = ParkedSession {
-        stream,
-        peer,
-        codec,
-        state,
-        session,
-        permit,
-    };
-    if let Err(session) = sessions.park.park(parked) {
-        debug!(serial = %session.serial, "the park has stopped: closing the session");
-        super::end(sessions, &session, last_heard_ms);
-        sessions.metrics.connections.dec();
     }
 }
 
@@ -210,22 +203,18 @@ pub struct Park {
 pub struct ParkInbox {
     inbox: mpsc::UnboundedReceiver<Message>,
     sender: mpsc::UnboundedSender<Message>,
-    connections: TaskTracker,
 }
 
-/// A park whose resumed sessions run as tasks of `connections`.
+/// A park whose sessions count among `connections` while parked (the
+/// driver's shutdown waits for them as for running ones).
 pub fn park(connections: TaskTracker) -> (Park, ParkInbox) {
     let (sender, inbox) = mpsc::unbounded_channel();
     (
         Park {
             inbox: sender.clone(),
-            connections: connections.clone(),
-        },
-        ParkInbox {
-            inbox,
-            sender,
             connections,
         },
+        ParkInbox { inbox, sender },
     )
 }
 
@@ -314,8 +303,11 @@ fn watch(epoll: &OwnedFd, park: &mpsc::UnboundedSender<Message>) {
 }
 
 /// The parked sessions and their epoll set.
-struct Lot {
-    sessions: Arc<Sessions>,
+struct Lot<R> {
+    /// Runs a session again (spawns its task) or ends it.
+    resume: R,
+    /// `drover_driver_sessions_parked`.
+    parked: Gauge,
     /// The parked sockets, each registered once (`EPOLLONESHOT`) with its
     /// [`Ticket`] as data; the watcher waits on it.
     epoll: Arc<OwnedFd>,
@@ -326,28 +318,27 @@ struct Lot {
     occupied: Option<TaskTrackerToken>,
     next_id: u32,
     sender: mpsc::UnboundedSender<Message>,
-    connections: TaskTracker,
 }
 
-/// Holds parked sessions and resumes them when they are needed, until
-/// `stop` is signalled. Must run on the sessions' runtime: resumed
-/// sessions register their sockets with the runtime it runs on.
-pub async fn run(sessions: Arc<Sessions>, inbox: ParkInbox, stop: drain::Watch) -> io::Result<()> {
-    let ParkInbox {
-        mut inbox,
-        sender,
-        connections,
-    } = inbox;
+/// Holds parked sessions and hands each back to `resume` when it is needed
+/// (`resume` spawns its task before it returns), until `stop` is
+/// signalled; `parked` counts them. Must run on the sessions' runtime:
+/// resumed sessions register their sockets with the runtime it runs on.
+pub async fn run<R>(inbox: ParkInbox, resume: R, parked: Gauge, stop: drain::Watch) -> io::Result<()>
+where
+    R: FnMut(ParkedSession) + Send,
+{
+    let ParkInbox { mut inbox, sender } = inbox;
     let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
     let watcher = Watcher::start(epoll.clone(), sender.clone())?;
     let mut lot = Lot {
-        sessions,
+        resume,
+        parked,
         epoll,
         slots: Slab::new(),
         occupied: None,
         next_id: 0,
         sender,
-        connections,
     };
     loop {
         tokio::select! {
@@ -375,7 +366,7 @@ pub async fn run(sessions: Arc<Sessions>, inbox: ParkInbox, stop: drain::Watch) 
     Ok(())
 }
 
-impl Lot {
+impl<R: FnMut(ParkedSession)> Lot<R> {
     fn park(&mut self, mut slot: Box<Slot>) {
         self.next_id = self.next_id.wrapping_add(1);
         slot.id = self.next_id;
@@ -399,7 +390,7 @@ impl Lot {
         }
         let session = slot.parked.session().clone();
         session.set_parked(true);
-        self.sessions.metrics.sessions_parked.inc();
+        self.parked.inc();
         entry.insert(slot);
         let waker = Waker::from(Arc::new(ParkedWaker {
             park: self.sender.clone(),
@@ -429,14 +420,12 @@ impl Lot {
             debug!(serial = %slot.parked.session().serial, error = %err, "removing a parked socket from the park's set");
         }
         slot.parked.session().set_parked(false);
-        self.sessions.metrics.sessions_parked.dec();
+        self.parked.dec();
         self.spawn(slot);
     }
 
     fn spawn(&mut self, slot: Box<Slot>) {
-        if let Some(session) = slot.parked.resume(self.sessions.clone()) {
-            self.connections.spawn(session);
-        }
+        (self.resume)(slot.parked);
         // Only now, with the resumed session's task tracked: the drain
         // never sees the connection count at 0 in between.
         if self.slots.is_empty() {

@@ -5,8 +5,9 @@
 //! upload (or finds it completed), `BLOCK`s fill the buffer, each full
 //! buffer is made durable on the blocking pool, `UPLOAD_END` checks size
 //! and digest and completes or discards. [`UploadError`] is every way that
-//! fails, and [`UploadError::to_frame`] the one place it becomes a CWP/1
-//! error.
+//! fails; [`crate::refusal::Refusal::to_frame`] turns it into a CWP/1
+//! error, and [`UploadError::into_violation`] tells the one kind that ends
+//! the session.
 
 use std::io;
 

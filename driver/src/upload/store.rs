@@ -269,7 +269,7 @@ impl UploadStore {
     /// unprivileged writer may still use).
     pub fn free_bytes(&self) -> io::Result<u64> {
         let stat = nix::sys::statvfs::statvfs(self.root.as_path()).map_err(io::Error::from)?;
-        Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
     /// The record of a finished upload, if it is finished.

@@ -59,7 +59,7 @@ struct Mailbox {
     commands: Vec<Command>,
     /// Set once; the connection ends as soon as it sees it.
     close: Option<CloseRequest>,
-    /// The idle sweep asks a quiet session to park ([`super::park`]).
+    /// The idle sweep asks a quiet session to park ([`crate::session::park`]).
     park: bool,
 }
 
@@ -77,7 +77,7 @@ pub struct SessionHandle {
     /// Events handed to the pipeline and not yet confirmed durable.
     pending_events: AtomicU32,
     /// When the device was last heard from, on [`monotonic_ms`]'s clock.
-    /// Read by the idle sweep ([`super::idle`]), so that no session needs
+    /// Read by the idle sweep ([`crate::session::idle`]), so that no session needs
     /// a timer of its own.
     heard_ms: AtomicU64,
     mailbox: Mutex<Mailbox>,
@@ -88,7 +88,7 @@ pub struct SessionHandle {
     /// parked, the park's waker for it.
     waiter: AtomicWaker,
     /// Whether the session is parked: it has no task, the park holds its
-    /// socket ([`super::park`]).
+    /// socket ([`crate::session::park`]).
     parked: AtomicBool,
 }
 
