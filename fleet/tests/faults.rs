@@ -138,14 +138,8 @@ fn events(rate: f64) -> Behaviour {
             body: Bytes::from_static(b"temperature=21.5"),
             backlog: 100_000,
         }),
-        reconnect: Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        },
-        busy: Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_secs(1),
-        },
+        reconnect: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        busy: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
         ..Behaviour::default()
     }
 }
