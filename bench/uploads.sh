@@ -52,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "building (release)"
-(cd "$ROOT" && cargo build --release -q -p driver -p vendor-bridge -p controller-sim)
+(cd "$ROOT" && cargo build --release -q -p driver -p vendor-bridge -p controller-sim -p fleet)
 
 mkdir -p "$BENCH_DIR"
 rm -rf "${BENCH_DIR:?}"/{uploads,naive,redis,limits} "$RESULTS"

@@ -1,5 +1,6 @@
 //! `fleet`: run a whole Drover fleet locally, generate HAProxy's
-//! configuration, run the benchmarks.
+//! configuration, run the benchmarks. The processes come from
+//! `drover-testkit` (the same harness the end-to-end tests run on).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use fleet::lbconfig::{LbConfig, maxconn_for_open_files};
-use fleet::local::{FleetSpec, LocalFleet};
-use fleet::process::find_on_path;
+use drover_testkit::lbconfig::{LbConfig, maxconn_for_open_files};
+use drover_testkit::local::{FleetSpec, LocalFleet};
+use drover_testkit::process::find_on_path;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Run a Drover fleet locally, and the tools around it")]
@@ -192,7 +193,7 @@ fn lb_config(args: LbConfigArgs) -> anyhow::Result<()> {
         Some(path) => {
             std::fs::write(&path, config.render()).with_context(|| format!("writing {}", path.display()))?;
             if find_on_path("haproxy").is_some() {
-                fleet::haproxy::check(&path)?;
+                drover_testkit::haproxy::check(&path)?;
                 eprintln!("wrote {} (haproxy -c: valid)", path.display());
             } else {
                 eprintln!("wrote {} (haproxy not installed: not checked)", path.display());
@@ -206,22 +207,24 @@ fn lb_config(args: LbConfigArgs) -> anyhow::Result<()> {
 fn missing_prerequisites(args: &UpArgs) -> Vec<&'static str> {
     let mut missing = Vec::new();
     if args.redis_url.is_none() && find_on_path("redis-server").is_none() {
-        missing.push(fleet::redis::INSTALL_HINT);
+        missing.push(drover_testkit::redis::INSTALL_HINT);
     }
     if find_on_path("haproxy").is_none() {
-        missing.push(fleet::haproxy::INSTALL_HINT);
+        missing.push(drover_testkit::haproxy::INSTALL_HINT);
     }
     missing
 }
 
-/// Builds the fleet's binaries in the profile `fleet` itself was built in.
+/// Builds the fleet's binaries in the profile `fleet` itself was built in:
+/// the servers, the simulator, and this package's benchmark tools
+/// (`cargo run` built only `fleet` itself).
 fn build_binaries() -> anyhow::Result<()> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     if !workspace.join("Cargo.toml").is_file() || find_on_path("cargo").is_none() {
         return Ok(()); // an installed fleet: the binaries sit next to it
     }
-    let release = fleet::binaries::bin_dir()?.ends_with("release");
-    eprintln!("building driver, vendor-bridge and controller-sim ...");
+    let release = drover_testkit::binaries::bin_dir()?.ends_with("release");
+    eprintln!("building driver, vendor-bridge, controller-sim and the benchmark tools ...");
     let mut cargo = Command::new("cargo");
     cargo.current_dir(&workspace).args([
         "build",
@@ -232,6 +235,8 @@ fn build_binaries() -> anyhow::Result<()> {
         "vendor-bridge",
         "-p",
         "controller-sim",
+        "-p",
+        "fleet",
     ]);
     if release {
         cargo.arg("--release");
@@ -318,7 +323,7 @@ fn print_welcome(fleet: &LocalFleet, args: &UpArgs, key: &str, state_dir: &Path)
         .next()
         .unwrap_or("6379")
         .trim_end_matches('/');
-    let bin = fleet::binaries::bin_dir()
+    let bin = drover_testkit::binaries::bin_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
     let drivers: Vec<String> = fleet

@@ -7,7 +7,8 @@
 mod support;
 
 use drover_proto::bridge::{DriverMessage, EventBatch, driver_message};
-use support::{Bridge, DriverStream, counts, event, next_message, raw_entries, stored_events, wait_until, xlen};
+use drover_testkit::wait::eventually;
+use support::{Bridge, DEADLINE, DriverStream, counts, event, next_message, raw_entries, stored_events, xlen};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -231,7 +232,7 @@ async fn a_batch_sent_while_redis_is_down_is_acknowledged_only_once_stored() {
     let pending = vec![event("CTRL-1", 2, 1, b"during"), event("CTRL-2", 1, 1, b"during")];
     stream.send(2, pending.clone()).await;
     let stats = bridge.stats.clone();
-    wait_until("the bridge to retry the batch twice", || {
+    eventually("the bridge to retry the batch twice", DEADLINE, || async {
         stats.snapshot().store_retries >= 2
     })
     .await;
@@ -356,7 +357,10 @@ async fn shutdown_stores_and_answers_received_batches_then_ends_streams_with_una
     tokio::task::block_in_place(|| bridge.redis.stop());
     stream.send(1, vec![event("CTRL-1", 1, 1, b"")]).await;
     let stats = bridge.stats.clone();
-    wait_until("the bridge to try the batch", || stats.snapshot().store_retries >= 1).await;
+    eventually("the bridge to try the batch", DEADLINE, || async {
+        stats.snapshot().store_retries >= 1
+    })
+    .await;
 
     // SIGTERM arrives; Redis comes back within the grace period.
     bridge.request_shutdown();
@@ -388,6 +392,9 @@ async fn the_registry_follows_the_high_water_mark_within_a_second() {
     stream.store(2, vec![event("R", 2, 1, b"")]).await;
     assert_eq!(support::hget(&mut redis, "cwp:hwm", "R").await.as_deref(), Some("2"));
 
+    // The device goes on sending, one batch as soon as the last is stored,
+    // until a batch is written through to the registry: that happens once
+    // its second has passed (5 s leaves room for a loaded machine).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut next = 3;
     loop {
@@ -401,6 +408,5 @@ async fn the_registry_follows_the_high_water_mark_within_a_second() {
             "the registry never caught up: {registry:?}"
         );
         next += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

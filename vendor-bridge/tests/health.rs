@@ -6,8 +6,9 @@
 
 mod support;
 
-use fleet::redis::RedisServer;
-use support::{Bridge, within};
+use drover_testkit::redis::RedisServer;
+use drover_testkit::wait::within;
+use support::{Bridge, DEADLINE};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -16,7 +17,7 @@ use vendor_bridge::store::Store;
 
 /// Follows `Watch` until it reports `wanted`.
 async fn wait_for_status(updates: &mut tonic::Streaming<HealthCheckResponse>, wanted: ServingStatus) {
-    within(&format!("health {wanted:?}"), async {
+    within(&format!("health {wanted:?}"), DEADLINE, async {
         loop {
             let update = updates.message().await.unwrap().expect("the watch stays open");
             if update.status() == wanted {

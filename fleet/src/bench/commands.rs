@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_testkit::binaries::binary;
 use serde::Deserialize;
 
 use super::BenchContext;
@@ -22,7 +23,6 @@ use super::events::MASTER_KEY_HEX;
 use super::probe::{CpuMeter, SimLatency, SimProcess, SimSummary};
 use super::report::{Table, duration_us, thousands};
 use super::rig::{Rig, cpu_by_name};
-use crate::binaries::binary;
 
 /// Target: p99 below this, µs.
 const TARGET_P99_US: u64 = 10_000;

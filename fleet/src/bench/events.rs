@@ -9,14 +9,15 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use drover_schema::event_fields;
+use drover_testkit::binaries::binary;
+use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use drover_testkit::net::free_port;
+use drover_testkit::process::find_on_path;
+use drover_testkit::redis::RedisServer;
 
 use super::BenchContext;
 use super::probe::{CpuMeter, SimSummary, run_sim};
 use super::report::{Table, thousands};
-use crate::binaries::binary;
-use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
-use crate::process::{find_on_path, free_port};
-use crate::redis::RedisServer;
 
 /// The benchmark's fixed key (the simulated fleet's master key).
 pub const MASTER_KEY_HEX: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";

@@ -29,15 +29,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_testkit::binaries::binary;
+use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use drover_testkit::net::free_port;
+use drover_testkit::redis::RedisServer;
 
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
 use super::probe::{SimSummary, run_sim};
 use super::report::{Table, thousands};
-use crate::binaries::binary;
-use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
-use crate::process::free_port;
-use crate::redis::RedisServer;
 
 /// The limit: p99 under attack over p99 unloaded.
 const TARGET_RATIO: f64 = 2.0;

@@ -25,14 +25,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_testkit::binaries::binary;
+use drover_testkit::mosquitto::Mosquitto;
+use drover_testkit::process::rss_kib;
 
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
-use super::mosquitto::Mosquitto;
-use super::probe::{KernelSockets, SimProcess, SimSummary, established_on, rss_kib, tree_rss_kib};
+use super::probe::{KernelSockets, SimProcess, SimSummary, established_on, tree_rss_kib};
 use super::report::{Table, thousands};
 use super::rig::{DEVICES_PER_DRIVER, Rig};
-use crate::binaries::binary;
 
 /// Devices per simulator worker process (each within 20,000 open files).
 const DEVICES_PER_SIM_PROCESS: u64 = 15_000;

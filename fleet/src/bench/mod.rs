@@ -8,8 +8,9 @@
 //! - [`report`]: the Markdown sections and the file they live in.
 //! - [`probe`]: process CPU and memory read from `/proc`, the kernel's
 //!   socket memory, and the simulator run in the background.
-//! - [`rig`]: the whole local fleet sized for a number of devices;
-//!   [`mosquitto`]: the idle benchmark's peer brokers.
+//! - [`rig`]: the whole local fleet sized for a number of devices (the
+//!   processes themselves, and the idle benchmark's peer Mosquitto, come
+//!   from `drover-testkit`).
 //! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`],
 //!   [`hostile`]: one benchmark each; each returns its figures and renders
 //!   its section.
@@ -19,7 +20,6 @@ pub mod events;
 pub mod hostile;
 pub mod idle;
 pub mod machine;
-pub mod mosquitto;
 pub mod probe;
 pub mod report;
 pub mod rig;

@@ -8,10 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use drover_testkit::process::{ChildGuard, children, rss_kib};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
-
-use crate::process::ChildGuard;
 
 /// CPU seconds (user + system, all threads) a process has used so far.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
@@ -31,32 +30,6 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .flatten()
         .map_or(100.0, |ticks| ticks as f64)
-}
-
-/// Resident memory of a process, KiB.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
-/// The child processes of `pid` (all its threads' children).
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 /// Resident memory of a process and all its descendants, KiB.

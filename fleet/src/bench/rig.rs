@@ -6,12 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use drover_testkit::local::{FleetSpec, LocalFleet};
+use drover_testkit::net::free_port;
+use drover_testkit::process::rss_kib;
 
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
-use super::probe::{SimProcess, rss_kib};
-use crate::local::{FleetSpec, LocalFleet};
-use crate::process::free_port;
+use super::probe::SimProcess;
 
 /// Devices per driver the benchmarks plan for: each driver may hold
 /// 20,000 open files, and HAProxy's `leastconn` per process keeps the

@@ -9,12 +9,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use drover_testkit::binaries::binary;
+
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
 use super::probe::{CpuMeter, SimSummary, run_sim};
 use super::report::{Table, thousands};
 use super::rig::{Rig, cpu_by_name};
-use crate::binaries::binary;
 
 /// The target.
 const TARGET_RATE: f64 = 5_000.0;

@@ -1,11 +1,10 @@
 //! The harness of the bridge's integration tests: a private `redis-server`
-//! (`fleet::redis::RedisServer`), the bridge running in-process on a real
-//! 127.0.0.1:0 socket, a real tonic client, and a Redis client to look at
-//! what the bridge wrote. Waits are on conditions with deadlines, never on
-//! guessed durations.
+//! (`drover_testkit::redis::RedisServer`), the bridge running in-process on
+//! a real 127.0.0.1:0 socket, a real tonic client, and a Redis client to
+//! look at what the bridge wrote. Waits are on conditions with deadlines
+//! (`drover_testkit::wait`, with [`DEADLINE`]), never on guessed durations.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,8 @@ use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
     BatchDurable, BridgeMessage, DriverHello, DriverMessage, Event, EventBatch, bridge_message, driver_message,
 };
-use fleet::redis::RedisServer;
+use drover_testkit::redis::RedisServer;
+use drover_testkit::wait::within;
 use redis::aio::MultiplexedConnection;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -27,23 +27,6 @@ use vendor_bridge::{Config, Stats};
 
 /// How long any awaited condition may take before the test fails.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
-
-/// Awaits `future`, failing the test after [`DEADLINE`].
-pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {DEADLINE:?} waiting for {what}"))
-}
-
-/// Checks `condition` every 10 ms until it holds, failing after [`DEADLINE`].
-pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
 
 /// A bridge serving in this process, with its own Redis.
 pub(crate) struct Bridge {
@@ -131,7 +114,7 @@ impl Bridge {
     /// Waits for `serve` to return after [`Bridge::request_shutdown`].
     pub(crate) async fn stopped(&mut self) -> anyhow::Result<()> {
         let task = self.task.take().expect("shut down once");
-        within("the bridge to shut down", task)
+        within("the bridge to shut down", DEADLINE, task)
             .await
             .expect("serve does not panic")
     }
@@ -152,7 +135,7 @@ pub(crate) fn redis_client(redis: &RedisServer) -> redis::Client {
 /// The next message on a subscribed pub/sub connection, as text.
 pub(crate) async fn next_message(pubsub: &mut redis::aio::PubSub) -> String {
     use futures::StreamExt as _;
-    let message = within("a pub/sub message", pubsub.on_message().next())
+    let message = within("a pub/sub message", DEADLINE, pubsub.on_message().next())
         .await
         .expect("the subscription stays open");
     message.get_payload::<String>().expect("a text payload")
@@ -206,6 +189,7 @@ impl DriverStream {
     ) -> Result<Self, Status> {
         let inbound = within(
             "StreamEvents to be answered",
+            DEADLINE,
             client.stream_events(ReceiverStream::new(rx)),
         )
         .await?
@@ -226,7 +210,7 @@ impl DriverStream {
     /// The next message from the bridge: an answer, the end of the stream
     /// (`Ok(None)`), or the stream's error.
     pub(crate) async fn next(&mut self) -> Result<Option<BatchDurable>, Status> {
-        let message = within("the bridge's next message", self.inbound.message()).await?;
+        let message = within("the bridge's next message", DEADLINE, self.inbound.message()).await?;
         Ok(message.map(|message| match message.kind {
             Some(bridge_message::Kind::Durable(durable)) => durable,
             None => panic!("an empty BridgeMessage"),

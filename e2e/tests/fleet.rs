@@ -1,0 +1,190 @@
+//! The fleet behind one address: HAProxy spreading devices over drivers,
+//! the real device addresses reaching the drivers (PROXY v2), a driver
+//! killed or restarted under load without losing or duplicating an event,
+//! and the process titles `ps` shows.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use controller_sim::client::Connection;
+use drover_testkit::device::{device_key, serial};
+use drover_testkit::fleet::runtime;
+use drover_testkit::haproxy_fleet::{drivers_total, env, fleet_spec};
+use drover_testkit::local::{FleetSpec, LocalFleet};
+use drover_testkit::sim::{controller_sim, sim_summary, verified};
+use drover_testkit::wait::wait_until;
+
+fn spec(
+    drivers: usize,
+    haproxy_processes: usize,
+    state_dir: &std::path::Path,
+    driver_env: &[(&str, &str)],
+) -> FleetSpec {
+    FleetSpec {
+        haproxy_processes,
+        driver_env: env(driver_env),
+        ..fleet_spec(drivers, state_dir)
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " ")
+}
+
+fn sessions(fleet: &LocalFleet) -> Vec<f64> {
+    fleet
+        .drivers
+        .iter()
+        .map(|d| d.metric("drover_driver_sessions").unwrap())
+        .collect()
+}
+
+#[test]
+fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() {
+    let state = tempfile::tempdir().unwrap();
+    // Two HAProxy processes share the fleet port (SO_REUSEPORT).
+    let mut fleet = LocalFleet::start(spec(4, 2, state.path(), &[])).unwrap();
+    let rt = runtime();
+    let connections = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..1000u32 {
+            let addr = fleet.haproxy.addr();
+            tasks.push(tokio::spawn(async move {
+                // Devices come from 127.0.0.2 ... 127.0.0.9, as from many hosts.
+                let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
+                let serial = serial(&format!("FLEET-{i:04}"));
+                let mut connection = Connection::connect_from(addr, source).await.unwrap();
+                connection.handshake(serial, &device_key(&serial), "fw").await.unwrap();
+                (serial, connection)
+            }));
+        }
+        let mut connections = Vec::new();
+        for task in tasks {
+            connections.push(task.await.unwrap());
+        }
+        connections
+    });
+
+    let per_driver = sessions(&fleet);
+    assert_eq!(per_driver.iter().sum::<f64>(), 1000.0, "{per_driver:?}");
+    for (i, n) in per_driver.iter().enumerate() {
+        assert!(
+            (150.0..=350.0).contains(n),
+            "driver-{} holds {n} of 1000 devices: {per_driver:?}",
+            i + 1
+        );
+    }
+
+    rt.block_on(async {
+        let mut redis = redis::Client::open(fleet.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for (serial, connection) in connections.iter().step_by(97) {
+            let peer: String = redis::cmd("HGET")
+                .arg(format!("cwp:device:{serial}"))
+                .arg("peer")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(
+                peer,
+                connection.local_addr().unwrap().to_string(),
+                "{serial}'s real address"
+            );
+        }
+    });
+
+    // ps shows each driver's port, device count and some serials.
+    let version = env!("CARGO_PKG_VERSION");
+    for (i, driver) in fleet.drivers.iter_mut().enumerate() {
+        let port = driver.addr().port();
+        let expected = format!("driver v{version} port: {port} controllers: {}", per_driver[i]);
+        let pid = driver.process().pid();
+        wait_until("the title to refresh", Duration::from_secs(5), || {
+            cmdline(pid).starts_with(&expected)
+        })
+        .unwrap_or_else(|_| panic!("driver-{} title is {:?}, expected {expected:?}", i + 1, cmdline(pid)));
+        let title = cmdline(pid);
+        assert!(title.contains("[FLEET-"), "{title}");
+        assert!(title.contains(" more] events: 0"), "{title}");
+    }
+    drop(connections);
+}
+
+/// Runs `controller-sim` against the fleet with verification.
+fn simulate(fleet: &LocalFleet, devices: u32, rate: u32, duration: &str) -> std::process::Child {
+    controller_sim(&fleet.haproxy.addr().to_string())
+        .args(["--devices", &devices.to_string(), "--rate", &rate.to_string()])
+        .args(["--duration", duration, "--source-ips", "127.0.0.10-127.0.0.20"])
+        .args(["--verify-redis", &fleet.redis_url])
+        .spawn()
+        .unwrap()
+}
+
+fn verdict(sim: std::process::Child) -> serde_json::Value {
+    verified(sim_summary(sim), "controller-sim")
+}
+
+fn wait_for_events(fleet: &LocalFleet, at_least: f64) {
+    wait_until(
+        &format!("{at_least} events acknowledged"),
+        Duration::from_secs(30),
+        || drivers_total(fleet, "drover_driver_events_acked_total") >= at_least,
+    )
+    .unwrap_or_else(|err| {
+        let acked = drivers_total(fleet, "drover_driver_events_acked_total");
+        panic!("events are not flowing: {acked} acked ({err})")
+    });
+}
+
+#[test]
+fn killing_a_driver_loses_and_duplicates_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(4, 1, state.path(), &[])).unwrap();
+    let sim = simulate(&fleet, 200, 2000, "12s");
+    wait_for_events(&fleet, 2000.0);
+    fleet.drivers[1].process().kill(); // kill -9
+    let summary = verdict(sim);
+    assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
+    assert!(
+        summary["reconnects"].as_u64().unwrap() >= 1,
+        "devices of the dead driver reconnected: {summary}"
+    );
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::start(spec(3, 1, state.path(), &[("DRIVER_DRAIN_PERIOD", "3s")])).unwrap();
+    let sim = simulate(&fleet, 150, 1500, "25s");
+    wait_for_events(&fleet, 1500.0);
+    for i in 0..fleet.drivers.len() {
+        fleet.restart_driver(i, Duration::from_secs(30)).unwrap();
+        // HAProxy sees it healthy and every device is back in session
+        // before the next one goes.
+        let name = format!("driver-{}", i + 1);
+        wait_until(&format!("HAProxy to see {name} up"), Duration::from_secs(20), || {
+            fleet.haproxy.server_status(&name).is_ok_and(|status| status == "UP")
+        })
+        .unwrap();
+        wait_until(
+            &format!("every device back after restarting {name}"),
+            Duration::from_secs(20),
+            || sessions(&fleet).iter().sum::<f64>() == 150.0,
+        )
+        .unwrap();
+    }
+    // Devices end up spread over the new drivers.
+    let per_driver = sessions(&fleet);
+    assert!(
+        per_driver.iter().all(|&n| n >= 10.0),
+        "devices spread over the new drivers: {per_driver:?}"
+    );
+    let summary = verdict(sim);
+    assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
+}

@@ -1,0 +1,172 @@
+//! A whole fleet on one machine: Redis (private unless a URL is given), the
+//! vendor-bridge, N drivers behind PROXY v2, and HAProxy in front on the
+//! fleet port. Used by `fleet up`, the benchmark runner and the tests
+//! ([`crate::haproxy_fleet`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use crate::haproxy::Haproxy;
+use crate::lbconfig::{Backend, LbConfig, maxconn_for_open_files};
+use crate::net::free_port;
+use crate::redis::RedisServer;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Number of drivers.
+    pub drivers: usize,
+    /// The port devices connect to.
+    pub fleet_port: u16,
+    /// HAProxy's stats page and Prometheus endpoint.
+    pub stats_port: u16,
+    /// HAProxy processes sharing the fleet port.
+    pub haproxy_processes: usize,
+    /// Use this Redis instead of starting a private one.
+    pub redis_url: Option<String>,
+    /// `CWP_MASTER_KEY` for every driver.
+    pub master_key_hex: String,
+    /// Where logs, the HAProxy config, Redis data and uploads go.
+    pub state_dir: PathBuf,
+    /// Log files in `state_dir` (true) or discarded (false).
+    pub log_files: bool,
+    /// More variables for every driver.
+    pub driver_env: Vec<(String, String)>,
+    /// Open files each HAProxy process may use; sizes its maxconn.
+    pub haproxy_open_files: u64,
+}
+
+/// A running local fleet. Dropping it kills everything; [`LocalFleet::stop`]
+/// stops it gracefully.
+#[derive(Debug)]
+pub struct LocalFleet {
+    /// The private Redis, if one was started.
+    pub redis: Option<RedisServer>,
+    /// Redis, as the components use it.
+    pub redis_url: String,
+    /// The vendor-bridge.
+    pub bridge: BridgeProcess,
+    /// The drivers, in HAProxy's order (`driver-1` first).
+    pub drivers: Vec<DriverProcess>,
+    /// HAProxy.
+    pub haproxy: Haproxy,
+    /// The options every driver was started with.
+    pub driver_options: DriverOptions,
+    spec: FleetSpec,
+}
+
+impl FleetSpec {
+    fn logs(&self, name: &str) -> Logs {
+        if self.log_files {
+            Logs::File(self.state_dir.join("logs").join(format!("{name}.log")))
+        } else {
+            Logs::Discard
+        }
+    }
+}
+
+impl LocalFleet {
+    /// Starts every component and waits until each is ready.
+    pub fn start(spec: FleetSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(spec.state_dir.join("logs"))
+            .with_context(|| format!("creating {}", spec.state_dir.display()))?;
+        let (redis, redis_url) = match &spec.redis_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let server = RedisServer::start_in(&spec.state_dir.join("redis"), free_port()?)?;
+                let url = server.url();
+                (Some(server), url)
+            }
+        };
+        let bridge = BridgeProcess::start(&redis_url, &spec.logs("vendor-bridge"), &[])?;
+        let mut driver_env = vec![(
+            "UPLOAD_DIR".to_owned(),
+            spec.state_dir.join("uploads").display().to_string(),
+        )];
+        driver_env.extend(spec.driver_env.iter().cloned());
+        let mut driver_options = DriverOptions {
+            bridge_url: bridge.url(),
+            redis_url: redis_url.clone(),
+            master_key_hex: spec.master_key_hex.clone(),
+            proxy_protocol: true,
+            extra_env: driver_env,
+            logs: Logs::Discard,
+        };
+        let mut drivers = Vec::with_capacity(spec.drivers);
+        for i in 1..=spec.drivers {
+            driver_options.logs = spec.logs(&format!("driver-{i}"));
+            drivers.push(DriverProcess::start(&driver_options).with_context(|| format!("starting driver-{i}"))?);
+        }
+        let haproxy = Haproxy::start(
+            &Self::lb_config(&spec, &drivers),
+            spec.haproxy_processes,
+            &spec.state_dir,
+            &spec.logs("haproxy"),
+        )?;
+        Ok(Self {
+            redis,
+            redis_url,
+            bridge,
+            drivers,
+            haproxy,
+            driver_options,
+            spec,
+        })
+    }
+
+    fn lb_config(spec: &FleetSpec, drivers: &[DriverProcess]) -> LbConfig {
+        LbConfig {
+            bind: "127.0.0.1".to_owned(),
+            fleet_port: spec.fleet_port,
+            maxconn: maxconn_for_open_files(spec.haproxy_open_files),
+            threads: 2,
+            heartbeat_s: 30,
+            stats_bind: "127.0.0.1".to_owned(),
+            stats_port: spec.stats_port,
+            backends: drivers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Backend {
+                    name: format!("driver-{}", i + 1),
+                    host: "127.0.0.1".to_owned(),
+                    port: d.addr().port(),
+                    admin_port: d.admin_addr().port(),
+                })
+                .collect(),
+            resolver: None,
+            command: format!("fleet up --drivers {}", drivers.len()),
+        }
+    }
+
+    /// Restarts driver `index` on the same ports: SIGTERM, wait for its
+    /// drain to finish, start it again and wait until it is healthy.
+    pub fn restart_driver(&mut self, index: usize, drain_timeout: Duration) -> anyhow::Result<()> {
+        let old = &mut self.drivers[index];
+        let (port, admin_port) = (old.addr().port(), old.admin_addr().port());
+        old.process().stop(drain_timeout);
+        let mut options = self.driver_options.clone();
+        options.logs = self.spec.logs(&format!("driver-{}", index + 1));
+        self.drivers[index] = DriverProcess::start_on(port, admin_port, &options)?;
+        Ok(())
+    }
+
+    /// Stops everything in order: drivers drain first (devices are told to
+    /// reconnect later and their acks are flushed), then HAProxy, the
+    /// bridge and Redis.
+    pub fn stop(&mut self, drain_timeout: Duration) {
+        for driver in &mut self.drivers {
+            let _ = driver.process().signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        for driver in &mut self.drivers {
+            driver.process().stop(drain_timeout);
+        }
+        self.haproxy.stop();
+        self.bridge.process().stop(Duration::from_secs(10));
+        if let Some(redis) = &mut self.redis {
+            redis.shutdown();
+        }
+    }
+}
