@@ -527,7 +527,7 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{target:?} resolves to no address"))
 }
 
-pub(crate) use controller_sim::parse_duration;
+use drover_service::duration::parse_duration;
 
 /// Most source addresses one run may use.
 const MAX_SOURCES: u128 = 65_536;

@@ -21,14 +21,10 @@
 //!
 //! The `controller-sim` binary runs up to hundreds of thousands of devices
 //! (over several worker processes) against HAProxy or drivers and prints
-//! what they measured; `bench-limits` measures the network and storage
-//! limits the upload benchmark (`bench/uploads.sh`) compares with;
-//! `bench-commands` plays the operator of the commands benchmark
-//! (publishes commands, times their results).
+//! what they measured. (The benchmarks' other tools, `bench-limits`,
+//! `bench-commands` and `bench-stand-in`, are binaries of `fleet`.)
 
 pub mod client;
 pub mod device;
 pub mod mqtt;
 pub mod verify;
-
-pub use drover_service::duration::parse_duration;

@@ -104,7 +104,7 @@ fn expand(tree: &str) -> Vec<String> {
     parts
         .into_iter()
         .filter(|part| !part.trim().is_empty())
-        .flat_map(|part| expand(part))
+        .flat_map(expand)
         .map(|path| {
             if path == "self" {
                 prefix.trim_end_matches("::").to_owned()

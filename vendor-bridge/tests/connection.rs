@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fleet::redis::RedisServer;
+use drover_testkit::redis::RedisServer;
 use redis::aio::MultiplexedConnection;
 use vendor_bridge::store::Store;
 

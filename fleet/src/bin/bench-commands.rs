@@ -50,10 +50,10 @@ struct Args {
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// How long to publish (e.g. 30s).
-    #[arg(long, default_value = "30s", value_parser = controller_sim::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = drover_service::duration::parse_duration)]
     duration: Duration,
     /// After the last command, how long to wait for outstanding results.
-    #[arg(long, default_value = "5s", value_parser = controller_sim::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = drover_service::duration::parse_duration)]
     grace: Duration,
     /// The commands' `name`.
     #[arg(long, default_value = "bench")]

@@ -27,7 +27,7 @@ struct Args {
     listen: SocketAddr,
     /// How long each connection is held before the reply and the close
     /// (the driver's default handshake deadline).
-    #[arg(long, default_value = "10s", value_parser = controller_sim::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_service::duration::parse_duration)]
     deadline: Duration,
 }
 
