@@ -676,7 +676,8 @@ impl Drop for Tmpfs {
 fn a_full_disk_gives_busy_and_nothing_unwritten_is_ever_reported_durable() {
     let disk = Tmpfs::mount("2m");
     let upload_dir = disk.path().join("uploads");
-    let mut fleet = fleet_with_uploads(1, &upload_dir, &[]);
+    // No free-space floor: the point is the write that fails.
+    let mut fleet = fleet_with_uploads(1, &upload_dir, &[("UPLOAD_MIN_FREE_BYTES", "0")]);
     let device = serial("CTRL-0042");
     let upload = Upload::new(11, 4000 * BLOCK);
     let data_file = upload.partial_dir(&upload_dir, &device).join("data");
@@ -825,6 +826,14 @@ fn a_completed_upload_the_bridge_did_not_record_is_busy_until_it_is() {
             (error.code, error.fatal, error.ref_type),
             (ErrorCode::BUSY, false, FrameType::UPLOAD_END)
         );
+        // What it says is what works (below): the upload is closed, like
+        // after any BUSY, and begun again it is found completed.
+        assert!(
+            error.message.contains("UPLOAD_BEGIN, then UPLOAD_END"),
+            "{}",
+            error.message
+        );
+        expect_alive(&mut c).await;
     });
     assert!(
         upload.completed_path(dir.path(), &device).exists(),
@@ -837,6 +846,101 @@ fn a_completed_upload_the_bridge_did_not_record_is_busy_until_it_is() {
         c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
         assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
         assert_eq!(upload_records(&mut fleet.redis().await).await.len(), 1);
+    });
+}
+
+#[test]
+fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 50 * BLOCK as u64;
+    let fleet = fleet_with_uploads(1, dir.path(), &[("UPLOAD_MAX_BYTES_PER_SERIAL", &quota.to_string())]);
+    let greedy = serial("CTRL-0001");
+    let other = serial("CTRL-0002");
+    runtime().block_on(async {
+        let (mut c, _) = connect(fleet.addr(), &greedy).await;
+        // 40 blocks of a first upload stay on disk, in progress.
+        let first = Upload::new(21, 60 * BLOCK);
+        c.send(&first.begin(0)).await.unwrap();
+        assert_eq!(expect_status(&mut c, &first).await, 0);
+        let mut durable = 0;
+        send_range(&mut c, &first, 0, 40 * BLOCK as u64, &mut durable).await;
+        c.send(&DeviceFrame::Bye(DeviceBye { reason: ByeReason::NORMAL }))
+            .await
+            .unwrap();
+        drop(c);
+        let partial = first.partial_dir(dir.path(), &greedy).join("data");
+        eventually("the first upload's blocks are on disk", WAIT, || async {
+            std::fs::metadata(&partial).is_ok_and(|meta| meta.len() == 40 * BLOCK as u64)
+        })
+        .await;
+
+        let (mut c, _) = connect(fleet.addr(), &greedy).await;
+        // Announced beyond what the quota leaves: refused at once.
+        let second = Upload::new(22, 20 * BLOCK);
+        c.send(&second.begin(second.size())).await.unwrap();
+        let error = expect_error(&mut c).await;
+        assert_eq!(
+            (error.code, error.fatal, error.ref_type),
+            (ErrorCode::BUSY, false, FrameType::UPLOAD_BEGIN)
+        );
+        assert!(error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"), "{}", error.message);
+        expect_alive(&mut c).await;
+        // Size unknown: accepted up to what the quota leaves, then BUSY.
+        c.send(&second.begin(0)).await.unwrap();
+        assert_eq!(expect_status(&mut c, &second).await, 0);
+        let frames: Vec<DeviceFrame> = (0..20).map(|i| second.block(i * BLOCK as u64)).collect();
+        c.send_all(&frames).await.unwrap();
+        let error = expect_error(&mut c).await;
+        assert_eq!((error.code, error.ref_type), (ErrorCode::BUSY, FrameType::BLOCK));
+        assert!(error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"), "{}", error.message);
+        expect_alive(&mut c).await;
+
+        // Another device's quota is its own.
+        let (mut c, _) = connect(fleet.addr(), &other).await;
+        let theirs = Upload::new(23, 45 * BLOCK);
+        c.send(&theirs.begin(theirs.size())).await.unwrap();
+        assert_eq!(expect_status(&mut c, &theirs).await, 0);
+        let mut durable = 0;
+        send_range(&mut c, &theirs, 0, theirs.size(), &mut durable).await;
+        c.send(&theirs.end(theirs.size(), theirs.sha256)).await.unwrap();
+        assert_eq!(expect_status(&mut c, &theirs).await, theirs.size());
+        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+    });
+}
+
+#[test]
+fn below_the_free_space_floor_an_upload_gets_busy_at_begin_and_nothing_is_written() {
+    let disk = Tmpfs::mount("2m");
+    let upload_dir = disk.path().join("uploads");
+    let fleet = fleet_with_uploads(1, &upload_dir, &[("UPLOAD_MIN_FREE_BYTES", "4194304")]);
+    let device = serial("CTRL-0042");
+    let upload = Upload::new(24, 10 * BLOCK);
+    let rt = runtime();
+    let mut c = rt.block_on(async {
+        let (mut c, _) = connect(fleet.addr(), &device).await;
+        c.send(&upload.begin(upload.size())).await.unwrap();
+        let error = expect_error(&mut c).await;
+        assert_eq!(
+            (error.code, error.fatal, error.ref_type),
+            (ErrorCode::BUSY, false, FrameType::UPLOAD_BEGIN)
+        );
+        expect_alive(&mut c).await;
+        c
+    });
+    assert!(
+        !upload.partial_dir(&upload_dir, &device).exists(),
+        "nothing of a refused upload is written"
+    );
+    // The control: with room above the floor the same upload goes through.
+    disk.resize("16m");
+    rt.block_on(async {
+        c.send(&upload.begin(upload.size())).await.unwrap();
+        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        let mut durable = 0;
+        send_range(&mut c, &upload, 0, upload.size(), &mut durable).await;
+        c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
+        assert_eq!(expect_status(&mut c, &upload).await, upload.size());
+        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
     });
 }
 
