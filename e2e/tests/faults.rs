@@ -374,30 +374,74 @@ fn kill_9_of_a_driver_under_load_and_mid_upload_loses_no_acked_event_or_durable_
     });
 }
 
-#[test]
-fn a_killed_vendor_bridge_acks_nothing_unstored_and_every_event_is_stored_once_after_it_returns() {
-    let mut fleet = TestFleet::start(1, &[("DRIVER_MAX_PENDING_EVENTS", MAX_PENDING_EVENTS)]);
-    let rt = runtime();
-    let running = run(&rt, devices("BRIDGE-KILL", 20), fleet.addr(), events(50.0));
-    running.wait_for_acks(&rt, 2000);
+/// Bodies of the outage tests' events: large, so that memory held per
+/// event shows. 20 devices × a window of 256 events × 16 KiB is 80 MiB
+/// that a driver holding whatever devices send would grow by.
+const OUTAGE_BODY: usize = 16 * 1024;
+/// Body bytes the outage tests' drivers may hold awaiting storage.
+const OUTAGE_PENDING_BYTES: u64 = 4 << 20;
+/// How much a driver's RSS may grow during an outage: the pending bytes,
+/// the receive buffers of 20 devices (64 KiB each at most) and the
+/// allocator's slack — well under the 80 MiB of an unbounded driver.
+const OUTAGE_RSS_GROWTH_KIB: u64 = 32 * 1024;
 
+/// Devices that make `rate` events/s of [`OUTAGE_BODY`] bytes each.
+fn large_events(rate: f64) -> Behaviour {
+    let mut behaviour = events(rate);
+    if let Some(load) = &mut behaviour.events {
+        load.body = Bytes::from(vec![b'x'; OUTAGE_BODY]);
+    }
+    behaviour
+}
+
+/// What the driver did while the bridge was away.
+struct Outage {
+    rss_before_kib: u64,
+    rss_during_kib: u64,
+    acked_while_down: u64,
+    busy_while_down: u64,
+    pending_bytes_peak: f64,
+}
+
+/// Kills the bridge under load from 20 devices making 50 large events/s
+/// each, keeps it down for `down`, restarts it; returns what happened and
+/// checks that nothing acknowledged was lost or stored twice.
+fn bridge_killed(driver_env: &[(&str, &str)], down: Duration) -> Outage {
+    let mut fleet = TestFleet::start(1, driver_env);
+    let rt = runtime();
+    let running = run(&rt, devices("BRIDGE-KILL", 20), fleet.addr(), large_events(50.0));
+    running.wait_for_acks(&rt, 500);
     let driver_pid = fleet.drivers[0].process().pid();
-    let rss_before = rss_kib(driver_pid).unwrap();
+    let rss_before_kib = rss_kib(driver_pid).unwrap();
 
     let port = fleet.bridge.port();
     fleet.bridge.process().kill();
-    let acked_at_kill = running.stats.acked();
-    // Load goes on: the driver's pending events reach the limit, and stay
-    // there for a few seconds of outage.
-    rt.block_on(eventually("devices to be told BUSY", WAIT, || async {
-        running.busy() > 0
-    }));
-    // Five more seconds down: the devices make 1,000 events/s, ten times
-    // the driver's limit of 500 in that time, so a driver that held on to
-    // what it refuses would have grown with them.
-    let rss_during = peak_rss_kib(driver_pid, Duration::from_secs(5));
+    // The outage has begun for the driver once it holds 100 events it
+    // cannot store (a tenth of a second of load); acks of batches stored
+    // before the kill may be on their way until then.
+    rt.block_on(eventually(
+        "the driver to hold events it cannot store",
+        WAIT,
+        || async {
+            fleet.drivers[0]
+                .metric("drover_driver_events_pending")
+                .is_ok_and(|pending| pending >= 100.0)
+        },
+    ));
+    let acked_at_busy = running.stats.acked();
+    let mut pending_bytes_peak: f64 = 0.0;
+    let start = Instant::now();
+    let mut rss_during_kib = 0;
+    // `down` of outage, memory sampled every 100 ms: the devices keep
+    // making 1,000 events/s (16 MB/s) the whole time.
+    while start.elapsed() < down {
+        rss_during_kib = rss_during_kib.max(rss_kib(driver_pid).unwrap());
+        let pending_bytes = fleet.drivers[0].metric("drover_driver_events_pending_bytes");
+        pending_bytes_peak = pending_bytes_peak.max(pending_bytes.unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let busy_while_down = running.busy();
-    let acked_while_down = running.stats.acked() - acked_at_kill;
+    let acked_while_down = running.stats.acked() - acked_at_busy;
     fleet.bridge = BridgeProcess::start_on(port, &fleet.redis.url(), &logs(), &[]).expect("the bridge restarts");
 
     let AfterOutage {
@@ -406,32 +450,98 @@ fn a_killed_vendor_bridge_acks_nothing_unstored_and_every_event_is_stored_once_a
         verdict,
     } = recover_from_outage(&rt, &fleet, running, driver_pid);
     eprintln!(
-        "bridge killed: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after_kib} KiB after; \
-         {busy_while_down} BUSY while down ({busy_in_all} in all); {acked_while_down} acks while down; {verdict}"
+        "bridge killed {down:?}: driver RSS {rss_before_kib} KiB before, at most {rss_during_kib} KiB during, \
+         {rss_after_kib} KiB after; pending bytes at most {pending_bytes_peak}; {busy_while_down} BUSY while down \
+         ({busy_in_all} in all); {acked_while_down} acks while down; {verdict}"
+    );
+    Outage {
+        rss_before_kib,
+        rss_during_kib,
+        acked_while_down,
+        busy_while_down,
+        pending_bytes_peak,
+    }
+}
+
+#[test]
+fn a_killed_vendor_bridge_acks_nothing_unstored_and_every_event_is_stored_once_after_it_returns() {
+    let limit = OUTAGE_PENDING_BYTES.to_string();
+    let outage = bridge_killed(
+        &[
+            ("DRIVER_MAX_PENDING_EVENTS", MAX_PENDING_EVENTS),
+            ("DRIVER_MAX_PENDING_BYTES", &limit),
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(outage.acked_while_down, 0, "nothing is acknowledged that is not stored");
+    assert!(outage.busy_while_down > 0, "devices were told BUSY beyond the limits");
+    assert!(
+        outage.pending_bytes_peak <= OUTAGE_PENDING_BYTES as f64,
+        "the driver held {} bytes of events, its limit is {OUTAGE_PENDING_BYTES}",
+        outage.pending_bytes_peak
     );
     assert!(
-        rss_during <= rss_before + 64 * 1024,
-        "driver RSS grew from {rss_before} KiB to {rss_during} KiB while the bridge was down"
+        outage.rss_during_kib <= outage.rss_before_kib + OUTAGE_RSS_GROWTH_KIB,
+        "driver RSS grew from {} KiB to {} KiB while the bridge was down",
+        outage.rss_before_kib,
+        outage.rss_during_kib
+    );
+}
+
+/// The control of the test above: with its limits lifted (as if the
+/// driver held whatever devices send), the same outage grows the driver
+/// past the bound that test asserts. So that test can fail.
+#[test]
+fn without_its_limits_a_driver_grows_past_the_outage_bound_the_control() {
+    let outage = bridge_killed(
+        &[
+            ("DRIVER_MAX_PENDING_EVENTS", "1000000"),
+            ("DRIVER_MAX_PENDING_BYTES", "10000000000"),
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        outage.acked_while_down, 0,
+        "unstored events are never acknowledged, limits or not"
+    );
+    assert!(
+        outage.rss_during_kib > outage.rss_before_kib + OUTAGE_RSS_GROWTH_KIB,
+        "without limits the driver should have grown past the bound ({} KiB before, {} KiB during)",
+        outage.rss_before_kib,
+        outage.rss_during_kib
     );
 }
 
 #[test]
 fn a_vendor_bridge_frozen_for_60_s_under_load_keeps_driver_memory_bounded_and_loses_nothing() {
-    let mut fleet = TestFleet::start(1, &[("DRIVER_MAX_PENDING_EVENTS", MAX_PENDING_EVENTS)]);
+    let limit = OUTAGE_PENDING_BYTES.to_string();
+    let mut fleet = TestFleet::start(
+        1,
+        &[
+            ("DRIVER_MAX_PENDING_EVENTS", MAX_PENDING_EVENTS),
+            ("DRIVER_MAX_PENDING_BYTES", &limit),
+        ],
+    );
     let rt = runtime();
-    let running = run(&rt, devices("BRIDGE-STOP", 20), fleet.addr(), events(50.0));
-    running.wait_for_acks(&rt, 2000);
+    let running = run(&rt, devices("BRIDGE-STOP", 20), fleet.addr(), large_events(50.0));
+    running.wait_for_acks(&rt, 500);
     let driver_pid = fleet.drivers[0].process().pid();
     let rss_before = rss_kib(driver_pid).unwrap();
 
     fleet.bridge.process().signal(Signal::SIGSTOP).unwrap();
-    let acked_when_frozen = running.stats.acked();
+    rt.block_on(eventually("devices to be told BUSY", WAIT, || async {
+        running.busy() > 0
+    }));
+    let acked_when_refusing = running.stats.acked();
     // The freeze this test is about: a bridge that is still connected but
-    // answers nothing for a minute, while the devices make 120 times the
-    // driver's limit of 500 events.
+    // answers nothing for a minute, while the devices make 16 MB/s of
+    // events, 240 times the driver's limit of 4 MiB over the minute.
     let rss_during = peak_rss_kib(driver_pid, Duration::from_secs(60));
+    let pending_bytes = fleet.drivers[0]
+        .metric("drover_driver_events_pending_bytes")
+        .unwrap_or(0.0);
     let busy_while_frozen = running.busy();
-    let acked_while_frozen = running.stats.acked() - acked_when_frozen;
+    let acked_while_frozen = running.stats.acked() - acked_when_refusing;
     fleet.bridge.process().signal(Signal::SIGCONT).unwrap();
 
     let AfterOutage {
@@ -441,13 +551,19 @@ fn a_vendor_bridge_frozen_for_60_s_under_load_keeps_driver_memory_bounded_and_lo
     } = recover_from_outage(&rt, &fleet, running, driver_pid);
     eprintln!(
         "bridge frozen 60 s: driver RSS {rss_before} KiB before, at most {rss_during} KiB during, {rss_after_kib} KiB after; \
-         {busy_while_frozen} BUSY while frozen ({busy_in_all} in all); {acked_while_frozen} acks while frozen; {verdict}"
+         {pending_bytes} bytes pending at the end; {busy_while_frozen} BUSY while frozen ({busy_in_all} in all); \
+         {acked_while_frozen} acks while frozen; {verdict}"
     );
+    assert_eq!(acked_while_frozen, 0, "nothing is acknowledged that is not stored");
     assert!(busy_while_frozen > 0, "devices were told BUSY beyond the limit");
-    // 500 pending events are a few hundred KiB: anything near the limit
-    // below means memory grows with the outage, not with the limit.
     assert!(
-        rss_during <= rss_before + 64 * 1024,
+        pending_bytes <= OUTAGE_PENDING_BYTES as f64,
+        "{pending_bytes} bytes held"
+    );
+    // The same bound as the killed bridge's, whose control shows a driver
+    // without limits exceeds it within seconds.
+    assert!(
+        rss_during <= rss_before + OUTAGE_RSS_GROWTH_KIB,
         "driver RSS grew from {rss_before} KiB to {rss_during} KiB while the bridge was frozen"
     );
 }

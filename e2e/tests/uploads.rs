@@ -864,9 +864,11 @@ fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_n
         assert_eq!(expect_status(&mut c, &first).await, 0);
         let mut durable = 0;
         send_range(&mut c, &first, 0, 40 * BLOCK as u64, &mut durable).await;
-        c.send(&DeviceFrame::Bye(DeviceBye { reason: ByeReason::NORMAL }))
-            .await
-            .unwrap();
+        c.send(&DeviceFrame::Bye(DeviceBye {
+            reason: ByeReason::NORMAL,
+        }))
+        .await
+        .unwrap();
         drop(c);
         let partial = first.partial_dir(dir.path(), &greedy).join("data");
         eventually("the first upload's blocks are on disk", WAIT, || async {
@@ -883,7 +885,11 @@ fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_n
             (error.code, error.fatal, error.ref_type),
             (ErrorCode::BUSY, false, FrameType::UPLOAD_BEGIN)
         );
-        assert!(error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"), "{}", error.message);
+        assert!(
+            error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"),
+            "{}",
+            error.message
+        );
         expect_alive(&mut c).await;
         // Size unknown: accepted up to what the quota leaves, then BUSY.
         c.send(&second.begin(0)).await.unwrap();
@@ -892,7 +898,11 @@ fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_n
         c.send_all(&frames).await.unwrap();
         let error = expect_error(&mut c).await;
         assert_eq!((error.code, error.ref_type), (ErrorCode::BUSY, FrameType::BLOCK));
-        assert!(error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"), "{}", error.message);
+        assert!(
+            error.message.contains("UPLOAD_MAX_BYTES_PER_SERIAL"),
+            "{}",
+            error.message
+        );
         expect_alive(&mut c).await;
 
         // Another device's quota is its own.
