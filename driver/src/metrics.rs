@@ -89,6 +89,9 @@ pub struct Metrics {
     pub upload_buffers: Gauge,
     /// `ERROR` frames sent to devices, by code.
     pub errors: Family<CodeLabel, Counter>,
+    /// `CWP_KEYS_FILE` reloads (SIGHUP) by result: `ok`, `failed` (the
+    /// previous keys stay in force).
+    pub keys_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -123,6 +126,7 @@ impl Metrics {
             uploads: Family::default(),
             upload_buffers: Gauge::default(),
             errors: Family::default(),
+            keys_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("drover_driver");
         r.register(
@@ -215,6 +219,11 @@ impl Metrics {
             metrics.upload_buffers.clone(),
         );
         r.register("errors", "ERROR frames sent to devices by code", metrics.errors.clone());
+        r.register(
+            "keys_reloads",
+            "CWP_KEYS_FILE reloads by result",
+            metrics.keys_reloads.clone(),
+        );
         metrics
     }
 

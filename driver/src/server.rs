@@ -21,7 +21,7 @@ use crate::handshake::auth_limits::{AuthLimits, FailureLimits};
 use crate::handshake::slots::HandshakeSlots;
 use crate::handshake::thread::HandshakeThread;
 use crate::keys::KeyStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResultLabel};
 use crate::pipeline::PipelineTask;
 use crate::registry::{CloseRequest, Registry};
 use crate::session::{SessionSettings, Sessions, established, idle, park};
@@ -397,8 +397,10 @@ async fn reload_keys_on_hangup(handshakes: Arc<Handshakes>, stop: drain::Watch) 
                 return;
             },
         }
+        let metrics = &handshakes.sessions.metrics;
         match handshakes.keys.reload() {
             Ok(reloaded) => {
+                metrics.keys_reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
                 // Sessions authenticated with a key no longer accepted end
                 // now (ERROR UNAUTHORIZED); their devices' next HELLO meets
                 // the new keys.
@@ -418,7 +420,13 @@ async fn reload_keys_on_hangup(handshakes: Arc<Handshakes>, stop: drain::Watch) 
                 );
             }
             // An operator's mistake that leaves devices with stale keys: alert.
-            Err(err) => tracing::error!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force"),
+            Err(err) => {
+                metrics
+                    .keys_reloads
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
+                tracing::error!(error = %err, "CWP_KEYS_FILE not reloaded; the previous keys stay in force");
+            }
         }
     }
 }
