@@ -783,3 +783,223 @@ fn the_limits_parse_and_a_device_is_welcomed() {
         connect(fleet.addr(), &serial("CTRL-0001")).await;
     });
 }
+
+// --- Bytes held before WELCOME ----------------------------------------------
+
+/// The driver's resident memory once it has settled: sampled every 100 ms
+/// for a second after `settle` held, the largest sample (the point is that
+/// it does not grow, so there is no event to wait for; a second of samples
+/// covers the driver's reads of what the sockets already hold).
+fn settled_rss_kib(pid: u32) -> u64 {
+    let mut highest = 0;
+    for _ in 0..10 {
+        highest = highest.max(drover_testkit::process::rss_kib(pid).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    highest
+}
+
+/// 64 KiB announced, half of it sent: what each attacker writes, `frame`
+/// being a whole 64 KiB frame of some type.
+const HALF: usize = 12 + 32 * 1024;
+
+#[test]
+fn ten_thousand_half_sent_64_kib_handshake_frames_cost_a_few_mib_and_get_the_specs_errors() {
+    const ATTACKERS: usize = 10_000;
+    raise_open_file_limit(ATTACKERS + 1_000);
+    let mut fleet = TestFleet::start(
+        1,
+        &[("DRIVER_HANDSHAKE_TIMEOUT", "120s"), ("DRIVER_MAX_HANDSHAKES", "20000")],
+    );
+    let addr = fleet.addr();
+    let pid = fleet.drivers[0].process().pid();
+    let rt = runtime();
+    // Each attacker announces a 64 KiB HELLO (the handshake's limit is
+    // max_payload, 65,536, as CWP/1 says); a hundred of them carry an
+    // EVENT or a wrong CRC instead, to check the answers at the end.
+    let oversized_hello = {
+        let mut body = hello_body(b"CTRL-EVIL");
+        body.resize(65_536, 0xAA);
+        raw_frame(0x01, &body)
+    };
+    let oversized_event = raw_frame(0x03, &vec![0x11; 65_536]);
+    let mut bad_crc = oversized_hello.clone();
+    bad_crc[8] ^= 0xFF;
+    let frame_of = |i: usize| match i % 100 {
+        0 => &oversized_event,
+        1 => &bad_crc,
+        _ => &oversized_hello,
+    };
+
+    // Phase 1: the connections, each with only the 12-byte header sent.
+    let mut attackers = rt.block_on(async {
+        let connects = Arc::new(tokio::sync::Semaphore::new(256));
+        let opened = (0..ATTACKERS).map(|i| {
+            let source = loopback(u8::try_from(1 + i % 10).unwrap(), 3);
+            let header = frame_of(i)[..12].to_vec();
+            let connects = connects.clone();
+            tokio::spawn(async move {
+                let _permit = connects.acquire().await.unwrap();
+                let mut stream = connect_from(addr, source).await.expect("attacker connects");
+                stream.write_all(&header).await.unwrap();
+                stream
+            })
+        });
+        let mut attackers = Vec::new();
+        for attacker in futures::future::join_all(opened).await {
+            attackers.push(attacker.unwrap());
+        }
+        eventually("every attacker in its handshake", WAIT, || async {
+            fleet.drivers[0].metric("drover_driver_handshakes_in_progress").unwrap() >= ATTACKERS as f64
+        })
+        .await;
+        attackers
+    });
+    let rss_headers = settled_rss_kib(pid);
+
+    // Phase 2: half of each announced frame.
+    rt.block_on(async {
+        for (i, stream) in attackers.iter_mut().enumerate() {
+            stream.write_all(&frame_of(i)[12..HALF]).await.unwrap();
+        }
+    });
+    let rss_half = settled_rss_kib(pid);
+    let growth = rss_half.saturating_sub(rss_headers);
+    eprintln!(
+        "{ATTACKERS} handshakes: driver RSS {rss_headers} KiB with headers only, {rss_half} KiB with 32 KiB each \
+         sent: {growth} KiB for {} MiB received",
+        ATTACKERS * (HALF - 12) >> 20
+    );
+    // The kept prefix (at most a HELLO, 305 bytes) and a small read
+    // buffer per connection: a few MiB, where holding each announced frame
+    // would take 320 MiB and more.
+    assert!(
+        growth <= 16 * 1024,
+        "the driver held {growth} KiB more for half-sent frames"
+    );
+
+    rt.block_on(async {
+        // An honest device is served meanwhile.
+        let (mut honest, _) = connect(addr, &serial("CTRL-HONEST")).await;
+        honest.send(&event(1)).await.unwrap();
+        expect_ack(&mut honest, 1).await;
+
+        // Every answer is the spec's once a frame is complete: the rest of
+        // a HELLO too long to be one is MALFORMED, a wrong CRC is BAD_CRC,
+        // and a well-formed EVENT before WELCOME is UNEXPECTED.
+        let mut answers: BTreeMap<(u16, u8), usize> = BTreeMap::new();
+        for (i, mut stream) in attackers
+            .drain(..)
+            .enumerate()
+            .filter(|(i, _)| i % 50 == 0 || i % 100 == 1)
+        {
+            stream.write_all(&frame_of(i)[HALF..]).await.unwrap();
+            let (mut reader, _writer) = stream.into_split();
+            let frames = tokio::time::timeout(WAIT, frames_until_closed(&mut reader))
+                .await
+                .unwrap();
+            let error = only_error(frames);
+            let expected = match i % 100 {
+                0 => (ErrorCode::UNEXPECTED, FrameType::EVENT),
+                1 => (ErrorCode::BAD_CRC, FrameType::HELLO),
+                _ => (ErrorCode::MALFORMED, FrameType::HELLO),
+            };
+            assert_eq!((error.code, error.ref_type), expected, "attacker {i}");
+            assert!(error.fatal);
+            *answers.entry((error.code.0, error.ref_type.0)).or_default() += 1;
+        }
+        eprintln!("answers (code, ref type): {answers:?}");
+        assert_eq!(answers.len(), 3, "all three kinds answered: {answers:?}");
+    });
+    drop(attackers);
+}
+
+/// The control of the test above: after `WELCOME` a device may send frames
+/// up to its `max_payload`, and the driver holds what it announces; the
+/// same half-sent 64 KiB frames from authenticated devices do cost their
+/// size, so the measurement above would see it.
+#[test]
+fn after_welcome_half_sent_64_kib_frames_are_held_the_control() {
+    const DEVICES: usize = 4_000;
+    raise_open_file_limit(DEVICES + 1_000);
+    let mut fleet = TestFleet::start(1, &[("DRIVER_MAX_HANDSHAKES", "20000"), ("DRIVER_PARK_AFTER", "0s")]);
+    let addr = fleet.addr();
+    let pid = fleet.drivers[0].process().pid();
+    let rt = runtime();
+    let mut devices = rt.block_on(async {
+        let connects = Arc::new(tokio::sync::Semaphore::new(128));
+        let opened = (0..DEVICES).map(|i| {
+            let connects = connects.clone();
+            tokio::spawn(async move {
+                let _permit = connects.acquire().await.unwrap();
+                connect(addr, &serial(&format!("CTRL-HELD-{i}"))).await.0
+            })
+        });
+        let mut devices = Vec::new();
+        for device in futures::future::join_all(opened).await {
+            devices.push(device.unwrap());
+        }
+        devices
+    });
+    let before = settled_rss_kib(pid);
+    rt.block_on(async {
+        for device in &mut devices {
+            // A sealed frame's header: EVENT announcing 65,536 bytes.
+            let mut header = [0x43, 0x57, 0x01, 0x03, 0, 1, 0, 0, 0, 0, 0, 0];
+            header[4..8].copy_from_slice(&65_536u32.to_be_bytes());
+            device.send_raw(&header).await.unwrap();
+            device.send_raw(&vec![0x22; HALF - 12]).await.unwrap();
+        }
+    });
+    let after = settled_rss_kib(pid);
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "{DEVICES} sessions with half a 64 KiB frame each: driver RSS {before} KiB -> {after} KiB (+{growth} KiB)"
+    );
+    assert!(
+        growth >= (DEVICES * 32) as u64,
+        "authenticated devices' frames are held: +{growth} KiB for {DEVICES} × 32 KiB"
+    );
+    drop(devices);
+}
+
+// --- No lockout by strangers ------------------------------------------------
+
+/// A stranger at 127.0.5.2 fails `failures` times for `CTRL-1`; then the
+/// real `CTRL-1` connects from 127.0.5.3: its welcome, or the refusal.
+fn stranger_then_device(driver_env: &[(&str, &str)], failures: usize) -> Result<(), ErrorFrame> {
+    let fleet = TestFleet::start(1, driver_env);
+    let addr = fleet.addr();
+    let target = serial("CTRL-1");
+    runtime().block_on(async {
+        let stranger = loopback(2, 5);
+        for _ in 0..failures {
+            let error = guess(addr, stranger, &target).await;
+            assert!(
+                error.code == ErrorCode::UNAUTHORIZED || error.code == ErrorCode::BUSY,
+                "{error:?}"
+            );
+        }
+        let mut device = Connection::connect_from(addr, loopback(3, 5)).await.unwrap();
+        match device.handshake(target, &device_key(&target), "fw").await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Refused(error)) => Err(error),
+            Err(err) => panic!("{err:?}"),
+        }
+    })
+}
+
+#[test]
+fn a_stranger_failing_a_thousand_times_for_a_serial_does_not_keep_that_device_out() {
+    // The defaults: per address and per (serial, address), no per-serial
+    // limit.
+    assert_eq!(stranger_then_device(&[], 1_000), Ok(()));
+}
+
+/// The control: with the opt-in per-serial limit the same stranger does
+/// keep the device out, which is why it is not the default.
+#[test]
+fn with_the_opt_in_per_serial_limit_a_stranger_keeps_the_device_out_the_control() {
+    let refused = stranger_then_device(&[("DRIVER_AUTH_FAILURES_PER_SERIAL", "10")], 1_000).unwrap_err();
+    assert_eq!((refused.code, refused.ref_type), (ErrorCode::BUSY, FrameType::HELLO));
+}
