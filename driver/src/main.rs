@@ -10,7 +10,9 @@ use drover_service::telemetry::{self, TelemetryConfig};
 /// jemalloc, not glibc's malloc: an idle device's few long-lived
 /// allocations sit among the short ones of every heartbeat, and glibc's
 /// per-thread arenas kept about twice the live heap resident (measured:
-/// 1.25 KiB per parked device with glibc, 0.67 KiB with jemalloc).
+/// 1.25 KiB per parked device with glibc, 0.67 KiB with jemalloc). Its
+/// background threads (the workspace enables them) purge what a connect
+/// burst freed even when the driver then sits idle.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -20,6 +20,11 @@
 //!    idle devices as MQTT 3.1.1 clients with keep-alives
 //!    (`controller-sim --protocol mqtt`), held as long, measured the same
 //!    way.
+//! 4. A second pattern, the one a new user meets first: [`BURST_DEVICES`]
+//!    devices on one driver, connected at [`BURST_RATE`] handshakes/s,
+//!    measured 2 s and 30 s after the last one (transients of the
+//!    handshakes still held, then gone), and Mosquitto with as many
+//!    clients on one broker, measured the same way.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -47,6 +52,12 @@ const CONNECT_RATE: u64 = 1_500;
 const SOURCE_IPS: &str = "127.0.0.2-127.0.0.41";
 /// No progress for this long while connecting: give up.
 const STALL: Duration = Duration::from_secs(90);
+/// The burst pattern: devices on one driver...
+pub const BURST_DEVICES: u64 = 10_000;
+/// ...connected at this many handshakes per second...
+pub const BURST_RATE: u64 = 500;
+/// ...measured this long after the last one (and 2 s after it).
+pub const BURST_SETTLE: Duration = Duration::from_secs(30);
 
 /// One side's memory: resident sizes before and after the devices.
 #[derive(Debug, Clone, Default)]
@@ -111,9 +122,23 @@ pub struct IdleResult {
     pub mosquitto_version: String,
     /// How long the devices were held before measuring.
     pub hold: Duration,
+    /// The burst pattern, if it could be measured (why not, otherwise).
+    pub burst: Result<Burst, String>,
 }
 
-fn sim_args(target: &str, devices: u64, procs: u64, prefix: &str) -> Vec<String> {
+/// The burst pattern: per connection, bytes added 2 s and
+/// [`BURST_SETTLE`] after the last handshake.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// The driver: (2 s after, settled).
+    pub driver: (f64, f64),
+    /// Mosquitto: (2 s after, settled).
+    pub mosquitto: Result<(f64, f64), String>,
+    /// The simulator's command line.
+    pub command: String,
+}
+
+fn sim_args(target: &str, devices: u64, procs: u64, prefix: &str, connect_rate: u64) -> Vec<String> {
     [
         "--target",
         target,
@@ -124,7 +149,7 @@ fn sim_args(target: &str, devices: u64, procs: u64, prefix: &str) -> Vec<String>
         "--procs",
         &procs.to_string(),
         "--connect-rate",
-        &CONNECT_RATE.to_string(),
+        &connect_rate.to_string(),
         "--duration",
         "3600s",
         "--grace",
@@ -168,7 +193,7 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<IdleResult> {
         before: rig.haproxy_rss(),
         ..Memory::default()
     };
-    let args = sim_args(&rig.target(), devices, procs, "IDLE-");
+    let args = sim_args(&rig.target(), devices, procs, "IDLE-", CONNECT_RATE);
     let mut devices_sim = SimProcess::start(&sim, MASTER_KEY_HEX, &args, ctx.work_dir.join("idle-sim.json"))?;
     let connect_time = rig
         .wait_for_sessions(devices, &mut devices_sim, STALL)
@@ -196,6 +221,7 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<IdleResult> {
 
     // The peer, with as many brokers as there were drivers.
     let mosquitto = peer(ctx, &sim, devices, drivers, procs, hold).map_err(|err| format!("{err:#}"));
+    let burst = burst(ctx, &sim).map_err(|err| format!("{err:#}"));
     Ok(IdleResult {
         devices,
         drivers,
@@ -208,6 +234,64 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<IdleResult> {
         mosquitto,
         mosquitto_version: Mosquitto::version(),
         hold,
+        burst,
+    })
+}
+
+/// Bytes added per connection: `after` over `before`, KiB, over `count`.
+fn bytes_per(before: u64, after: u64, count: u64) -> f64 {
+    (after as f64 - before as f64) * 1024.0 / count.max(1) as f64
+}
+
+/// The burst pattern against one driver, then one Mosquitto broker.
+fn burst(ctx: &BenchContext, sim: &std::path::Path) -> anyhow::Result<Burst> {
+    let settle = if ctx.quick { Duration::from_secs(5) } else { BURST_SETTLE };
+    let (_, haproxy_processes) = Rig::size_for(BURST_DEVICES);
+    let mut rig = Rig::start(ctx, "idle-burst", 1, haproxy_processes)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let before = rig.driver_rss()[0];
+    let args = sim_args(&rig.target(), BURST_DEVICES, 1, "BURST-", BURST_RATE);
+    let mut devices = SimProcess::start(sim, MASTER_KEY_HEX, &args, ctx.work_dir.join("idle-burst.json"))?;
+    rig.wait_for_sessions(BURST_DEVICES, &mut devices, STALL)
+        .context("connecting the burst's devices")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let early = rig.driver_rss()[0];
+    std::thread::sleep(settle - Duration::from_secs(2));
+    let settled = rig.driver_rss()[0];
+    let held = rig.sessions() as u64;
+    let _: SimSummary = devices.stop(Duration::from_secs(120))?;
+    drop(rig);
+    let driver = (bytes_per(before, early, held), bytes_per(before, settled, held));
+    eprintln!("idle burst: driver {:.0} B per device 2 s after, {:.0} B after {settle:?}", driver.0, driver.1);
+
+    let mosquitto = (|| -> anyhow::Result<(f64, f64)> {
+        let mosquitto = Mosquitto::start(&ctx.work_dir.join("mosquitto-burst"), 1)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = mosquitto.pids()[0];
+        let before = rss_kib(pid)?;
+        let mut args = sim_args(&mosquitto.targets(), BURST_DEVICES, 1, "MQTT-BURST-", BURST_RATE);
+        args.extend(["--protocol", "mqtt", "--mqtt-keep-alive", "30s"].map(str::to_owned));
+        let mut clients = SimProcess::start(sim, MASTER_KEY_HEX, &args, ctx.work_dir.join("idle-burst-mqtt.json"))?;
+        let ports = mosquitto.ports();
+        let started = std::time::Instant::now();
+        while established_on(&ports)? < BURST_DEVICES {
+            anyhow::ensure!(clients.is_running(), "the MQTT simulator ended early");
+            anyhow::ensure!(started.elapsed() < STALL * 2, "Mosquitto did not take every client");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let early = rss_kib(pid)?;
+        std::thread::sleep(settle - Duration::from_secs(2));
+        let settled = rss_kib(pid)?;
+        let held = established_on(&ports)?;
+        let _: SimSummary = clients.stop(Duration::from_secs(120))?;
+        Ok((bytes_per(before, early, held), bytes_per(before, settled, held)))
+    })()
+    .map_err(|err| format!("{err:#}"));
+    Ok(Burst {
+        driver,
+        mosquitto,
+        command: command_line(&args),
     })
 }
 
@@ -233,7 +317,7 @@ fn peer(
         before: rss(&mosquitto),
         ..Memory::default()
     };
-    let mut args = sim_args(&mosquitto.targets(), devices, procs, "MQTT-");
+    let mut args = sim_args(&mosquitto.targets(), devices, procs, "MQTT-", CONNECT_RATE);
     args.extend(["--protocol", "mqtt", "--mqtt-keep-alive", "30s"].map(str::to_owned));
     let mut clients = SimProcess::start(sim, MASTER_KEY_HEX, &args, ctx.work_dir.join("idle-mqtt.json"))?;
     let ports = mosquitto.ports();
@@ -417,6 +501,44 @@ impl IdleResult {
                     .collect::<Vec<_>>()
                     .join("; ")
             );
+        }
+        match &self.burst {
+            Ok(burst) => {
+                let (peer_early, peer_settled) = match &burst.mosquitto {
+                    Ok((early, settled)) => (format!("{early:.0} B"), format!("{settled:.0} B")),
+                    Err(err) => (format!("not measured: {err}"), "—".to_owned()),
+                };
+                let _ = writeln!(
+                    text,
+                    "\n**The burst pattern**: {} devices on one driver (behind HAProxy), connected at {} handshakes/s; driver memory added per device, beside Mosquitto with as many clients on one broker connected the same way:\n",
+                    thousands(BURST_DEVICES as f64),
+                    BURST_RATE
+                );
+                let mut table = Table::new(&["per idle connection", "Drover driver", "Mosquitto (peer)"]);
+                table.row(vec![
+                    "2 s after the last handshake".to_owned(),
+                    format!("{:.0} B", burst.driver.0),
+                    peer_early,
+                ]);
+                table.row(vec![
+                    format!("{} s after the last handshake", BURST_SETTLE.as_secs()),
+                    format!("**{:.0} B**", burst.driver.1),
+                    peer_settled,
+                ]);
+                text.push_str(&table.render());
+                let _ = writeln!(
+                    text,
+                    "\nBelow Mosquitto in this pattern too: {}.  \nDevices: `{}`",
+                    match &burst.mosquitto {
+                        Ok((_, peer)) => met(burst.driver.1 < *peer),
+                        Err(_) => "not measured",
+                    },
+                    burst.command
+                );
+            }
+            Err(err) => {
+                let _ = writeln!(text, "\nThe burst pattern was not measured: {err}");
+            }
         }
         let _ = writeln!(
             text,
