@@ -51,6 +51,13 @@ impl RedisServer {
         Self::start_in_with_args(dir, port, Vec::new())
     }
 
+    /// [`RedisServer::start_in`] with `extra_args` after the defaults (see
+    /// [`RedisServer::start_with_args`]).
+    pub fn start_in_with(dir: &Path, port: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let extra_args = extra_args.iter().map(|&arg| arg.to_owned()).collect();
+        Self::start_in_with_args(dir, port, extra_args)
+    }
+
     fn start_in_with_args(dir: &Path, port: u16, extra_args: Vec<String>) -> anyhow::Result<Self> {
         let binary = find_on_path("redis-server").context(INSTALL_HINT)?;
         std::fs::create_dir_all(dir)?;
@@ -72,6 +79,15 @@ impl RedisServer {
                 .stderr(Stdio::inherit()),
         )?;
         wait_for_port(loopback(port), Duration::from_secs(10))?;
+        // Accepting connections is not serving: a Redis that restarts on
+        // its append-only file answers LOADING until it has read it.
+        let client = redis::Client::open(format!("redis://{}", loopback(port)))?;
+        wait_until("Redis to load its data", Duration::from_secs(30), || {
+            client
+                .get_connection()
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+                .is_ok()
+        })?;
         Ok(Self {
             process,
             port,

@@ -245,7 +245,11 @@ fn bytes_per(before: u64, after: u64, count: u64) -> f64 {
 
 /// The burst pattern against one driver, then one Mosquitto broker.
 fn burst(ctx: &BenchContext, sim: &std::path::Path) -> anyhow::Result<Burst> {
-    let settle = if ctx.quick { Duration::from_secs(5) } else { BURST_SETTLE };
+    let settle = if ctx.quick {
+        Duration::from_secs(5)
+    } else {
+        BURST_SETTLE
+    };
     let (_, haproxy_processes) = Rig::size_for(BURST_DEVICES);
     let mut rig = Rig::start(ctx, "idle-burst", 1, haproxy_processes)?;
     std::thread::sleep(Duration::from_secs(3));
@@ -262,7 +266,10 @@ fn burst(ctx: &BenchContext, sim: &std::path::Path) -> anyhow::Result<Burst> {
     let _: SimSummary = devices.stop(Duration::from_secs(120))?;
     drop(rig);
     let driver = (bytes_per(before, early, held), bytes_per(before, settled, held));
-    eprintln!("idle burst: driver {:.0} B per device 2 s after, {:.0} B after {settle:?}", driver.0, driver.1);
+    eprintln!(
+        "idle burst: driver {:.0} B per device 2 s after, {:.0} B after {settle:?}",
+        driver.0, driver.1
+    );
 
     let mosquitto = (|| -> anyhow::Result<(f64, f64)> {
         let mosquitto = Mosquitto::start(&ctx.work_dir.join("mosquitto-burst"), 1)?;
