@@ -25,6 +25,8 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use vendor_bridge::{Config, Stats};
 
+pub(crate) mod calls;
+
 /// How long any awaited condition may take before the test fails.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -62,12 +64,19 @@ impl Bridge {
 
     /// A bridge on `redis`.
     pub(crate) async fn start_on(redis: RedisServer) -> Self {
+        Self::start_with(redis, |_| {}).await
+    }
+
+    /// A bridge on `redis`, its configuration changed by `configure` (a
+    /// token, TLS, a durability policy, byte budgets).
+    pub(crate) async fn start_with(redis: RedisServer, configure: impl FnOnce(&mut Config)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
         let addr = listener.local_addr().expect("a bound listener has an address");
         let stats = Arc::new(Stats::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = Config::for_redis(redis.url());
         config.listen = addr;
+        configure(&mut config);
         let task = tokio::spawn(vendor_bridge::serve(
             config,
             listener,
@@ -329,4 +338,17 @@ pub(crate) async fn members(redis: &mut MultiplexedConnection, key: &str) -> Vec
         .expect("SMEMBERS");
     members.sort();
     members
+}
+
+/// Every key of the database and its value (`DUMP`), sorted by key: equal
+/// snapshots mean nothing was written.
+pub(crate) async fn contents(redis: &mut MultiplexedConnection) -> Vec<(String, Vec<u8>)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(redis).await.expect("KEYS");
+    keys.sort();
+    let mut contents = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(redis).await.expect("DUMP");
+        contents.push((key, value));
+    }
+    contents
 }
