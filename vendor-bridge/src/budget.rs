@@ -67,23 +67,29 @@ impl StreamBudget {
     pub(crate) async fn reserve(&self, bytes: usize) -> Reservation {
         let bytes = bytes as u64;
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        // Never closed, so `acquire` cannot fail; per stream first: only this
-        // stream's reader takes from it, so no two readers wait on each other.
-        let stream = Arc::clone(&self.stream)
-            .acquire_many_owned(kib.min(self.stream_kib))
-            .await
-            .ok();
-        let all = Arc::clone(&self.all.all)
-            .acquire_many_owned(kib.min(self.all.all_kib))
-            .await
-            .ok();
-        self.all.stats.add_queued(bytes);
+        let stats = &self.all.stats;
+        // Per stream first: only this stream's reader takes from it, so no
+        // two readers wait on each other.
+        let stream = acquire(&self.stream, kib.min(self.stream_kib), stats).await;
+        let all = acquire(&self.all.all, kib.min(self.all.all_kib), stats).await;
+        stats.add_queued(bytes);
         Reservation {
             _permits: (stream, all),
             bytes,
-            stats: Arc::clone(&self.all.stats),
+            stats: Arc::clone(stats),
         }
     }
+}
+
+/// `permits` of `semaphore`, counted in `streams_over_budget` while they
+/// have to be waited for. (The semaphores are never closed, so `None`
+/// never happens.)
+async fn acquire(semaphore: &Arc<Semaphore>, permits: u32, stats: &Stats) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(semaphore).try_acquire_many_owned(permits) {
+        return Some(permit);
+    }
+    let _waiting = stats.over_budget();
+    Arc::clone(semaphore).acquire_many_owned(permits).await.ok()
 }
 
 /// Bytes of one batch held in the budgets until dropped.
@@ -107,8 +113,6 @@ fn whole_kib(bytes: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn stats() -> Arc<Stats> {
@@ -121,10 +125,16 @@ mod tests {
         let budget = QueueBudget::new(4096, 1 << 20, Arc::clone(&stats));
         let stream = budget.for_stream();
         let first = stream.reserve(3000).await;
-        let second = tokio::time::timeout(Duration::from_millis(50), stream.reserve(1500)).await;
-        assert!(second.is_err(), "3 KiB + 2 KiB exceed the stream's 4 KiB");
+        let mut second = Box::pin(stream.reserve(1500));
+        assert!(
+            futures::poll!(&mut second).is_pending(),
+            "3 KiB + 2 KiB exceed the stream's 4 KiB"
+        );
+        assert_eq!(stats.snapshot().streams_over_budget, 1);
         assert_eq!(stats.snapshot().queued_bytes, 3000);
         drop(first);
+        drop(second);
+        assert_eq!(stats.snapshot().streams_over_budget, 0);
         let _second = stream.reserve(1500).await;
         assert_eq!(stats.snapshot().queued_bytes, 1500);
         assert_eq!(stats.snapshot().queued_bytes_peak, 3000);
@@ -136,8 +146,12 @@ mod tests {
         let budget = QueueBudget::new(4096, 6144, Arc::clone(&stats));
         let (a, b) = (budget.for_stream(), budget.for_stream());
         let held = a.reserve(4096).await;
-        let blocked = tokio::time::timeout(Duration::from_millis(50), b.reserve(4096)).await;
-        assert!(blocked.is_err(), "4 KiB + 4 KiB exceed the 6 KiB of all streams");
+        let mut blocked = Box::pin(b.reserve(4096));
+        assert!(
+            futures::poll!(&mut blocked).is_pending(),
+            "4 KiB + 4 KiB exceed the 6 KiB of all streams"
+        );
+        drop(blocked);
         let _small = b.reserve(2048).await;
         drop(held);
         let _b = b.reserve(2048).await;

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// The bridge's counters. Shared as `Arc<Stats>`; every field only grows
-/// except the gauges `connected_drivers`, `queued_bytes`, `held_streams` and
-/// `durability`.
+/// except the gauges `connected_drivers`, `queued_bytes`,
+/// `streams_awaiting_durability`, `streams_over_budget` and `durability`.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// `StreamEvents` streams open now (one per connected driver process).
@@ -25,7 +25,10 @@ pub struct Stats {
     queued_bytes_peak: AtomicU64,
     /// Streams whose applier holds batches now because Redis is not
     /// verified durable (`BRIDGE_DURABILITY=strict`).
-    held_streams: AtomicU64,
+    streams_awaiting_durability: AtomicU64,
+    /// Streams whose reader waits now for room in a byte budget (its own or
+    /// all streams'): the bridge holds these drivers back.
+    streams_over_budget: AtomicU64,
     /// The last durability verdict, a [`DurabilityStatus`] as a number.
     durability: AtomicU8,
 }
@@ -82,7 +85,9 @@ pub struct StatsSnapshot {
     /// See [`Stats`].
     pub queued_bytes_peak: u64,
     /// See [`Stats`].
-    pub held_streams: u64,
+    pub streams_awaiting_durability: u64,
+    /// See [`Stats`].
+    pub streams_over_budget: u64,
     /// See [`Stats`].
     pub durability: DurabilityStatus,
 }
@@ -102,7 +107,8 @@ impl Stats {
             store_retries: self.store_retries.load(Ordering::Relaxed),
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
             queued_bytes_peak: self.queued_bytes_peak.load(Ordering::Relaxed),
-            held_streams: self.held_streams.load(Ordering::Relaxed),
+            streams_awaiting_durability: self.streams_awaiting_durability.load(Ordering::Relaxed),
+            streams_over_budget: self.streams_over_budget.load(Ordering::Relaxed),
             durability: DurabilityStatus::from_u8(self.durability.load(Ordering::Relaxed)),
         }
     }
@@ -113,8 +119,14 @@ impl Stats {
     }
 
     /// Counts a stream holding its batches until the guard is dropped.
-    pub(crate) fn stream_held(&self) -> Gauged<'_> {
-        Gauged::new(&self.held_streams)
+    pub(crate) fn awaiting_durability(&self) -> Gauged<'_> {
+        Gauged::new(&self.streams_awaiting_durability)
+    }
+
+    /// Counts a stream waiting for room in a byte budget until the guard is
+    /// dropped.
+    pub(crate) fn over_budget(&self) -> Gauged<'_> {
+        Gauged::new(&self.streams_over_budget)
     }
 
     pub(crate) fn add_stored(&self, stored: u64, duplicates: u64) {
@@ -140,8 +152,8 @@ impl Stats {
     }
 }
 
-/// Holds one count in a gauge (`connected_drivers`, `held_streams`) until
-/// dropped.
+/// Holds one count in a gauge (`connected_drivers`,
+/// `streams_awaiting_durability`, `streams_over_budget`) until dropped.
 #[derive(Debug)]
 pub(crate) struct Gauged<'a> {
     gauge: &'a AtomicU64,

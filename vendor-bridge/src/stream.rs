@@ -255,7 +255,7 @@ impl Applier {
             return true;
         }
         debug!("holding the stream's batches until Redis is verified durable");
-        let _held = self.stats.stream_held();
+        let _held = self.stats.awaiting_durability();
         tokio::select! {
             () = self.gate.opened() => true,
             () = self.replies.closed() => false,

@@ -89,24 +89,26 @@ async fn streams_faster_than_redis_are_held_within_the_byte_budgets_and_lose_not
     let mut a = warm_stream(&bridge, "drv-a", "CTRL-A").await;
     let mut b = warm_stream(&bridge, "drv-b", "CTRL-B").await;
     let stats = bridge.stats.clone();
+    // A batch's bytes on the wire, rounded up as the budgets count them.
     let batch = (BODY + 1024) as u64;
 
     let frozen = Frozen::freeze(&bridge.redis);
-    // One stream: held at its own budget.
+    // One stream: its reader stops at its own budget.
     flood(&a, "CTRL-A").await;
-    wait_until("stream a to fill its budget", || {
-        stats.snapshot().queued_bytes >= STREAM_BUDGET - 2 * batch
+    wait_until("stream a's reader to wait for room", || {
+        stats.snapshot().streams_over_budget == 1
     })
     .await;
+    let held = stats.snapshot();
     assert!(
-        stats.snapshot().queued_bytes_peak <= STREAM_BUDGET,
-        "{:?}",
-        stats.snapshot()
+        held.queued_bytes <= STREAM_BUDGET && held.queued_bytes > STREAM_BUDGET - 2 * batch,
+        "{held:?}"
     );
-    // Both: held at the budget of all streams, below the sum of theirs.
+    // Both: their readers stop at the budget of all streams, below the sum
+    // of theirs.
     flood(&b, "CTRL-B").await;
-    wait_until("the streams to fill the budget of all", || {
-        stats.snapshot().queued_bytes >= ALL_BUDGET - 2 * batch
+    wait_until("both readers to wait for room", || {
+        stats.snapshot().streams_over_budget == 2
     })
     .await;
     let held = stats.snapshot();
@@ -115,6 +117,10 @@ async fn streams_faster_than_redis_are_held_within_the_byte_budgets_and_lose_not
         held.queued_bytes,
         held.queued_bytes_peak,
         2 * BATCHES * BODY as u64
+    );
+    assert!(
+        held.queued_bytes <= ALL_BUDGET && held.queued_bytes > ALL_BUDGET - 2 * batch,
+        "{held:?}"
     );
     assert!(held.queued_bytes_peak <= ALL_BUDGET, "{held:?}");
 
@@ -145,6 +151,7 @@ async fn control_with_the_default_budgets_the_same_stream_is_read_whole() {
         stats.snapshot().queued_bytes >= BATCHES * BODY as u64
     })
     .await;
+    assert_eq!(stats.snapshot().streams_over_budget, 0);
     assert!(stats.snapshot().queued_bytes_peak > ALL_BUDGET);
     drop(frozen);
     assert_all_answered(&mut a).await;

@@ -85,7 +85,10 @@ async fn assert_every_write_accepted(client: &mut VendorBridgeClient<Channel>) {
 /// durability; then nothing of them is stored or answered.
 async fn wait_until_held(bridge: &Bridge) {
     let stats = bridge.stats.clone();
-    wait_until("the stream to hold its batches", || stats.snapshot().held_streams == 1).await;
+    wait_until("the stream to hold its batches", || {
+        stats.snapshot().streams_awaiting_durability == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
