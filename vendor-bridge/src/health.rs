@@ -55,12 +55,14 @@ impl Watcher {
     pub(crate) async fn run(self, draining: drain::Watch, abandon: drain::Watch) {
         let mut redis_up: Option<bool> = None;
         let mut serving: Option<bool> = None;
-        let mut ticks = tokio::time::interval(PING_INTERVAL);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut next_check = Instant::now();
+        let mut pings = tokio::time::interval(PING_INTERVAL);
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Counts from the last check, whatever caused it.
+        let mut checks = tokio::time::interval_at(Instant::now() + durability::CHECK_PERIOD, durability::CHECK_PERIOD);
+        checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut drained = false;
         loop {
-            let asked = tokio::select! {
+            let check_due = tokio::select! {
                 biased;
                 () = abandon.signaled() => break,
                 () = draining.signaled(), if !drained => {
@@ -68,15 +70,16 @@ impl Watcher {
                     false
                 }
                 () = self.gate.recheck_requested() => true,
-                _ = ticks.tick() => false,
+                _ = checks.tick() => true,
+                _ = pings.tick() => false,
             };
             let up = self.ping().await;
             let came_up = up && redis_up != Some(true);
             redis_up = Some(up);
             let unchecked = matches!(self.gate.state(), GateState::Unchecked | GateState::Unreachable { .. });
-            if up && (came_up || asked || unchecked || Instant::now() >= next_check) {
+            if up && (came_up || check_due || unchecked) {
                 self.check().await;
-                next_check = Instant::now() + durability::CHECK_PERIOD;
+                checks.reset();
             }
             let now_serving = up && self.gate.is_open() && !drained;
             if serving != Some(now_serving) {

@@ -33,8 +33,8 @@ const DRIVER: As<'static> = As {
 };
 
 /// How late after a `CONFIG SET` the bridge may notice it: the check
-/// period, the watcher's one-second tick, and a second for a busy machine.
-const NOTICE: Duration = CHECK_PERIOD.saturating_add(Duration::from_secs(2));
+/// period, and a second for the check itself on a busy machine.
+const NOTICE: Duration = CHECK_PERIOD.saturating_add(Duration::from_secs(1));
 
 async fn set_config(bridge: &Bridge, name: &str, value: &str) {
     let mut redis = bridge.redis().await;

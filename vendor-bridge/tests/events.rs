@@ -226,13 +226,16 @@ async fn a_batch_sent_while_redis_is_down_is_acknowledged_only_once_stored() {
     );
 
     // Redis dies (SIGKILL). The next batch cannot be stored: the bridge
-    // tries, fails, holds it until Redis is back and checked, and answers
-    // nothing.
+    // holds it (trying once, or not at all if its health check noticed
+    // first) until Redis is back and checked again, and answers nothing.
     tokio::task::block_in_place(|| bridge.redis.stop());
     let pending = vec![event("CTRL-1", 2, 1, b"during"), event("CTRL-2", 1, 1, b"during")];
     stream.send(2, pending.clone()).await;
     let stats = bridge.stats.clone();
-    wait_until("the bridge to try the batch", || stats.snapshot().store_retries >= 1).await;
+    wait_until("the bridge to hold the batch", || {
+        stats.snapshot().streams_awaiting_durability == 1
+    })
+    .await;
     assert!(
         !stream.has_answer_ready(),
         "a batch was acknowledged while Redis was down"
@@ -354,7 +357,10 @@ async fn shutdown_stores_and_answers_received_batches_then_ends_streams_with_una
     tokio::task::block_in_place(|| bridge.redis.stop());
     stream.send(1, vec![event("CTRL-1", 1, 1, b"")]).await;
     let stats = bridge.stats.clone();
-    wait_until("the bridge to try the batch", || stats.snapshot().store_retries >= 1).await;
+    wait_until("the bridge to hold the batch", || {
+        stats.snapshot().streams_awaiting_durability == 1
+    })
+    .await;
 
     // SIGTERM arrives; Redis comes back within the grace period.
     bridge.request_shutdown();
