@@ -91,7 +91,7 @@ pub(crate) struct StreamParts {
     pub(crate) writer: EventWriter,
     /// The restart cleanup of the driver's `hello`, when it could not run
     /// before the stream opened (the gate was closed): the applier runs it
-    /// before its first store. `(store, instance)`.
+    /// first, as soon as the gate opens. `(store, instance)`.
     pub(crate) restart_cleanup: Option<(Store, String)>,
     /// Whether the applier may store.
     pub(crate) gate: Arc<DurabilityGate>,
@@ -204,6 +204,10 @@ impl Applier {
     async fn run(mut self, mut batches: mpsc::Receiver<Inbound>) {
         let stats = Arc::clone(&self.stats);
         let _connected = stats.driver_connected();
+        // Batches queue meanwhile, within the budgets.
+        if !self.clean_up_restart().await {
+            return;
+        }
         let mut call: Vec<ValidBatch> = Vec::new();
         // The budgets' hold on the batches of `call`, given back once they
         // are answered.
@@ -263,8 +267,9 @@ impl Applier {
         }
     }
 
-    /// The restart cleanup left over from the `hello`, if any, retried like
-    /// a store; false when the stream is over first.
+    /// The restart cleanup left over from the `hello`, if any, run as soon
+    /// as the gate opens and retried like a store; false when the stream is
+    /// over first.
     async fn clean_up_restart(&mut self) -> bool {
         let Some((store, instance)) = self.restart_cleanup.take() else {
             return true;
@@ -302,9 +307,6 @@ impl Applier {
     /// Stores `call`, retrying until it succeeds; `None` when the driver went
     /// away or the shutdown grace ran out first.
     async fn store(&mut self, call: &[ValidBatch]) -> Option<Vec<u32>> {
-        if !self.clean_up_restart().await {
-            return None;
-        }
         let mut backoff = RETRY;
         let mut failures: u32 = 0;
         loop {

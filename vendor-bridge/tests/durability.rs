@@ -14,10 +14,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use drover_proto::bridge::OpenSessionRequest;
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use fleet::redis::RedisServer;
 use support::calls::{As, every_unary_call};
-use support::{Bridge, DriverStream, counts, event, stored_events, wait_until, within, xlen};
+use support::{Bridge, DriverStream, contents, counts, event, hget, stored_events, wait_until, within, xlen};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -240,4 +241,45 @@ async fn after_a_lost_connection_nothing_is_stored_before_redis_is_checked_again
 
     set_config(&bridge, "appendfsync", "always").await;
     assert_eq!(counts(&stream.durable().await), (2, 1, 0));
+}
+
+/// The restart cleanup of a stream's `hello` (a driver's new instance marks
+/// its previous instance's devices offline) writes too: on a weak Redis the
+/// stream opens, the cleanup waits, and it runs as soon as Redis is fixed,
+/// before any batch of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drivers_restart_cleanup_waits_for_durability_too() {
+    let bridge = Bridge::start().await;
+    let mut client = bridge.client().await;
+    let mut redis = bridge.redis().await;
+    DriverStream::open(&mut client, "drv-a", "old").await.unwrap();
+    client
+        .open_session(OpenSessionRequest {
+            serial: "OLD-1".to_owned(),
+            session_id: vec![1; 16],
+            driver_id: "drv-a".to_owned(),
+            instance_id: "old".to_owned(),
+            ..OpenSessionRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hget(&mut redis, "cwp:device:OLD-1", "online").await.as_deref(),
+        Some("1")
+    );
+
+    set_config(&bridge, "appendfsync", "everysec").await;
+    wait_for_durability(&bridge, DurabilityStatus::WeakRefusing).await;
+    let before = contents(&mut redis).await;
+    let _new = DriverStream::open(&mut client, "drv-a", "new").await.unwrap();
+    wait_until_held(&bridge).await;
+    assert_eq!(contents(&mut redis).await, before, "written on a weak Redis");
+
+    set_config(&bridge, "appendfsync", "always").await;
+    within("the previous instance's device to go offline", async {
+        while hget(&mut redis, "cwp:device:OLD-1", "online").await.as_deref() != Some("0") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
