@@ -82,6 +82,17 @@ async fn assert_every_write_accepted(client: &mut VendorBridgeClient<Channel>) {
     }
 }
 
+/// A stream of `drv-a` whose first batch (event 1 of CTRL-1) is stored and
+/// answered.
+async fn stream_with_one_batch_stored(client: &mut VendorBridgeClient<Channel>) -> DriverStream {
+    let mut stream = DriverStream::open(client, "drv-a", "inst-1").await.unwrap();
+    assert_eq!(
+        counts(&stream.store(1, vec![event("CTRL-1", 1, 1, b"")]).await),
+        (1, 1, 0)
+    );
+    stream
+}
+
 /// Waits until the stream's applier holds its batches for want of
 /// durability; then nothing of them is stored or answered.
 async fn wait_until_held(bridge: &Bridge) {
@@ -145,11 +156,7 @@ async fn with_durability_relaxed_a_weak_redis_is_used_and_said_to_be_weak() {
     let bridge = Bridge::start_with(redis, |config| config.durability = DurabilityPolicy::Relaxed).await;
     let mut client = bridge.client().await;
     wait_for_durability(&bridge, DurabilityStatus::WeakAccepted).await;
-    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
-    assert_eq!(
-        counts(&stream.store(1, vec![event("CTRL-1", 1, 1, b"")]).await),
-        (1, 1, 0)
-    );
+    stream_with_one_batch_stored(&mut client).await;
     assert_every_write_accepted(&mut client).await;
     assert_eq!(health(&bridge).await, ServingStatus::Serving);
 }
@@ -174,11 +181,7 @@ async fn a_weaker_setting_at_run_time_stops_acknowledgements_within_the_check_pe
     let bridge = Bridge::start().await;
     let mut client = bridge.client().await;
     let mut redis = bridge.redis().await;
-    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
-    assert_eq!(
-        counts(&stream.store(1, vec![event("CTRL-1", 1, 1, b"")]).await),
-        (1, 1, 0)
-    );
+    let mut stream = stream_with_one_batch_stored(&mut client).await;
 
     let flipped = Instant::now();
     set_config(&bridge, "appendfsync", "everysec").await;
@@ -214,11 +217,7 @@ async fn after_a_lost_connection_nothing_is_stored_before_redis_is_checked_again
     let bridge = Bridge::start().await;
     let mut client = bridge.client().await;
     let mut redis = bridge.redis().await;
-    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
-    assert_eq!(
-        counts(&stream.store(1, vec![event("CTRL-1", 1, 1, b"")]).await),
-        (1, 1, 0)
-    );
+    let mut stream = stream_with_one_batch_stored(&mut client).await;
 
     set_config(&bridge, "appendfsync", "everysec").await;
     redis::cmd("CLIENT")

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
-    BatchDurable, BridgeMessage, DriverHello, DriverMessage, Event, EventBatch, bridge_message, driver_message,
+    BatchDurable, BridgeMessage, DriverMessage, Event, EventBatch, bridge_message, driver_message,
 };
 use fleet::redis::RedisServer;
 use redis::aio::MultiplexedConnection;
@@ -193,18 +193,8 @@ impl DriverStream {
         driver_id: &str,
         instance_id: &str,
     ) -> Result<Self, Status> {
-        let (outbound, rx) = mpsc::channel(1024);
-        outbound
-            .send(DriverMessage {
-                kind: Some(driver_message::Kind::Hello(DriverHello {
-                    driver_id: driver_id.to_owned(),
-                    instance_id: instance_id.to_owned(),
-                    version: "test".to_owned(),
-                })),
-            })
-            .await
-            .expect("the outbound queue is open");
-        Self::open_raw(client, outbound, rx).await
+        let driver = calls::As { driver_id, token: None };
+        Self::open_as(client, driver, instance_id).await
     }
 
     /// Opens a stream whose first messages are already in `rx`.
