@@ -7,15 +7,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use drover_proto::auth::BearerToken;
 use drover_service::env::{ConfigError, EnvReader, Variable};
 use redis::IntoConnectionInfo as _;
+
+pub use crate::durability::DurabilityPolicy;
 
 /// Every variable the bridge reads, with its default and meaning.
 pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "BRIDGE_LISTEN",
-        default: Some("0.0.0.0:50051"),
-        help: "address the gRPC server (VendorBridge + grpc.health.v1) listens on",
+        default: Some("127.0.0.1:50051"),
+        help: "address the gRPC server (VendorBridge + grpc.health.v1) listens on; an address other than loopback needs BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) or BRIDGE_TLS_CLIENT_CA",
+    },
+    Variable {
+        name: "BRIDGE_TOKEN",
+        default: None,
+        help: "shared secret every VendorBridge call must carry (authorization: Bearer TOKEN; the drivers' VENDOR_BRIDGE_TOKEN), at least 16 visible ASCII characters; proves the caller is a driver, not which one; grpc.health.v1 needs none",
+    },
+    Variable {
+        name: "BRIDGE_TOKEN_FILE",
+        default: None,
+        help: "file holding BRIDGE_TOKEN (e.g. a mounted secret; surrounding whitespace ignored); set one or the other, not both",
     },
     Variable {
         name: "BRIDGE_TLS_CERT",
@@ -30,12 +43,27 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "BRIDGE_TLS_CLIENT_CA",
         default: None,
-        help: "PEM CA certificate(s); when set, every client must present a certificate that chains to one (mutual TLS)",
+        help: "PEM CA certificate(s); when set, every client must present a certificate that chains to one (mutual TLS), and may only act as a driver id its certificate names (its subject CN or a DNS name of its subjectAltName)",
     },
     Variable {
         name: "REDIS_URL",
         default: Some("redis://127.0.0.1:6379"),
-        help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always); redis://USER:PASSWORD@HOST:PORT for an ACL user",
+        help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always, no-appendfsync-on-rewrite no: see BRIDGE_DURABILITY); redis://USER:PASSWORD@HOST:PORT for an ACL user",
+    },
+    Variable {
+        name: "BRIDGE_DURABILITY",
+        default: Some("strict"),
+        help: "strict: while Redis is not verified to fsync every write (checked at start, after a reconnect and every 5 s), store and acknowledge nothing and report health NOT_SERVING; relaxed: accept weaker settings, with a warning",
+    },
+    Variable {
+        name: "BRIDGE_MAX_STREAM_BYTES",
+        default: Some("33554432"),
+        help: "bytes of batches (as received) one driver's stream may hold before they are stored and answered; beyond it the bridge stops reading that stream until some are (HTTP/2 flow control holds the driver back); at least 16777216, the largest message",
+    },
+    Variable {
+        name: "BRIDGE_MAX_QUEUED_BYTES",
+        default: Some("268435456"),
+        help: "the same bound for all streams together; at least BRIDGE_MAX_STREAM_BYTES",
     },
     Variable {
         name: "BRIDGE_SHUTDOWN_GRACE",
@@ -84,12 +112,25 @@ pub const SUMMARY: &str = "The gRPC bridge between Drover drivers and Redis: sto
 /// The bridge's configuration, parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the gRPC server listens (`BRIDGE_LISTEN`).
+    /// Where the gRPC server listens (`BRIDGE_LISTEN`). Without a token and
+    /// without mutual TLS, only a loopback address is accepted.
     pub listen: SocketAddr,
+    /// The token every `VendorBridge` call must carry (`BRIDGE_TOKEN` or
+    /// `BRIDGE_TOKEN_FILE`); `None`: no token is asked for.
+    pub token: Option<BearerToken>,
     /// TLS on the gRPC server (`BRIDGE_TLS_*`); `None`: plaintext.
     pub tls: Option<ServerTls>,
     /// The Redis URL (`REDIS_URL`), already checked to parse.
     pub redis_url: String,
+    /// Whether Redis must be verified to fsync every write before anything
+    /// is stored (`BRIDGE_DURABILITY`).
+    pub durability: DurabilityPolicy,
+    /// Bytes of batches one stream may hold unanswered
+    /// (`BRIDGE_MAX_STREAM_BYTES`).
+    pub max_stream_bytes: u64,
+    /// Bytes of batches all streams together may hold unanswered
+    /// (`BRIDGE_MAX_QUEUED_BYTES`).
+    pub max_queued_bytes: u64,
     /// How long a shutdown waits for received batches (`BRIDGE_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
     /// How logs are written (`LOG_FORMAT`).
@@ -141,6 +182,15 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::new(VARIABLES);
         let listen = env.parse::<SocketAddr>("BRIDGE_LISTEN");
+        let token = env
+            .secret("BRIDGE_TOKEN", "BRIDGE_TOKEN_FILE")
+            .and_then(|text| match BearerToken::new(&text) {
+                Ok(token) => Some(token),
+                Err(err) => {
+                    env.problem(format!("BRIDGE_TOKEN: {err}"));
+                    None
+                }
+            });
         let tls_cert = env.parse_optional::<PathBuf>("BRIDGE_TLS_CERT");
         let tls_key = env.parse_optional::<PathBuf>("BRIDGE_TLS_KEY");
         let tls_client_ca = env.parse_optional::<PathBuf>("BRIDGE_TLS_CLIENT_CA");
@@ -165,22 +215,59 @@ impl Config {
                 None
             }
         };
+        if let Some(listen) = listen {
+            let mutual_tls = tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+            // Reading whether the token variables are set, not whether the
+            // token is valid: an invalid one is reported on its own.
+            let token_set = env.raw("BRIDGE_TOKEN").is_some() || env.raw("BRIDGE_TOKEN_FILE").is_some();
+            if let Err(problem) = check_exposure(listen, token_set, mutual_tls) {
+                env.problem(problem);
+            }
+        }
         let redis_url = env.parse_with("REDIS_URL", |url| {
             url.into_connection_info()
                 .map(|_| url.to_owned())
                 .map_err(|err| format!("not a Redis URL: {err}"))
         });
+        let durability = env.parse::<DurabilityPolicy>("BRIDGE_DURABILITY");
+        let max_stream_bytes = env.parse::<u64>("BRIDGE_MAX_STREAM_BYTES");
+        let max_queued_bytes = env.parse::<u64>("BRIDGE_MAX_QUEUED_BYTES");
+        if let (Some(stream), Some(queued)) = (max_stream_bytes, max_queued_bytes) {
+            for problem in check_byte_budgets(stream, queued) {
+                env.problem(problem);
+            }
+        }
         let shutdown_grace = env.parse_with("BRIDGE_SHUTDOWN_GRACE", drover_service::duration::parse_duration);
         let log_format = env.parse::<LogFormat>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional::<String>("SENTRY_DSN");
         let sentry_environment = env.parse_optional::<String>("SENTRY_ENVIRONMENT");
         let retired_set = retired_set(|name| std::env::var_os(name).is_some());
         env.finish()?;
-        match (listen, redis_url, shutdown_grace, log_format) {
-            (Some(listen), Some(redis_url), Some(shutdown_grace), Some(log_format)) => Ok(Self {
+        match (
+            listen,
+            redis_url,
+            durability,
+            max_stream_bytes,
+            max_queued_bytes,
+            shutdown_grace,
+            log_format,
+        ) {
+            (
+                Some(listen),
+                Some(redis_url),
+                Some(durability),
+                Some(max_stream_bytes),
+                Some(max_queued_bytes),
+                Some(shutdown_grace),
+                Some(log_format),
+            ) => Ok(Self {
                 listen,
+                token,
                 tls,
                 redis_url,
+                durability,
+                max_stream_bytes,
+                max_queued_bytes,
                 shutdown_grace,
                 log_format,
                 sentry_dsn,
@@ -195,12 +282,17 @@ impl Config {
     }
 
     /// A configuration for `redis_url` with every other value at its
-    /// default: what tests and embedders start from.
+    /// default (listening on 127.0.0.1, an ephemeral port): what tests and
+    /// embedders start from.
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
             tls: None,
             redis_url: redis_url.into(),
+            durability: DurabilityPolicy::Strict,
+            max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             sentry_dsn: None,
@@ -208,6 +300,52 @@ impl Config {
             retired_set: Vec::new(),
         }
     }
+
+    /// Whether clients must present a certificate (mutual TLS), which then
+    /// names the driver ids they may act as.
+    pub fn mutual_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())
+    }
+}
+
+/// `BRIDGE_MAX_STREAM_BYTES`'s default: 32 MiB, two of the largest messages.
+pub const DEFAULT_MAX_STREAM_BYTES: u64 = 32 << 20;
+/// `BRIDGE_MAX_QUEUED_BYTES`'s default: 256 MiB, eight full streams.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 256 << 20;
+
+/// Who may reach a bridge that listens on `listen`: anyone who can reach
+/// the address, unless calls need a token or a client certificate. Without
+/// either, only a loopback address is acceptable (the processes of this
+/// host, and nobody else, can call).
+pub fn check_exposure(listen: SocketAddr, token: bool, mutual_tls: bool) -> Result<(), String> {
+    if token || mutual_tls || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "BRIDGE_LISTEN={listen} is reachable from other hosts, but neither BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) \
+         nor BRIDGE_TLS_CLIENT_CA is set: anyone who reaches it could store events and take over device sessions. \
+         Set a token (e.g. `openssl rand -hex 32`, and the same as VENDOR_BRIDGE_TOKEN on the drivers), \
+         or mutual TLS, or listen on a loopback address such as 127.0.0.1:{}",
+        listen.port()
+    ))
+}
+
+/// The problems of a pair of byte budgets: a stream's must hold the largest
+/// message, and all streams' must hold one stream's.
+fn check_byte_budgets(stream: u64, queued: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let largest = drover_proto::MAX_MESSAGE_BYTES as u64;
+    if stream < largest {
+        problems.push(format!(
+            "BRIDGE_MAX_STREAM_BYTES={stream} is below {largest}, the largest message a driver may send"
+        ));
+    }
+    if queued < stream {
+        problems.push(format!(
+            "BRIDGE_MAX_QUEUED_BYTES={queued} is below BRIDGE_MAX_STREAM_BYTES={stream}: all streams together may hold at least what one may"
+        ));
+    }
+    problems
 }
 
 /// The [`RETIRED`] variables for which `is_set` holds.

@@ -5,18 +5,25 @@
 //! Layout, in the order a request flows through it:
 //!
 //! - `listener`: the bounded accept loop feeding tonic; `tls`: optional
-//!   (mutual) TLS on top of it.
+//!   (mutual) TLS on top of it; the bearer token ([`drover_proto::auth`]),
+//!   when configured, checked by an interceptor before any `VendorBridge`
+//!   call (not `grpc.health.v1`).
 //! - [`service`]: the `VendorBridge` gRPC service; checks every request
-//!   (serials through [`cwp::Serial`]), maps Redis failures to `UNAVAILABLE`.
+//!   (serials through [`cwp::Serial`], driver ids against the client
+//!   certificate: `identity`), admits writes only while the
+//!   [`durability::DurabilityGate`] is open, maps Redis failures to
+//!   `UNAVAILABLE`.
 //! - `stream`: one `StreamEvents` stream after its `hello`: a reader task
-//!   checks batches ([`batch`]) into a bounded queue, an applier task stores
-//!   them in order, several waiting batches per script call, retrying until
-//!   Redis takes them, and answers each with `BatchDurable`.
+//!   checks batches ([`batch`]) into a queue bounded in batches and in bytes
+//!   (`budget`), an applier task stores them in order, several waiting
+//!   batches per script call, retrying until Redis takes them (and holding
+//!   them while the gate is closed), and answers each with `BatchDurable`.
 //! - [`store`]: all Redis work, one atomic Lua script per operation
 //!   (`src/scripts/*.lua`), every key and channel named by
 //!   [`drover_schema`].
 //! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
-//!   the check that Redis fsyncs before it answers.
+//!   the checks that Redis fsyncs before it answers, which open and close
+//!   the gate.
 //! - [`stats`]: counters, shown by [`title`] as the process title; [`config`]:
 //!   the environment.
 //!
@@ -27,17 +34,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_proto::auth::RequireToken;
 use drover_proto::bridge::vendor_bridge_server::VendorBridgeServer;
 use drover_service::drain;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use tonic::service::Interceptor as _;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 pub mod batch;
+mod budget;
 pub mod config;
 pub mod durability;
 mod health;
+mod identity;
 mod listener;
 pub mod service;
 pub mod stats;
@@ -49,12 +61,11 @@ mod tls;
 pub use config::Config;
 pub use stats::{Stats, StatsSnapshot};
 
-use crate::service::Bridge;
+use crate::budget::QueueBudget;
+use crate::durability::{DurabilityGate, DurabilityPolicy};
+use crate::service::{Bridge, BridgeParts};
 use crate::store::Store;
 use crate::stream::Lifecycle;
-
-/// The largest message a driver may send (a batch): 16 MiB.
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// HTTP/2 flow-control windows: large enough that a driver can keep several
 /// batches in flight on its one stream without waiting for window updates.
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -99,9 +110,22 @@ pub async fn serve(
         abandon: abandon_watch,
         tasks: tasks.clone(),
     };
+    let gate = Arc::new(DurabilityGate::new(config.durability));
+    if config.durability == DurabilityPolicy::Relaxed {
+        warn!(
+            "BRIDGE_DURABILITY=relaxed: if Redis does not fsync every write, the bridge stores and acknowledges \
+             anyway, and a crash of the Redis host can lose acknowledged events"
+        );
+    }
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set(&reporter, ServingStatus::NotServing).await;
-    tasks.spawn(health::watch_redis(store.clone(), reporter, draining_watch.clone()));
+    let watcher = health::Watcher {
+        store: store.clone(),
+        gate: Arc::clone(&gate),
+        stats: Arc::clone(&stats),
+        reporter,
+    };
+    tasks.spawn(watcher.run(draining_watch.clone(), lifecycle.abandon.clone()));
     if let Some(title) = title {
         tasks.spawn(title::refresh(
             title,
@@ -112,8 +136,24 @@ pub async fn serve(
     }
 
     let local = listener.local_addr().context("reading the listening address")?;
-    let bridge = VendorBridgeServer::new(Bridge::new(store, stats, lifecycle.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let mutual_tls = config.mutual_tls();
+    let parts = BridgeParts {
+        budget: QueueBudget::new(config.max_stream_bytes, config.max_queued_bytes, Arc::clone(&stats)),
+        stats,
+        lifecycle: lifecycle.clone(),
+        gate,
+        mutual_tls,
+    };
+    let bridge =
+        VendorBridgeServer::new(Bridge::new(store, parts)).max_decoding_message_size(drover_proto::MAX_MESSAGE_BYTES);
+    // The token, if any, is checked before the service sees the call (what
+    // `VendorBridgeServer::with_interceptor` does, on the server configured
+    // above).
+    let mut require_token = config.token.clone().map(RequireToken::new);
+    let bridge = InterceptedService::new(bridge, move |request| match &mut require_token {
+        Some(require) => require.call(request),
+        None => Ok(request),
+    });
     let server = server
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -128,9 +168,20 @@ pub async fn serve(
         %local,
         redis = %drover_service::env::redact_password(&config.redis_url),
         tls = config.tls.is_some(),
-        client_certificates = config.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        client_certificates = mutual_tls,
+        token = config.token.is_some(),
+        durability = ?config.durability,
+        max_stream_bytes = config.max_stream_bytes,
+        max_queued_bytes = config.max_queued_bytes,
         "vendor-bridge serving"
     );
+    if config.token.is_none() && !mutual_tls {
+        // `Config` refuses anything else than loopback in this case.
+        info!(
+            %local,
+            "no BRIDGE_TOKEN and no mutual TLS: listening on loopback only, every process of this host may call the bridge"
+        );
+    }
 
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {

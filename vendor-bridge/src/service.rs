@@ -1,8 +1,14 @@
 //! The `drover.bridge.v1.VendorBridge` service: checks each request (every
-//! serial through [`cwp::Serial`] before it can reach a Redis key), hands it
-//! to the [`Store`], and maps a Redis failure to `UNAVAILABLE` (the driver
-//! retries). `StreamEvents` reads the `hello`, runs the restart cleanup and
-//! then hands the stream to the `stream` module.
+//! serial through [`cwp::Serial`] before it can reach a Redis key; with
+//! mutual TLS, every `driver_id` against the client's certificate,
+//! `identity`), admits a call that writes only while the
+//! [`DurabilityGate`] is open (else `UNAVAILABLE`, naming the setting),
+//! hands it to the [`Store`], and maps a Redis failure to `UNAVAILABLE`
+//! (the driver retries). `StreamEvents` reads the `hello`, runs the restart
+//! cleanup (or leaves it to the stream while the gate is closed) and then
+//! hands the stream to the `stream` module. The bearer token, when
+//! configured, is checked before any of this, by an interceptor
+//! ([`crate::serve`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +28,12 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use crate::budget::QueueBudget;
+use crate::durability::DurabilityGate;
+use crate::identity::Caller;
 use crate::stats::Stats;
 use crate::store::{CommandRejection, SessionOpening, Store, StoreError, UploadRecord};
-use crate::stream::{self, Lifecycle, Replies};
+use crate::stream::{self, Lifecycle, Replies, StreamParts};
 
 /// How long a new stream may take to send its `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +43,9 @@ const MAX_ID_LEN: usize = 128;
 const MAX_REJECTED_MESSAGE: usize = 4096;
 /// The most sessions one `OpenSessions` or `CloseSessions` call may carry.
 const MAX_BATCH_SESSIONS: usize = 1000;
+/// How long a call that writes waits for a durability verdict when there
+/// is none (at start, after a reconnection) before it is refused.
+const ADMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The gRPC service; one per process, shared by every connection.
 #[derive(Debug, Clone)]
@@ -41,15 +53,55 @@ pub struct Bridge {
     store: Store,
     stats: Arc<Stats>,
     lifecycle: Lifecycle,
+    /// Whether Redis may be written to now.
+    gate: Arc<DurabilityGate>,
+    /// The bytes all streams may hold.
+    budget: QueueBudget,
+    /// Whether clients present certificates that name their driver.
+    mutual_tls: bool,
+}
+
+/// What [`Bridge`] is made of, besides its store.
+#[derive(Debug)]
+pub(crate) struct BridgeParts {
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) gate: Arc<DurabilityGate>,
+    pub(crate) budget: QueueBudget,
+    pub(crate) mutual_tls: bool,
 }
 
 impl Bridge {
-    pub(crate) fn new(store: Store, stats: Arc<Stats>, lifecycle: Lifecycle) -> Self {
+    pub(crate) fn new(store: Store, parts: BridgeParts) -> Self {
+        let BridgeParts {
+            stats,
+            lifecycle,
+            gate,
+            budget,
+            mutual_tls,
+        } = parts;
         Self {
             store,
             stats,
             lifecycle,
+            gate,
+            budget,
+            mutual_tls,
         }
+    }
+
+    /// `Ok` while Redis may be written to; else `UNAVAILABLE` saying why.
+    async fn admit(&self) -> Result<(), Status> {
+        self.gate
+            .admit(ADMIT_WAIT)
+            .await
+            .map_err(|refusal| Status::unavailable(refusal.to_string()))
+    }
+
+    /// `unavailable`, after telling the gate about the failure.
+    fn failed(&self, operation: &str, err: &StoreError) -> Status {
+        self.gate.after_failure(err);
+        unavailable(operation, err)
     }
 }
 
@@ -61,6 +113,7 @@ impl VendorBridge for Bridge {
         &self,
         request: Request<Streaming<DriverMessage>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(DriverMessage {
@@ -81,49 +134,78 @@ impl VendorBridge for Bridge {
         } = hello;
         check_id("driver_id", &driver_id)?;
         check_id("instance_id", &instance_id)?;
+        caller.may_act_as(&driver_id)?;
         if self.lifecycle.draining.is_signaled() {
             return Err(Status::unavailable("the vendor-bridge is shutting down; reconnect"));
         }
-        let offline = self
-            .store
-            .driver_restart(&driver_id, &instance_id)
-            .await
-            .map_err(|err| unavailable("restart cleanup", &err))?;
-        if offline > 0 {
-            info!(driver = %driver_id, instance = %instance_id, offline, "driver restarted: its previous instance's devices are offline");
-        }
+        // The restart cleanup writes: now if Redis may be written to, else
+        // by the stream's applier once it may (the stream opens anyway, so
+        // that the driver's batches wait here rather than reconnecting).
+        let restart_cleanup = match self.gate.admit(ADMIT_WAIT).await {
+            Ok(()) => {
+                let offline = self
+                    .store
+                    .driver_restart(&driver_id, &instance_id)
+                    .await
+                    .map_err(|err| self.failed("restart cleanup", &err))?;
+                if offline > 0 {
+                    info!(driver = %driver_id, instance = %instance_id, offline, "driver restarted: its previous instance's devices are offline");
+                }
+                None
+            }
+            Err(refusal) => {
+                debug!(driver = %driver_id, %refusal, "restart cleanup deferred");
+                Some((self.store.clone(), instance_id.clone()))
+            }
+        };
         let writer = self
             .store
             .event_writer()
             .map_err(|err| unavailable("StreamEvents", &err))?;
         info!(driver = %driver_id, instance = %instance_id, version = %version, "driver stream open");
-        let replies = stream::start(
-            inbound,
-            driver_id,
+        let parts = StreamParts {
+            driver: driver_id,
             writer,
-            Arc::clone(&self.stats),
-            self.lifecycle.clone(),
-        );
-        Ok(Response::new(replies))
+            restart_cleanup,
+            gate: Arc::clone(&self.gate),
+            budget: self.budget.for_stream(),
+            stats: Arc::clone(&self.stats),
+        };
+        Ok(Response::new(stream::start(inbound, parts, self.lifecycle.clone())))
     }
 
     async fn open_session(&self, request: Request<OpenSessionRequest>) -> Result<Response<OpenSessionReply>, Status> {
-        self.open_one(request.into_inner()).await.map(Response::new)
+        let caller = Caller::of(&request, self.mutual_tls);
+        let request = request.into_inner();
+        caller.may_act_as(&request.driver_id)?;
+        self.admit().await?;
+        self.open_one(request).await.map(Response::new)
     }
 
     async fn close_session(
         &self,
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<CloseSessionReply>, Status> {
-        self.close_one(request.into_inner()).await.map(Response::new)
+        let caller = Caller::of(&request, self.mutual_tls);
+        let request = request.into_inner();
+        caller.may_act_as(&request.driver_id)?;
+        self.admit().await?;
+        self.close_one(request).await.map(Response::new)
     }
 
     async fn open_sessions(
         &self,
         request: Request<OpenSessionsRequest>,
     ) -> Result<Response<OpenSessionsReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
         let sessions = request.into_inner().sessions;
         check_batch_size(sessions.len())?;
+        // One session of another driver refuses the whole call: a driver
+        // that lies about one is not trusted with the rest.
+        for session in &sessions {
+            caller.may_act_as(&session.driver_id)?;
+        }
+        self.admit().await?;
         // Concurrent on the shared multiplexed connection: pipelined to
         // Redis in this order, each session its own atomic script.
         let results = join_all(sessions.into_iter().map(|session| self.open_one(session))).await;
@@ -140,8 +222,13 @@ impl VendorBridge for Bridge {
         &self,
         request: Request<CloseSessionsRequest>,
     ) -> Result<Response<CloseSessionsReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
         let sessions = request.into_inner().sessions;
         check_batch_size(sessions.len())?;
+        for session in &sessions {
+            caller.may_act_as(&session.driver_id)?;
+        }
+        self.admit().await?;
         let results = join_all(sessions.into_iter().map(|session| self.close_one(session))).await;
         let outcomes = outcomes(results, |result| CloseSessionOutcome {
             outcome: Some(match result {
@@ -156,9 +243,11 @@ impl VendorBridge for Bridge {
         &self,
         request: Request<RejectCommandRequest>,
     ) -> Result<Response<RejectCommandReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
         let serial = check_serial(&request.serial)?;
         check_id("driver_id", &request.driver_id)?;
+        caller.may_act_as(&request.driver_id)?;
         if !matches!(request.outcome.as_str(), "REJECTED" | "UNDELIVERED") {
             return Err(Status::invalid_argument("outcome must be REJECTED or UNDELIVERED"));
         }
@@ -170,6 +259,7 @@ impl VendorBridge for Bridge {
         };
         let notice = serde_json::to_string(&notice).map_err(|err| Status::internal(err.to_string()))?;
         let message = &request.message[..request.message.len().min(MAX_REJECTED_MESSAGE)];
+        self.admit().await?;
         self.store
             .reject_command(CommandRejection {
                 serial: &serial,
@@ -182,7 +272,7 @@ impl VendorBridge for Bridge {
                 notice: &notice,
             })
             .await
-            .map_err(|err| unavailable("RejectCommand", &err))?;
+            .map_err(|err| self.failed("RejectCommand", &err))?;
         Ok(Response::new(RejectCommandReply {}))
     }
 
@@ -190,15 +280,18 @@ impl VendorBridge for Bridge {
         &self,
         request: Request<RecordUploadRequest>,
     ) -> Result<Response<RecordUploadReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
         let serial = check_serial(&request.serial)?;
         check_id("driver_id", &request.driver_id)?;
+        caller.may_act_as(&request.driver_id)?;
         if !is_hyphenated_uuid(&request.upload_id) {
             return Err(Status::invalid_argument("upload_id must be a hyphenated UUID"));
         }
         if request.sha256.len() != 64 || !request.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(Status::invalid_argument("sha256 must be 64 lowercase hex digits"));
         }
+        self.admit().await?;
         let recorded = self
             .store
             .record_upload(UploadRecord {
@@ -212,13 +305,14 @@ impl VendorBridge for Bridge {
                 completed_ms: unix_ms(),
             })
             .await
-            .map_err(|err| unavailable("RecordUpload", &err))?;
+            .map_err(|err| self.failed("RecordUpload", &err))?;
         Ok(Response::new(RecordUploadReply { recorded }))
     }
 }
 
 impl Bridge {
-    /// `OpenSession`, alone or as one of `OpenSessions`.
+    /// `OpenSession`, alone or as one of `OpenSessions`, once the caller's
+    /// identity and the gate have admitted it.
     async fn open_one(&self, request: OpenSessionRequest) -> Result<OpenSessionReply, Status> {
         let serial = check_serial(&request.serial)?;
         check_id("driver_id", &request.driver_id)?;
@@ -236,14 +330,14 @@ impl Bridge {
                 connected_ms: request.connected_ms,
             })
             .await
-            .map_err(|err| unavailable("OpenSession", &err))?;
+            .map_err(|err| self.failed("OpenSession", &err))?;
         Ok(OpenSessionReply {
             last_event_id: opened.last_event_id,
             superseded_other: opened.superseded_other,
         })
     }
 
-    /// `CloseSession`, alone or as one of `CloseSessions`.
+    /// `CloseSession`, alone or as one of `CloseSessions`, once admitted.
     async fn close_one(&self, request: CloseSessionRequest) -> Result<CloseSessionReply, Status> {
         let serial = check_serial(&request.serial)?;
         check_id("driver_id", &request.driver_id)?;
@@ -252,7 +346,7 @@ impl Bridge {
             .store
             .close_session(&serial, &session, &request.driver_id, request.last_seen_ms)
             .await
-            .map_err(|err| unavailable("CloseSession", &err))?;
+            .map_err(|err| self.failed("CloseSession", &err))?;
         Ok(CloseSessionReply { was_current })
     }
 }

@@ -2,10 +2,11 @@
 //! the process title and the logs read them, nothing decides anything on
 //! them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// The bridge's counters. Shared as `Arc<Stats>`; every field only grows
-/// except `connected_drivers`.
+/// except the gauges `connected_drivers`, `queued_bytes`,
+/// `streams_awaiting_durability`, `streams_over_budget` and `durability`.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// `StreamEvents` streams open now (one per connected driver process).
@@ -17,6 +18,55 @@ pub struct Stats {
     duplicates: AtomicU64,
     /// Event-script calls that failed and were retried (Redis down or slow).
     store_retries: AtomicU64,
+    /// Bytes of batches (as received) read from the streams and not yet
+    /// answered, all streams together: at most `BRIDGE_MAX_QUEUED_BYTES`.
+    queued_bytes: AtomicU64,
+    /// The most `queued_bytes` has been since start.
+    queued_bytes_peak: AtomicU64,
+    /// Streams whose applier holds batches now because Redis is not
+    /// verified durable (`BRIDGE_DURABILITY=strict`).
+    streams_awaiting_durability: AtomicU64,
+    /// Streams whose reader waits now for room in a byte budget (its own or
+    /// all streams'): the bridge holds these drivers back.
+    streams_over_budget: AtomicU64,
+    /// The last durability verdict, a [`DurabilityStatus`] as a number.
+    durability: AtomicU8,
+}
+
+/// What the bridge knows of Redis's durability, as operators see it (the
+/// process title, [`StatsSnapshot::durability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum DurabilityStatus {
+    /// Not checked yet, or Redis does not answer: nothing is stored.
+    #[default]
+    Unchecked,
+    /// Redis fsyncs every write: acknowledgements mean on disk.
+    Fsynced,
+    /// Redis is weaker than required (or refuses `CONFIG GET`) and
+    /// `BRIDGE_DURABILITY=strict`: nothing is stored or acknowledged.
+    WeakRefusing,
+    /// Redis is weaker than required and `BRIDGE_DURABILITY=relaxed`:
+    /// events are stored and acknowledged, and can be lost in a crash.
+    WeakAccepted,
+}
+
+impl DurabilityStatus {
+    const ALL: [Self; 4] = [Self::Unchecked, Self::Fsynced, Self::WeakRefusing, Self::WeakAccepted];
+
+    fn from_u8(value: u8) -> Self {
+        Self::ALL.get(usize::from(value)).copied().unwrap_or_default()
+    }
+
+    /// How the process title shows it: nothing when all is well.
+    pub fn title_suffix(self) -> &'static str {
+        match self {
+            Self::Fsynced => "",
+            Self::Unchecked => " durability: unchecked",
+            Self::WeakRefusing => " durability: WEAK, refusing",
+            Self::WeakAccepted => " durability: WEAK (relaxed)",
+        }
+    }
 }
 
 /// The counters at one moment.
@@ -30,6 +80,16 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     /// See [`Stats`].
     pub store_retries: u64,
+    /// See [`Stats`].
+    pub queued_bytes: u64,
+    /// See [`Stats`].
+    pub queued_bytes_peak: u64,
+    /// See [`Stats`].
+    pub streams_awaiting_durability: u64,
+    /// See [`Stats`].
+    pub streams_over_budget: u64,
+    /// See [`Stats`].
+    pub durability: DurabilityStatus,
 }
 
 impl Stats {
@@ -45,13 +105,28 @@ impl Stats {
             events_stored: self.events_stored.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             store_retries: self.store_retries.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+            queued_bytes_peak: self.queued_bytes_peak.load(Ordering::Relaxed),
+            streams_awaiting_durability: self.streams_awaiting_durability.load(Ordering::Relaxed),
+            streams_over_budget: self.streams_over_budget.load(Ordering::Relaxed),
+            durability: DurabilityStatus::from_u8(self.durability.load(Ordering::Relaxed)),
         }
     }
 
     /// Counts a driver stream until the returned guard is dropped.
-    pub(crate) fn driver_connected(&self) -> ConnectedDriver<'_> {
-        self.connected_drivers.fetch_add(1, Ordering::Relaxed);
-        ConnectedDriver { stats: self }
+    pub(crate) fn driver_connected(&self) -> Gauged<'_> {
+        Gauged::new(&self.connected_drivers)
+    }
+
+    /// Counts a stream holding its batches until the guard is dropped.
+    pub(crate) fn awaiting_durability(&self) -> Gauged<'_> {
+        Gauged::new(&self.streams_awaiting_durability)
+    }
+
+    /// Counts a stream waiting for room in a byte budget until the guard is
+    /// dropped.
+    pub(crate) fn over_budget(&self) -> Gauged<'_> {
+        Gauged::new(&self.streams_over_budget)
     }
 
     pub(crate) fn add_stored(&self, stored: u64, duplicates: u64) {
@@ -62,16 +137,37 @@ impl Stats {
     pub(crate) fn add_store_retry(&self) {
         self.store_retries.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub(crate) fn add_queued(&self, bytes: u64) {
+        let now = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.queued_bytes_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remove_queued(&self, bytes: u64) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_durability(&self, status: DurabilityStatus) {
+        self.durability.store(status as u8, Ordering::Relaxed);
+    }
 }
 
-/// Holds one count in `connected_drivers`.
+/// Holds one count in a gauge (`connected_drivers`,
+/// `streams_awaiting_durability`, `streams_over_budget`) until dropped.
 #[derive(Debug)]
-pub(crate) struct ConnectedDriver<'a> {
-    stats: &'a Stats,
+pub(crate) struct Gauged<'a> {
+    gauge: &'a AtomicU64,
 }
 
-impl Drop for ConnectedDriver<'_> {
+impl<'a> Gauged<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self { gauge }
+    }
+}
+
+impl Drop for Gauged<'_> {
     fn drop(&mut self) {
-        self.stats.connected_drivers.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
     }
 }

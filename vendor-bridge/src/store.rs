@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use cwp::Serial;
 use drover_schema as schema;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
+use redis::{
+    Cmd, ErrorKind, IntoConnectionInfo as _, Pipeline, ProtocolVersion, RedisError, RedisFuture, Script,
+    ServerErrorKind, Value,
+};
 
 use crate::batch::{COMMAND_RESULT_KIND, ValidBatch};
 
@@ -67,6 +70,14 @@ impl StoreError {
     pub fn is_refused_by_acl(&self) -> bool {
         let Self::Redis(err) = self;
         err.kind() == ErrorKind::AuthenticationFailed || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    }
+
+    /// Whether the connection may have been lost (anything but an error
+    /// reply from Redis): the next call dials again, perhaps to a Redis
+    /// restarted with another configuration.
+    pub fn may_have_lost_the_connection(&self) -> bool {
+        let Self::Redis(err) = self;
+        !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
     }
 }
 
@@ -160,8 +171,16 @@ pub struct Store {
 impl Store {
     /// The bridge's Redis at `redis_url`. Connects lazily: Redis need not be
     /// up yet.
+    ///
+    /// Always RESP2, whatever the URL asks for: on RESP3, redis-rs dials a
+    /// dropped connection again in the background, and the bridge must see
+    /// every reconnection as a failed call (which closes the
+    /// [`crate::durability::DurabilityGate`] until the new connection's Redis
+    /// is checked).
     pub fn new(redis_url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(redis_url)?;
+        let info = redis_url.into_connection_info()?;
+        let resp2 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP2);
+        let client = redis::Client::open(info.set_redis_settings(resp2))?;
         let unary = Connection::new(client.clone())?;
         Ok(Self { client, unary })
     }

@@ -12,7 +12,7 @@ use support::{Bridge, DEADLINE};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use vendor_bridge::durability::{self, Durability};
+use vendor_bridge::durability::{self, Durability, Settings};
 use vendor_bridge::store::Store;
 
 /// Follows `Watch` until it reports `wanted`.
@@ -65,10 +65,11 @@ async fn redis_with_appendfsync_everysec_is_reported_weak() {
     let store = Store::new(&redis.url()).unwrap();
     assert_eq!(
         durability::check(&store).await.unwrap(),
-        Durability::Weak {
+        Durability::Weak(Settings {
             appendonly: "yes".to_owned(),
             appendfsync: "everysec".to_owned(),
-        }
+            no_appendfsync_on_rewrite: "no".to_owned(),
+        })
     );
 }
 

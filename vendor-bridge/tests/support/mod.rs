@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
-    BatchDurable, BridgeMessage, DriverHello, DriverMessage, Event, EventBatch, bridge_message, driver_message,
+    BatchDurable, BridgeMessage, DriverMessage, Event, EventBatch, bridge_message, driver_message,
 };
 use drover_testkit::redis::RedisServer;
 use drover_testkit::wait::within;
@@ -24,6 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use vendor_bridge::{Config, Stats};
+
+pub(crate) mod calls;
 
 /// How long any awaited condition may take before the test fails.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
@@ -45,12 +47,19 @@ impl Bridge {
 
     /// A bridge on `redis`.
     pub(crate) async fn start_on(redis: RedisServer) -> Self {
+        Self::start_with(redis, |_| {}).await
+    }
+
+    /// A bridge on `redis`, its configuration changed by `configure` (a
+    /// token, TLS, a durability policy, byte budgets).
+    pub(crate) async fn start_with(redis: RedisServer, configure: impl FnOnce(&mut Config)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
         let addr = listener.local_addr().expect("a bound listener has an address");
         let stats = Arc::new(Stats::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = Config::for_redis(redis.url());
         config.listen = addr;
+        configure(&mut config);
         let task = tokio::spawn(vendor_bridge::serve(
             config,
             listener,
@@ -167,18 +176,8 @@ impl DriverStream {
         driver_id: &str,
         instance_id: &str,
     ) -> Result<Self, Status> {
-        let (outbound, rx) = mpsc::channel(1024);
-        outbound
-            .send(DriverMessage {
-                kind: Some(driver_message::Kind::Hello(DriverHello {
-                    driver_id: driver_id.to_owned(),
-                    instance_id: instance_id.to_owned(),
-                    version: "test".to_owned(),
-                })),
-            })
-            .await
-            .expect("the outbound queue is open");
-        Self::open_raw(client, outbound, rx).await
+        let driver = calls::As { driver_id, token: None };
+        Self::open_as(client, driver, instance_id).await
     }
 
     /// Opens a stream whose first messages are already in `rx`.
@@ -313,4 +312,17 @@ pub(crate) async fn members(redis: &mut MultiplexedConnection, key: &str) -> Vec
         .expect("SMEMBERS");
     members.sort();
     members
+}
+
+/// Every key of the database and its value (`DUMP`), sorted by key: equal
+/// snapshots mean nothing was written.
+pub(crate) async fn contents(redis: &mut MultiplexedConnection) -> Vec<(String, Vec<u8>)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(redis).await.expect("KEYS");
+    keys.sort();
+    let mut contents = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(redis).await.expect("DUMP");
+        contents.push((key, value));
+    }
+    contents
 }
