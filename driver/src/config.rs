@@ -10,6 +10,8 @@ use drover_proto::auth::BearerToken;
 use drover_service::duration::parse_duration;
 use drover_service::env::{ConfigError, EnvReader, Variable};
 
+use crate::batch_limits::MAX_EVENT_BODY_BYTES;
+
 /// Every variable the driver reads, with its default. `--help` prints this
 /// table and the README documents it; a test keeps the two in step.
 pub static VARIABLES: &[Variable] = &[
@@ -111,7 +113,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "DRIVER_MAX_PAYLOAD",
         default: Some("65536"),
-        help: "largest frame payload accepted after WELCOME, bytes (announced in WELCOME)",
+        help: "largest frame payload accepted after WELCOME, bytes (announced in WELCOME); 1024 to 15531968 (a batch of events that large must fit in one 16 MiB message to the vendor-bridge)",
     },
     Variable {
         name: "DRIVER_MAX_PENDING_BYTES",
@@ -433,6 +435,12 @@ impl Config {
         }
         if max_payload.is_some_and(|m| m < 1024) {
             env.problem("DRIVER_MAX_PAYLOAD must be at least 1024 (a 1 KiB BLOCK frame must fit)");
+        }
+        if max_payload.is_some_and(|m| m as usize > MAX_EVENT_BODY_BYTES) {
+            env.problem(format!(
+                "DRIVER_MAX_PAYLOAD must be at most {MAX_EVENT_BODY_BYTES}: a batch of events that large must fit in one message to the vendor-bridge ({} bytes)",
+                drover_proto::MAX_MESSAGE_BYTES
+            ));
         }
         if upload_buffer_bytes.is_some_and(|b| !(4096..=MAX_UPLOAD_BUFFER_BYTES).contains(&b)) {
             // CWP/1 §3: UPLOAD_STATUS at least once per 1 MiB received, and

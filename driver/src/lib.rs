@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod batch_limits;
 pub mod bridge;
 pub mod commands;
 pub mod config;

@@ -36,14 +36,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::admission::{AdmittedEvents, PendingEvent};
+use crate::batch_limits::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use crate::bridge::BridgeClient;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::registry::SessionHandle;
 
-/// Most events in one batch.
-const MAX_BATCH_EVENTS: usize = 2048;
-/// Most body bytes in one batch (the bridge accepts 4 MiB messages).
-const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Batches sent and not yet confirmed. More than one keeps the stream full
 /// while the bridge works on a batch; the bridge queues the rest.
 const MAX_IN_FLIGHT: usize = 8;

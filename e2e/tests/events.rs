@@ -110,6 +110,43 @@ fn stored_fields_are_exactly_what_the_device_sent() {
     });
 }
 
+/// DRIVER_MAX_PAYLOAD may be as large as one message to the bridge allows
+/// (`driver::batch_limits::MAX_EVENT_BODY_BYTES`, about 14.8 MiB); an
+/// event that large crosses gRPC and Redis and is acknowledged. One byte
+/// more is a configuration error (driver/tests/cli.rs).
+#[test]
+fn an_event_as_large_as_the_largest_payload_limit_is_stored_and_acknowledged() {
+    let largest = driver::batch_limits::MAX_EVENT_BODY_BYTES;
+    let fleet = TestFleet::start(1, &[("DRIVER_MAX_PAYLOAD", &largest.to_string())]);
+    runtime().block_on(async {
+        let (mut connection, welcome) = connect(fleet.addr(), &serial("CTRL-0042")).await;
+        assert_eq!(welcome.max_payload as usize, largest);
+        // The sealed EVENT payload: its 18 bytes of fields, the body, the
+        // 8-byte tag.
+        let body: Bytes = (0..largest - 18 - cwp::seal::TAG_LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+        connection
+            .send(&DeviceFrame::Event(Event {
+                event_id: 1,
+                time_ms: 0,
+                kind: 7,
+                body: body.clone(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(await_ack(&mut connection, 1).await, 1);
+        let mut redis = fleet.redis().await;
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("cwp:events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let stored: Vec<u8> = page.ids[0].get("body").unwrap();
+        assert!(stored == body.to_vec(), "the stored body is the body sent ({} bytes)", stored.len());
+    });
+}
+
 #[test]
 fn a_resend_after_reconnecting_is_acknowledged_again_and_stored_once() {
     let fleet = TestFleet::start(1, &[]);

@@ -188,3 +188,37 @@ fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     let summary = verdict(sim);
     assert!(summary["events_acked"].as_u64().unwrap() > 10_000, "{summary}");
 }
+
+/// The local fleet's bridge asks every caller for the token in the state
+/// directory (readable by its owner only), on loopback too: its drivers
+/// present it and stream; a driver started the same way but without it is
+/// refused (the control).
+#[test]
+fn the_local_bridge_refuses_a_driver_without_the_fleets_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let state = tempfile::tempdir().unwrap();
+    let fleet = LocalFleet::start(spec(1, 1, state.path(), &[])).unwrap();
+    let token = state.path().join("bridge.token");
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "bridge.token is private");
+    let streaming = |driver: &drover_testkit::components::DriverProcess, result: &str| {
+        driver.metrics().is_ok_and(|text| {
+            text.contains(&format!("drover_driver_bridge_connects_total{{result=\"{result}\"}}"))
+        })
+    };
+    wait_until("the fleet's driver to stream", Duration::from_secs(10), || {
+        streaming(&fleet.drivers[0], "ok")
+    })
+    .unwrap();
+
+    let mut options = fleet.driver_options.clone();
+    options.proxy_protocol = false;
+    options.extra_env.retain(|(name, _)| name != "VENDOR_BRIDGE_TOKEN_FILE");
+    let stranger = drover_testkit::components::DriverProcess::start(&options).unwrap();
+    wait_until("the driver without the token to be refused", Duration::from_secs(10), || {
+        streaming(&stranger, "failed")
+    })
+    .unwrap();
+    assert!(!streaming(&stranger, "ok"), "a driver without the token never streams");
+}

@@ -118,6 +118,9 @@ impl Pki {
     fn driver_env(&self, ca: &str, identity: Option<&str>) -> Vec<(String, String)> {
         let mut env = vec![("VENDOR_BRIDGE_CA".to_owned(), self.path(ca))];
         if let Some(name) = identity {
+            // Every test certificate names driver-1: the bridge lets a
+            // client act only as a driver its certificate names.
+            env.push(("DRIVER_ID".to_owned(), "driver-1".to_owned()));
             env.push((
                 "VENDOR_BRIDGE_CLIENT_CERT".to_owned(),
                 self.path(&format!("{name}.pem")),
@@ -297,6 +300,18 @@ fn a_driver_without_a_client_certificate_is_refused() {
     let fleet = TlsBridge::start();
     let env = fleet.pki.driver_env("ca.pem", None);
     assert_refused(&fleet, fleet.https_url(), env, &["transport error"]);
+}
+
+/// The fleet's own certificate, presented by a driver that claims another
+/// driver's id: the bridge refuses the stream (a stolen certificate cannot
+/// resume another driver's sessions). The success test above, with the id
+/// the certificate names, is the control.
+#[test]
+fn a_driver_acting_as_an_id_its_certificate_does_not_name_is_refused() {
+    let fleet = TlsBridge::start();
+    let mut env = fleet.pki.driver_env("ca.pem", Some("driver"));
+    env.push(("DRIVER_ID".to_owned(), "driver-2".to_owned()));
+    assert_refused(&fleet, fleet.https_url(), env, &["not a name of the client certificate"]);
 }
 
 #[test]

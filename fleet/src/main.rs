@@ -340,7 +340,7 @@ Drover fleet is up.
   devices connect to   127.0.0.1:{port}   (HAProxy, {procs} process(es), leastconn over {n} drivers)
   master key           {key}   (CWP_MASTER_KEY; kept in {state}/master.key)
   redis                {redis}
-  vendor-bridge        {bridge}
+  vendor-bridge        {bridge}   (asks for the token in {state}/bridge.token)
   drivers              {drivers}
   HAProxy stats        http://127.0.0.1:{stats}/stats   (Prometheus: /metrics)
   logs                 {state}/logs/

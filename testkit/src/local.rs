@@ -3,7 +3,7 @@
 //! fleet port. Used by `fleet up`, the benchmark runner and the tests
 //! ([`crate::haproxy_fleet`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -81,11 +81,21 @@ impl LocalFleet {
                 (Some(server), url)
             }
         };
-        let bridge = BridgeProcess::start(&redis_url, &spec.logs("vendor-bridge"), &[])?;
-        let mut driver_env = vec![(
-            "UPLOAD_DIR".to_owned(),
-            spec.state_dir.join("uploads").display().to_string(),
-        )];
+        // The bridge asks its callers for a token even on loopback: any
+        // process of this host could otherwise store events as a driver.
+        let token_file = bridge_token_file(&spec.state_dir)?.display().to_string();
+        let bridge = BridgeProcess::start(
+            &redis_url,
+            &spec.logs("vendor-bridge"),
+            &[("BRIDGE_TOKEN_FILE", token_file.clone())],
+        )?;
+        let mut driver_env = vec![
+            (
+                "UPLOAD_DIR".to_owned(),
+                spec.state_dir.join("uploads").display().to_string(),
+            ),
+            ("VENDOR_BRIDGE_TOKEN_FILE".to_owned(), token_file),
+        ];
         driver_env.extend(spec.driver_env.iter().cloned());
         let mut driver_options = DriverOptions {
             bridge_url: bridge.url(),
@@ -169,4 +179,31 @@ impl LocalFleet {
             redis.shutdown();
         }
     }
+}
+
+/// `bridge.token` in the state directory: the token the local bridge asks
+/// for and the drivers present, readable by its owner only. Created with
+/// 32 random bytes (hex) on the first start, kept for the next.
+fn bridge_token_file(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let path = state_dir.join("bridge.token");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut random))
+        .context("reading /dev/urandom")?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
