@@ -297,6 +297,14 @@ fn ten_thousand_slow_connections_are_closed_by_the_deadline_the_cap_holds_and_ho
 
         assert!(highest <= CAP as f64, "at most {CAP} handshakes in progress, saw {highest}");
         assert!(outcomes.get("BUSY").copied().unwrap_or(0) > 0, "the cap evicted some: {outcomes:?}");
+        // Closed by the deadline: the connections no newer one evicted (the
+        // last ones in, up to the cap) are closed by the handshake deadline
+        // alone, with TIMEOUT. Without a deadline they would stay open and
+        // the wait above would have failed.
+        assert!(
+            outcomes.get("TIMEOUT").copied().unwrap_or(0) > 0,
+            "the deadline closed some: {outcomes:?}"
+        );
         let driver = &fleet.drivers[0];
         let ended = labelled(driver, "drover_driver_handshakes_total", "result=\"evicted\"")
             + labelled(driver, "drover_driver_handshakes_total", "result=\"timeout\"");
