@@ -378,7 +378,11 @@ fn kill_9_of_a_driver_under_load_and_mid_upload_loses_no_acked_event_or_durable_
             .join(format!("s-{}", device.serial()))
             .join(device.upload_id().unwrap().to_string());
         let on_disk = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        assert!(on_disk == job.content, "{} holds other bytes than were sent", path.display());
+        assert!(
+            on_disk == job.content,
+            "{} holds other bytes than were sent",
+            path.display()
+        );
     }
     rt.block_on(async {
         assert_uploads_recorded_exactly_once(&fleet.redis_url, &uploading, &job).await;

@@ -50,7 +50,11 @@ fn idle_devices_hold_their_sessions_with_heartbeats() {
     assert_eq!(count(&summary, "devices_connected"), 200, "{summary}");
     assert_eq!(count(&summary, "connected_at_end"), 200, "{summary}");
     assert_eq!(count(&summary, "disconnects"), 0, "no session was lost: {summary}");
-    assert_eq!(count(&summary, "reconnects"), 0, "no device had to reconnect: {summary}");
+    assert_eq!(
+        count(&summary, "reconnects"),
+        0,
+        "no device had to reconnect: {summary}"
+    );
     assert_eq!(count(&summary, "events_sent"), 0, "{summary}");
     assert!(
         count(&summary, "pings_sent") >= 200,
@@ -101,7 +105,11 @@ fn churning_devices_drop_their_connections_and_reconnect_without_failures() {
     );
     let summary = verified(sim_summary(run), "churn");
     no_errors(&summary);
-    assert_eq!(count(&summary, "events_sent"), 0, "churning devices are idle: {summary}");
+    assert_eq!(
+        count(&summary, "events_sent"),
+        0,
+        "churning devices are idle: {summary}"
+    );
     assert!(count(&summary, "churn_drops") >= 40, "{summary}");
     assert!(count(&summary, "reconnects") >= 40, "{summary}");
 }
