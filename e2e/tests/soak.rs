@@ -30,11 +30,11 @@
 //!     the bridge not closed on reconnecting) ends with 2 more. They are
 //!     the fewest seen in a second of samples, so that a connection open
 //!     for a moment (HAProxy's health check) does not count.
-//!   - RSS may grow by 4 MiB, plus 8 KiB per device session gained (devices
-//!     move between drivers when one dies; a session costs up to 4 KiB). Events
-//!     carry 2 KiB bodies, and driver-2 handles at least 6,000 of them
-//!     between the samples (asserted): a driver that kept what it handled
-//!     would grow by 12 MiB or more, past the bound.
+//!   - RSS may grow by 4 MiB, plus 8 KiB per device session gained
+//!     (devices move between drivers when one dies; a session costs up to
+//!     4 KiB). Events carry 2 KiB bodies, and driver-2 handles at least
+//!     6,000 of them between the samples (asserted): a driver that kept
+//!     what it handled would grow by 12 MiB or more, past the bound.
 //!   - Redis's keys other than the event stream (which grows by design:
 //!     nothing consumes it here), about 850 KiB for 2,000 devices, may grow
 //!     by 10% + 256 KiB: the fleet keeps a fixed set of keys per device and
