@@ -751,17 +751,22 @@ proptest! {
             max: receiver.max_payload,
         };
         for have in 0..=header.len() {
-            let mut buf = BytesMut::with_capacity(HEADER_LEN);
-            buf.extend_from_slice(&header[..have]);
-            let capacity = buf.capacity();
-            let (from_server, from_device) = (server.decode(&mut buf.clone()), device.decode(&mut buf));
+            let mut server_buf = BytesMut::with_capacity(HEADER_LEN);
+            server_buf.extend_from_slice(&header[..have]);
+            let mut device_buf = server_buf.clone();
+            let capacities = (server_buf.capacity(), device_buf.capacity());
+            let (from_server, from_device) = (server.decode(&mut server_buf), device.decode(&mut device_buf));
             if have < 8 {
                 prop_assert_eq!(from_server, Ok(None));
                 prop_assert_eq!(from_device, Ok(None));
             } else {
                 prop_assert_eq!(from_server, Err(expected.clone()));
                 prop_assert_eq!(from_device, Err(expected.clone()));
-                prop_assert_eq!(buf.capacity(), capacity, "nothing reserved for the payload");
+                prop_assert_eq!(
+                    (server_buf.capacity(), device_buf.capacity()),
+                    capacities,
+                    "nothing reserved for the payload, by either role"
+                );
             }
         }
     }

@@ -367,6 +367,23 @@ fn kill_9_of_a_driver_under_load_and_mid_upload_loses_no_acked_event_or_durable_
         "{upload:?}"
     );
     eprintln!("uploads: {upload:?}");
+    // No durable byte lost: what the survivor completed is, on disk, every
+    // byte each device sent, the bytes the killed driver had reported
+    // durable included.
+    let upload_dir = state.path().join("uploads");
+    for device in &uploading {
+        assert!(device.upload_done(), "{} completed its upload", device.serial());
+        let path = upload_dir
+            .join("completed")
+            .join(format!("s-{}", device.serial()))
+            .join(device.upload_id().unwrap().to_string());
+        let on_disk = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        assert!(
+            on_disk == job.content,
+            "{} holds other bytes than were sent",
+            path.display()
+        );
+    }
     rt.block_on(async {
         assert_uploads_recorded_exactly_once(&fleet.redis_url, &uploading, &job).await;
         devices.extend(uploading);

@@ -297,6 +297,14 @@ fn ten_thousand_slow_connections_are_closed_by_the_deadline_the_cap_holds_and_ho
 
         assert!(highest <= CAP as f64, "at most {CAP} handshakes in progress, saw {highest}");
         assert!(outcomes.get("BUSY").copied().unwrap_or(0) > 0, "the cap evicted some: {outcomes:?}");
+        // Closed by the deadline: the connections no newer one evicted (the
+        // last ones in, up to the cap) are closed by the handshake deadline
+        // alone, with TIMEOUT. Without a deadline they would stay open and
+        // the wait above would have failed.
+        assert!(
+            outcomes.get("TIMEOUT").copied().unwrap_or(0) > 0,
+            "the deadline closed some: {outcomes:?}"
+        );
         let driver = &fleet.drivers[0];
         let ended = labelled(driver, "drover_driver_handshakes_total", "result=\"evicted\"")
             + labelled(driver, "drover_driver_handshakes_total", "result=\"timeout\"");
@@ -868,7 +876,7 @@ fn ten_thousand_half_sent_64_kib_handshake_frames_cost_a_few_mib_and_get_the_spe
     eprintln!(
         "{ATTACKERS} handshakes: driver RSS {rss_headers} KiB with headers only, {rss_half} KiB with 32 KiB each \
          sent: {growth} KiB for {} MiB received",
-        ATTACKERS * (HALF - 12) >> 20
+        (ATTACKERS * (HALF - 12)) >> 20
     );
     // The kept prefix (at most a HELLO, 305 bytes) and a small read
     // buffer per connection: a few MiB, where holding each announced frame

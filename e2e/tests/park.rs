@@ -27,11 +27,17 @@ async fn until_parked(driver: &DriverProcess, parked: f64) {
     .await;
 }
 
-async fn expect_bye(device: &mut Connection, reason: ByeReason) {
+/// The driver ends the session: `BYE reason`, then it closes the
+/// connection (CWP/1 §3).
+async fn expect_bye_and_close(device: &mut Connection, reason: ByeReason) {
     match device.recv_timeout(WAIT).await.unwrap() {
         ServerFrame::Bye(bye) => assert_eq!(bye.reason, reason),
         other => panic!("expected BYE {reason}, got {other:?}"),
     }
+    assert!(
+        device.closed_within(WAIT).await,
+        "the driver closes the connection after BYE {reason}"
+    );
 }
 
 #[test]
@@ -99,10 +105,10 @@ fn a_parked_session_is_closed_for_idleness_supersede_and_drain() {
 
         // Superseded while parked: the newer session wins.
         let (newer, _) = connect(fleet.addr(), &serial("PARK-TWICE")).await;
-        expect_bye(&mut older, ByeReason::SUPERSEDED).await;
+        expect_bye_and_close(&mut older, ByeReason::SUPERSEDED).await;
 
         // Silent past the idle timeout while parked.
-        expect_bye(&mut idle, ByeReason::IDLE).await;
+        expect_bye_and_close(&mut idle, ByeReason::IDLE).await;
         drop(newer);
         until_parked(&fleet.drivers[0], 0.0).await;
 
@@ -113,7 +119,7 @@ fn a_parked_session_is_closed_for_idleness_supersede_and_drain() {
             .process()
             .signal(nix::sys::signal::Signal::SIGTERM)
             .unwrap();
-        expect_bye(&mut draining, ByeReason::DRAINING).await;
+        expect_bye_and_close(&mut draining, ByeReason::DRAINING).await;
     });
 }
 

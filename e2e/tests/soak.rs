@@ -21,13 +21,27 @@
 //!   the same figures are taken after it and after the last round, at the
 //!   same point of the round, so a process restarted in every round
 //!   (driver-1, the bridge, Redis) has lived as long at both samples, and
-//!   driver-2, never restarted, has lived through every fault. Bounds are
-//!   deliberately generous (this is a leak detector, not a benchmark):
-//!   RSS may grow by 25% + 16 MiB (+ 32 KiB per device session gained, as
-//!   devices move between drivers when one dies); open file descriptors
-//!   other than device connections by 32; Redis's memory other than the
-//!   event stream (which grows by design: nothing consumes it here) by
-//!   100% + 8 MiB, its keys by 16 and its clients by 16.
+//!   driver-2, never restarted, has lived through every fault: it is the
+//!   whole-run leak check. Bounds are those a leaking driver-2 would
+//!   exceed in this run, with room for what is not a leak:
+//!   - open file descriptors other than device connections may grow by 1.
+//!     Each fault happens twice between the samples, so a driver that
+//!     leaks a descriptor each time one happens (a connection to Redis or
+//!     the bridge not closed on reconnecting) ends with 2 more. They are
+//!     the fewest seen in a second of samples, so that a connection open
+//!     for a moment (HAProxy's health check) does not count.
+//!   - RSS may grow by 4 MiB, plus 8 KiB per device session gained
+//!     (devices move between drivers when one dies; a session costs up to
+//!     4 KiB). Events carry 2 KiB bodies, and driver-2 handles at least
+//!     6,000 of them between the samples (asserted): a driver that kept
+//!     what it handled would grow by 12 MiB or more, past the bound.
+//!   - Redis's keys other than the event stream (which grows by design:
+//!     nothing consumes it here), about 850 KiB for 2,000 devices, may grow
+//!     by 10% + 256 KiB: the fleet keeps a fixed set of keys per device and
+//!     per driver, and something kept per event (30 bytes for each of the
+//!     16,000 or so stored between the samples) or per reconnection would
+//!     exceed it. Redis's memory besides the data (clients, buffers) may
+//!     grow by 100% + 8 MiB, its number of keys by 16 and its clients by 16.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,6 +58,26 @@ use nix::sys::signal::Signal;
 const DEVICES: usize = 2000;
 /// Events per second from all devices together: modest, for 2 cores.
 const RATE: u32 = 400;
+/// Bytes of each event's body: large enough that a driver holding on to
+/// the events it handled shows in its RSS within the run (see the module
+/// documentation).
+const EVENT_BYTES: usize = 2048;
+/// Events driver-2 must handle between the samples for the RSS bound to
+/// catch such a driver: 6,000 × 2 KiB = 12 MiB, more than the bound
+/// allows beyond what the sessions need.
+const EVENTS_BETWEEN_SAMPLES: f64 = 6000.0;
+/// RSS growth allowed besides the sessions': the allocator's slack.
+const RSS_SLACK_KIB: u64 = 4 * 1024;
+/// RSS allowed per device session gained between the samples.
+const RSS_PER_SESSION_KIB: u64 = 8;
+/// Growth allowed of the descriptors other than device connections.
+const OTHER_FDS_SLACK: u64 = 1;
+/// Growth allowed of Redis's keys other than the event stream, beyond 10%.
+const REDIS_KEYS_SLACK: u64 = 256 * 1024;
+/// Samples of a process's resources, [`SAMPLE_EVERY`] apart: a second of
+/// them. The fewest counts.
+const SAMPLES: usize = 10;
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const ROUNDS: u32 = 3;
 /// Events acknowledged between recovering from one fault and the next
 /// fault: 2.5 s of the devices' load, which with the recoveries spreads
@@ -52,11 +86,14 @@ const EVENTS_BETWEEN_FAULTS: f64 = 1000.0;
 /// Upper bound on any recovery: only there to fail instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// What one process holds.
+/// What one process holds: each figure the fewest seen in [`SAMPLES`]
+/// samples, so that what lasts a moment does not count and a leak, which
+/// lasts, does.
 #[derive(Debug, Clone, Copy)]
 struct ProcessSample {
     rss_kib: u64,
-    fds: u64,
+    /// Open file descriptors other than device connections.
+    other_fds: u64,
     /// Device connections open (drivers; 0 for the bridge).
     connections: u64,
 }
@@ -65,7 +102,12 @@ struct ProcessSample {
 #[derive(Debug, Clone, Copy)]
 struct RedisSample {
     used_memory: u64,
-    events_stream: u64,
+    /// Memory of every key but the event stream (`MEMORY USAGE`, exact):
+    /// what the fleet keeps per device and per driver.
+    other_keys: u64,
+    /// Memory Redis uses besides the data (`used_memory_overhead`: clients,
+    /// buffers, dictionaries).
+    overhead: u64,
     keys: u64,
     clients: u64,
 }
@@ -75,14 +117,33 @@ struct Sample {
     drivers: [ProcessSample; 2],
     bridge: ProcessSample,
     redis: RedisSample,
+    /// Events driver-2 (never restarted) has acknowledged so far.
+    driver_2_acked: f64,
 }
 
-fn process_sample(pid: u32, connections: u64) -> ProcessSample {
-    ProcessSample {
-        rss_kib: rss_kib(pid).unwrap(),
-        fds: open_fds(pid).unwrap(),
-        connections,
+/// Samples process `pid`; `connections` reads its device connections
+/// (after the descriptors, so that the request it makes is closed by the
+/// next sample).
+fn process_sample(pid: u32, connections: impl Fn() -> u64) -> ProcessSample {
+    let mut fewest: Option<ProcessSample> = None;
+    for i in 0..SAMPLES {
+        if i > 0 {
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+        let (rss_kib, fds) = (rss_kib(pid).unwrap(), open_fds(pid).unwrap());
+        let connections = connections();
+        let this = ProcessSample {
+            rss_kib,
+            other_fds: fds.saturating_sub(connections),
+            connections,
+        };
+        fewest = Some(fewest.map_or(this, |fewest| ProcessSample {
+            rss_kib: fewest.rss_kib.min(this.rss_kib),
+            other_fds: fewest.other_fds.min(this.other_fds),
+            connections: this.connections,
+        }));
     }
+    fewest.expect("SAMPLES > 0")
 }
 
 fn info_field(info: &str, field: &str) -> u64 {
@@ -92,37 +153,58 @@ fn info_field(info: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in INFO"))
 }
 
+/// The memory of every key but `cwp:events`, summed. (`used_memory` less
+/// the stream's `MEMORY USAGE` is no measure of it: with 2 KiB events the
+/// stream's figure exceeds all of `used_memory`.)
+fn other_keys_bytes(redis: &mut redis::Connection) -> u64 {
+    let mut total = 0;
+    let mut cursor = 0_u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(redis)
+            .unwrap();
+        let mut usage = redis::pipe();
+        for key in keys.iter().filter(|key| *key != "cwp:events") {
+            // SAMPLES 0: every element counted, not an estimate.
+            usage.cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+        }
+        let usages: Vec<Option<u64>> = usage.query(redis).unwrap();
+        total += usages.into_iter().flatten().sum::<u64>();
+        if next == 0 {
+            return total;
+        }
+        cursor = next;
+    }
+}
+
 fn redis_sample(url: &str) -> RedisSample {
     let mut redis = redis::Client::open(url).unwrap().get_connection().unwrap();
     let memory: String = redis::cmd("INFO").arg("memory").query(&mut redis).unwrap();
     let clients: String = redis::cmd("INFO").arg("clients").query(&mut redis).unwrap();
-    // SAMPLES 0: every entry counted, not an estimate.
-    let events_stream: Option<u64> = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg("cwp:events")
-        .arg("SAMPLES")
-        .arg(0)
-        .query(&mut redis)
-        .unwrap();
     let keys: u64 = redis::cmd("DBSIZE").query(&mut redis).unwrap();
     RedisSample {
         used_memory: info_field(&memory, "used_memory"),
-        events_stream: events_stream.unwrap_or(0),
+        other_keys: other_keys_bytes(&mut redis),
+        overhead: info_field(&memory, "used_memory_overhead"),
         keys,
         clients: info_field(&clients, "connected_clients"),
     }
 }
 
 fn sample(fleet: &mut LocalFleet) -> Sample {
-    let connections = |driver: &DriverProcess| driver.metric("drover_driver_connections").unwrap() as u64;
     let drivers = [0, 1].map(|i| {
-        let open = connections(&fleet.drivers[i]);
-        process_sample(fleet.drivers[i].process().pid(), open)
+        let pid = fleet.drivers[i].process().pid();
+        let driver = &fleet.drivers[i];
+        process_sample(pid, || driver.metric("drover_driver_connections").unwrap() as u64)
     });
     Sample {
         drivers,
-        bridge: process_sample(fleet.bridge.process().pid(), 0),
+        bridge: process_sample(fleet.bridge.process().pid(), || 0),
         redis: redis_sample(&fleet.redis_url),
+        driver_2_acked: fleet.drivers[1].metric("drover_driver_events_acked_total").unwrap(),
     }
 }
 
@@ -207,45 +289,46 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The bounds of the module documentation.
 fn assert_process_flat(name: &str, before: ProcessSample, after: ProcessSample) {
     let gained = after.connections.saturating_sub(before.connections);
-    let rss_bound = before.rss_kib + before.rss_kib / 4 + 16 * 1024 + 32 * gained;
+    let rss_bound = before.rss_kib + RSS_SLACK_KIB + RSS_PER_SESSION_KIB * gained;
     assert!(
         after.rss_kib <= rss_bound,
-        "{name}: RSS grew from {:.1} MiB to {:.1} MiB (bound {:.1} MiB)",
+        "{name}: RSS grew from {:.1} MiB to {:.1} MiB with {gained} sessions gained (bound {:.1} MiB)",
         mib(before.rss_kib),
         mib(after.rss_kib),
         mib(rss_bound)
     );
-    let other_fds = |s: ProcessSample| s.fds.saturating_sub(s.connections);
     assert!(
-        other_fds(after) <= other_fds(before) + 32,
+        after.other_fds <= before.other_fds + OTHER_FDS_SLACK,
         "{name}: descriptors other than device connections grew from {} to {}",
-        other_fds(before),
-        other_fds(after)
+        before.other_fds,
+        after.other_fds
     );
 }
 
 fn print_sample(when: &str, s: &Sample) {
     for (i, d) in s.drivers.iter().enumerate() {
         eprintln!(
-            "{when}: driver-{}: RSS {:.1} MiB, {} fds, {} device connections",
+            "{when}: driver-{}: RSS {:.1} MiB, {} fds besides {} device connections",
             i + 1,
             mib(d.rss_kib),
-            d.fds,
+            d.other_fds,
             d.connections
         );
     }
     eprintln!(
         "{when}: vendor-bridge: RSS {:.1} MiB, {} fds",
         mib(s.bridge.rss_kib),
-        s.bridge.fds
+        s.bridge.other_fds
     );
+    eprintln!("{when}: driver-2 acknowledged {} events", s.driver_2_acked);
     eprintln!(
-        "{when}: redis: used_memory {:.1} MiB, of which cwp:events {:.1} MiB, other {:.1} MiB; {} keys, {} clients",
+        "{when}: redis: used_memory {:.1} MiB, overhead {:.1} MiB; keys other than cwp:events {} KiB; {} keys, {} clients",
         s.redis.used_memory as f64 / 1048576.0,
-        s.redis.events_stream as f64 / 1048576.0,
-        s.redis.used_memory.saturating_sub(s.redis.events_stream) as f64 / 1048576.0,
+        s.redis.overhead as f64 / 1048576.0,
+        s.redis.other_keys / 1024,
         s.redis.keys,
         s.redis.clients
     );
@@ -260,6 +343,7 @@ fn two_thousand_devices_through_every_fault_in_turn_lose_nothing_and_leak_nothin
     // outstanding acks and verifies.
     let sim = controller_sim(&fleet.haproxy.addr().to_string())
         .args(["--devices", &DEVICES.to_string(), "--rate", &RATE.to_string()])
+        .args(["--event-size", &EVENT_BYTES.to_string()])
         .args(["--connect-rate", "500", "--duration", "300s", "--grace", "20s"])
         .args(["--source-ips", "127.0.0.10-127.0.0.20"])
         .args(["--verify-redis", &fleet.redis_url])
@@ -286,16 +370,28 @@ fn two_thousand_devices_through_every_fault_in_turn_lose_nothing_and_leak_nothin
     let verification = &summary["verification"];
     assert!(verification["acked"].as_u64().unwrap() > 5000, "{summary}");
 
+    let handled = end.driver_2_acked - warm.driver_2_acked;
+    assert!(
+        handled >= EVENTS_BETWEEN_SAMPLES,
+        "driver-2 handled {handled} events between the samples, too few for its RSS bound to catch a leak"
+    );
     assert_process_flat("driver-1", warm.drivers[0], end.drivers[0]);
     assert_process_flat("driver-2", warm.drivers[1], end.drivers[1]);
     assert_process_flat("vendor-bridge", warm.bridge, end.bridge);
-    let other = |r: RedisSample| r.used_memory.saturating_sub(r.events_stream);
-    let bound = 2 * other(warm.redis) + 8 * 1048576;
+    let (warm_redis, end_redis) = (warm.redis, end.redis);
+    let keys_bound = warm_redis.other_keys + warm_redis.other_keys / 10 + REDIS_KEYS_SLACK;
     assert!(
-        other(end.redis) <= bound,
-        "Redis memory other than cwp:events grew from {} to {} bytes (bound {bound})",
-        other(warm.redis),
-        other(end.redis)
+        end_redis.other_keys <= keys_bound,
+        "Redis keys other than cwp:events grew from {} to {} bytes (bound {keys_bound})",
+        warm_redis.other_keys,
+        end_redis.other_keys
+    );
+    let overhead_bound = 2 * warm_redis.overhead + 8 * 1048576;
+    assert!(
+        end_redis.overhead <= overhead_bound,
+        "Redis's memory besides the data grew from {} to {} bytes (bound {overhead_bound})",
+        warm_redis.overhead,
+        end_redis.overhead
     );
     assert!(end.redis.keys <= warm.redis.keys + 16, "{warm:?} {end:?}");
     assert!(end.redis.clients <= warm.redis.clients + 16, "{warm:?} {end:?}");

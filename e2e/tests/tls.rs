@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cwp::{DeviceFrame, Event, ServerFrame};
+use controller_sim::client::ClientError;
+use cwp::{DeviceFrame, ErrorCode, Event, ServerFrame};
 use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
 use drover_testkit::device::{MASTER_KEY_HEX, connect, device_key, serial};
 use drover_testkit::fleet::{logs, run_to_exit, runtime};
@@ -243,8 +244,9 @@ fn with_mutual_tls_a_devices_events_are_stored_and_acknowledged() {
 }
 
 /// A device of a driver the bridge refuses (or that refuses the bridge)
-/// cannot complete its handshake: the driver cannot register the session,
-/// so nothing of the device is ever stored. The driver's log says why.
+/// cannot complete its handshake: the driver cannot register the session
+/// and answers `ERROR INTERNAL` (fatal, CWP/1 §4), so nothing of the device
+/// is ever stored. The driver's log says why.
 fn assert_refused(fleet: &TlsBridge, bridge_url: String, env: Vec<(String, String)>, cause: &[&str]) {
     let (driver, log) = fleet.driver(bridge_url, env);
     runtime().block_on(async {
@@ -252,12 +254,16 @@ fn assert_refused(fleet: &TlsBridge, bridge_url: String, env: Vec<(String, Strin
             .await
             .unwrap();
         let serial = serial("CTRL-0042");
-        let handshake = device.handshake(serial, &device_key(&serial), "fw-test").await;
-        assert!(
-            handshake.is_err(),
-            "the handshake must fail without the bridge; driver log:\n{}",
-            log_text(&log)
-        );
+        match device.handshake(serial, &device_key(&serial), "fw-test").await {
+            Err(ClientError::Refused(error)) => {
+                assert_eq!((error.code, error.fatal), (ErrorCode::INTERNAL, true), "{error:?}");
+            }
+            other => panic!(
+                "the handshake must be refused with INTERNAL without the bridge, got {other:?}; driver log:\n{}",
+                log_text(&log)
+            ),
+        }
+        assert!(device.closed_within(WAIT).await, "the connection closes after INTERNAL");
         eventually("the driver to report the refused event stream", WAIT, || async {
             driver
                 .metrics()

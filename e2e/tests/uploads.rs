@@ -1,6 +1,8 @@
 //! CWP/1 §3 Uploads end to end, against real processes: bytes on the wire
-//! in, files under `UPLOAD_DIR` and records in `cwp:uploads` out. Every
-//! `UPLOAD_STATUS` is checked against what the disk holds.
+//! in, files under `UPLOAD_DIR` and records in `cwp:uploads` out.
+//! Reported durable offsets are checked against what the disk holds: every
+//! `UPLOAD_STATUS` of the 4,000-block upload and of the full disk, the
+//! offsets uploads resume at, and every completed file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,7 +23,7 @@ use drover_testkit::device::{connect, device_key, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
 use drover_testkit::haproxy_fleet::{env, fleet_spec};
 use drover_testkit::local::{FleetSpec, LocalFleet};
-use drover_testkit::wait::eventually;
+use drover_testkit::wait::{eventually, throughout};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Firmware's block: a `BLOCK` frame of exactly 1 KiB.
@@ -141,6 +143,31 @@ async fn expect_alive(c: &mut Connection) {
 /// `durable_offset` reported meanwhile (checked to increase). `durable`
 /// is the offset known when it starts and the last one reported after.
 async fn send_range(c: &mut Connection, upload: &Upload, from: u64, to: u64, durable: &mut u64) -> Vec<u64> {
+    send_range_checking(c, upload, from, to, durable, None).await
+}
+
+/// [`send_range`], and at every `UPLOAD_STATUS`, `data` (the partial
+/// upload's data file) is read back: it holds the upload's bytes up to the
+/// reported offset, so nothing was reported durable that is not on disk.
+async fn send_range_checked_on_disk(
+    c: &mut Connection,
+    upload: &Upload,
+    from: u64,
+    to: u64,
+    durable: &mut u64,
+    data: &Path,
+) -> Vec<u64> {
+    send_range_checking(c, upload, from, to, durable, Some(data)).await
+}
+
+async fn send_range_checking(
+    c: &mut Connection,
+    upload: &Upload,
+    from: u64,
+    to: u64,
+    durable: &mut u64,
+    data: Option<&Path>,
+) -> Vec<u64> {
     let mut reported = Vec::new();
     let mut next = from;
     while next < to {
@@ -156,6 +183,15 @@ async fn send_range(c: &mut Connection, upload: &Upload, from: u64, to: u64, dur
                 offset > *durable && offset <= next,
                 "{offset} after {durable}, {next} sent"
             );
+            if let Some(data) = data {
+                let on_disk = std::fs::read(data).unwrap();
+                let reported_end = usize::try_from(offset).unwrap();
+                assert!(
+                    on_disk.len() >= reported_end && on_disk[..reported_end] == upload.content[..reported_end],
+                    "{offset} reported durable with {} bytes on disk",
+                    on_disk.len()
+                );
+            }
             *durable = offset;
             reported.push(offset);
         }
@@ -215,7 +251,8 @@ fn four_thousand_blocks_arrive_durably_and_match_their_digest_on_disk() {
         assert_eq!(expect_status(&mut c, &upload).await, 0, "a new upload starts at 0");
 
         let mut durable = 0;
-        let mut reported = send_range(&mut c, &upload, 0, upload.size(), &mut durable).await;
+        let data = upload.partial_dir(dir.path(), &device).join("data");
+        let mut reported = send_range_checked_on_disk(&mut c, &upload, 0, upload.size(), &mut durable, &data).await;
         c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
         let done = loop {
             match next_frame(&mut c).await {
@@ -733,7 +770,7 @@ fn a_full_disk_gives_busy_and_nothing_unwritten_is_ever_reported_durable() {
         c.send(&upload.begin(upload.size())).await.unwrap();
         let mut resumed = expect_status(&mut c, &upload).await;
         assert_eq!(resumed, durable);
-        send_range(&mut c, &upload, resumed, upload.size(), &mut resumed).await;
+        send_range_checked_on_disk(&mut c, &upload, resumed, upload.size(), &mut resumed, &data_file).await;
         c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
         loop {
             match next_frame(&mut c).await {
@@ -754,6 +791,12 @@ fn a_full_disk_gives_busy_and_nothing_unwritten_is_ever_reported_durable() {
 
 #[test]
 fn abandoned_partial_uploads_expire_and_open_ones_stay() {
+    /// `UPLOAD_EXPIRE_AFTER`.
+    const EXPIRE_AFTER: Duration = Duration::from_secs(2);
+    /// How often the driver looks for uploads that old: a quarter of it,
+    /// but at least every second (driver/src/upload/mod.rs
+    /// `expiry_interval`).
+    const EXPIRY_PASSES_EVERY: Duration = Duration::from_secs(1);
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet_with_uploads(1, dir.path(), &[("UPLOAD_EXPIRE_AFTER", "2s")]);
     let abandoned_device = serial("CTRL-0001");
@@ -779,9 +822,24 @@ fn abandoned_partial_uploads_expire_and_open_ones_stay() {
     rt.block_on(eventually("the abandoned upload to expire", WAIT, || async {
         !abandoned.exists()
     }));
+    // The open upload was last written a moment after the abandoned one, so
+    // right now it may merely be too young to expire. It must stay until it
+    // is older than UPLOAD_EXPIRE_AFTER by two expiry intervals: at least
+    // one pass has then found it as old as the abandoned one was, and would
+    // have removed it, were it not open.
+    let last_write = std::fs::metadata(kept.join("data")).unwrap().modified().unwrap();
+    let old_enough = last_write + EXPIRE_AFTER + 2 * EXPIRY_PASSES_EVERY;
+    let until_old_enough = old_enough
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    rt.block_on(throughout(
+        "an upload open on a live session is never expired",
+        until_old_enough,
+        || async { kept.join("data").exists() },
+    ));
     assert!(
-        kept.join("data").exists(),
-        "an upload open on a live session is never expired"
+        last_write.elapsed().unwrap() > EXPIRE_AFTER + 2 * EXPIRY_PASSES_EVERY,
+        "the open upload got old enough to expire"
     );
     rt.block_on(async {
         // Keep the session alive, then finish: the kept upload is intact.

@@ -4,9 +4,10 @@
 //! the test when Redis cannot be read or the check does not pass.
 
 use controller_sim::device::{Device, UploadJob};
-use controller_sim::verify::{
-    Expectation, ExpectedUpload, Tally, UploadTally, UploadVerdict, Verdict, read_stream, read_uploads,
-};
+use std::time::Duration;
+
+use controller_sim::verify::{Expectation, ExpectedUpload, Tally, UploadTally, UploadVerdict, Verdict, read_uploads};
+use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 /// `PUBLISH channel message`, as an operator sends it; how many
@@ -20,28 +21,47 @@ pub async fn publish(redis: &mut MultiplexedConnection, channel: &str, message: 
         .expect("PUBLISH")
 }
 
-/// Every `(serial, event_id)` in `cwp:events`, in stream order.
-pub async fn stored_events(redis: &mut MultiplexedConnection) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
+/// Entries per `XRANGE` page: a page of the largest events the tests
+/// send (16 KiB bodies) is then 8 MiB, which arrives well within
+/// [`PAGE_WAIT`]. (Pages of 10,000 such events, 160 MiB, outlasted the
+/// Redis client's default response timeout of 500 ms on a loaded machine.)
+const PAGE: usize = 500;
+
+/// How long one page of `cwp:events` may take to arrive: generous, only
+/// there to fail instead of hanging.
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// Hands every entry of `cwp:events` to `visit`, in stream order, a page at
+/// a time.
+async fn each_event(redis: &mut MultiplexedConnection, mut visit: impl FnMut(&redis::streams::StreamId)) {
     let mut start = "-".to_owned();
     loop {
         let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg("cwp:events")
+            .arg(controller_sim::verify::EVENTS_STREAM)
             .arg(&start)
             .arg("+")
             .arg("COUNT")
-            .arg(10_000)
+            .arg(PAGE)
             .query_async(redis)
             .await
             .expect("XRANGE cwp:events");
-        let Some(last) = page.ids.last() else { break };
-        start = format!("({}", last.id);
-        for entry in &page.ids {
-            let serial: String = entry.get("serial").expect("every entry has a serial");
-            let event_id: String = entry.get("event_id").expect("every entry has an event_id");
-            out.push((serial, event_id.parse().expect("event ids are decimal u64")));
+        page.ids.iter().for_each(&mut visit);
+        match page.ids.last() {
+            Some(last) if page.ids.len() == PAGE => start = format!("({}", last.id),
+            _ => return,
         }
     }
+}
+
+/// Every `(serial, event_id)` in `cwp:events`, in stream order.
+pub async fn stored_events(redis: &mut MultiplexedConnection) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    each_event(redis, |entry| {
+        let serial: String = entry.get("serial").expect("every entry has a serial");
+        let event_id: String = entry.get("event_id").expect("every entry has an event_id");
+        out.push((serial, event_id.parse().expect("event ids are decimal u64")));
+    })
+    .await;
     out
 }
 
@@ -53,9 +73,19 @@ pub async fn exactly_once_verdict(redis_url: &str, devices: &[Device]) -> Verdic
         acked: device.ack_log().cloned().expect("devices keep an ack log"),
         highest_sent: device.highest_sent(),
     }));
-    read_stream(redis_url, controller_sim::verify::EVENTS_STREAM, &mut tally)
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(PAGE_WAIT));
+    let mut redis = redis::Client::open(redis_url)
+        .expect("a valid Redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("cwp:events is readable");
+    each_event(&mut redis, |entry| {
+        match (entry.get::<Vec<u8>>("serial"), entry.get::<Vec<u8>>("event_id")) {
+            (Some(serial), Some(event_id)) => tally.observe(&serial, &event_id),
+            _ => tally.observe_malformed(),
+        }
+    })
+    .await;
     tally.verdict()
 }
 
