@@ -167,9 +167,20 @@ pub(crate) struct Args {
     upload_window: u64,
 
     /// After the run, check in this Redis that every acknowledged event is
-    /// in the stream cwp:events exactly once (redis://host:port).
+    /// stored exactly once (in cwp:events, or every event stream that
+    /// cwp:layout names) (redis://host:port).
     #[arg(long, env = "SIM_VERIFY_REDIS", value_name = "URL")]
     verify_redis: Option<String>,
+
+    /// The same check in a Redis Cluster, given by seed nodes
+    /// (redis://host:port,redis://host:port...).
+    #[arg(
+        long,
+        env = "SIM_VERIFY_REDIS_CLUSTER",
+        value_name = "NODES",
+        conflicts_with = "verify_redis"
+    )]
+    verify_redis_cluster: Option<String>,
 
     /// Print the summary as one JSON object instead of text.
     #[arg(long, env = "SIM_JSON")]
@@ -283,7 +294,7 @@ pub(crate) struct Config {
     pub(crate) upload_bytes: u64,
     pub(crate) block_size: usize,
     pub(crate) upload_window: u64,
-    pub(crate) verify_redis: Option<String>,
+    pub(crate) verify_redis: Option<drover_redis::Target>,
     pub(crate) json: bool,
     pub(crate) procs: usize,
     pub(crate) protocol: Protocol,
@@ -374,6 +385,15 @@ impl Config {
         let sources = match args.source_ips.as_deref() {
             Some(ranges) => check(&mut problems, "source-ips", parse_sources(ranges)),
             None => Some(Vec::new()),
+        };
+        let verify_redis = match (&args.verify_redis, &args.verify_redis_cluster) {
+            (Some(url), _) => Some(drover_redis::Target::Single(url.clone())),
+            (None, Some(nodes)) => check(
+                &mut problems,
+                "verify-redis-cluster",
+                drover_redis::Target::cluster(nodes),
+            ),
+            (None, None) => None,
         };
         let mut require = |ok: bool, option: &str, what: &str| {
             if !ok {
@@ -484,7 +504,7 @@ impl Config {
                 upload_bytes: args.upload_bytes,
                 block_size: args.block_size,
                 upload_window: args.upload_window,
-                verify_redis: args.verify_redis,
+                verify_redis,
                 json: args.json,
                 procs: args.procs,
                 protocol: args.protocol,

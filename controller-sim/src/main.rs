@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use controller_sim::device::{Behaviour, Control, Device, Endpoint, Stats};
 use controller_sim::mqtt::{MqttBehaviour, MqttDevice};
-use controller_sim::verify::{Expectation, Tally, read_stream};
+use controller_sim::verify::{Expectation, Tally, read_events};
 use cwp::DeviceKey;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::Notify;
@@ -295,9 +295,9 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
     let events_unacked = finished.iter().map(|device| device.unacked() as u64).sum();
     let verdict = match &config.verify_redis {
-        Some(url) => {
+        Some(target) => {
             let mut tally = Tally::new(finished.iter_mut().filter_map(Expectation::of));
-            Some(match read_stream(url, drover_schema::EVENTS, &mut tally).await {
+            Some(match read_events(target, &mut tally).await {
                 Ok(()) => Ok(tally.verdict()),
                 Err(err) => Err(err.to_string()),
             })

@@ -22,23 +22,27 @@
 //! exactly once, with the size and digest the device sent.
 //!
 //! A [`Tally`] holds what the devices expect and counts what the stream
-//! holds (pure, no I/O); [`read_stream`] feeds it from Redis, a page of
+//! holds (pure, no I/O); [`read_events`] feeds it from Redis (every event
+//! stream of the layout), a page of
 //! `XRANGE` at a time ([`read_uploads`] feeds an [`UploadTally`]).
 
 use std::collections::HashMap;
 use std::fmt;
 
 use cwp::{Serial, UploadId};
-use drover_schema::{event_fields, upload_fields};
+use drover_redis::{Connection, Target, Timeouts};
+use drover_schema::{Layout, event_fields, upload_fields};
 use redis::Value;
+use redis::aio::ConnectionLike;
 
 use crate::device::{AckLog, Device, UploadJob};
 
-/// [`drover_schema::EVENTS`], the stream the vendor-bridge appends every
-/// stored event to, under the name the end-to-end tests' harness knows.
-pub const EVENTS_STREAM: &str = drover_schema::EVENTS;
-/// Entries per `XRANGE` page.
-const PAGE: usize = 10_000;
+/// Entries per `XRANGE` page: a page of the largest events the tests send
+/// (16 KiB bodies) is then 8 MiB, which arrives well within [`PAGE_WAIT`].
+const PAGE: usize = 500;
+/// How long one page may take to arrive: generous, only there to fail
+/// instead of hanging.
+const PAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Problems described one by one in a verdict; the rest are only counted.
 const EXAMPLES: usize = 10;
 
@@ -512,24 +516,44 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Reads the whole stream `stream` from the Redis at `url` into `tally`.
-pub async fn read_stream(url: &str, stream: &str, tally: &mut Tally) -> Result<(), VerifyError> {
-    read_entries(url, stream, |fields| {
-        match (
-            field(fields, event_fields::SERIAL),
-            field(fields, event_fields::EVENT_ID),
-        ) {
-            (Some(serial), Some(event_id)) => tally.observe(serial, event_id),
-            _ => tally.observe_malformed(),
-        }
-    })
-    .await
+/// Reads every event the deployment at `target` stored (every event
+/// stream its layout names: `cwp:layout`'s `streams`, or `cwp:events` on a
+/// Redis that records no layout) into `tally`.
+pub async fn read_events(target: &Target, tally: &mut Tally) -> Result<(), VerifyError> {
+    let mut redis = connect(target)?;
+    for stream in event_streams(&mut redis).await? {
+        read_entries(&mut redis, &stream, |fields| {
+            match (
+                field(fields, event_fields::SERIAL),
+                field(fields, event_fields::EVENT_ID),
+            ) {
+                (Some(serial), Some(event_id)) => tally.observe(serial, event_id),
+                _ => tally.observe_malformed(),
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
 
-/// Reads every record of `cwp:uploads` ([`drover_schema::UPLOADS`]) from
-/// the Redis at `url` into `tally`.
-pub async fn read_uploads(url: &str, tally: &mut UploadTally) -> Result<(), VerifyError> {
-    read_entries(url, drover_schema::UPLOADS, |fields| {
+/// The event streams of the deployment whose Redis `redis` is.
+pub async fn event_streams(redis: &mut impl ConnectionLike) -> Result<Vec<String>, VerifyError> {
+    let streams: Option<String> = redis::cmd("HGET")
+        .arg(drover_schema::LAYOUT)
+        .arg(drover_schema::layout_fields::STREAMS)
+        .query_async(redis)
+        .await?;
+    Ok(match streams {
+        Some(streams) => streams.split(',').map(str::to_owned).collect(),
+        None => Layout::SINGLE.event_streams(),
+    })
+}
+
+/// Reads every record of `cwp:uploads` ([`drover_schema::UPLOADS`]) at
+/// `target` into `tally`.
+pub async fn read_uploads(target: &Target, tally: &mut UploadTally) -> Result<(), VerifyError> {
+    let mut redis = connect(target)?;
+    read_entries(&mut redis, drover_schema::UPLOADS, |fields| {
         match (
             field(fields, upload_fields::SERIAL),
             field(fields, upload_fields::UPLOAD_ID),
@@ -548,10 +572,22 @@ pub async fn read_uploads(url: &str, tally: &mut UploadTally) -> Result<(), Veri
     .await
 }
 
+fn connect(target: &Target) -> Result<Connection, VerifyError> {
+    Ok(Connection::open(
+        target,
+        Timeouts {
+            connect: std::time::Duration::from_secs(5),
+            response: PAGE_WAIT,
+        },
+    )?)
+}
+
 /// Hands every entry of `stream` to `observe`, a page of `XRANGE` at a time.
-async fn read_entries(url: &str, stream: &str, mut observe: impl FnMut(&[(Value, Value)])) -> Result<(), VerifyError> {
-    let client = redis::Client::open(url)?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
+pub async fn read_entries(
+    redis: &mut impl ConnectionLike,
+    stream: &str,
+    mut observe: impl FnMut(&[(Value, Value)]),
+) -> Result<(), VerifyError> {
     let mut start = "-".to_owned();
     loop {
         let reply: Value = redis::cmd("XRANGE")
@@ -560,7 +596,7 @@ async fn read_entries(url: &str, stream: &str, mut observe: impl FnMut(&[(Value,
             .arg("+")
             .arg("COUNT")
             .arg(PAGE)
-            .query_async(&mut redis)
+            .query_async(redis)
             .await?;
         let entries = match reply {
             Value::Array(entries) => entries,
@@ -612,7 +648,8 @@ fn stream_entry(entry: Value) -> Result<(String, Vec<(Value, Value)>), VerifyErr
     Ok((id, fields))
 }
 
-fn field<'a>(fields: &'a [(Value, Value)], name: &str) -> Option<&'a [u8]> {
+/// The value of field `name` of a stream entry, as bytes.
+pub fn field<'a>(fields: &'a [(Value, Value)], name: &str) -> Option<&'a [u8]> {
     let text = |value: &'a Value| match value {
         Value::BulkString(bytes) => Some(bytes.as_slice()),
         Value::SimpleString(text) => Some(text.as_bytes()),

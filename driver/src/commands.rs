@@ -14,6 +14,12 @@
 //! when reconnecting fails does it back off, doubling up to 5 s with
 //! jitter, so that the drivers of a fleet do not retry in step.
 //!
+//! On a Redis Cluster the channels are sharded (`SSUBSCRIBE`, one
+//! connection per node that owns some of them): a slot that migrates takes
+//! its channels away, and the task subscribes the ones still wanted again
+//! on the new owner; after a node is lost (a failover), it subscribes
+//! everything again until the cluster has a master for every slot.
+//!
 //! One task does all of it: it reads published messages and applies
 //! subscription changes in one loop, so nothing is left running when it
 //! stops. Commands that will not reach their device are recorded through
@@ -25,9 +31,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use cwp::{Command, CommandId, Serial, Str8};
+use drover_redis::{Delivery, Subscriber, Target, Timeouts, is_refused_by_acl};
 use drover_service::backoff::Backoff;
 use drover_service::drain;
-use futures::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
@@ -254,8 +260,8 @@ impl CommandReports {
 /// What the subscription task needs.
 #[derive(Debug)]
 pub struct CommandRouter {
-    /// Redis, for pub/sub.
-    pub redis_url: String,
+    /// Redis (or a Redis Cluster), for pub/sub.
+    pub redis: Target,
     /// This driver's id (its control channel).
     pub driver_id: String,
     /// The live sessions.
@@ -268,16 +274,21 @@ pub struct CommandRouter {
     pub max_payload: u32,
 }
 
+/// How long connecting to Redis and each reply may take.
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    response: Duration::from_secs(5),
+};
+
 /// Checks once, at start, that Redis accepts this driver's user (the
 /// `REDIS_URL` credentials) for what the driver does there: subscribing.
 /// A refusal is fatal, since it will not fix itself and would leave every
 /// command undelivered; an unreachable Redis is not (the subscription
 /// task waits for it).
-pub async fn check_access(redis_url: &str, driver_id: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis_url)?;
+pub async fn check_access(redis: &Target, driver_id: &str) -> anyhow::Result<()> {
     let attempt = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(control_channel(driver_id)).await?;
+        let mut subscriber = Subscriber::connect(redis, TIMEOUTS).await?;
+        subscriber.subscribe(vec![control_channel(driver_id)]).await?;
         Ok::<_, redis::RedisError>(())
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
@@ -285,7 +296,7 @@ pub async fn check_access(redis_url: &str, driver_id: &str) -> anyhow::Result<()
         Ok(Err(err)) if is_refused_by_acl(&err) => Err(anyhow::anyhow!(
             "Redis refused this driver's user ({err}): check the user and password in REDIS_URL \
              (redis://USER:PASSWORD@HOST:PORT) and that its ACL allows SUBSCRIBE and UNSUBSCRIBE \
-             on the channels cwp:cmd:* and cwp:driver:* (README, Security)"
+             (SSUBSCRIBE and SUNSUBSCRIBE on a cluster) on the channels cwp:cmd:* and cwp:driver:* (README, Security)"
         )),
         Ok(Err(err)) => {
             warn!(error = %err, "Redis is not reachable at start; commands will be delivered once it is");
@@ -304,26 +315,34 @@ pub fn subscriptions(
     router: CommandRouter,
     stop: drain::Watch,
 ) -> anyhow::Result<(Subscriptions, impl std::future::Future<Output = ()> + Send)> {
-    let client = redis::Client::open(router.redis_url.as_str())?;
     let (tx, rx) = mpsc::unbounded_channel();
-    Ok((Subscriptions { tx }, run(router, client, rx, stop)))
+    Ok((Subscriptions { tx }, run(router, rx, stop)))
 }
 
-async fn run(
-    router: CommandRouter,
-    client: redis::Client,
-    mut requests: mpsc::UnboundedReceiver<SyncRequest>,
-    stop: drain::Watch,
-) {
+/// Every channel this driver needs now: its control channel and the
+/// command channel of each live session.
+fn every_channel(router: &CommandRouter) -> Vec<String> {
+    let mut channels = vec![control_channel(&router.driver_id)];
+    channels.extend(router.registry.serials().iter().map(command_channel));
+    channels
+}
+
+async fn run(router: CommandRouter, mut requests: mpsc::UnboundedReceiver<SyncRequest>, stop: drain::Watch) {
     let mut backoff = RECONNECT;
     let mut subscribed_before = false;
+    let mut subscriber: Option<Subscriber> = None;
     loop {
-        let connected = tokio::select! {
-            () = stop.signaled() => return,
-            connected = client.get_async_pubsub() => connected,
+        // Connect (one Redis: a new connection after every loss; a cluster
+        // connection mends itself and is kept), then subscribe everything.
+        let connected = match subscriber.take() {
+            Some(kept) => Ok(kept),
+            None => tokio::select! {
+                () = stop.signaled() => return,
+                connected = Subscriber::connect(&router.redis, TIMEOUTS) => connected,
+            },
         };
-        let (mut sink, mut stream) = match connected {
-            Ok(pubsub) => pubsub.split(),
+        let mut sub = match connected {
+            Ok(sub) => sub,
             Err(err) => {
                 let retry_in = backoff.next_delay();
                 report_failure(
@@ -337,16 +356,11 @@ async fn run(
                 continue;
             }
         };
-
-        let resubscribed = async {
-            sink.subscribe(control_channel(&router.driver_id)).await?;
-            for chunk in router.registry.serials().chunks(CHANNELS_PER_CALL) {
-                let channels: Vec<String> = chunk.iter().map(command_channel).collect();
-                sink.subscribe(channels).await?;
-            }
-            Ok::<_, redis::RedisError>(())
+        let resubscribed = tokio::select! {
+            () = stop.signaled() => return,
+            resubscribed = sub.subscribe(every_channel(&router)) => resubscribed,
         };
-        match resubscribed.await {
+        match resubscribed {
             Ok(()) => {
                 backoff.reset();
                 if subscribed_before {
@@ -357,9 +371,13 @@ async fn run(
             }
             Err(err) => {
                 // With an ACL user, the connection succeeds and SUBSCRIBE is
-                // what is refused: back off like a failed connection.
+                // what is refused; on a cluster, a slot's master may be
+                // failing over: back off like a failed connection.
                 let retry_in = backoff.next_delay();
                 report_failure(&err, retry_in, "subscribing to command channels failed; reconnecting");
+                if matches!(sub, Subscriber::Cluster { .. }) && !is_refused_by_acl(&err) {
+                    subscriber = Some(sub);
+                }
                 if wait_dropping_requests(&stop, &mut requests, retry_in).await.is_err() {
                     return;
                 }
@@ -371,17 +389,34 @@ async fn run(
         // away or we stop. The connection's own task buffers messages while
         // a change is applied.
         let control = control_channel(&router.driver_id);
-        loop {
+        let lost = loop {
             let first = tokio::select! {
                 () = stop.signaled() => return,
-                message = stream.next() => match message {
-                    Some(message) => {
-                        route(&router, &control, &message);
+                delivery = sub.next() => match delivery {
+                    Some(Delivery::Message { channel, payload }) => {
+                        route(&router, &control, &channel, &payload);
                         continue;
+                    }
+                    Some(Delivery::Dropped(channel)) => {
+                        // A slot migrated: subscribe again what is still
+                        // wanted (the new SSUBSCRIBE finds the new owner).
+                        let wanted = channel == control
+                            || drover_schema::COMMANDS
+                                .serial_of(&channel)
+                                .is_some_and(|serial| router.registry.get(&serial).is_some());
+                        if wanted && let Err(err) = sub.subscribe(vec![channel]).await {
+                            warn!(error = %err, "Redis pub/sub failed; subscribing everything again");
+                            break true;
+                        }
+                        continue;
+                    }
+                    Some(Delivery::Disconnected) => {
+                        warn!("Redis pub/sub connection to a cluster node lost; subscribing everything again");
+                        break true;
                     }
                     None => {
                         warn!("Redis pub/sub connection lost");
-                        break;
+                        break false;
                     }
                 },
                 request = requests.recv() => match request {
@@ -401,23 +436,28 @@ async fn run(
             let unsubscribe: Vec<String> = gone.iter().map(|r| command_channel(&r.serial)).collect();
             let applied = async {
                 if !subscribe.is_empty() {
-                    sink.subscribe(subscribe).await?;
+                    sub.subscribe(subscribe).await?;
                 }
                 if !unsubscribe.is_empty() {
-                    sink.unsubscribe(unsubscribe).await?;
+                    sub.unsubscribe(unsubscribe).await?;
                 }
                 Ok::<_, redis::RedisError>(())
             };
             if let Err(err) = applied.await {
                 // The live serials are resubscribed after reconnecting.
                 warn!(error = %err, "Redis pub/sub failed; reconnecting");
-                break;
+                break matches!(sub, Subscriber::Cluster { .. });
             }
             for request in batch {
                 if let Some(confirmed) = request.confirmed {
                     let _ = confirmed.send(());
                 }
             }
+        };
+        // A cluster connection is kept (it reconnects by itself); what it
+        // may have lost is subscribed again above.
+        if lost {
+            subscriber = Some(sub);
         }
     }
 }
@@ -461,21 +501,13 @@ fn report_failure(err: &redis::RedisError, retry_in: Duration, what: &str) {
     }
 }
 
-/// Whether Redis refused the credentials (`WRONGPASS`, `NOAUTH`: none
-/// given while the default user is off) or a command (`NOPERM`).
-fn is_refused_by_acl(err: &redis::RedisError) -> bool {
-    err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-}
-
 /// Routes one published message: a supersede notice on the control
 /// channel, or a command for a session.
-fn route(router: &CommandRouter, control: &str, message: &redis::Msg) {
-    let channel = message.get_channel_name();
+fn route(router: &CommandRouter, control: &str, channel: &str, payload: &[u8]) {
     if channel == control {
-        handle_control(router, message.get_payload_bytes());
+        handle_control(router, payload);
     } else if let Some(serial) = drover_schema::COMMANDS.serial_of(channel) {
-        route_command(router, serial, message.get_payload_bytes());
+        route_command(router, serial, payload);
     }
 }
 

@@ -75,6 +75,7 @@ pub static VARIABLES: &[Variable] = &[
         default: Some("redis://127.0.0.1:6379"),
         help: "Redis, for command subscriptions (cwp:cmd:{serial}); redis://USER:PASSWORD@HOST:PORT for an ACL user",
     },
+    drover_redis::config::CLUSTER_NODES,
     Variable {
         name: "CWP_MASTER_KEY",
         default: None,
@@ -238,8 +239,8 @@ pub struct Config {
     pub bridge_tls: Option<BridgeTls>,
     /// The bridge's shared secret, sent on every call.
     pub bridge_token: Option<BearerToken>,
-    /// Redis for command pub/sub.
-    pub redis_url: String,
+    /// Redis (or a Redis Cluster) for command pub/sub.
+    pub redis: drover_redis::Target,
     /// The fleet's master key, if devices derive their keys from one.
     pub master_key: Option<MasterKey>,
     /// A file of per-device keys.
@@ -391,7 +392,7 @@ impl Config {
                     None
                 }
             });
-        let redis_url = env.parse("REDIS_URL");
+        let redis = drover_redis::Target::read(&mut env);
         let master_key = env.parse_with("CWP_MASTER_KEY", MasterKey::from_hex);
         let keys_file = env.parse_optional::<PathBuf>("CWP_KEYS_FILE");
         let heartbeat_s = env.parse::<u16>("DRIVER_HEARTBEAT_S");
@@ -469,7 +470,7 @@ impl Config {
             bridge_url: bridge_url.expect("parsed"),
             bridge_tls,
             bridge_token,
-            redis_url: redis_url.expect("parsed"),
+            redis: redis.expect("parsed"),
             master_key,
             keys_file,
             heartbeat_s,

@@ -152,7 +152,7 @@ async fn start(
     );
     tasks.spawn(PipelineTask::new(bridge.clone(), metrics.clone(), admitted, pipeline_watch).run());
 
-    commands::check_access(&config.redis_url, &config.driver_id).await?;
+    commands::check_access(&config.redis, &config.driver_id).await?;
     let reports = CommandReports {
         bridge: bridge.clone(),
         metrics: metrics.clone(),
@@ -161,7 +161,7 @@ async fn start(
     };
     let (subscriptions, subscription_task) = commands::subscriptions(
         CommandRouter {
-            redis_url: config.redis_url.clone(),
+            redis: config.redis.clone(),
             driver_id: config.driver_id.clone(),
             registry: registry.clone(),
             reports: reports.clone(),

@@ -369,7 +369,7 @@ Ctrl-C stops everything (drivers drain first).
         stats = args.stats_port,
         results = drover_schema::COMMAND_RESULTS.name(&first_device),
         commands = drover_schema::COMMANDS.name(&first_device),
-        events = drover_schema::EVENTS,
+        events = drover_schema::Layout::SINGLE.event_streams()[0],
     );
 }
 

@@ -4,19 +4,25 @@
 //! JSON message that crosses Redis. Code elsewhere never spells a name or
 //! joins a prefix to an id itself; it asks this crate.
 //!
+//! The names of the event path depend on the deployment's [`Layout`]: one
+//! Redis keeps the names below; a Redis Cluster (or more than one event
+//! partition) puts each partition's keys under a hash tag (the [`layout`]
+//! module's table). The table below is the single layout.
+//!
 //! | key | here | type | written by | content |
 //! |---|---|---|---|---|
-//! | `cwp:events` | [`EVENTS`], [`event_fields`] | stream | bridge | One entry per stored event, exactly once per (serial, event id). |
-//! | `cwp:hwm` | [`HIGH_WATER_MARKS`] | hash | bridge | The exactly-once high-water mark: field = serial, value = the highest event id stored for it. |
-//! | `cwp:device:{serial}` | [`DEVICE`], [`device_fields`] | hash | bridge | The device registry: whether the device is online, where and since when, and its last event id. |
+//! | `cwp:events` | [`Layout::events`], [`event_fields`] | stream | bridge | One entry per stored event, exactly once per (serial, event id). |
+//! | `cwp:hwm` | [`Layout::high_water_marks`] | hash | bridge | The exactly-once high-water mark: field = serial, value = the highest event id stored for it. |
+//! | `cwp:device:{serial}` | [`Layout::device`], [`device_fields`] | hash | bridge | The device registry: whether the device is online, where and since when, and its last event id. |
 //! | `cwp:cmd:{serial}` | [`COMMANDS`], [`command_fields`] | pub/sub channel | operators | Commands for a device, as JSON; its driver subscribes while the device is connected. |
 //! | `cwp:cmd-result:{serial}` | [`COMMAND_RESULTS`], [`result_fields`] | pub/sub channel | bridge | A device's command result as JSON, or the notice of a command that never reached it. |
 //! | `cwp:cmd-rejected` | [`REJECTED_COMMANDS`], [`rejection_fields`] | stream | bridge | Every command that never reached its device, and why. |
 //! | `cwp:driver:{driver_id}` | [`DRIVER_CONTROL`], [`control_fields`] | pub/sub channel | bridge | Control messages for one driver process (a session superseded elsewhere). |
-//! | `cwp:driver-devices:{driver_id}` | [`DRIVER_DEVICES`] | set | bridge | The serials whose current session lives on that driver. |
-//! | `cwp:driver-instance:{driver_id}` | [`DRIVER_INSTANCE`] | string | bridge | The driver process instance currently using that id. |
+//! | `cwp:driver-devices:{driver_id}` | [`Layout::driver_devices`] | set | bridge | The serials whose current session lives on that driver. |
+//! | `cwp:driver-instance:{driver_id}` | [`Layout::driver_instance`] | string | bridge | The driver process instance currently using that id. |
 //! | `cwp:uploads` | [`UPLOADS`], [`upload_fields`] | stream | bridge | One `upload_completed` record per finished upload. |
-//! | `cwp:upload-recorded:{serial}:{upload_id}` | [`UPLOAD_RECORDED`] | string | bridge | Marks an upload as recorded, so that a retried record is not appended twice. |
+//! | `cwp:upload-recorded:{serial}:{upload_id}` | [`Layout::upload_recorded`] | string | bridge | Marks an upload as recorded, so that a retried record is not appended twice. |
+//! | `cwp:layout` | [`LAYOUT`], [`layout_fields`] | hash | bridge | The layout the deployment's Redis was set up with: the number of event partitions and the event streams' names. |
 //!
 //! docs/ARCHITECTURE.md ("Redis keys") is the same table with the fields
 //! spelled out, and docs/redis-acl.conf grants each component its part of
@@ -24,45 +30,31 @@
 //!
 //! # Building names
 //!
-//! A fixed key is a constant ([`EVENTS`]). A key or channel per device or
-//! per driver is a *family* ([`DeviceFamily`], [`DriverFamily`],
-//! [`UploadFamily`]): `DEVICE.name(&serial)` builds one name,
+//! A fixed key is a constant ([`UPLOADS`]). A key of the event path is
+//! built by the deployment's [`Layout`] (`layout.device(&serial)`). A
+//! channel per device or per driver is a *family* ([`DeviceFamily`],
+//! [`DriverFamily`]): `COMMANDS.name(&serial)` builds one name,
 //! `COMMANDS.serial_of(channel)` reads the serial back out of one,
-//! `COMMAND_RESULTS.pattern()` matches them all. Only the vendor-bridge's Lua
-//! scripts see a family's bare prefix ([`DeviceFamily::script_prefix`]), and
-//! only for the names of serials or drivers they learn inside Redis (the
-//! members of a set, the previous driver of a session); every other name
-//! reaches a script fully built, as one of its `KEYS` or `ARGV`.
-//!
-//! This is what makes the layout this crate's business alone: sharding for
-//! Redis Cluster (hash tags such as `cwp:{p3}:events`, a high-water-mark
-//! hash per partition) changes how these functions build names, and the
-//! callers that ask them stay as they are, bar the ones that must learn a
-//! partition.
+//! `COMMAND_RESULTS.pattern()` matches them all. Every name reaches the
+//! vendor-bridge's Lua scripts fully built, as one of its `KEYS`: a script
+//! never builds a name, so it never touches a key its caller did not name
+//! (which Redis Cluster requires: all of a script's keys in one slot).
+
+pub mod layout;
 
 use cwp::Serial;
 
-/// The stream of stored events (`XADD` by the bridge's `store_events`
-/// script); its entries' fields are [`event_fields`]. The main application
-/// consumes and trims it.
-pub const EVENTS: &str = "cwp:events";
-
-/// The exactly-once high-water marks: one hash, field = serial, value = the
-/// highest event id stored for it (decimal). Read and written once per
-/// batch, whatever the number of devices.
-pub const HIGH_WATER_MARKS: &str = "cwp:hwm";
-
-/// Each device's registry entry, a hash of [`device_fields`].
-pub const DEVICE: DeviceFamily = DeviceFamily::new("cwp:device:");
+pub use crate::layout::{LAYOUT, Layout, LayoutError, Partition, layout_fields};
 
 /// Each device's command channel: operators `PUBLISH` JSON commands
 /// ([`command_fields`]); the device's driver subscribes while it is online,
-/// so `PUBLISH` answers 1 then and 0 when it is offline.
+/// so `PUBLISH` answers 1 then and 0 when it is offline. On a Redis
+/// Cluster it is a sharded channel (`SPUBLISH`, `SSUBSCRIBE`).
 pub const COMMANDS: DeviceFamily = DeviceFamily::new("cwp:cmd:");
 
 /// Each device's result channel: the bridge publishes the device's command
 /// results and the notices of commands that never reached it, as JSON
-/// ([`result_fields`]).
+/// ([`result_fields`]). On a Redis Cluster it is a sharded channel.
 pub const COMMAND_RESULTS: DeviceFamily = DeviceFamily::new("cwp:cmd-result:");
 
 /// The stream of every command that never reached its device, with
@@ -70,23 +62,12 @@ pub const COMMAND_RESULTS: DeviceFamily = DeviceFamily::new("cwp:cmd-result:");
 pub const REJECTED_COMMANDS: &str = "cwp:cmd-rejected";
 
 /// Each driver process's control channel: the bridge publishes JSON
-/// control messages ([`control_fields`]), the driver subscribes.
+/// control messages ([`control_fields`]), the driver subscribes. On a
+/// Redis Cluster it is a sharded channel.
 pub const DRIVER_CONTROL: DriverFamily = DriverFamily::new("cwp:driver:");
-
-/// Each driver's set of the serials whose current session it holds: lets
-/// the bridge mark them offline when the driver restarts.
-pub const DRIVER_DEVICES: DriverFamily = DriverFamily::new("cwp:driver-devices:");
-
-/// Each driver id's current process instance (a string): a new instance
-/// means the previous one died.
-pub const DRIVER_INSTANCE: DriverFamily = DriverFamily::new("cwp:driver-instance:");
 
 /// The stream of finished uploads, one record of [`upload_fields`] each.
 pub const UPLOADS: &str = "cwp:uploads";
-
-/// Per upload, a marker (a string) that its record was appended to
-/// [`UPLOADS`], so that a retried record is not appended twice.
-pub const UPLOAD_RECORDED: UploadFamily = UploadFamily::new("cwp:upload-recorded:");
 
 /// A family of Redis names, one per device: the name is built from the
 /// device's [`Serial`] and nothing else.
@@ -96,7 +77,7 @@ pub struct DeviceFamily {
 }
 
 impl DeviceFamily {
-    const fn new(prefix: &'static str) -> Self {
+    pub(crate) const fn new(prefix: &'static str) -> Self {
         Self { prefix }
     }
 
@@ -117,13 +98,6 @@ impl DeviceFamily {
     pub fn pattern(&self) -> String {
         [self.prefix, "*"].concat()
     }
-
-    /// What precedes the serial in a name. Only for a Lua script that
-    /// learns serials inside Redis and so cannot be handed their names as
-    /// `KEYS`; anything else builds names with [`DeviceFamily::name`].
-    pub fn script_prefix(&self) -> &'static str {
-        self.prefix
-    }
 }
 
 /// A family of Redis names, one per driver: the name is built from the
@@ -135,7 +109,7 @@ pub struct DriverFamily {
 }
 
 impl DriverFamily {
-    const fn new(prefix: &'static str) -> Self {
+    pub(crate) const fn new(prefix: &'static str) -> Self {
         Self { prefix }
     }
 
@@ -154,39 +128,10 @@ impl DriverFamily {
     pub fn pattern(&self) -> String {
         [self.prefix, "*"].concat()
     }
-
-    /// What precedes the driver id in a name. Only for a Lua script that
-    /// learns driver ids inside Redis (a session's previous driver);
-    /// anything else builds names with [`DriverFamily::name`].
-    pub fn script_prefix(&self) -> &'static str {
-        self.prefix
-    }
 }
 
-/// A family of Redis names, one per upload: built from the device's serial
-/// and the upload's id (hyphenated UUID, as the bridge checks it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UploadFamily {
-    prefix: &'static str,
-}
-
-impl UploadFamily {
-    const fn new(prefix: &'static str) -> Self {
-        Self { prefix }
-    }
-
-    /// The name for upload `upload_id` of device `serial`.
-    pub fn name(&self, serial: &Serial, upload_id: &str) -> String {
-        [self.prefix, serial.as_str(), ":", upload_id].concat()
-    }
-
-    /// The glob that matches every name of the family.
-    pub fn pattern(&self) -> String {
-        [self.prefix, "*"].concat()
-    }
-}
-
-/// The fields of an [`EVENTS`] entry, in the order the bridge writes them.
+/// The fields of an event stream's entry ([`Layout::events`]), in the
+/// order the bridge writes them.
 pub mod event_fields {
     /// The device's serial.
     pub const SERIAL: &str = "serial";
@@ -207,7 +152,7 @@ pub mod event_fields {
     pub const ALL: [&str; 7] = [SERIAL, EVENT_ID, TIME_MS, KIND, BODY, DRIVER, RECEIVED_MS];
 }
 
-/// The fields of a device's registry entry ([`DEVICE`]).
+/// The fields of a device's registry entry ([`Layout::device`]).
 pub mod device_fields {
     /// `1` while a session of the device is live, `0` after it ended.
     pub const ONLINE: &str = "online";
@@ -362,23 +307,25 @@ mod tests {
         text.parse().unwrap()
     }
 
-    /// Every key and channel, as docs/ARCHITECTURE.md writes it:
-    /// `{serial}`, `{driver_id}` and `{upload_id}` stand for the ids.
+    /// Every key and channel, as docs/ARCHITECTURE.md writes it (the
+    /// single layout): `{serial}`, `{driver_id}` and `{upload_id}` stand
+    /// for the ids.
     fn documented_names() -> Vec<String> {
         let per_device = |family: DeviceFamily| format!("{}{{serial}}", family.prefix);
         let per_driver = |family: DriverFamily| format!("{}{{driver_id}}", family.prefix);
         vec![
-            EVENTS.to_owned(),
-            HIGH_WATER_MARKS.to_owned(),
-            per_device(DEVICE),
+            "cwp:events".to_owned(),
+            "cwp:hwm".to_owned(),
+            "cwp:device:{serial}".to_owned(),
             per_device(COMMANDS),
             per_device(COMMAND_RESULTS),
             REJECTED_COMMANDS.to_owned(),
             per_driver(DRIVER_CONTROL),
-            per_driver(DRIVER_DEVICES),
-            per_driver(DRIVER_INSTANCE),
+            "cwp:driver-devices:{driver_id}".to_owned(),
+            "cwp:driver-instance:{driver_id}".to_owned(),
             UPLOADS.to_owned(),
-            format!("{}{{serial}}:{{upload_id}}", UPLOAD_RECORDED.prefix),
+            "cwp:upload-recorded:{serial}:{upload_id}".to_owned(),
+            LAYOUT.to_owned(),
         ]
     }
 
@@ -420,19 +367,38 @@ mod tests {
     #[test]
     fn every_name_is_the_documented_one() {
         let device = serial("CTRL-0042");
-        assert_eq!(EVENTS, "cwp:events");
-        assert_eq!(HIGH_WATER_MARKS, "cwp:hwm");
-        assert_eq!(DEVICE.name(&device), "cwp:device:CTRL-0042");
+        let single = Layout::SINGLE;
+        let only = single.partition_of(&device);
+        assert_eq!(single.events(only), "cwp:events");
+        assert_eq!(single.high_water_marks(only), "cwp:hwm");
+        assert_eq!(single.device(&device), "cwp:device:CTRL-0042");
         assert_eq!(COMMANDS.name(&device), "cwp:cmd:CTRL-0042");
         assert_eq!(COMMAND_RESULTS.name(&device), "cwp:cmd-result:CTRL-0042");
         assert_eq!(REJECTED_COMMANDS, "cwp:cmd-rejected");
         assert_eq!(DRIVER_CONTROL.name("driver-1"), "cwp:driver:driver-1");
-        assert_eq!(DRIVER_DEVICES.name("driver-1"), "cwp:driver-devices:driver-1");
-        assert_eq!(DRIVER_INSTANCE.name("driver-1"), "cwp:driver-instance:driver-1");
+        assert_eq!(single.driver_devices("driver-1"), "cwp:driver-devices:driver-1");
+        assert_eq!(single.driver_instance("driver-1"), "cwp:driver-instance:driver-1");
         assert_eq!(UPLOADS, "cwp:uploads");
         assert_eq!(
-            UPLOAD_RECORDED.name(&device, "6f1c2b1e-0000-4000-8000-000000000001"),
+            single.upload_recorded(&device, "6f1c2b1e-0000-4000-8000-000000000001"),
             "cwp:upload-recorded:CTRL-0042:6f1c2b1e-0000-4000-8000-000000000001"
+        );
+        assert_eq!(LAYOUT, "cwp:layout");
+
+        let partitioned = Layout::partitioned(3).unwrap();
+        let p = partitioned.partition_of(&device);
+        let tag = p.tag();
+        assert_eq!(partitioned.events(p), format!("cwp:{{{tag}}}:events"));
+        assert_eq!(partitioned.high_water_marks(p), format!("cwp:{{{tag}}}:hwm"));
+        assert_eq!(partitioned.device(&device), format!("cwp:{{{tag}}}:device:CTRL-0042"));
+        assert_eq!(partitioned.driver_devices("driver-1"), "cwp:driver-devices:{driver-1}");
+        assert_eq!(
+            partitioned.driver_instance("driver-1"),
+            "cwp:driver-instance:{driver-1}"
+        );
+        assert_eq!(
+            partitioned.upload_recorded(&device, "u-1"),
+            "cwp:upload-recorded:{cwp:uploads}:CTRL-0042:u-1"
         );
     }
 
@@ -500,14 +466,15 @@ mod tests {
 
     #[test]
     fn the_architecture_names_every_field_of_every_record() {
-        let families: [(&str, &[&str]); 7] = [
-            (EVENTS, &event_fields::ALL),
+        let families: [(&str, &[&str]); 8] = [
+            ("cwp:events", &event_fields::ALL),
             ("cwp:device:{serial}", &device_fields::ALL),
             ("cwp:cmd:{serial}", &command_fields::ALL),
             ("cwp:cmd-result:{serial}", &result_fields::ALL),
             (REJECTED_COMMANDS, &rejection_fields::ALL),
             ("cwp:driver:{driver_id}", &control_fields::ALL),
             (UPLOADS, &upload_fields::ALL),
+            (LAYOUT, &layout_fields::ALL),
         ];
         for (key, fields) in families {
             let row = architecture_row(key);
@@ -539,15 +506,20 @@ mod tests {
         };
         let keys = |names: &[&str]| names.iter().map(|name| format!("~{name}")).collect::<Vec<_>>();
         let channels = |names: &[String]| names.iter().map(|name| format!("&{name}")).collect::<Vec<_>>();
+        // Both layouts' names: one ACL file serves one Redis and a cluster.
         let mut bridge = keys(&[
-            EVENTS,
-            HIGH_WATER_MARKS,
-            &DEVICE.pattern(),
-            &DRIVER_DEVICES.pattern(),
-            &DRIVER_INSTANCE.pattern(),
+            "cwp:events",
+            "cwp:hwm",
+            "cwp:{p*}:events",
+            "cwp:{p*}:hwm",
+            Layout::SINGLE.device_pattern(),
+            Layout::partitioned(2).unwrap().device_pattern(),
+            "cwp:driver-devices:*",
+            "cwp:driver-instance:*",
             REJECTED_COMMANDS,
             UPLOADS,
-            &UPLOAD_RECORDED.pattern(),
+            "cwp:upload-recorded:*",
+            LAYOUT,
         ]);
         bridge.extend(channels(&[DRIVER_CONTROL.pattern(), COMMAND_RESULTS.pattern()]));
         bridge.sort();
@@ -581,14 +553,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_matches_its_family_and_a_script_prefix_builds_its_names() {
-        let device = serial("CTRL-0042");
+    fn a_pattern_matches_its_family() {
         assert_eq!(COMMAND_RESULTS.pattern(), "cwp:cmd-result:*");
-        assert_eq!(UPLOAD_RECORDED.pattern(), "cwp:upload-recorded:*");
-        assert_eq!(format!("{}{device}", DEVICE.script_prefix()), DEVICE.name(&device));
-        assert_eq!(
-            format!("{}driver-1", DRIVER_DEVICES.script_prefix()),
-            DRIVER_DEVICES.name("driver-1")
-        );
+        assert_eq!(DRIVER_CONTROL.pattern(), "cwp:driver:*");
     }
 }

@@ -11,7 +11,8 @@
 //!   deadline (readiness, [`wait::eventually`], [`wait::within`]), never
 //!   on a guessed duration. [`http`]: a tiny GET for health and metrics.
 //! - [`redis`], [`mosquitto`]: private redis-server (durable as Drover
-//!   needs it) and Mosquitto (the MQTT peer) on free ports.
+//!   needs it) and Mosquitto (the MQTT peer) on free ports;
+//!   [`redis_cluster`]: a Redis Cluster of such servers.
 //! - [`lbconfig`] and [`haproxy`]: the HAProxy configuration for N drivers
 //!   (also `fleet lb-config`'s) and HAProxy processes running it.
 //! - [`binaries`] and [`components`]: Drover's own processes, the
@@ -21,12 +22,14 @@
 //!
 //! For test bodies, which fail (panic) rather than return errors:
 //! [`fleet`] (the [`fleet::TestFleet`] of Redis, bridge and drivers),
+//! [`cluster_fleet`] (the same on a Redis Cluster),
 //! [`haproxy_fleet`] (a [`local::LocalFleet`] for tests), [`device`] (the
 //! test master key, device keys, a connected device), [`inspect`] (what
 //! Redis holds: exactly-once verdicts) and [`sim`] (the `controller-sim`
 //! binary).
 
 pub mod binaries;
+pub mod cluster_fleet;
 pub mod components;
 pub mod device;
 pub mod fault_proxy;
@@ -41,5 +44,6 @@ pub mod mosquitto;
 pub mod net;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod sim;
 pub mod wait;

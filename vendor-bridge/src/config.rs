@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_proto::auth::BearerToken;
+use drover_redis::Target;
+use drover_schema::Layout;
 use drover_service::env::{ConfigError, EnvReader, Variable};
-use redis::IntoConnectionInfo as _;
 
 pub use crate::durability::DurabilityPolicy;
+pub use crate::store::ReplicaWait;
 
 /// Every variable the bridge reads, with its default and meaning.
 pub static VARIABLES: &[Variable] = &[
@@ -49,6 +51,18 @@ pub static VARIABLES: &[Variable] = &[
         name: "REDIS_URL",
         default: Some("redis://127.0.0.1:6379"),
         help: "the Redis that holds events and the device registry (needs appendonly yes, appendfsync always, no-appendfsync-on-rewrite no: see BRIDGE_DURABILITY); redis://USER:PASSWORD@HOST:PORT for an ACL user",
+    },
+    drover_redis::config::CLUSTER_NODES,
+    drover_redis::config::EVENT_PARTITIONS,
+    Variable {
+        name: "BRIDGE_WAIT_REPLICAS",
+        default: Some("0"),
+        help: "replicas that must confirm each write (Redis WAIT) before the bridge acknowledges it; with 1, an acknowledged event survives the failover of its master (README, Redis Cluster); 0: acknowledged once on the master's disk",
+    },
+    Variable {
+        name: "BRIDGE_WAIT_TIMEOUT",
+        default: Some("1s"),
+        help: "how long a write waits for BRIDGE_WAIT_REPLICAS; when fewer confirm, nothing is acknowledged and the batch is retried",
     },
     Variable {
         name: "BRIDGE_DURABILITY",
@@ -120,8 +134,13 @@ pub struct Config {
     pub token: Option<BearerToken>,
     /// TLS on the gRPC server (`BRIDGE_TLS_*`); `None`: plaintext.
     pub tls: Option<ServerTls>,
-    /// The Redis URL (`REDIS_URL`), already checked to parse.
-    pub redis_url: String,
+    /// Redis (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_NODES`).
+    pub redis: Target,
+    /// The key layout (`REDIS_EVENT_PARTITIONS`, and whether on a cluster).
+    pub layout: Layout,
+    /// Replicas that confirm each write before it is acknowledged
+    /// (`BRIDGE_WAIT_REPLICAS`, `BRIDGE_WAIT_TIMEOUT`).
+    pub replica_wait: ReplicaWait,
     /// Whether Redis must be verified to fsync every write before anything
     /// is stored (`BRIDGE_DURABILITY`).
     pub durability: DurabilityPolicy,
@@ -224,11 +243,13 @@ impl Config {
                 env.problem(problem);
             }
         }
-        let redis_url = env.parse_with("REDIS_URL", |url| {
-            url.into_connection_info()
-                .map(|_| url.to_owned())
-                .map_err(|err| format!("not a Redis URL: {err}"))
-        });
+        let redis = Target::read(&mut env);
+        let layout = drover_redis::config::read_layout(&mut env, redis.as_ref());
+        let wait_replicas = env.parse::<u32>("BRIDGE_WAIT_REPLICAS");
+        let wait_timeout = env.parse_with("BRIDGE_WAIT_TIMEOUT", drover_service::duration::parse_duration);
+        if wait_timeout.is_some_and(|t| t.is_zero()) {
+            env.problem("BRIDGE_WAIT_TIMEOUT must be above 0 (Redis's WAIT 0 would wait forever)");
+        }
         let durability = env.parse::<DurabilityPolicy>("BRIDGE_DURABILITY");
         let max_stream_bytes = env.parse::<u64>("BRIDGE_MAX_STREAM_BYTES");
         let max_queued_bytes = env.parse::<u64>("BRIDGE_MAX_QUEUED_BYTES");
@@ -245,7 +266,7 @@ impl Config {
         env.finish()?;
         match (
             listen,
-            redis_url,
+            (redis, layout, wait_replicas, wait_timeout),
             durability,
             max_stream_bytes,
             max_queued_bytes,
@@ -254,7 +275,7 @@ impl Config {
         ) {
             (
                 Some(listen),
-                Some(redis_url),
+                (Some(redis), Some(layout), Some(replicas), Some(timeout)),
                 Some(durability),
                 Some(max_stream_bytes),
                 Some(max_queued_bytes),
@@ -264,7 +285,9 @@ impl Config {
                 listen,
                 token,
                 tls,
-                redis_url,
+                redis,
+                layout,
+                replica_wait: ReplicaWait { replicas, timeout },
                 durability,
                 max_stream_bytes,
                 max_queued_bytes,
@@ -281,15 +304,23 @@ impl Config {
         }
     }
 
-    /// A configuration for `redis_url` with every other value at its
-    /// default (listening on 127.0.0.1, an ephemeral port): what tests and
-    /// embedders start from.
+    /// A configuration for the one Redis at `redis_url` with every other
+    /// value at its default (listening on 127.0.0.1, an ephemeral port):
+    /// what tests and embedders start from.
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
+        Self::for_target(Target::Single(redis_url.into()), Layout::SINGLE)
+    }
+
+    /// A configuration for `redis` with keys laid out as `layout`, every
+    /// other value at its default.
+    pub fn for_target(redis: Target, layout: Layout) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: None,
             tls: None,
-            redis_url: redis_url.into(),
+            redis,
+            layout,
+            replica_wait: ReplicaWait::NONE,
             durability: DurabilityPolicy::Strict,
             max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,

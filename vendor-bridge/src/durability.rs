@@ -18,11 +18,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::ErrorKind;
+use drover_redis::{Connection, Node};
+use redis::{ErrorKind, RedisError};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::store::{Store, StoreError};
+use crate::store::{LayoutCheck, Store, StoreError};
 
 /// How often Redis's settings are checked again while nothing suggests a
 /// change: a `CONFIG SET` at run time is noticed within this period.
@@ -54,6 +55,9 @@ impl std::str::FromStr for DurabilityPolicy {
 /// Redis's settings that decide whether a write is on disk when answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// The node they were read from (`redis` for the one Redis; a
+    /// cluster's `HOST:PORT`).
+    pub node: String,
     /// `appendonly`: must be `yes`.
     pub appendonly: String,
     /// `appendfsync`: must be `always`.
@@ -99,6 +103,16 @@ pub enum Durability {
         /// Redis's answer.
         reason: String,
     },
+    /// Redis records another number of event partitions than the bridge
+    /// is configured with: storing would put a serial's events beside
+    /// another partition's high-water marks and store them twice. Refused
+    /// under either policy.
+    LayoutMismatch {
+        /// The partitions Redis records (`cwp:layout`).
+        recorded: String,
+        /// `REDIS_EVENT_PARTITIONS`.
+        configured: u16,
+    },
 }
 
 impl Durability {
@@ -118,10 +132,21 @@ impl fmt::Display for Durability {
             Self::Fsynced => f.write_str(
                 "Redis fsyncs every write (appendonly yes, appendfsync always, no-appendfsync-on-rewrite no)",
             ),
-            Self::Weak(settings) => write!(
+            Self::Weak(settings) if settings.node == SINGLE_NODE => write!(
                 f,
                 "Redis does not fsync every write: {}",
                 settings.weaknesses().join(", ")
+            ),
+            Self::Weak(settings) => write!(
+                f,
+                "Redis node {} does not fsync every write: {}",
+                settings.node,
+                settings.weaknesses().join(", ")
+            ),
+            Self::LayoutMismatch { recorded, configured } => write!(
+                f,
+                "Redis holds events in {recorded} partition(s) (cwp:layout) but REDIS_EVENT_PARTITIONS is {configured}: \
+                 storing would store events twice; set REDIS_EVENT_PARTITIONS={recorded} (README, Redis Cluster)"
             ),
             Self::Unverified { reason } => write!(
                 f,
@@ -131,13 +156,36 @@ impl fmt::Display for Durability {
     }
 }
 
-/// Asks Redis for its three durability settings. Fails only when Redis
-/// cannot be reached; a refused `CONFIG` is [`Durability::Unverified`].
+/// The name of the one Redis's only node.
+const SINGLE_NODE: &str = "redis";
+
+/// Checks that Redis holds the configured key layout (recording it on
+/// first use), then asks every node the cluster holds healthy (the one
+/// Redis) for its three durability settings: replicas too, since a
+/// failover makes one a master. Fails only when Redis cannot be reached;
+/// a refused `CONFIG` is [`Durability::Unverified`].
 pub async fn check(store: &Store) -> Result<Durability, StoreError> {
+    if let LayoutCheck::Differs { recorded, configured } = store.check_layout().await? {
+        return Ok(Durability::LayoutMismatch { recorded, configured });
+    }
     let mut conn = store.connection();
+    let nodes = conn.nodes().await?;
+    for node in nodes.iter().filter(|node| node.healthy) {
+        let verdict = check_node(&mut conn, node).await?;
+        if verdict != Durability::Fsynced {
+            return Ok(verdict);
+        }
+    }
+    Ok(Durability::Fsynced)
+}
+
+async fn check_node(conn: &mut Connection, node: &Node) -> Result<Durability, StoreError> {
     let mut values = Vec::with_capacity(Settings::REQUIRED.len());
     for (name, _) in Settings::REQUIRED {
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await;
+        let reply = conn
+            .on_node(node, redis::cmd("CONFIG").arg("GET").arg(name))
+            .await
+            .and_then(|value| redis::from_redis_value::<Vec<String>>(value).map_err(RedisError::from));
         match reply {
             // CONFIG GET answers [name, value] (a map with RESP3).
             Ok(pair) => match <[String; 2]>::try_from(pair) {
@@ -158,6 +206,7 @@ pub async fn check(store: &Store) -> Result<Durability, StoreError> {
     }
     match <[String; 3]>::try_from(values) {
         Ok([appendonly, appendfsync, no_appendfsync_on_rewrite]) => Ok(Durability::from_settings(Settings {
+            node: node.address.clone(),
             appendonly,
             appendfsync,
             no_appendfsync_on_rewrite,
@@ -232,7 +281,11 @@ impl DurabilityGate {
 
     /// Whether `state` lets the bridge store and acknowledge.
     fn admits(&self, state: &GateState) -> bool {
-        self.policy == DurabilityPolicy::Relaxed || *state == GateState::Checked(Durability::Fsynced)
+        match state {
+            GateState::Checked(Durability::Fsynced) => true,
+            GateState::Checked(Durability::LayoutMismatch { .. }) => false,
+            _ => self.policy == DurabilityPolicy::Relaxed,
+        }
     }
 
     /// Whether the bridge may store and acknowledge now.
@@ -383,6 +436,15 @@ impl DurabilityGate {
                  * yes, appendfsync always, no-appendfsync-on-rewrite no.\n\
                  *************************************************************************"
             ),
+            Durability::LayoutMismatch { .. } => tracing::error!(
+                "\n\
+                 *************************************************************************\n\
+                 * Redis holds another key layout than configured:\n\
+                 *   {durability}\n\
+                 * The bridge stores and acknowledges NOTHING (health NOT_SERVING),\n\
+                 * whatever BRIDGE_DURABILITY says.\n\
+                 *************************************************************************"
+            ),
         }
     }
 }
@@ -393,6 +455,7 @@ mod tests {
 
     fn settings(appendonly: &str, appendfsync: &str, on_rewrite: &str) -> Settings {
         Settings {
+            node: "redis".to_owned(),
             appendonly: appendonly.to_owned(),
             appendfsync: appendfsync.to_owned(),
             no_appendfsync_on_rewrite: on_rewrite.to_owned(),

@@ -154,6 +154,7 @@ impl Watcher {
 fn status(gate: &DurabilityGate) -> DurabilityStatus {
     match (gate.state(), gate.policy()) {
         (GateState::Checked(Durability::Fsynced), _) => DurabilityStatus::Fsynced,
+        (GateState::Checked(Durability::LayoutMismatch { .. }), _) => DurabilityStatus::LayoutMismatch,
         (GateState::Checked(_), DurabilityPolicy::Strict) => DurabilityStatus::WeakRefusing,
         (GateState::Checked(_), DurabilityPolicy::Relaxed) => DurabilityStatus::WeakAccepted,
         (GateState::Unchecked | GateState::Unreachable { .. }, _) => DurabilityStatus::Unchecked,

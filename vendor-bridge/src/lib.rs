@@ -99,7 +99,7 @@ pub async fn serve(
             "{} is set but ignored: {}", retired.name, retired.why
         );
     }
-    let store = Store::new(&config.redis_url).context("setting up the Redis client")?;
+    let store = Store::new(&config.redis, config.layout, config.replica_wait).context("setting up the Redis client")?;
     // Signalled in this order at shutdown (below): draining, then, when
     // the grace is over, abandon; every task is tracked and awaited.
     let (draining, draining_watch) = drain::channel();
@@ -166,7 +166,9 @@ pub async fn serve(
         });
     info!(
         %local,
-        redis = %drover_service::env::redact_password(&config.redis_url),
+        redis = %config.redis.describe(),
+        partitions = config.layout.partition_count(),
+        wait_replicas = config.replica_wait.replicas,
         tls = config.tls.is_some(),
         client_certificates = mutual_tls,
         token = config.token.is_some(),

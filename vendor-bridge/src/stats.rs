@@ -49,10 +49,19 @@ pub enum DurabilityStatus {
     /// Redis is weaker than required and `BRIDGE_DURABILITY=relaxed`:
     /// events are stored and acknowledged, and can be lost in a crash.
     WeakAccepted,
+    /// Redis was set up with another number of event partitions than
+    /// `REDIS_EVENT_PARTITIONS`: nothing is stored, whatever the policy.
+    LayoutMismatch,
 }
 
 impl DurabilityStatus {
-    const ALL: [Self; 4] = [Self::Unchecked, Self::Fsynced, Self::WeakRefusing, Self::WeakAccepted];
+    const ALL: [Self; 5] = [
+        Self::Unchecked,
+        Self::Fsynced,
+        Self::WeakRefusing,
+        Self::WeakAccepted,
+        Self::LayoutMismatch,
+    ];
 
     fn from_u8(value: u8) -> Self {
         Self::ALL.get(usize::from(value)).copied().unwrap_or_default()
@@ -65,6 +74,7 @@ impl DurabilityStatus {
             Self::Unchecked => " durability: unchecked",
             Self::WeakRefusing => " durability: WEAK, refusing",
             Self::WeakAccepted => " durability: WEAK (relaxed)",
+            Self::LayoutMismatch => " layout: MISMATCH, refusing",
         }
     }
 }

@@ -1,29 +1,32 @@
-//! All Redis work of the bridge. Every operation is one Lua script (in
-//! `src/scripts/`), so it is atomic: two bridges, two drivers or a resent
+//! All Redis work of the bridge. Every operation that must be atomic is one
+//! Lua script (in `src/scripts/`): two bridges, two drivers or a resent
 //! batch can never store an event twice or half-install a session. Every
-//! key and channel name comes from [`drover_schema`] and reaches a script
-//! as one of its `KEYS`, or in `ARGV` (a family's prefix, for the names of
-//! serials and drivers a script only learns inside Redis); each script's
-//! header lists what it takes. Serials have been checked by [`cwp::Serial`]
-//! before they get here.
+//! key and channel name comes from [`drover_schema`] (the deployment's
+//! [`Layout`]) and reaches a script as one of its `KEYS`; a script never
+//! builds a name, and all the keys of one call share one Redis Cluster slot
+//! (a partition's events, marks and registry entries; a driver's set and
+//! instance marker). What spans slots (a driver's device set beside a
+//! device's entry, a result's channel beside its event) is a separate
+//! command right after the script; each script's header says what follows
+//! it. Serials have been checked by [`cwp::Serial`] before they get here.
 //!
-//! Scripts are sent with `EVALSHA`; after a Redis restart the first call
-//! gets `NOSCRIPT`, loads the script and runs it again.
+//! Scripts are sent with `EVALSHA`; after a Redis restart (or on a node
+//! that never saw them) the first call gets `NOSCRIPT`, loads the script and
+//! runs it again.
 //!
-//! Connections: one `Connection` (multiplexed, mends itself) carries every
-//! unary call, and each event stream has one of its own ([`EventWriter`]).
+//! Connections: one [`Connection`] (multiplexed, mends itself; a cluster
+//! connection on a cluster) carries every unary call, and each event
+//! stream has one of its own ([`EventWriter`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use cwp::Serial;
-use drover_schema as schema;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Cmd, ErrorKind, IntoConnectionInfo as _, Pipeline, ProtocolVersion, RedisError, RedisFuture, Script,
-    ServerErrorKind, Value,
-};
+use drover_redis::{Connection, Target, Timeouts};
+use drover_schema::{self as schema, Layout, Partition};
+use futures::StreamExt as _;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
 
 use crate::batch::{COMMAND_RESULT_KIND, ValidBatch};
 
@@ -33,34 +36,50 @@ use crate::batch::{COMMAND_RESULT_KIND, ValidBatch};
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Registry entries of a restarted driver marked offline at once.
+const MARKS_IN_FLIGHT: usize = 64;
 
 /// The bridge's Lua scripts, hashed once.
 struct Scripts {
     store_events: Script,
     open_session: Script,
     close_session: Script,
-    driver_restart: Script,
-    reject_command: Script,
+    claim_instance: Script,
+    mark_offline: Script,
     record_upload: Script,
+    record_layout: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     store_events: Script::new(include_str!("scripts/store_events.lua")),
     open_session: Script::new(include_str!("scripts/open_session.lua")),
     close_session: Script::new(include_str!("scripts/close_session.lua")),
-    driver_restart: Script::new(include_str!("scripts/driver_restart.lua")),
-    reject_command: Script::new(include_str!("scripts/reject_command.lua")),
+    claim_instance: Script::new(include_str!("scripts/claim_instance.lua")),
+    mark_offline: Script::new(include_str!("scripts/mark_offline.lua")),
     record_upload: Script::new(include_str!("scripts/record_upload.lua")),
+    record_layout: Script::new(include_str!("scripts/record_layout.lua")),
 });
 
 /// A failed Redis operation. All of them are worth retrying: Redis down,
-/// restarting (`LOADING`), slow, or out of memory.
+/// restarting (`LOADING`), slow, out of memory, a cluster failing over, or
+/// replicas that have not confirmed yet.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis failed the command, refused the connection or its login, or
     /// the connection broke.
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
+    /// Fewer replicas than `BRIDGE_WAIT_REPLICAS` confirmed a write within
+    /// `BRIDGE_WAIT_TIMEOUT`: it is on the master, but not acknowledged.
+    #[error("{confirmed} of {required} replicas confirmed the write within {timeout:?}")]
+    Replicas {
+        /// Replicas that confirmed.
+        confirmed: u32,
+        /// `BRIDGE_WAIT_REPLICAS`.
+        required: u32,
+        /// `BRIDGE_WAIT_TIMEOUT`.
+        timeout: Duration,
+    },
 }
 
 impl StoreError {
@@ -68,17 +87,40 @@ impl StoreError {
     /// user given while the default user is off) or a command (`NOPERM`):
     /// a configuration problem that retrying will not fix.
     pub fn is_refused_by_acl(&self) -> bool {
-        let Self::Redis(err) = self;
-        err.kind() == ErrorKind::AuthenticationFailed || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        match self {
+            Self::Redis(err) => drover_redis::is_refused_by_acl(err),
+            Self::Replicas { .. } => false,
+        }
     }
 
-    /// Whether the connection may have been lost (anything but an error
-    /// reply from Redis): the next call dials again, perhaps to a Redis
+    /// Whether the connection may have been lost (anything but an answer
+    /// from Redis): the next call dials again, perhaps to a Redis
     /// restarted with another configuration.
     pub fn may_have_lost_the_connection(&self) -> bool {
-        let Self::Redis(err) = self;
-        !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        match self {
+            Self::Redis(err) => !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension),
+            Self::Replicas { .. } => false,
+        }
     }
+}
+
+/// How many replicas must confirm a write before it is acknowledged
+/// (`BRIDGE_WAIT_REPLICAS`, `WAIT`), and for how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// Replicas that must confirm; 0: none are waited for.
+    pub replicas: u32,
+    /// How long `WAIT` may block.
+    pub timeout: Duration,
+}
+
+impl ReplicaWait {
+    /// Acknowledge once the master has it (Redis's replication is
+    /// asynchronous: a failover may lose the last writes).
+    pub const NONE: Self = Self {
+        replicas: 0,
+        timeout: Duration::from_secs(1),
+    };
 }
 
 /// A new session for the registry (`OpenSession`).
@@ -152,9 +194,22 @@ pub struct UploadRecord<'a> {
     pub completed_ms: u64,
 }
 
-/// The bridge's Redis: one shared `Connection` for the unary calls, and
-/// the client that event streams open their own connections with. Cheap to
-/// clone.
+/// What [`Store::check_layout`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutCheck {
+    /// Redis holds (or now records) the configured layout.
+    Matches,
+    /// Redis was set up with another number of partitions.
+    Differs {
+        /// The partitions Redis records.
+        recorded: String,
+        /// The partitions configured (`REDIS_EVENT_PARTITIONS`).
+        configured: u16,
+    },
+}
+
+/// The bridge's Redis: the shared [`Connection`] of the unary calls, and
+/// what event streams open their own connections with. Cheap to clone.
 ///
 /// Unary calls share one multiplexed connection rather than taking turns
 /// on several: with `appendfsync always` every round trip waits for an
@@ -164,25 +219,36 @@ pub struct UploadRecord<'a> {
 /// connections, so more would not make it answer sooner.
 #[derive(Debug, Clone)]
 pub struct Store {
-    client: redis::Client,
+    target: Target,
+    layout: Layout,
+    wait: ReplicaWait,
     unary: Connection,
 }
 
+/// The bridge's connection settings.
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: CONNECT_TIMEOUT,
+    response: RESPONSE_TIMEOUT,
+};
+
 impl Store {
-    /// The bridge's Redis at `redis_url`. Connects lazily: Redis need not be
-    /// up yet.
-    ///
-    /// Always RESP2, whatever the URL asks for: on RESP3, redis-rs dials a
-    /// dropped connection again in the background, and the bridge must see
-    /// every reconnection as a failed call (which closes the
-    /// [`crate::durability::DurabilityGate`] until the new connection's Redis
-    /// is checked).
-    pub fn new(redis_url: &str) -> Result<Self, StoreError> {
-        let info = redis_url.into_connection_info()?;
-        let resp2 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP2);
-        let client = redis::Client::open(info.set_redis_settings(resp2))?;
-        let unary = Connection::new(client.clone())?;
-        Ok(Self { client, unary })
+    /// The bridge's Redis at `target`, its keys laid out as `layout`, its
+    /// writes confirmed by `wait`'s replicas. Connects lazily: Redis need
+    /// not be up yet.
+    pub fn new(target: &Target, layout: Layout, wait: ReplicaWait) -> Result<Self, StoreError> {
+        let unary = Connection::open(target, TIMEOUTS)?;
+        Ok(Self {
+            target: target.clone(),
+            layout,
+            wait,
+            unary,
+        })
+    }
+
+    /// The one Redis at `redis_url`, keys as always, no replicas waited
+    /// for: what tests and embedders start from.
+    pub fn for_redis(redis_url: &str) -> Result<Self, StoreError> {
+        Self::new(&Target::from(redis_url), Layout::SINGLE, ReplicaWait::NONE)
     }
 
     /// The shared connection of the unary calls.
@@ -190,50 +256,115 @@ impl Store {
         self.unary.clone()
     }
 
-    /// `PING`: whether Redis answers at all.
+    /// The key layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// `PING`: whether Redis answers at all (on a cluster, a node does).
     pub async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING").query_async::<()>(&mut self.connection()).await?;
         Ok(())
     }
 
+    /// Records the configured layout in [`schema::LAYOUT`] if Redis has
+    /// none, and says whether the one recorded is the configured one.
+    pub async fn check_layout(&self) -> Result<LayoutCheck, StoreError> {
+        let [(_, partitions), (_, streams)] = self.layout.record();
+        let (recorded, _streams): (String, String) = invoke(
+            SCRIPTS.record_layout.key(schema::LAYOUT).arg(&partitions).arg(&streams),
+            &mut self.connection(),
+        )
+        .await?;
+        if recorded == partitions {
+            Ok(LayoutCheck::Matches)
+        } else {
+            Ok(LayoutCheck::Differs {
+                recorded,
+                configured: self.layout.partition_count(),
+            })
+        }
+    }
+
     /// A writer for one event stream (see [`EventWriter`]), with a
     /// connection of its own.
     pub fn event_writer(&self) -> Result<EventWriter, StoreError> {
-        Ok(EventWriter::new(Connection::new(self.client.clone())?))
+        Ok(EventWriter::new(
+            Connection::open(&self.target, TIMEOUTS)?,
+            self.layout,
+            self.wait,
+        ))
     }
 
-    /// The restart cleanup on a stream's `hello`: returns how many devices
-    /// of a previous instance of `driver` were marked offline.
+    /// The restart cleanup on a stream's `hello`: if `driver` now runs as a
+    /// new process `instance`, the previous one is dead and its devices are
+    /// marked offline (sessions the new instance already registered stay).
+    /// Returns how many were marked offline.
     pub async fn driver_restart(&self, driver: &str, instance: &str) -> Result<u64, StoreError> {
-        Ok(SCRIPTS
-            .driver_restart
-            .key(schema::DRIVER_INSTANCE.name(driver))
-            .key(schema::DRIVER_DEVICES.name(driver))
-            .arg(driver)
-            .arg(instance)
-            .arg(schema::DEVICE.script_prefix())
-            .invoke_async(&mut self.connection())
-            .await?)
+        let devices_key = self.layout.driver_devices(driver);
+        let serials: Vec<String> = invoke(
+            SCRIPTS
+                .claim_instance
+                .key(self.layout.driver_instance(driver))
+                .key(&devices_key)
+                .arg(instance),
+            &mut self.connection(),
+        )
+        .await?;
+        let outcomes: Vec<Result<(String, i64), StoreError>> = futures::stream::iter(serials)
+            .filter_map(|serial| async move { serial.parse::<Serial>().ok().map(|s| (serial, s)) })
+            .map(|(text, serial)| {
+                let mut connection = self.connection();
+                let key = self.layout.device(&serial);
+                async move {
+                    let outcome: i64 =
+                        invoke(SCRIPTS.mark_offline.key(key).arg(driver).arg(instance), &mut connection).await?;
+                    Ok((text, outcome))
+                }
+            })
+            .buffer_unordered(MARKS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut offline = 0;
+        let mut leaving = Vec::new();
+        for outcome in outcomes {
+            let (serial, outcome) = outcome?;
+            if outcome != 0 {
+                leaving.push(serial);
+            }
+            if outcome == 1 {
+                offline += 1;
+            }
+        }
+        if !leaving.is_empty() {
+            redis::cmd("SREM")
+                .arg(&devices_key)
+                .arg(&leaving)
+                .query_async::<()>(&mut self.connection())
+                .await?;
+        }
+        Ok(offline)
     }
 
-    /// Installs a session in the registry (`OpenSession`).
+    /// Installs a session in the registry (`OpenSession`); tells the driver
+    /// of a superseded session to close it.
     pub async fn open_session(&self, session: SessionOpening<'_>) -> Result<SessionOpened, StoreError> {
-        let (last_event_id, superseded): (String, i64) = SCRIPTS
-            .open_session
-            .key(schema::DEVICE.name(session.serial))
-            .key(schema::HIGH_WATER_MARKS)
-            .key(schema::DRIVER_DEVICES.name(session.driver))
-            .arg(session.serial.as_str())
-            .arg(session.session)
-            .arg(session.driver)
-            .arg(session.instance)
-            .arg(session.peer)
-            .arg(session.firmware)
-            .arg(session.connected_ms)
-            .arg(schema::DRIVER_DEVICES.script_prefix())
-            .arg(schema::DRIVER_CONTROL.script_prefix())
-            .invoke_async(&mut self.connection())
-            .await?;
+        let partition = self.layout.partition_of(session.serial);
+        let (last_event_id, superseded, old_driver, old_session): (String, i64, String, String) = invoke(
+            SCRIPTS
+                .open_session
+                .key(self.layout.device(session.serial))
+                .key(self.layout.high_water_marks(partition))
+                .arg(session.serial.as_str())
+                .arg(session.session)
+                .arg(session.driver)
+                .arg(session.instance)
+                .arg(session.peer)
+                .arg(session.firmware)
+                .arg(session.connected_ms),
+            &mut self.connection(),
+        )
+        .await?;
         let last_event_id = last_event_id.parse().map_err(|_| {
             RedisError::from((
                 ErrorKind::UnexpectedReturnType,
@@ -241,6 +372,40 @@ impl Store {
                 last_event_id,
             ))
         })?;
+        let mut joining = redis::cmd("SADD");
+        joining
+            .arg(self.layout.driver_devices(session.driver))
+            .arg(session.serial.as_str());
+        let mut connection = self.connection();
+        let joined = joining.query_async::<()>(&mut connection);
+        if superseded == 1 && !old_driver.is_empty() {
+            let notice = serde_json::json!({
+                schema::control_fields::TYPE: schema::control_fields::SUPERSEDE,
+                schema::control_fields::SERIAL: session.serial.as_str(),
+                schema::control_fields::SESSION: old_session,
+            })
+            .to_string();
+            let control = schema::DRIVER_CONTROL.name(&old_driver);
+            let mut connection = self.connection();
+            let told = publish(&mut connection, &control, &notice);
+            let mut connection = self.connection();
+            let left = async {
+                if old_driver == session.driver {
+                    return Ok(());
+                }
+                redis::cmd("SREM")
+                    .arg(self.layout.driver_devices(&old_driver))
+                    .arg(session.serial.as_str())
+                    .query_async::<()>(&mut connection)
+                    .await
+            };
+            let (joined, told, left) = tokio::join!(joined, told, left);
+            joined?;
+            told?;
+            left?;
+        } else {
+            joined.await?;
+        }
         Ok(SessionOpened {
             last_event_id,
             superseded_other: superseded == 1,
@@ -256,212 +421,151 @@ impl Store {
         driver: &str,
         last_seen_ms: u64,
     ) -> Result<bool, StoreError> {
-        let current: i64 = SCRIPTS
-            .close_session
-            .key(schema::DEVICE.name(serial))
-            .key(schema::HIGH_WATER_MARKS)
-            .key(schema::DRIVER_DEVICES.name(driver))
-            .arg(serial.as_str())
-            .arg(session)
-            .arg(last_seen_ms)
-            .invoke_async(&mut self.connection())
-            .await?;
+        let partition = self.layout.partition_of(serial);
+        let current: i64 = invoke(
+            SCRIPTS
+                .close_session
+                .key(self.layout.device(serial))
+                .key(self.layout.high_water_marks(partition))
+                .arg(serial.as_str())
+                .arg(session)
+                .arg(last_seen_ms),
+            &mut self.connection(),
+        )
+        .await?;
+        if current == 1 {
+            redis::cmd("SREM")
+                .arg(self.layout.driver_devices(driver))
+                .arg(serial.as_str())
+                .query_async::<()>(&mut self.connection())
+                .await?;
+        }
         Ok(current == 1)
     }
 
     /// Records a rejected command and publishes its notice (`RejectCommand`).
     pub async fn reject_command(&self, rejection: CommandRejection<'_>) -> Result<(), StoreError> {
-        SCRIPTS
-            .reject_command
-            .key(schema::REJECTED_COMMANDS)
+        let mut connection = self.connection();
+        redis::cmd("XADD")
+            .arg(schema::REJECTED_COMMANDS)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100_000)
+            .arg("*")
+            .arg(schema::rejection_fields::SERIAL)
             .arg(rejection.serial.as_str())
+            .arg(schema::rejection_fields::COMMAND_ID)
             .arg(rejection.command_id)
+            .arg(schema::rejection_fields::OUTCOME)
             .arg(rejection.outcome)
+            .arg(schema::rejection_fields::REASON)
             .arg(rejection.reason)
+            .arg(schema::rejection_fields::MESSAGE)
             .arg(rejection.message)
+            .arg(schema::rejection_fields::DRIVER)
             .arg(rejection.driver)
+            .arg(schema::rejection_fields::REJECTED_MS)
             .arg(rejection.rejected_ms)
-            .arg(rejection.notice)
-            .arg(schema::COMMAND_RESULTS.name(rejection.serial))
-            .invoke_async::<()>(&mut self.connection())
+            .query_async::<()>(&mut connection)
             .await?;
+        publish(
+            &mut connection,
+            &schema::COMMAND_RESULTS.name(rejection.serial),
+            rejection.notice,
+        )
+        .await?;
         Ok(())
     }
 
     /// Appends an `upload_completed` record once per upload
     /// (`RecordUpload`); returns whether this call appended it.
     pub async fn record_upload(&self, upload: UploadRecord<'_>) -> Result<bool, StoreError> {
-        let recorded: i64 = SCRIPTS
-            .record_upload
-            .key(schema::UPLOAD_RECORDED.name(upload.serial, upload.upload_id))
-            .key(schema::UPLOADS)
-            .arg(upload.serial.as_str())
-            .arg(upload.upload_id)
-            .arg(upload.name)
-            .arg(upload.size)
-            .arg(upload.sha256)
-            .arg(upload.path)
-            .arg(upload.driver)
-            .arg(upload.completed_ms)
-            .invoke_async(&mut self.connection())
-            .await?;
+        let mut connection = self.connection();
+        let recorded: i64 = invoke(
+            SCRIPTS
+                .record_upload
+                .key(self.layout.upload_recorded(upload.serial, upload.upload_id))
+                .key(schema::UPLOADS)
+                .arg(upload.serial.as_str())
+                .arg(upload.upload_id)
+                .arg(upload.name)
+                .arg(upload.size)
+                .arg(upload.sha256)
+                .arg(upload.path)
+                .arg(upload.driver)
+                .arg(upload.completed_ms),
+            &mut connection,
+        )
+        .await?;
+        wait_for_replicas(&mut connection, self.wait, schema::UPLOADS).await?;
         Ok(recorded == 1)
     }
 }
 
-/// A multiplexed Redis connection that mends itself: redis-rs's
-/// [`ConnectionManager`], which pipelines concurrent calls over one socket
-/// and dials again after an I/O error or a dropped connection, and a fresh
-/// manager in the two cases that leave a manager broken for good:
-///
-/// - a reply that never came within [`RESPONSE_TIMEOUT`]: the manager keeps
-///   the connection, and behind a peer that vanished without a reset every
-///   later call would time out too;
-/// - a refused login (`WRONGPASS`, or a full Redis answering `AUTH` with an
-///   error) while dialling: the manager keeps that failed dial and answers
-///   every later call with it, so the bridge would stay locked out after
-///   the ACL is fixed.
-///
-/// A call fails at once while Redis is down, rather than waiting through a
-/// schedule of reconnection attempts: the manager dials once per failure,
-/// and every caller retries on its own terms already (drivers, the event
-/// streams' appliers, the health check). Cheap to clone; clones share the
-/// connection.
-#[derive(Clone)]
-pub(crate) struct Connection {
-    shared: Arc<Shared>,
+/// Publishes `message` on `channel`: `PUBLISH` on one Redis, `SPUBLISH`
+/// (to the channel's shard) on a cluster.
+async fn publish(connection: &mut Connection, channel: &str, message: &str) -> Result<(), RedisError> {
+    let command = if connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+    redis::cmd(command)
+        .arg(channel)
+        .arg(message)
+        .query_async::<()>(connection)
+        .await
 }
 
-/// What the clones of a [`Connection`] share.
-struct Shared {
-    /// Where a new manager dials.
-    client: redis::Client,
-    /// The manager in use; replaced whole, never changed in place.
-    current: RwLock<Current>,
+/// Runs `invocation`, loading its script first if Redis does not have it.
+async fn invoke<T: FromRedisValue>(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    connection: &mut Connection,
+) -> Result<T, RedisError> {
+    invocation.invoke_async(connection).await
 }
 
-#[derive(Clone)]
-struct Current {
-    /// Counts replacements, so that of many calls failing on one manager
-    /// only the first replaces it.
-    generation: u64,
-    manager: ConnectionManager,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("replacements", &self.current().generation)
-            .finish()
+/// After a write to `key`'s master: `WAIT` for `wait.replicas` replicas to
+/// confirm everything this connection wrote there.
+async fn wait_for_replicas(connection: &mut Connection, wait: ReplicaWait, key: &str) -> Result<(), StoreError> {
+    if wait.replicas == 0 {
+        return Ok(());
     }
-}
-
-impl Connection {
-    /// A connection to `client`'s Redis, dialled on first use.
-    fn new(client: redis::Client) -> Result<Self, RedisError> {
-        let manager = Self::new_manager(&client)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                client,
-                current: RwLock::new(Current { generation: 0, manager }),
-            }),
-        })
+    let mut command = redis::cmd("WAIT");
+    command
+        .arg(wait.replicas)
+        .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+    let answer = connection.on_master_of(key, &command).await?;
+    let confirmed: u32 = redis::from_redis_value(answer).map_err(RedisError::from)?;
+    if confirmed < wait.replicas {
+        return Err(StoreError::Replicas {
+            confirmed,
+            required: wait.replicas,
+            timeout: wait.timeout,
+        });
     }
-
-    /// A manager that dials on first use.
-    fn new_manager(client: &redis::Client) -> Result<ConnectionManager, RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(0);
-        ConnectionManager::new_lazy_with_config(client.clone(), config)
-    }
-
-    fn current(&self) -> Current {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces manager `generation` if `result` shows it cannot recover
-    /// by itself (see [`Connection`]).
-    fn mend<T>(&self, generation: u64, result: &Result<T, RedisError>) {
-        let Err(err) = result else { return };
-        if !(err.is_timeout() || err.kind() == ErrorKind::AuthenticationFailed) {
-            return;
-        }
-        let mut current = self.shared.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.generation != generation {
-            return; // another call replaced it already
-        }
-        // Only fails for settings this type never makes.
-        if let Ok(manager) = Self::new_manager(&self.shared.client) {
-            *current = Current {
-                generation: generation + 1,
-                manager,
-            };
-        }
-    }
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let Current {
-                generation,
-                mut manager,
-            } = self.current();
-            let result = manager.req_packed_command(cmd).await;
-            self.mend(generation, &result);
-            result
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let Current {
-                generation,
-                mut manager,
-            } = self.current();
-            let result = manager.req_packed_commands(cmd, offset, count).await;
-            self.mend(generation, &result);
-            result
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.current().manager.get_db()
-    }
+    Ok(())
 }
 
 /// How often, at most, one stream refreshes a device's registry entry
 /// (`last_event_id`, `last_seen_ms`) while it keeps sending events. The
-/// exactly-once high-water mark ([`schema::HIGH_WATER_MARKS`]) is exact at
-/// every call; only this human-facing copy lags, by at most this much.
+/// exactly-once high-water mark is exact at every call; only this
+/// human-facing copy lags, by at most this much.
 const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
 
-/// Stores the batches of one event stream, one script call at a time.
+/// Stores the batches of one event stream, one script call per partition
+/// they touch (all at once), a call at a time.
 ///
 /// Each stream has a Redis connection of its own: a script storing
 /// thousands of events takes milliseconds, and the registry calls of
 /// `OpenSession` must not queue behind it on a shared connection (a
 /// handshake storm during heavy event traffic would time out). It reuses
-/// one command buffer and its scratch tables, so a call allocates nothing
-/// per event (only a key name per registry entry it refreshes).
+/// its command buffers and scratch tables, so a call allocates nothing per
+/// event (only a key name per registry entry it refreshes).
 pub struct EventWriter {
     connection: Connection,
-    command: Cmd,
-    /// Serials of the call being built, in first-seen order.
-    serials: Vec<Serial>,
-    /// Serial -> its index (1-based) in `serials`.
-    index: HashMap<Serial, usize>,
+    layout: Layout,
+    wait: ReplicaWait,
+    /// Per partition: the call being built.
+    calls: Vec<PartitionCall>,
+    /// Per event of the call, in batch order: its partition.
+    partition_of_event: Vec<u16>,
     /// Serials whose registry entry was refreshed in the current and the
     /// previous period: a serial is refreshed when it is in neither. Two
     /// generations bound the memory to the devices active lately.
@@ -469,112 +573,217 @@ pub struct EventWriter {
     period_started: Instant,
 }
 
+/// One partition's part of a call.
+#[derive(Default)]
+struct PartitionCall {
+    command: Cmd,
+    /// Serials of the call in this partition, in first-seen order, those
+    /// due a registry refresh first.
+    serials: Vec<Serial>,
+    /// Serial -> its index (1-based) in `serials`.
+    index: HashMap<Serial, usize>,
+    /// How many of `serials` are refreshed.
+    refreshing: usize,
+    /// Events of each batch in this partition.
+    per_batch: Vec<usize>,
+}
+
 impl std::fmt::Debug for EventWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventWriter")
             .field("connection", &self.connection)
+            .field("layout", &self.layout)
             .finish()
     }
 }
 
 impl EventWriter {
-    fn new(connection: Connection) -> Self {
+    fn new(connection: Connection, layout: Layout, wait: ReplicaWait) -> Self {
         Self {
             connection,
-            command: Cmd::new(),
-            serials: Vec::new(),
-            index: HashMap::new(),
+            layout,
+            wait,
+            calls: layout.partitions().map(|_| PartitionCall::default()).collect(),
+            partition_of_event: Vec::new(),
             refreshed: [HashSet::new(), HashSet::new()],
             period_started: Instant::now(),
         }
     }
 
-    /// Stores `batches` (in order) with one script call and returns, per
-    /// batch, how many events were newly appended to [`schema::EVENTS`]; the
-    /// rest were duplicates. On error nothing is known about what was
+    /// Stores `batches` (in order) and returns, per batch, how many events
+    /// were newly appended to their partition's stream; the rest were
+    /// duplicates. The command results newly stored are published on their
+    /// devices' result channels. On error nothing is known about what was
     /// stored: call again with the same batches.
     pub async fn store(&mut self, driver: &str, batches: &[ValidBatch]) -> Result<Vec<u32>, StoreError> {
-        let refreshing = self.plan_call(batches);
-        self.build_store_events(driver, batches, refreshing);
-        let result = self.invoke().await;
-        if result.is_err() {
-            // The registry refreshes of a failed call did not happen.
-            for serial in &self.serials[..refreshing] {
-                self.refreshed[0].remove(serial);
+        self.plan_calls(batches);
+        for (index, call) in self.calls.iter_mut().enumerate() {
+            if call.serials.is_empty() {
+                continue;
+            }
+            let partition = self.layout.partitions().nth(index).expect("one call per partition");
+            call.build(
+                &self.layout,
+                partition,
+                driver,
+                batches,
+                &self.partition_of_event,
+                index,
+            );
+        }
+        let outcomes = {
+            let connection = &self.connection;
+            let layout = self.layout;
+            let wait = self.wait;
+            let calls = self
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(_, call)| !call.serials.is_empty());
+            futures::future::join_all(calls.map(|(index, call)| {
+                let mut connection = connection.clone();
+                let events_key = layout.events(layout.partitions().nth(index).expect("one call per partition"));
+                async move {
+                    let outcome = run_store_events(&mut connection, &call.command).await?;
+                    wait_for_replicas(&mut connection, wait, &events_key).await?;
+                    Ok::<_, StoreError>((index, outcome))
+                }
+            }))
+            .await
+        };
+        let mut stored = vec![0u32; batches.len()];
+        let mut failure = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok((index, (counts, notices))) => {
+                    let call = &self.calls[index];
+                    if counts.len() != batches.len() {
+                        failure.get_or_insert(StoreError::from(RedisError::from((
+                            ErrorKind::UnexpectedReturnType,
+                            "store_events returned a count per batch",
+                            format!("{} counts for {} batches", counts.len(), batches.len()),
+                        ))));
+                        continue;
+                    }
+                    for (total, count) in stored.iter_mut().zip(counts) {
+                        *total += count;
+                    }
+                    debug_assert!(call.per_batch.len() == batches.len());
+                    for pair in notices.chunks_exact(2) {
+                        let channel = schema::COMMAND_RESULTS.name(&pair[0].parse().unwrap_or(call.serials[0]));
+                        if let Err(err) = publish(&mut self.connection, &channel, &pair[1]).await {
+                            // Stored: the result is in the stream; only the
+                            // live notice is lost.
+                            tracing::warn!(error = %err, %channel, "could not publish a command result");
+                        }
+                    }
+                }
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
             }
         }
-        let stored = result?;
-        if stored.len() != batches.len() {
-            return Err(RedisError::from((
-                ErrorKind::UnexpectedReturnType,
-                "store_events returned a count per batch",
-                format!("{} counts for {} batches", stored.len(), batches.len()),
-            ))
-            .into());
+        if let Some(err) = failure {
+            // The registry refreshes of a failed call may not have happened.
+            for call in &self.calls {
+                for serial in &call.serials[..call.refreshing] {
+                    self.refreshed[0].remove(serial);
+                }
+            }
+            return Err(err);
         }
         Ok(stored)
     }
 
-    /// Collects the call's distinct serials, those due a registry refresh
-    /// first; returns how many are due.
-    fn plan_call(&mut self, batches: &[ValidBatch]) -> usize {
+    /// Sorts the call's events into partitions and collects each
+    /// partition's distinct serials, those due a registry refresh first.
+    fn plan_calls(&mut self, batches: &[ValidBatch]) {
         if self.period_started.elapsed() >= REGISTRY_REFRESH {
             self.refreshed.swap(0, 1);
             self.refreshed[0].clear();
             self.period_started = Instant::now();
         }
-        self.serials.clear();
-        self.index.clear();
-        let mut later = Vec::new();
-        for &serial in batches.iter().flat_map(|batch| &batch.serials) {
-            if self.index.insert(serial, 0).is_some() {
-                continue; // met earlier in this call
-            }
-            let [current, previous] = &mut self.refreshed;
-            if current.contains(&serial) || previous.contains(&serial) {
-                later.push(serial);
-            } else {
-                current.insert(serial);
-                self.serials.push(serial);
+        for call in &mut self.calls {
+            call.serials.clear();
+            call.index.clear();
+            call.per_batch.clear();
+            call.per_batch.resize(batches.len(), 0);
+        }
+        self.partition_of_event.clear();
+        let single = self.calls.len() == 1;
+        let mut later: Vec<Vec<Serial>> = vec![Vec::new(); self.calls.len()];
+        for (b, batch) in batches.iter().enumerate() {
+            for serial in &batch.serials {
+                let p = if single {
+                    0
+                } else {
+                    self.layout.partition_of(serial).index()
+                };
+                self.partition_of_event.push(p);
+                let call = &mut self.calls[usize::from(p)];
+                call.per_batch[b] += 1;
+                if call.index.insert(*serial, 0).is_some() {
+                    continue; // met earlier in this call
+                }
+                let [current, previous] = &mut self.refreshed;
+                if current.contains(serial) || previous.contains(serial) {
+                    later[usize::from(p)].push(*serial);
+                } else {
+                    current.insert(*serial);
+                    call.serials.push(*serial);
+                }
             }
         }
-        let refreshing = self.serials.len();
-        self.serials.append(&mut later);
-        for (i, serial) in self.serials.iter().enumerate() {
-            self.index.insert(*serial, i + 1);
+        for (call, later) in self.calls.iter_mut().zip(&mut later) {
+            call.refreshing = call.serials.len();
+            call.serials.append(later);
+            for (i, serial) in call.serials.iter().enumerate() {
+                call.index.insert(*serial, i + 1);
+            }
         }
-        refreshing
     }
+}
 
-    /// Writes `EVALSHA store_events 2+r events hwm device... results-prefix
-    /// driver k s serials... n1..nk (index id time kind body received
-    /// [notice])...` into the command (see `scripts/store_events.lua`).
-    fn build_store_events(&mut self, driver: &str, batches: &[ValidBatch], refreshing: usize) {
+impl PartitionCall {
+    /// Writes `EVALSHA store_events 2+r events hwm device... driver k s
+    /// serials... n1..nk (index id time kind body received [notice])...`
+    /// for this partition's events (see `scripts/store_events.lua`).
+    fn build(
+        &mut self,
+        layout: &Layout,
+        partition: Partition,
+        driver: &str,
+        batches: &[ValidBatch],
+        partition_of_event: &[u16],
+        this: usize,
+    ) {
         let command = &mut self.command;
         command.clear();
         command
             .arg("EVALSHA")
             .arg(SCRIPTS.store_events.get_hash())
-            .arg(2 + refreshing)
-            .arg(schema::EVENTS)
-            .arg(schema::HIGH_WATER_MARKS);
-        for serial in &self.serials[..refreshing] {
-            command.arg(schema::DEVICE.name(serial));
+            .arg(2 + self.refreshing)
+            .arg(layout.events(partition))
+            .arg(layout.high_water_marks(partition));
+        for serial in &self.serials[..self.refreshing] {
+            command.arg(layout.device(serial));
         }
-        command
-            .arg(schema::COMMAND_RESULTS.script_prefix())
-            .arg(driver)
-            .arg(batches.len())
-            .arg(self.serials.len());
+        command.arg(driver).arg(batches.len()).arg(self.serials.len());
         for serial in &self.serials {
             command.arg(serial.as_bytes());
         }
-        for batch in batches {
-            command.arg(batch.events.len());
+        for count in &self.per_batch {
+            command.arg(*count);
         }
+        let mut partitions = partition_of_event.iter();
         for batch in batches {
             let mut notices = batch.results.iter();
             for (event, serial) in batch.events.iter().zip(&batch.serials) {
+                let ours = partitions.next().is_some_and(|&p| usize::from(p) == this);
+                let notice = (event.kind == COMMAND_RESULT_KIND).then(|| notices.next());
+                if !ours {
+                    continue;
+                }
                 command
                     .arg(self.index.get(serial).copied().unwrap_or(0))
                     .arg(event.event_id)
@@ -582,23 +791,25 @@ impl EventWriter {
                     .arg(event.kind)
                     .arg(&event.body[..])
                     .arg(event.received_ms);
-                if event.kind == COMMAND_RESULT_KIND {
+                if let Some(notice) = notice {
                     // `ValidBatch::check` made one notice per command result.
-                    command.arg(notices.next().map_or("", String::as_str));
+                    command.arg(notice.map_or("", String::as_str));
                 }
             }
         }
     }
+}
 
-    async fn invoke(&mut self) -> Result<Vec<u32>, StoreError> {
-        let connection = &mut self.connection;
-        match self.command.query_async(connection).await {
-            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                SCRIPTS.store_events.load_async(connection).await?;
-                Ok(self.command.query_async(connection).await?)
-            }
-            result => Ok(result?),
+/// Runs a built `store_events` call, loading the script if the node lacks
+/// it; returns the counts per batch and the (serial, notice) pairs to
+/// publish.
+async fn run_store_events(connection: &mut Connection, command: &Cmd) -> Result<(Vec<u32>, Vec<String>), StoreError> {
+    match command.query_async(connection).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            SCRIPTS.store_events.load_async(connection).await?;
+            Ok(command.query_async(connection).await?)
         }
+        result => Ok(result?),
     }
 }
 
@@ -606,15 +817,16 @@ impl EventWriter {
 mod tests {
     use std::collections::HashSet;
 
-    use drover_schema::{control_fields, device_fields, event_fields, rejection_fields, upload_fields};
+    use drover_schema::{device_fields, event_fields, layout_fields, upload_fields};
 
-    const SCRIPT_SOURCES: [(&str, &str); 6] = [
+    const SCRIPT_SOURCES: [(&str, &str); 7] = [
         ("store_events", include_str!("scripts/store_events.lua")),
         ("open_session", include_str!("scripts/open_session.lua")),
         ("close_session", include_str!("scripts/close_session.lua")),
-        ("driver_restart", include_str!("scripts/driver_restart.lua")),
-        ("reject_command", include_str!("scripts/reject_command.lua")),
+        ("claim_instance", include_str!("scripts/claim_instance.lua")),
+        ("mark_offline", include_str!("scripts/mark_offline.lua")),
         ("record_upload", include_str!("scripts/record_upload.lua")),
+        ("record_layout", include_str!("scripts/record_layout.lua")),
     ];
 
     /// The quoted strings of a Lua source, comments left out.
@@ -642,10 +854,9 @@ mod tests {
         let fields: HashSet<&str> = [
             &event_fields::ALL[..],
             &device_fields::ALL,
-            &rejection_fields::ALL,
             &upload_fields::ALL,
-            &control_fields::ALL,
-            &[control_fields::SUPERSEDE, upload_fields::UPLOAD_COMPLETED],
+            &layout_fields::ALL,
+            &[upload_fields::UPLOAD_COMPLETED],
         ]
         .concat()
         .into_iter()

@@ -260,6 +260,7 @@ async fn a_certificate_naming_another_driver_is_permission_denied_and_changes_no
         .fleet
         .sign(&["driver-1"], ExtendedKeyUsagePurpose::ClientAuth, false);
     let mut client = pki.client(&bridge, certificate).await.unwrap();
+    bridge.checked().await;
     let mut redis = bridge.redis().await;
     let before = contents(&mut redis).await;
 
@@ -298,6 +299,7 @@ async fn a_certificate_naming_another_driver_is_permission_denied_and_changes_no
 async fn an_expired_or_foreign_certificate_is_refused_at_the_handshake() {
     let pki = Pki::mint();
     let bridge = tls_bridge(&pki).await;
+    bridge.checked().await;
     let mut redis = bridge.redis().await;
     let before = contents(&mut redis).await;
     let expired = pki.fleet.sign(&["driver-1"], ExtendedKeyUsagePurpose::ClientAuth, true);

@@ -44,7 +44,7 @@ async fn a_bridge_refused_by_redis_gets_in_once_its_user_is_fixed() {
         &["ACL", "SETUSER", "drover-bridge", "on", ">old", "~*", "&*", "+@all"],
     )
     .await;
-    let store = Store::new(&format!("redis://drover-bridge:new@127.0.0.1:{}", redis.port())).unwrap();
+    let store = Store::for_redis(&format!("redis://drover-bridge:new@127.0.0.1:{}", redis.port())).unwrap();
 
     for attempt in 1..=2 {
         let refused = within("PING", store.ping()).await.unwrap_err();
@@ -58,7 +58,7 @@ async fn a_bridge_refused_by_redis_gets_in_once_its_user_is_fixed() {
 async fn a_connection_redis_dropped_is_replaced() {
     let redis = RedisServer::start().unwrap();
     let mut admin = admin(&redis).await;
-    let store = Store::new(&redis.url()).unwrap();
+    let store = Store::for_redis(&redis.url()).unwrap();
     within("PING", store.ping()).await.unwrap();
 
     // Every client but the admin's: the bridge's connection is gone.

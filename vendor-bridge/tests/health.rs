@@ -55,17 +55,18 @@ async fn health_is_serving_only_while_redis_answers() {
 #[tokio::test]
 async fn redis_with_appendfsync_always_makes_acks_durable() {
     let redis = RedisServer::start().unwrap();
-    let store = Store::new(&redis.url()).unwrap();
+    let store = Store::for_redis(&redis.url()).unwrap();
     assert_eq!(durability::check(&store).await.unwrap(), Durability::Fsynced);
 }
 
 #[tokio::test]
 async fn redis_with_appendfsync_everysec_is_reported_weak() {
     let redis = RedisServer::start_with_args(&["--appendfsync", "everysec"]).unwrap();
-    let store = Store::new(&redis.url()).unwrap();
+    let store = Store::for_redis(&redis.url()).unwrap();
     assert_eq!(
         durability::check(&store).await.unwrap(),
         Durability::Weak(Settings {
+            node: "redis".to_owned(),
             appendonly: "yes".to_owned(),
             appendfsync: "everysec".to_owned(),
             no_appendfsync_on_rewrite: "no".to_owned(),
@@ -76,7 +77,7 @@ async fn redis_with_appendfsync_everysec_is_reported_weak() {
 #[tokio::test]
 async fn redis_refusing_config_leaves_durability_unverified() {
     let redis = RedisServer::start_with_args(&["--rename-command", "CONFIG", ""]).unwrap();
-    let store = Store::new(&redis.url()).unwrap();
+    let store = Store::for_redis(&redis.url()).unwrap();
     assert!(matches!(
         durability::check(&store).await.unwrap(),
         Durability::Unverified { .. }

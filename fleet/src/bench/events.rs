@@ -126,7 +126,7 @@ fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64)
 fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64) -> anyhow::Result<Phase> {
     let sim = binary("controller-sim")?;
     let seconds = ctx.phase_seconds();
-    let _consumer = Consumer::start(rig.redis.port(), drover_schema::EVENTS);
+    let _consumer = Consumer::start(rig.redis.port(), &drover_schema::Layout::SINGLE.event_streams()[0]);
     let meter = CpuMeter::start(&rig.processes());
     let started = std::time::Instant::now();
     let summary = run_sim(
@@ -155,13 +155,14 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn start(port: u16, key: &'static str) -> Self {
+    fn start(port: u16, key: &str) -> Self {
+        let key = key.to_owned();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "XTRIM", key, "MAXLEN", "~", "100000"])
+                    .args(["-p", &port.to_string(), "XTRIM", &key, "MAXLEN", "~", "100000"])
                     .stdout(std::process::Stdio::null())
                     .status();
                 std::thread::sleep(std::time::Duration::from_millis(500));

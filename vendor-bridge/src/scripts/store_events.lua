@@ -1,23 +1,28 @@
 #!lua
 -- Stores one or more batches of events exactly once per (serial, event_id).
 --
--- KEYS[1]      the events stream (drover_schema::EVENTS)
--- KEYS[2]      the high-water marks (drover_schema::HIGH_WATER_MARKS)
--- KEYS[3..2+r] the registry entries (drover_schema::DEVICE) of the r
---              serials whose entry this call refreshes, in the order of
---              the serials below
--- ARGV[1]      the prefix of result channels (drover_schema::COMMAND_RESULTS):
---              a channel is only needed for a command result newly stored
--- ARGV[2]      driver id, recorded with every event
--- ARGV[3]      k, the number of batches
--- ARGV[4]      s, the number of distinct serials in the call
--- ARGV[5..4+s] the distinct serials, the r to refresh first
--- ARGV[5+s..4+s+k] the number of events in each batch
+-- One partition's part of the batches: every serial below belongs to the
+-- partition of KEYS[1] and KEYS[2], so on a cluster every key is in one
+-- slot.
+--
+-- KEYS[1]      the partition's events stream (Layout::events)
+-- KEYS[2]      its high-water marks (Layout::high_water_marks)
+-- KEYS[3..2+r] the registry entries (Layout::device) of the r serials
+--              whose entry this call refreshes, in the order of the
+--              serials below
+-- ARGV[1]      driver id, recorded with every event
+-- ARGV[2]      k, the number of batches
+-- ARGV[3]      s, the number of distinct serials in the call
+-- ARGV[4..3+s] the distinct serials, the r to refresh first
+-- ARGV[4+s..3+s+k] the number of events in each batch
 -- then per event: serial index (1-based, into the serials above), event_id,
 -- time_ms, kind, body, received_ms and, only when kind is 65535 (a command
 -- result), the JSON notice to publish.
 --
--- Returns, per batch, how many of its events were appended to KEYS[1].
+-- Returns {counts, notices}: per batch, how many of its events were
+-- appended to KEYS[1]; and for each command result newly stored, its
+-- serial and notice (the bridge publishes them on the serial's result
+-- channel, of another slot on a cluster).
 --
 -- The high-water marks live in one hash, KEYS[2] (serial -> highest stored
 -- event id): one HMGET reads them all and one HSET writes them all, so the
@@ -49,13 +54,12 @@ end
 
 local events, marks_key = KEYS[1], KEYS[2]
 local refresh = #KEYS - 2
-local result_prefix = argv[1]
-local driver = argv[2]
-local batches = tonumber(argv[3])
-local nserials = tonumber(argv[4])
+local driver = argv[1]
+local batches = tonumber(argv[2])
+local nserials = tonumber(argv[3])
 local serials = {}
 for j = 1, nserials do
-  serials[j] = argv[4 + j]
+  serials[j] = argv[3 + j]
 end
 
 -- unpack() fails beyond about 8,000 values (Lua's C stack limit): commands
@@ -77,10 +81,11 @@ end
 local advanced = {} -- serial index -> true once its mark moved
 local seen = {}     -- serial index -> received_ms of its latest event
 local stored = {}
-local i = 5 + nserials + batches
+local notices = {}
+local i = 4 + nserials + batches
 for b = 1, batches do
   local n = 0
-  for _ = 1, tonumber(argv[4 + nserials + b]) do
+  for _ = 1, tonumber(argv[3 + nserials + b]) do
     local j = tonumber(argv[i])
     local id, time_ms, kind, body, received_ms = argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4], argv[i + 5]
     local notice
@@ -99,7 +104,8 @@ for b = 1, batches do
       advanced[j] = true
       n = n + 1
       if notice then
-        call('PUBLISH', result_prefix .. serial, notice)
+        notices[#notices + 1] = serial
+        notices[#notices + 1] = notice
       end
     end
     seen[j] = received_ms
@@ -121,4 +127,4 @@ end
 for j = 1, refresh do
   call('HSET', KEYS[2 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
-return stored
+return {stored, notices}

@@ -78,6 +78,16 @@ impl Bridge {
         }
     }
 
+    /// Waits for the bridge's first check of Redis (which records the key
+    /// layout in `cwp:layout` on a fresh Redis): what a test compares
+    /// Redis's contents against must be taken after it.
+    pub(crate) async fn checked(&self) {
+        drover_testkit::wait::eventually("the bridge's first check of Redis", DEADLINE, || async {
+            self.stats.snapshot().durability != vendor_bridge::stats::DurabilityStatus::Unchecked
+        })
+        .await;
+    }
+
     /// A gRPC client of the bridge.
     pub(crate) async fn client(&self) -> VendorBridgeClient<Channel> {
         VendorBridgeClient::connect(format!("http://{}", self.addr))

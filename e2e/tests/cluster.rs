@@ -1,0 +1,241 @@
+//! Drover on a Redis Cluster (three masters on loopback, started by the
+//! test kit with `redis-cli --cluster create`): events exactly once over
+//! partitioned streams, commands and results as sharded pub/sub
+//! (`SPUBLISH`, `SSUBSCRIBE`), a session superseded across drivers, an
+//! upload recorded once, the layout enforced; then a slot migration and a
+//! master's failover under load, with nothing acknowledged lost and nothing
+//! stored twice.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cwp::{CommandId, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame};
+use drover_redis::{Delivery, Subscriber, Timeouts};
+use drover_schema::Layout;
+use drover_testkit::cluster_fleet::ClusterFleet;
+use drover_testkit::device::{connect, serial};
+use drover_testkit::fleet::runtime;
+use drover_testkit::inspect::stored_events;
+use drover_testkit::redis_cluster::RedisCluster;
+use drover_testkit::sim::{controller_sim, sim_summary, verified};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    response: Duration::from_secs(5),
+};
+
+/// Runs `controller-sim` against `fleet`'s first driver, verifying in the
+/// cluster that every acknowledged event is stored exactly once.
+fn simulate(fleet: &ClusterFleet, devices: u32, rate: u32, duration: &str) -> std::process::Child {
+    controller_sim(&fleet.addr().to_string())
+        .args(["--devices", &devices.to_string(), "--rate", &rate.to_string()])
+        .args(["--duration", duration])
+        .args(["--verify-redis-cluster", &fleet.cluster.seeds()])
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn events_of_many_devices_are_stored_exactly_once_each_in_its_serials_partition() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 6, 1, &[], &[]);
+    let summary = verified(sim_summary(simulate(&fleet, 60, 2000, "3s")), "controller-sim");
+    eprintln!("{summary}");
+
+    let layout = Layout::partitioned(6).unwrap();
+    runtime().block_on(async {
+        let mut redis = fleet.redis();
+        let recorded: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(drover_schema::LAYOUT)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(recorded["partitions"], "6");
+        assert_eq!(recorded["streams"], layout.event_streams().join(","));
+
+        // Every partition holds events, and only its own serials'.
+        let mut per_partition = vec![0u64; 6];
+        for stream in layout.event_streams() {
+            let index = layout.event_streams().iter().position(|s| *s == stream).unwrap();
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            for entry in &entries.ids {
+                let text: String = entry.get("serial").unwrap();
+                let partition = layout.partition_of(&serial(&text));
+                assert_eq!(usize::from(partition.index()), index, "{text} is in {stream}");
+            }
+            per_partition[index] = entries.ids.len() as u64;
+        }
+        assert!(per_partition.iter().all(|&n| n > 0), "{per_partition:?}");
+        // The partitions are spread over the three masters.
+        let masters: std::collections::HashSet<usize> = layout
+            .event_streams()
+            .iter()
+            .map(|stream| fleet.cluster.master_of(stream).unwrap())
+            .collect();
+        assert_eq!(masters.len(), 3, "six partitions on three masters");
+        // The registry entry of a device is in its partition, and current.
+        let device = serial("SIM-000001");
+        let entry: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(layout.device(&device))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(entry["driver"], fleet.drivers[0].driver_id());
+        let stored = stored_events(&mut redis).await;
+        assert_eq!(stored.len() as u64, per_partition.iter().sum::<u64>());
+    });
+}
+
+#[test]
+fn a_command_sent_with_spublish_reaches_its_device_and_the_result_arrives_by_ssubscribe() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 1, &[], &[]);
+    runtime().block_on(async {
+        let mut results = Subscriber::connect(&fleet.target(), TIMEOUTS).await.unwrap();
+        results
+            .subscribe(vec!["cwp:cmd-result:CTRL-0042".to_owned()])
+            .await
+            .unwrap();
+        let (mut device, _) = connect(fleet.addr(), &serial("CTRL-0042")).await;
+        let mut redis = fleet.redis();
+
+        let receivers: i64 = redis::cmd("SPUBLISH")
+            .arg("cwp:cmd:CTRL-0042")
+            .arg(r#"{"id":"11111111-1111-1111-1111-111111111111","name":"reboot"}"#)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(receivers, 1, "SPUBLISH counts the online device");
+        let command = match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Command(command) => command,
+            other => panic!("expected COMMAND, got {other:?}"),
+        };
+        assert_eq!(command.command_id, CommandId([0x11; 16]));
+
+        let result = CommandResult {
+            command_id: command.command_id,
+            status: CommandStatus::OK,
+            data: "done".into(),
+        };
+        device
+            .send(&DeviceFrame::Event(Event {
+                event_id: 1,
+                time_ms: 0,
+                kind: Event::COMMAND_RESULT_KIND,
+                body: result.encode(),
+            }))
+            .await
+            .unwrap();
+        let notice = tokio::time::timeout(WAIT, results.next()).await.unwrap().unwrap();
+        let Delivery::Message { channel, payload } = notice else {
+            panic!("expected the result, got {notice:?}")
+        };
+        assert_eq!(channel, "cwp:cmd-result:CTRL-0042");
+        let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(json["id"], "11111111-1111-1111-1111-111111111111");
+        assert_eq!(json["status"], "OK");
+        assert_eq!(json["data"], "done");
+
+        // The control: offline, nobody receives it.
+        drop(device);
+        drover_testkit::wait::eventually("the session to end", WAIT, || async {
+            let receivers: i64 = redis::cmd("SPUBLISH")
+                .arg("cwp:cmd:CTRL-0042")
+                .arg(r#"{"name":"ping"}"#)
+                .query_async(&mut fleet.redis())
+                .await
+                .unwrap();
+            receivers == 0
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_session_opened_on_another_driver_supersedes_the_first() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 2, &[], &[]);
+    runtime().block_on(async {
+        let device = serial("CTRL-0042");
+        let (mut first, _) = connect(fleet.drivers[0].addr(), &device).await;
+        let (_second, _) = connect(fleet.drivers[1].addr(), &device).await;
+        match first.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Bye(bye) => assert_eq!(bye.reason, cwp::ByeReason::SUPERSEDED),
+            other => panic!("expected BYE SUPERSEDED, got {other:?}"),
+        }
+        let layout = Layout::partitioned(3).unwrap();
+        let entry: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(layout.device(&device))
+            .query_async(&mut fleet.redis())
+            .await
+            .unwrap();
+        assert_eq!(entry["driver"], fleet.drivers[1].driver_id());
+        assert_eq!(entry["online"], "1");
+        let members = |driver: &str| {
+            let key = layout.driver_devices(driver);
+            let mut redis = fleet.redis();
+            async move {
+                let members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query_async(&mut redis).await.unwrap();
+                members
+            }
+        };
+        assert_eq!(members(fleet.drivers[1].driver_id()).await, ["CTRL-0042"]);
+        assert!(members(fleet.drivers[0].driver_id()).await.is_empty());
+    });
+}
+
+/// A bridge configured with another number of partitions than the cluster
+/// records stores nothing: a device cannot even open its session. The
+/// control is the same device on the fleet's own bridge.
+#[test]
+fn a_bridge_with_another_number_of_partitions_stores_nothing() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 1, &[], &[]);
+    runtime().block_on(async {
+        // The fleet's bridge recorded three partitions (its first check).
+        let (_device, _) = connect(fleet.addr(), &serial("CTRL-0001")).await;
+    });
+    let mut env = fleet.bridge_env.clone();
+    env.retain(|(name, _)| *name != "REDIS_EVENT_PARTITIONS");
+    env.push(("REDIS_EVENT_PARTITIONS", "4".to_owned()));
+    let other = drover_testkit::components::BridgeProcess::start(
+        "redis://unused.invalid:1",
+        &drover_testkit::fleet::logs(),
+        &env,
+    )
+    .unwrap();
+    let mut options = fleet.driver_options.clone();
+    options.bridge_url = other.url();
+    let driver = drover_testkit::components::DriverProcess::start(&options).unwrap();
+    runtime().block_on(async {
+        let mut device = controller_sim::client::Connection::connect(driver.addr())
+            .await
+            .unwrap();
+        let refused = device
+            .handshake(
+                serial("CTRL-0002"),
+                &drover_testkit::device::device_key(&serial("CTRL-0002")),
+                "fw",
+            )
+            .await;
+        assert!(
+            refused.is_err(),
+            "no session opens through a bridge with another layout"
+        );
+        let stored = stored_events(&mut fleet.redis()).await;
+        assert!(stored.is_empty());
+        let layout: String = redis::cmd("HGET")
+            .arg(drover_schema::LAYOUT)
+            .arg("partitions")
+            .query_async(&mut fleet.redis())
+            .await
+            .unwrap();
+        assert_eq!(layout, "3", "the record is not overwritten");
+    });
+}
