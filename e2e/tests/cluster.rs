@@ -239,3 +239,153 @@ fn a_bridge_with_another_number_of_partitions_stores_nothing() {
         assert_eq!(layout, "3", "the record is not overwritten");
     });
 }
+
+/// `redis-cli` against node `port`.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A serial whose command channel's slot is at most `highest`.
+fn serial_with_channel_slot_at_most(highest: u16) -> cwp::Serial {
+    (0..)
+        .map(|n| serial(&format!("MOVE-{n}")))
+        .find(|s| drover_schema::layout::slot(drover_schema::COMMANDS.name(s).as_bytes()) <= highest)
+        .unwrap()
+}
+
+/// `redis-cli --cluster reshard` moves the slots of one partition's stream,
+/// high-water marks and registry entries (with their keys) to another
+/// master while devices send events: the scripts meet `ASK` and `TRYAGAIN`
+/// mid-migration and the bridge retries; nothing acknowledged is lost,
+/// nothing stored twice. A device whose command channel moved with the
+/// slots still gets its commands: its driver subscribes the channel again
+/// on the new owner when the old one drops it.
+#[test]
+fn a_slot_migration_during_traffic_loses_and_duplicates_nothing_and_commands_follow_the_slots() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 1, &[], &[]);
+    let layout = Layout::partitioned(3).unwrap();
+    let moving = layout.event_streams()[0].clone();
+    let slot = drover_schema::layout::slot(moving.as_bytes());
+    let from = fleet.cluster.master_of(&moving).unwrap();
+    let to = (from + 1) % 3;
+    let node_id = |index: usize| redis_cli(fleet.cluster.nodes()[index].port(), &["CLUSTER", "MYID"]).trim().to_owned();
+    let watched = serial_with_channel_slot_at_most(slot);
+
+    let rt = runtime();
+    let (mut device, _) = rt.block_on(connect(fleet.addr(), &watched));
+    let sim = simulate(&fleet, 60, 1500, "8s");
+    std::thread::sleep(Duration::from_secs(2));
+    // Every slot from the lowest of `from` up to the partition's: redis-cli
+    // moves a source's slots lowest first.
+    let moved = redis_cli(
+        fleet.cluster.nodes()[from].port(),
+        &[
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", fleet.cluster.nodes()[from].port()),
+            "--cluster-from",
+            &node_id(from),
+            "--cluster-to",
+            &node_id(to),
+            "--cluster-slots",
+            &(u32::from(slot) + 1 - u32::from(slot) / 5462 * 5462).to_string(),
+            "--cluster-yes",
+        ],
+    );
+    assert!(moved.contains("Moving slot"), "{moved}");
+    assert_eq!(fleet.cluster.master_of(&moving).unwrap(), to, "the partition's slot moved");
+    let summary = verified(sim_summary(sim), "controller-sim");
+    eprintln!("{summary}");
+    assert!(drover_testkit::sim::count(&summary, "events_acked") > 0);
+
+    // The command channel moved too, and its device still gets commands.
+    assert_eq!(
+        fleet.cluster.master_of(&drover_schema::COMMANDS.name(&watched)).unwrap(),
+        to
+    );
+    rt.block_on(async {
+        let channel = drover_schema::COMMANDS.name(&watched);
+        drover_testkit::wait::eventually("the moved channel to be subscribed again", WAIT, || async {
+            let receivers: i64 = redis::cmd("SPUBLISH")
+                .arg(&channel)
+                .arg(r#"{"name":"after-the-move"}"#)
+                .query_async(&mut fleet.redis())
+                .await
+                .unwrap();
+            receivers == 1
+        })
+        .await;
+        loop {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Command(command) => {
+                    assert_eq!(command.name.as_str(), "after-the-move");
+                    break;
+                }
+                ServerFrame::Ping(_) => {}
+                other => panic!("expected the command, got {other:?}"),
+            }
+        }
+    });
+}
+
+/// Redis replication is asynchronous: a master can acknowledge a write its
+/// replica never received, and a failover then loses it. With
+/// `BRIDGE_WAIT_REPLICAS=1` the bridge acknowledges a batch only once a
+/// replica has it (`WAIT`). Both runs below stop partition 0's replica
+/// (`SIGSTOP`) while devices send, kill its master, let the replica go on
+/// and be promoted. With `WAIT`, nothing acknowledged is lost; without it
+/// (the control), events acknowledged while the replica was stopped are.
+fn failover_with_a_lagging_replica(wait_replicas: u32) -> serde_json::Value {
+    let cluster = RedisCluster::start_with(3, 1, &["--cluster-replica-validity-factor", "0"]).unwrap();
+    let bridge_env = [
+        ("BRIDGE_WAIT_REPLICAS", wait_replicas.to_string()),
+        ("BRIDGE_WAIT_TIMEOUT", "500ms".to_owned()),
+    ];
+    let mut fleet = ClusterFleet::start(cluster, 3, 1, &bridge_env, &[]);
+    let layout = Layout::partitioned(3).unwrap();
+    let stream = layout.event_streams()[0].clone();
+    let master = fleet.cluster.master_of(&stream).unwrap();
+    let replica = fleet.cluster.replicas_of(master)[0];
+
+    let sim = controller_sim(&fleet.addr().to_string())
+        .args(["--devices", "60", "--rate", "600", "--event-size", "4096", "--duration", "14s"])
+        .args(["--verify-redis-cluster", &fleet.cluster.seeds()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let replica_pid = nix::unistd::Pid::from_raw(fleet.cluster.nodes()[replica].pid() as i32);
+    let signal = |signal| nix::sys::signal::kill(replica_pid, signal).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    fleet.cluster.node_mut(master).stop();
+    signal(nix::sys::signal::Signal::SIGCONT);
+    drover_testkit::wait::wait_until("the replica to be promoted", Duration::from_secs(30), || {
+        fleet.cluster.master_of(&stream).is_ok_and(|index| index == replica)
+    })
+    .unwrap();
+    // Its summary whatever the verdict (controller-sim exits 3 when it
+    // finds acknowledged events missing).
+    let output = sim.wait_with_output().unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn with_wait_for_a_replica_a_failover_under_load_loses_nothing_acknowledged() {
+    let summary = verified(failover_with_a_lagging_replica(1), "controller-sim");
+    eprintln!("{summary}");
+    assert!(drover_testkit::sim::count(&summary, "events_acked") > 0);
+}
+
+#[test]
+fn without_wait_a_failover_loses_events_the_old_master_acknowledged_the_control() {
+    let summary = failover_with_a_lagging_replica(0);
+    eprintln!("{summary}");
+    let lost = summary["verification"]["missing"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "the control: acknowledged events are lost without WAIT: {summary}");
+}

@@ -82,11 +82,16 @@ impl RedisServer {
         // Accepting connections is not serving: a Redis that restarts on
         // its append-only file answers LOADING until it has read it.
         let client = redis::Client::open(format!("redis://{}", loopback(port)))?;
+        // Any answer but LOADING will do: with ACL users (`user default
+        // off`) it is NOAUTH.
         wait_until("Redis to load its data", Duration::from_secs(30), || {
-            client
+            match client
                 .get_connection()
                 .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
-                .is_ok()
+            {
+                Ok(_) => true,
+                Err(err) => err.code().is_some_and(|code| code != "LOADING"),
+            }
         })?;
         Ok(Self {
             process,
