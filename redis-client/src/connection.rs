@@ -32,14 +32,20 @@ pub enum Connection {
     /// One Redis.
     Single(MendingConnection),
     /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    Cluster {
+        /// Routes each command to its slot's master.
+        connection: ClusterConnection,
+        /// The seed nodes' URLs (their credentials open connections to
+        /// single nodes).
+        seeds: Arc<[String]>,
+    },
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Single(single) => single.fmt(f),
-            Self::Cluster(_) => f.write_str("Connection::Cluster"),
+            Self::Cluster { .. } => f.write_str("Connection::Cluster"),
         }
     }
 }
@@ -73,14 +79,17 @@ impl Connection {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeouts.connect)
                     .set_response_timeout(timeouts.response);
-                Ok(Self::Cluster(client.get_pending_async_connection_with_config(config)))
+                Ok(Self::Cluster {
+                    connection: client.get_pending_async_connection_with_config(config),
+                    seeds: nodes.clone().into(),
+                })
             }
         }
     }
 
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self, Self::Cluster { .. })
     }
 
     /// The nodes a command may be sent to: the one Redis, or every node of
@@ -93,25 +102,38 @@ impl Connection {
                 master: true,
                 healthy: true,
             }]),
-            Self::Cluster(cluster) => {
-                let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(cluster).await?;
+            Self::Cluster { connection, .. } => {
+                let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(connection).await?;
                 Ok(Node::parse_cluster_nodes(&text))
             }
         }
     }
 
-    /// Runs `cmd` on `node` (one of [`Connection::nodes`]).
+    /// Runs `cmd` on `node` (one of [`Connection::nodes`]). On a cluster,
+    /// over a connection of its own to that node (the cluster connection
+    /// holds none to replicas), with the seed nodes' credentials.
     pub async fn on_node(&mut self, node: &Node, cmd: &Cmd) -> Result<Value, RedisError> {
         let answer = match self {
             Self::Single(single) => single.req_packed_command(cmd).await,
-            Self::Cluster(cluster) => {
+            Self::Cluster { seeds, .. } => {
+                let Some(seed) = seeds.first() else {
+                    return Err(RedisError::from((ErrorKind::Client, "no seed node")));
+                };
                 let (host, port) = node
                     .address
                     .rsplit_once(':')
-                    .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+                    .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
                     .ok_or_else(|| RedisError::from((ErrorKind::Client, "not a node address", node.address.clone())))?;
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-                cluster.route_command(cmd.clone(), routing).await
+                let info = seed
+                    .as_str()
+                    .into_connection_info()?
+                    .set_addr(redis::ConnectionAddr::Tcp(host, port));
+                let client = redis::Client::open(info)?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)));
+                let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+                connection.req_packed_command(cmd).await
             }
         };
         // An error reply is an error, as from `query_async`.
@@ -123,11 +145,11 @@ impl Connection {
     pub async fn on_master_of(&mut self, key: &str, cmd: &Cmd) -> Result<Value, RedisError> {
         let answer = match self {
             Self::Single(single) => single.req_packed_command(cmd).await,
-            Self::Cluster(cluster) => {
+            Self::Cluster { connection, .. } => {
                 let slot = drover_schema::layout::slot(key.as_bytes());
                 let route = Route::new(slot, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                cluster.route_command(cmd.clone(), routing).await
+                connection.route_command(cmd.clone(), routing).await
             }
         };
         answer?.extract_error()
@@ -173,7 +195,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(single) => single.req_packed_command(cmd),
-            Self::Cluster(cluster) => cluster.req_packed_command(cmd),
+            Self::Cluster { connection, .. } => connection.req_packed_command(cmd),
         }
     }
 
@@ -185,14 +207,14 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(single) => single.req_packed_commands(cmd, offset, count),
-            Self::Cluster(cluster) => cluster.req_packed_commands(cmd, offset, count),
+            Self::Cluster { connection, .. } => connection.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(single) => single.get_db(),
-            Self::Cluster(cluster) => cluster.get_db(),
+            Self::Cluster { connection, .. } => connection.get_db(),
         }
     }
 }
