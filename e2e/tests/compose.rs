@@ -407,10 +407,12 @@ fn the_drivers_are_the_servers_of_lb_config() {
         );
         assert_eq!(env["DRIVER_ID"], name, "{name}: DRIVER_ID");
         assert_eq!(env["DRIVER_PROXY_PROTOCOL"], "true", "{name} is behind HAProxy");
-        let healthcheck = strings(&service["healthcheck"]["test"]).join(" ");
-        assert!(
-            healthcheck.contains(&format!("/dev/tcp/127.0.0.1/{check_port}")) && healthcheck.contains("GET /healthz"),
-            "{name}'s healthcheck asks /healthz on the admin port: {healthcheck}"
+        // `driver --health` asks /healthz on DRIVER_ADMIN_LISTEN, checked
+        // above to be HAProxy's check port.
+        assert_eq!(
+            strings(&service["healthcheck"]["test"]),
+            ["CMD", "driver", "--health"],
+            "{name}'s healthcheck asks /healthz like HAProxy"
         );
         let upload_dir = env["UPLOAD_DIR"];
         let volume = strings(&service["volumes"])
@@ -466,6 +468,24 @@ fn haproxy_mounts_lb_config_and_publishes_its_ports() {
     );
     let drivers: Vec<&str> = compose.running("driver").iter().map(|(name, _)| *name).collect();
     assert_depends_on_healthy("haproxy", haproxy, &drivers);
+    // Every device HAProxy admits may land on one driver (the others
+    // restarting): its limit must hold them, one descriptor each, plus a
+    // hundred for its listeners, Redis, the bridge and upload files.
+    for (name, driver) in compose.running("driver") {
+        let nofile = &driver["ulimits"]["nofile"];
+        for limit in ["soft", "hard"] {
+            let value: u32 = nofile[limit]
+                .as_str()
+                .map(|text| text.parse().unwrap())
+                .or_else(|| nofile[limit].as_u64().map(|n| u32::try_from(n).unwrap()))
+                .unwrap_or_else(|| panic!("{name}: no nofile {limit} limit"));
+            assert!(
+                value >= global_maxconn(&config) + 100,
+                "{name}: nofile {limit} {value} cannot hold HAProxy's maxconn {}",
+                global_maxconn(&config)
+            );
+        }
+    }
 }
 
 #[test]
@@ -474,10 +494,12 @@ fn the_drivers_find_the_bridge_and_redis_which_fsyncs_every_write() {
     let (bridge_name, bridge) = compose.only("vendor-bridge");
     let bridge_env = environment(bridge);
     let bridge_port = port_of(bridge_env["BRIDGE_LISTEN"]);
-    let bridge_check = strings(&bridge["healthcheck"]["test"]).join(" ");
-    assert!(
-        bridge_check.contains(&format!("/dev/tcp/127.0.0.1/{bridge_port}")),
-        "{bridge_check}"
+    // grpc.health.v1 on BRIDGE_LISTEN, which follows Redis (an open port
+    // alone said healthy while Redis refused every connection).
+    assert_eq!(
+        strings(&bridge["healthcheck"]["test"]),
+        ["CMD", "vendor-bridge", "--health"],
+        "{bridge_name}'s healthcheck asks its grpc.health.v1 status"
     );
     let grace = parse_duration(bridge["stop_grace_period"].as_str().unwrap()).unwrap();
     assert!(grace > parse_duration(bridge_env["BRIDGE_SHUTDOWN_GRACE"]).unwrap());
