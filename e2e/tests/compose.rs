@@ -24,6 +24,8 @@ const DOCKER_DNS: &str = "127.0.0.11:53";
 const HAPROXY_CONFIG: &str = "/usr/local/etc/haproxy/haproxy.cfg";
 /// A master key for interpolation (`.env.example` ships none).
 const TEST_MASTER_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// A bridge token for interpolation (`.env.example` ships none either).
+const TEST_BRIDGE_TOKEN: &str = "compose-test-bridge-token";
 
 fn read(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -168,7 +170,7 @@ fn env_example() -> Vec<(String, String)> {
 }
 
 /// docker-compose.yml as compose sees it after `cp .env.example .env` and
-/// setting `CWP_MASTER_KEY`.
+/// setting `CWP_MASTER_KEY` and `BRIDGE_TOKEN`.
 struct Compose {
     /// Interpolated.
     file: Value,
@@ -184,6 +186,7 @@ impl Compose {
         let mut file = to_json(&documents[0]);
         let mut env: BTreeMap<String, String> = env_example().into_iter().collect();
         env.insert("CWP_MASTER_KEY".to_owned(), TEST_MASTER_KEY.to_owned());
+        env.insert("BRIDGE_TOKEN".to_owned(), TEST_BRIDGE_TOKEN.to_owned());
         let mut references = Vec::new();
         interpolate_all(&mut file, &env, &mut references);
         Self { file, references }
@@ -527,6 +530,10 @@ fn the_drivers_find_the_bridge_and_redis_which_fsyncs_every_write() {
             "{name}"
         );
         assert_eq!(host_port(env["REDIS_URL"]), ("redis", 6379), "{name}");
+        assert_eq!(
+            env["VENDOR_BRIDGE_TOKEN"], bridge_env["BRIDGE_TOKEN"],
+            "{name} presents the token the bridge asks for"
+        );
     }
     assert_eq!(host_port(bridge_env["REDIS_URL"]), ("redis", 6379));
 }
