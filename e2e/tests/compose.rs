@@ -24,6 +24,8 @@ const DOCKER_DNS: &str = "127.0.0.11:53";
 const HAPROXY_CONFIG: &str = "/usr/local/etc/haproxy/haproxy.cfg";
 /// A master key for interpolation (`.env.example` ships none).
 const TEST_MASTER_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// A bridge token for interpolation (`.env.example` ships none either).
+const TEST_BRIDGE_TOKEN: &str = "compose-test-bridge-token";
 
 fn read(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -168,7 +170,7 @@ fn env_example() -> Vec<(String, String)> {
 }
 
 /// docker-compose.yml as compose sees it after `cp .env.example .env` and
-/// setting `CWP_MASTER_KEY`.
+/// setting `CWP_MASTER_KEY` and `BRIDGE_TOKEN`.
 struct Compose {
     /// Interpolated.
     file: Value,
@@ -184,6 +186,7 @@ impl Compose {
         let mut file = to_json(&documents[0]);
         let mut env: BTreeMap<String, String> = env_example().into_iter().collect();
         env.insert("CWP_MASTER_KEY".to_owned(), TEST_MASTER_KEY.to_owned());
+        env.insert("BRIDGE_TOKEN".to_owned(), TEST_BRIDGE_TOKEN.to_owned());
         let mut references = Vec::new();
         interpolate_all(&mut file, &env, &mut references);
         Self { file, references }
@@ -407,10 +410,12 @@ fn the_drivers_are_the_servers_of_lb_config() {
         );
         assert_eq!(env["DRIVER_ID"], name, "{name}: DRIVER_ID");
         assert_eq!(env["DRIVER_PROXY_PROTOCOL"], "true", "{name} is behind HAProxy");
-        let healthcheck = strings(&service["healthcheck"]["test"]).join(" ");
-        assert!(
-            healthcheck.contains(&format!("/dev/tcp/127.0.0.1/{check_port}")) && healthcheck.contains("GET /healthz"),
-            "{name}'s healthcheck asks /healthz on the admin port: {healthcheck}"
+        // `driver --health` asks /healthz on DRIVER_ADMIN_LISTEN, checked
+        // above to be HAProxy's check port.
+        assert_eq!(
+            strings(&service["healthcheck"]["test"]),
+            ["CMD", "driver", "--health"],
+            "{name}'s healthcheck asks /healthz like HAProxy"
         );
         let upload_dir = env["UPLOAD_DIR"];
         let volume = strings(&service["volumes"])
@@ -466,6 +471,24 @@ fn haproxy_mounts_lb_config_and_publishes_its_ports() {
     );
     let drivers: Vec<&str> = compose.running("driver").iter().map(|(name, _)| *name).collect();
     assert_depends_on_healthy("haproxy", haproxy, &drivers);
+    // Every device HAProxy admits may land on one driver (the others
+    // restarting): its limit must hold them, one descriptor each, plus a
+    // hundred for its listeners, Redis, the bridge and upload files.
+    for (name, driver) in compose.running("driver") {
+        let nofile = &driver["ulimits"]["nofile"];
+        for limit in ["soft", "hard"] {
+            let value: u32 = nofile[limit]
+                .as_str()
+                .map(|text| text.parse().unwrap())
+                .or_else(|| nofile[limit].as_u64().map(|n| u32::try_from(n).unwrap()))
+                .unwrap_or_else(|| panic!("{name}: no nofile {limit} limit"));
+            assert!(
+                value >= global_maxconn(&config) + 100,
+                "{name}: nofile {limit} {value} cannot hold HAProxy's maxconn {}",
+                global_maxconn(&config)
+            );
+        }
+    }
 }
 
 #[test]
@@ -474,10 +497,12 @@ fn the_drivers_find_the_bridge_and_redis_which_fsyncs_every_write() {
     let (bridge_name, bridge) = compose.only("vendor-bridge");
     let bridge_env = environment(bridge);
     let bridge_port = port_of(bridge_env["BRIDGE_LISTEN"]);
-    let bridge_check = strings(&bridge["healthcheck"]["test"]).join(" ");
-    assert!(
-        bridge_check.contains(&format!("/dev/tcp/127.0.0.1/{bridge_port}")),
-        "{bridge_check}"
+    // grpc.health.v1 on BRIDGE_LISTEN, which follows Redis (an open port
+    // alone said healthy while Redis refused every connection).
+    assert_eq!(
+        strings(&bridge["healthcheck"]["test"]),
+        ["CMD", "vendor-bridge", "--health"],
+        "{bridge_name}'s healthcheck asks its grpc.health.v1 status"
     );
     let grace = parse_duration(bridge["stop_grace_period"].as_str().unwrap()).unwrap();
     assert!(grace > parse_duration(bridge_env["BRIDGE_SHUTDOWN_GRACE"]).unwrap());
@@ -505,6 +530,10 @@ fn the_drivers_find_the_bridge_and_redis_which_fsyncs_every_write() {
             "{name}"
         );
         assert_eq!(host_port(env["REDIS_URL"]), ("redis", 6379), "{name}");
+        assert_eq!(
+            env["VENDOR_BRIDGE_TOKEN"], bridge_env["BRIDGE_TOKEN"],
+            "{name} presents the token the bridge asks for"
+        );
     }
     assert_eq!(host_port(bridge_env["REDIS_URL"]), ("redis", 6379));
 }

@@ -3,6 +3,7 @@
 //! error instead of stopping at the first; [`help`] prints the same table.
 
 use std::fmt::{self, Display, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 /// One environment variable a binary reads.
@@ -188,10 +189,12 @@ impl EnvReader {
 /// default.
 pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     let mut text = format!(
-        "{binary} {}\n{summary}\n\nUsage: {binary} [--help | --version | --sentry-test]\n\n",
+        "{binary} {}\n{summary}\n\nUsage: {binary} [--help | --version | --health | --sentry-test]\n\n",
         env!("CARGO_PKG_VERSION")
     );
     text.push_str("Options:\n\n");
+    text.push_str("  --health       ask the server running with this configuration, on its own listen\n");
+    text.push_str("                 address, whether it is healthy; exit 0 if it is (a container's health check)\n");
     text.push_str("  --sentry-test  with this configuration, send one test error and one test panic to\n");
     text.push_str("                 SENTRY_DSN (tagged and with a breadcrumb, like real ones), print their\n");
     text.push_str("                 event ids and exit; fails if SENTRY_DSN is unset\n");
@@ -208,6 +211,17 @@ pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     text
 }
 
+/// Where a health probe on this machine reaches a server that listens on
+/// `listen`: the same port on loopback when `listen` is a wildcard
+/// (`0.0.0.0`, `::`), else `listen` itself.
+pub fn probe_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, listen.port())),
+        _ => listen,
+    }
+}
+
 /// What the command line asks a server binary to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CliAction {
@@ -216,6 +230,10 @@ pub enum CliAction {
     /// `--sentry-test`: send test events to Sentry and exit (see
     /// [`crate::telemetry::self_test`]).
     SentryTest,
+    /// `--health`: ask the server already running with this configuration
+    /// whether it is healthy, and exit 0 only if it is (what a container's
+    /// health check runs).
+    Health,
     /// `--help`, `--version` (already answered) or a bad argument: exit
     /// with this code.
     Exit(i32),
@@ -229,6 +247,7 @@ pub fn handle_cli(binary: &str, summary: &str, table: &[Variable]) -> CliAction 
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => CliAction::Run,
         ["--sentry-test"] => CliAction::SentryTest,
+        ["--health"] => CliAction::Health,
         ["--help" | "-h"] => {
             print!("{}", help(binary, summary, table));
             CliAction::Exit(0)
@@ -256,6 +275,14 @@ mod tests {
         );
         assert_eq!(redact_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_password("not a url"), "(unparsable URL)");
+    }
+
+    #[test]
+    fn a_probe_reaches_a_wildcard_listener_on_loopback() {
+        let probe = |listen: &str| probe_address(listen.parse().unwrap()).to_string();
+        assert_eq!(probe("0.0.0.0:9101"), "127.0.0.1:9101");
+        assert_eq!(probe("[::]:50051"), "[::1]:50051");
+        assert_eq!(probe("10.1.2.3:9101"), "10.1.2.3:9101");
     }
 
     #[test]

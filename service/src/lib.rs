@@ -4,7 +4,8 @@
 //! - [`env`](mod@env): configuration from environment variables (and `.env`), read
 //!   once at start against a documented table; every bad variable reported
 //!   together; the same table prints `--help`; [`env::handle_cli`] answers
-//!   the command line.
+//!   the command line (`--health` probes a running server at
+//!   [`env::probe_address`]).
 //! - [`telemetry`]: `tracing` logs (text or JSON, `RUST_LOG`) and, when
 //!   `SENTRY_DSN` is set, Sentry errors, panics and breadcrumbs; the
 //!   operator's `--sentry-test`.

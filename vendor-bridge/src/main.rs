@@ -1,11 +1,17 @@
 //! `vendor-bridge`: see the library's documentation and `--help`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_service::env::{self, CliAction};
+use drover_service::env::{self, CliAction, EnvReader};
 use drover_service::telemetry::{self, TelemetryConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tracing::{error, info};
 use vendor_bridge::config::{self, LogFormat};
 use vendor_bridge::{Config, Stats};
@@ -15,6 +21,9 @@ fn main() -> ExitCode {
     let action = env::handle_cli("vendor-bridge", config::SUMMARY, config::VARIABLES);
     if let CliAction::Exit(code) = action {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if action == CliAction::Health {
+        return health();
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -85,5 +94,76 @@ fn run(config: Config, title: Option<process_title::ProcessTitle>) -> anyhow::Re
             info!(signal, "received");
         };
         vendor_bridge::serve(config, listener, stats, title, shutdown).await
+    })
+}
+
+/// How long `--health` waits for its answer: less than a container health
+/// check's timeout (docker-compose.yml: 3 s).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `vendor-bridge --health`, the container's health check: asks the bridge
+/// listening on `BRIDGE_LISTEN` for its `grpc.health.v1.Health/Check`
+/// (the whole server, `""`), which is SERVING only while Redis answers; 0
+/// only on SERVING, else 1 (2: the variables are invalid, or TLS is on).
+/// It reads only the variables it needs: it runs every few seconds beside
+/// the bridge and must not fail for anything else.
+fn health() -> ExitCode {
+    let mut variables = EnvReader::new(config::VARIABLES);
+    let listen = variables.parse::<SocketAddr>("BRIDGE_LISTEN");
+    let tls = variables.parse_optional::<PathBuf>("BRIDGE_TLS_CERT");
+    let (Ok(()), Some(listen)) = (variables.finish(), listen) else {
+        eprintln!("vendor-bridge --health: BRIDGE_LISTEN or BRIDGE_TLS_CERT is invalid (see --help)");
+        return ExitCode::from(2);
+    };
+    if tls.is_some() {
+        // A TLS client here would need a certificate the server trusts.
+        eprintln!(
+            "vendor-bridge --health: BRIDGE_TLS_CERT is set; --health asks over plaintext gRPC only \
+             (check the health with a gRPC client that has a client certificate)"
+        );
+        return ExitCode::from(2);
+    }
+    let address = env::probe_address(listen);
+    match serving_status(address) {
+        Ok(ServingStatus::Serving) => {
+            println!("grpc.health.v1 at {address}: SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!(
+                "vendor-bridge --health: grpc.health.v1 at {address}: {}",
+                status.as_str_name()
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("vendor-bridge --health: grpc.health.v1 at {address}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The bridge's overall health status, as its health service reports it.
+fn serving_status(address: SocketAddr) -> anyhow::Result<ServingStatus> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let check = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+                .connect_timeout(HEALTH_TIMEOUT)
+                .connect()
+                .await
+                .context("connecting")?;
+            let response = HealthClient::new(channel)
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .context("Health/Check")?;
+            anyhow::Ok(response.into_inner().status())
+        };
+        tokio::time::timeout(HEALTH_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {HEALTH_TIMEOUT:?}")))
     })
 }
