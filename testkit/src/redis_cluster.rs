@@ -77,13 +77,23 @@ impl RedisCluster {
     /// as many nodes as the cluster has.
     pub fn wait_until_ok(&self, timeout: Duration) -> anyhow::Result<()> {
         let expected = self.nodes.len();
-        wait_until("the Redis Cluster to be ok on every node", timeout, || {
-            self.nodes.iter().all(|node| {
-                cluster_info(node.port()).is_some_and(|info| {
-                    info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{expected}"))
+        wait_until(
+            "the Redis Cluster to be ok on every node, every replica in sync",
+            timeout,
+            || {
+                self.nodes.iter().all(|node| {
+                    let ok = cluster_info(node.port()).is_some_and(|info| {
+                        info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{expected}"))
+                    });
+                    // A replica still waiting for its first copy of its
+                    // master's data (diskless sync starts after 5 s) would
+                    // make WAIT time out.
+                    let in_sync = redis_cli(node.port(), &["INFO", "replication"])
+                        .is_some_and(|info| info.contains("role:master") || info.contains("master_link_status:up"));
+                    ok && in_sync
                 })
-            })
-        })?;
+            },
+        )?;
         Ok(())
     }
 

@@ -334,6 +334,8 @@ impl Applier {
                 warn!(error = %err, batches = call.len(), "cannot store events; retrying until Redis takes them");
             } else if failures % RETRIES_PER_ERROR_LOG == 0 {
                 error!(error = %err, failures, "still cannot store events in Redis");
+            } else {
+                tracing::debug!(error = %err, failures, "cannot store events yet");
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
