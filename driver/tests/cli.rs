@@ -81,5 +81,8 @@ fn a_payload_limit_whose_events_could_not_reach_the_bridge_is_refused() {
 fn the_help_names_the_largest_payload_limit() {
     let output = driver().arg("--help").output().expect("driver runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    assert!(help.contains(&driver::batch_limits::MAX_EVENT_BODY_BYTES.to_string()), "{help}");
+    assert!(
+        help.contains(&driver::batch_limits::MAX_EVENT_BODY_BYTES.to_string()),
+        "{help}"
+    );
 }

@@ -123,7 +123,10 @@ fn an_event_as_large_as_the_largest_payload_limit_is_stored_and_acknowledged() {
         assert_eq!(welcome.max_payload as usize, largest);
         // The sealed EVENT payload: its 18 bytes of fields, the body, the
         // 8-byte tag.
-        let body: Bytes = (0..largest - 18 - cwp::seal::TAG_LEN).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+        let body: Bytes = (0..largest - 18 - cwp::seal::TAG_LEN)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
         connection
             .send(&DeviceFrame::Event(Event {
                 event_id: 1,
@@ -143,7 +146,11 @@ fn an_event_as_large_as_the_largest_payload_limit_is_stored_and_acknowledged() {
             .await
             .unwrap();
         let stored: Vec<u8> = page.ids[0].get("body").unwrap();
-        assert!(stored == body.to_vec(), "the stored body is the body sent ({} bytes)", stored.len());
+        assert!(
+            stored == body.to_vec(),
+            "the stored body is the body sent ({} bytes)",
+            stored.len()
+        );
     });
 }
 

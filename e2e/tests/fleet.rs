@@ -203,9 +203,9 @@ fn the_local_bridge_refuses_a_driver_without_the_fleets_token() {
     let mode = std::fs::metadata(&token).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "bridge.token is private");
     let streaming = |driver: &drover_testkit::components::DriverProcess, result: &str| {
-        driver.metrics().is_ok_and(|text| {
-            text.contains(&format!("drover_driver_bridge_connects_total{{result=\"{result}\"}}"))
-        })
+        driver
+            .metrics()
+            .is_ok_and(|text| text.contains(&format!("drover_driver_bridge_connects_total{{result=\"{result}\"}}")))
     };
     wait_until("the fleet's driver to stream", Duration::from_secs(10), || {
         streaming(&fleet.drivers[0], "ok")
@@ -216,9 +216,11 @@ fn the_local_bridge_refuses_a_driver_without_the_fleets_token() {
     options.proxy_protocol = false;
     options.extra_env.retain(|(name, _)| name != "VENDOR_BRIDGE_TOKEN_FILE");
     let stranger = drover_testkit::components::DriverProcess::start(&options).unwrap();
-    wait_until("the driver without the token to be refused", Duration::from_secs(10), || {
-        streaming(&stranger, "failed")
-    })
+    wait_until(
+        "the driver without the token to be refused",
+        Duration::from_secs(10),
+        || streaming(&stranger, "failed"),
+    )
     .unwrap();
     assert!(!streaming(&stranger, "ok"), "a driver without the token never streams");
 }

@@ -868,7 +868,7 @@ fn ten_thousand_half_sent_64_kib_handshake_frames_cost_a_few_mib_and_get_the_spe
     eprintln!(
         "{ATTACKERS} handshakes: driver RSS {rss_headers} KiB with headers only, {rss_half} KiB with 32 KiB each \
          sent: {growth} KiB for {} MiB received",
-        ATTACKERS * (HALF - 12) >> 20
+        (ATTACKERS * (HALF - 12)) >> 20
     );
     // The kept prefix (at most a HELLO, 305 bytes) and a small read
     // buffer per connection: a few MiB, where holding each announced frame

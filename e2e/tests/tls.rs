@@ -311,7 +311,12 @@ fn a_driver_acting_as_an_id_its_certificate_does_not_name_is_refused() {
     let fleet = TlsBridge::start();
     let mut env = fleet.pki.driver_env("ca.pem", Some("driver"));
     env.push(("DRIVER_ID".to_owned(), "driver-2".to_owned()));
-    assert_refused(&fleet, fleet.https_url(), env, &["not a name of the client certificate"]);
+    assert_refused(
+        &fleet,
+        fleet.https_url(),
+        env,
+        &["not a name of the client certificate"],
+    );
 }
 
 #[test]

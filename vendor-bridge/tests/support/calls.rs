@@ -14,7 +14,7 @@ use tonic::{Request, Status};
 
 use drover_testkit::wait::within;
 
-use super::{DEADLINE, DriverStream};
+use super::DriverStream;
 
 /// `message` as a request carrying `authorization: Bearer {token}`, if any.
 pub(crate) fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
