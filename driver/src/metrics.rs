@@ -74,6 +74,11 @@ pub struct Metrics {
     pub events_pending: Gauge,
     /// Body bytes of the events waiting for the bridge now.
     pub events_pending_bytes: Gauge,
+    /// `DRIVER_MAX_PENDING_EVENTS`: beyond it devices get `BUSY` (set once
+    /// at start, so that an alert compares `events_pending` with it).
+    pub events_pending_limit: Gauge,
+    /// `DRIVER_MAX_PENDING_BYTES`, likewise for `events_pending_bytes`.
+    pub events_pending_bytes_limit: Gauge,
     /// Event-stream (re)connections to the bridge by result.
     pub bridge_connects: Family<ResultLabel, Counter>,
     /// Commands by outcome: `delivered`, `rejected`, `undelivered`.
@@ -119,6 +124,8 @@ impl Metrics {
             bridge_round_trip: Histogram::new(latency_buckets()),
             events_pending: Gauge::default(),
             events_pending_bytes: Gauge::default(),
+            events_pending_limit: Gauge::default(),
+            events_pending_bytes_limit: Gauge::default(),
             bridge_connects: Family::default(),
             commands: Family::default(),
             pubsub_reconnects: Counter::default(),
@@ -195,6 +202,16 @@ impl Metrics {
             "events_pending_bytes",
             "Bytes of event bodies awaiting storage",
             metrics.events_pending_bytes.clone(),
+        );
+        r.register(
+            "events_pending_limit",
+            "DRIVER_MAX_PENDING_EVENTS: beyond it devices get BUSY",
+            metrics.events_pending_limit.clone(),
+        );
+        r.register(
+            "events_pending_bytes_limit",
+            "DRIVER_MAX_PENDING_BYTES: beyond it devices get BUSY",
+            metrics.events_pending_bytes_limit.clone(),
         );
         r.register(
             "bridge_connects",

@@ -140,6 +140,9 @@ async fn start(
         .prepare()
         .with_context(|| format!("preparing UPLOAD_DIR {}", config.upload_dir.display()))?;
     let registry = Arc::new(Registry::default());
+    let limit = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+    metrics.events_pending_limit.set(limit(config.max_pending_events));
+    metrics.events_pending_bytes_limit.set(limit(config.max_pending_bytes));
     let (admission, admitted) = admission(
         AdmissionLimits {
             events: config.max_pending_events,

@@ -340,7 +340,7 @@ Drover fleet is up.
   devices connect to   127.0.0.1:{port}   (HAProxy, {procs} process(es), leastconn over {n} drivers)
   master key           {key}   (CWP_MASTER_KEY; kept in {state}/master.key)
   redis                {redis}
-  vendor-bridge        {bridge}   (asks for the token in {state}/bridge.token)
+  vendor-bridge        {bridge}   (asks for the token in {state}/bridge.token; metrics http://{bridge_metrics}/metrics)
   drivers              {drivers}
   HAProxy stats        http://127.0.0.1:{stats}/stats   (Prometheus: /metrics)
   logs                 {state}/logs/
@@ -365,6 +365,7 @@ Ctrl-C stops everything (drivers drain first).
         state = state_dir.display(),
         redis = fleet.redis_url,
         bridge = fleet.bridge.url(),
+        bridge_metrics = fleet.bridge.metrics_addr(),
         drivers = drivers.join("\n                       "),
         stats = args.stats_port,
         results = drover_schema::COMMAND_RESULTS.name(&first_device),

@@ -16,7 +16,10 @@
 //!   Drover process (servers, simulator, tools).
 //! - [`tls`]: the PEM files of the optional TLS between drivers and the
 //!   bridge, checked at start.
+//! - [`admin`]: the HTTP endpoint of both servers, `/metrics` and
+//!   `/healthz`.
 
+pub mod admin;
 pub mod backoff;
 pub mod clock;
 pub mod drain;

@@ -50,6 +50,9 @@ impl Logs {
 pub struct BridgeProcess {
     process: ChildGuard,
     port: u16,
+    /// `BRIDGE_METRICS_LISTEN`'s port: never the default, which every
+    /// bridge of a test run would share.
+    metrics_port: u16,
 }
 
 impl BridgeProcess {
@@ -59,11 +62,14 @@ impl BridgeProcess {
         Self::start_on(port, redis_url, logs, extra_env)
     }
 
-    /// Starts the vendor-bridge on `port` (e.g. again after a kill).
+    /// Starts the vendor-bridge on `port` (e.g. again after a kill), its
+    /// metrics on another free port.
     pub fn start_on(port: u16, redis_url: &str, logs: &Logs, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let metrics_port = free_port()?;
         let mut command = Command::new(binary("vendor-bridge")?);
         command
             .env("BRIDGE_LISTEN", loopback(port).to_string())
+            .env("BRIDGE_METRICS_LISTEN", loopback(metrics_port).to_string())
             .env("REDIS_URL", redis_url)
             .env(
                 "RUST_LOG",
@@ -75,7 +81,12 @@ impl BridgeProcess {
             .stderr(logs.stdio()?);
         let process = ChildGuard::spawn(format!("vendor-bridge :{port}"), &mut command)?;
         wait_for_port(loopback(port), READY_TIMEOUT)?;
-        Ok(Self { process, port })
+        wait_for_port(loopback(metrics_port), READY_TIMEOUT)?;
+        Ok(Self {
+            process,
+            port,
+            metrics_port,
+        })
     }
 
     /// `http://127.0.0.1:{port}`.
@@ -86,6 +97,11 @@ impl BridgeProcess {
     /// Its gRPC port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its `/metrics` and `/healthz` address (`BRIDGE_METRICS_LISTEN`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        loopback(self.metrics_port)
     }
 
     /// The process.

@@ -23,6 +23,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "address the gRPC server (VendorBridge + grpc.health.v1) listens on; an address other than loopback needs BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) or BRIDGE_TLS_CLIENT_CA",
     },
     Variable {
+        name: "BRIDGE_METRICS_LISTEN",
+        default: Some("127.0.0.1:9102"),
+        help: "address for HTTP /metrics (Prometheus) and /healthz (200 SERVING, 503 NOT_SERVING); read-only and unauthenticated: loopback by default, another address exposes them to whoever reaches it (e.g. 0.0.0.0:9102 for a Prometheus on another host or container)",
+    },
+    Variable {
         name: "BRIDGE_TOKEN",
         default: None,
         help: "shared secret every VendorBridge call must carry (authorization: Bearer TOKEN; the drivers' VENDOR_BRIDGE_TOKEN), at least 16 visible ASCII characters; proves the caller is a driver, not which one; grpc.health.v1 needs none",
@@ -129,6 +134,9 @@ pub struct Config {
     /// Where the gRPC server listens (`BRIDGE_LISTEN`). Without a token and
     /// without mutual TLS, only a loopback address is accepted.
     pub listen: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served (`BRIDGE_METRICS_LISTEN`,
+    /// bound by the binary: [`crate::admin`]).
+    pub metrics_listen: SocketAddr,
     /// The token every `VendorBridge` call must carry (`BRIDGE_TOKEN` or
     /// `BRIDGE_TOKEN_FILE`); `None`: no token is asked for.
     pub token: Option<BearerToken>,
@@ -201,6 +209,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::new(VARIABLES);
         let listen = env.parse::<SocketAddr>("BRIDGE_LISTEN");
+        let metrics_listen = env.parse::<SocketAddr>("BRIDGE_METRICS_LISTEN");
         let token = env
             .secret("BRIDGE_TOKEN", "BRIDGE_TOKEN_FILE")
             .and_then(|text| match BearerToken::new(&text) {
@@ -266,6 +275,7 @@ impl Config {
         env.finish()?;
         match (
             listen,
+            metrics_listen,
             (redis, layout, wait_replicas, wait_timeout),
             durability,
             max_stream_bytes,
@@ -275,6 +285,7 @@ impl Config {
         ) {
             (
                 Some(listen),
+                Some(metrics_listen),
                 (Some(redis), Some(layout), Some(replicas), Some(timeout)),
                 Some(durability),
                 Some(max_stream_bytes),
@@ -283,6 +294,7 @@ impl Config {
                 Some(log_format),
             ) => Ok(Self {
                 listen,
+                metrics_listen,
                 token,
                 tls,
                 redis,
@@ -305,8 +317,8 @@ impl Config {
     }
 
     /// A configuration for the one Redis at `redis_url` with every other
-    /// value at its default (listening on 127.0.0.1, an ephemeral port):
-    /// what tests and embedders start from.
+    /// value at its default (listening on 127.0.0.1, ephemeral ports): what
+    /// tests and embedders start from.
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self::for_target(Target::Single(redis_url.into()), Layout::SINGLE)
     }
@@ -316,6 +328,7 @@ impl Config {
     pub fn for_target(redis: Target, layout: Layout) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: None,
             tls: None,
             redis,

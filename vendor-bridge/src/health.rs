@@ -90,9 +90,11 @@ impl Watcher {
                     ServingStatus::NotServing
                 };
                 info!(health = ?status, "health {}", if now_serving { "SERVING" } else { "NOT_SERVING" });
+                self.stats.set_serving(now_serving);
                 set(&self.reporter, status).await;
             }
         }
+        self.stats.set_serving(false);
         set(&self.reporter, ServingStatus::NotServing).await;
     }
 
@@ -114,6 +116,7 @@ impl Watcher {
     }
 
     fn redis_unreachable(&self, (error, refused): (String, bool)) -> bool {
+        self.stats.add_redis_error();
         if self.gate.unreachable(error.clone()).is_some() {
             if refused {
                 tracing::error!(
@@ -137,6 +140,9 @@ impl Watcher {
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!("no answer to CONFIG GET within {PING_TIMEOUT:?}")),
         };
+        if result.is_err() {
+            self.stats.add_redis_error();
+        }
         if let Some(state) = self.gate.record(began, result) {
             match &state {
                 GateState::Checked(durability) => self.gate.report(durability),

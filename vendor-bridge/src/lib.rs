@@ -24,10 +24,14 @@
 //! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
 //!   the checks that Redis fsyncs before it answers, which open and close
 //!   the gate.
-//! - [`stats`]: counters, shown by [`title`] as the process title; [`config`]:
-//!   the environment.
+//! - [`stats`]: counters, shown by [`title`] as the process title and by
+//!   [`metrics`] at `/metrics` on the [`admin`] endpoint
+//!   (`BRIDGE_METRICS_LISTEN`, with `/healthz`); [`config`]: the
+//!   environment.
 //!
-//! [`serve`] ties them together and runs until its shutdown future resolves.
+//! [`serve`] ties the gRPC side together and runs until its shutdown future
+//! resolves; the binary runs the [`admin`] endpoint beside it, from before
+//! the server starts until after it has stopped.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +48,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+pub mod admin;
 pub mod batch;
 mod budget;
 pub mod config;
@@ -51,6 +56,7 @@ pub mod durability;
 mod health;
 mod identity;
 mod listener;
+pub mod metrics;
 pub mod service;
 pub mod stats;
 pub mod store;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_service::drain;
 use drover_service::env::{self, CliAction, EnvReader};
 use drover_service::telemetry::{self, TelemetryConfig};
 use tonic_health::pb::HealthCheckRequest;
@@ -88,12 +89,19 @@ fn run(config: Config, title: Option<process_title::ProcessTitle>) -> anyhow::Re
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on BRIDGE_LISTEN={}", config.listen))?;
+        let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("listening on BRIDGE_METRICS_LISTEN={}", config.metrics_listen))?;
         let stats = Arc::new(Stats::new());
+        let admin = spawn_admin(admin_listener, &config, Arc::clone(&stats));
         let shutdown = async {
             let signal = drover_service::shutdown::terminate().await;
             info!(signal, "received");
         };
-        vendor_bridge::serve(config, listener, stats, title, shutdown).await
+        let result = vendor_bridge::serve(config, listener, stats, title, shutdown).await;
+        // Metrics stay readable through the drain; they stop last.
+        admin.stop().await;
+        result
     })
 }
 
@@ -166,4 +174,37 @@ fn serving_status(address: SocketAddr) -> anyhow::Result<ServingStatus> {
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {HEALTH_TIMEOUT:?}")))
     })
+}
+
+/// The admin endpoint's task and what stops it.
+struct AdminTask {
+    stop: drain::Signal,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminTask {
+    async fn stop(self) {
+        self.stop.signal();
+        let _ = self.task.await;
+    }
+}
+
+fn spawn_admin(listener: tokio::net::TcpListener, config: &Config, stats: Arc<Stats>) -> AdminTask {
+    let local = listener.local_addr().ok();
+    if !config.metrics_listen.ip().is_loopback() {
+        info!(
+            listen = %config.metrics_listen,
+            "BRIDGE_METRICS_LISTEN is not loopback: /metrics and /healthz (read-only, no authentication) are open to whoever reaches it"
+        );
+    }
+    let registry = vendor_bridge::metrics::registry(Arc::clone(&stats), config.max_queued_bytes);
+    let (stop, stopped) = drain::channel();
+    let task = tokio::spawn(async move {
+        info!(local = ?local, "serving /metrics and /healthz");
+        let stopped = async move { stopped.signaled().await };
+        if let Err(err) = vendor_bridge::admin::serve(listener, stats, registry, stopped).await {
+            error!(error = %err, "the admin server failed: /metrics and /healthz are down");
+        }
+    });
+    AdminTask { stop, task }
 }

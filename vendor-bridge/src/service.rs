@@ -98,8 +98,9 @@ impl Bridge {
             .map_err(|refusal| Status::unavailable(refusal.to_string()))
     }
 
-    /// `unavailable`, after telling the gate about the failure.
+    /// `unavailable`, after counting the failure and telling the gate.
     fn failed(&self, operation: &str, err: &StoreError) -> Status {
+        self.stats.add_redis_error();
         self.gate.after_failure(err);
         unavailable(operation, err)
     }

@@ -1,14 +1,18 @@
 //! Live counters of one bridge process, cheap enough to bump per batch:
-//! the process title and the logs read them, nothing decides anything on
-//! them.
+//! the process title, the logs and `/metrics` ([`crate::metrics`]) read
+//! them, nothing decides anything on them.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// The bridge's counters. Shared as `Arc<Stats>`; every field only grows
 /// except the gauges `connected_drivers`, `queued_bytes`,
-/// `streams_awaiting_durability`, `streams_over_budget` and `durability`.
+/// `streams_awaiting_durability`, `streams_over_budget`, `durability` and
+/// `serving`.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// What `grpc.health.v1` says now: true while `SERVING` (set by the
+    /// health watcher whenever it changes the status).
+    serving: AtomicBool,
     /// `StreamEvents` streams open now (one per connected driver process).
     connected_drivers: AtomicU64,
     /// Events appended to the events stream ([`drover_schema::EVENTS`])
@@ -16,8 +20,15 @@ pub struct Stats {
     events_stored: AtomicU64,
     /// Events skipped as already stored (resends after a lost ack).
     duplicates: AtomicU64,
+    /// Batches stored (or found already stored) and answered with
+    /// `BatchDurable`.
+    batches: AtomicU64,
     /// Event-script calls that failed and were retried (Redis down or slow).
     store_retries: AtomicU64,
+    /// Redis operations that failed, of every kind: the health watcher's
+    /// `PING`s and durability checks, event-script calls (each retry), the
+    /// unary calls and restart cleanups.
+    redis_errors: AtomicU64,
     /// Bytes of batches (as received) read from the streams and not yet
     /// answered, all streams together: at most `BRIDGE_MAX_QUEUED_BYTES`.
     queued_bytes: AtomicU64,
@@ -55,13 +66,25 @@ pub enum DurabilityStatus {
 }
 
 impl DurabilityStatus {
-    const ALL: [Self; 5] = [
+    /// Every state, in the order of their numbers.
+    pub const ALL: [Self; 5] = [
         Self::Unchecked,
         Self::Fsynced,
         Self::WeakRefusing,
         Self::WeakAccepted,
         Self::LayoutMismatch,
     ];
+
+    /// Its name in metrics (`drover_bridge_durability{state="..."}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unchecked => "unchecked",
+            Self::Fsynced => "fsynced",
+            Self::WeakRefusing => "weak_refusing",
+            Self::WeakAccepted => "weak_accepted",
+            Self::LayoutMismatch => "layout_mismatch",
+        }
+    }
 
     fn from_u8(value: u8) -> Self {
         Self::ALL.get(usize::from(value)).copied().unwrap_or_default()
@@ -83,13 +106,19 @@ impl DurabilityStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
     /// See [`Stats`].
+    pub serving: bool,
+    /// See [`Stats`].
     pub connected_drivers: u64,
     /// See [`Stats`].
     pub events_stored: u64,
     /// See [`Stats`].
     pub duplicates: u64,
     /// See [`Stats`].
+    pub batches: u64,
+    /// See [`Stats`].
     pub store_retries: u64,
+    /// See [`Stats`].
+    pub redis_errors: u64,
     /// See [`Stats`].
     pub queued_bytes: u64,
     /// See [`Stats`].
@@ -111,10 +140,13 @@ impl Stats {
     /// Reads every counter (each one atomically, not all together).
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
+            serving: self.serving.load(Ordering::Relaxed),
             connected_drivers: self.connected_drivers.load(Ordering::Relaxed),
             events_stored: self.events_stored.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
             store_retries: self.store_retries.load(Ordering::Relaxed),
+            redis_errors: self.redis_errors.load(Ordering::Relaxed),
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
             queued_bytes_peak: self.queued_bytes_peak.load(Ordering::Relaxed),
             streams_awaiting_durability: self.streams_awaiting_durability.load(Ordering::Relaxed),
@@ -139,13 +171,24 @@ impl Stats {
         Gauged::new(&self.streams_over_budget)
     }
 
-    pub(crate) fn add_stored(&self, stored: u64, duplicates: u64) {
+    pub(crate) fn add_stored(&self, batches: u64, stored: u64, duplicates: u64) {
+        self.batches.fetch_add(batches, Ordering::Relaxed);
         self.events_stored.fetch_add(stored, Ordering::Relaxed);
         self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     }
 
+    /// An event-script call failed and will be retried (also a Redis error).
     pub(crate) fn add_store_retry(&self) {
         self.store_retries.fetch_add(1, Ordering::Relaxed);
+        self.add_redis_error();
+    }
+
+    pub(crate) fn add_redis_error(&self) {
+        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     pub(crate) fn add_queued(&self, bytes: u64) {

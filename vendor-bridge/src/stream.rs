@@ -292,6 +292,7 @@ impl Applier {
                     return true;
                 }
                 Err(err) => {
+                    self.stats.add_redis_error();
                     self.gate.after_failure(&err);
                     warn!(error = %err, "restart cleanup failed; retrying");
                 }
@@ -348,9 +349,10 @@ impl Applier {
     /// Sends one `BatchDurable` per batch, in order; false when the driver
     /// went away.
     async fn answer(&self, call: impl Iterator<Item = ValidBatch>, stored: Vec<u32>) -> bool {
-        let (mut total_stored, mut total_duplicates) = (0u64, 0u64);
+        let (mut batches, mut total_stored, mut total_duplicates) = (0u64, 0u64, 0u64);
         let mut delivered = true;
         for (batch, stored) in call.zip(stored) {
+            batches += 1;
             let events = u32::try_from(batch.events.len()).unwrap_or(u32::MAX);
             let duplicates = events.saturating_sub(stored);
             total_stored += u64::from(stored);
@@ -371,7 +373,7 @@ impl Applier {
                 };
             }
         }
-        self.stats.add_stored(total_stored, total_duplicates);
+        self.stats.add_stored(batches, total_stored, total_duplicates);
         delivered
     }
 }

@@ -1,0 +1,149 @@
+//! The admin HTTP endpoint every Drover server has (the driver's
+//! `DRIVER_ADMIN_LISTEN`, the bridge's `BRIDGE_METRICS_LISTEN`):
+//! `/metrics`, a Prometheus registry in the text format, and `/healthz`,
+//! the process's own answer to "should I get traffic?" (200 or 503 with
+//! one word). Read-only and unauthenticated: each server says where it
+//! listens.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// What `/healthz` answers now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// 200 when true, 503 when false.
+    pub healthy: bool,
+    /// The body, one word (`ok`, `draining`, `SERVING`, ...).
+    pub word: &'static str,
+}
+
+struct AdminState<H> {
+    registry: Registry,
+    health: H,
+}
+
+/// Serves `/healthz` (asking `health` at each request) and `/metrics`
+/// (encoding `registry` at each request) on `listener` until `stop`
+/// resolves.
+pub async fn serve<H>(
+    listener: TcpListener,
+    registry: Registry,
+    health: H,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    H: Fn() -> Health + Send + Sync + 'static,
+{
+    let state = Arc::new(AdminState { registry, health });
+    let app = Router::new()
+        .route("/healthz", get(healthz::<H>))
+        .route("/metrics", get(metrics::<H>))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}
+
+async fn healthz<H: Fn() -> Health>(State(state): State<Arc<AdminState<H>>>) -> impl IntoResponse {
+    let Health { healthy, word } = (state.health)();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{word}\n"))
+}
+
+async fn metrics<H>(State(state): State<Arc<AdminState<H>>>) -> impl IntoResponse {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "encoding failed\n".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// `GET path` over HTTP/1.0: the status line and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_says_what_the_server_says_and_metrics_encode_the_registry() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut registry = Registry::default();
+        let requests = Counter::<u64>::default();
+        requests.inc_by(7);
+        registry.register("drover_test_requests", "Requests", requests);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let health = {
+            let healthy = Arc::clone(&healthy);
+            move || {
+                if healthy.load(Ordering::Relaxed) {
+                    Health {
+                        healthy: true,
+                        word: "ok",
+                    }
+                } else {
+                    Health {
+                        healthy: false,
+                        word: "draining",
+                    }
+                }
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, registry, health, async {
+            let _ = stopped.await;
+        }));
+
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.0 200 OK", "ok\n"));
+        healthy.store(false, Ordering::Relaxed);
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.0 503 Service Unavailable", "draining\n")
+        );
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, "HTTP/1.0 200 OK");
+        assert!(body.contains("\ndrover_test_requests_total 7\n"), "{body}");
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
