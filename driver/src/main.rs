@@ -15,8 +15,9 @@ use drover_service::telemetry::{self, TelemetryConfig};
 /// allocations sit among the short ones of every heartbeat, and glibc's
 /// per-thread arenas kept about twice the live heap resident (measured:
 /// 1.25 KiB per parked device with glibc, 0.67 KiB with jemalloc). Its
-/// background threads (the workspace enables them) purge what a connect
-/// burst freed even when the driver then sits idle.
+/// background thread, started once the process title is claimed (which
+/// needs a single-threaded process), purges what a connect burst freed even
+/// when the driver then sits idle.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -66,6 +67,10 @@ fn main() -> anyhow::Result<()> {
             None
         }
     };
+    // Only now: jemalloc's purging thread would make the title's claim fail.
+    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("driver: jemalloc's background purging unavailable ({err}): an idle driver keeps freed pages longer");
+    }
     let _telemetry = telemetry::init(telemetry_config)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -113,6 +113,16 @@ fn a_thousand_devices_spread_over_four_drivers_which_see_their_real_addresses() 
         .unwrap_or_else(|_| panic!("driver-{} title is {:?}, expected {expected:?}", i + 1, cmdline(pid)));
         let title = cmdline(pid);
         assert!(title.contains("[FLEET-"), "{title}");
+        // Started after the title was claimed (which needs a single
+        // thread): jemalloc purges freed pages on threads of its own.
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(
+            threads.iter().any(|name| name.trim() == "jemalloc_bg_thd"),
+            "jemalloc's purging thread runs: {threads:?}"
+        );
         assert!(title.contains(" more] events: 0"), "{title}");
     }
     drop(connections);
