@@ -94,8 +94,19 @@ struct UpArgs {
     #[arg(long, default_value_t = 1)]
     haproxy_processes: usize,
     /// Use this Redis instead of a private one.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", conflicts_with = "redis_cluster")]
     redis_url: Option<String>,
+    /// Start a private Redis Cluster of this many masters instead of one
+    /// Redis (a fresh cluster every time).
+    #[arg(long, value_name = "MASTERS")]
+    redis_cluster: Option<usize>,
+    /// Replicas of each master of --redis-cluster.
+    #[arg(long, default_value_t = 0, requires = "redis_cluster")]
+    redis_replicas: usize,
+    /// Event streams (REDIS_EVENT_PARTITIONS); with --redis-cluster, by
+    /// default one per master.
+    #[arg(long)]
+    partitions: Option<u32>,
     /// The fleet's master key (64 hex digits); generated and kept in the
     /// state directory if not given.
     #[arg(long, env = "CWP_MASTER_KEY", hide_env_values = true)]
@@ -295,6 +306,10 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         stats_port: args.stats_port,
         haproxy_processes: args.haproxy_processes,
         redis_url: args.redis_url.clone(),
+        redis_cluster: args.redis_cluster.map(|masters| (masters, args.redis_replicas)),
+        event_partitions: args
+            .partitions
+            .unwrap_or_else(|| args.redis_cluster.map_or(1, |masters| masters as u32)),
         master_key_hex: key.clone(),
         state_dir: state_dir.clone(),
         log_files: true,
@@ -317,12 +332,14 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn print_welcome(fleet: &LocalFleet, args: &UpArgs, key: &str, state_dir: &Path) {
-    let redis_port = fleet
+    let first_port = fleet
         .redis_url
-        .rsplit(':')
+        .split(',')
         .next()
+        .and_then(|url| url.rsplit(':').next())
         .unwrap_or("6379")
-        .trim_end_matches('/');
+        .trim_end_matches('/')
+        .to_owned();
     let bin = drover_testkit::binaries::bin_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
@@ -333,13 +350,38 @@ fn print_welcome(fleet: &LocalFleet, args: &UpArgs, key: &str, state_dir: &Path)
         .collect();
     // The first of controller-sim's default serials (SIM- and six digits).
     let first_device = cwp::Serial::from_bytes(b"SIM-000001").expect("SIM-000001 is a valid serial");
+    let cluster = fleet.cluster.is_some();
+    let layout = drover_schema::Layout::for_deployment(
+        cluster,
+        args.partitions
+            .unwrap_or_else(|| args.redis_cluster.map_or(1, |masters| masters as u32)),
+    )
+    .unwrap_or(drover_schema::Layout::SINGLE);
+    // On a cluster: -c follows redirections, and pub/sub is sharded.
+    let (cli, subscribe, publish, verify) = if cluster {
+        (
+            format!("redis-cli -c -p {first_port}"),
+            "SSUBSCRIBE",
+            "SPUBLISH",
+            format!("--verify-redis-cluster {}", fleet.redis_url),
+        )
+    } else {
+        (
+            format!("redis-cli -p {first_port}"),
+            "SUBSCRIBE",
+            "PUBLISH",
+            format!("--verify-redis {}", fleet.redis_url),
+        )
+    };
+    let device_key = layout.device(&first_device);
+    let events = layout.events(layout.partition_of(&first_device));
     println!(
         r#"
 Drover fleet is up.
 
   devices connect to   127.0.0.1:{port}   (HAProxy, {procs} process(es), leastconn over {n} drivers)
   master key           {key}   (CWP_MASTER_KEY; kept in {state}/master.key)
-  redis                {redis}
+  redis                {redis}   ({shape})
   vendor-bridge        {bridge}   (asks for the token in {state}/bridge.token; metrics http://{bridge_metrics}/metrics)
   drivers              {drivers}
   HAProxy stats        http://127.0.0.1:{stats}/stats   (Prometheus: /metrics)
@@ -347,15 +389,17 @@ Drover fleet is up.
 
 Try it (in another terminal):
 
-  # 100 simulated controllers, 1,000 events/s for a minute
-  CWP_MASTER_KEY={key} {bin}/controller-sim --target 127.0.0.1:{port} --devices 100 --rate 1000 --duration 60s
+  # 100 simulated controllers, 1,000 events/s for a minute, then check that
+  # every acknowledged event is stored once
+  CWP_MASTER_KEY={key} {bin}/controller-sim --target 127.0.0.1:{port} --devices 100 --rate 1000 --duration 60s {verify}
 
   # watch command results, then send a command to one of them
-  redis-cli -p {redis_port} SUBSCRIBE '{results}'
-  redis-cli -p {redis_port} PUBLISH {commands} '{{"name":"reboot","body":"{{\"delay_s\":5}}"}}'
+  {cli} {subscribe} '{results}'
+  {cli} {publish} {commands} '{{"name":"reboot","body":"{{\"delay_s\":5}}"}}'
 
-  # the newest events
-  redis-cli -p {redis_port} XREVRANGE {events} + - COUNT 5
+  # the device's registry entry, and the newest events of its stream
+  {cli} HGETALL '{device_key}'
+  {cli} XREVRANGE '{events}' + - COUNT 5
 
 Ctrl-C stops everything (drivers drain first).
 "#,
@@ -364,13 +408,22 @@ Ctrl-C stops everything (drivers drain first).
         n = fleet.drivers.len(),
         state = state_dir.display(),
         redis = fleet.redis_url,
+        shape = if cluster {
+            format!(
+                "a Redis Cluster of {} masters, {} replica(s) each, {} event stream(s)",
+                args.redis_cluster.unwrap_or(0),
+                args.redis_replicas,
+                layout.partition_count()
+            )
+        } else {
+            format!("one Redis, {} event stream(s)", layout.partition_count())
+        },
         bridge = fleet.bridge.url(),
         bridge_metrics = fleet.bridge.metrics_addr(),
         drivers = drivers.join("\n                       "),
         stats = args.stats_port,
         results = drover_schema::COMMAND_RESULTS.name(&first_device),
         commands = drover_schema::COMMANDS.name(&first_device),
-        events = drover_schema::Layout::SINGLE.event_streams()[0],
     );
 }
 

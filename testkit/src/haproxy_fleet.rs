@@ -19,6 +19,8 @@ pub fn fleet_spec(drivers: usize, state_dir: &Path) -> FleetSpec {
         stats_port: free_port().expect("a free port for HAProxy's stats"),
         haproxy_processes: 1,
         redis_url: None,
+        redis_cluster: None,
+        event_partitions: 1,
         master_key_hex: MASTER_KEY_HEX.to_owned(),
         state_dir: state_dir.to_owned(),
         log_files: true,

@@ -1,6 +1,6 @@
-//! A whole fleet on one machine: Redis (private unless a URL is given), the
-//! vendor-bridge, N drivers behind PROXY v2, and HAProxy in front on the
-//! fleet port. Used by `fleet up`, the benchmark runner and the tests
+//! A whole fleet on one machine: Redis (private unless a URL is given; or
+//! a private Redis Cluster), the vendor-bridge, N drivers behind PROXY v2,
+//! and HAProxy in front on the fleet port. Used by `fleet up`, the benchmark runner and the tests
 //! ([`crate::haproxy_fleet`]).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use crate::haproxy::Haproxy;
 use crate::lbconfig::{Backend, LbConfig, maxconn_for_open_files};
 use crate::net::free_port;
 use crate::redis::RedisServer;
+use crate::redis_cluster::RedisCluster;
+use drover_redis::Target;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -27,6 +29,10 @@ pub struct FleetSpec {
     pub haproxy_processes: usize,
     /// Use this Redis instead of starting a private one.
     pub redis_url: Option<String>,
+    /// Start a private Redis Cluster instead (masters, replicas of each).
+    pub redis_cluster: Option<(usize, usize)>,
+    /// `REDIS_EVENT_PARTITIONS` for the bridge.
+    pub event_partitions: u32,
     /// `CWP_MASTER_KEY` for every driver.
     pub master_key_hex: String,
     /// Where logs, the HAProxy config, Redis data and uploads go.
@@ -45,7 +51,11 @@ pub struct FleetSpec {
 pub struct LocalFleet {
     /// The private Redis, if one was started.
     pub redis: Option<RedisServer>,
-    /// Redis, as the components use it.
+    /// The private Redis Cluster, if one was started.
+    pub cluster: Option<RedisCluster>,
+    /// Redis (or the cluster), as the components reach it.
+    pub redis_target: Target,
+    /// Redis's URL; a cluster's seed nodes, comma-separated.
     pub redis_url: String,
     /// The vendor-bridge.
     pub bridge: BridgeProcess,
@@ -73,22 +83,30 @@ impl LocalFleet {
     pub fn start(spec: FleetSpec) -> anyhow::Result<Self> {
         std::fs::create_dir_all(spec.state_dir.join("logs"))
             .with_context(|| format!("creating {}", spec.state_dir.display()))?;
-        let (redis, redis_url) = match &spec.redis_url {
-            Some(url) => (None, url.clone()),
-            None => {
+        let (redis, cluster, redis_url) = match (&spec.redis_url, spec.redis_cluster) {
+            (Some(url), _) => (None, None, url.clone()),
+            (None, Some((masters, replicas))) => {
+                let cluster = RedisCluster::start(masters, replicas)?;
+                let seeds = cluster.seeds();
+                (None, Some(cluster), seeds)
+            }
+            (None, None) => {
                 let server = RedisServer::start_in(&spec.state_dir.join("redis"), free_port()?)?;
                 let url = server.url();
-                (Some(server), url)
+                (Some(server), None, url)
             }
+        };
+        let redis_target = match &cluster {
+            Some(cluster) => cluster.target(),
+            None => Target::Single(redis_url.clone()),
         };
         // The bridge asks its callers for a token even on loopback: any
         // process of this host could otherwise store events as a driver.
         let token_file = bridge_token_file(&spec.state_dir)?.display().to_string();
-        let bridge = BridgeProcess::start(
-            &redis_url,
-            &spec.logs("vendor-bridge"),
-            &[("BRIDGE_TOKEN_FILE", token_file.clone())],
-        )?;
+        let mut bridge_env = vec![
+            ("BRIDGE_TOKEN_FILE", token_file.clone()),
+            ("REDIS_EVENT_PARTITIONS", spec.event_partitions.to_string()),
+        ];
         let mut driver_env = vec![
             (
                 "UPLOAD_DIR".to_owned(),
@@ -96,6 +114,11 @@ impl LocalFleet {
             ),
             ("VENDOR_BRIDGE_TOKEN_FILE".to_owned(), token_file),
         ];
+        if cluster.is_some() {
+            bridge_env.push(("REDIS_CLUSTER_NODES", redis_url.clone()));
+            driver_env.push(("REDIS_CLUSTER_NODES".to_owned(), redis_url.clone()));
+        }
+        let bridge = BridgeProcess::start(&redis_url, &spec.logs("vendor-bridge"), &bridge_env)?;
         driver_env.extend(spec.driver_env.iter().cloned());
         let mut driver_options = DriverOptions {
             bridge_url: bridge.url(),
@@ -118,6 +141,8 @@ impl LocalFleet {
         )?;
         Ok(Self {
             redis,
+            cluster,
+            redis_target,
             redis_url,
             bridge,
             drivers,
@@ -177,6 +202,11 @@ impl LocalFleet {
         self.bridge.process().stop(Duration::from_secs(10));
         if let Some(redis) = &mut self.redis {
             redis.shutdown();
+        }
+        if let Some(cluster) = &mut self.cluster {
+            for node in 0..cluster.nodes().len() {
+                cluster.node_mut(node).shutdown();
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ impl Rig {
             stats_port: free_port()?,
             haproxy_processes,
             redis_url: None,
+            redis_cluster: None,
+            event_partitions: 1,
             master_key_hex: MASTER_KEY_HEX.to_owned(),
             state_dir: ctx.work_dir.join(name),
             log_files: true,
