@@ -19,6 +19,12 @@ twice, so it is a key.
     python3 examples/consumer.py --redis-url redis://127.0.0.1:6379
     # a cluster (any few nodes)
     python3 examples/consumer.py --cluster-nodes 127.0.0.1:7000,127.0.0.1:7001
+    # to scale out: one process per partition (or per few), each its own name
+    python3 examples/consumer.py --partitions 0,1 --consumer worker-a
+    python3 examples/consumer.py --partitions 2,3 --consumer worker-b
+
+Every partition must be read by some consumer: a partition nobody reads
+keeps its events unread (and untrimmed).
 
 Needs redis-py 4.1 or later (Debian/Ubuntu: apt-get install python3-redis).
 Prints one JSON object per event; --until-idle N stops after N seconds
@@ -87,11 +93,28 @@ def main():
     parser.add_argument("--group", default="main-app")
     parser.add_argument("--consumer", default="consumer-1")
     parser.add_argument("--count", type=int, default=500, help="entries per read")
+    parser.add_argument(
+        "--partitions",
+        help="read only these partitions (comma-separated indexes into the layout's streams); default all",
+    )
+    parser.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=60_000,
+        help="take over entries another consumer read and left unacknowledged this long (it died)",
+    )
+    parser.add_argument(
+        "--no-ack",
+        action="store_true",
+        help="read and print without acknowledging (a dry run: the entries stay pending for another consumer)",
+    )
     parser.add_argument("--until-idle", type=float, help="stop after this many seconds without an event")
     args = parser.parse_args()
 
     r = connect(args)
     streams = event_streams(r)
+    if args.partitions:
+        streams = [streams[int(index)] for index in args.partitions.split(",")]
     for stream in streams:
         ensure_group(r, stream, args.group)
 
@@ -102,13 +125,15 @@ def main():
         # slots, and a command's keys must share one.
         for stream in streams:
             # Entries another consumer read and never acknowledged (it died)
-            # for a minute are taken over first.
-            _, claimed, *_ = r.xautoclaim(stream, args.group, args.consumer, 60_000, "0-0", count=args.count)
+            # are taken over first.
+            _, claimed, *_ = r.xautoclaim(
+                stream, args.group, args.consumer, args.claim_idle_ms, "0-0", count=args.count
+            )
             fresh = r.xreadgroup(args.group, args.consumer, {stream: ">"}, count=args.count, block=100)
             entries = claimed + [entry for _, batch in fresh for entry in batch]
             for entry_id, fields in entries:
                 process(decoded(stream, entry_id, fields))
-            if entries:
+            if entries and not args.no_ack:
                 r.xack(stream, args.group, *[entry_id for entry_id, _ in entries])
                 trim(r, stream, args.group)
             got += len(entries)
@@ -117,7 +142,11 @@ def main():
 
 
 def trim(r, stream, group):
-    """Drops what the group has read and nobody still has pending."""
+    """Drops what the group has read and nobody still has pending.
+
+    With one group per stream, as here. If several applications read the
+    streams, each with its own group, trim below the slowest group instead
+    (or by age, XTRIM MINID <ms>-0, if every application keeps up)."""
     info = next(g for g in r.xinfo_groups(stream) if g["name"].decode() == group)
     pending = r.xpending(stream, group)
     oldest = pending["min"] if pending["pending"] else None

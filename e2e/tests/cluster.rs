@@ -424,3 +424,51 @@ fn without_wait_a_failover_loses_events_the_old_master_acknowledged_the_control(
         "the control: acknowledged events are lost without WAIT: {summary}"
     );
 }
+
+/// Uploads on a cluster: each completed upload is recorded once in
+/// `cwp:uploads`, its marker in the stream's slot (the record script's two
+/// keys share a slot, or the cluster would refuse it with `CROSSSLOT`).
+#[test]
+fn uploads_complete_and_are_recorded_once_each_on_a_cluster() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 1, &[], &[]);
+    let summary = sim_summary(
+        controller_sim(&fleet.addr().to_string())
+            .args(["--devices", "3", "--serial-prefix", "UPL-", "--scenario", "upload"])
+            .args(["--upload-bytes", "300000", "--duration", "60s"])
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(summary["uploads"]["completed"], 3, "{summary}");
+    let layout = Layout::partitioned(3).unwrap();
+    runtime().block_on(async {
+        let mut redis = fleet.redis();
+        let records: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(drover_schema::UPLOADS)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let mut serials: Vec<String> = Vec::new();
+        for record in &records.ids {
+            let text: String = record.get(drover_schema::upload_fields::SERIAL).unwrap();
+            let upload_id: String = record.get(drover_schema::upload_fields::UPLOAD_ID).unwrap();
+            let size: u64 = record.get(drover_schema::upload_fields::SIZE).unwrap();
+            assert_eq!(size, 300_000);
+            let marker = layout.upload_recorded(&serial(&text), &upload_id);
+            assert_eq!(
+                fleet.cluster.master_of(&marker).unwrap(),
+                fleet.cluster.master_of(drover_schema::UPLOADS).unwrap()
+            );
+            let exists: bool = redis::cmd("EXISTS").arg(&marker).query_async(&mut redis).await.unwrap();
+            assert!(exists, "{marker}");
+            serials.push(text);
+        }
+        serials.sort();
+        assert_eq!(
+            serials,
+            ["UPL-000001", "UPL-000002", "UPL-000003"],
+            "one record per upload"
+        );
+    });
+}

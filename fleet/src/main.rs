@@ -471,10 +471,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
             "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
                 .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
+            "cluster" => fleet::bench::cluster::run(&ctx)
+                .map(|result| header("Redis Cluster", CLUSTER_WHAT) + &result.markdown()),
             "uploads" => fleet::bench::uploads::run(&ctx)
                 .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
             other => Err(anyhow::anyhow!(
-                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile)"
+                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster)"
             )),
         };
         match outcome {
@@ -505,6 +507,7 @@ const HOSTILE_DEVICES: u64 = 100;
 /// Slow connections held against them.
 const HOSTILE_CONNECTIONS: usize = 10_000;
 const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in all to one driver (defaults for `DRIVER_HANDSHAKE_TIMEOUT` and `DRIVER_MAX_HANDSHAKES`), alone, then while 10,000 connections that never send a byte are held open against the same driver, each reopened as soon as the driver closes it, then (the control) while the same attack is aimed at a minimal stand-in server on the same machine; three rounds of the three phases. Latency is from send to the covering `ACK`. The attacking thread runs at nice 19, standing in for an attacker whose CPU is on another machine; the honest devices' simulator runs at the normal priority. Target (issue 8): p99 under attack within 2× the unloaded p99 (medians over the rounds).";
+const CLUSTER_WHAT: &str = "The same events path (device → driver → gRPC → vendor-bridge → Redis → `ACK`, 1,000 devices on one driver) with one Redis, then with a 3-master Redis Cluster holding 1, 3 and 12 event partitions (`REDIS_EVENT_PARTITIONS`), then with a replica per master, without and with `BRIDGE_WAIT_REPLICAS=1`, all in one run: events acknowledged per second when offered far more, Redis's CPU per stored event, and ack latency at a fixed rate. Every Redis node, the bridge, the driver and the simulator share this machine's 2 cores, so no speed-up can show here: the run shows what the cluster and `WAIT` cost per event, and how the partitions spread the events over the masters (docs/CAPACITY.md turns these figures into a plan).";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 
 fn bench_events(ctx: &fleet::bench::BenchContext, args: &BenchArgs, header: String) -> anyhow::Result<String> {

@@ -15,6 +15,7 @@
 //!   [`hostile`]: one benchmark each; each returns its figures and renders
 //!   its section.
 
+pub mod cluster;
 pub mod commands;
 pub mod events;
 pub mod hostile;
