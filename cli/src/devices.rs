@@ -128,7 +128,8 @@ pub async fn list(mut deployment: Deployment, args: &DevicesArgs, json: bool) ->
     let style = Style::detect();
     output::out(&table.render(style))?;
     let online = devices.iter().filter(|d| d.online()).count();
-    eprintln!("{} devices, {online} online", devices.len());
+    let noun = if devices.len() == 1 { "device" } else { "devices" };
+    eprintln!("{} {noun}, {online} online", devices.len());
     Ok(Exit::Success)
 }
 

@@ -24,6 +24,13 @@ fn main() -> ExitCode {
             eprintln!("drover: {err}");
             Exit::Usage.into()
         }
+        Err(err) if is_refused_by_redis(&err) => {
+            eprintln!(
+                "drover: {err:#}\n(check the user and password in REDIS_URL or REDIS_CLUSTER_NODES, and that \
+                 the user's ACL grants what drover needs: README, Security, Redis ACL users)"
+            );
+            Exit::Error.into()
+        }
         Err(err) => {
             eprintln!("drover: {err:#}");
             Exit::Error.into()
@@ -36,5 +43,13 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
         cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn is_refused_by_redis(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(drover_redis::is_refused_by_acl)
     })
 }

@@ -491,3 +491,87 @@ fn on_a_redis_cluster_commands_travel_sharded_and_every_partition_is_read() {
     keys.sort();
     assert_eq!(keys, expected, "each event once: {seen:?}");
 }
+
+/// The README's ACL line for `drover`'s user, as `ACL SETUSER` arguments
+/// with `password`.
+fn operator_acl(password: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|line| line.starts_with("user drover-operator "))
+        .expect("README documents drover's ACL user");
+    line.split_whitespace()
+        .skip(1)
+        .map(|word| {
+            if word == "#OPERATOR_PASSWORD_SHA256" {
+                format!(">{password}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn drover_needs_no_more_than_the_documented_acl_user() {
+    let fleet = TestFleet::start(1, &[]);
+    let rt = runtime();
+    let (mut device, _) = rt.block_on(connect(fleet.addr(), &serial("CTRL-0042")));
+    let mut redis = rt.block_on(fleet.redis());
+    rt.block_on(async {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(operator_acl("operator-secret"))
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+    });
+    let url = fleet
+        .redis
+        .url()
+        .replacen("redis://", "redis://drover-operator:operator-secret@", 1);
+    let env = [("REDIS_URL", url.as_str())];
+
+    let waiting = spawn(&env, &["send", "CTRL-0042", "reboot", "--wait"]);
+    rt.block_on(answer(&mut device, 1, CommandStatus::OK, b"done"));
+    let runs = [
+        waiting.finish(),
+        drover(&env, &["send", "CTRL-0999", "reboot"]),
+        drover(&env, &["devices", "--json"]),
+        drover(&env, &["device", "CTRL-0042"]),
+        drover(&env, &["events", "--serial", "CTRL-0042", "--since", "1d"]),
+        drover(&env, &["uploads"]),
+    ];
+    let codes: Vec<Option<i32>> = runs.iter().map(|run| run.code).collect();
+    assert_eq!(
+        codes,
+        [Some(0), Some(3), Some(0), Some(0), Some(0), Some(0)],
+        "{runs:#?}"
+    );
+    assert!(runs[4].stdout.contains("result OK"), "{runs:#?}");
+    let denied: Vec<redis::Value> =
+        rt.block_on(async { redis::cmd("ACL").arg("LOG").query_async(&mut redis).await.unwrap() });
+    assert!(denied.is_empty(), "Redis denied drover something: {denied:?}");
+
+    // The control: without the user's right to read the registry, the
+    // same command is refused, and it shows in the ACL log.
+    rt.block_on(async {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("drover-operator")
+            .arg("-hgetall")
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+    });
+    let refused = drover(&env, &["device", "CTRL-0042"]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("no permissions"), "{refused:?}");
+    assert!(
+        refused.stderr.contains("README, Security"),
+        "the error says where to look: {refused:?}"
+    );
+    let denied: Vec<redis::Value> =
+        rt.block_on(async { redis::cmd("ACL").arg("LOG").query_async(&mut redis).await.unwrap() });
+    assert!(!denied.is_empty(), "the refusal is in the ACL log");
+}
