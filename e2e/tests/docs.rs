@@ -62,3 +62,8 @@ fn readme_documents_every_driver_variable() {
 fn readme_documents_every_bridge_variable() {
     check("bridge-variables", vendor_bridge::config::VARIABLES);
 }
+
+#[test]
+fn readme_documents_every_cli_variable() {
+    check("cli-variables", drover_cli::config::VARIABLES);
+}

@@ -1,6 +1,7 @@
 //! Finding Drover's own binaries (`driver`, `vendor-bridge`,
-//! `controller-sim`, `fleet` and the benchmark tools): they sit next to
-//! the running executable (`target/release/fleet` beside
+//! `controller-sim`, `fleet`, the operator CLI `drover` and the benchmark
+//! tools): they sit next to the running executable (`target/release/fleet`
+//! beside
 //! `target/release/driver`), or one level up for a test executable in
 //! `target/debug/deps/`. `DROVER_BIN_DIR` overrides both.
 //!

@@ -48,6 +48,12 @@ impl ChildGuard {
         &self.name
     }
 
+    /// Its stdout, when it was piped and not taken yet: to read what it
+    /// prints while it runs (`drover events --follow`).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))

@@ -1,0 +1,213 @@
+//! The command line: every subcommand, its flags and its `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shown after the top-level `--help`: what the exit codes mean, so that a
+/// script can tell an offline device from a device that said no.
+const TOP_AFTER_HELP: &str = "\
+Examples:
+  drover devices --online               the devices connected now, as a table
+  drover device CTRL-0042               one device's registry entry
+  drover send CTRL-0042 reboot '{\"delay_s\":5}' --wait
+  drover events --serial CTRL-0042 --since 10m
+  drover events --follow --json | jq .  every new event, one JSON object a line
+  drover uploads --follow
+  drover key CTRL-0042                  its device key (from CWP_MASTER_KEY)
+
+Redis: REDIS_URL (default redis://127.0.0.1:6379), or REDIS_CLUSTER_NODES for
+a Redis Cluster (seed nodes; it wins over REDIS_URL); also read from ./.env.
+
+Exit codes:
+  0  success (with --wait: the device answered OK)
+  1  error (Redis unreachable or refused, unreadable data)
+  2  usage error (bad flags or arguments)
+  3  the device is offline: no driver is subscribed (PUBLISH answered 0)
+  4  --wait timed out: no result came in time
+  5  the command never reached the device: REJECTED or UNDELIVERED
+  6  the device answered, but not OK (FAILED, UNSUPPORTED, BUSY, INVALID)
+  7  not found (drover device: no registry entry for that serial)";
+
+/// `drover`: the operators' command line for a Drover deployment. It
+/// reads and writes the deployment's Redis (or Redis Cluster), never a
+/// driver directly.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, after_help = TOP_AFTER_HELP)]
+pub struct Cli {
+    /// Machine-readable output: a JSON array or object, or for events and
+    /// uploads one JSON object per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The device registry as a table: serial, online, driver, peer,
+    /// firmware, last seen, last event id.
+    #[command(
+        after_help = "Examples:\n  drover devices\n  drover devices --online --driver driver-1\n  drover devices --json | jq '.[] | select(.online) | .serial'"
+    )]
+    Devices(DevicesArgs),
+    /// One device's registry entry.
+    #[command(
+        after_help = "Examples:\n  drover device CTRL-0042\n  drover device CTRL-0042 --json | jq .last_event_id\n\nExit code 7 when the registry has no entry for the serial."
+    )]
+    Device(DeviceArgs),
+    /// Sends a command to a device and, with --wait, prints its result.
+    #[command(after_help = "\
+Examples:
+  drover send CTRL-0042 reboot
+  drover send CTRL-0042 reboot '{\"delay_s\":5}' --wait
+  drover send CTRL-0042 config --body-file config.json --wait --timeout 30s
+  drover send CTRL-0042 blink --body-b64 AAEC --wait --json
+
+Without --wait, prints the command's id once a driver received it. With
+--wait, prints the device's result (status, then its output), or why none
+came. Exit codes: 0 sent (with --wait: OK), 3 offline (0 subscribers:
+nothing is queued), 4 no result within --timeout, 5 REJECTED or
+UNDELIVERED, 6 the device answered FAILED, UNSUPPORTED, BUSY or INVALID.")]
+    Send(SendArgs),
+    /// Stored events, decoded: bodies as text where they are UTF-8, hex
+    /// otherwise; command results (kind 65535) with their status.
+    #[command(after_help = "\
+Examples:
+  drover events                          the last 20 events
+  drover events --serial CTRL-0042 --since 1h
+  drover events --since 1714557600000    since a Unix time in ms (or a stream id, or 2024-05-01T10:00:00Z)
+  drover events --follow --json          new events as they are stored, one JSON object a line")]
+    Events(EventsArgs),
+    /// Finished uploads (the cwp:uploads stream).
+    #[command(
+        after_help = "Examples:\n  drover uploads\n  drover uploads --serial CTRL-0042 --since 1d\n  drover uploads --follow"
+    )]
+    Uploads(UploadsArgs),
+    /// A device's key, derived from the master key (CWP_MASTER_KEY), to
+    /// provision into its firmware. The master key is never printed.
+    #[command(
+        after_help = "Examples:\n  CWP_MASTER_KEY=$(cat master.key) drover key CTRL-0042\n  drover key CTRL-0042 --json"
+    )]
+    Key(KeyArgs),
+}
+
+/// `drover devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Only the devices connected now.
+    #[arg(long)]
+    pub online: bool,
+    /// Only the devices whose current (or last) session is on this driver.
+    #[arg(long, value_name = "ID")]
+    pub driver: Option<String>,
+}
+
+/// `drover device`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device's serial.
+    pub serial: String,
+}
+
+/// `drover send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The device's serial.
+    pub serial: String,
+    /// The command's name (1-255 bytes).
+    pub name: String,
+    /// The command's body, as text.
+    #[arg(conflicts_with_all = ["body_file", "body_b64"])]
+    pub body: Option<String>,
+    /// The body from a file (sent as text when it is UTF-8, else as bytes).
+    #[arg(long, value_name = "FILE", conflicts_with = "body_b64")]
+    pub body_file: Option<PathBuf>,
+    /// The body as base64 bytes.
+    #[arg(long, value_name = "BASE64")]
+    pub body_b64: Option<String>,
+    /// The command's id (a UUID); a new one by default.
+    #[arg(long)]
+    pub id: Option<uuid::Uuid>,
+    /// Wait for the device's result and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (250ms, 10s, 2m; a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "wait")]
+    pub timeout: Duration,
+}
+
+/// Which part of a stream to read: `--since`, `--limit`, `--follow`.
+#[derive(Debug, Args)]
+pub struct Window {
+    /// Start here: a duration ago (10m, 2h, 7d), a Unix time in ms, a
+    /// stream id (1714557600000-0) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// At most this many entries (default: the last 20 without --since,
+    /// all of them with it).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Then keep printing new entries as they are stored, until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// `drover events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this device's events (reads only its partition's stream).
+    #[arg(long, value_name = "SERIAL")]
+    pub serial: Option<String>,
+    /// Which events.
+    #[command(flatten)]
+    pub window: Window,
+}
+
+/// `drover uploads`.
+#[derive(Debug, Args)]
+pub struct UploadsArgs {
+    /// Only this device's uploads.
+    #[arg(long, value_name = "SERIAL")]
+    pub serial: Option<String>,
+    /// Which uploads.
+    #[command(flatten)]
+    pub window: Window,
+}
+
+/// `drover key`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The device's serial.
+    pub serial: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    drover_service::duration::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_body_is_given_one_way_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["drover", "send", "S-1", "x"], args].concat());
+        assert!(parse(&["text"]).is_ok());
+        assert!(parse(&["--body-b64", "AA=="]).is_ok());
+        assert!(parse(&["text", "--body-b64", "AA=="]).is_err());
+        assert!(parse(&["--body-file", "f", "--body-b64", "AA=="]).is_err());
+        assert!(parse(&["--timeout", "5s"]).is_err(), "--timeout needs --wait");
+        assert!(parse(&["--wait", "--timeout", "5s"]).is_ok());
+    }
+}
