@@ -496,17 +496,23 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             )
         };
         eprintln!("== {name} ==");
+        // Taken before the benchmark loads the machine itself.
+        let provenance = fleet::bench::charts::Provenance {
+            command: command.clone(),
+            machine: measured_on.clone(),
+            load_average: Machine::load_average(),
+        };
         let outcome = match name.as_str() {
             "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
-                chart_data.set_events(&command, &measured_on, &runs);
+                chart_data.set_events(provenance, &runs);
                 body
             }),
             "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
-                chart_data.set_idle(&command, &measured_on, &runs);
+                chart_data.set_idle(provenance, &runs);
                 body
             }),
             "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers).map(|result| {
-                chart_data.set_storm(&command, &measured_on, &result);
+                chart_data.set_storm(provenance, &result);
                 header("Connect storm", STORM_WHAT) + &result.markdown()
             }),
             "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)

@@ -67,12 +67,24 @@ pub struct ChartData {
 /// A series and where it was measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measured<T> {
+    /// Where.
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    /// The figures.
+    pub series: T,
+}
+
+/// Where a benchmark measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
     /// The command line of the run.
     pub command: String,
     /// The machine, the commit and the date (`Machine::describe`).
     pub machine: String,
-    /// The figures.
-    pub series: T,
+    /// The 1-minute load average when the benchmark started (the machine
+    /// may be shared).
+    #[serde(default)]
+    pub load_average: Option<f64>,
 }
 
 /// Ack latency at each rate of one events run.
@@ -158,7 +170,7 @@ impl ChartData {
     }
 
     /// The events benchmark's runs (one per device count).
-    pub fn set_events(&mut self, command: &str, machine: &str, runs: &[EventsResult]) {
+    pub fn set_events(&mut self, provenance: Provenance, runs: &[EventsResult]) {
         let curves = runs
             .iter()
             .map(|run| LatencyCurve {
@@ -179,11 +191,11 @@ impl ChartData {
                     .collect(),
             })
             .collect();
-        self.latency = Some(measured(command, machine, curves));
+        self.latency = Some(measured(provenance, curves));
     }
 
     /// The idle benchmark's runs (one per device count).
-    pub fn set_idle(&mut self, command: &str, machine: &str, runs: &[IdleResult]) {
+    pub fn set_idle(&mut self, provenance: Provenance, runs: &[IdleResult]) {
         let points = runs
             .iter()
             .map(|run| {
@@ -199,11 +211,11 @@ impl ChartData {
                 }
             })
             .collect();
-        self.idle = Some(measured(command, machine, points));
+        self.idle = Some(measured(provenance, points));
     }
 
     /// The storms.
-    pub fn set_storm(&mut self, command: &str, machine: &str, result: &StormResult) {
+    pub fn set_storm(&mut self, provenance: Provenance, result: &StormResult) {
         let timelines = result
             .runs
             .iter()
@@ -213,7 +225,7 @@ impl ChartData {
                 samples: run.timeline.clone(),
             })
             .collect();
-        self.storm = Some(measured(command, machine, timelines));
+        self.storm = Some(measured(provenance, timelines));
     }
 
     /// Draws every chart there are series for into `dir`; returns the
@@ -221,14 +233,13 @@ impl ChartData {
     pub fn render_all(&self, dir: &Path) -> anyhow::Result<Vec<Chart>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut charts = Vec::new();
-        let mut write = |file: &str, title: &str, svg: String, measured: (&str, &str)| -> anyhow::Result<()> {
+        let mut write = |file: &str, title: &str, svg: String, provenance: &Provenance| -> anyhow::Result<()> {
             let path = dir.join(file);
             std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
             charts.push(Chart {
                 path,
                 title: title.to_owned(),
-                command: measured.0.to_owned(),
-                machine: measured.1.to_owned(),
+                provenance: provenance.clone(),
             });
             Ok(())
         };
@@ -237,35 +248,21 @@ impl ChartData {
                 LATENCY_SVG,
                 LATENCY_TITLE,
                 latency_svg(&latency.series)?,
-                (&latency.command, &latency.machine),
+                &latency.provenance,
             )?;
         }
         if let Some(idle) = self.idle.as_ref().filter(|m| !m.series.is_empty()) {
-            write(
-                IDLE_SVG,
-                IDLE_TITLE,
-                idle_svg(&idle.series)?,
-                (&idle.command, &idle.machine),
-            )?;
+            write(IDLE_SVG, IDLE_TITLE, idle_svg(&idle.series)?, &idle.provenance)?;
         }
         if let Some(storm) = self.storm.as_ref().filter(|m| !m.series.is_empty()) {
-            write(
-                STORM_SVG,
-                STORM_TITLE,
-                storm_svg(&storm.series)?,
-                (&storm.command, &storm.machine),
-            )?;
+            write(STORM_SVG, STORM_TITLE, storm_svg(&storm.series)?, &storm.provenance)?;
         }
         Ok(charts)
     }
 }
 
-fn measured<T>(command: &str, machine: &str, series: T) -> Measured<T> {
-    Measured {
-        command: command.to_owned(),
-        machine: machine.to_owned(),
-        series,
-    }
+fn measured<T>(provenance: Provenance, series: T) -> Measured<T> {
+    Measured { provenance, series }
 }
 
 /// A chart written.
@@ -275,10 +272,8 @@ pub struct Chart {
     pub path: PathBuf,
     /// What it shows.
     pub title: String,
-    /// The run its series came from.
-    pub command: String,
-    /// Where that run measured.
-    pub machine: String,
+    /// Where its series were measured.
+    pub provenance: Provenance,
 }
 
 /// The Markdown section showing `charts` in the document at `doc`.
@@ -288,12 +283,16 @@ pub fn markdown(doc: &Path, charts: &[Chart], results: &Path) -> String {
     for chart in charts {
         let _ = writeln!(
             text,
-            "\n### {}\n\n![{}]({})\n\nCommand: `{}`  \nMachine: {}",
+            "\n### {}\n\n![{}]({})\n\nCommand: `{}`  \nMachine: {}  \nLoad average (1 min) when it started: {}",
             chart.title,
             chart.title,
             relative_link(doc, &chart.path),
-            chart.command,
-            chart.machine
+            chart.provenance.command,
+            chart.provenance.machine,
+            chart
+                .provenance
+                .load_average
+                .map_or_else(|| "unknown".to_owned(), |load| format!("{load:.2}"))
         );
     }
     text
@@ -583,6 +582,14 @@ mod tests {
             .collect()
     }
 
+    fn provenance(command: &str) -> Provenance {
+        Provenance {
+            command: command.to_owned(),
+            machine: "test machine".to_owned(),
+            load_average: Some(0.5),
+        }
+    }
+
     fn data() -> ChartData {
         let point = |offered: f64, saturated: bool, p50_us: u64| LatencyPoint {
             offered_per_s: offered,
@@ -595,8 +602,7 @@ mod tests {
         let sample = |seconds: f64, sessions: f64| TimelineSample { seconds, sessions };
         ChartData {
             latency: Some(measured(
-                "fleet bench --only events",
-                "test machine",
+                provenance("fleet bench --only events"),
                 vec![LatencyCurve {
                     devices: 1_000,
                     points: vec![
@@ -608,8 +614,7 @@ mod tests {
                 }],
             )),
             idle: Some(measured(
-                "fleet bench --only idle",
-                "test machine",
+                provenance("fleet bench --only idle"),
                 vec![
                     IdlePoint {
                         devices: 5_000,
@@ -630,8 +635,7 @@ mod tests {
                 ],
             )),
             storm: Some(measured(
-                "fleet bench --only storm",
-                "test machine",
+                provenance("fleet bench --only storm"),
                 vec![StormTimeline {
                     drivers: 4,
                     devices: 3_000,
