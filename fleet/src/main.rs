@@ -636,7 +636,7 @@ fn bench_charts(args: BenchChartsArgs) -> anyhow::Result<()> {
 /// The suite's own section: how to reproduce it and what it covers.
 fn suite_section(args: &BenchArgs, command: &str, machine: &fleet::bench::machine::Machine) -> String {
     format!(
-        "## The benchmark suite\n\nOne command brings up the local fleet, runs the standard suite and rewrites the sections below (events at {} devices, {} idle devices beside Mosquitto and the kernel, a storm of {} devices, commands at {} devices):\n\n```sh\ncargo run --release -p fleet -- bench\n```\n\nLast run: `{command}` on {}.\n\n{}",
+        "## The benchmark suite\n\nOne command brings up the local fleet, runs the standard suite and rewrites the sections below (events at {} devices, {} idle devices beside Mosquitto and the kernel, a storm of {} devices, commands at {} devices):\n\n```sh\ncargo run --release -p fleet -- bench\n```\n\nEvents, idle and storm also draw their charts (see **Charts**) into `docs/charts/` (`--charts DIR`) and keep the series in `docs/charts/results.json`, from which `cargo run -p fleet -- bench-charts --doc docs/BENCHMARKS.md` draws them again without measuring. `--idle-devices` takes several counts (`2000,5000,10000`): one point each on the memory chart.\n\nLast run: `{command}` on {}.\n\n{}",
         args.devices
             .iter()
             .map(|d| fleet::bench::report::thousands(*d as f64))
