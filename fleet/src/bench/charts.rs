@@ -385,6 +385,9 @@ fn latency_svg(curves: &[LatencyCurve]) -> anyhow::Result<String> {
                 .x_desc("offered events/s")
                 .y_desc("send → ACK, ms (log)")
                 .x_labels(5)
+                // A log axis labels every light line by default: a wall of numbers.
+                .y_labels(6)
+                .max_light_lines(2)
                 .label_style((FONT, 14))
                 .axis_desc_style((FONT, 15))
                 .x_label_formatter(&rate_label)
@@ -451,7 +454,8 @@ fn idle_svg(points: &[IdlePoint]) -> anyhow::Result<String> {
     svg(|root| {
         let all = series.iter().flat_map(|(_, s)| s.iter());
         let right = all.clone().map(|&(x, _)| x).fold(0.0, f64::max).max(1.0) * 1.08;
-        let top = all.map(|&(_, y)| y).fold(0.0, f64::max).max(0.1) * 1.25;
+        // Headroom for the legend above the highest line.
+        let top = all.map(|&(_, y)| y).fold(0.0, f64::max).max(0.1) * 1.6;
         let mut chart = ChartBuilder::on(root)
             .caption(IDLE_TITLE, (FONT, 24))
             .margin(16)
@@ -529,7 +533,7 @@ fn storm_svg(storms: &[StormTimeline]) -> anyhow::Result<String> {
             .set_secondary_coord(0.0..right, 0.0..top_rate);
         chart
             .configure_mesh()
-            .x_desc("seconds since the devices started connecting")
+            .x_desc("seconds since the simulator started")
             .y_desc("sessions held by the drivers (solid)")
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
