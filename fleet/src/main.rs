@@ -28,6 +28,21 @@ enum Commands {
     LbConfig(LbConfigArgs),
     /// Run the benchmark suite and write docs/BENCHMARKS.md.
     Bench(BenchArgs),
+    /// Draw the benchmarks' charts again from the series a run kept.
+    BenchCharts(BenchChartsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchChartsArgs {
+    /// The series `fleet bench` kept (results.json in its charts directory).
+    #[arg(default_value = "docs/charts/results.json")]
+    results: PathBuf,
+    /// Where the SVG files go (default: beside RESULTS).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also rewrite this document's charts section (<!-- bench:charts -->).
+    #[arg(long)]
+    doc: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,9 +57,11 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     devices: Vec<u64>,
     /// Devices the idle benchmark connects and holds (and as many MQTT
-    /// clients on Mosquitto).
-    #[arg(long, default_value_t = 100_000)]
-    idle_devices: u64,
+    /// clients on Mosquitto); comma-separated for several runs, one point
+    /// each on the memory chart (the burst pattern is measured after the
+    /// last).
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    idle_devices: Vec<u64>,
     /// Devices of the connect storm.
     #[arg(long, default_value_t = 10_000)]
     storm_devices: u64,
@@ -63,6 +80,10 @@ struct BenchArgs {
     /// The file to update.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
+    /// Where the charts (SVG) and the series they are drawn from
+    /// (results.json) go; default: charts/ beside --out.
+    #[arg(long)]
+    charts: Option<PathBuf>,
     /// Do not build the binaries first.
     #[arg(long)]
     no_build: bool,
@@ -74,6 +95,11 @@ HAProxy, Mosquitto, controller-sim) on loopback, measures, stops them, and
 replaces its own section of --out (<!-- bench:NAME --> markers), with the
 command, the machine, the date and the commit. A benchmark that fails is
 reported and the others still run; the exit status is then 1.
+
+Charts: events, idle and storm also keep their series in
+CHARTS/results.json (replacing that benchmark's part of it) and draw
+CHARTS/ack-latency.svg, idle-memory.svg and connect-storm.svg, shown in the
+charts section of --out; `fleet bench-charts` draws them again.
 
 Needs redis-server, haproxy and (idle) mosquitto on PATH, and an open-file
 limit of at least 20,000 (ulimit -Hn). Run it on a quiet machine: every
@@ -176,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         Commands::Up(args) => up(args),
         Commands::LbConfig(args) => lb_config(args),
         Commands::Bench(args) => bench(args),
+        Commands::BenchCharts(args) => bench_charts(args),
     }
 }
 
@@ -450,6 +477,14 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let machine = Machine::current();
     eprintln!("benchmarking on {}", machine.describe());
+    let charts_dir = args.charts.clone().unwrap_or_else(|| {
+        args.out
+            .parent()
+            .map_or_else(|| PathBuf::from("charts"), |dir| dir.join("charts"))
+    });
+    let results = charts_dir.join(fleet::bench::charts::RESULTS_FILE);
+    let mut chart_data = fleet::bench::charts::ChartData::load(&results)?;
+    let measured_on = machine.describe();
     report::write_section(&args.out, "suite", &suite_section(&args, &command, &machine))?;
     let mut failed = Vec::new();
     for name in &args.only {
@@ -461,12 +496,25 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             )
         };
         eprintln!("== {name} ==");
+        // Taken before the benchmark loads the machine itself.
+        let provenance = fleet::bench::charts::Provenance {
+            command: command.clone(),
+            machine: measured_on.clone(),
+            load_average: Machine::load_average(),
+        };
         let outcome = match name.as_str() {
-            "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)),
-            "idle" => fleet::bench::idle::run(&ctx, args.idle_devices)
-                .map(|result| header("Idle connections", IDLE_WHAT) + &result.markdown()),
-            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers)
-                .map(|result| header("Connect storm", STORM_WHAT) + &result.markdown()),
+            "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
+                chart_data.set_events(provenance, &runs);
+                body
+            }),
+            "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
+                chart_data.set_idle(provenance, &runs);
+                body
+            }),
+            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers).map(|result| {
+                chart_data.set_storm(provenance, &result);
+                header("Connect storm", STORM_WHAT) + &result.markdown()
+            }),
             "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
                 .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
             "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
@@ -483,6 +531,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Ok(body) => {
                 report::write_section(&args.out, name, &body)?;
                 eprintln!("{name}: written to {}", args.out.display());
+                if matches!(name.as_str(), "events" | "idle" | "storm") {
+                    std::fs::create_dir_all(&charts_dir)
+                        .with_context(|| format!("creating {}", charts_dir.display()))?;
+                    chart_data.save(&results)?;
+                    write_charts(&chart_data, &charts_dir, &results, Some(&args.out))?;
+                }
             }
             Err(err) => {
                 eprintln!("{name} failed: {err:#}");
@@ -510,27 +564,92 @@ const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in 
 const CLUSTER_WHAT: &str = "The same events path (device → driver → gRPC → vendor-bridge → Redis → `ACK`, 1,000 devices on one driver) with one Redis, then with a 3-master Redis Cluster holding 1, 3 and 12 event partitions (`REDIS_EVENT_PARTITIONS`), then with a replica per master, without and with `BRIDGE_WAIT_REPLICAS=1`, all in one run: events acknowledged per second when offered far more, Redis's CPU per stored event, and ack latency at a fixed rate. Every Redis node, the bridge, the driver and the simulator share this machine's 2 cores, so no speed-up can show here: the run shows what the cluster and `WAIT` cost per event, and how the partitions spread the events over the masters (docs/CAPACITY.md turns these figures into a plan).";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 
-fn bench_events(ctx: &fleet::bench::BenchContext, args: &BenchArgs, header: String) -> anyhow::Result<String> {
+fn bench_events(
+    ctx: &fleet::bench::BenchContext,
+    args: &BenchArgs,
+    header: String,
+) -> anyhow::Result<(String, Vec<fleet::bench::events::EventsResult>)> {
     let mut body = header;
+    let mut runs = Vec::new();
     for devices in &args.devices {
         eprintln!("events: {devices} devices ...");
         let result = fleet::bench::events::run(ctx, *devices)?;
         body.push_str(&result.markdown());
         body.push('\n');
+        runs.push(result);
     }
-    Ok(body)
+    Ok((body, runs))
+}
+
+fn bench_idle(
+    ctx: &fleet::bench::BenchContext,
+    args: &BenchArgs,
+    header: String,
+) -> anyhow::Result<(String, Vec<fleet::bench::idle::IdleResult>)> {
+    let mut body = header;
+    let mut runs = Vec::new();
+    for (index, devices) in args.idle_devices.iter().enumerate() {
+        eprintln!("idle: {devices} devices ...");
+        let last = index + 1 == args.idle_devices.len();
+        let result = fleet::bench::idle::run(ctx, *devices, last)?;
+        body.push_str(&result.markdown());
+        body.push('\n');
+        runs.push(result);
+    }
+    Ok((body, runs))
+}
+
+/// Draws the charts of `data` into `dir` and, with `doc`, rewrites the
+/// document's charts section to show them.
+fn write_charts(
+    data: &fleet::bench::charts::ChartData,
+    dir: &Path,
+    results: &Path,
+    doc: Option<&Path>,
+) -> anyhow::Result<()> {
+    let charts = data.render_all(dir)?;
+    for chart in &charts {
+        eprintln!("chart: {}", chart.path.display());
+    }
+    if let Some(doc) = doc
+        && !charts.is_empty()
+    {
+        let section = fleet::bench::charts::markdown(doc, &charts, results);
+        fleet::bench::report::write_section(doc, "charts", &section)?;
+    }
+    Ok(())
+}
+
+fn bench_charts(args: BenchChartsArgs) -> anyhow::Result<()> {
+    let data = fleet::bench::charts::ChartData::load(&args.results)?;
+    anyhow::ensure!(
+        data != fleet::bench::charts::ChartData::default(),
+        "{} holds no series (or does not exist): run `fleet bench` first",
+        args.results.display()
+    );
+    let dir = args.out.clone().unwrap_or_else(|| {
+        args.results
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    });
+    write_charts(&data, &dir, &args.results, args.doc.as_deref())
 }
 
 /// The suite's own section: how to reproduce it and what it covers.
 fn suite_section(args: &BenchArgs, command: &str, machine: &fleet::bench::machine::Machine) -> String {
     format!(
-        "## The benchmark suite\n\nOne command brings up the local fleet, runs the standard suite and rewrites the sections below (events at {} devices, {} idle devices beside Mosquitto and the kernel, a storm of {} devices, commands at {} devices):\n\n```sh\ncargo run --release -p fleet -- bench\n```\n\nLast run: `{command}` on {}.\n\n{}",
+        "## The benchmark suite\n\nOne command brings up the local fleet, runs the standard suite and rewrites the sections below (events at {} devices, {} idle devices beside Mosquitto and the kernel, a storm of {} devices, commands at {} devices):\n\n```sh\ncargo run --release -p fleet -- bench\n```\n\nEvents, idle and storm also draw their charts (see **Charts**) into `docs/charts/` (`--charts DIR`) and keep the series in `docs/charts/results.json`, from which `cargo run -p fleet -- bench-charts --doc docs/BENCHMARKS.md` draws them again without measuring. `--idle-devices` takes several counts (`2000,5000,10000`): one point each on the memory chart.\n\nLast run: `{command}` on {}.\n\n{}",
         args.devices
             .iter()
             .map(|d| fleet::bench::report::thousands(*d as f64))
             .collect::<Vec<_>>()
             .join(" and "),
-        fleet::bench::report::thousands(args.idle_devices as f64),
+        args.idle_devices
+            .iter()
+            .map(|d| fleet::bench::report::thousands(*d as f64))
+            .collect::<Vec<_>>()
+            .join(" and "),
         fleet::bench::report::thousands(args.storm_devices as f64),
         fleet::bench::report::thousands(args.command_devices as f64),
         machine.describe(),

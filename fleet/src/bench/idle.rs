@@ -122,8 +122,10 @@ pub struct IdleResult {
     pub mosquitto_version: String,
     /// How long the devices were held before measuring.
     pub hold: Duration,
-    /// The burst pattern, if it could be measured (why not, otherwise).
-    pub burst: Result<Burst, String>,
+    /// The burst pattern, if it could be measured (why not, otherwise);
+    /// `None` when this run was not asked to (a run of several device
+    /// counts measures it once).
+    pub burst: Option<Result<Burst, String>>,
 }
 
 /// The burst pattern: per connection, bytes added 2 s and
@@ -169,8 +171,9 @@ fn command_line(args: &[String]) -> String {
     format!("CWP_MASTER_KEY=… controller-sim {}", args.join(" "))
 }
 
-/// Runs the benchmark with `devices` devices.
-pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<IdleResult> {
+/// Runs the benchmark with `devices` devices, and the burst pattern if
+/// `with_burst`.
+pub fn run(ctx: &BenchContext, devices: u64, with_burst: bool) -> anyhow::Result<IdleResult> {
     let sim = binary("controller-sim")?;
     let (drivers, haproxy_processes) = Rig::size_for(devices);
     let procs = devices.div_ceil(DEVICES_PER_SIM_PROCESS).max(1);
@@ -221,7 +224,7 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<IdleResult> {
 
     // The peer, with as many brokers as there were drivers.
     let mosquitto = peer(ctx, &sim, devices, drivers, procs, hold).map_err(|err| format!("{err:#}"));
-    let burst = burst(ctx, &sim).map_err(|err| format!("{err:#}"));
+    let burst = with_burst.then(|| burst(ctx, &sim).map_err(|err| format!("{err:#}")));
     Ok(IdleResult {
         devices,
         drivers,
@@ -510,7 +513,8 @@ impl IdleResult {
             );
         }
         match &self.burst {
-            Ok(burst) => {
+            None => {}
+            Some(Ok(burst)) => {
                 let (peer_early, peer_settled) = match &burst.mosquitto {
                     Ok((early, settled)) => (format!("{early:.0} B"), format!("{settled:.0} B")),
                     Err(err) => (format!("not measured: {err}"), "—".to_owned()),
@@ -543,7 +547,7 @@ impl IdleResult {
                     burst.command
                 );
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 let _ = writeln!(text, "\nThe burst pattern was not measured: {err}");
             }
         }

@@ -6,6 +6,8 @@
 //!
 //! - [`machine`]: what the figures were measured on.
 //! - [`report`]: the Markdown sections and the file they live in.
+//! - [`charts`]: the figures drawn as SVG charts, and the series they are
+//!   drawn from (kept as JSON, to draw them again).
 //! - [`probe`]: process CPU and memory read from `/proc`, the kernel's
 //!   socket memory, and the simulator run in the background.
 //! - [`rig`]: the whole local fleet sized for a number of devices (the
@@ -15,6 +17,7 @@
 //!   [`hostile`]: one benchmark each; each returns its figures and renders
 //!   its section.
 
+pub mod charts;
 pub mod cluster;
 pub mod commands;
 pub mod events;

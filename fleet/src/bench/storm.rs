@@ -7,13 +7,13 @@
 //! script in Redis (fsynced; registrations batched by the driver), the command subscription, `WELCOME`.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_testkit::binaries::binary;
 
 use super::BenchContext;
 use super::events::MASTER_KEY_HEX;
-use super::probe::{CpuMeter, SimSummary, run_sim};
+use super::probe::{CpuMeter, SimProcess, SimSummary};
 use super::report::{Table, thousands};
 use super::rig::{Rig, cpu_by_name};
 
@@ -33,7 +33,24 @@ pub struct StormRun {
     pub cpu: Vec<(String, f64)>,
     /// The simulator's command line.
     pub command: String,
+    /// Sessions the drivers held over the storm, sampled every
+    /// [`TIMELINE_INTERVAL`] from the simulator's start.
+    pub timeline: Vec<TimelineSample>,
 }
+
+/// Sessions held at one moment of a storm.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimelineSample {
+    /// Since the simulator started, seconds.
+    pub seconds: f64,
+    /// Authenticated sessions all drivers held (`drover_driver_sessions`).
+    pub sessions: f64,
+}
+
+/// How often the storm's timeline is sampled: a storm of 10,000 devices
+/// lasts a few seconds, and each sample is one `/metrics` request per
+/// driver, little beside the storm's own work.
+pub const TIMELINE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Every storm of the run.
 #[derive(Debug, Clone)]
@@ -76,7 +93,29 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize]) -> anyhow:
         .collect();
         eprintln!("storm: {devices} devices at once, {drivers} driver(s) ...");
         let meter = CpuMeter::start(&rig.processes());
-        let summary = run_sim(&sim, MASTER_KEY_HEX, &args)?;
+        let mut sim_args = args.clone();
+        sim_args.push("--json".to_owned());
+        let started = Instant::now();
+        let mut storm = SimProcess::start(
+            &sim,
+            MASTER_KEY_HEX,
+            &sim_args,
+            ctx.work_dir.join(format!("storm-{drivers}.json")),
+        )?;
+        let mut timeline = Vec::new();
+        while storm.is_running() {
+            timeline.push(TimelineSample {
+                seconds: started.elapsed().as_secs_f64(),
+                sessions: rig.sessions(),
+            });
+            std::thread::sleep(TIMELINE_INTERVAL);
+        }
+        // The devices said BYE as the simulator ended: the last sample shows the drop.
+        timeline.push(TimelineSample {
+            seconds: started.elapsed().as_secs_f64(),
+            sessions: rig.sessions(),
+        });
+        let summary: SimSummary = storm.finish(Duration::from_secs(60))?;
         let cpu = cpu_by_name(&meter.stop());
         drop(rig);
         runs.push(StormRun {
@@ -85,6 +124,7 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize]) -> anyhow:
             sim: summary,
             cpu,
             command: format!("CWP_MASTER_KEY=… controller-sim {} --json", args.join(" ")),
+            timeline,
         });
     }
     Ok(StormResult { devices, runs })
