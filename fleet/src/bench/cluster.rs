@@ -102,11 +102,15 @@ pub struct ShapeResult {
     pub per_master: Vec<u64>,
 }
 
+/// Rounds of every configuration: interleaving them spreads the noise of
+/// a shared machine over all of them alike.
+const ROUNDS: usize = 2;
+
 /// The whole result.
 #[derive(Debug, Clone)]
 pub struct ClusterResult {
-    /// One per [`SHAPES`] entry.
-    pub shapes: Vec<ShapeResult>,
+    /// Round by round, one per [`SHAPES`] entry each.
+    pub rounds: Vec<Vec<ShapeResult>>,
 }
 
 /// Redis as one configuration runs it.
@@ -271,11 +275,22 @@ fn run_shape(ctx: &BenchContext, index: usize, shape: Shape) -> anyhow::Result<S
     }
     let fixed = run_sim(&sim, MASTER_KEY_HEX, &sim_args(driver.addr(), FIXED_RATE, seconds))?;
 
-    let per_master = nodes
+    // Events per master: each stream's entries on the master that holds it.
+    let masters: Vec<u16> = nodes
         .iter()
         .filter(|(role, _, _)| *role == "redis master")
-        .map(|(_, _, port)| stream_entries_added(*port))
+        .map(|(_, _, port)| *port)
         .collect();
+    let mut per_master = vec![0u64; masters.len()];
+    for stream in layout.event_streams() {
+        let port = match &redis {
+            Redis::Single(server) => server.port(),
+            Redis::Cluster(cluster) => cluster.nodes()[cluster.master_of(&stream)?].port(),
+        };
+        if let Some(index) = masters.iter().position(|p| *p == port) {
+            per_master[index] += entries_added(port, &stream);
+        }
+    }
     Ok(ShapeResult {
         shape,
         saturated,
@@ -285,47 +300,42 @@ fn run_shape(ctx: &BenchContext, index: usize, shape: Shape) -> anyhow::Result<S
     })
 }
 
-/// Entries ever added to the streams a node holds (`XINFO STREAM`'s
-/// `entries-added` survives trimming), summed.
-fn stream_entries_added(port: u16) -> u64 {
-    let cli = |args: &[&str]| -> String {
-        Command::new("redis-cli")
-            .arg("-p")
-            .arg(port.to_string())
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let keys = cli(&["--scan", "--type", "stream"]);
-    keys.lines()
-        .filter(|key| !key.is_empty())
-        .map(|key| {
-            let info = cli(&["XINFO", "STREAM", key]);
-            let mut lines = info.lines();
-            while let Some(line) = lines.next() {
-                if line == "entries-added" {
-                    return lines.next().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-                }
-            }
-            0
-        })
-        .sum()
+/// Entries ever added to `stream` on the node at `port` (`XINFO STREAM`'s
+/// `entries-added` survives trimming).
+fn entries_added(port: u16, stream: &str) -> u64 {
+    let info = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["XINFO", "STREAM", stream])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut lines = info.lines();
+    while let Some(line) = lines.next() {
+        if line == "entries-added" {
+            return lines.next().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        }
+    }
+    0
 }
 
 /// Runs every configuration.
 pub fn run(ctx: &BenchContext) -> anyhow::Result<ClusterResult> {
     let started = Instant::now();
-    let mut shapes = Vec::new();
-    for (index, shape) in SHAPES.into_iter().enumerate() {
-        eprintln!(
-            "cluster bench: {} ({:.0} s in)",
-            shape.label,
-            started.elapsed().as_secs_f64()
-        );
-        shapes.push(run_shape(ctx, index, shape)?);
+    let mut rounds = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut shapes = Vec::new();
+        for (index, shape) in SHAPES.into_iter().enumerate() {
+            eprintln!(
+                "cluster bench, round {round}: {} ({:.0} s in)",
+                shape.label,
+                started.elapsed().as_secs_f64()
+            );
+            shapes.push(run_shape(ctx, index + 10 * round, shape)?);
+        }
+        rounds.push(shapes);
     }
-    Ok(ClusterResult { shapes })
+    Ok(ClusterResult { rounds })
 }
 
 impl ShapeResult {
@@ -341,6 +351,7 @@ impl ClusterResult {
         let mut text = String::new();
         let mut table = Table::new(&[
             "Redis",
+            "round",
             "events/s (saturated)",
             "Redis CPU per event: masters",
             "replicas",
@@ -351,7 +362,14 @@ impl ClusterResult {
             "p99",
             "p99.9",
         ]);
-        for result in &self.shapes {
+        let shapes = self.rounds.first().map_or(0, Vec::len);
+        let ordered = (0..shapes).flat_map(|shape| {
+            self.rounds
+                .iter()
+                .enumerate()
+                .map(move |(round, results)| (round, &results[shape]))
+        });
+        for (round, result) in ordered {
             let replicas = if result.shape.cluster.is_some_and(|(_, r)| r > 0) {
                 format!("{:.1} µs", result.cpu_per_event_us("redis replica"))
             } else {
@@ -360,6 +378,7 @@ impl ClusterResult {
             let latency = &result.fixed.ack_latency_us;
             table.row(vec![
                 result.shape.label.to_owned(),
+                (round + 1).to_string(),
                 format!("**{}**", thousands(result.saturated.acked_per_s)),
                 format!("{:.1} µs", result.cpu_per_event_us("redis master")),
                 replicas,
@@ -377,17 +396,26 @@ impl ClusterResult {
             ]);
         }
         text.push_str(&table.render());
-        let single = self.shapes.first().map_or(0.0, |r| r.saturated.acked_per_s);
+        let mean = |shape: usize| {
+            self.rounds
+                .iter()
+                .map(|results| results[shape].saturated.acked_per_s)
+                .sum::<f64>()
+                / self.rounds.len().max(1) as f64
+        };
+        let single = mean(0);
         let _ = writeln!(
             text,
-            "\n{} devices on one driver, 64-byte events, every Redis node with `appendfsync always`; CPU per acknowledged event from `/proc` over the saturated phase (every node of a role summed); \"events per master\": entries added to the streams each master holds. Relative to one Redis: {}.",
+            "\n{} devices on one driver, 64-byte events, every Redis node with `appendfsync always`; {} rounds, each running every configuration in turn; CPU per acknowledged event from `/proc` over the saturated phase (every node of a role summed); \"events per master\": entries added to the streams each master holds. Events/s relative to one Redis (mean of the rounds): {}.",
             thousands(DEVICES as f64),
-            self.shapes
+            self.rounds.len(),
+            SHAPES
                 .iter()
+                .enumerate()
                 .skip(1)
-                .map(|r| format!("{} {:.2}×", r.shape.label, r.saturated.acked_per_s / single.max(1.0)))
+                .map(|(index, shape)| format!("{} {:.2}×", shape.label, mean(index) / single.max(1.0)))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join("; ")
         );
         text
     }
