@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 use drover_schema::Layout;
@@ -23,7 +23,7 @@ use drover_testkit::redis::RedisServer;
 use drover_testkit::redis_cluster::RedisCluster;
 
 use super::BenchContext;
-use super::events::MASTER_KEY_HEX;
+use super::events::{Consumer, MASTER_KEY_HEX};
 use super::probe::{CpuMeter, SimSummary, run_sim};
 use super::report::{Table, duration_us, thousands};
 
@@ -174,45 +174,6 @@ fn masters_hint(cluster: &RedisCluster) -> usize {
     cluster.nodes().len() / (1 + replicas_each)
 }
 
-/// Stands in for the main application: trims every event stream to its
-/// newest ~100,000 entries twice a second (see the events benchmark).
-struct Trimmer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Trimmer {
-    fn start(port: u16, streams: Vec<String>) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                for stream in &streams {
-                    // -c follows the cluster's redirection to the stream's master.
-                    let _ = Command::new("redis-cli")
-                        .args(["-c", "-p", &port.to_string(), "XTRIM", stream, "MAXLEN", "~", "100000"])
-                        .stdout(std::process::Stdio::null())
-                        .status();
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Trimmer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn sim_args(driver: std::net::SocketAddr, rate: f64, seconds: u64) -> Vec<String> {
     [
         "--target",
@@ -260,7 +221,7 @@ fn run_shape(ctx: &BenchContext, index: usize, shape: Shape) -> anyhow::Result<S
     })?;
     let layout = Layout::for_deployment(shape.cluster.is_some(), shape.partitions)?;
     let nodes = redis.nodes();
-    let _trimmer = Trimmer::start(nodes[0].2, layout.event_streams());
+    let _consumer = Consumer::start(nodes[0].2, layout.event_streams());
 
     let sim = binary("controller-sim")?;
     let seconds = ctx.phase_seconds();

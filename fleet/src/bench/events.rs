@@ -126,7 +126,7 @@ fn sim_args(driver: std::net::SocketAddr, devices: u64, rate: f64, seconds: u64)
 fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64) -> anyhow::Result<Phase> {
     let sim = binary("controller-sim")?;
     let seconds = ctx.phase_seconds();
-    let _consumer = Consumer::start(rig.redis.port(), &drover_schema::Layout::SINGLE.event_streams()[0]);
+    let _consumer = Consumer::start(rig.redis.port(), drover_schema::Layout::SINGLE.event_streams());
     let meter = CpuMeter::start(&rig.processes());
     let started = std::time::Instant::now();
     let summary = run_sim(
@@ -144,27 +144,29 @@ fn phase(ctx: &BenchContext, rig: &mut Rig, label: &str, devices: u64, rate: f64
     })
 }
 
-/// Stands in for the main application, which consumes `cwp:events` and
-/// trims what it has processed: every half second the stream is cut to its
-/// newest ~100,000 entries. Without it the stream would grow by millions of
+/// Stands in for the main application, which consumes the event streams
+/// and trims what it has processed: every half second each stream is cut to
+/// its newest ~100,000 entries (on a cluster, `redis-cli -c` follows the
+/// redirection to the stream's master). Without it the stream would grow by millions of
 /// entries per phase, and Redis would spend the run forking and rewriting
 /// its append-only file for a dataset no deployment keeps.
-struct Consumer {
+pub(crate) struct Consumer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Consumer {
-    fn start(port: u16, key: &str) -> Self {
-        let key = key.to_owned();
+    pub(crate) fn start(port: u16, streams: Vec<String>) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "XTRIM", &key, "MAXLEN", "~", "100000"])
-                    .stdout(std::process::Stdio::null())
-                    .status();
+                for stream in &streams {
+                    let _ = Command::new("redis-cli")
+                        .args(["-c", "-p", &port.to_string(), "XTRIM", stream, "MAXLEN", "~", "100000"])
+                        .stdout(std::process::Stdio::null())
+                        .status();
+                }
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
         });
@@ -222,7 +224,7 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         event_fields::RECEIVED_MS,
         "1767225600000",
     ];
-    let _consumer = Consumer::start(redis.port(), "cwp:ceiling");
+    let _consumer = Consumer::start(redis.port(), vec!["cwp:ceiling".to_owned()]);
     let output = Command::new(&tool)
         .args(args)
         .output()
