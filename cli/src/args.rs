@@ -12,6 +12,8 @@ Examples:
   drover devices --online               the devices connected now, as a table
   drover device CTRL-0042               one device's registry entry
   drover send CTRL-0042 reboot '{\"delay_s\":5}' --wait
+  drover send CTRL-0042 reboot --queue --ttl 1h   durable: delivered when it connects
+  drover queue CTRL-0042                its durable commands still pending
   drover events --serial CTRL-0042 --since 10m
   drover events --follow --json | jq .  every new event, one JSON object a line
   drover uploads --follow
@@ -28,7 +30,10 @@ Exit codes:
   4  --wait timed out: no result came in time
   5  the command never reached the device: REJECTED or UNDELIVERED
   6  the device answered, but not OK (FAILED, UNSUPPORTED, BUSY, INVALID)
-  7  not found (drover device: no registry entry for that serial)";
+  7  not found (drover device: no registry entry for that serial; drover
+     cancel: no such command pending)
+  8  refused (send --queue: the device's ledger is full, CMD_MAX_QUEUED;
+     cancel: the command was sent already)";
 
 /// `drover`: the operators' command line for a Drover deployment. It
 /// reads and writes the deployment's Redis (or Redis Cluster), never a
@@ -72,8 +77,30 @@ Without --wait, prints the command's id once a driver received it. With
 --wait, prints the device's result (status, then its output), or why none
 came. Exit codes: 0 sent (with --wait: OK), 3 offline (0 subscribers:
 nothing is queued), 4 no result within --timeout, 5 REJECTED or
-UNDELIVERED, 6 the device answered FAILED, UNSUPPORTED, BUSY or INVALID.")]
+UNDELIVERED, 6 the device answered FAILED, UNSUPPORTED, BUSY or INVALID.
+
+With --queue, the command goes into the device's durable ledger (README,
+Durable commands): it is sent when the device is online, at once or when it
+next connects, and again with the same id after a session that ended before
+its result, until the result is stored or --ttl passes. Prints the id; with
+--wait, each outcome as it arrives (QUEUED, SENT with its attempt, then the
+device's result, EXPIRED, CANCELLED or REJECTED). Enqueueing an id that is
+pending already changes nothing. Exit code 8 when the device already has
+CMD_MAX_QUEUED commands pending (nothing is queued).
+  drover send CTRL-0042 reboot --queue
+  drover send CTRL-0042 config --body-file c.json --queue --ttl 7d --wait --timeout 10m")]
     Send(SendArgs),
+    /// A device's durable commands still pending, in order.
+    #[command(after_help = "Examples:\n  drover queue CTRL-0042\n  drover queue CTRL-0042 --json | jq length")]
+    Queue(QueueArgs),
+    /// Cancels a durable command that was not sent yet.
+    #[command(after_help = "\
+Examples:
+  drover cancel CTRL-0042 6f1c2b1e-0000-4000-8000-000000000001
+
+Exit codes: 0 cancelled (CANCELLED is published), 7 no such command is
+pending, 8 it was sent already (it stays pending: the device may be running it).")]
+    Cancel(CancelArgs),
     /// Stored events, decoded: bodies as text where they are UTF-8, hex
     /// otherwise; command results (kind 65535) with their status.
     #[command(after_help = "\
@@ -133,12 +160,35 @@ pub struct SendArgs {
     /// The command's id (a UUID); a new one by default.
     #[arg(long)]
     pub id: Option<uuid::Uuid>,
-    /// Wait for the device's result and print it.
+    /// Wait for the device's result and print it (with --queue: print
+    /// every outcome until the last).
     #[arg(long)]
     pub wait: bool,
+    /// Queue it durably in the device's ledger instead of publishing it.
+    #[arg(long)]
+    pub queue: bool,
+    /// With --queue: how long it may wait for its result (then EXPIRED).
+    #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "queue")]
+    pub ttl: Duration,
     /// How long --wait waits (250ms, 10s, 2m; a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "wait")]
     pub timeout: Duration,
+}
+
+/// `drover queue`.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// The device's serial.
+    pub serial: String,
+}
+
+/// `drover cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The device's serial.
+    pub serial: String,
+    /// The command's id.
+    pub id: uuid::Uuid,
 }
 
 /// Which part of a stream to read: `--since`, `--limit`, `--follow`.
@@ -209,5 +259,7 @@ mod tests {
         assert!(parse(&["--body-file", "f", "--body-b64", "AA=="]).is_err());
         assert!(parse(&["--timeout", "5s"]).is_err(), "--timeout needs --wait");
         assert!(parse(&["--wait", "--timeout", "5s"]).is_ok());
+        assert!(parse(&["--ttl", "1h"]).is_err(), "--ttl needs --queue");
+        assert!(parse(&["--queue", "--ttl", "1h", "--wait"]).is_ok());
     }
 }

@@ -19,8 +19,25 @@ pub const MASTER_KEY: Variable = Variable {
     help: "64 hex digits, the drivers' master key: `drover key` derives a device's key from it (and never prints it); no other subcommand reads it",
 };
 
+/// `CMD_MAX_QUEUED`.
+pub const MAX_QUEUED: Variable = Variable {
+    name: "CMD_MAX_QUEUED",
+    default: Some("100"),
+    help: "`drover send --queue`: the most durable commands a device may have pending; beyond it the command is refused (exit code 8), nothing is dropped",
+};
+
 /// Every variable `drover` reads.
-pub const VARIABLES: &[Variable] = &[REDIS_URL, drover_redis::config::CLUSTER_NODES, MASTER_KEY];
+pub const VARIABLES: &[Variable] = &[REDIS_URL, drover_redis::config::CLUSTER_NODES, MASTER_KEY, MAX_QUEUED];
+
+/// `CMD_MAX_QUEUED`.
+pub fn max_queued() -> anyhow::Result<u32> {
+    let mut env = EnvReader::new(VARIABLES);
+    let max = env.parse::<u32>(MAX_QUEUED.name);
+    env.finish()?;
+    let max = max.unwrap_or(drover_schema::ledger::DEFAULT_MAX_QUEUED);
+    anyhow::ensure!(max >= 1, "{} must be at least 1", MAX_QUEUED.name);
+    Ok(max)
+}
 
 /// The deployment's Redis: `REDIS_CLUSTER_NODES` if set, else `REDIS_URL`.
 pub fn redis_target() -> anyhow::Result<Target> {

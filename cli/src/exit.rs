@@ -18,8 +18,12 @@ pub enum Exit {
     NotDelivered = 5,
     /// The device answered, but not `OK`.
     DeviceFailed = 6,
-    /// The registry has no entry for the serial.
+    /// The registry has no entry for the serial (`drover cancel`: no such
+    /// command is pending).
     NotFound = 7,
+    /// The device's ledger is full (`CMD_MAX_QUEUED`): nothing was queued;
+    /// `drover cancel`: the command was sent already.
+    Refused = 8,
 }
 
 impl Exit {

@@ -4,6 +4,8 @@
 //!
 //! - [`devices`]: the registry (`drover devices`, `drover device`);
 //! - [`send`]: commands and their results (`drover send`);
+//! - [`ledger`]: durable commands (`drover send --queue`, `drover queue`,
+//!   `drover cancel`);
 //! - [`events`], [`uploads`] over [`streams`]: what was stored;
 //! - [`key`]: a device's key from the master key.
 //!
@@ -18,6 +20,7 @@ pub mod devices;
 pub mod events;
 pub mod exit;
 pub mod key;
+pub mod ledger;
 pub mod output;
 pub mod send;
 pub mod streams;
@@ -38,7 +41,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match &cli.command {
         Command::Devices(args) => devices::list(deployment, args, cli.json).await,
         Command::Device(args) => devices::show(deployment, args, cli.json).await,
+        Command::Send(args) if args.queue => ledger::enqueue(deployment, args, cli.json).await,
         Command::Send(args) => send::run(deployment, args, cli.json).await,
+        Command::Queue(args) => ledger::list(deployment, args, cli.json).await,
+        Command::Cancel(args) => ledger::cancel(deployment, args, cli.json).await,
         Command::Events(args) => events::run(deployment, args, cli.json).await,
         Command::Uploads(args) => uploads::run(deployment, args, cli.json).await,
         Command::Key(args) => key::run(args, cli.json),

@@ -28,7 +28,7 @@ const MAX_NAME: usize = 255;
 
 /// The body as it goes into the command's JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Body {
+pub(crate) enum Body {
     None,
     Text(String),
     Base64(String),
@@ -150,7 +150,7 @@ async fn wait_for_result(
 }
 
 /// For a person: the status, painted, then the output.
-fn print_result(result: &Map<String, Json>, status: &str, exit: Exit) -> std::io::Result<()> {
+pub(crate) fn print_result(result: &Map<String, Json>, status: &str, exit: Exit) -> std::io::Result<()> {
     let style = Style::detect();
     let paint = match exit {
         Exit::Success => Paint::Green,
@@ -176,7 +176,7 @@ fn print_result(result: &Map<String, Json>, status: &str, exit: Exit) -> std::io
 
 /// The body from the arguments; a file's bytes go as text when they are
 /// UTF-8, as base64 otherwise.
-fn body(args: &SendArgs) -> anyhow::Result<Body> {
+pub(crate) fn body(args: &SendArgs) -> anyhow::Result<Body> {
     if let Some(text) = &args.body {
         return Ok(Body::Text(text.clone()));
     }

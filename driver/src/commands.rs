@@ -25,12 +25,13 @@
 //! stops. Commands that will not reach their device are recorded through
 //! the bridge by [`CommandReports`], whose short tasks the driver tracks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use cwp::{Command, CommandId, Serial, Str8};
+use cwp::{Command, CommandId, Serial, SessionId, Str8};
 use drover_redis::{Delivery, Subscriber, Target, Timeouts, is_refused_by_acl};
 use drover_service::backoff::Backoff;
 use drover_service::drain;
@@ -257,6 +258,141 @@ impl CommandReports {
     }
 }
 
+/// Fetches a device's durable commands (its ledger, through the bridge's
+/// `TakeCommands`) into its live session: when the session opens and when
+/// `{"ledger":true}` comes on its command channel (after an enqueue, or
+/// after a result when more wait). One fetch per device at a time, so the
+/// commands reach the session in the ledger's order; a request that comes
+/// during a fetch makes it fetch once more. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DurableCommands {
+    /// `TakeCommands`.
+    pub bridge: BridgeClient,
+    /// The live sessions.
+    pub registry: Arc<Registry>,
+    /// `CMD_MAX_IN_FLIGHT`.
+    pub max_in_flight: u32,
+    /// Largest payload a device accepts.
+    pub max_payload: u32,
+    /// Devices being fetched for, and whether to fetch once more after.
+    pub fetching: Arc<std::sync::Mutex<HashMap<Serial, bool>>>,
+    /// The durable commands handed to each live session (kept here, not
+    /// in the session: a parked session's size is budgeted): a session
+    /// that ends before sending them leaves them in the ledger for the
+    /// next one, with no `UNDELIVERED` report.
+    pub handed: Arc<std::sync::Mutex<HashMap<SessionId, Vec<CommandId>>>>,
+    /// Where the fetches run: awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// The runtime they run on (a session may open on the handshake thread).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Waits between failed `TakeCommands` while the session lives.
+const FETCH_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
+impl DurableCommands {
+    /// Fetches `serial`'s durable commands into its session, now or right
+    /// after the fetch under way.
+    pub fn fetch(&self, serial: Serial) {
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(again) = fetching.get_mut(&serial) {
+                *again = true;
+                return;
+            }
+            fetching.insert(serial, false);
+        }
+        let this = self.clone();
+        self.tasks
+            .spawn_on(async move { this.fetch_until_done(serial).await }, &self.runtime);
+    }
+
+    /// Forgets an ended session; the durable commands it was handed.
+    pub fn session_ended(&self, session: &SessionId) -> Vec<CommandId> {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(session)
+            .unwrap_or_default()
+    }
+
+    async fn fetch_until_done(&self, serial: Serial) {
+        let mut backoff = FETCH_RETRY;
+        loop {
+            let Some(session) = self.registry.get(&serial) else {
+                break;
+            };
+            match self
+                .bridge
+                .take_commands(&serial, &session.session_id, self.max_in_flight, self.max_payload)
+                .await
+            {
+                Ok(commands) => {
+                    backoff.reset();
+                    for command in commands {
+                        let Ok(id) = <[u8; 16]>::try_from(command.command_id.as_slice()) else {
+                            warn!(%serial, "the bridge sent a durable command without a 16-byte id; skipped");
+                            continue;
+                        };
+                        let Ok(name) = Str8::new(command.name) else {
+                            warn!(%serial, "the bridge sent a durable command with a name over 255 bytes; skipped");
+                            continue;
+                        };
+                        debug!(%serial, attempt = command.attempt, "sending a durable command");
+                        self.handed
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(session.session_id)
+                            .or_default()
+                            .push(CommandId(id));
+                        session.push_command(Command {
+                            command_id: CommandId(id),
+                            name,
+                            body: Bytes::from(command.body),
+                        });
+                    }
+                    // A session that ended meanwhile has been forgotten
+                    // already: forget what was handed to it since.
+                    if self
+                        .registry
+                        .get(&serial)
+                        .is_none_or(|live| live.session_id != session.session_id)
+                    {
+                        self.session_ended(&session.session_id);
+                    }
+                }
+                Err(status) => {
+                    // The commands stay in the ledger: retry while the
+                    // session lives.
+                    let retry_in = backoff.next_delay();
+                    warn!(%serial, code = ?status.code(), ?retry_in, "could not fetch durable commands from the vendor-bridge");
+                    tokio::time::sleep(retry_in).await;
+                    continue;
+                }
+            }
+            let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match fetching.get_mut(&serial) {
+                Some(again) if *again => *again = false,
+                _ => break,
+            }
+        }
+        self.fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&serial);
+    }
+}
+
+/// Whether a message on a command channel is the ledger's wake-up
+/// (`{"ledger":true}`) rather than a command.
+pub fn is_ledger_wake(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Wake {
+        ledger: bool,
+    }
+    serde_json::from_slice::<Wake>(payload).is_ok_and(|wake| wake.ledger)
+}
+
 /// What the subscription task needs.
 #[derive(Debug)]
 pub struct CommandRouter {
@@ -272,6 +408,8 @@ pub struct CommandRouter {
     pub metrics: Arc<Metrics>,
     /// Largest payload a device accepts.
     pub max_payload: u32,
+    /// Durable commands.
+    pub durable: DurableCommands,
 }
 
 /// How long connecting to Redis and each reply may take.
@@ -536,6 +674,12 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
 }
 
 fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
+    if is_ledger_wake(payload) {
+        if router.registry.get(&serial).is_some() {
+            router.durable.fetch(serial);
+        }
+        return;
+    }
     match parse_command(payload, router.max_payload) {
         Ok(command) => match router.registry.get(&serial) {
             Some(session) => session.push_command(command),
@@ -607,6 +751,14 @@ mod tests {
             Some("42"),
             "a readable id is reported back"
         );
+    }
+
+    #[test]
+    fn the_ledgers_wake_up_is_no_command() {
+        assert!(is_ledger_wake(br#"{"ledger":true}"#));
+        assert!(!is_ledger_wake(br#"{"ledger":false}"#));
+        assert!(!is_ledger_wake(br#"{"name":"reboot"}"#));
+        assert!(!is_ledger_wake(b"reboot"));
     }
 
     #[test]

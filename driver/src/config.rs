@@ -117,6 +117,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "largest frame payload accepted after WELCOME, bytes (announced in WELCOME); 1024 to 15531968 (a batch of events that large must fit in one 16 MiB message to the vendor-bridge)",
     },
     Variable {
+        name: "CMD_MAX_IN_FLIGHT",
+        default: Some("4"),
+        help: "durable commands (README, Durable commands) sent to a device and not yet answered, at most, per device (1-1000); the rest wait in its ledger, in order",
+    },
+    Variable {
         name: "DRIVER_MAX_PENDING_BYTES",
         default: Some("67108864"),
         help: "bytes of event bodies held by this driver awaiting storage, all devices together; beyond it devices get BUSY (an event larger than this waits until nothing else is pending)",
@@ -258,6 +263,8 @@ pub struct Config {
     pub event_window: u16,
     /// Largest payload accepted after `WELCOME`.
     pub max_payload: u32,
+    /// Durable commands unanswered at once per device (`CMD_MAX_IN_FLIGHT`).
+    pub max_commands_in_flight: u32,
     /// Events awaiting storage across all devices.
     pub max_pending_events: usize,
     /// Bytes of event bodies awaiting storage across all devices.
@@ -401,6 +408,7 @@ impl Config {
         let handshake_timeout = env.parse_with("DRIVER_HANDSHAKE_TIMEOUT", parse_duration);
         let event_window = env.parse::<u16>("DRIVER_EVENT_WINDOW");
         let max_payload = env.parse::<u32>("DRIVER_MAX_PAYLOAD");
+        let max_commands_in_flight = env.parse::<u32>("CMD_MAX_IN_FLIGHT");
         let max_pending_events = env.parse("DRIVER_MAX_PENDING_EVENTS");
         let max_pending_bytes = env.parse("DRIVER_MAX_PENDING_BYTES");
         let max_connections = env.parse("DRIVER_MAX_CONNECTIONS");
@@ -433,6 +441,9 @@ impl Config {
         }
         if max_handshakes == Some(0) {
             env.problem("DRIVER_MAX_HANDSHAKES must be at least 1");
+        }
+        if max_commands_in_flight.is_some_and(|m| !(1..=1000).contains(&m)) {
+            env.problem("CMD_MAX_IN_FLIGHT must be between 1 and 1000");
         }
         if max_payload.is_some_and(|m| m < 1024) {
             env.problem("DRIVER_MAX_PAYLOAD must be at least 1024 (a 1 KiB BLOCK frame must fit)");
@@ -479,6 +490,7 @@ impl Config {
             handshake_timeout: handshake_timeout.expect("parsed"),
             event_window: event_window.expect("parsed"),
             max_payload: max_payload.expect("parsed"),
+            max_commands_in_flight: max_commands_in_flight.expect("parsed"),
             max_pending_events: max_pending_events.expect("parsed"),
             max_pending_bytes: max_pending_bytes.expect("parsed"),
             max_connections: max_connections.expect("parsed"),

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::admission::{AdmissionLimits, PendingGauges, admission};
 use crate::bridge::{self, BridgeClient};
-use crate::commands::{self, CommandReports, CommandRouter};
+use crate::commands::{self, CommandReports, CommandRouter, DurableCommands};
 use crate::config::Config;
 use crate::handshake::Handshakes;
 use crate::handshake::auth_limits::{AuthLimits, FailureLimits};
@@ -162,6 +162,16 @@ async fn start(
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
+    let durable = DurableCommands {
+        bridge: bridge.clone(),
+        registry: registry.clone(),
+        max_in_flight: config.max_commands_in_flight,
+        max_payload: config.max_payload,
+        fetching: Arc::default(),
+        handed: Arc::default(),
+        tasks: tasks.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let (subscriptions, subscription_task) = commands::subscriptions(
         CommandRouter {
             redis: config.redis.clone(),
@@ -170,6 +180,7 @@ async fn start(
             reports: reports.clone(),
             metrics: metrics.clone(),
             max_payload: config.max_payload,
+            durable: durable.clone(),
         },
         background_watch.clone(),
     )
@@ -193,6 +204,7 @@ async fn start(
         subscriptions,
         bridge: bridge.clone(),
         reports,
+        durable,
         uploads: UploadService::new(
             store.clone(),
             UploadLimits {

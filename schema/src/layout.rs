@@ -181,6 +181,38 @@ impl Layout {
         (self.device(&serial) == name).then_some(serial)
     }
 
+    /// `serial`'s durable command ledger (a hash, [`crate::ledger_fields`]),
+    /// in its partition: the scripts that store a command result settle
+    /// the ledger in the same call, so on a cluster both share a slot.
+    pub fn ledger(&self, serial: &Serial) -> String {
+        match self.partitions {
+            None => ["cwp:ledger:", serial.as_str()].concat(),
+            Some(_) => {
+                let tag = self.partition_of(serial).tag();
+                ["cwp:{", &tag, "}:ledger:", serial.as_str()].concat()
+            }
+        }
+    }
+
+    /// The glob matching every ledger (`SCAN MATCH`, ACLs).
+    pub fn ledger_pattern(&self) -> &'static str {
+        match self.partitions {
+            None => "cwp:ledger:*",
+            Some(_) => "cwp:{p*}:ledger:*",
+        }
+    }
+
+    /// The stream of the durable commands' outcomes of `partition`'s
+    /// devices ([`crate::outcome_fields`]).
+    pub fn command_outcomes(&self, partition: Partition) -> String {
+        self.in_partition(partition, "cmd-outcomes", "cwp:cmd-outcomes")
+    }
+
+    /// Every outcomes stream, in partition order.
+    pub fn outcome_streams(&self) -> Vec<String> {
+        self.partitions().map(|p| self.command_outcomes(p)).collect()
+    }
+
     /// The set of the serials whose current session lives on `driver_id`.
     pub fn driver_devices(&self, driver_id: &str) -> String {
         self.per_driver(DRIVER_DEVICES, driver_id)
@@ -323,6 +355,21 @@ mod tests {
             "cwp:upload-recorded:CTRL-0042:u-1"
         );
         assert_eq!(layout.event_streams(), ["cwp:events"]);
+        assert_eq!(layout.ledger(&device), "cwp:ledger:CTRL-0042");
+        assert_eq!(layout.command_outcomes(p), "cwp:cmd-outcomes");
+    }
+
+    #[test]
+    fn a_devices_ledger_shares_the_slot_of_its_partition() {
+        let layout = Layout::partitioned(6).unwrap();
+        for n in 0..200 {
+            let device = serial(&format!("CTRL-{n}"));
+            let p = layout.partition_of(&device);
+            let events = slot(layout.events(p).as_bytes());
+            assert_eq!(slot(layout.ledger(&device).as_bytes()), events);
+            assert_eq!(slot(layout.command_outcomes(p).as_bytes()), events);
+            assert_eq!(slot(layout.device(&device).as_bytes()), events);
+        }
     }
 
     /// Redis's own vectors (the cluster specification and `CLUSTER KEYSLOT`).

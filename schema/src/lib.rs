@@ -16,6 +16,8 @@
 //! | `cwp:device:{serial}` | [`Layout::device`], [`device_fields`] | hash | bridge | The device registry: whether the device is online, where and since when, and its last event id. |
 //! | `cwp:cmd:{serial}` | [`COMMANDS`], [`command_fields`] | pub/sub channel | operators | Commands for a device, as JSON; its driver subscribes while the device is connected. |
 //! | `cwp:cmd-result:{serial}` | [`COMMAND_RESULTS`], [`result_fields`] | pub/sub channel | bridge | A device's command result as JSON, or the notice of a command that never reached it. |
+//! | `cwp:ledger:{serial}` | [`Layout::ledger`], [`ledger_fields`], [`ledger`] | hash | operators, bridge | A device's durable commands not yet answered, expired or cancelled, in order; it expires with its last command. |
+//! | `cwp:cmd-outcomes` | [`Layout::command_outcomes`], [`outcome_fields`] | stream | operators, bridge | Every outcome of every durable command, as published on `cwp:cmd-result:{serial}`. |
 //! | `cwp:cmd-rejected` | [`REJECTED_COMMANDS`], [`rejection_fields`] | stream | bridge | Every command that never reached its device, and why. |
 //! | `cwp:driver:{driver_id}` | [`DRIVER_CONTROL`], [`control_fields`] | pub/sub channel | bridge | Control messages for one driver process (a session superseded elsewhere). |
 //! | `cwp:driver-devices:{driver_id}` | [`Layout::driver_devices`] | set | bridge | The serials whose current session lives on that driver. |
@@ -41,6 +43,7 @@
 //! (which Redis Cluster requires: all of a script's keys in one slot).
 
 pub mod layout;
+pub mod ledger;
 
 use cwp::Serial;
 
@@ -201,9 +204,12 @@ pub mod command_fields {
     pub const BODY: &str = "body";
     /// ...or as base64 bytes (not both).
     pub const BODY_B64: &str = "body_b64";
+    /// Not a command: `{"ledger":true}` tells the device's driver that its
+    /// durable ledger has something to send ([`crate::ledger`]).
+    pub const LEDGER: &str = "ledger";
 
     /// Every field.
-    pub const ALL: [&str; 4] = [ID, NAME, BODY, BODY_B64];
+    pub const ALL: [&str; 5] = [ID, NAME, BODY, BODY_B64, LEDGER];
 }
 
 /// The fields of a notice on [`COMMAND_RESULTS`]:
@@ -216,7 +222,8 @@ pub mod result_fields {
     /// `OK`, `FAILED`, `UNSUPPORTED`, `BUSY` (or the status byte in decimal)
     /// as the device reported it; `REJECTED` or `UNDELIVERED` when the
     /// command never reached it; `INVALID` when the device's result could
-    /// not be read.
+    /// not be read. A durable command also has `QUEUED`, `SENT`, `EXPIRED`
+    /// and `CANCELLED` ([`crate::ledger::status`]).
     pub const STATUS: &str = "status";
     /// The device's output as text, or why the command was rejected.
     pub const DATA: &str = "data";
@@ -224,9 +231,60 @@ pub mod result_fields {
     pub const DATA_B64: &str = "data_b64";
     /// Why a result could not be read (with status `INVALID`).
     pub const ERROR: &str = "error";
+    /// When it happened, Unix ms: for a device's result, when its driver
+    /// received it.
+    pub const TIME_MS: &str = "time_ms";
+    /// A durable command's delivery attempt, from 1 (`SENT`; `EXPIRED`:
+    /// how many there were, 0 if it never went out).
+    pub const ATTEMPT: &str = "attempt";
+    /// When a `QUEUED` command expires, Unix ms.
+    pub const EXPIRES_MS: &str = "expires_ms";
 
     /// Every field.
-    pub const ALL: [&str; 6] = [ID, SERIAL, STATUS, DATA, DATA_B64, ERROR];
+    pub const ALL: [&str; 9] = [ID, SERIAL, STATUS, DATA, DATA_B64, ERROR, TIME_MS, ATTEMPT, EXPIRES_MS];
+}
+
+/// The fields of a pending command's entry in a ledger ([`Layout::ledger`]),
+/// a JSON object in the hash field named by the command's id.
+pub mod ledger_fields {
+    /// The command's name.
+    pub const NAME: &str = "name";
+    /// Its body, base64.
+    pub const BODY_B64: &str = "body_b64";
+    /// Its place in the device's order; also the hash field holding the
+    /// last one given out.
+    pub const SEQ: &str = "seq";
+    /// When it was enqueued, Unix ms.
+    pub const ENQUEUED_MS: &str = "enqueued_ms";
+    /// When it expires, Unix ms.
+    pub const EXPIRES_MS: &str = "expires_ms";
+    /// `QUEUED` (never sent) or `SENT`.
+    pub const STATE: &str = "state";
+    /// How many times it was sent.
+    pub const ATTEMPTS: &str = "attempts";
+    /// The session it was last sent in, lowercase hex.
+    pub const SESSION: &str = "session";
+
+    /// Every field.
+    pub const ALL: [&str; 8] = [NAME, BODY_B64, SEQ, ENQUEUED_MS, EXPIRES_MS, STATE, ATTEMPTS, SESSION];
+}
+
+/// The fields of a [`Layout::command_outcomes`] entry, in the order they
+/// are written.
+pub mod outcome_fields {
+    /// The device.
+    pub const SERIAL: &str = "serial";
+    /// The command's id.
+    pub const ID: &str = "id";
+    /// The outcome ([`crate::ledger::status`]).
+    pub const STATUS: &str = "status";
+    /// When, Unix ms.
+    pub const TIME_MS: &str = "time_ms";
+    /// The JSON published on `cwp:cmd-result:{serial}`.
+    pub const NOTICE: &str = "notice";
+
+    /// Every field, in written order.
+    pub const ALL: [&str; 5] = [SERIAL, ID, STATUS, TIME_MS, NOTICE];
 }
 
 /// The fields of a [`REJECTED_COMMANDS`] entry, in
@@ -319,6 +377,8 @@ mod tests {
             "cwp:device:{serial}".to_owned(),
             per_device(COMMANDS),
             per_device(COMMAND_RESULTS),
+            "cwp:ledger:{serial}".to_owned(),
+            "cwp:cmd-outcomes".to_owned(),
             REJECTED_COMMANDS.to_owned(),
             per_driver(DRIVER_CONTROL),
             "cwp:driver-devices:{driver_id}".to_owned(),
@@ -379,6 +439,8 @@ mod tests {
         assert_eq!(single.driver_devices("driver-1"), "cwp:driver-devices:driver-1");
         assert_eq!(single.driver_instance("driver-1"), "cwp:driver-instance:driver-1");
         assert_eq!(UPLOADS, "cwp:uploads");
+        assert_eq!(single.ledger(&device), "cwp:ledger:CTRL-0042");
+        assert_eq!(single.command_outcomes(only), "cwp:cmd-outcomes");
         assert_eq!(
             single.upload_recorded(&device, "6f1c2b1e-0000-4000-8000-000000000001"),
             "cwp:upload-recorded:CTRL-0042:6f1c2b1e-0000-4000-8000-000000000001"
@@ -391,6 +453,8 @@ mod tests {
         assert_eq!(partitioned.events(p), format!("cwp:{{{tag}}}:events"));
         assert_eq!(partitioned.high_water_marks(p), format!("cwp:{{{tag}}}:hwm"));
         assert_eq!(partitioned.device(&device), format!("cwp:{{{tag}}}:device:CTRL-0042"));
+        assert_eq!(partitioned.ledger(&device), format!("cwp:{{{tag}}}:ledger:CTRL-0042"));
+        assert_eq!(partitioned.command_outcomes(p), format!("cwp:{{{tag}}}:cmd-outcomes"));
         assert_eq!(partitioned.driver_devices("driver-1"), "cwp:driver-devices:{driver-1}");
         assert_eq!(
             partitioned.driver_instance("driver-1"),
@@ -455,18 +519,44 @@ mod tests {
             ]
         );
         assert_eq!(upload_fields::UPLOAD_COMPLETED, "upload_completed");
-        assert_eq!(command_fields::ALL, ["id", "name", "body", "body_b64"]);
+        assert_eq!(command_fields::ALL, ["id", "name", "body", "body_b64", "ledger"]);
         assert_eq!(
             result_fields::ALL,
-            ["id", "serial", "status", "data", "data_b64", "error"]
+            [
+                "id",
+                "serial",
+                "status",
+                "data",
+                "data_b64",
+                "error",
+                "time_ms",
+                "attempt",
+                "expires_ms"
+            ]
         );
+        assert_eq!(
+            ledger_fields::ALL,
+            [
+                "name",
+                "body_b64",
+                "seq",
+                "enqueued_ms",
+                "expires_ms",
+                "state",
+                "attempts",
+                "session"
+            ]
+        );
+        assert_eq!(outcome_fields::ALL, ["serial", "id", "status", "time_ms", "notice"]);
         assert_eq!(control_fields::ALL, ["type", "serial", "session"]);
         assert_eq!(control_fields::SUPERSEDE, "supersede");
     }
 
     #[test]
     fn the_architecture_names_every_field_of_every_record() {
-        let families: [(&str, &[&str]); 8] = [
+        let families: [(&str, &[&str]); 10] = [
+            ("cwp:ledger:{serial}", &ledger_fields::ALL),
+            ("cwp:cmd-outcomes", &outcome_fields::ALL),
             ("cwp:events", &event_fields::ALL),
             ("cwp:device:{serial}", &device_fields::ALL),
             ("cwp:cmd:{serial}", &command_fields::ALL),
@@ -520,8 +610,16 @@ mod tests {
             UPLOADS,
             "cwp:upload-recorded:*",
             LAYOUT,
+            Layout::SINGLE.ledger_pattern(),
+            Layout::partitioned(2).unwrap().ledger_pattern(),
+            "cwp:cmd-outcomes",
+            "cwp:{p*}:cmd-outcomes",
         ]);
-        bridge.extend(channels(&[DRIVER_CONTROL.pattern(), COMMAND_RESULTS.pattern()]));
+        bridge.extend(channels(&[
+            DRIVER_CONTROL.pattern(),
+            COMMAND_RESULTS.pattern(),
+            COMMANDS.pattern(),
+        ]));
         bridge.sort();
         let mut driver = channels(&[COMMANDS.pattern(), DRIVER_CONTROL.pattern()]);
         driver.sort();

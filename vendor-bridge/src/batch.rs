@@ -23,10 +23,20 @@ pub struct ValidBatch {
     /// The notice on the device's result channel
     /// ([`drover_schema::COMMAND_RESULTS`]) of each command-result event, in
     /// the order those events appear in `events`.
-    pub results: Vec<String>,
+    pub results: Vec<ResultNotice>,
     /// Bytes of serials, bodies and notices: bounds how many batches one
     /// script call may carry.
     pub payload_bytes: usize,
+}
+
+/// A command-result event's notice, and the command it answers (what
+/// settles a durable command in its ledger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultNotice {
+    /// The JSON published on the device's result channel.
+    pub notice: String,
+    /// The command's id, hyphenated; empty when the result is unreadable.
+    pub command_id: String,
 }
 
 /// Why a batch was refused. The driver validates the same things, so this
@@ -77,8 +87,8 @@ impl ValidBatch {
             }
             payload_bytes += serial.as_bytes().len() + event.body.len();
             if event.kind == COMMAND_RESULT_KIND {
-                let notice = command_result_notice(&serial, event.body.clone());
-                payload_bytes += notice.len();
+                let notice = command_result_notice(&serial, event.body.clone(), event.received_ms);
+                payload_bytes += notice.notice.len() + notice.command_id.len();
                 results.push(notice);
             }
             serials.push(serial);
@@ -96,9 +106,11 @@ impl ValidBatch {
 /// The JSON published on the device's result channel
 /// ([`drover_schema::COMMAND_RESULTS`]) for a command-result event:
 /// `{"id","serial","status","data"}`, `data` being the result's output as
-/// text, or `null` with `data_b64` when it is not UTF-8. A body that is not
-/// a command result gives `"status":"INVALID"` and an `error`.
-pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes) -> String {
+/// text, or `null` with `data_b64` when it is not UTF-8, and `time_ms`, when
+/// the driver received it. A body that is not a command result gives
+/// `"status":"INVALID"` and an `error`.
+pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes, received_ms: u64) -> ResultNotice {
+    let mut command_id = String::new();
     let notice = match cwp::CommandResult::decode(body) {
         Ok(result) => {
             let (data, data_b64) = match std::str::from_utf8(&result.data) {
@@ -108,13 +120,15 @@ pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes) -> String
                     Some(base64::engine::general_purpose::STANDARD.encode(&result.data)),
                 ),
             };
+            command_id = result.command_id.to_string();
             let notice = CommandResultNotice {
-                id: Some(result.command_id.to_string()),
+                id: Some(command_id.clone()),
                 serial: serial.as_str(),
                 status: result.status.to_string(),
                 data,
                 data_b64,
                 error: None,
+                time_ms: received_ms,
             };
             serde_json::to_string(&notice)
         }
@@ -125,10 +139,14 @@ pub fn command_result_notice(serial: &cwp::Serial, body: bytes::Bytes) -> String
             data: None,
             data_b64: None,
             error: Some(format!("the event body is not a command result: {malformation}")),
+            time_ms: received_ms,
         }),
     };
-    // Serialising strings and options into JSON cannot fail.
-    notice.unwrap_or_default()
+    ResultNotice {
+        // Serialising strings and options into JSON cannot fail.
+        notice: notice.unwrap_or_default(),
+        command_id,
+    }
 }
 
 /// The result channel's message for a device's result (its fields:
@@ -144,6 +162,7 @@ struct CommandResultNotice<'a> {
     data_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    time_ms: u64,
 }
 
 #[cfg(test)]
@@ -168,33 +187,37 @@ mod tests {
     #[test]
     fn a_text_result_is_published_with_its_status_name() {
         assert_eq!(
-            command_result_notice(&serial(), result_body(0, b"rebooting")),
-            r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-1","status":"OK","data":"rebooting"}"#
+            command_result_notice(&serial(), result_body(0, b"rebooting"), 42).notice,
+            r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-1","status":"OK","data":"rebooting","time_ms":42}"#
+        );
+        assert_eq!(
+            command_result_notice(&serial(), result_body(0, b"rebooting"), 42).command_id,
+            "11111111-1111-1111-1111-111111111111"
         );
     }
 
     #[test]
     fn a_binary_result_carries_base64_and_an_unknown_status_its_number() {
         assert_eq!(
-            command_result_notice(&serial(), result_body(9, b"\xff\x00")),
-            r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-1","status":"9","data":null,"data_b64":"/wA="}"#
+            command_result_notice(&serial(), result_body(9, b"\xff\x00"), 42).notice,
+            r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-1","status":"9","data":null,"data_b64":"/wA=","time_ms":42}"#
         );
     }
 
     #[test]
     fn a_body_too_short_for_a_result_is_published_as_invalid() {
         assert_eq!(
-            command_result_notice(&serial(), Bytes::from_static(b"short")),
-            r#"{"id":null,"serial":"CTRL-1","status":"INVALID","data":null,"error":"the event body is not a command result: body too short"}"#
+            command_result_notice(&serial(), Bytes::from_static(b"short"), 42).notice,
+            r#"{"id":null,"serial":"CTRL-1","status":"INVALID","data":null,"error":"the event body is not a command result: body too short","time_ms":42}"#
         );
     }
 
     #[test]
     fn every_notice_uses_the_schemas_field_names() {
         for notice in [
-            command_result_notice(&serial(), result_body(0, b"rebooting")),
-            command_result_notice(&serial(), result_body(9, b"\xff\x00")),
-            command_result_notice(&serial(), Bytes::from_static(b"short")),
+            command_result_notice(&serial(), result_body(0, b"rebooting"), 1).notice,
+            command_result_notice(&serial(), result_body(9, b"\xff\x00"), 1).notice,
+            command_result_notice(&serial(), Bytes::from_static(b"short"), 1).notice,
         ] {
             let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&notice).unwrap();
             for field in fields.keys() {

@@ -97,6 +97,18 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "command_results_unmatched",
+            "Command results for durable commands the device was never sent: ignored, the command stays pending",
+            now.unmatched_results,
+        )?;
+        counter(
+            &mut encoder,
+            "ledger_commands_sent",
+            "Durable commands handed to drivers to send, redeliveries included",
+            now.ledger_sent,
+        )?;
+        counter(
+            &mut encoder,
             "redis_errors",
             "Redis operations that failed (PINGs, durability checks, event scripts, unary calls)",
             now.redis_errors,

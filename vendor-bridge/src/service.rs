@@ -15,18 +15,19 @@ use std::time::Duration;
 
 use drover_service::clock::unix_ms;
 
+use base64::Engine as _;
 use drover_proto::bridge::driver_message::Kind;
 use drover_proto::bridge::vendor_bridge_server::VendorBridge;
 use drover_proto::bridge::{
     CallError, CloseSessionOutcome, CloseSessionReply, CloseSessionRequest, CloseSessionsReply, CloseSessionsRequest,
-    DriverHello, DriverMessage, OpenSessionOutcome, OpenSessionReply, OpenSessionRequest, OpenSessionsReply,
-    OpenSessionsRequest, RecordUploadReply, RecordUploadRequest, RejectCommandReply, RejectCommandRequest,
-    close_session_outcome, open_session_outcome,
+    DriverHello, DriverMessage, LedgerCommand, OpenSessionOutcome, OpenSessionReply, OpenSessionRequest,
+    OpenSessionsReply, OpenSessionsRequest, RecordUploadReply, RecordUploadRequest, RejectCommandReply,
+    RejectCommandRequest, TakeCommandsReply, TakeCommandsRequest, close_session_outcome, open_session_outcome,
 };
 use futures::future::join_all;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::budget::QueueBudget;
 use crate::durability::DurabilityGate;
@@ -308,6 +309,49 @@ impl VendorBridge for Bridge {
             .await
             .map_err(|err| self.failed("RecordUpload", &err))?;
         Ok(Response::new(RecordUploadReply { recorded }))
+    }
+
+    async fn take_commands(
+        &self,
+        request: Request<TakeCommandsRequest>,
+    ) -> Result<Response<TakeCommandsReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        caller.may_act_as(&request.driver_id)?;
+        let session = session_hex(&request.session_id)?;
+        if request.max_in_flight == 0 {
+            return Err(Status::invalid_argument("max_in_flight must be at least 1"));
+        }
+        // A COMMAND's payload: id (16), name length (1), name, body, tag.
+        let max_bytes = request.max_payload.saturating_sub(16 + 1 + cwp::TAG_LEN as u32);
+        self.admit().await?;
+        let taken = self
+            .store
+            .take_commands(&serial, &session, request.max_in_flight, max_bytes)
+            .await
+            .map_err(|err| self.failed("TakeCommands", &err))?;
+        let mut commands = Vec::with_capacity(taken.len());
+        for command in taken {
+            let Ok(id) = uuid::Uuid::parse_str(&command.id) else {
+                // The enqueue script admits UUIDs only.
+                warn!(%serial, id = command.id, "a ledger entry's id is not a UUID; skipped");
+                continue;
+            };
+            let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&command.body_b64) else {
+                warn!(%serial, id = command.id, "a ledger entry's body is not base64; skipped");
+                continue;
+            };
+            commands.push(LedgerCommand {
+                command_id: id.as_bytes().to_vec(),
+                name: command.name,
+                body,
+                attempt: command.attempt,
+            });
+        }
+        self.stats.add_ledger_sent(commands.len() as u64);
+        Ok(Response::new(TakeCommandsReply { commands }))
     }
 }
 

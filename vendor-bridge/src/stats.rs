@@ -42,6 +42,12 @@ pub struct Stats {
     streams_over_budget: AtomicU64,
     /// The last durability verdict, a [`DurabilityStatus`] as a number.
     durability: AtomicU8,
+    /// Command results for durable commands the device was never sent:
+    /// ignored (the command stays pending).
+    unmatched_results: AtomicU64,
+    /// Durable commands handed to drivers (`TakeCommands`), redeliveries
+    /// included.
+    ledger_sent: AtomicU64,
 }
 
 /// What the bridge knows of Redis's durability, as operators see it (the
@@ -129,6 +135,10 @@ pub struct StatsSnapshot {
     pub streams_over_budget: u64,
     /// See [`Stats`].
     pub durability: DurabilityStatus,
+    /// See [`Stats`].
+    pub unmatched_results: u64,
+    /// See [`Stats`].
+    pub ledger_sent: u64,
 }
 
 impl Stats {
@@ -152,6 +162,8 @@ impl Stats {
             streams_awaiting_durability: self.streams_awaiting_durability.load(Ordering::Relaxed),
             streams_over_budget: self.streams_over_budget.load(Ordering::Relaxed),
             durability: DurabilityStatus::from_u8(self.durability.load(Ordering::Relaxed)),
+            unmatched_results: self.unmatched_results.load(Ordering::Relaxed),
+            ledger_sent: self.ledger_sent.load(Ordering::Relaxed),
         }
     }
 
@@ -181,6 +193,14 @@ impl Stats {
     pub(crate) fn add_store_retry(&self) {
         self.store_retries.fetch_add(1, Ordering::Relaxed);
         self.add_redis_error();
+    }
+
+    pub(crate) fn add_unmatched_results(&self, results: u64) {
+        self.unmatched_results.fetch_add(results, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_ledger_sent(&self, commands: u64) {
+        self.ledger_sent.fetch_add(commands, Ordering::Relaxed);
     }
 
     pub(crate) fn add_redis_error(&self) {

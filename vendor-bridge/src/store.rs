@@ -48,6 +48,7 @@ struct Scripts {
     mark_offline: Script,
     record_upload: Script,
     record_layout: Script,
+    ledger_take: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -58,6 +59,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     mark_offline: Script::new(include_str!("scripts/mark_offline.lua")),
     record_upload: Script::new(include_str!("scripts/record_upload.lua")),
     record_layout: Script::new(include_str!("scripts/record_layout.lua")),
+    ledger_take: Script::new(include_str!("scripts/ledger_take.lua")),
 });
 
 /// A failed Redis operation. All of them are worth retrying: Redis down,
@@ -171,6 +173,19 @@ pub struct CommandRejection<'a> {
     /// The JSON published on the device's result channel
     /// ([`schema::COMMAND_RESULTS`]).
     pub notice: &'a str,
+}
+
+/// A durable command to send now (`TakeCommands`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenCommand {
+    /// Its id, hyphenated.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its body, base64.
+    pub body_b64: String,
+    /// 1 the first time it is sent, then 2, ...
+    pub attempt: u32,
 }
 
 /// A finished upload (`RecordUpload`).
@@ -477,6 +492,49 @@ impl Store {
         Ok(())
     }
 
+    /// The durable commands to send now in `session` of `serial`
+    /// (`TakeCommands`, see `scripts/ledger_take.lua`), marked sent; their
+    /// outcomes are published on the device's result channel.
+    pub async fn take_commands(
+        &self,
+        serial: &Serial,
+        session: &str,
+        max_in_flight: u32,
+        max_bytes: u32,
+    ) -> Result<Vec<TakenCommand>, StoreError> {
+        let partition = self.layout.partition_of(serial);
+        let mut connection = self.connection();
+        let (flat, notices): (Vec<String>, Vec<String>) = invoke(
+            SCRIPTS
+                .ledger_take
+                .key(self.layout.ledger(serial))
+                .key(self.layout.command_outcomes(partition))
+                .key(self.layout.device(serial))
+                .arg(serial.as_str())
+                .arg(session)
+                .arg(max_in_flight)
+                .arg(max_bytes),
+            &mut connection,
+        )
+        .await?;
+        wait_for_replicas(&mut connection, self.wait, &self.layout.ledger(serial)).await?;
+        let channel = schema::COMMAND_RESULTS.name(serial);
+        for notice in &notices {
+            if let Err(err) = publish(&mut connection, &channel, notice).await {
+                tracing::warn!(error = %err, %channel, "could not publish a durable command's outcome");
+            }
+        }
+        Ok(flat
+            .chunks_exact(4)
+            .map(|four| TakenCommand {
+                id: four[0].clone(),
+                name: four[1].clone(),
+                body_b64: four[2].clone(),
+                attempt: four[3].parse().unwrap_or(1),
+            })
+            .collect())
+    }
+
     /// Appends an `upload_completed` record once per upload
     /// (`RecordUpload`); returns whether this call appended it.
     pub async fn record_upload(&self, upload: UploadRecord<'_>) -> Result<bool, StoreError> {
@@ -511,6 +569,18 @@ async fn publish(connection: &mut Connection, channel: &str, message: &str) -> R
         .arg(message)
         .query_async::<()>(connection)
         .await
+}
+
+/// Tells the driver holding `serial`'s session that its ledger has
+/// commands to send (`{"ledger":true}` on its command channel). Best
+/// effort: the commands stay in the ledger, and a session that opens takes
+/// them anyway.
+async fn wake_driver(connection: &mut Connection, serial: &Serial) {
+    let channel = schema::COMMANDS.name(serial);
+    let wake = serde_json::json!({ schema::command_fields::LEDGER: true }).to_string();
+    if let Err(err) = publish(connection, &channel, &wake).await {
+        tracing::warn!(error = %err, %channel, "could not wake the driver for durable commands");
+    }
 }
 
 /// Runs `invocation`, loading its script first if Redis does not have it.
@@ -571,11 +641,20 @@ pub struct EventWriter {
     /// generations bound the memory to the devices active lately.
     refreshed: [HashSet<Serial>; 2],
     period_started: Instant,
+    /// Results for durable commands never sent, since the last
+    /// [`EventWriter::take_unmatched_results`].
+    unmatched_results: u64,
 }
 
 /// One partition's part of a call.
 #[derive(Default)]
 struct PartitionCall {
+    /// Serials of the call in this partition with a command result, in
+    /// first-seen order: their ledgers follow the registry entries in
+    /// `KEYS`.
+    ledgers: Vec<Serial>,
+    /// Serial -> its ledger's index in `KEYS` (1-based).
+    ledger_index: HashMap<Serial, usize>,
     command: Cmd,
     /// Serials of the call in this partition, in first-seen order, those
     /// due a registry refresh first.
@@ -607,7 +686,14 @@ impl EventWriter {
             partition_of_event: Vec::new(),
             refreshed: [HashSet::new(), HashSet::new()],
             period_started: Instant::now(),
+            unmatched_results: 0,
         }
+    }
+
+    /// How many results answered a durable command that was never sent
+    /// (ignored) since the last call.
+    pub fn take_unmatched_results(&mut self) -> u64 {
+        std::mem::take(&mut self.unmatched_results)
     }
 
     /// Stores `batches` (in order) and returns, per batch, how many events
@@ -655,7 +741,7 @@ impl EventWriter {
         let mut failure = None;
         for outcome in outcomes {
             match outcome {
-                Ok((index, (counts, notices))) => {
+                Ok((index, (counts, notices, wakes, unmatched))) => {
                     let call = &self.calls[index];
                     if counts.len() != batches.len() {
                         failure.get_or_insert(StoreError::from(RedisError::from((
@@ -677,6 +763,10 @@ impl EventWriter {
                             tracing::warn!(error = %err, %channel, "could not publish a command result");
                         }
                     }
+                    for serial in wakes.iter().filter_map(|serial| serial.parse::<Serial>().ok()) {
+                        wake_driver(&mut self.connection, &serial).await;
+                    }
+                    self.unmatched_results += unmatched;
                 }
                 Err(err) => {
                     failure.get_or_insert(err);
@@ -745,9 +835,10 @@ impl EventWriter {
 }
 
 impl PartitionCall {
-    /// Writes `EVALSHA store_events 2+r events hwm device... driver k s
-    /// serials... n1..nk (index id time kind body received [notice])...`
-    /// for this partition's events (see `scripts/store_events.lua`).
+    /// Writes `EVALSHA store_events 3+r+l events hwm outcomes device...
+    /// ledger... driver k s r serials... n1..nk (index id time kind body
+    /// received [notice command ledger])...` for this partition's events
+    /// (see `scripts/store_events.lua`).
     fn build(
         &mut self,
         layout: &Layout,
@@ -757,18 +848,39 @@ impl PartitionCall {
         partition_of_event: &[u16],
         this: usize,
     ) {
+        self.ledgers.clear();
+        self.ledger_index.clear();
+        let mut partitions = partition_of_event.iter();
+        for batch in batches {
+            for (event, serial) in batch.events.iter().zip(&batch.serials) {
+                let ours = partitions.next().is_some_and(|&p| usize::from(p) == this);
+                if ours && event.kind == COMMAND_RESULT_KIND && !self.ledger_index.contains_key(serial) {
+                    self.ledgers.push(*serial);
+                    self.ledger_index
+                        .insert(*serial, 3 + self.refreshing + self.ledgers.len());
+                }
+            }
+        }
         let command = &mut self.command;
         command.clear();
         command
             .arg("EVALSHA")
             .arg(SCRIPTS.store_events.get_hash())
-            .arg(2 + self.refreshing)
+            .arg(3 + self.refreshing + self.ledgers.len())
             .arg(layout.events(partition))
-            .arg(layout.high_water_marks(partition));
+            .arg(layout.high_water_marks(partition))
+            .arg(layout.command_outcomes(partition));
         for serial in &self.serials[..self.refreshing] {
             command.arg(layout.device(serial));
         }
-        command.arg(driver).arg(batches.len()).arg(self.serials.len());
+        for serial in &self.ledgers {
+            command.arg(layout.ledger(serial));
+        }
+        command
+            .arg(driver)
+            .arg(batches.len())
+            .arg(self.serials.len())
+            .arg(self.refreshing);
         for serial in &self.serials {
             command.arg(serial.as_bytes());
         }
@@ -793,17 +905,25 @@ impl PartitionCall {
                     .arg(event.received_ms);
                 if let Some(notice) = notice {
                     // `ValidBatch::check` made one notice per command result.
-                    command.arg(notice.map_or("", String::as_str));
+                    command
+                        .arg(notice.map_or("", |n| n.notice.as_str()))
+                        .arg(notice.map_or("", |n| n.command_id.as_str()))
+                        .arg(self.ledger_index.get(serial).copied().unwrap_or(0));
                 }
             }
         }
     }
 }
 
+/// What one `store_events` call answers: the counts per batch, the
+/// (serial, notice) pairs to publish, the serials whose driver to wake
+/// for more durable commands, and the results for durable commands never
+/// sent.
+type StoreEventsReply = (Vec<u32>, Vec<String>, Vec<String>, u64);
+
 /// Runs a built `store_events` call, loading the script if the node lacks
-/// it; returns the counts per batch and the (serial, notice) pairs to
-/// publish.
-async fn run_store_events(connection: &mut Connection, command: &Cmd) -> Result<(Vec<u32>, Vec<String>), StoreError> {
+/// it.
+async fn run_store_events(connection: &mut Connection, command: &Cmd) -> Result<StoreEventsReply, StoreError> {
     match command.query_async(connection).await {
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             SCRIPTS.store_events.load_async(connection).await?;
@@ -817,9 +937,14 @@ async fn run_store_events(connection: &mut Connection, command: &Cmd) -> Result<
 mod tests {
     use std::collections::HashSet;
 
-    use drover_schema::{device_fields, event_fields, layout_fields, upload_fields};
+    use drover_schema::{
+        device_fields, event_fields, layout_fields, ledger_fields, outcome_fields, result_fields, upload_fields,
+    };
 
-    const SCRIPT_SOURCES: [(&str, &str); 7] = [
+    const SCRIPT_SOURCES: [(&str, &str); 10] = [
+        ("ledger_take", include_str!("scripts/ledger_take.lua")),
+        ("ledger_enqueue", drover_schema::ledger::ENQUEUE_SCRIPT),
+        ("ledger_cancel", drover_schema::ledger::CANCEL_SCRIPT),
         ("store_events", include_str!("scripts/store_events.lua")),
         ("open_session", include_str!("scripts/open_session.lua")),
         ("close_session", include_str!("scripts/close_session.lua")),
@@ -856,6 +981,9 @@ mod tests {
             &device_fields::ALL,
             &upload_fields::ALL,
             &layout_fields::ALL,
+            &ledger_fields::ALL,
+            &outcome_fields::ALL,
+            &result_fields::ALL,
             &[upload_fields::UPLOAD_COMPLETED],
         ]
         .concat()
@@ -870,9 +998,12 @@ mod tests {
             assert!(!literals.is_empty(), "{script}.lua: the literals are found");
             for literal in literals {
                 let command_or_keyword = !literal.is_empty() && literal.bytes().all(|b| b.is_ascii_uppercase());
-                let number_or_symbol = literal.bytes().all(|b| b.is_ascii_digit()) || matches!(literal, "*" | "~");
+                let number_or_symbol = literal.bytes().all(|b| b.is_ascii_digit())
+                    || matches!(literal, "*" | "~" | "=" | "==" | "%x" | "%-" | "^" | "$");
+                // Error replies and messages for people.
+                let prose = literal.contains(' ');
                 assert!(
-                    command_or_keyword || number_or_symbol || fields.contains(literal),
+                    command_or_keyword || number_or_symbol || prose || fields.contains(literal),
                     "{script}.lua spells '{literal}', which is no field name of drover_schema"
                 );
             }

@@ -321,6 +321,7 @@ impl Applier {
             };
             let err = match result {
                 Ok(stored) => {
+                    self.stats.add_unmatched_results(self.writer.take_unmatched_results());
                     if failures > 0 {
                         info!(failures, "Redis stores events again");
                     }

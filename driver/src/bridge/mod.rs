@@ -15,7 +15,8 @@ use drover_proto::auth::{AttachToken, BearerToken};
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
     CallError, CloseSessionReply, CloseSessionRequest, CloseSessionsRequest, OpenSessionReply, OpenSessionRequest,
-    OpenSessionsRequest, RecordUploadRequest, RejectCommandRequest, close_session_outcome, open_session_outcome,
+    OpenSessionsRequest, RecordUploadRequest, RejectCommandRequest, TakeCommandsRequest, close_session_outcome,
+    open_session_outcome,
 };
 use drover_service::clock::unix_ms;
 use drover_service::drain;
@@ -225,6 +226,26 @@ impl BridgeClient {
         });
         request.set_timeout(CALL_TIMEOUT);
         self.client.clone().reject_command(request).await.map(drop)
+    }
+
+    /// The durable commands to send now in this session, marked sent
+    /// (`TakeCommands`).
+    pub async fn take_commands(
+        &self,
+        serial: &Serial,
+        session_id: &SessionId,
+        max_in_flight: u32,
+        max_payload: u32,
+    ) -> Result<Vec<drover_proto::bridge::LedgerCommand>, tonic::Status> {
+        let mut request = tonic::Request::new(TakeCommandsRequest {
+            serial: serial.to_string(),
+            session_id: session_id.0.to_vec(),
+            driver_id: self.driver_id.clone(),
+            max_in_flight,
+            max_payload,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        Ok(self.client.clone().take_commands(request).await?.into_inner().commands)
     }
 
     /// Appends an `upload_completed` record (once per upload).

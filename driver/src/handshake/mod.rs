@@ -242,6 +242,9 @@ async fn handshake(
     // it ends as soon as it reads the closed socket.
     let result = if conn.flush().await.is_err() { "closed" } else { "ok" };
     metrics.handshake(result);
+    // After the subscription: a command enqueued from now on wakes this
+    // session, and one enqueued before is in the ledger now.
+    sessions.durable.fetch(serial);
     debug!(%serial, last_event_id = opened.last_event_id, "session established");
     Ok(session)
 }

@@ -12,7 +12,7 @@ use tracing::debug;
 use super::park::Park;
 use crate::admission::Admission;
 use crate::bridge::BridgeClient;
-use crate::commands::{CommandReports, Subscriptions};
+use crate::commands::{CommandReports, DurableCommands, Subscriptions};
 use crate::metrics::Metrics;
 use crate::registry::{CloseRequest, Registry, SessionHandle};
 use crate::upload::UploadService;
@@ -52,6 +52,8 @@ pub struct Sessions {
     pub bridge: BridgeClient,
     /// Commands that will not reach their device.
     pub reports: CommandReports,
+    /// Durable commands, fetched when a session opens.
+    pub durable: DurableCommands,
     /// Uploads.
     pub uploads: UploadService,
     /// Counters for `/metrics`.
@@ -88,7 +90,12 @@ pub fn end(sessions: &Sessions, session: &Arc<SessionHandle>, last_heard_ms: u64
     sessions.metrics.sessions.dec();
     sessions.registry.remove(session);
     sessions.subscriptions.sync(session.serial);
+    let durable = sessions.durable.session_ended(&session.session_id);
     for command in session.take_commands() {
+        if durable.contains(&command.command_id) {
+            // It stays in the ledger for the next session.
+            continue;
+        }
         sessions.reports.undelivered(session.serial, command.command_id);
     }
     let bridge = sessions.bridge.clone();

@@ -7,22 +7,37 @@
 --
 -- KEYS[1]      the partition's events stream (Layout::events)
 -- KEYS[2]      its high-water marks (Layout::high_water_marks)
--- KEYS[3..2+r] the registry entries (Layout::device) of the r serials
+-- KEYS[3]      its durable commands' outcomes (Layout::command_outcomes)
+-- KEYS[4..3+r] the registry entries (Layout::device) of the r serials
 --              whose entry this call refreshes, in the order of the
 --              serials below
+-- KEYS[4+r..]  the ledgers (Layout::ledger) of the serials with command
+--              results in the call
 -- ARGV[1]      driver id, recorded with every event
 -- ARGV[2]      k, the number of batches
 -- ARGV[3]      s, the number of distinct serials in the call
--- ARGV[4..3+s] the distinct serials, the r to refresh first
--- ARGV[4+s..3+s+k] the number of events in each batch
+-- ARGV[4]      r
+-- ARGV[5..4+s] the distinct serials, the r to refresh first
+-- ARGV[5+s..4+s+k] the number of events in each batch
 -- then per event: serial index (1-based, into the serials above), event_id,
 -- time_ms, kind, body, received_ms and, only when kind is 65535 (a command
--- result), the JSON notice to publish.
+-- result), the JSON notice to publish, the command's id ('' when
+-- unreadable) and the index in KEYS of its serial's ledger.
 --
--- Returns {counts, notices}: per batch, how many of its events were
--- appended to KEYS[1]; and for each command result newly stored, its
--- serial and notice (the bridge publishes them on the serial's result
--- channel, of another slot on a cluster).
+-- Returns {counts, notices, wakes, unmatched}: per batch, how many of its
+-- events were appended to KEYS[1]; for each command result newly stored
+-- and to be published, its serial and notice (the bridge publishes them on
+-- the serial's result channel, of another slot on a cluster); the serials
+-- whose ledger has more commands after one was settled (the bridge wakes
+-- their driver); and how many results answered a durable command that was
+-- never sent (ignored: counted, not published, the command stays).
+--
+-- A command result newly stored settles its durable command, here, in the
+-- same call: when the device's ledger holds the id as SENT, the command
+-- leaves the ledger and its outcome is appended to KEYS[3], exactly once
+-- however often the batch is stored. A result for an id the ledger does
+-- not hold (a command published on the channel, or answered already) is
+-- published as ever.
 --
 -- The high-water marks live in one hash, KEYS[2] (serial -> highest stored
 -- event id): one HMGET reads them all and one HSET writes them all, so the
@@ -39,7 +54,8 @@
 -- All or nothing: Redis does not roll a script back, so everything that can
 -- fail runs before the first write. The shebang makes Redis refuse the whole
 -- script when it is out of memory; the HMGET (which fails on a key of the
--- wrong type) runs before the first XADD.
+-- wrong type) runs before the first XADD. The ledgers are read after the
+-- first XADD: only the ledger scripts write them, always as hashes.
 local call = redis.call
 local argv = ARGV
 
@@ -52,15 +68,16 @@ local function above(id, mark)
   return id > mark
 end
 
-local events, marks_key = KEYS[1], KEYS[2]
-local refresh = #KEYS - 2
+local events, marks_key, outcomes = KEYS[1], KEYS[2], KEYS[3]
 local driver = argv[1]
 local batches = tonumber(argv[2])
 local nserials = tonumber(argv[3])
+local refresh = tonumber(argv[4])
 local serials = {}
 for j = 1, nserials do
-  serials[j] = argv[3 + j]
+  serials[j] = argv[4 + j]
 end
+local OUTCOMES_MAXLEN = 100000
 
 -- unpack() fails beyond about 8,000 values (Lua's C stack limit): commands
 -- that take one or two arguments per serial go in chunks of this many
@@ -82,16 +99,47 @@ local advanced = {} -- serial index -> true once its mark moved
 local seen = {}     -- serial index -> received_ms of its latest event
 local stored = {}
 local notices = {}
-local i = 4 + nserials + batches
+local wakes = {}
+local unmatched = 0
+
+-- Settles the durable command a newly stored result answers; whether its
+-- notice is to be published.
+local function settle(serial, command, ledger, notice, received_ms)
+  if command == '' or not ledger then
+    return true
+  end
+  local raw = call('HGET', ledger, command)
+  if not raw then
+    return true
+  end
+  local ok, entry = pcall(cjson.decode, raw)
+  if not ok or entry['state'] ~= 'SENT' then
+    unmatched = unmatched + 1
+    return false
+  end
+  local read, fields = pcall(cjson.decode, notice)
+  local status = read and fields['status'] or ''
+  call('HDEL', ledger, command)
+  call('XADD', outcomes, 'MAXLEN', '~', OUTCOMES_MAXLEN, '*',
+    'serial', serial, 'id', command, 'status', status, 'time_ms', received_ms, 'notice', notice)
+  if call('HLEN', ledger) > 1 then
+    wakes[#wakes + 1] = serial
+  else
+    call('DEL', ledger)
+  end
+  return true
+end
+
+local i = 5 + nserials + batches
 for b = 1, batches do
   local n = 0
-  for _ = 1, tonumber(argv[3 + nserials + b]) do
+  for _ = 1, tonumber(argv[4 + nserials + b]) do
     local j = tonumber(argv[i])
     local id, time_ms, kind, body, received_ms = argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4], argv[i + 5]
-    local notice
+    local notice, command, ledger
     if kind == '65535' then
-      notice = argv[i + 6]
-      i = i + 7
+      notice, command, ledger = argv[i + 6], argv[i + 7], KEYS[tonumber(argv[i + 8])]
+      i = i + 9
     else
       i = i + 6
     end
@@ -103,7 +151,7 @@ for b = 1, batches do
       marks[j] = id
       advanced[j] = true
       n = n + 1
-      if notice then
+      if notice and settle(serial, command, ledger, notice, received_ms) then
         notices[#notices + 1] = serial
         notices[#notices + 1] = notice
       end
@@ -125,6 +173,6 @@ for j = 1, nserials do
   end
 end
 for j = 1, refresh do
-  call('HSET', KEYS[2 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
+  call('HSET', KEYS[3 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
-return {stored, notices}
+return {stored, notices, wakes, unmatched}

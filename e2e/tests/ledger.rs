@@ -1,0 +1,362 @@
+//! Durable commands (issue 21, README "Durable commands"): commands queued
+//! in a device's ledger with `drover send --queue`, exactly as an operator
+//! or the main application queues them, reach the device when it connects,
+//! again with the same id after a session that ended before the result, and
+//! leave the ledger when the result is stored.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use controller_sim::client::Connection;
+use cwp::{CommandId, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame};
+use drover_testkit::binaries::binary;
+use drover_testkit::cluster_fleet::ClusterFleet;
+use drover_testkit::device::{connect, serial};
+use drover_testkit::fleet::{TestFleet, runtime};
+use drover_testkit::inspect::publish;
+use drover_testkit::redis_cluster::RedisCluster;
+use drover_testkit::wait::eventually;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `drover ARGS` against `redis`: (exit code, stdout, stderr).
+fn drover(redis: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(binary("drover").unwrap())
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_NODES")
+        .env_remove("CMD_MAX_QUEUED")
+        .envs(redis.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Queues a command; its id.
+fn enqueue(redis: &[(&str, &str)], serial: &str, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["send", serial, name, "--queue"];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = drover(redis, &args);
+    assert_eq!(code, Some(0), "drover send --queue: {stderr}");
+    uuid::Uuid::parse_str(&stdout).unwrap().hyphenated().to_string()
+}
+
+fn id_of(command: &cwp::Command) -> String {
+    uuid::Uuid::from_bytes(command.command_id.0).hyphenated().to_string()
+}
+
+async fn recv_command(device: &mut Connection) -> cwp::Command {
+    loop {
+        match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Command(command) => return command,
+            ServerFrame::Ack(_) => {}
+            other => panic!("expected COMMAND, got {other:?}"),
+        }
+    }
+}
+
+/// Sends the result of `command_id` as event `event_id` and waits for its
+/// `ACK` (it is durably stored then), skipping commands that come
+/// meanwhile (returned).
+async fn answer(device: &mut Connection, event_id: u64, command_id: CommandId) -> Vec<cwp::Command> {
+    let result = CommandResult {
+        command_id,
+        status: CommandStatus::OK,
+        data: "done".into(),
+    };
+    device
+        .send(&DeviceFrame::Event(Event {
+            event_id,
+            time_ms: 0,
+            kind: Event::COMMAND_RESULT_KIND,
+            body: result.encode(),
+        }))
+        .await
+        .unwrap();
+    let mut commands = Vec::new();
+    loop {
+        match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Ack(ack) if ack.event_id == event_id => return commands,
+            ServerFrame::Command(command) => commands.push(command),
+            other => panic!("expected ACK, got {other:?}"),
+        }
+    }
+}
+
+/// Every (id, status, attempt) of the outcomes stream `stream`, in order.
+async fn outcomes(redis: &mut impl redis::aio::ConnectionLike, stream: &str) -> Vec<(String, String, u64)> {
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries
+        .ids
+        .iter()
+        .map(|entry| {
+            let notice: String = entry.get("notice").unwrap();
+            let notice: serde_json::Value = serde_json::from_str(&notice).unwrap();
+            (
+                entry.get::<String>("id").unwrap(),
+                entry.get::<String>("status").unwrap(),
+                notice["attempt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+async fn exists(redis: &mut impl redis::aio::ConnectionLike, key: &str) -> bool {
+    redis::cmd("EXISTS").arg(key).query_async::<i64>(redis).await.unwrap() == 1
+}
+
+#[test]
+fn an_offline_device_gets_its_queued_commands_in_order_and_the_ledger_empties() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let mut redis = fleet.redis().await;
+        // The control: PUBLISH reaches no one while the device is offline.
+        assert_eq!(publish(&mut redis, "cwp:cmd:LEDGER-1", r#"{"name":"lost"}"#).await, 0);
+        let queued: Vec<String> = ["first", "second", "third"]
+            .iter()
+            .map(|name| enqueue(&env, "LEDGER-1", name, &[]))
+            .collect();
+        let (code, listing, _) = drover(&env, &["queue", "LEDGER-1", "--json"]);
+        assert_eq!(code, Some(0));
+        let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+        let listed: Vec<&str> = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, queued, "drover queue lists them in order");
+
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-1")).await;
+        let mut received = Vec::new();
+        for _ in 0..3 {
+            received.push(recv_command(&mut device).await);
+        }
+        let names: Vec<&str> = received.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["first", "second", "third"]);
+        let ids: Vec<String> = received.iter().map(id_of).collect();
+        assert_eq!(ids, queued, "each with the id it was queued with");
+        for (event_id, command) in (1..).zip(&received) {
+            assert!(answer(&mut device, event_id, command.command_id).await.is_empty());
+        }
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-1").await
+        })
+        .await;
+
+        // Online: a queued command is delivered at once (the wake-up on
+        // the command channel; no polling).
+        let online = enqueue(&env, "LEDGER-1", "fourth", &[]);
+        let fourth = recv_command(&mut device).await;
+        assert_eq!(id_of(&fourth), online);
+        assert!(answer(&mut device, 4, fourth.command_id).await.is_empty());
+        eventually("the fourth leaves the ledger", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-1").await
+        })
+        .await;
+
+        let seen = outcomes(&mut redis, "cwp:cmd-outcomes").await;
+        for id in queued.iter().chain([&online]) {
+            let of_it: Vec<(&str, u64)> = seen
+                .iter()
+                .filter(|(i, _, _)| i == id)
+                .map(|(_, s, a)| (s.as_str(), *a))
+                .collect();
+            assert_eq!(of_it, [("QUEUED", 0), ("SENT", 1), ("OK", 0)], "each outcome once");
+        }
+    });
+}
+
+#[test]
+fn a_session_that_ends_before_the_result_brings_the_same_command_on_another_driver() {
+    let fleet = TestFleet::start(2, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let id = enqueue(&env, "LEDGER-2", "reboot", &[]);
+        let (mut device, _) = connect(fleet.drivers[0].addr(), &serial("LEDGER-2")).await;
+        let first = recv_command(&mut device).await;
+        assert_eq!(id_of(&first), id);
+        drop(device);
+
+        let (mut device, _) = connect(fleet.drivers[1].addr(), &serial("LEDGER-2")).await;
+        let again = recv_command(&mut device).await;
+        assert_eq!(id_of(&again), id, "redelivered with the same id");
+        assert!(answer(&mut device, 1, again.command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-2").await
+        })
+        .await;
+        let seen = outcomes(&mut fleet.redis().await, "cwp:cmd-outcomes").await;
+        let statuses: Vec<(&str, u64)> = seen.iter().map(|(_, s, a)| (s.as_str(), *a)).collect();
+        assert_eq!(
+            statuses,
+            [("QUEUED", 0), ("SENT", 1), ("SENT", 2), ("OK", 0)],
+            "one redelivery, explained by the session that ended; one result"
+        );
+    });
+}
+
+#[test]
+fn a_command_that_expires_while_the_device_is_offline_is_never_sent() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let short = enqueue(&env, "LEDGER-3", "stale", &["--ttl", "200ms"]);
+        let kept = enqueue(&env, "LEDGER-3", "fresh", &["--ttl", "1h"]);
+        // Past the short ttl (a wait for a deadline, not a timing assertion).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-3")).await;
+        let command = recv_command(&mut device).await;
+        assert_eq!(id_of(&command), kept, "the control, with a long ttl, is sent");
+        assert!(answer(&mut device, 1, command.command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-3").await
+        })
+        .await;
+        let seen = outcomes(&mut fleet.redis().await, "cwp:cmd-outcomes").await;
+        let of_short: Vec<&str> = seen
+            .iter()
+            .filter(|(i, _, _)| *i == short)
+            .map(|(_, s, _)| s.as_str())
+            .collect();
+        assert_eq!(of_short, ["QUEUED", "EXPIRED"], "never SENT");
+    });
+}
+
+#[test]
+fn a_full_ledger_refuses_and_cancel_takes_back_what_was_not_sent() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str()), ("CMD_MAX_QUEUED", "2")];
+    runtime().block_on(async {
+        let first = enqueue(&env, "LEDGER-4", "one", &[]);
+        let _second = enqueue(&env, "LEDGER-4", "two", &[]);
+        let (code, _, stderr) = drover(&env, &["send", "LEDGER-4", "three", "--queue"]);
+        assert_eq!(code, Some(8), "refused: {stderr}");
+        assert!(stderr.contains("CMD_MAX_QUEUED"), "{stderr}");
+        // The same id again is the same command: nothing changes.
+        let (code, _, stderr) = drover(&env, &["send", "LEDGER-4", "one", "--queue", "--id", &first]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stderr.contains("already"), "{stderr}");
+
+        let (code, _, stderr) = drover(&env, &["cancel", "LEDGER-4", &first]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let (code, _, _) = drover(&env, &["cancel", "LEDGER-4", &first]);
+        assert_eq!(code, Some(7), "cancelled already: not pending");
+        let third = enqueue(&env, "LEDGER-4", "three", &[]);
+
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-4")).await;
+        let a = recv_command(&mut device).await;
+        let b = recv_command(&mut device).await;
+        assert_eq!([a.name.as_str(), b.name.as_str()], ["two", "three"]);
+        let (code, _, stderr) = drover(&env, &["cancel", "LEDGER-4", &third]);
+        assert_eq!(code, Some(8), "sent already: {stderr}");
+        let statuses: Vec<String> = outcomes(&mut fleet.redis().await, "cwp:cmd-outcomes")
+            .await
+            .into_iter()
+            .filter(|(i, _, _)| *i == first)
+            .map(|(_, s, _)| s)
+            .collect();
+        assert_eq!(statuses, ["QUEUED", "CANCELLED"]);
+    });
+}
+
+#[test]
+fn a_result_for_a_command_never_sent_is_ignored_and_counted() {
+    let fleet = TestFleet::start(1, &[("CMD_MAX_IN_FLIGHT", "1")]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let unmatched = || {
+        let (_, text) = drover_testkit::http::get(fleet.bridge.metrics_addr(), "/metrics").unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("drover_bridge_command_results_unmatched_total "))
+            .map(|value| value.trim().parse::<f64>().unwrap())
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let a = enqueue(&env, "LEDGER-5", "a", &[]);
+        let b = enqueue(&env, "LEDGER-5", "b", &[]);
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-5")).await;
+        let first = recv_command(&mut device).await;
+        assert_eq!(id_of(&first), a, "one in flight at a time");
+        assert_eq!(unmatched(), 0.0);
+        // B was never sent: its result is stored as an event, ignored by
+        // the ledger, counted.
+        let b_id = CommandId(*uuid::Uuid::parse_str(&b).unwrap().as_bytes());
+        assert!(answer(&mut device, 1, b_id).await.is_empty());
+        assert_eq!(unmatched(), 1.0);
+        // A's result settles A and brings B.
+        let mut next = answer(&mut device, 2, first.command_id).await;
+        if next.is_empty() {
+            next.push(recv_command(&mut device).await);
+        }
+        assert_eq!(id_of(&next[0]), b, "B is still pending and comes now");
+        assert!(answer(&mut device, 3, next[0].command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-5").await
+        })
+        .await;
+        let seen = outcomes(&mut fleet.redis().await, "cwp:cmd-outcomes").await;
+        let oks = seen.iter().filter(|(_, s, _)| s == "OK").count();
+        assert_eq!(oks, 2, "one OK each, the ignored result none");
+    });
+}
+
+#[test]
+fn durable_commands_reach_a_device_on_a_cluster() {
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 1, &[], &[]);
+    let seeds = fleet.cluster.seeds();
+    let env = [("REDIS_CLUSTER_NODES", seeds.as_str())];
+    runtime().block_on(async {
+        // The bridge has recorded the layout (three partitions) by now:
+        // a device's session proves it.
+        drop(connect(fleet.addr(), &serial("WARMUP")).await);
+        let queued: Vec<String> = ["x", "y"]
+            .iter()
+            .map(|name| enqueue(&env, "LEDGER-C", name, &[]))
+            .collect();
+        let layout = drover_schema::Layout::partitioned(3).unwrap();
+        let key = layout.ledger(&serial("LEDGER-C"));
+        let mut redis = fleet.redis();
+        assert!(exists(&mut redis, &key).await);
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-C")).await;
+        let first = recv_command(&mut device).await;
+        let second = recv_command(&mut device).await;
+        assert_eq!([id_of(&first), id_of(&second)], [queued[0].clone(), queued[1].clone()]);
+        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+        assert!(answer(&mut device, 2, second.command_id).await.is_empty());
+        // Online: SPUBLISH wakes the driver on the channel's shard.
+        let online = enqueue(&env, "LEDGER-C", "z", &[]);
+        let third = recv_command(&mut device).await;
+        assert_eq!(id_of(&third), online);
+        assert!(answer(&mut device, 3, third.command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis(), &key).await
+        })
+        .await;
+        let stream = layout.command_outcomes(layout.partition_of(&serial("LEDGER-C")));
+        let oks = outcomes(&mut redis, &stream)
+            .await
+            .into_iter()
+            .filter(|(_, s, _)| s == "OK")
+            .count();
+        assert_eq!(oks, 3);
+    });
+}
