@@ -236,3 +236,93 @@ fn the_local_bridge_refuses_a_driver_without_the_fleets_token() {
     .unwrap();
     assert!(!streaming(&stranger, "ok"), "a driver without the token never streams");
 }
+
+/// `fleet up --redis-cluster`, the binary as a user runs it: a private
+/// 3-master cluster with 6 event streams, drivers on it, and a welcome that
+/// shows the cluster's commands. Devices through its HAProxy are stored
+/// exactly once in the partitioned streams; Ctrl-C stops everything.
+#[test]
+fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
+    use std::io::BufRead as _;
+
+    let state = tempfile::tempdir().unwrap();
+    let port = drover_testkit::net::free_port().unwrap();
+    let stats = drover_testkit::net::free_port().unwrap();
+    let fleet_binary = drover_testkit::binaries::binary("fleet").unwrap();
+    let mut up = drover_testkit::process::ChildGuard::spawn(
+        "fleet up",
+        std::process::Command::new(fleet_binary)
+            .args([
+                "up",
+                "--no-build",
+                "--drivers",
+                "2",
+                "--redis-cluster",
+                "3",
+                "--partitions",
+                "6",
+            ])
+            .args(["--fleet-port", &port.to_string(), "--stats-port", &stats.to_string()])
+            .arg("--state-dir")
+            .arg(state.path())
+            .env_remove("REDIS_URL")
+            .env("CWP_MASTER_KEY", drover_testkit::device::MASTER_KEY_HEX)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    )
+    .unwrap();
+    let stdout = up.take_stdout().unwrap();
+    let mut welcome = String::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        welcome.push_str(&line);
+        welcome.push('\n');
+        if line.starts_with("Ctrl-C stops everything") {
+            break;
+        }
+    }
+    assert!(welcome.contains("a Redis Cluster of 3 masters"), "{welcome}");
+    assert!(welcome.contains("6 event stream(s)"), "{welcome}");
+    assert!(welcome.contains("SPUBLISH cwp:cmd:SIM-000001"), "{welcome}");
+    assert!(welcome.contains("redis-cli -c"), "{welcome}");
+    let seeds = welcome
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the welcome names the cluster's seed nodes")
+        .to_owned();
+
+    let summary = verified(
+        sim_summary(
+            controller_sim(&format!("127.0.0.1:{port}"))
+                .args(["--devices", "50", "--rate", "1000", "--duration", "3s"])
+                .args(["--verify-redis-cluster", &seeds])
+                .spawn()
+                .unwrap(),
+        ),
+        "controller-sim",
+    );
+    assert!(summary["events_acked"].as_u64().unwrap() > 1000, "{summary}");
+    runtime().block_on(async {
+        let target = drover_redis::Target::cluster(&seeds).unwrap();
+        let mut redis = drover_redis::Connection::open(
+            &target,
+            drover_redis::Timeouts {
+                connect: Duration::from_secs(5),
+                response: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let streams: String = redis::cmd("HGET")
+            .arg(drover_schema::LAYOUT)
+            .arg(drover_schema::layout_fields::STREAMS)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(streams.split(',').count(), 6, "{streams}");
+    });
+
+    up.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+    up.wait_timeout(Duration::from_secs(60))
+        .expect("fleet up stops on Ctrl-C");
+}
