@@ -360,3 +360,108 @@ fn durable_commands_reach_a_device_on_a_cluster() {
         assert_eq!(oks, 3);
     });
 }
+
+/// `TakeCommands` calls the bridge has served (its metrics).
+fn take_commands_calls(fleet: &TestFleet) -> f64 {
+    let (_, text) = drover_testkit::http::get(fleet.bridge.metrics_addr(), "/metrics").unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("drover_bridge_take_commands_calls_total "))
+        .map(|value| value.trim().parse::<f64>().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_session_of_a_device_with_an_empty_ledger_makes_no_take_commands_call() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let (mut empty, _) = connect(fleet.addr(), &serial("LEDGER-EMPTY")).await;
+        // An event stored and acknowledged: the session is well past the
+        // point where it would have fetched.
+        empty.send(&drover_testkit::device::event(1)).await.unwrap();
+        match empty.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Ack(ack) => assert_eq!(ack.event_id, 1),
+            other => panic!("expected ACK, got {other:?}"),
+        }
+        assert_eq!(
+            take_commands_calls(&fleet),
+            0.0,
+            "an empty ledger costs no TakeCommands"
+        );
+
+        // The control: a device with a pending command fetches it.
+        let id = enqueue(&env, "LEDGER-FULL", "reboot", &[]);
+        let (mut full, _) = connect(fleet.addr(), &serial("LEDGER-FULL")).await;
+        assert_eq!(id_of(&recv_command(&mut full).await), id);
+        assert_eq!(take_commands_calls(&fleet), 1.0, "a pending command costs one");
+
+        // The empty device still hears of a command queued now (the
+        // wake-up), which costs one more.
+        let online = enqueue(&env, "LEDGER-EMPTY", "reboot", &[]);
+        assert_eq!(id_of(&recv_command(&mut empty).await), online);
+        assert_eq!(take_commands_calls(&fleet), 2.0);
+    });
+}
+
+#[test]
+fn a_command_queued_just_after_the_bridge_read_the_ledger_arrives_at_once() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let bridge = Pid::from_raw(fleet.bridge.process().pid() as i32);
+    let driver = Pid::from_raw(fleet.drivers[0].process().pid() as i32);
+    let addr = fleet.addr();
+    runtime().block_on(async {
+        // The bridge frozen: the handshake stops at OpenSession, after the
+        // driver subscribed the device's command channel.
+        kill(bridge, Signal::SIGSTOP).unwrap();
+        let handshake = tokio::spawn(async move { connect(addr, &serial("LEDGER-RACE")).await });
+        eventually("the driver subscribes before OpenSession", WAIT, || async {
+            let numsub: (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("cwp:cmd:LEDGER-RACE")
+                .query_async(&mut fleet.redis().await)
+                .await
+                .unwrap();
+            numsub.1 == 1
+        })
+        .await;
+        // The driver frozen, the bridge let go: it reads the (empty) ledger
+        // and installs the session; its answer waits for the driver.
+        kill(driver, Signal::SIGSTOP).unwrap();
+        kill(bridge, Signal::SIGCONT).unwrap();
+        eventually("the bridge installs the session", WAIT, || async {
+            let online: Option<String> = redis::cmd("HGET")
+                .arg("cwp:device:LEDGER-RACE")
+                .arg("online")
+                .query_async(&mut fleet.redis().await)
+                .await
+                .unwrap();
+            online.as_deref() == Some("1")
+        })
+        .await;
+        // Queued now: the bridge said the ledger was empty, and only the
+        // wake-up (waiting in the frozen driver's socket) tells of it.
+        let id = enqueue(&env, "LEDGER-RACE", "reboot", &[]);
+        kill(driver, Signal::SIGCONT).unwrap();
+        let (mut device, _) = handshake.await.unwrap();
+        assert_eq!(id_of(&recv_command(&mut device).await), id, "delivered at once");
+        assert!(
+            answer(
+                &mut device,
+                1,
+                CommandId(*uuid::Uuid::parse_str(&id).unwrap().as_bytes())
+            )
+            .await
+            .is_empty()
+        );
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-RACE").await
+        })
+        .await;
+    });
+}
