@@ -465,3 +465,130 @@ fn a_command_queued_just_after_the_bridge_read_the_ledger_arrives_at_once() {
         .await;
     });
 }
+
+/// Every (status, attempt) the outcomes stream holds for `id`, in order.
+async fn outcomes_of(redis: &mut impl redis::aio::ConnectionLike, id: &str) -> Vec<(String, u64)> {
+    outcomes(redis, "cwp:cmd-outcomes")
+        .await
+        .into_iter()
+        .filter(|(i, _, _)| i == id)
+        .map(|(_, status, attempt)| (status, attempt))
+        .collect()
+}
+
+fn owned(outcomes: &[(&str, u64)]) -> Vec<(String, u64)> {
+    outcomes.iter().map(|(s, a)| ((*s).to_owned(), *a)).collect()
+}
+
+#[test]
+fn a_command_sent_to_a_session_superseded_before_its_result_comes_again_with_the_same_id() {
+    let fleet = TestFleet::start(2, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let id = enqueue(&env, "LEDGER-SUP", "reboot", &[]);
+        let (mut first, _) = connect(fleet.drivers[0].addr(), &serial("LEDGER-SUP")).await;
+        assert_eq!(id_of(&recv_command(&mut first).await), id);
+        // Unanswered, the device comes again through the other driver: its
+        // first session is superseded.
+        let (mut second, _) = connect(fleet.drivers[1].addr(), &serial("LEDGER-SUP")).await;
+        let again = recv_command(&mut second).await;
+        assert_eq!(id_of(&again), id, "redelivered with the same id");
+        loop {
+            match first.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Bye(bye) => {
+                    assert_eq!(bye.reason, cwp::ByeReason::SUPERSEDED);
+                    break;
+                }
+                ServerFrame::Ack(_) => {}
+                other => panic!("the superseded session got {other:?}"),
+            }
+        }
+        assert!(answer(&mut second, 1, again.command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-SUP").await
+        })
+        .await;
+        assert_eq!(
+            outcomes_of(&mut fleet.redis().await, &id).await,
+            owned(&[("QUEUED", 0), ("SENT", 1), ("SENT", 2), ("OK", 0)]),
+            "one redelivery, explained by the superseded session; one result"
+        );
+    });
+}
+
+#[test]
+fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
+    let mut fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let a = enqueue(&env, "LEDGER-OUT", "a", &[]);
+        let b = enqueue(&env, "LEDGER-OUT", "b", &[]);
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-OUT")).await;
+        let first = recv_command(&mut device).await;
+        let second = recv_command(&mut device).await;
+        assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
+        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+
+        // The bridge killed: B's result waits in the driver, and C, queued
+        // meanwhile, waits in the ledger (the wake-up finds the driver, its
+        // TakeCommands fails and is retried).
+        let port = fleet.bridge.port();
+        fleet.bridge.process().kill();
+        let result = CommandResult {
+            command_id: second.command_id,
+            status: CommandStatus::OK,
+            data: "done".into(),
+        };
+        device
+            .send(&DeviceFrame::Event(Event {
+                event_id: 2,
+                time_ms: 0,
+                kind: Event::COMMAND_RESULT_KIND,
+                body: result.encode(),
+            }))
+            .await
+            .unwrap();
+        let c = enqueue(&env, "LEDGER-OUT", "c", &[]);
+        fleet.bridge = drover_testkit::components::BridgeProcess::start_on(
+            port,
+            &fleet.redis.url(),
+            &drover_testkit::fleet::logs(),
+            &[],
+        )
+        .unwrap();
+
+        // B's result is stored once the bridge is back; C arrives, once.
+        let mut acked = false;
+        let mut third = None;
+        while !(acked && third.is_some()) {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Ack(ack) if ack.event_id == 2 => acked = true,
+                ServerFrame::Ack(_) => {}
+                ServerFrame::Command(command) => {
+                    assert!(third.is_none(), "one more command only, got {command:?}");
+                    third = Some(command);
+                }
+                other => panic!("expected ACK or COMMAND, got {other:?}"),
+            }
+        }
+        let third = third.unwrap();
+        assert_eq!(id_of(&third), c);
+        assert!(
+            answer(&mut device, 3, third.command_id).await.is_empty(),
+            "nothing sent twice"
+        );
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-OUT").await
+        })
+        .await;
+        for id in [&a, &b, &c] {
+            assert_eq!(
+                outcomes_of(&mut fleet.redis().await, id).await,
+                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
+                "{id}: sent once (its session never ended), one result"
+            );
+        }
+    });
+}
