@@ -461,7 +461,7 @@ pub fn subscriptions(
 /// command channel of each live session.
 fn every_channel(router: &CommandRouter) -> Vec<String> {
     let mut channels = vec![control_channel(&router.driver_id)];
-    channels.extend(router.registry.serials().iter().map(command_channel));
+    channels.extend(router.registry.serials_wanting_commands().iter().map(command_channel));
     channels
 }
 
@@ -541,7 +541,7 @@ async fn run(router: CommandRouter, mut requests: mpsc::UnboundedReceiver<SyncRe
                         let wanted = channel == control
                             || drover_schema::COMMANDS
                                 .serial_of(&channel)
-                                .is_some_and(|serial| router.registry.get(&serial).is_some());
+                                .is_some_and(|serial| router.registry.wants_commands(&serial));
                         if wanted && let Err(err) = sub.subscribe(vec![channel]).await {
                             warn!(error = %err, "Redis pub/sub failed; subscribing everything again");
                             break true;
@@ -569,7 +569,7 @@ async fn run(router: CommandRouter, mut requests: mpsc::UnboundedReceiver<SyncRe
                     Err(_) => break,
                 }
             }
-            let (live, gone): (Vec<_>, Vec<_>) = batch.iter().partition(|r| router.registry.get(&r.serial).is_some());
+            let (live, gone): (Vec<_>, Vec<_>) = batch.iter().partition(|r| router.registry.wants_commands(&r.serial));
             let subscribe: Vec<String> = live.iter().map(|r| command_channel(&r.serial)).collect();
             let unsubscribe: Vec<String> = gone.iter().map(|r| command_channel(&r.serial)).collect();
             let applied = async {
@@ -675,6 +675,9 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
 
 fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
     if is_ledger_wake(payload) {
+        // A session being registered fetches after OpenSession: the
+        // bridge may have read its ledger before this command came.
+        router.registry.wake_opening(&serial);
         if router.registry.get(&serial).is_some() {
             router.durable.fetch(serial);
         }

@@ -10,7 +10,7 @@
 //! no state in the waiting task (a `Notify` waiter would: 64 bytes in every
 //! idle connection's task).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -253,14 +253,86 @@ impl std::borrow::Borrow<Serial> for Registered {
 }
 
 /// The live sessions of this driver, by serial: at most one per serial.
+/// Also the serials being registered with the bridge (authenticated, no
+/// `WELCOME` yet): their command channels are subscribed before
+/// `OpenSession`, so that a durable command enqueued after the bridge
+/// read the device's ledger wakes the session (see [`Registry::begin_opening`]).
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashSet<Registered>>,
+    opening: Mutex<HashMap<Serial, Opening>>,
+}
+
+/// A serial being registered.
+#[derive(Debug, Default)]
+struct Opening {
+    /// Its handshakes between [`Registry::begin_opening`] and
+    /// [`Registry::end_opening`] (a device may reconnect meanwhile).
+    handshakes: u32,
+    /// Whether `{"ledger":true}` came meanwhile.
+    woken: bool,
 }
 
 impl Registry {
     fn sessions(&self) -> MutexGuard<'_, HashSet<Registered>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn opening(&self) -> MutexGuard<'_, HashMap<Serial, Opening>> {
+        self.opening.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A handshake of `serial` is about to register its session: its
+    /// command channel is wanted from now on (the caller subscribes it
+    /// before `OpenSession`), and a ledger wake-up is remembered.
+    pub fn begin_opening(&self, serial: Serial) {
+        self.opening().entry(serial).or_default().handshakes += 1;
+    }
+
+    /// The handshake begun with [`Registry::begin_opening`] is registered
+    /// (the session inserted first) or failed; returns whether a ledger
+    /// wake-up came since it began. The flag stays for the serial's other
+    /// handshakes still opening: each of them must fetch.
+    pub fn end_opening(&self, serial: &Serial) -> bool {
+        let mut opening = self.opening();
+        let Some(entry) = opening.get_mut(serial) else {
+            return false;
+        };
+        let woken = entry.woken;
+        entry.handshakes = entry.handshakes.saturating_sub(1);
+        if entry.handshakes == 0 {
+            opening.remove(serial);
+        }
+        woken
+    }
+
+    /// Remembers a ledger wake-up for `serial` if a handshake of it is
+    /// registering; returns whether one is.
+    pub fn wake_opening(&self, serial: &Serial) -> bool {
+        match self.opening().get_mut(serial) {
+            Some(entry) => {
+                entry.woken = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `serial`'s command channel must be subscribed: it has a
+    /// live session or one being registered.
+    pub fn wants_commands(&self, serial: &Serial) -> bool {
+        // One lock at a time: no order to keep between the two.
+        let live = self.sessions().contains(serial);
+        live || self.opening().contains_key(serial)
+    }
+
+    /// Every serial whose command channel must be subscribed (after a
+    /// Redis restart).
+    pub fn serials_wanting_commands(&self) -> Vec<Serial> {
+        let mut serials: HashSet<Serial> = self.serials().into_iter().collect();
+        let opening: Vec<Serial> = self.opening().keys().copied().collect();
+        serials.extend(opening);
+        serials.into_iter().collect()
     }
 
     /// Registers a new session and returns the one it replaces, if any

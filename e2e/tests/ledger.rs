@@ -360,3 +360,235 @@ fn durable_commands_reach_a_device_on_a_cluster() {
         assert_eq!(oks, 3);
     });
 }
+
+/// `TakeCommands` calls the bridge has served (its metrics).
+fn take_commands_calls(fleet: &TestFleet) -> f64 {
+    let (_, text) = drover_testkit::http::get(fleet.bridge.metrics_addr(), "/metrics").unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("drover_bridge_take_commands_calls_total "))
+        .map(|value| value.trim().parse::<f64>().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_session_of_a_device_with_an_empty_ledger_makes_no_take_commands_call() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let (mut empty, _) = connect(fleet.addr(), &serial("LEDGER-EMPTY")).await;
+        // An event stored and acknowledged: the session is well past the
+        // point where it would have fetched.
+        empty.send(&drover_testkit::device::event(1)).await.unwrap();
+        match empty.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Ack(ack) => assert_eq!(ack.event_id, 1),
+            other => panic!("expected ACK, got {other:?}"),
+        }
+        assert_eq!(
+            take_commands_calls(&fleet),
+            0.0,
+            "an empty ledger costs no TakeCommands"
+        );
+
+        // The control: a device with a pending command fetches it.
+        let id = enqueue(&env, "LEDGER-FULL", "reboot", &[]);
+        let (mut full, _) = connect(fleet.addr(), &serial("LEDGER-FULL")).await;
+        assert_eq!(id_of(&recv_command(&mut full).await), id);
+        assert_eq!(take_commands_calls(&fleet), 1.0, "a pending command costs one");
+
+        // The empty device still hears of a command queued now (the
+        // wake-up), which costs one more.
+        let online = enqueue(&env, "LEDGER-EMPTY", "reboot", &[]);
+        assert_eq!(id_of(&recv_command(&mut empty).await), online);
+        assert_eq!(take_commands_calls(&fleet), 2.0);
+    });
+}
+
+#[test]
+fn a_command_queued_just_after_the_bridge_read_the_ledger_arrives_at_once() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let bridge = Pid::from_raw(fleet.bridge.process().pid() as i32);
+    let driver = Pid::from_raw(fleet.drivers[0].process().pid() as i32);
+    let addr = fleet.addr();
+    runtime().block_on(async {
+        // The bridge frozen: the handshake stops at OpenSession, after the
+        // driver subscribed the device's command channel.
+        kill(bridge, Signal::SIGSTOP).unwrap();
+        let handshake = tokio::spawn(async move { connect(addr, &serial("LEDGER-RACE")).await });
+        eventually("the driver subscribes before OpenSession", WAIT, || async {
+            let numsub: (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("cwp:cmd:LEDGER-RACE")
+                .query_async(&mut fleet.redis().await)
+                .await
+                .unwrap();
+            numsub.1 == 1
+        })
+        .await;
+        // The driver frozen, the bridge let go: it reads the (empty) ledger
+        // and installs the session; its answer waits for the driver.
+        kill(driver, Signal::SIGSTOP).unwrap();
+        kill(bridge, Signal::SIGCONT).unwrap();
+        eventually("the bridge installs the session", WAIT, || async {
+            let online: Option<String> = redis::cmd("HGET")
+                .arg("cwp:device:LEDGER-RACE")
+                .arg("online")
+                .query_async(&mut fleet.redis().await)
+                .await
+                .unwrap();
+            online.as_deref() == Some("1")
+        })
+        .await;
+        // Queued now: the bridge said the ledger was empty, and only the
+        // wake-up (waiting in the frozen driver's socket) tells of it.
+        let id = enqueue(&env, "LEDGER-RACE", "reboot", &[]);
+        kill(driver, Signal::SIGCONT).unwrap();
+        let (mut device, _) = handshake.await.unwrap();
+        assert_eq!(id_of(&recv_command(&mut device).await), id, "delivered at once");
+        assert!(
+            answer(
+                &mut device,
+                1,
+                CommandId(*uuid::Uuid::parse_str(&id).unwrap().as_bytes())
+            )
+            .await
+            .is_empty()
+        );
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-RACE").await
+        })
+        .await;
+    });
+}
+
+/// Every (status, attempt) the outcomes stream holds for `id`, in order.
+async fn outcomes_of(redis: &mut impl redis::aio::ConnectionLike, id: &str) -> Vec<(String, u64)> {
+    outcomes(redis, "cwp:cmd-outcomes")
+        .await
+        .into_iter()
+        .filter(|(i, _, _)| i == id)
+        .map(|(_, status, attempt)| (status, attempt))
+        .collect()
+}
+
+fn owned(outcomes: &[(&str, u64)]) -> Vec<(String, u64)> {
+    outcomes.iter().map(|(s, a)| ((*s).to_owned(), *a)).collect()
+}
+
+#[test]
+fn a_command_sent_to_a_session_superseded_before_its_result_comes_again_with_the_same_id() {
+    let fleet = TestFleet::start(2, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let id = enqueue(&env, "LEDGER-SUP", "reboot", &[]);
+        let (mut first, _) = connect(fleet.drivers[0].addr(), &serial("LEDGER-SUP")).await;
+        assert_eq!(id_of(&recv_command(&mut first).await), id);
+        // Unanswered, the device comes again through the other driver: its
+        // first session is superseded.
+        let (mut second, _) = connect(fleet.drivers[1].addr(), &serial("LEDGER-SUP")).await;
+        let again = recv_command(&mut second).await;
+        assert_eq!(id_of(&again), id, "redelivered with the same id");
+        loop {
+            match first.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Bye(bye) => {
+                    assert_eq!(bye.reason, cwp::ByeReason::SUPERSEDED);
+                    break;
+                }
+                ServerFrame::Ack(_) => {}
+                other => panic!("the superseded session got {other:?}"),
+            }
+        }
+        assert!(answer(&mut second, 1, again.command_id).await.is_empty());
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-SUP").await
+        })
+        .await;
+        assert_eq!(
+            outcomes_of(&mut fleet.redis().await, &id).await,
+            owned(&[("QUEUED", 0), ("SENT", 1), ("SENT", 2), ("OK", 0)]),
+            "one redelivery, explained by the superseded session; one result"
+        );
+    });
+}
+
+#[test]
+fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
+    let mut fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let a = enqueue(&env, "LEDGER-OUT", "a", &[]);
+        let b = enqueue(&env, "LEDGER-OUT", "b", &[]);
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-OUT")).await;
+        let first = recv_command(&mut device).await;
+        let second = recv_command(&mut device).await;
+        assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
+        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+
+        // The bridge killed: B's result waits in the driver, and C, queued
+        // meanwhile, waits in the ledger (the wake-up finds the driver, its
+        // TakeCommands fails and is retried).
+        let port = fleet.bridge.port();
+        fleet.bridge.process().kill();
+        let result = CommandResult {
+            command_id: second.command_id,
+            status: CommandStatus::OK,
+            data: "done".into(),
+        };
+        device
+            .send(&DeviceFrame::Event(Event {
+                event_id: 2,
+                time_ms: 0,
+                kind: Event::COMMAND_RESULT_KIND,
+                body: result.encode(),
+            }))
+            .await
+            .unwrap();
+        let c = enqueue(&env, "LEDGER-OUT", "c", &[]);
+        fleet.bridge = drover_testkit::components::BridgeProcess::start_on(
+            port,
+            &fleet.redis.url(),
+            &drover_testkit::fleet::logs(),
+            &[],
+        )
+        .unwrap();
+
+        // B's result is stored once the bridge is back; C arrives, once.
+        let mut acked = false;
+        let mut third = None;
+        while !(acked && third.is_some()) {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Ack(ack) if ack.event_id == 2 => acked = true,
+                ServerFrame::Ack(_) => {}
+                ServerFrame::Command(command) => {
+                    assert!(third.is_none(), "one more command only, got {command:?}");
+                    third = Some(command);
+                }
+                other => panic!("expected ACK or COMMAND, got {other:?}"),
+            }
+        }
+        let third = third.unwrap();
+        assert_eq!(id_of(&third), c);
+        assert!(
+            answer(&mut device, 3, third.command_id).await.is_empty(),
+            "nothing sent twice"
+        );
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-OUT").await
+        })
+        .await;
+        for id in [&a, &b, &c] {
+            assert_eq!(
+                outcomes_of(&mut fleet.redis().await, id).await,
+                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
+                "{id}: sent once (its session never ended), one result"
+            );
+        }
+    });
+}

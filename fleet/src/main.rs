@@ -68,6 +68,10 @@ struct BenchArgs {
     /// Drivers behind HAProxy in the storms, one storm each (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     storm_drivers: Vec<usize>,
+    /// Durable commands queued for every storm device before it connects
+    /// (0: empty ledgers).
+    #[arg(long, default_value_t = 0)]
+    storm_queued: u64,
     /// Devices answering commands in the commands benchmark.
     #[arg(long, default_value_t = 10_000)]
     command_devices: u64,
@@ -511,10 +515,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 chart_data.set_idle(provenance, &runs);
                 body
             }),
-            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers).map(|result| {
-                chart_data.set_storm(provenance, &result);
-                header("Connect storm", STORM_WHAT) + &result.markdown()
-            }),
+            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers, args.storm_queued).map(
+                |result| {
+                    chart_data.set_storm(provenance, &result);
+                    header("Connect storm", STORM_WHAT) + &result.markdown()
+                },
+            ),
             "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
                 .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
             "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)

@@ -109,6 +109,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "take_commands_calls",
+            "TakeCommands calls, empty answers included (a session of a device whose ledger is empty makes none)",
+            now.take_commands_calls,
+        )?;
+        counter(
+            &mut encoder,
             "redis_errors",
             "Redis operations that failed (PINGs, durability checks, event scripts, unary calls)",
             now.redis_errors,

@@ -327,6 +327,7 @@ impl VendorBridge for Bridge {
         // A COMMAND's payload: id (16), name length (1), name, body, tag.
         let max_bytes = request.max_payload.saturating_sub(16 + 1 + cwp::TAG_LEN as u32);
         self.admit().await?;
+        self.stats.add_take_commands_call();
         let taken = self
             .store
             .take_commands(&serial, &session, request.max_in_flight, max_bytes)
@@ -379,6 +380,7 @@ impl Bridge {
         Ok(OpenSessionReply {
             last_event_id: opened.last_event_id,
             superseded_other: opened.superseded_other,
+            pending_commands: Some(opened.pending_commands),
         })
     }
 

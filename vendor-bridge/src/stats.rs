@@ -48,6 +48,9 @@ pub struct Stats {
     /// Durable commands handed to drivers (`TakeCommands`), redeliveries
     /// included.
     ledger_sent: AtomicU64,
+    /// `TakeCommands` calls admitted, empty answers included: what a
+    /// session costs beyond `OpenSession` (none for an empty ledger).
+    take_commands_calls: AtomicU64,
 }
 
 /// What the bridge knows of Redis's durability, as operators see it (the
@@ -139,6 +142,8 @@ pub struct StatsSnapshot {
     pub unmatched_results: u64,
     /// See [`Stats`].
     pub ledger_sent: u64,
+    /// See [`Stats`].
+    pub take_commands_calls: u64,
 }
 
 impl Stats {
@@ -164,6 +169,7 @@ impl Stats {
             durability: DurabilityStatus::from_u8(self.durability.load(Ordering::Relaxed)),
             unmatched_results: self.unmatched_results.load(Ordering::Relaxed),
             ledger_sent: self.ledger_sent.load(Ordering::Relaxed),
+            take_commands_calls: self.take_commands_calls.load(Ordering::Relaxed),
         }
     }
 
@@ -201,6 +207,10 @@ impl Stats {
 
     pub(crate) fn add_ledger_sent(&self, commands: u64) {
         self.ledger_sent.fetch_add(commands, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_take_commands_call(&self) {
+        self.take_commands_calls.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn add_redis_error(&self) {

@@ -151,6 +151,8 @@ pub struct SessionOpened {
     pub last_event_id: u64,
     /// Whether a previous live session was told to close.
     pub superseded_other: bool,
+    /// Commands in the serial's ledger as the session was installed.
+    pub pending_commands: u32,
 }
 
 /// A command that never reached its device (`RejectCommand`).
@@ -365,21 +367,23 @@ impl Store {
     /// of a superseded session to close it.
     pub async fn open_session(&self, session: SessionOpening<'_>) -> Result<SessionOpened, StoreError> {
         let partition = self.layout.partition_of(session.serial);
-        let (last_event_id, superseded, old_driver, old_session): (String, i64, String, String) = invoke(
-            SCRIPTS
-                .open_session
-                .key(self.layout.device(session.serial))
-                .key(self.layout.high_water_marks(partition))
-                .arg(session.serial.as_str())
-                .arg(session.session)
-                .arg(session.driver)
-                .arg(session.instance)
-                .arg(session.peer)
-                .arg(session.firmware)
-                .arg(session.connected_ms),
-            &mut self.connection(),
-        )
-        .await?;
+        let (last_event_id, superseded, old_driver, old_session, pending_commands): (String, i64, String, String, u32) =
+            invoke(
+                SCRIPTS
+                    .open_session
+                    .key(self.layout.device(session.serial))
+                    .key(self.layout.high_water_marks(partition))
+                    .key(self.layout.ledger(session.serial))
+                    .arg(session.serial.as_str())
+                    .arg(session.session)
+                    .arg(session.driver)
+                    .arg(session.instance)
+                    .arg(session.peer)
+                    .arg(session.firmware)
+                    .arg(session.connected_ms),
+                &mut self.connection(),
+            )
+            .await?;
         let last_event_id = last_event_id.parse().map_err(|_| {
             RedisError::from((
                 ErrorKind::UnexpectedReturnType,
@@ -424,6 +428,7 @@ impl Store {
         Ok(SessionOpened {
             last_event_id,
             superseded_other: superseded == 1,
+            pending_commands,
         })
     }
 

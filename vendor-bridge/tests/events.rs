@@ -190,7 +190,9 @@ async fn a_command_result_is_published_once_when_first_stored() {
     );
     assert_eq!(
         next_message(&mut results).await,
-        r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-7","status":"OK","data":"done"}"#
+        // time_ms: the device's clock in the result's event (the ledger's
+        // outcomes carry one, issue 21).
+        r#"{"id":"11111111-1111-1111-1111-111111111111","serial":"CTRL-7","status":"OK","data":"done","time_ms":1700000001005}"#
     );
 
     // The resend is a duplicate and is not published again: the next
@@ -212,7 +214,7 @@ async fn a_command_result_is_published_once_when_first_stored() {
     );
     assert_eq!(
         next_message(&mut results).await,
-        r#"{"id":null,"serial":"CTRL-7","status":"INVALID","data":null,"error":"the event body is not a command result: body too short"}"#
+        r#"{"id":null,"serial":"CTRL-7","status":"INVALID","data":null,"error":"the event body is not a command result: body too short","time_ms":1700000001006}"#
     );
 }
 

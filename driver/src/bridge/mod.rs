@@ -116,6 +116,9 @@ pub struct OpenedSession {
     pub last_event_id: u64,
     /// Whether an older session elsewhere was told to close.
     pub superseded_other: bool,
+    /// Whether the device's ledger may hold durable commands: false only
+    /// when the bridge said it held none (an older bridge says nothing).
+    pub may_have_commands: bool,
 }
 
 impl BridgeClient {
@@ -187,6 +190,7 @@ impl BridgeClient {
         Ok(OpenedSession {
             last_event_id: reply.last_event_id,
             superseded_other: reply.superseded_other,
+            may_have_commands: reply.pending_commands != Some(0),
         })
     }
 

@@ -199,6 +199,17 @@ async fn handshake(
     tracing::Span::current().record("serial", tracing::field::display(&serial));
 
     let session_id = SessionId(rand::random());
+    // The command channel is subscribed before the bridge reads the
+    // device's ledger (in OpenSession): a durable command enqueued after
+    // that read is announced by a wake-up this driver hears, so the
+    // session fetches its ledger only when the bridge counted commands in
+    // it or a wake-up came. A connect storm of empty ledgers then costs no
+    // TakeCommands at all.
+    let opening = Opening::begin(sessions, serial);
+    let subscribed = sessions.subscriptions.sync_confirmed(serial, SUBSCRIBE_TIMEOUT).await;
+    if !subscribed {
+        warn!(%serial, "command subscription not confirmed by Redis yet; commands may start late");
+    }
     // The bridge gets what is left of the handshake's time (at least a
     // second): under a connect storm, registering is what takes time.
     let remaining = deadline
@@ -222,10 +233,8 @@ async fn handshake(
         info!(%serial, "superseding this driver's older session of the same serial");
         previous.request_close(CloseRequest::Superseded);
     }
+    let woken = opening.registered();
     metrics.sessions.inc();
-    if !sessions.subscriptions.sync_confirmed(serial, SUBSCRIBE_TIMEOUT).await {
-        warn!(%serial, "command subscription not confirmed by Redis yet; commands may start late");
-    }
 
     let settings = &sessions.settings;
     conn.codec_mut().start_sealing(&session_key);
@@ -242,11 +251,48 @@ async fn handshake(
     // it ends as soon as it reads the closed socket.
     let result = if conn.flush().await.is_err() { "closed" } else { "ok" };
     metrics.handshake(result);
-    // After the subscription: a command enqueued from now on wakes this
-    // session, and one enqueued before is in the ledger now.
-    sessions.durable.fetch(serial);
+    // Unconfirmed, the subscription may have missed a wake-up.
+    if opened.may_have_commands || woken || !subscribed {
+        sessions.durable.fetch(serial);
+    }
     debug!(%serial, last_event_id = opened.last_event_id, "session established");
     Ok(session)
+}
+
+/// A serial being registered (see [`crate::registry::Registry::begin_opening`]):
+/// ends the registration however the handshake ends, and unsubscribes
+/// its command channel when no session of it came of it.
+struct Opening<'a> {
+    sessions: &'a Sessions,
+    serial: Serial,
+    ended: bool,
+}
+
+impl<'a> Opening<'a> {
+    fn begin(sessions: &'a Sessions, serial: Serial) -> Self {
+        sessions.registry.begin_opening(serial);
+        Self {
+            sessions,
+            serial,
+            ended: false,
+        }
+    }
+
+    /// The session is in the registry: whether a ledger wake-up came
+    /// while it was being registered.
+    fn registered(mut self) -> bool {
+        self.ended = true;
+        self.sessions.registry.end_opening(&self.serial)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.sessions.registry.end_opening(&self.serial);
+            self.sessions.subscriptions.sync(self.serial);
+        }
+    }
 }
 
 fn count_rate_limited(metrics: &crate::metrics::Metrics, limiter: Limiter) {

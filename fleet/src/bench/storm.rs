@@ -36,6 +36,127 @@ pub struct StormRun {
     /// Sessions the drivers held over the storm, sampled every
     /// [`TIMELINE_INTERVAL`] from the simulator's start.
     pub timeline: Vec<TimelineSample>,
+    /// Durable commands queued for every device before the storm, and how
+    /// fast they were enqueued.
+    pub queued: Option<Enqueued>,
+}
+
+/// Durable commands queued before a storm (`--storm-queued`).
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueued {
+    /// Per device.
+    pub per_device: u64,
+    /// Enqueue script calls per second, pipelined.
+    pub script_rate: f64,
+    /// The same writes as plain commands (HINCRBY, HSET, PEXPIRE, XADD per
+    /// command) per second, pipelined alike, to other keys: Redis's ceiling.
+    pub raw_rate: f64,
+}
+
+/// Commands per pipeline when enqueueing: enough to keep Redis busy, few
+/// enough for one reply buffer.
+const ENQUEUE_PIPELINE: usize = 200;
+
+/// Queues `per_device` durable commands for each storm device (serials as
+/// the simulator names them) through the enqueue script, pipelined; then
+/// the same writes as plain commands to other keys, for the ceiling.
+fn enqueue_before(redis_url: &str, devices: u64, per_device: u64) -> anyhow::Result<Enqueued> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = redis::Client::open(redis_url)?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let layout = drover_schema::Layout::for_deployment(false, 1)?;
+        let script = redis::Script::new(drover_schema::ledger::ENQUEUE_SCRIPT);
+        script.prepare_invoke().load_async(&mut redis).await?;
+        // As controller-sim names them: numbered from 1, at least six digits.
+        let width = devices.to_string().len().max(6);
+        let serials: Vec<cwp::Serial> = (1..=devices)
+            .map(|number| format!("STORM-{number:0width$}").parse())
+            .collect::<Result<_, _>>()
+            .context("storm serials")?;
+        // `{"delay_s":5}` in base64.
+        let body = "eyJkZWxheV9zIjo1fQ==";
+        let mut calls = Vec::new();
+        for round in 0..per_device {
+            for serial in &serials {
+                calls.push((*serial, round));
+            }
+        }
+        let started = Instant::now();
+        for chunk in calls.chunks(ENQUEUE_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (serial, _) in chunk {
+                let partition = layout.partition_of(serial);
+                pipe.cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(2)
+                    .arg(layout.ledger(serial))
+                    .arg(layout.command_outcomes(partition))
+                    .arg(serial.as_str())
+                    .arg(uuid::Uuid::new_v4().hyphenated().to_string())
+                    .arg("reboot")
+                    .arg(body)
+                    .arg(drover_schema::ledger::DEFAULT_TTL_MS)
+                    .arg(drover_schema::ledger::DEFAULT_MAX_QUEUED)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut redis).await?;
+        }
+        let script_rate = calls.len() as f64 / started.elapsed().as_secs_f64();
+
+        let entry = r#"{"name":"reboot","body_b64":"eyJkZWxheV9zIjo1fQ==","seq":1,"enqueued_ms":1,"expires_ms":2,"state":"QUEUED","attempts":0}"#;
+        let started = Instant::now();
+        for chunk in calls.chunks(ENQUEUE_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (serial, _) in chunk {
+                let key = format!("bench:raw-ledger:{serial}");
+                let id = uuid::Uuid::new_v4().hyphenated().to_string();
+                pipe.cmd("HINCRBY").arg(&key).arg("seq").arg(1).ignore();
+                pipe.cmd("HSET").arg(&key).arg(&id).arg(entry).ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(drover_schema::ledger::DEFAULT_TTL_MS).ignore();
+                pipe.cmd("XADD")
+                    .arg("bench:raw-outcomes")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(drover_schema::ledger::OUTCOMES_MAXLEN)
+                    .arg("*")
+                    .arg("serial")
+                    .arg(serial.as_str())
+                    .arg("id")
+                    .arg(&id)
+                    .arg("status")
+                    .arg("QUEUED")
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut redis).await?;
+        }
+        let raw_rate = calls.len() as f64 / started.elapsed().as_secs_f64();
+        // The stand-in keys leave before the storm.
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("bench:raw-*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut redis).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(Enqueued {
+            per_device,
+            script_rate,
+            raw_rate,
+        })
+    })
 }
 
 /// Sessions held at one moment of a storm.
@@ -61,8 +182,9 @@ pub struct StormResult {
     pub runs: Vec<StormRun>,
 }
 
-/// Runs one storm of `devices` devices per entry of `driver_counts`.
-pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize]) -> anyhow::Result<StormResult> {
+/// Runs one storm of `devices` devices per entry of `driver_counts`, each
+/// device with `queued` durable commands in its ledger (0: empty ledgers).
+pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize], queued: u64) -> anyhow::Result<StormResult> {
     let sim = binary("controller-sim")?;
     let mut runs = Vec::new();
     for &drivers in driver_counts {
@@ -70,6 +192,12 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize]) -> anyhow:
         let mut rig = Rig::start(ctx, &format!("storm-{drivers}"), drivers, haproxy_processes)?;
         // HAProxy marks the drivers up after two health checks.
         std::thread::sleep(Duration::from_secs(3));
+        let enqueued = if queued > 0 {
+            eprintln!("storm: queueing {queued} durable commands for each of {devices} devices ...");
+            Some(enqueue_before(&rig.fleet.redis_url, devices, queued)?)
+        } else {
+            None
+        };
         let args: Vec<String> = [
             "--target",
             &rig.target(),
@@ -125,6 +253,7 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize]) -> anyhow:
             cpu,
             command: format!("CWP_MASTER_KEY=… controller-sim {} --json", args.join(" ")),
             timeline,
+            queued: enqueued,
         });
     }
     Ok(StormResult { devices, runs })
@@ -186,6 +315,20 @@ impl StormResult {
         );
         for run in &self.runs {
             let _ = writeln!(text, "\n{} driver(s): `{}`", run.drivers, run.command);
+            if let Some(queued) = run.queued {
+                let _ = writeln!(
+                    text,
+                    "\nEvery device had {} durable commands queued (README, Durable commands): enqueued at {} commands/s \
+                     (the enqueue script, pipelined {ENQUEUE_PIPELINE} deep) against {} commands/s for the same writes as plain \
+                     commands; {} commands reached the devices during the storm, command → result ACK p50 {}, p99 {}.",
+                    queued.per_device,
+                    thousands(queued.script_rate),
+                    thousands(queued.raw_rate),
+                    thousands(run.sim.commands_received as f64),
+                    super::report::duration_us(run.sim.command_latency_us.p50 as f64),
+                    super::report::duration_us(run.sim.command_latency_us.p99 as f64),
+                );
+            }
         }
         text
     }
