@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 use tokio::time::Instant;
 
 use crate::args::{CancelArgs, QueueArgs, SendArgs};
-use crate::deployment::{Deployment, TIMEOUTS};
+use crate::deployment::Deployment;
 use crate::exit::{Exit, usage};
 use crate::output::{self, Cell, Style, Table};
 use crate::send::Body;
@@ -55,14 +55,7 @@ pub async fn enqueue(mut deployment: Deployment, args: &SendArgs, json: bool) ->
     let results_channel = drover_schema::COMMAND_RESULTS.name(&serial);
 
     let mut results = if args.wait {
-        let mut subscriber = Subscriber::connect(&deployment.target, TIMEOUTS)
-            .await
-            .with_context(|| format!("subscribing to results at {}", deployment.target.describe()))?;
-        subscriber
-            .subscribe(vec![results_channel.clone()])
-            .await
-            .with_context(|| format!("subscribing to {results_channel}"))?;
-        Some(subscriber)
+        Some(crate::send::subscribe_results(&deployment, &results_channel).await?)
     } else {
         None
     };

@@ -49,14 +49,7 @@ pub async fn run(mut deployment: Deployment, args: &SendArgs, json: bool) -> any
     let results_channel = drover_schema::COMMAND_RESULTS.name(&serial);
 
     let mut results = if args.wait {
-        let mut subscriber = Subscriber::connect(&deployment.target, TIMEOUTS)
-            .await
-            .with_context(|| format!("subscribing to results at {}", deployment.target.describe()))?;
-        subscriber
-            .subscribe(vec![results_channel.clone()])
-            .await
-            .with_context(|| format!("subscribing to {results_channel}"))?;
-        Some(subscriber)
+        Some(crate::send::subscribe_results(&deployment, &results_channel).await?)
     } else {
         None
     };
@@ -150,6 +143,19 @@ async fn wait_for_result(
 }
 
 /// For a person: the status, painted, then the output.
+/// A subscription to `channel`, a device's result channel, made before
+/// the command goes out so that a quick answer is not missed.
+pub(crate) async fn subscribe_results(deployment: &Deployment, channel: &str) -> anyhow::Result<Subscriber> {
+    let mut subscriber = Subscriber::connect(&deployment.target, TIMEOUTS)
+        .await
+        .with_context(|| format!("subscribing to results at {}", deployment.target.describe()))?;
+    subscriber
+        .subscribe(vec![channel.to_owned()])
+        .await
+        .with_context(|| format!("subscribing to {channel}"))?;
+    Ok(subscriber)
+}
+
 pub(crate) fn print_result(result: &Map<String, Json>, status: &str, exit: Exit) -> std::io::Result<()> {
     let style = Style::detect();
     let paint = match exit {
