@@ -179,13 +179,14 @@ fn throughput(redis: &Redis, clients: usize, duration: std::time::Duration) -> f
     written as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Performance sanity (run by hand, it measures rather than checks):
-/// `cargo test -p drover-powercut --test redis -- --ignored --nocapture`.
-/// Compares Redis with `appendfsync always` on the power-cut filesystem
-/// with Redis on the backing directory itself.
+/// One and fifty clients writing at once get their writes acknowledged on
+/// the power-cut filesystem as on the backing directory itself (the mount
+/// holds up under Redis's concurrent fsyncs). It also prints the rates of
+/// both, the figures of powercut/README.md ("Performance"), with
+/// `cargo test -p drover-powercut --test redis -- --nocapture`; the rates
+/// are not checked (no timing assertions).
 #[test]
-#[ignore = "a measurement: run by hand with --ignored --nocapture"]
-fn appendfsync_always_throughput_on_the_mount_and_on_the_disk() {
+fn appendfsync_always_writes_are_acknowledged_on_the_mount_as_on_the_disk() {
     let duration = std::time::Duration::from_secs(3);
     for clients in [1, 50] {
         let on_mount = {
@@ -203,5 +204,7 @@ fn appendfsync_always_throughput_on_the_mount_and_on_the_disk() {
             "{clients} clients, appendfsync always: {on_mount:.0} XADD/s on the power-cut mount, \
              {on_disk:.0} XADD/s on the backing disk directly"
         );
+        assert!(on_mount > 0.0, "{clients} clients: no write acknowledged on the mount");
+        assert!(on_disk > 0.0, "{clients} clients: no write acknowledged on the disk");
     }
 }
