@@ -74,6 +74,20 @@ fn ten_thousand_events_from_ten_devices_are_all_acknowledged_and_stored_exactly_
     });
 }
 
+/// The oldest entry of `cwp:events`.
+async fn first_stored(fleet: &TestFleet) -> redis::streams::StreamId {
+    let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("cwp:events")
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut fleet.redis().await)
+        .await
+        .unwrap();
+    page.ids.into_iter().next().expect("an event is stored")
+}
+
 #[test]
 fn stored_fields_are_exactly_what_the_device_sent() {
     let fleet = TestFleet::start(1, &[]);
@@ -90,15 +104,7 @@ fn stored_fields_are_exactly_what_the_device_sent() {
             .await
             .unwrap();
         assert_eq!(await_ack(&mut connection, 42).await, 42);
-        let mut redis = fleet.redis().await;
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg("cwp:events")
-            .arg("-")
-            .arg("+")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let entry = &page.ids[0];
+        let entry = &first_stored(&fleet).await;
         let field = |name: &str| -> Vec<u8> { entry.get(name).unwrap() };
         assert_eq!(field("serial"), b"CTRL-0042");
         assert_eq!(field("event_id"), b"42");
@@ -137,15 +143,7 @@ fn an_event_as_large_as_the_largest_payload_limit_is_stored_and_acknowledged() {
             .await
             .unwrap();
         assert_eq!(await_ack(&mut connection, 1).await, 1);
-        let mut redis = fleet.redis().await;
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg("cwp:events")
-            .arg("-")
-            .arg("+")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let stored: Vec<u8> = page.ids[0].get("body").unwrap();
+        let stored: Vec<u8> = first_stored(&fleet).await.get("body").unwrap();
         assert!(
             stored == body.to_vec(),
             "the stored body is the body sent ({} bytes)",
