@@ -11,11 +11,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cwp::{CommandId, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame};
+use cwp::{CommandId, ServerFrame};
 use drover_redis::{Delivery, Subscriber, Timeouts};
 use drover_schema::Layout;
 use drover_testkit::cluster_fleet::ClusterFleet;
-use drover_testkit::device::{connect, serial};
+use drover_testkit::device::{connect, ok_result, serial};
 use drover_testkit::fleet::runtime;
 use drover_testkit::inspect::stored_events;
 use drover_testkit::redis_cluster::RedisCluster;
@@ -120,20 +120,7 @@ fn a_command_sent_with_spublish_reaches_its_device_and_the_result_arrives_by_ssu
         };
         assert_eq!(command.command_id, CommandId([0x11; 16]));
 
-        let result = CommandResult {
-            command_id: command.command_id,
-            status: CommandStatus::OK,
-            data: "done".into(),
-        };
-        device
-            .send(&DeviceFrame::Event(Event {
-                event_id: 1,
-                time_ms: 0,
-                kind: Event::COMMAND_RESULT_KIND,
-                body: result.encode(),
-            }))
-            .await
-            .unwrap();
+        device.send(&ok_result(1, command.command_id)).await.unwrap();
         let notice = tokio::time::timeout(WAIT, results.next()).await.unwrap().unwrap();
         let Delivery::Message { channel, payload } = notice else {
             panic!("expected the result, got {notice:?}")

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use controller_sim::client::{ClientError, Connection};
-use cwp::{CommandId, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame};
-use drover_testkit::device::{connect, serial};
+use cwp::{CommandId, DeviceFrame, Event, ServerFrame};
+use drover_testkit::device::{connect, ok_result, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
 use drover_testkit::inspect::{publish, stored_events};
 use drover_testkit::wait::eventually;
@@ -62,20 +62,7 @@ fn a_command_reaches_the_device_and_its_result_reaches_the_operator() {
         assert_eq!(command.name.as_str(), "reboot");
         assert_eq!(&command.body[..], br#"{"delay_s":5}"#);
 
-        let result = CommandResult {
-            command_id: command.command_id,
-            status: CommandStatus::OK,
-            data: "done".into(),
-        };
-        device
-            .send(&DeviceFrame::Event(Event {
-                event_id: 1,
-                time_ms: 0,
-                kind: Event::COMMAND_RESULT_KIND,
-                body: result.encode(),
-            }))
-            .await
-            .unwrap();
+        device.send(&ok_result(1, command.command_id)).await.unwrap();
         assert!(matches!(device.recv_timeout(WAIT).await.unwrap(), ServerFrame::Ack(ack) if ack.event_id == 1));
 
         let published = next_json(&mut results).await;

@@ -10,10 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use controller_sim::client::Connection;
-use cwp::{CommandId, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame};
+use cwp::{CommandId, ServerFrame};
 use drover_testkit::binaries::binary;
 use drover_testkit::cluster_fleet::ClusterFleet;
-use drover_testkit::device::{connect, serial};
+use drover_testkit::device::{connect, ok_result, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
 use drover_testkit::inspect::publish;
 use drover_testkit::redis_cluster::RedisCluster;
@@ -66,20 +66,7 @@ async fn recv_command(device: &mut Connection) -> cwp::Command {
 /// `ACK` (it is durably stored then), skipping commands that come
 /// meanwhile (returned).
 async fn answer(device: &mut Connection, event_id: u64, command_id: CommandId) -> Vec<cwp::Command> {
-    let result = CommandResult {
-        command_id,
-        status: CommandStatus::OK,
-        data: "done".into(),
-    };
-    device
-        .send(&DeviceFrame::Event(Event {
-            event_id,
-            time_ms: 0,
-            kind: Event::COMMAND_RESULT_KIND,
-            body: result.encode(),
-        }))
-        .await
-        .unwrap();
+    device.send(&ok_result(event_id, command_id)).await.unwrap();
     let mut commands = Vec::new();
     loop {
         match device.recv_timeout(WAIT).await.unwrap() {
@@ -536,20 +523,7 @@ fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
         // TakeCommands fails and is retried).
         let port = fleet.bridge.port();
         fleet.bridge.process().kill();
-        let result = CommandResult {
-            command_id: second.command_id,
-            status: CommandStatus::OK,
-            data: "done".into(),
-        };
-        device
-            .send(&DeviceFrame::Event(Event {
-                event_id: 2,
-                time_ms: 0,
-                kind: Event::COMMAND_RESULT_KIND,
-                body: result.encode(),
-            }))
-            .await
-            .unwrap();
+        device.send(&ok_result(2, second.command_id)).await.unwrap();
         let c = enqueue(&env, "LEDGER-OUT", "c", &[]);
         fleet.bridge = drover_testkit::components::BridgeProcess::start_on(
             port,

@@ -52,6 +52,22 @@ pub fn event(event_id: u64) -> cwp::DeviceFrame {
     })
 }
 
+/// `EVENT(event_id)` carrying the device's `OK` result, output `done`, of
+/// command `command_id` (kind 65535, CWP/1's command result).
+pub fn ok_result(event_id: u64, command_id: cwp::CommandId) -> cwp::DeviceFrame {
+    let result = cwp::CommandResult {
+        command_id,
+        status: cwp::CommandStatus::OK,
+        data: "done".into(),
+    };
+    cwp::DeviceFrame::Event(cwp::Event {
+        event_id,
+        time_ms: 0,
+        kind: cwp::Event::COMMAND_RESULT_KIND,
+        body: result.encode(),
+    })
+}
+
 /// The next `ERROR` from the driver (acks before it are skipped).
 pub async fn expect_error(connection: &mut Connection) -> ErrorFrame {
     loop {
