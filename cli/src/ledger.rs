@@ -65,6 +65,7 @@ pub async fn enqueue(mut deployment: Deployment, args: &SendArgs, json: bool) ->
     let reply: Vec<String> = ENQUEUE
         .key(&ledger_key)
         .key(deployment.layout.command_outcomes(partition))
+        .key(deployment.layout.ledger_due(partition))
         .arg(serial.as_str())
         .arg(&id)
         .arg(&args.name)

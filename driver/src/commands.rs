@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::bridge::BridgeClient;
+use crate::bridge::{BridgeClient, TakenCommands};
 use crate::metrics::Metrics;
 use crate::registry::{CloseRequest, Registry};
 
@@ -259,11 +259,19 @@ impl CommandReports {
 }
 
 /// Fetches a device's durable commands (its ledger, through the bridge's
-/// `TakeCommands`) into its live session: when the session opens and when
-/// `{"ledger":true}` comes on its command channel (after an enqueue, or
-/// after a result when more wait). One fetch per device at a time, so the
-/// commands reach the session in the ledger's order; a request that comes
-/// during a fetch makes it fetch once more. Cheap to clone.
+/// `TakeCommands`) into its live session: when the session opens, when
+/// `{"ledger":true}` comes on its command channel (after an enqueue), and
+/// when the device's results have brought the commands it holds down to
+/// half of `CMD_MAX_IN_FLIGHT` while more wait in its ledger. One fetch per
+/// device at a time, so the commands reach the session in the ledger's
+/// order; a request that comes during a fetch makes it fetch once more.
+/// Cheap to clone.
+///
+/// Why half: refilling after every result cost a `TakeCommands` (and a
+/// script reading the whole ledger) per command; refilling at half costs
+/// one per `CMD_MAX_IN_FLIGHT / 2` commands while the device still has
+/// commands to work on. The ledger's script keeps the limit whatever the
+/// driver asks: an extra fetch is only a wasted call.
 #[derive(Debug, Clone)]
 pub struct DurableCommands {
     /// `TakeCommands`.
@@ -276,15 +284,24 @@ pub struct DurableCommands {
     pub max_payload: u32,
     /// Devices being fetched for, and whether to fetch once more after.
     pub fetching: Arc<std::sync::Mutex<HashMap<Serial, bool>>>,
-    /// The durable commands handed to each live session (kept here, not
-    /// in the session: a parked session's size is budgeted): a session
-    /// that ends before sending them leaves them in the ledger for the
-    /// next one, with no `UNDELIVERED` report.
-    pub handed: Arc<std::sync::Mutex<HashMap<SessionId, Vec<CommandId>>>>,
+    /// The durable commands handed to each live session and not yet
+    /// answered (kept here, not in the session: a parked session's size is
+    /// budgeted): a session that ends before sending them leaves them in
+    /// the ledger for the next one, with no `UNDELIVERED` report.
+    pub handed: Arc<std::sync::Mutex<HashMap<SessionId, Handed>>>,
     /// Where the fetches run: awaited at shutdown.
     pub tasks: TaskTracker,
     /// The runtime they run on (a session may open on the handshake thread).
     pub runtime: tokio::runtime::Handle,
+}
+
+/// A live session's durable commands: handed to it and not yet answered.
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// Handed to the session, not answered by a stored result.
+    commands: Vec<CommandId>,
+    /// Whether the ledger held more for the device at the last fetch.
+    more_waiting: bool,
 }
 
 /// Waits between failed `TakeCommands` while the session lives.
@@ -307,13 +324,45 @@ impl DurableCommands {
             .spawn_on(async move { this.fetch_until_done(serial).await }, &self.runtime);
     }
 
-    /// Forgets an ended session; the durable commands it was handed.
+    /// Forgets an ended session; the durable commands it was handed and
+    /// that were not answered.
     pub fn session_ended(&self, session: &SessionId) -> Vec<CommandId> {
         self.handed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(session)
+            .map(|handed| handed.commands)
             .unwrap_or_default()
+    }
+
+    /// The device's result for `command` is durably stored (so its ledger
+    /// has settled the command, if it was one of its durable commands):
+    /// fetches more when the session holds half of `CMD_MAX_IN_FLIGHT` or
+    /// fewer and the ledger had more.
+    pub fn answered(&self, serial: Serial, session: &SessionId, command: CommandId) {
+        let refill = {
+            let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(handed) = handed.get_mut(session) else {
+                return;
+            };
+            let Some(at) = handed.commands.iter().position(|id| *id == command) else {
+                return;
+            };
+            handed.commands.swap_remove(at);
+            let refill = handed.more_waiting && handed.commands.len() <= self.refill_at();
+            if refill {
+                handed.more_waiting = false;
+            }
+            refill
+        };
+        if refill {
+            self.fetch(serial);
+        }
+    }
+
+    /// How few commands a session holds before it is given more.
+    fn refill_at(&self) -> usize {
+        usize::try_from(self.max_in_flight / 2).unwrap_or(usize::MAX)
     }
 
     async fn fetch_until_done(&self, serial: Serial) {
@@ -327,8 +376,21 @@ impl DurableCommands {
                 .take_commands(&serial, &session.session_id, self.max_in_flight, self.max_payload)
                 .await
             {
-                Ok(commands) => {
+                Ok(TakenCommands {
+                    commands,
+                    waiting,
+                    unanswered,
+                }) => {
                     backoff.reset();
+                    {
+                        let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let handed = handed.entry(session.session_id).or_default();
+                        handed.more_waiting = waiting > 0;
+                        // The ledger's view: drops a command that expired
+                        // unanswered (an older bridge sends none, and the
+                        // commands below are added anyway).
+                        handed.commands = unanswered;
+                    }
                     for command in commands {
                         let Ok(id) = <[u8; 16]>::try_from(command.command_id.as_slice()) else {
                             warn!(%serial, "the bridge sent a durable command without a 16-byte id; skipped");
@@ -339,12 +401,13 @@ impl DurableCommands {
                             continue;
                         };
                         debug!(%serial, attempt = command.attempt, "sending a durable command");
-                        self.handed
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .entry(session.session_id)
-                            .or_default()
-                            .push(CommandId(id));
+                        {
+                            let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let handed = &mut handed.entry(session.session_id).or_default().commands;
+                            if !handed.contains(&CommandId(id)) {
+                                handed.push(CommandId(id));
+                            }
+                        }
                         session.push_command(Command {
                             command_id: CommandId(id),
                             name,

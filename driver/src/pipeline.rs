@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use cwp::CommandId;
 use drover_proto::bridge::{self, BridgeMessage, DriverMessage, EventBatch, bridge_message, driver_message};
 use drover_service::backoff::Backoff;
 use drover_service::drain;
@@ -38,6 +39,7 @@ use tracing::{info, warn};
 use crate::admission::{AdmittedEvents, PendingEvent};
 use crate::batch_limits::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use crate::bridge::BridgeClient;
+use crate::commands::DurableCommands;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::registry::SessionHandle;
 
@@ -133,6 +135,9 @@ struct Stream {
 /// The pipeline task's state.
 pub struct PipelineTask {
     bridge: BridgeClient,
+    /// Told of each stored command result, so that a session gets more
+    /// of its durable commands as it answers them.
+    durable: DurableCommands,
     metrics: Arc<Metrics>,
     events: AdmittedEvents,
     /// Batches not yet confirmed, oldest first; the first `in_flight` of
@@ -147,9 +152,16 @@ pub struct PipelineTask {
 
 impl PipelineTask {
     /// The task that stores the events `events` admits.
-    pub fn new(bridge: BridgeClient, metrics: Arc<Metrics>, events: AdmittedEvents, stop: drain::Watch) -> Self {
+    pub fn new(
+        bridge: BridgeClient,
+        durable: DurableCommands,
+        metrics: Arc<Metrics>,
+        events: AdmittedEvents,
+        stop: drain::Watch,
+    ) -> Self {
         Self {
             bridge,
+            durable,
             metrics,
             events,
             unconfirmed: VecDeque::new(),
@@ -379,6 +391,12 @@ impl PipelineTask {
             self.metrics
                 .ack_latency
                 .observe(now.duration_since(pending.received).as_secs_f64());
+            if pending.event.kind == cwp::Event::COMMAND_RESULT_KIND
+                && let Some(Ok(command)) = pending.event.body.get(..16).map(<[u8; 16]>::try_from)
+            {
+                self.durable
+                    .answered(pending.session.serial, &pending.session.session_id, CommandId(command));
+            }
             match &mut run {
                 Some((session, last, count)) if Arc::ptr_eq(session, &pending.session) => {
                     *last = (*last).max(pending.event.event_id);

@@ -153,15 +153,7 @@ async fn start(
             bytes: metrics.events_pending_bytes.clone(),
         },
     );
-    tasks.spawn(PipelineTask::new(bridge.clone(), metrics.clone(), admitted, pipeline_watch).run());
 
-    commands::check_access(&config.redis, &config.driver_id).await?;
-    let reports = CommandReports {
-        bridge: bridge.clone(),
-        metrics: metrics.clone(),
-        tasks: tasks.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    };
     let durable = DurableCommands {
         bridge: bridge.clone(),
         registry: registry.clone(),
@@ -169,6 +161,24 @@ async fn start(
         max_payload: config.max_payload,
         fetching: Arc::default(),
         handed: Arc::default(),
+        tasks: tasks.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    tasks.spawn(
+        PipelineTask::new(
+            bridge.clone(),
+            durable.clone(),
+            metrics.clone(),
+            admitted,
+            pipeline_watch,
+        )
+        .run(),
+    );
+
+    commands::check_access(&config.redis, &config.driver_id).await?;
+    let reports = CommandReports {
+        bridge: bridge.clone(),
+        metrics: metrics.clone(),
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };

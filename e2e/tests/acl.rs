@@ -246,6 +246,40 @@ fn the_whole_flow_works_with_the_documented_minimal_acls() {
             stored_events(&mut operator).await,
             (1..=3).map(|id| ("CTRL-0042".to_owned(), id)).collect::<Vec<_>>()
         );
+        // A durable command that expires offline: the bridge's sweep (its
+        // index, its script) under the bridge's user.
+        let queued: Vec<String> = redis::Script::new(drover_schema::ledger::ENQUEUE_SCRIPT)
+            .key("cwp:ledger:CTRL-0099")
+            .key("cwp:cmd-outcomes")
+            .key("cwp:ledger-due")
+            .arg("CTRL-0099")
+            .arg("22222222-2222-2222-2222-222222222222")
+            .arg("reboot")
+            .arg("")
+            .arg(100)
+            .arg(100)
+            .invoke_async(&mut operator)
+            .await
+            .unwrap();
+        assert_eq!(queued[0], "QUEUED");
+        drover_testkit::wait::eventually("the sweep to expire the command", WAIT, || {
+            let mut operator = operator.clone();
+            async move {
+                let statuses: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg("cwp:cmd-outcomes")
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut operator)
+                    .await
+                    .unwrap();
+                statuses
+                    .ids
+                    .iter()
+                    .any(|entry| entry.get::<String>("status").as_deref() == Some("EXPIRED"))
+            }
+        })
+        .await;
+
         assert_eq!(
             denials(&mut operator).await,
             Vec::<String>::new(),

@@ -566,3 +566,177 @@ fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
         }
     });
 }
+
+#[test]
+fn a_command_expires_with_its_outcome_while_its_device_stays_offline() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let short = enqueue(&env, "LEDGER-AWAY", "stale", &["--ttl", "300ms"]);
+        let kept = enqueue(&env, "LEDGER-AWAY", "fresh", &["--ttl", "1h"]);
+        let alone = enqueue(&env, "LEDGER-GONE", "stale", &["--ttl", "300ms"]);
+        // Neither device ever connects, and nobody reads the ledgers: the
+        // bridge's sweep expires them.
+        for id in [&short, &alone] {
+            eventually("the sweep expires the command", WAIT, || async {
+                outcomes_of(&mut fleet.redis().await, id).await == owned(&[("QUEUED", 0), ("EXPIRED", 0)])
+            })
+            .await;
+        }
+        let mut redis = fleet.redis().await;
+        // The control: the command whose ttl has not passed is untouched,
+        // and still indexed for its own expiry.
+        assert_eq!(outcomes_of(&mut redis, &kept).await, owned(&[("QUEUED", 0)]));
+        let (code, listing, _) = drover(&env, &["queue", "LEDGER-AWAY", "--json"]);
+        assert_eq!(code, Some(0));
+        assert!(listing.contains(&kept) && !listing.contains(&short), "{listing}");
+        let next: Option<f64> = redis::cmd("ZSCORE")
+            .arg("cwp:ledger-due")
+            .arg("LEDGER-AWAY")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let expires_ms = drover_service::clock::unix_ms() as f64 + 3_000_000.0;
+        assert!(next.is_some_and(|score| score > expires_ms), "next expiry: {next:?}");
+        // A ledger whose last command expired leaves Redis, and the index.
+        eventually("the emptied ledger leaves Redis", WAIT, || async {
+            let mut redis = fleet.redis().await;
+            let indexed: Option<f64> = redis::cmd("ZSCORE")
+                .arg("cwp:ledger-due")
+                .arg("LEDGER-GONE")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            !exists(&mut redis, "cwp:ledger:LEDGER-GONE").await && indexed.is_none()
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_device_working_through_its_queue_is_refilled_at_half_of_the_in_flight_limit() {
+    let fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let queued: Vec<String> = (0..10)
+            .map(|n| enqueue(&env, "LEDGER-BUSY", &format!("step-{n}"), &[]))
+            .collect();
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-BUSY")).await;
+        // The device answers each command as it comes; at most
+        // CMD_MAX_IN_FLIGHT (4) are unanswered at once.
+        let mut received = Vec::new();
+        let mut unanswered = 0usize;
+        let mut event_id = 0;
+        while received.len() < queued.len() {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Command(command) => {
+                    unanswered += 1;
+                    assert!(unanswered <= 4, "more than CMD_MAX_IN_FLIGHT unanswered");
+                    received.push(id_of(&command));
+                    event_id += 1;
+                    device.send(&ok_result(event_id, command.command_id)).await.unwrap();
+                }
+                ServerFrame::Ack(ack) => {
+                    // Cumulative: every result up to it is stored.
+                    unanswered = (event_id - ack.event_id) as usize;
+                }
+                other => panic!("expected COMMAND or ACK, got {other:?}"),
+            }
+        }
+        assert_eq!(received, queued, "in the ledger's order, each once");
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-BUSY").await
+        })
+        .await;
+        // One TakeCommands at the session's start, then one each time the
+        // device's stored answers bring it down to 2 (half of 4): three or
+        // four calls, depending on how many answers one stored batch
+        // carried. One per command, as before, would be ten.
+        let calls = take_commands_calls(&fleet);
+        assert!(
+            (3.0..=4.0).contains(&calls),
+            "{calls} TakeCommands calls for 10 commands"
+        );
+        for id in &queued {
+            assert_eq!(
+                outcomes_of(&mut fleet.redis().await, id).await,
+                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
+                "{id}"
+            );
+        }
+    });
+}
+
+#[test]
+fn commands_pending_while_redis_restarts_are_neither_lost_nor_sent_twice() {
+    let mut fleet = TestFleet::start(1, &[]);
+    let url = fleet.redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    runtime().block_on(async {
+        let a = enqueue(&env, "LEDGER-RR", "a", &[]);
+        let b = enqueue(&env, "LEDGER-RR", "b", &[]);
+        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-RR")).await;
+        let first = recv_command(&mut device).await;
+        let second = recv_command(&mut device).await;
+        assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
+        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+
+        // Redis killed and started again on its data (appendfsync always):
+        // A's settlement and B's SENT survive; B's result, sent while Redis
+        // is away, waits in the driver until it can be stored.
+        fleet.redis.restart().unwrap();
+        device.send(&ok_result(2, second.command_id)).await.unwrap();
+        loop {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Ack(ack) if ack.event_id == 2 => break,
+                ServerFrame::Ack(_) => {}
+                other => panic!("expected ACK, got {other:?}"),
+            }
+        }
+        // A command queued after the restart reaches the same session, once.
+        let c = eventually_enqueued(&env, "LEDGER-RR", "c").await;
+        let third = recv_command(&mut device).await;
+        assert_eq!(id_of(&third), c);
+        assert!(
+            answer(&mut device, 3, third.command_id).await.is_empty(),
+            "nothing sent twice"
+        );
+        eventually("the ledger empties", WAIT, || async {
+            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-RR").await
+        })
+        .await;
+        for id in [&a, &b, &c] {
+            assert_eq!(
+                outcomes_of(&mut fleet.redis().await, id).await,
+                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
+                "{id}: sent once (its session never ended), one result"
+            );
+        }
+    });
+}
+
+/// Queues a command once the driver has its subscription back (after a
+/// Redis restart): the enqueue's wake-up must find it.
+async fn eventually_enqueued(env: &[(&str, &str)], serial: &str, name: &str) -> String {
+    let url = env.iter().find(|(k, _)| *k == "REDIS_URL").unwrap().1.to_owned();
+    eventually("the driver to subscribe again after the restart", WAIT, || {
+        let url = url.clone();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(format!("cwp:cmd:{serial}"))
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            subscribers.first().is_some_and(|(_, n)| *n == 1)
+        }
+    })
+    .await;
+    enqueue(env, serial, name, &[])
+}

@@ -202,6 +202,16 @@ impl Layout {
         }
     }
 
+    /// When `partition`'s ledgers next have a command to expire: a sorted
+    /// set, member = serial, score = Unix ms at or before which its ledger
+    /// holds a command past its ttl (early is harmless: the sweep finds
+    /// nothing and moves the score on). The bridge sweeps it, so that a
+    /// command expires with an `EXPIRED` outcome while its device stays
+    /// away, not only when its ledger is next read.
+    pub fn ledger_due(&self, partition: Partition) -> String {
+        self.in_partition(partition, "ledger-due", "cwp:ledger-due")
+    }
+
     /// The stream of the durable commands' outcomes of `partition`'s
     /// devices ([`crate::outcome_fields`]).
     pub fn command_outcomes(&self, partition: Partition) -> String {
@@ -357,6 +367,7 @@ mod tests {
         assert_eq!(layout.event_streams(), ["cwp:events"]);
         assert_eq!(layout.ledger(&device), "cwp:ledger:CTRL-0042");
         assert_eq!(layout.command_outcomes(p), "cwp:cmd-outcomes");
+        assert_eq!(layout.ledger_due(p), "cwp:ledger-due");
     }
 
     #[test]
@@ -368,6 +379,7 @@ mod tests {
             let events = slot(layout.events(p).as_bytes());
             assert_eq!(slot(layout.ledger(&device).as_bytes()), events);
             assert_eq!(slot(layout.command_outcomes(p).as_bytes()), events);
+            assert_eq!(slot(layout.ledger_due(p).as_bytes()), events);
             assert_eq!(slot(layout.device(&device).as_bytes()), events);
         }
     }

@@ -16,8 +16,9 @@
 //! | `cwp:device:{serial}` | [`Layout::device`], [`device_fields`] | hash | bridge | The device registry: whether the device is online, where and since when, and its last event id. |
 //! | `cwp:cmd:{serial}` | [`COMMANDS`], [`command_fields`] | pub/sub channel | operators | Commands for a device, as JSON; its driver subscribes while the device is connected. |
 //! | `cwp:cmd-result:{serial}` | [`COMMAND_RESULTS`], [`result_fields`] | pub/sub channel | bridge | A device's command result as JSON, or the notice of a command that never reached it. |
-//! | `cwp:ledger:{serial}` | [`Layout::ledger`], [`ledger_fields`], [`ledger`] | hash | operators, bridge | A device's durable commands not yet answered, expired or cancelled, in order; it expires with its last command. |
+//! | `cwp:ledger:{serial}` | [`Layout::ledger`], [`ledger_fields`], [`ledger`] | hash | operators, bridge | A device's durable commands not yet answered, expired or cancelled, in order; it expires an hour after its last command's ttl (the bridge's sweep records the `EXPIRED` outcomes first). |
 //! | `cwp:cmd-outcomes` | [`Layout::command_outcomes`], [`outcome_fields`] | stream | operators, bridge | Every outcome of every durable command, as published on `cwp:cmd-result:{serial}`. |
+//! | `cwp:ledger-due` | [`Layout::ledger_due`] | sorted set | operators, bridge | Which ledgers have a command to expire, and from when: member = serial, score = Unix ms. |
 //! | `cwp:cmd-rejected` | [`REJECTED_COMMANDS`], [`rejection_fields`] | stream | bridge | Every command that never reached its device, and why. |
 //! | `cwp:driver:{driver_id}` | [`DRIVER_CONTROL`], [`control_fields`] | pub/sub channel | bridge | Control messages for one driver process (a session superseded elsewhere). |
 //! | `cwp:driver-devices:{driver_id}` | [`Layout::driver_devices`] | set | bridge | The serials whose current session lives on that driver. |
@@ -379,6 +380,7 @@ mod tests {
             per_device(COMMAND_RESULTS),
             "cwp:ledger:{serial}".to_owned(),
             "cwp:cmd-outcomes".to_owned(),
+            "cwp:ledger-due".to_owned(),
             REJECTED_COMMANDS.to_owned(),
             per_driver(DRIVER_CONTROL),
             "cwp:driver-devices:{driver_id}".to_owned(),
@@ -441,6 +443,7 @@ mod tests {
         assert_eq!(UPLOADS, "cwp:uploads");
         assert_eq!(single.ledger(&device), "cwp:ledger:CTRL-0042");
         assert_eq!(single.command_outcomes(only), "cwp:cmd-outcomes");
+        assert_eq!(single.ledger_due(only), "cwp:ledger-due");
         assert_eq!(
             single.upload_recorded(&device, "6f1c2b1e-0000-4000-8000-000000000001"),
             "cwp:upload-recorded:CTRL-0042:6f1c2b1e-0000-4000-8000-000000000001"
@@ -455,6 +458,7 @@ mod tests {
         assert_eq!(partitioned.device(&device), format!("cwp:{{{tag}}}:device:CTRL-0042"));
         assert_eq!(partitioned.ledger(&device), format!("cwp:{{{tag}}}:ledger:CTRL-0042"));
         assert_eq!(partitioned.command_outcomes(p), format!("cwp:{{{tag}}}:cmd-outcomes"));
+        assert_eq!(partitioned.ledger_due(p), format!("cwp:{{{tag}}}:ledger-due"));
         assert_eq!(partitioned.driver_devices("driver-1"), "cwp:driver-devices:{driver-1}");
         assert_eq!(
             partitioned.driver_instance("driver-1"),
@@ -614,6 +618,8 @@ mod tests {
             Layout::partitioned(2).unwrap().ledger_pattern(),
             "cwp:cmd-outcomes",
             "cwp:{p*}:cmd-outcomes",
+            "cwp:ledger-due",
+            "cwp:{p*}:ledger-due",
         ]);
         bridge.extend(channels(&[
             DRIVER_CONTROL.pattern(),

@@ -61,6 +61,7 @@ pub mod service;
 pub mod stats;
 pub mod store;
 mod stream;
+pub mod sweep;
 pub mod title;
 mod tls;
 
@@ -132,6 +133,7 @@ pub async fn serve(
         reporter,
     };
     tasks.spawn(watcher.run(draining_watch.clone(), lifecycle.abandon.clone()));
+    tasks.spawn(sweep::run(store.clone(), Arc::clone(&stats), draining_watch.clone()));
     if let Some(title) = title {
         tasks.spawn(title::refresh(
             title,

@@ -109,6 +109,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "ledger_commands_expired",
+            "Durable commands the ledger sweep expired: their ttl passed before a result",
+            now.ledger_expired,
+        )?;
+        counter(
+            &mut encoder,
             "take_commands_calls",
             "TakeCommands calls, empty answers included (a session of a device whose ledger is empty makes none)",
             now.take_commands_calls,

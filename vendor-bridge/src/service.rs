@@ -333,8 +333,8 @@ impl VendorBridge for Bridge {
             .take_commands(&serial, &session, request.max_in_flight, max_bytes)
             .await
             .map_err(|err| self.failed("TakeCommands", &err))?;
-        let mut commands = Vec::with_capacity(taken.len());
-        for command in taken {
+        let mut commands = Vec::with_capacity(taken.commands.len());
+        for command in taken.commands {
             let Ok(id) = uuid::Uuid::parse_str(&command.id) else {
                 // The enqueue script admits UUIDs only.
                 warn!(%serial, id = command.id, "a ledger entry's id is not a UUID; skipped");
@@ -352,7 +352,17 @@ impl VendorBridge for Bridge {
             });
         }
         self.stats.add_ledger_sent(commands.len() as u64);
-        Ok(Response::new(TakeCommandsReply { commands }))
+        let unanswered = taken
+            .unanswered
+            .iter()
+            .filter_map(|id| uuid::Uuid::parse_str(id).ok())
+            .map(|id| id.as_bytes().to_vec())
+            .collect();
+        Ok(Response::new(TakeCommandsReply {
+            commands,
+            waiting: taken.waiting,
+            unanswered,
+        }))
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Stats {
     /// `TakeCommands` calls admitted, empty answers included: what a
     /// session costs beyond `OpenSession` (none for an empty ledger).
     take_commands_calls: AtomicU64,
+    /// Durable commands the ledger sweep expired (ttl passed before a
+    /// result).
+    ledger_expired: AtomicU64,
 }
 
 /// What the bridge knows of Redis's durability, as operators see it (the
@@ -144,6 +147,8 @@ pub struct StatsSnapshot {
     pub ledger_sent: u64,
     /// See [`Stats`].
     pub take_commands_calls: u64,
+    /// See [`Stats`].
+    pub ledger_expired: u64,
 }
 
 impl Stats {
@@ -170,6 +175,7 @@ impl Stats {
             unmatched_results: self.unmatched_results.load(Ordering::Relaxed),
             ledger_sent: self.ledger_sent.load(Ordering::Relaxed),
             take_commands_calls: self.take_commands_calls.load(Ordering::Relaxed),
+            ledger_expired: self.ledger_expired.load(Ordering::Relaxed),
         }
     }
 
@@ -207,6 +213,10 @@ impl Stats {
 
     pub(crate) fn add_ledger_sent(&self, commands: u64) {
         self.ledger_sent.fetch_add(commands, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_ledger_expired(&self, commands: u64) {
+        self.ledger_expired.fetch_add(commands, Ordering::Relaxed);
     }
 
     pub(crate) fn add_take_commands_call(&self) {

@@ -49,6 +49,7 @@ struct Scripts {
     record_upload: Script,
     record_layout: Script,
     ledger_take: Script,
+    ledger_sweep: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -60,6 +61,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     record_upload: Script::new(include_str!("scripts/record_upload.lua")),
     record_layout: Script::new(include_str!("scripts/record_layout.lua")),
     ledger_take: Script::new(include_str!("scripts/ledger_take.lua")),
+    ledger_sweep: Script::new(include_str!("scripts/ledger_sweep.lua")),
 });
 
 /// A failed Redis operation. All of them are worth retrying: Redis down,
@@ -175,6 +177,27 @@ pub struct CommandRejection<'a> {
     /// The JSON published on the device's result channel
     /// ([`schema::COMMAND_RESULTS`]).
     pub notice: &'a str,
+}
+
+/// What one sweep of the due ledgers did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sweep {
+    /// Commands expired.
+    pub expired: u64,
+    /// Whether a partition had more ledgers due than one sweep takes.
+    pub more_due: bool,
+}
+
+/// What `TakeCommands` takes from a ledger for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TakenCommands {
+    /// The commands to send now, in order.
+    pub commands: Vec<TakenCommand>,
+    /// How many more the ledger holds that the session was not sent.
+    pub waiting: u32,
+    /// The ids (hyphenated) sent in the session and still pending, those
+    /// just taken included.
+    pub unanswered: Vec<String>,
 }
 
 /// A durable command to send now (`TakeCommands`).
@@ -506,10 +529,10 @@ impl Store {
         session: &str,
         max_in_flight: u32,
         max_bytes: u32,
-    ) -> Result<Vec<TakenCommand>, StoreError> {
+    ) -> Result<TakenCommands, StoreError> {
         let partition = self.layout.partition_of(serial);
         let mut connection = self.connection();
-        let (flat, notices): (Vec<String>, Vec<String>) = invoke(
+        let (flat, notices, waiting, unanswered): (Vec<String>, Vec<String>, u32, Vec<String>) = invoke(
             SCRIPTS
                 .ledger_take
                 .key(self.layout.ledger(serial))
@@ -524,12 +547,12 @@ impl Store {
         .await?;
         wait_for_replicas(&mut connection, self.wait, &self.layout.ledger(serial)).await?;
         let channel = schema::COMMAND_RESULTS.name(serial);
-        for notice in &notices {
-            if let Err(err) = publish(&mut connection, &channel, notice).await {
-                tracing::warn!(error = %err, %channel, "could not publish a durable command's outcome");
-            }
-        }
-        Ok(flat
+        publish_all(
+            &connection,
+            notices.iter().map(|notice| (channel.clone(), notice.as_str())),
+        )
+        .await;
+        let commands = flat
             .chunks_exact(4)
             .map(|four| TakenCommand {
                 id: four[0].clone(),
@@ -537,7 +560,70 @@ impl Store {
                 body_b64: four[2].clone(),
                 attempt: four[3].parse().unwrap_or(1),
             })
-            .collect())
+            .collect();
+        Ok(TakenCommands {
+            commands,
+            waiting,
+            unanswered,
+        })
+    }
+
+    /// Expires the durable commands whose ttl has passed, in every
+    /// partition (at most `per_partition` ledgers each): each leaves its
+    /// ledger with its `EXPIRED` outcome, appended and published; a driver
+    /// whose live session held one is woken to give the session the
+    /// commands that waited behind it.
+    pub async fn sweep_ledgers(&self, per_partition: usize) -> Result<Sweep, StoreError> {
+        let mut connection = self.connection();
+        let now = drover_service::clock::unix_ms();
+        let mut sweep = Sweep::default();
+        for partition in self.layout.partitions() {
+            let due_key = self.layout.ledger_due(partition);
+            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&due_key)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(per_partition)
+                .query_async(&mut connection)
+                .await?;
+            sweep.more_due |= due.len() >= per_partition;
+            for member in due {
+                let Ok(serial) = member.parse::<Serial>() else {
+                    // Not written by our scripts: drop it from the index.
+                    redis::cmd("ZREM")
+                        .arg(&due_key)
+                        .arg(&member)
+                        .query_async::<()>(&mut connection)
+                        .await?;
+                    continue;
+                };
+                let (notices, wake): (Vec<String>, u8) = invoke(
+                    SCRIPTS
+                        .ledger_sweep
+                        .key(self.layout.ledger(&serial))
+                        .key(self.layout.command_outcomes(partition))
+                        .key(&due_key)
+                        .key(self.layout.device(&serial))
+                        .arg(serial.as_str()),
+                    &mut connection,
+                )
+                .await?;
+                wait_for_replicas(&mut connection, self.wait, &due_key).await?;
+                sweep.expired += notices.len() as u64;
+                let channel = schema::COMMAND_RESULTS.name(&serial);
+                publish_all(
+                    &connection,
+                    notices.iter().map(|notice| (channel.clone(), notice.as_str())),
+                )
+                .await;
+                if wake == 1 {
+                    wake_driver(&mut connection, &serial).await;
+                }
+            }
+        }
+        Ok(sweep)
     }
 
     /// Appends an `upload_completed` record once per upload
@@ -574,6 +660,20 @@ async fn publish(connection: &mut Connection, channel: &str, message: &str) -> R
         .arg(message)
         .query_async::<()>(connection)
         .await
+}
+
+/// Publishes every `(channel, message)` at once (the connection pipelines
+/// them: one round trip, not one per message), logging those that fail.
+async fn publish_all<'a>(connection: &Connection, messages: impl Iterator<Item = (String, &'a str)>) {
+    let publishing = messages.map(|(channel, message)| {
+        let mut connection = connection.clone();
+        async move {
+            if let Err(err) = publish(&mut connection, &channel, message).await {
+                tracing::warn!(error = %err, %channel, "could not publish a durable command's outcome");
+            }
+        }
+    });
+    futures::future::join_all(publishing).await;
 }
 
 /// Tells the driver holding `serial`'s session that its ledger has
@@ -746,7 +846,7 @@ impl EventWriter {
         let mut failure = None;
         for outcome in outcomes {
             match outcome {
-                Ok((index, (counts, notices, wakes, unmatched))) => {
+                Ok((index, (counts, notices, unmatched))) => {
                     let call = &self.calls[index];
                     if counts.len() != batches.len() {
                         failure.get_or_insert(StoreError::from(RedisError::from((
@@ -760,17 +860,16 @@ impl EventWriter {
                         *total += count;
                     }
                     debug_assert!(call.per_batch.len() == batches.len());
-                    for pair in notices.chunks_exact(2) {
-                        let channel = schema::COMMAND_RESULTS.name(&pair[0].parse().unwrap_or(call.serials[0]));
-                        if let Err(err) = publish(&mut self.connection, &channel, &pair[1]).await {
-                            // Stored: the result is in the stream; only the
-                            // live notice is lost.
-                            tracing::warn!(error = %err, %channel, "could not publish a command result");
-                        }
-                    }
-                    for serial in wakes.iter().filter_map(|serial| serial.parse::<Serial>().ok()) {
-                        wake_driver(&mut self.connection, &serial).await;
-                    }
+                    // Stored: the results are in the stream; a notice
+                    // not published is only a live notice lost.
+                    publish_all(
+                        &self.connection,
+                        notices.chunks_exact(2).map(|pair| {
+                            let serial = pair[0].parse().unwrap_or(call.serials[0]);
+                            (schema::COMMAND_RESULTS.name(&serial), pair[1].as_str())
+                        }),
+                    )
+                    .await;
                     self.unmatched_results += unmatched;
                 }
                 Err(err) => {
@@ -921,10 +1020,9 @@ impl PartitionCall {
 }
 
 /// What one `store_events` call answers: the counts per batch, the
-/// (serial, notice) pairs to publish, the serials whose driver to wake
-/// for more durable commands, and the results for durable commands never
-/// sent.
-type StoreEventsReply = (Vec<u32>, Vec<String>, Vec<String>, u64);
+/// (serial, notice) pairs to publish, and the results for durable commands
+/// never sent.
+type StoreEventsReply = (Vec<u32>, Vec<String>, u64);
 
 /// Runs a built `store_events` call, loading the script if the node lacks
 /// it.
@@ -946,8 +1044,9 @@ mod tests {
         device_fields, event_fields, layout_fields, ledger_fields, outcome_fields, result_fields, upload_fields,
     };
 
-    const SCRIPT_SOURCES: [(&str, &str); 10] = [
+    const SCRIPT_SOURCES: [(&str, &str); 11] = [
         ("ledger_take", include_str!("scripts/ledger_take.lua")),
+        ("ledger_sweep", include_str!("scripts/ledger_sweep.lua")),
         ("ledger_enqueue", drover_schema::ledger::ENQUEUE_SCRIPT),
         ("ledger_cancel", drover_schema::ledger::CANCEL_SCRIPT),
         ("store_events", include_str!("scripts/store_events.lua")),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cwp::{Serial, SessionId};
+use cwp::{CommandId, Serial, SessionId};
 use drover_proto::auth::{AttachToken, BearerToken};
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{
@@ -119,6 +119,20 @@ pub struct OpenedSession {
     /// Whether the device's ledger may hold durable commands: false only
     /// when the bridge said it held none (an older bridge says nothing).
     pub may_have_commands: bool,
+}
+
+/// What `TakeCommands` hands a session.
+#[derive(Debug, Clone, Default)]
+pub struct TakenCommands {
+    /// The commands to send now, in the ledger's order.
+    pub commands: Vec<drover_proto::bridge::LedgerCommand>,
+    /// How many more the ledger holds for the device, not sent in this
+    /// session (an older bridge says 0).
+    pub waiting: u32,
+    /// What the session holds from the ledger's view: the commands sent
+    /// in it and not answered, those above included (an older bridge says
+    /// none).
+    pub unanswered: Vec<CommandId>,
 }
 
 impl BridgeClient {
@@ -240,7 +254,7 @@ impl BridgeClient {
         session_id: &SessionId,
         max_in_flight: u32,
         max_payload: u32,
-    ) -> Result<Vec<drover_proto::bridge::LedgerCommand>, tonic::Status> {
+    ) -> Result<TakenCommands, tonic::Status> {
         let mut request = tonic::Request::new(TakeCommandsRequest {
             serial: serial.to_string(),
             session_id: session_id.0.to_vec(),
@@ -249,7 +263,17 @@ impl BridgeClient {
             max_payload,
         });
         request.set_timeout(CALL_TIMEOUT);
-        Ok(self.client.clone().take_commands(request).await?.into_inner().commands)
+        let reply = self.client.clone().take_commands(request).await?.into_inner();
+        Ok(TakenCommands {
+            commands: reply.commands,
+            waiting: reply.waiting,
+            unanswered: reply
+                .unanswered
+                .iter()
+                .filter_map(|id| <[u8; 16]>::try_from(id.as_slice()).ok())
+                .map(CommandId)
+                .collect(),
+        })
     }
 
     /// Appends an `upload_completed` record (once per upload).

@@ -39,6 +39,62 @@ pub struct StormRun {
     /// Durable commands queued for every device before the storm, and how
     /// fast they were enqueued.
     pub queued: Option<Enqueued>,
+    /// With commands queued: how long until every one was answered.
+    pub delivery: Option<Delivery>,
+}
+
+/// The delivery of every queued command after a storm (`--storm-queued`):
+/// the devices hold their sessions and answer each command as it comes.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// Commands answered and settled.
+    pub commands: u64,
+    /// From the simulator's start to the last command settled.
+    pub seconds: f64,
+}
+
+impl Delivery {
+    /// Commands settled per second, over the whole delivery.
+    pub fn rate(&self) -> f64 {
+        self.commands as f64 / self.seconds
+    }
+}
+
+/// How many outcomes the bench waits for: each of `commands` has its
+/// QUEUED, SENT and result outcome (a redelivery adds a SENT); then no
+/// ledger is left.
+fn all_settled(redis_url: &str, commands: u64) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = redis::Client::open(redis_url)?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let layout = drover_schema::Layout::SINGLE;
+        let outcomes: u64 = redis::cmd("XLEN")
+            .arg(layout.outcome_streams())
+            .query_async(&mut redis)
+            .await?;
+        if outcomes < 3 * commands {
+            return Ok(false);
+        }
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(layout.ledger_pattern())
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                return Ok(false);
+            }
+            if next == 0 {
+                return Ok(true);
+            }
+            cursor = next;
+        }
+    })
 }
 
 /// Durable commands queued before a storm (`--storm-queued`).
@@ -90,9 +146,10 @@ fn enqueue_before(redis_url: &str, devices: u64, per_device: u64) -> anyhow::Res
                 let partition = layout.partition_of(serial);
                 pipe.cmd("EVALSHA")
                     .arg(script.get_hash())
-                    .arg(2)
+                    .arg(3)
                     .arg(layout.ledger(serial))
                     .arg(layout.command_outcomes(partition))
+                    .arg(layout.ledger_due(partition))
                     .arg(serial.as_str())
                     .arg(uuid::Uuid::new_v4().hyphenated().to_string())
                     .arg("reboot")
@@ -115,6 +172,12 @@ fn enqueue_before(redis_url: &str, devices: u64, per_device: u64) -> anyhow::Res
                 pipe.cmd("HINCRBY").arg(&key).arg("seq").arg(1).ignore();
                 pipe.cmd("HSET").arg(&key).arg(&id).arg(entry).ignore();
                 pipe.cmd("PEXPIRE").arg(&key).arg(drover_schema::ledger::DEFAULT_TTL_MS).ignore();
+                pipe.cmd("ZADD")
+                    .arg("bench:raw-ledger-due")
+                    .arg("LT")
+                    .arg(drover_schema::ledger::DEFAULT_TTL_MS)
+                    .arg(serial.as_str())
+                    .ignore();
                 pipe.cmd("XADD")
                     .arg("bench:raw-outcomes")
                     .arg("MAXLEN")
@@ -198,17 +261,19 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize], queued: u6
         } else {
             None
         };
+        // With commands queued the devices stay to answer them all.
+        let (then, duration) = if queued > 0 { ("hold", "900s") } else { ("end", "120s") };
         let args: Vec<String> = [
             "--target",
             &rig.target(),
             "--scenario",
             "storm",
             "--storm-then",
-            "end",
+            then,
             "--devices",
             &devices.to_string(),
             "--duration",
-            "120s",
+            duration,
             "--grace",
             "2s",
             "--source-ips",
@@ -231,11 +296,24 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize], queued: u6
             ctx.work_dir.join(format!("storm-{drivers}.json")),
         )?;
         let mut timeline = Vec::new();
+        let mut delivery = None;
+        let commands = devices * queued;
+        let mut next_check = Instant::now();
         while storm.is_running() {
             timeline.push(TimelineSample {
                 seconds: started.elapsed().as_secs_f64(),
                 sessions: rig.sessions(),
             });
+            if queued > 0 && Instant::now() >= next_check {
+                if all_settled(&rig.fleet.redis_url, commands)? {
+                    delivery = Some(Delivery {
+                        commands,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    break;
+                }
+                next_check = Instant::now() + Duration::from_millis(500);
+            }
             std::thread::sleep(TIMELINE_INTERVAL);
         }
         // The devices said BYE as the simulator ended: the last sample shows the drop.
@@ -243,7 +321,11 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize], queued: u6
             seconds: started.elapsed().as_secs_f64(),
             sessions: rig.sessions(),
         });
-        let summary: SimSummary = storm.finish(Duration::from_secs(60))?;
+        let summary: SimSummary = if delivery.is_some() {
+            storm.stop(Duration::from_secs(60))?
+        } else {
+            storm.finish(Duration::from_secs(60))?
+        };
         let cpu = cpu_by_name(&meter.stop());
         drop(rig);
         runs.push(StormRun {
@@ -254,6 +336,7 @@ pub fn run(ctx: &BenchContext, devices: u64, driver_counts: &[usize], queued: u6
             command: format!("CWP_MASTER_KEY=… controller-sim {} --json", args.join(" ")),
             timeline,
             queued: enqueued,
+            delivery,
         });
     }
     Ok(StormResult { devices, runs })
@@ -316,11 +399,21 @@ impl StormResult {
         for run in &self.runs {
             let _ = writeln!(text, "\n{} driver(s): `{}`", run.drivers, run.command);
             if let Some(queued) = run.queued {
+                let delivered = match run.delivery {
+                    Some(delivery) => format!(
+                        "all {} were answered and settled {:.1} s after the first connect: **{} commands/s** delivered",
+                        thousands(delivery.commands as f64),
+                        delivery.seconds,
+                        thousands(delivery.rate())
+                    ),
+                    None => "**not all were answered** before the simulator's end".to_owned(),
+                };
                 let _ = writeln!(
                     text,
                     "\nEvery device had {} durable commands queued (README, Durable commands): enqueued at {} commands/s \
                      (the enqueue script, pipelined {ENQUEUE_PIPELINE} deep) against {} commands/s for the same writes as plain \
-                     commands; {} commands reached the devices during the storm, command → result ACK p50 {}, p99 {}.",
+                     commands, in the same run; {delivered} (the devices held their sessions and answered each command \
+                     at once); {} commands received in all, command → result `ACK` p50 {}, p99 {}.",
                     queued.per_device,
                     thousands(queued.script_rate),
                     thousands(queued.raw_rate),

@@ -6,6 +6,7 @@
 -- KEYS[1] the device's ledger (Layout::ledger)
 -- KEYS[2] the outcomes stream of the device's partition
 --         (Layout::command_outcomes; the same slot as KEYS[1])
+-- KEYS[3] the partition's expiry index (Layout::ledger_due; the same slot)
 -- ARGV[1] the serial
 -- ARGV[2] the command's id: a UUID, hyphenated (lowercased here)
 -- ARGV[3] its name, 1-255 bytes
@@ -25,13 +26,17 @@
 --
 -- A ledger is a hash: field seq, the last sequence number given out, and
 -- one field per pending command, its id, whose value is a JSON entry
--- (ledger_fields). The hash expires with its last command's ttl, so an
--- abandoned ledger leaves Redis by itself.
-local ledger, outcomes = KEYS[1], KEYS[2]
+-- (ledger_fields). The expiry index gets the serial with the command's
+-- expiry (or keeps an earlier one): the bridge's sweep expires each command
+-- when its ttl passes, with its EXPIRED outcome, whether or not the device
+-- comes back. The hash itself expires an hour after its last command's
+-- ttl, so that a ledger nobody sweeps still leaves Redis by itself.
+local ledger, outcomes, due = KEYS[1], KEYS[2], KEYS[3]
 local serial, name, body = ARGV[1], ARGV[3], ARGV[4]
 local id = string.lower(ARGV[2])
 local ttl, max_queued = tonumber(ARGV[5]), tonumber(ARGV[6])
 local OUTCOMES_MAXLEN = 100000
+local GRACE_MS = 3600000
 
 local x = '%x'
 local uuid = '^' .. string.rep(x, 8) .. '%-' .. string.rep(x, 4) .. '%-' .. string.rep(x, 4) .. '%-'
@@ -93,8 +98,9 @@ redis.call('HSET', ledger, id, cjson.encode({
   ['name'] = name, ['body_b64'] = body, ['seq'] = seq, ['enqueued_ms'] = now,
   ['expires_ms'] = expires, ['state'] = 'QUEUED', ['attempts'] = 0}))
 local left = redis.call('PTTL', ledger)
-if left < ttl then
-  redis.call('PEXPIRE', ledger, ttl)
+if left < ttl + GRACE_MS then
+  redis.call('PEXPIRE', ledger, ttl + GRACE_MS)
 end
+redis.call('ZADD', due, 'LT', expires, serial)
 table.insert(notices, 1, outcome(id, 'QUEUED', {['expires_ms'] = expires}))
 return {'QUEUED', id, unpack(notices)}

@@ -11,9 +11,14 @@
 -- ARGV[4] the most bytes of name and body a command may have for the
 --         device (its payload limit less the frame's fixed part)
 --
--- Returns {commands, notices}: commands is a flat list of (id, name,
--- body_b64, attempt); notices the JSON outcomes to publish on the device's
--- result channel (SENT, EXPIRED, REJECTED), each also in KEYS[2].
+-- Returns {commands, notices, waiting, unanswered}: commands is a flat list of (id,
+-- name, body_b64, attempt); notices the JSON outcomes to publish on the
+-- device's result channel (SENT, EXPIRED, REJECTED), each also in KEYS[2];
+-- waiting the number of commands left that this session was not sent (held
+-- back by ARGV[3]: the driver asks again as the device answers); and
+-- unanswered, the ids sent in this session still pending, those just sent
+-- included (the driver's count of what its session holds starts again from
+-- it, so a command that expired unanswered stops counting).
 --
 -- A command is sent when it was never sent, or was sent in another
 -- session (one that ended before its result: at least once, with the same
@@ -27,7 +32,7 @@ local OUTCOMES_MAXLEN = 100000
 
 local live = redis.call('HMGET', device, 'online', 'session')
 if live[1] ~= '1' or live[2] ~= session then
-  return {{}, {}}
+  return {{}, {}, 0, {}}
 end
 
 local clock = redis.call('TIME')
@@ -68,7 +73,9 @@ end
 table.sort(entries, function(a, b) return a['seq'] < b['seq'] end)
 
 local commands = {}
+local unanswered = {}
 local in_flight = 0
+local waiting = 0
 for _, entry in ipairs(entries) do
   local id = entry.id
   if now >= entry['expires_ms'] then
@@ -76,6 +83,7 @@ for _, entry in ipairs(entries) do
     outcome(id, 'EXPIRED', {['attempt'] = entry['attempts']})
   elseif entry['state'] == 'SENT' and entry['session'] == session then
     in_flight = in_flight + 1
+    unanswered[#unanswered + 1] = id
   elseif in_flight < max_in_flight then
     local size = #entry['name'] + decoded_length(entry['body_b64'])
     if size > max_bytes then
@@ -94,10 +102,13 @@ for _, entry in ipairs(entries) do
       commands[#commands + 1] = entry['attempts']
       outcome(id, 'SENT', {['attempt'] = entry['attempts']})
       in_flight = in_flight + 1
+      unanswered[#unanswered + 1] = id
     end
+  else
+    waiting = waiting + 1
   end
 end
 if redis.call('HLEN', ledger) == 1 then
   redis.call('DEL', ledger)
 end
-return {commands, notices}
+return {commands, notices, waiting, unanswered}

@@ -24,13 +24,14 @@
 -- result), the JSON notice to publish, the command's id ('' when
 -- unreadable) and the index in KEYS of its serial's ledger.
 --
--- Returns {counts, notices, wakes, unmatched}: per batch, how many of its
--- events were appended to KEYS[1]; for each command result newly stored
--- and to be published, its serial and notice (the bridge publishes them on
--- the serial's result channel, of another slot on a cluster); the serials
--- whose ledger has more commands after one was settled (the bridge wakes
--- their driver); and how many results answered a durable command that was
--- never sent (ignored: counted, not published, the command stays).
+-- Returns {counts, notices, unmatched}: per batch, how many of its events
+-- were appended to KEYS[1]; for each command result newly stored and to be
+-- published, its serial and notice (the bridge publishes them on the
+-- serial's result channel, of another slot on a cluster); and how many
+-- results answered a durable command that was never sent (ignored:
+-- counted, not published, the command stays). Nobody is woken when a
+-- settled command leaves more in its ledger: the driver that stored the
+-- result hands its session more by itself (TakeCommands' `waiting`).
 --
 -- A command result newly stored settles its durable command, here, in the
 -- same call: when the device's ledger holds the id as SENT, the command
@@ -99,7 +100,6 @@ local advanced = {} -- serial index -> true once its mark moved
 local seen = {}     -- serial index -> received_ms of its latest event
 local stored = {}
 local notices = {}
-local wakes = {}
 local unmatched = 0
 
 -- Settles the durable command a newly stored result answers; whether its
@@ -122,9 +122,7 @@ local function settle(serial, command, ledger, notice, received_ms)
   call('HDEL', ledger, command)
   call('XADD', outcomes, 'MAXLEN', '~', OUTCOMES_MAXLEN, '*',
     'serial', serial, 'id', command, 'status', status, 'time_ms', received_ms, 'notice', notice)
-  if call('HLEN', ledger) > 1 then
-    wakes[#wakes + 1] = serial
-  else
+  if call('HLEN', ledger) <= 1 then
     call('DEL', ledger)
   end
   return true
@@ -175,4 +173,4 @@ end
 for j = 1, refresh do
   call('HSET', KEYS[3 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
-return {stored, notices, wakes, unmatched}
+return {stored, notices, unmatched}
