@@ -121,6 +121,105 @@ Examples:
         after_help = "Examples:\n  CWP_MASTER_KEY=$(cat master.key) drover key CTRL-0042\n  drover key CTRL-0042 --json"
     )]
     Key(KeyArgs),
+    /// The file store (FILES_DIR) that rollouts send from.
+    #[command(subcommand)]
+    Files(FilesCommand),
+    /// Rollouts: a stored file sent to a set of devices (README, Rollouts).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+/// `drover files`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Adds a file to FILES_DIR (atomic, idempotent) and prints its SHA-256.
+    #[command(
+        after_help = "Examples:\n  drover files add firmware-2.1.bin\n  drover rollout start --file $(drover files add fw.bin) --serials-file fleet.txt"
+    )]
+    Add(FilesAddArgs),
+}
+
+/// `drover files add`.
+#[derive(Debug, Args)]
+pub struct FilesAddArgs {
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// `drover rollout`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Starts a rollout of a stored file to devices; prints its id.
+    #[command(after_help = "\
+Examples:
+  drover rollout start --file 3a7b... --serials CTRL-0001,CTRL-0002
+  drover rollout start --file 3a7b... --serials-file fleet.txt --max-active 50 --retries 2 --expires 7d
+
+Devices online now are offered the file at once (at most --max-active
+transfers at a time, fleet-wide); the others when they next connect, until
+--expires.")]
+    Start(RolloutStartArgs),
+    /// A rollout's state, its targets counted by state, and bytes
+    /// acknowledged; with --follow, a live progress line until it settles.
+    #[command(
+        after_help = "Examples:\n  drover rollout status 6f1c2b1e-0000-4000-8000-000000000001\n  drover rollout status ID --json\n  drover rollout status ID --follow\n\nExit code 7 when there is no such rollout."
+    )]
+    Status(RolloutStatusArgs),
+    /// Pauses a rollout: no transfer starts, active ones stop between
+    /// chunks (devices keep what they have).
+    Pause(RolloutIdArgs),
+    /// Resumes a paused rollout.
+    Resume(RolloutIdArgs),
+    /// Cancels a rollout for good: active transfers stop between chunks.
+    Cancel(RolloutIdArgs),
+}
+
+/// `drover rollout start`.
+#[derive(Debug, Args)]
+pub struct RolloutStartArgs {
+    /// The file's SHA-256, as `drover files add` printed it.
+    #[arg(long, value_name = "SHA256")]
+    pub file: String,
+    /// The target devices, comma-separated.
+    #[arg(
+        long,
+        value_name = "S1,S2,...",
+        value_delimiter = ',',
+        required_unless_present = "serials_file",
+        conflicts_with = "serials_file"
+    )]
+    pub serials: Vec<String>,
+    /// The target devices, one serial a line (blank lines and # comments
+    /// are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub serials_file: Option<PathBuf>,
+    /// Transfers at once, fleet-wide.
+    #[arg(long, default_value_t = drover_schema::rollout::DEFAULT_MAX_ACTIVE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_active: u32,
+    /// Offers again after a DIGEST_MISMATCH, at most.
+    #[arg(long, default_value_t = drover_schema::rollout::DEFAULT_RETRIES)]
+    pub retries: u32,
+    /// No transfer starts after this long (7d, 12h, 30m).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub expires: Duration,
+}
+
+/// `drover rollout status`.
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// The rollout's id.
+    pub id: String,
+    /// Redraw a progress line every second until no target is pending or
+    /// active (on a terminal; otherwise one line per change).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// `drover rollout pause|resume|cancel`.
+#[derive(Debug, Args)]
+pub struct RolloutIdArgs {
+    /// The rollout's id.
+    pub id: String,
 }
 
 /// `drover devices`.

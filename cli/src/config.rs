@@ -26,8 +26,29 @@ pub const MAX_QUEUED: Variable = Variable {
     help: "`drover send --queue`: the most durable commands a device may have pending; beyond it the command is refused (exit code 8), nothing is dropped",
 };
 
+/// `FILES_DIR`.
+pub const FILES_DIR: Variable = Variable {
+    name: "FILES_DIR",
+    default: Some("./data/files"),
+    help: "`drover files add`, `drover rollout start`: the file store the drivers send rollouts from (the same directory as theirs)",
+};
+
 /// Every variable `drover` reads.
-pub const VARIABLES: &[Variable] = &[REDIS_URL, drover_redis::config::CLUSTER_NODES, MASTER_KEY, MAX_QUEUED];
+pub const VARIABLES: &[Variable] = &[
+    REDIS_URL,
+    drover_redis::config::CLUSTER_NODES,
+    MASTER_KEY,
+    MAX_QUEUED,
+    FILES_DIR,
+];
+
+/// `FILES_DIR`.
+pub fn files_dir() -> anyhow::Result<std::path::PathBuf> {
+    let mut env = EnvReader::new(VARIABLES);
+    let dir = env.parse::<std::path::PathBuf>(FILES_DIR.name);
+    env.finish()?;
+    Ok(dir.unwrap_or_else(|| std::path::PathBuf::from("./data/files")))
+}
 
 /// `CMD_MAX_QUEUED`.
 pub fn max_queued() -> anyhow::Result<u32> {

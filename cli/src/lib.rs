@@ -7,7 +7,9 @@
 //! - [`ledger`]: durable commands (`drover send --queue`, `drover queue`,
 //!   `drover cancel`);
 //! - [`events`], [`uploads`] over [`streams`]: what was stored;
-//! - [`key`]: a device's key from the master key.
+//! - [`key`]: a device's key from the master key;
+//! - [`rollouts`]: the file store and rollouts (`drover files add`,
+//!   `drover rollout start|status|pause|resume|cancel`).
 //!
 //! [`args`] is the command line, [`output`] how it prints (tables,
 //! colour on a terminal, JSON), [`exit`] its exit codes, [`config`] its
@@ -22,6 +24,7 @@ pub mod exit;
 pub mod key;
 pub mod ledger;
 pub mod output;
+pub mod rollouts;
 pub mod send;
 pub mod streams;
 pub mod uploads;
@@ -37,6 +40,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     if let Command::Key(args) = &cli.command {
         return key::run(args, cli.json);
     }
+    if let Command::Files(args::FilesCommand::Add(args)) = &cli.command {
+        return rollouts::add_file(args, cli.json);
+    }
     let deployment = Deployment::open(config::redis_target()?).await?;
     match &cli.command {
         Command::Devices(args) => devices::list(deployment, args, cli.json).await,
@@ -48,6 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Events(args) => events::run(deployment, args, cli.json).await,
         Command::Uploads(args) => uploads::run(deployment, args, cli.json).await,
         Command::Key(args) => key::run(args, cli.json),
+        Command::Files(args::FilesCommand::Add(args)) => rollouts::add_file(args, cli.json),
+        Command::Rollout(command) => rollouts::run(deployment, command, cli.json).await,
     }
 }
 

@@ -166,6 +166,24 @@ pub(crate) struct Args {
     #[arg(long, env = "SIM_UPLOAD_WINDOW", value_name = "BYTES", default_value_t = controller_sim::device::DEFAULT_WINDOW)]
     upload_window: u64,
 
+    /// FILE_ACCEPT.window: most file bytes unacknowledged (scenario files).
+    #[arg(long, env = "SIM_FILE_WINDOW", value_name = "BYTES", default_value_t = 262_144)]
+    file_window: u32,
+
+    /// Probability that a device declines an offered file (scenario files).
+    #[arg(long, env = "SIM_FILE_DECLINE", value_name = "P", default_value_t = 0.0)]
+    file_decline: f64,
+
+    /// Probability that a transfer has one byte corrupted on its way: the
+    /// device answers DIGEST_MISMATCH (scenario files).
+    #[arg(long, env = "SIM_FILE_CORRUPT", value_name = "P", default_value_t = 0.0)]
+    file_corrupt: f64,
+
+    /// Probability that a device drops its connection somewhere in a
+    /// transfer and resumes it on the next one (scenario files).
+    #[arg(long, env = "SIM_FILE_DROP", value_name = "P", default_value_t = 0.0)]
+    file_drop: f64,
+
     /// After the run, check in this Redis that every acknowledged event is
     /// stored exactly once (in cwp:events, or every event stream that
     /// cwp:layout names) (redis://host:port).
@@ -294,6 +312,7 @@ pub(crate) struct Config {
     pub(crate) upload_bytes: u64,
     pub(crate) block_size: usize,
     pub(crate) upload_window: u64,
+    pub(crate) file_policy: controller_sim::device::FilePolicy,
     pub(crate) verify_redis: Option<drover_redis::Target>,
     pub(crate) json: bool,
     pub(crate) procs: usize,
@@ -453,6 +472,14 @@ impl Config {
             "upload-window",
             "at least 1 MiB + 64 KiB (the server reports once per MiB)",
         );
+        for (name, probability) in [
+            ("file-decline", args.file_decline),
+            ("file-corrupt", args.file_corrupt),
+            ("file-drop", args.file_drop),
+        ] {
+            require((0.0..=1.0).contains(&probability), name, "a probability, 0 to 1");
+        }
+        require(args.file_window > 0, "file-window", "at least 1 byte");
         require(
             args.firmware.len() <= cwp::Str8::MAX_LEN,
             "firmware",
@@ -504,6 +531,12 @@ impl Config {
                 upload_bytes: args.upload_bytes,
                 block_size: args.block_size,
                 upload_window: args.upload_window,
+                file_policy: controller_sim::device::FilePolicy {
+                    window: args.file_window,
+                    decline: args.file_decline,
+                    corrupt: args.file_corrupt,
+                    drop: args.file_drop,
+                },
                 verify_redis,
                 json: args.json,
                 procs: args.procs,
@@ -610,6 +643,10 @@ pub(crate) enum Scenario {
     Storm,
     /// 90% idle, 9% sending events, 1% uploading; all answer commands.
     Mixed,
+    /// Idle devices that accept offered files (--file-window, and decline,
+    /// corrupt or drop with --file-decline, --file-corrupt, --file-drop),
+    /// verify each one's SHA-256 and report the transfer rates.
+    Files,
 }
 
 impl Scenario {
@@ -623,6 +660,7 @@ impl Scenario {
             Self::Churn => "churn",
             Self::Storm => "storm",
             Self::Mixed => "mixed",
+            Self::Files => "files",
         }
     }
 }

@@ -395,6 +395,12 @@ async fn watch_duration(config: &Config, stats: &Stats, started: Instant, parent
     let uploaded = async {
         match config.scenario {
             Scenario::Upload => stats.uploads_completed_at_least(config.devices).await,
+            // Every device holds a verified file: the rollout reached them all.
+            Scenario::Files => {
+                while stats.files_verified() < config.devices {
+                    tokio::time::sleep(STORM_POLL).await;
+                }
+            }
             _ => std::future::pending().await,
         }
     };

@@ -69,6 +69,57 @@ impl Uploads {
     }
 }
 
+/// What the file transfers did; absent from a run without offers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Files {
+    offers: u64,
+    verified: u64,
+    declined: u64,
+    mismatches: u64,
+    resumes: u64,
+    drops: u64,
+    bytes: u64,
+    /// Chunks beyond a device's window (CWP/1 §3 broken): 0 in a healthy run.
+    window_violations: u64,
+    stray_chunks: u64,
+    /// Per verified file, first offer to last byte, MB/s.
+    min_mb_s: f64,
+    median_mb_s: f64,
+    max_mb_s: f64,
+    /// All chunk bytes over the run, MB/s.
+    total_mb_s: f64,
+}
+
+impl Files {
+    fn of(files: &controller_sim::device::FileSummary, run: Duration) -> Option<Self> {
+        if files.offers == 0 {
+            return None;
+        }
+        let round = |value: f64| (value * 10.0).round() / 10.0;
+        let (min, median, max) = files.rate_spread().unwrap_or_default();
+        let seconds = run.as_secs_f64();
+        Some(Self {
+            offers: files.offers,
+            verified: files.verified,
+            declined: files.declined,
+            mismatches: files.mismatches,
+            resumes: files.resumes,
+            drops: files.drops,
+            bytes: files.bytes,
+            window_violations: files.window_violations,
+            stray_chunks: files.stray_chunks,
+            min_mb_s: round(min),
+            median_mb_s: round(median),
+            max_mb_s: round(max),
+            total_mb_s: if seconds > 0.0 {
+                round(files.bytes as f64 / 1e6 / seconds)
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
 /// The exactly-once check, or why it could not run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -172,6 +223,8 @@ pub(crate) struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) uploads: Option<Uploads>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) files: Option<Files>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verification: Option<Verification>,
 }
 
@@ -259,6 +312,7 @@ impl Summary {
                 upload_offset_regressions: stats.upload.offset_regressions,
             },
             uploads: Uploads::of(&stats.upload),
+            files: Files::of(&stats.files, facts.run),
             verification: None,
         }
     }
@@ -371,6 +425,18 @@ impl fmt::Display for Summary {
                 f,
                 "\n               {} bytes sent, {} resent, {} reported durable; {} resumed, {} refused (BUSY/CONFLICT), {} mismatched",
                 u.bytes_sent, u.bytes_resent, u.bytes_durable, u.resumes, u.refusals, u.mismatches
+            )?;
+        }
+        if let Some(x) = &self.files {
+            write!(
+                f,
+                "\n  files        {} offers: {} verified, {} declined, {} digest mismatches, {} resumed, {} dropped on purpose",
+                x.offers, x.verified, x.declined, x.mismatches, x.resumes, x.drops
+            )?;
+            write!(
+                f,
+                "\n               {} bytes, {:.1} MB/s in all; per file {:.1} / {:.1} / {:.1} MB/s min / median / max; {} beyond the window, {} stray chunks",
+                x.bytes, x.total_mb_s, x.min_mb_s, x.median_mb_s, x.max_mb_s, x.window_violations, x.stray_chunks
             )?;
         }
         if self.id_jumps > 0 {

@@ -40,6 +40,10 @@ impl Scenario {
         };
         match self {
             Self::Idle | Self::Commands | Self::Storm => Plan::uniform(idle),
+            Self::Files => Plan::uniform(Behaviour {
+                files: Some(config.file_policy.clone()),
+                ..idle
+            }),
             Self::Events => Plan::uniform(Behaviour {
                 events: event_load(config, config.devices),
                 ..idle

@@ -215,4 +215,7 @@ pub enum Malformation {
     /// A flag byte that is neither 0 nor 1.
     #[error("flag byte is neither 0 nor 1")]
     InvalidFlag,
+    /// A status byte the protocol does not define (`FILE_ACK.status`).
+    #[error("status byte not defined by CWP/1")]
+    UnknownStatus,
 }

@@ -16,7 +16,9 @@
 //!   I/O-free state machines, [`ServerHandshake`] and [`DeviceHandshake`].
 //! - [`session`]: the established session's rules on the server's side
 //!   ([`ServerSession`]: event order, window and `BUSY`, cumulative acks,
-//!   what ends a session), with refusals and violations as values.
+//!   what ends a session), with refusals and violations as values;
+//!   [`transfer`]: one file transfer's rules (window, offsets, errors),
+//!   [`FileTransfer`].
 //! - [`keys`]: the key schedule: [`DeviceKey::derive`], [`AuthMac`],
 //!   [`SessionKey::derive`].
 //! - [`serial`]: [`Serial`], the only way a serial enters the system.
@@ -50,6 +52,7 @@ pub mod keys;
 pub mod seal;
 pub mod serial;
 pub mod session;
+pub mod transfer;
 mod wire;
 
 pub use codec::{
@@ -67,3 +70,4 @@ pub use keys::{AuthMac, DeviceKey, InvalidKey, MasterKey, SessionKey};
 pub use seal::{Direction, Seal, TAG_LEN};
 pub use serial::{InvalidSerial, Serial};
 pub use session::{EventRefusal, EventStore, ServerSession, Violation};
+pub use transfer::{FileTransfer, TransferStep};

@@ -16,7 +16,8 @@
 
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::{
-    Ack, ByeReason, DeviceFrame, ErrorFrame, Event, Frame as _, FrameType, Pong, ServerFrame, UploadBegin, UploadEnd,
+    Ack, ByeReason, DeviceFrame, ErrorFrame, Event, FileAccept, FileAck, Frame as _, FrameType, Pong, ServerFrame,
+    UploadBegin, UploadEnd,
 };
 
 /// What the session's rules ask of event storage at the moment a frame
@@ -146,6 +147,17 @@ pub enum UploadFrame {
     End(UploadEnd),
 }
 
+/// A file transfer frame, served by the server's transfer of the
+/// connection ([`crate::transfer`]: whether one is in progress is the
+/// server's to know).
+#[derive(Debug)]
+pub enum FileFrame {
+    /// `FILE_ACCEPT`
+    Accept(FileAccept),
+    /// `FILE_ACK`
+    Ack(FileAck),
+}
+
 /// What one device frame calls for. `P` is the store's
 /// [`EventStore::Permit`].
 #[derive(Debug)]
@@ -163,6 +175,8 @@ pub enum Step<P> {
     Store(Event, P),
     /// Serve this upload frame.
     Upload(UploadFrame),
+    /// Serve this file transfer frame.
+    File(FileFrame),
     /// The session ends.
     End(Ending),
 }
@@ -219,9 +233,8 @@ impl ServerSession {
             DeviceFrame::Block(block) => Step::Upload(UploadFrame::Block(block.data)),
             DeviceFrame::UploadEnd(end) => Step::Upload(UploadFrame::End(end)),
             DeviceFrame::Hello(_) | DeviceFrame::Auth(_) => unexpected(&frame, "the handshake is already complete"),
-            DeviceFrame::FileAccept(_) | DeviceFrame::FileAck(_) => {
-                unexpected(&frame, "no file transfer is in progress")
-            }
+            DeviceFrame::FileAccept(accept) => Step::File(FileFrame::Accept(accept)),
+            DeviceFrame::FileAck(ack) => Step::File(FileFrame::Ack(ack)),
         };
         if matches!(step, Step::End(_)) {
             self.ended = true;
@@ -554,25 +567,32 @@ mod tests {
     }
 
     #[test]
-    fn handshake_and_file_frames_end_the_session_with_a_fatal_unexpected() {
+    fn file_frames_go_to_the_transfer() {
         let file_ack = DeviceFrame::FileAck(FileAck {
             file_id: FileId([0; 16]),
             offset: 0,
             status: FileAckStatus(0),
         });
+        let mut session = ServerSession::new(0, 16);
+        assert!(matches!(
+            session.on_frame(file_ack, &Storage::default()),
+            Step::File(FileFrame::Ack(_))
+        ));
+    }
+
+    #[test]
+    fn handshake_frames_end_the_session_with_a_fatal_unexpected() {
         let auth = DeviceFrame::Auth(Auth { mac: AuthMac([0; 32]) });
-        for (frame, ref_type) in [(auth, FrameType::AUTH), (file_ack, FrameType::FILE_ACK)] {
-            let mut session = ServerSession::new(0, 16);
-            match session.on_frame(frame, &Storage::default()) {
-                Step::End(Ending::Fatal(violation)) => {
-                    let error = violation_frame(&violation);
-                    assert_eq!(
-                        (error.code, error.fatal, error.ref_type),
-                        (ErrorCode::UNEXPECTED, true, ref_type)
-                    );
-                }
-                other => panic!("{other:?}"),
+        let mut session = ServerSession::new(0, 16);
+        match session.on_frame(auth, &Storage::default()) {
+            Step::End(Ending::Fatal(violation)) => {
+                let error = violation_frame(&violation);
+                assert_eq!(
+                    (error.code, error.fatal, error.ref_type),
+                    (ErrorCode::UNEXPECTED, true, FrameType::AUTH)
+                );
             }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -456,6 +456,16 @@ pub fn is_ledger_wake(payload: &[u8]) -> bool {
     serde_json::from_slice::<Wake>(payload).is_ok_and(|wake| wake.ledger)
 }
 
+/// Whether a message on a command channel is a rollout's wake-up
+/// (`{"files":true}`) rather than a command.
+pub fn is_files_wake(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Wake {
+        files: bool,
+    }
+    serde_json::from_slice::<Wake>(payload).is_ok_and(|wake| wake.files)
+}
+
 /// What the subscription task needs.
 #[derive(Debug)]
 pub struct CommandRouter {
@@ -473,6 +483,8 @@ pub struct CommandRouter {
     pub max_payload: u32,
     /// Durable commands.
     pub durable: DurableCommands,
+    /// Rollouts' transfers, told of `{"files":true}`.
+    pub files: crate::files::FileService,
 }
 
 /// How long connecting to Redis and each reply may take.
@@ -737,6 +749,16 @@ fn handle_control(router: &CommandRouter, payload: &[u8]) {
 }
 
 fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
+    if is_files_wake(payload) {
+        // As for the ledger: a session being registered asks after
+        // OpenSession; a live one is told (it knows whether it has a
+        // transfer under way).
+        router.registry.wake_opening(&serial);
+        if let Some(session) = router.registry.get(&serial) {
+            router.files.wake(&session);
+        }
+        return;
+    }
     if is_ledger_wake(payload) {
         // A session being registered fetches after OpenSession: the
         // bridge may have read its ledger before this command came.

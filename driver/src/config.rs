@@ -177,6 +177,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "where uploads are stored; share it between drivers so uploads resume on any of them",
     },
     Variable {
+        name: "FILES_DIR",
+        default: Some("./data/files"),
+        help: "the file store rollouts send from (`drover files add`); share it between drivers",
+    },
+    Variable {
         name: "UPLOAD_BUFFER_BYTES",
         default: Some("262144"),
         help: "per-connection upload write buffer, 4096 to 1048576 bytes; each full buffer is one write + fdatasync",
@@ -291,6 +296,8 @@ pub struct Config {
     pub upload_dir: PathBuf,
     /// Per-connection upload write buffer.
     pub upload_buffer_bytes: usize,
+    /// The file store rollouts send from.
+    pub files_dir: PathBuf,
     /// Largest upload.
     pub upload_max_bytes: u64,
     /// Uploads in progress at once.
@@ -421,6 +428,7 @@ impl Config {
         let title_serials = env.parse("DRIVER_TITLE_SERIALS");
         let upload_dir = env.parse("UPLOAD_DIR");
         let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
+        let files_dir = env.parse("FILES_DIR");
         let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
         let upload_max_open = env.parse("UPLOAD_MAX_OPEN");
         let upload_max_bytes_per_serial = env.parse("UPLOAD_MAX_BYTES_PER_SERIAL");
@@ -503,6 +511,7 @@ impl Config {
             title_serials: title_serials.expect("parsed"),
             upload_dir: upload_dir.expect("parsed"),
             upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
+            files_dir: files_dir.expect("parsed"),
             upload_max_bytes: upload_max_bytes.expect("parsed"),
             upload_max_open: upload_max_open.expect("parsed"),
             upload_max_bytes_per_serial: upload_max_bytes_per_serial.expect("parsed"),

@@ -126,6 +126,23 @@ impl Connection {
         self.stream.poll_read_ready(cx)
     }
 
+    /// Polls the socket's readiness to write, in place.
+    pub fn poll_write_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.stream.poll_write_ready(cx)
+    }
+
+    /// Whether everything queued was written.
+    pub fn is_sent(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Limits the bytes the kernel holds unsent (`TCP_NOTSENT_LOWAT`):
+    /// the socket is writable only below it, so bulk data queued there
+    /// stays short and frames queued after it go out soon.
+    pub fn limit_unsent(&self, bytes: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream).set_tcp_notsent_lowat(bytes)
+    }
+
     /// Reads whatever the socket has now, up to the codec's limit.
     /// `Ok(0)` means the socket had nothing after all (spurious readiness).
     pub fn read_available(&mut self) -> Result<usize, ReadError> {

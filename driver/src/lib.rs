@@ -21,6 +21,9 @@
 //!   into `ACK`s.
 //! - [`commands`] holds the one Redis pub/sub connection: operators'
 //!   commands to sessions, and supersede notices from the bridge.
+//! - [`files`] serves rollouts' files to sessions (CWP/1 §3 Files): the
+//!   offers and reports through [`bridge`], each connection's transfer
+//!   read by offset from `FILES_DIR`.
 //! - [`upload`] receives uploads into one write buffer per uploading
 //!   connection, stores them under `UPLOAD_DIR` and records completed ones
 //!   through [`bridge`].
@@ -41,6 +44,7 @@ pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod connection;
+pub mod files;
 pub mod handshake;
 pub mod keys;
 pub mod listener;

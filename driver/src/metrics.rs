@@ -66,6 +66,8 @@ pub struct Metrics {
     pub events_acked: Counter,
     /// Duplicate events acknowledged without storing.
     pub events_duplicate: Counter,
+    /// Bytes of rollouts' files sent in `FILE_CHUNK`s.
+    pub file_bytes_sent: Counter,
     /// Time from receiving an `EVENT` to its durable confirmation, seconds.
     pub ack_latency: Histogram,
     /// Time from sending a batch to the bridge to its `BatchDurable`, seconds.
@@ -120,6 +122,7 @@ impl Metrics {
             events_received: Counter::default(),
             events_acked: Counter::default(),
             events_duplicate: Counter::default(),
+            file_bytes_sent: Counter::default(),
             ack_latency: Histogram::new(latency_buckets()),
             bridge_round_trip: Histogram::new(latency_buckets()),
             events_pending: Gauge::default(),
@@ -177,6 +180,11 @@ impl Metrics {
             "events_acked",
             "Events acknowledged to devices",
             metrics.events_acked.clone(),
+        );
+        r.register(
+            "file_bytes_sent",
+            "Bytes of rollouts' files sent in FILE_CHUNK frames",
+            metrics.file_bytes_sent.clone(),
         );
         r.register(
             "events_duplicate",

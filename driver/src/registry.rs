@@ -61,6 +61,10 @@ struct Mailbox {
     close: Option<CloseRequest>,
     /// The idle sweep asks a quiet session to park ([`crate::session::park`]).
     park: bool,
+    /// Something about file transfers waits in
+    /// [`crate::files::FileService`] (kept there, not here: a parked
+    /// session's size is budgeted).
+    files: bool,
 }
 
 /// One authenticated session, shared between its connection task and the
@@ -176,6 +180,13 @@ impl SessionHandle {
         self.wake();
     }
 
+    /// Tells the connection task that something about file transfers
+    /// waits for it ([`crate::files::FileService::take_mail`]).
+    pub fn note_file_mail(&self) {
+        self.mailbox().files = true;
+        self.wake();
+    }
+
     /// Asks the connection to end. The first request wins.
     pub fn request_close(&self, request: CloseRequest) {
         self.mailbox().close.get_or_insert(request);
@@ -196,6 +207,7 @@ impl SessionHandle {
             close: mailbox.close,
             commands: std::mem::take(&mut mailbox.commands),
             park: std::mem::take(&mut mailbox.park),
+            files: std::mem::take(&mut mailbox.files),
         }
     }
 
@@ -225,6 +237,9 @@ pub struct Mail {
     pub commands: Vec<Command>,
     /// The idle sweep asked the session to park.
     pub park: bool,
+    /// Something about file transfers waits
+    /// ([`crate::files::FileService::take_mail`]).
+    pub files: bool,
 }
 
 /// A registry entry: the session, found by its serial. The serial is not

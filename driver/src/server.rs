@@ -16,6 +16,7 @@ use crate::admission::{AdmissionLimits, PendingGauges, admission};
 use crate::bridge::{self, BridgeClient};
 use crate::commands::{self, CommandReports, CommandRouter, DurableCommands};
 use crate::config::Config;
+use crate::files::FileService;
 use crate::handshake::Handshakes;
 use crate::handshake::auth_limits::{AuthLimits, FailureLimits};
 use crate::handshake::slots::HandshakeSlots;
@@ -182,6 +183,15 @@ async fn start(
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
+    let files = FileService {
+        store: drover_files::FileStore::new(config.files_dir.clone()),
+        bridge: bridge.clone(),
+        registry: registry.clone(),
+        fetching: Arc::default(),
+        mail: Arc::default(),
+        tasks: tasks.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let (subscriptions, subscription_task) = commands::subscriptions(
         CommandRouter {
             redis: config.redis.clone(),
@@ -191,6 +201,7 @@ async fn start(
             metrics: metrics.clone(),
             max_payload: config.max_payload,
             durable: durable.clone(),
+            files: files.clone(),
         },
         background_watch.clone(),
     )
@@ -227,6 +238,7 @@ async fn start(
             metrics.clone(),
             bridge,
         ),
+        files,
         metrics: metrics.clone(),
         park,
         runtime: tokio::runtime::Handle::current(),

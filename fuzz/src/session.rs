@@ -560,7 +560,8 @@ impl Connection {
                 };
                 match rules.on_frame(frame, pipeline) {
                     Step::Nothing
-                    | Step::Upload(UploadFrame::Begin(_) | UploadFrame::Block(_) | UploadFrame::End(_)) => {}
+                    | Step::Upload(UploadFrame::Begin(_) | UploadFrame::Block(_) | UploadFrame::End(_))
+                    | Step::File(_) => {}
                     Step::Send(frame) => {
                         self.send(&frame, device);
                         checker.on_answer(&frame, event_id);

@@ -212,6 +212,28 @@ impl Layout {
         self.in_partition(partition, "ledger-due", "cwp:ledger-due")
     }
 
+    /// The rollouts `serial` is a target of (a sorted set: member = rollout
+    /// id, score = the rollout's `created_ms`), in its partition: the
+    /// script that opens a session counts it (the same slot as
+    /// [`Layout::device`]). See [`crate::rollout`].
+    pub fn file_offers(&self, serial: &Serial) -> String {
+        match self.partitions {
+            None => ["cwp:file-offers:", serial.as_str()].concat(),
+            Some(_) => {
+                let tag = self.partition_of(serial).tag();
+                ["cwp:{", &tag, "}:file-offers:", serial.as_str()].concat()
+            }
+        }
+    }
+
+    /// The glob matching every device's rollout index (ACLs).
+    pub fn file_offers_pattern(&self) -> &'static str {
+        match self.partitions {
+            None => "cwp:file-offers:*",
+            Some(_) => "cwp:{p*}:file-offers:*",
+        }
+    }
+
     /// The stream of the durable commands' outcomes of `partition`'s
     /// devices ([`crate::outcome_fields`]).
     pub fn command_outcomes(&self, partition: Partition) -> String {

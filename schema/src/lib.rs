@@ -26,6 +26,13 @@
 //! | `cwp:uploads` | [`UPLOADS`], [`upload_fields`] | stream | bridge | One `upload_completed` record per finished upload. |
 //! | `cwp:upload-recorded:{serial}:{upload_id}` | [`Layout::upload_recorded`] | string | bridge | Marks an upload as recorded, so that a retried record is not appended twice. |
 //! | `cwp:layout` | [`LAYOUT`], [`layout_fields`] | hash | bridge | The layout the deployment's Redis was set up with: the number of event partitions and the event streams' names. |
+//! | `cwp:rollout:{ID}` | [`rollout::RolloutKeys`], [`rollout::rollout_fields`] | hash | operators, bridge | A rollout: the file, its policy, its state, counts of targets by state, bytes acknowledged. |
+//! | `cwp:rollout:{ID}:targets` | [`rollout::RolloutKeys`], [`rollout::target_fields`] | hash | operators, bridge | Each target's state, as JSON, by serial. |
+//! | `cwp:rollout:{ID}:active` | [`rollout::RolloutKeys`] | sorted set | bridge | The serials with a transfer under way, scored by the end of their lease. |
+//! | `cwp:rollout:{ID}:waiting` | [`rollout::RolloutKeys`] | sorted set | bridge | Online serials waiting for a transfer slot (or for a paused rollout). |
+//! | `cwp:rollout:{ID}:results` | [`rollout::RolloutKeys`], [`rollout::file_result_fields`] | stream | operators, bridge | Every target's outcome. |
+//! | `cwp:file-offers:{serial}` | [`Layout::file_offers`] | sorted set | operators, bridge | The rollouts a device is a target of (a hint; the rollout is the truth). |
+//! | `cwp:file-result:{serial}` | [`FILE_RESULTS`], [`rollout::file_result_fields`] | pub/sub channel | operators, bridge | A device's transfer outcomes, as JSON. |
 //!
 //! docs/ARCHITECTURE.md ("Redis keys") is the same table with the fields
 //! spelled out, and docs/redis-acl.conf grants each component its part of
@@ -45,6 +52,7 @@
 
 pub mod layout;
 pub mod ledger;
+pub mod rollout;
 
 use cwp::Serial;
 
@@ -60,6 +68,11 @@ pub const COMMANDS: DeviceFamily = DeviceFamily::new("cwp:cmd:");
 /// results and the notices of commands that never reached it, as JSON
 /// ([`result_fields`]). On a Redis Cluster it is a sharded channel.
 pub const COMMAND_RESULTS: DeviceFamily = DeviceFamily::new("cwp:cmd-result:");
+
+/// Each device's file result channel: the outcomes of its transfers, as
+/// JSON ([`rollout::file_result_fields`]), as appended to the rollout's
+/// results stream. On a Redis Cluster it is a sharded channel.
+pub const FILE_RESULTS: DeviceFamily = DeviceFamily::new("cwp:file-result:");
 
 /// The stream of every command that never reached its device, with
 /// [`rejection_fields`]. Capped by the bridge to about 100,000 entries.
@@ -208,9 +221,12 @@ pub mod command_fields {
     /// Not a command: `{"ledger":true}` tells the device's driver that its
     /// durable ledger has something to send ([`crate::ledger`]).
     pub const LEDGER: &str = "ledger";
+    /// Not a command: `{"files":true}` tells the device's driver that a
+    /// rollout has (or had) a transfer for it ([`crate::rollout`]).
+    pub const FILES: &str = "files";
 
     /// Every field.
-    pub const ALL: [&str; 5] = [ID, NAME, BODY, BODY_B64, LEDGER];
+    pub const ALL: [&str; 6] = [ID, NAME, BODY, BODY_B64, LEDGER, FILES];
 }
 
 /// The fields of a notice on [`COMMAND_RESULTS`]:
@@ -388,6 +404,13 @@ mod tests {
             UPLOADS.to_owned(),
             "cwp:upload-recorded:{serial}:{upload_id}".to_owned(),
             LAYOUT.to_owned(),
+            "cwp:rollout:{ID}".to_owned(),
+            "cwp:rollout:{ID}:targets".to_owned(),
+            "cwp:rollout:{ID}:active".to_owned(),
+            "cwp:rollout:{ID}:waiting".to_owned(),
+            "cwp:rollout:{ID}:results".to_owned(),
+            "cwp:file-offers:{serial}".to_owned(),
+            per_device(FILE_RESULTS),
         ]
     }
 
@@ -449,6 +472,8 @@ mod tests {
             "cwp:upload-recorded:CTRL-0042:6f1c2b1e-0000-4000-8000-000000000001"
         );
         assert_eq!(LAYOUT, "cwp:layout");
+        assert_eq!(single.file_offers(&device), "cwp:file-offers:CTRL-0042");
+        assert_eq!(FILE_RESULTS.name(&device), "cwp:file-result:CTRL-0042");
 
         let partitioned = Layout::partitioned(3).unwrap();
         let p = partitioned.partition_of(&device);
@@ -457,6 +482,10 @@ mod tests {
         assert_eq!(partitioned.high_water_marks(p), format!("cwp:{{{tag}}}:hwm"));
         assert_eq!(partitioned.device(&device), format!("cwp:{{{tag}}}:device:CTRL-0042"));
         assert_eq!(partitioned.ledger(&device), format!("cwp:{{{tag}}}:ledger:CTRL-0042"));
+        assert_eq!(
+            partitioned.file_offers(&device),
+            format!("cwp:{{{tag}}}:file-offers:CTRL-0042")
+        );
         assert_eq!(partitioned.command_outcomes(p), format!("cwp:{{{tag}}}:cmd-outcomes"));
         assert_eq!(partitioned.ledger_due(p), format!("cwp:{{{tag}}}:ledger-due"));
         assert_eq!(partitioned.driver_devices("driver-1"), "cwp:driver-devices:{driver-1}");
@@ -523,7 +552,37 @@ mod tests {
             ]
         );
         assert_eq!(upload_fields::UPLOAD_COMPLETED, "upload_completed");
-        assert_eq!(command_fields::ALL, ["id", "name", "body", "body_b64", "ledger"]);
+        assert_eq!(
+            command_fields::ALL,
+            ["id", "name", "body", "body_b64", "ledger", "files"]
+        );
+        assert_eq!(
+            rollout::rollout_fields::ALL,
+            [
+                "file",
+                "size",
+                "name",
+                "max_active",
+                "retries",
+                "expires_ms",
+                "state",
+                "created_ms",
+                "targets",
+                "bytes_acked"
+            ]
+        );
+        assert_eq!(
+            rollout::target_state::ALL,
+            ["pending", "active", "done", "declined", "failed", "cancelled"]
+        );
+        assert_eq!(
+            rollout::target_fields::ALL,
+            ["state", "offset", "session", "mismatches", "why", "updated_ms"]
+        );
+        assert_eq!(
+            rollout::file_result_fields::ALL,
+            ["serial", "rollout", "file", "state", "offset", "why", "time_ms"]
+        );
         assert_eq!(
             result_fields::ALL,
             [
@@ -558,7 +617,11 @@ mod tests {
 
     #[test]
     fn the_architecture_names_every_field_of_every_record() {
-        let families: [(&str, &[&str]); 10] = [
+        let families: [(&str, &[&str]); 14] = [
+            ("cwp:rollout:{ID}", &rollout::rollout_fields::ALL),
+            ("cwp:rollout:{ID}:targets", &rollout::target_fields::ALL),
+            ("cwp:rollout:{ID}:results", &rollout::file_result_fields::ALL),
+            ("cwp:file-result:{serial}", &rollout::file_result_fields::ALL),
             ("cwp:ledger:{serial}", &ledger_fields::ALL),
             ("cwp:cmd-outcomes", &outcome_fields::ALL),
             ("cwp:events", &event_fields::ALL),
@@ -620,11 +683,15 @@ mod tests {
             "cwp:{p*}:cmd-outcomes",
             "cwp:ledger-due",
             "cwp:{p*}:ledger-due",
+            "cwp:rollout:*",
+            Layout::SINGLE.file_offers_pattern(),
+            Layout::partitioned(2).unwrap().file_offers_pattern(),
         ]);
         bridge.extend(channels(&[
             DRIVER_CONTROL.pattern(),
             COMMAND_RESULTS.pattern(),
             COMMANDS.pattern(),
+            FILE_RESULTS.pattern(),
         ]));
         bridge.sort();
         let mut driver = channels(&[COMMANDS.pattern(), DRIVER_CONTROL.pattern()]);

@@ -20,7 +20,8 @@
 //!   them while the gate is closed), and answers each with `BatchDurable`.
 //! - [`store`]: all Redis work, one atomic Lua script per operation
 //!   (`src/scripts/*.lua`), every key and channel named by
-//!   [`drover_schema`].
+//!   [`drover_schema`]; [`rollouts`]: the drivers' side of rollouts
+//!   (claiming a transfer, reporting it), with the schema's scripts.
 //! - `health` + [`durability`]: `grpc.health.v1` from a periodic `PING`, and
 //!   the checks that Redis fsyncs before it answers, which open and close
 //!   the gate.
@@ -57,6 +58,7 @@ mod health;
 mod identity;
 mod listener;
 pub mod metrics;
+pub mod rollouts;
 pub mod service;
 pub mod stats;
 pub mod store;

@@ -22,8 +22,10 @@ use drover_proto::bridge::{
     CallError, CloseSessionOutcome, CloseSessionReply, CloseSessionRequest, CloseSessionsReply, CloseSessionsRequest,
     DriverHello, DriverMessage, LedgerCommand, OpenSessionOutcome, OpenSessionReply, OpenSessionRequest,
     OpenSessionsReply, OpenSessionsRequest, RecordUploadReply, RecordUploadRequest, RejectCommandReply,
-    RejectCommandRequest, TakeCommandsReply, TakeCommandsRequest, close_session_outcome, open_session_outcome,
+    RejectCommandRequest, ReportFileTransferReply, ReportFileTransferRequest, TakeCommandsReply, TakeCommandsRequest,
+    TakeFileOfferReply, TakeFileOfferRequest, close_session_outcome, open_session_outcome,
 };
+use drover_proto::bridge::{FileOfferGrant, FileTransferEvent, FileTransferVerdict};
 use futures::future::join_all;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::budget::QueueBudget;
 use crate::durability::DurabilityGate;
 use crate::identity::Caller;
+use crate::rollouts::{TransferEvent, Verdict};
 use crate::stats::Stats;
 use crate::store::{CommandRejection, SessionOpening, Store, StoreError, UploadRecord};
 use crate::stream::{self, Lifecycle, Replies, StreamParts};
@@ -364,6 +367,74 @@ impl VendorBridge for Bridge {
             unanswered,
         }))
     }
+
+    async fn take_file_offer(
+        &self,
+        request: Request<TakeFileOfferRequest>,
+    ) -> Result<Response<TakeFileOfferReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        caller.may_act_as(&request.driver_id)?;
+        let session = session_hex(&request.session_id)?;
+        self.admit().await?;
+        let grant = self
+            .store
+            .take_file_offer(&serial, &session, unix_ms())
+            .await
+            .map_err(|err| self.failed("TakeFileOffer", &err))?;
+        let offer = grant.map(|grant| FileOfferGrant {
+            rollout_id: grant.rollout.to_string(),
+            sha256: grant.sha256,
+            size: grant.size,
+            name: grant.name,
+            offset: grant.offset,
+        });
+        Ok(Response::new(TakeFileOfferReply { offer }))
+    }
+
+    async fn report_file_transfer(
+        &self,
+        request: Request<ReportFileTransferRequest>,
+    ) -> Result<Response<ReportFileTransferReply>, Status> {
+        let caller = Caller::of(&request, self.mutual_tls);
+        let request = request.into_inner();
+        let serial = check_serial(&request.serial)?;
+        check_id("driver_id", &request.driver_id)?;
+        caller.may_act_as(&request.driver_id)?;
+        let session = session_hex(&request.session_id)?;
+        let rollout: drover_schema::rollout::RolloutId = request
+            .rollout_id
+            .parse()
+            .map_err(|err: drover_schema::rollout::InvalidRolloutId| Status::invalid_argument(err.to_string()))?;
+        let event = match FileTransferEvent::try_from(request.event) {
+            Ok(FileTransferEvent::Progress) => TransferEvent::Progress,
+            Ok(FileTransferEvent::Released) => TransferEvent::Released,
+            Ok(FileTransferEvent::Done) => TransferEvent::Done,
+            Ok(FileTransferEvent::Declined) => TransferEvent::Declined,
+            Ok(FileTransferEvent::Aborted) => TransferEvent::Aborted,
+            Ok(FileTransferEvent::DigestMismatch) => TransferEvent::DigestMismatch,
+            Ok(FileTransferEvent::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument("event must be a FileTransferEvent"));
+            }
+        };
+        self.admit().await?;
+        let verdict = self
+            .store
+            .report_file_transfer(&serial, &session, &rollout, event, request.offset, unix_ms())
+            .await
+            .map_err(|err| self.failed("ReportFileTransfer", &err))?;
+        let verdict = match verdict {
+            Verdict::Continue => FileTransferVerdict::Continue,
+            Verdict::Stop => FileTransferVerdict::Stop,
+            Verdict::Reoffer => FileTransferVerdict::Reoffer,
+            Verdict::Finished => FileTransferVerdict::Finished,
+        };
+        Ok(Response::new(ReportFileTransferReply {
+            verdict: verdict.into(),
+        }))
+    }
 }
 
 impl Bridge {
@@ -391,6 +462,7 @@ impl Bridge {
             last_event_id: opened.last_event_id,
             superseded_other: opened.superseded_other,
             pending_commands: Some(opened.pending_commands),
+            pending_file_offers: Some(opened.pending_file_offers),
         })
     }
 

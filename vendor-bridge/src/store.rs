@@ -155,6 +155,8 @@ pub struct SessionOpened {
     pub superseded_other: bool,
     /// Commands in the serial's ledger as the session was installed.
     pub pending_commands: u32,
+    /// Rollouts in the serial's index as the session was installed.
+    pub pending_file_offers: u32,
 }
 
 /// A command that never reached its device (`RejectCommand`).
@@ -390,23 +392,31 @@ impl Store {
     /// of a superseded session to close it.
     pub async fn open_session(&self, session: SessionOpening<'_>) -> Result<SessionOpened, StoreError> {
         let partition = self.layout.partition_of(session.serial);
-        let (last_event_id, superseded, old_driver, old_session, pending_commands): (String, i64, String, String, u32) =
-            invoke(
-                SCRIPTS
-                    .open_session
-                    .key(self.layout.device(session.serial))
-                    .key(self.layout.high_water_marks(partition))
-                    .key(self.layout.ledger(session.serial))
-                    .arg(session.serial.as_str())
-                    .arg(session.session)
-                    .arg(session.driver)
-                    .arg(session.instance)
-                    .arg(session.peer)
-                    .arg(session.firmware)
-                    .arg(session.connected_ms),
-                &mut self.connection(),
-            )
-            .await?;
+        #[allow(clippy::type_complexity, reason = "the script's reply, as documented in its header")]
+        let (last_event_id, superseded, old_driver, old_session, pending_commands, pending_file_offers): (
+            String,
+            i64,
+            String,
+            String,
+            u32,
+            u32,
+        ) = invoke(
+            SCRIPTS
+                .open_session
+                .key(self.layout.device(session.serial))
+                .key(self.layout.high_water_marks(partition))
+                .key(self.layout.ledger(session.serial))
+                .key(self.layout.file_offers(session.serial))
+                .arg(session.serial.as_str())
+                .arg(session.session)
+                .arg(session.driver)
+                .arg(session.instance)
+                .arg(session.peer)
+                .arg(session.firmware)
+                .arg(session.connected_ms),
+            &mut self.connection(),
+        )
+        .await?;
         let last_event_id = last_event_id.parse().map_err(|_| {
             RedisError::from((
                 ErrorKind::UnexpectedReturnType,
@@ -452,6 +462,7 @@ impl Store {
             last_event_id,
             superseded_other: superseded == 1,
             pending_commands,
+            pending_file_offers,
         })
     }
 
@@ -653,7 +664,7 @@ impl Store {
 
 /// Publishes `message` on `channel`: `PUBLISH` on one Redis, `SPUBLISH`
 /// (to the channel's shard) on a cluster.
-async fn publish(connection: &mut Connection, channel: &str, message: &str) -> Result<(), RedisError> {
+pub(crate) async fn publish(connection: &mut Connection, channel: &str, message: &str) -> Result<(), RedisError> {
     let command = if connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
     redis::cmd(command)
         .arg(channel)
@@ -689,7 +700,7 @@ async fn wake_driver(connection: &mut Connection, serial: &Serial) {
 }
 
 /// Runs `invocation`, loading its script first if Redis does not have it.
-async fn invoke<T: FromRedisValue>(
+pub(crate) async fn invoke<T: FromRedisValue>(
     invocation: &mut redis::ScriptInvocation<'_>,
     connection: &mut Connection,
 ) -> Result<T, RedisError> {
@@ -1041,10 +1052,16 @@ mod tests {
     use std::collections::HashSet;
 
     use drover_schema::{
-        device_fields, event_fields, layout_fields, ledger_fields, outcome_fields, result_fields, upload_fields,
+        device_fields, event_fields, layout_fields, ledger_fields, outcome_fields, result_fields, rollout,
+        upload_fields,
     };
 
-    const SCRIPT_SOURCES: [(&str, &str); 11] = [
+    const SCRIPT_SOURCES: [(&str, &str); 16] = [
+        ("rollout_start", drover_schema::rollout::START_SCRIPT),
+        ("rollout_targets", drover_schema::rollout::TARGETS_SCRIPT),
+        ("rollout_claim", drover_schema::rollout::CLAIM_SCRIPT),
+        ("rollout_report", drover_schema::rollout::REPORT_SCRIPT),
+        ("rollout_control", drover_schema::rollout::CONTROL_SCRIPT),
         ("ledger_take", include_str!("scripts/ledger_take.lua")),
         ("ledger_sweep", include_str!("scripts/ledger_sweep.lua")),
         ("ledger_enqueue", drover_schema::ledger::ENQUEUE_SCRIPT),
@@ -1089,6 +1106,14 @@ mod tests {
             &outcome_fields::ALL,
             &result_fields::ALL,
             &[upload_fields::UPLOAD_COMPLETED],
+            &rollout::rollout_fields::ALL,
+            &rollout::target_fields::ALL,
+            &rollout::target_state::ALL,
+            &rollout::state::ALL,
+            &rollout::file_result_fields::ALL,
+            &[rollout::file_result_fields::RETRYING],
+            &rollout::report::ALL,
+            &[rollout::action::PAUSE, rollout::action::RESUME, rollout::action::CANCEL],
         ]
         .concat()
         .into_iter()

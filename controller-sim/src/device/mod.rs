@@ -32,6 +32,7 @@
 //! connected device holds no receive or send buffer, only its socket, its
 //! codec and a few counters.
 
+mod files;
 mod outbox;
 mod pacing;
 mod stats;
@@ -57,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, Connection, READ_CHUNK};
 
 pub use drover_service::backoff::{Backoff, random_up_to as jitter};
+pub use files::{FilePolicy, FileSummary};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::Pacing;
@@ -116,6 +118,8 @@ pub struct Behaviour {
     /// Mean session lifetime when the device drops its connections on
     /// purpose (scenario churn); `None`: sessions last.
     pub churn: Option<Duration>,
+    /// How the device treats offered files; `None`: it declines them all.
+    pub files: Option<FilePolicy>,
     /// DELIBERATELY WRONG, for proving that a checker can fail: the device
     /// forgets an event (and logs it as acknowledged) as soon as it is
     /// written to the socket, instead of when an `ACK` covers it, as if the
@@ -138,6 +142,7 @@ impl Default for Behaviour {
             handshake_timeout: Duration::from_secs(15),
             bye_timeout: Duration::from_secs(2),
             churn: None,
+            files: None,
             forget_on_write: false,
         }
     }
@@ -281,6 +286,8 @@ pub struct Device {
     sessions: u32,
     /// The upload, once the behaviour asks for one.
     upload: Option<UploadProgress>,
+    /// The file being received (or received), across connections.
+    file: Option<files::Reception>,
 }
 
 /// A random duration with mean `mean`, exponentially distributed: the
@@ -308,7 +315,14 @@ impl Device {
             busy_level: 0,
             sessions: 0,
             upload: None,
+            file: None,
         }
+    }
+
+    /// Whether the device holds a verified copy of the file it was last
+    /// offered.
+    pub fn file_verified(&self) -> bool {
+        files::holds_verified(self.file.as_ref())
     }
 
     /// Uses `upload_id` for the behaviour's upload (by default a random
@@ -919,13 +933,22 @@ impl Device {
                 });
             }
             ServerFrame::FileOffer(offer) => {
-                // This device takes no files: window 0 declines (CWP/1 §3 Files).
-                let decline = DeviceFrame::FileAccept(FileAccept {
-                    file_id: offer.file_id,
-                    offset: 0,
-                    window: 0,
-                });
-                encode(conn, &decline, CONTROL_FRAME_ROOM);
+                let Some(policy) = &behaviour.files else {
+                    // This device takes no files: window 0 declines (CWP/1 §3 Files).
+                    let decline = DeviceFrame::FileAccept(FileAccept {
+                        file_id: offer.file_id,
+                        offset: 0,
+                        window: 0,
+                    });
+                    encode(conn, &decline, CONTROL_FRAME_ROOM);
+                    return None;
+                };
+                let accept = stats.with_files(|summary| files::on_offer(&mut self.file, &offer, policy, summary));
+                encode(conn, &DeviceFrame::FileAccept(accept), CONTROL_FRAME_ROOM);
+                if let Some(ack) = files::ack_if_complete(&self.file) {
+                    encode(conn, &DeviceFrame::FileAck(ack), CONTROL_FRAME_ROOM);
+                }
+                session.last_tx = Instant::now();
             }
             ServerFrame::Challenge(_) | ServerFrame::Welcome(_) => {
                 stats.unexpected_frame();
@@ -933,9 +956,15 @@ impl Device {
             }
             ServerFrame::UploadStatus(status) => self.upload_status(status, session, behaviour, stats),
             ServerFrame::UploadDone(done) => self.upload_finished(done, session, behaviour, stats),
-            ServerFrame::FileChunk(_) => {
-                // Nothing of the kind is open.
-                stats.unexpected_frame();
+            ServerFrame::FileChunk(chunk) => {
+                match stats.with_files(|summary| files::on_chunk(&mut self.file, &chunk, summary)) {
+                    files::Received::Nothing => {}
+                    files::Received::Ack(ack) => {
+                        encode(conn, &DeviceFrame::FileAck(ack), CONTROL_FRAME_ROOM);
+                        session.last_tx = Instant::now();
+                    }
+                    files::Received::Drop => return Some(SessionEnd::Dropped),
+                }
             }
         }
         None

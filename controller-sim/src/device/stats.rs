@@ -77,6 +77,8 @@ pub struct Stats {
     /// µs after `started` (0: none yet); their span is the upload time.
     upload_first_begin_us: AtomicU64,
     upload_last_done_us: AtomicU64,
+    /// The file transfers (rare enough for a lock).
+    files: Mutex<super::FileSummary>,
     /// Woken at every completed upload.
     upload_completion: Notify,
     /// Send of an event → arrival of the `ACK` covering it, µs.
@@ -149,6 +151,7 @@ impl Stats {
             upload_offset_regressions: AtomicU64::new(0),
             upload_first_begin_us: AtomicU64::new(u64::MAX),
             upload_last_done_us: AtomicU64::new(0),
+            files: Mutex::default(),
             upload_completion: Notify::new(),
             ack_latency: Mutex::new(histogram()),
             handshake_latency: Mutex::new(histogram()),
@@ -368,6 +371,16 @@ impl Stats {
         }
     }
 
+    /// Runs `update` on the file transfers' summary.
+    pub(crate) fn with_files<T>(&self, update: impl FnOnce(&mut super::FileSummary) -> T) -> T {
+        update(&mut self.files.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Files verified so far.
+    pub fn files_verified(&self) -> u64 {
+        self.with_files(|summary| summary.verified)
+    }
+
     /// `ERROR` frames received so far (cheap: for progress lines).
     pub fn errors(&self) -> u64 {
         self.errors.iter().map(|slot| slot.load(Relaxed)).sum()
@@ -440,6 +453,7 @@ impl Stats {
                     last => Some(Duration::from_micros(last)),
                 },
             },
+            files: self.with_files(|summary| summary.clone()),
             ack_latency: LatencySummary::of(&lock(&self.ack_latency)),
             handshake_latency: LatencySummary::of(&lock(&self.handshake_latency)),
             command_latency: LatencySummary::of(&lock(&self.command_latency)),
@@ -615,6 +629,9 @@ pub struct StatsSnapshot {
     pub byes: Vec<(ByeReason, u64)>,
     /// What the uploads did.
     pub upload: UploadSummary,
+    /// What the file transfers did.
+    #[serde(default)]
+    pub files: super::FileSummary,
     /// Event sent → `ACK` received.
     pub ack_latency: LatencySummary,
     /// TCP connect → `WELCOME`.
@@ -662,6 +679,7 @@ impl StatsSnapshot {
         mine.refusals += theirs.refusals;
         mine.resumes += theirs.resumes;
         mine.offset_regressions += theirs.offset_regressions;
+        self.files.absorb(&other.files);
     }
 }
 

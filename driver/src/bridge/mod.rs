@@ -119,6 +119,9 @@ pub struct OpenedSession {
     /// Whether the device's ledger may hold durable commands: false only
     /// when the bridge said it held none (an older bridge says nothing).
     pub may_have_commands: bool,
+    /// Whether a rollout may have a file for the device: false only when
+    /// the bridge said its index was empty.
+    pub may_have_file_offers: bool,
 }
 
 /// What `TakeCommands` hands a session.
@@ -205,6 +208,7 @@ impl BridgeClient {
             last_event_id: reply.last_event_id,
             superseded_other: reply.superseded_other,
             may_have_commands: reply.pending_commands != Some(0),
+            may_have_file_offers: reply.pending_file_offers != Some(0),
         })
     }
 
@@ -274,6 +278,45 @@ impl BridgeClient {
                 .map(CommandId)
                 .collect(),
         })
+    }
+
+    /// The file transfer to offer now in this session, if any
+    /// (`TakeFileOffer`).
+    pub async fn take_file_offer(
+        &self,
+        serial: &Serial,
+        session_id: &SessionId,
+    ) -> Result<Option<drover_proto::bridge::FileOfferGrant>, tonic::Status> {
+        let mut request = tonic::Request::new(drover_proto::bridge::TakeFileOfferRequest {
+            serial: serial.to_string(),
+            session_id: session_id.0.to_vec(),
+            driver_id: self.driver_id.clone(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        Ok(self.client.clone().take_file_offer(request).await?.into_inner().offer)
+    }
+
+    /// Records a transfer's progress or outcome (`ReportFileTransfer`).
+    pub async fn report_file_transfer(
+        &self,
+        serial: &Serial,
+        session_id: &SessionId,
+        rollout_id: &str,
+        event: drover_proto::bridge::FileTransferEvent,
+        offset: u64,
+    ) -> Result<drover_proto::bridge::FileTransferVerdict, tonic::Status> {
+        let mut request = tonic::Request::new(drover_proto::bridge::ReportFileTransferRequest {
+            serial: serial.to_string(),
+            session_id: session_id.0.to_vec(),
+            driver_id: self.driver_id.clone(),
+            rollout_id: rollout_id.to_owned(),
+            event: event.into(),
+            offset,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self.client.clone().report_file_transfer(request).await?.into_inner();
+        drover_proto::bridge::FileTransferVerdict::try_from(reply.verdict)
+            .map_err(|_| tonic::Status::internal("the bridge sent an unknown verdict"))
     }
 
     /// Appends an `upload_completed` record (once per upload).

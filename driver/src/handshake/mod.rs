@@ -255,6 +255,9 @@ async fn handshake(
     if opened.may_have_commands || woken || !subscribed {
         sessions.durable.fetch(serial);
     }
+    if opened.may_have_file_offers || woken || !subscribed {
+        sessions.files.fetch(serial);
+    }
     debug!(%serial, last_event_id = opened.last_event_id, "session established");
     Ok(session)
 }

@@ -13,6 +13,7 @@ use super::park::Park;
 use crate::admission::Admission;
 use crate::bridge::BridgeClient;
 use crate::commands::{CommandReports, DurableCommands, Subscriptions};
+use crate::files::FileService;
 use crate::metrics::Metrics;
 use crate::registry::{CloseRequest, Registry, SessionHandle};
 use crate::upload::UploadService;
@@ -56,6 +57,8 @@ pub struct Sessions {
     pub durable: DurableCommands,
     /// Uploads.
     pub uploads: UploadService,
+    /// Rollouts' files.
+    pub files: FileService,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Where quiet sessions wait without a task.
@@ -91,6 +94,7 @@ pub fn end(sessions: &Sessions, session: &Arc<SessionHandle>, last_heard_ms: u64
     sessions.registry.remove(session);
     sessions.subscriptions.sync(session.serial);
     let durable = sessions.durable.session_ended(&session.session_id);
+    sessions.files.session_ended(&session.session_id);
     for command in session.take_commands() {
         if durable.contains(&command.command_id) {
             // It stays in the ledger for the next session.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use cwp::session::{Ending, Step, UploadFrame};
+use cwp::session::{Ending, FileFrame, Step, UploadFrame};
 use cwp::{EventStore, ServerFrame, ServerSession};
+use drover_proto::bridge::{FileTransferEvent, FileTransferVerdict};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
@@ -21,6 +22,7 @@ use super::context::{self, Sessions};
 use super::park::{ParkedSession, SessionState};
 use crate::admission::{Admission, EventPermit, PendingEvent};
 use crate::connection::{Connection, ReadError};
+use crate::files::{FILL_BYTES, FileMail, Transfer, UNSENT_LOWAT};
 use crate::refusal::Refusal;
 use crate::registry::{CloseRequest, SessionHandle};
 use crate::upload::{UploadError, Uploads};
@@ -117,7 +119,8 @@ pub fn resume(sessions: &Arc<Sessions>, parked: ParkedSession) {
 /// locals of its own and its future keeps both copies; the block uses the
 /// captured ones in place. Measured with `size_of_val`: 864 bytes as an
 /// `async fn`, 528 as a block, in every running session's task (504 with
-/// rustc 1.95; the test below keeps it there).
+/// rustc 1.95, 512 with the file transfer's pointer; the test below keeps
+/// it there).
 ///
 /// Ends when the session ends, or when it parks: its state then goes to
 /// the park ([`super::park`]), which resumes it in a new task.
@@ -158,6 +161,8 @@ enum Wake {
     Mailbox,
     /// Its socket (`false`: the socket failed).
     Readable(bool),
+    /// Its socket takes more bytes (a transfer has chunks to send).
+    Writable,
 }
 
 /// The established session's state.
@@ -172,6 +177,8 @@ struct Established<'a> {
     last_heard_ms: u64,
     /// CWP/1 §3 Uploads: the one upload this connection may have open.
     upload: Uploads,
+    /// CWP/1 §3 Files: the one transfer of this connection, if any.
+    transfer: Option<Box<Transfer>>,
     /// The device has nothing to send for now: it sent a heartbeat
     /// (`PING`). The session then parks as soon as nothing is in flight,
     /// without waiting for the idle sweep.
@@ -192,6 +199,7 @@ impl<'a> Established<'a> {
             rules: state.rules,
             last_heard_ms: state.last_heard_ms,
             upload: Uploads::default(),
+            transfer: None,
             quiet: false,
         }
     }
@@ -220,7 +228,14 @@ impl<'a> Established<'a> {
     /// Whether the session can park: nothing in flight either way, so
     /// that its state is all in [`SessionState`] and the codec.
     fn can_park(&self) -> bool {
-        self.session.pending_events() == 0 && !self.upload.is_open() && self.conn.is_idle() && !self.rules.has_ended()
+        self.session.pending_events() == 0
+            && !self.upload.is_open()
+            && self
+                .transfer
+                .as_ref()
+                .is_none_or(|transfer| !transfer.is_live() && !transfer.finishing)
+            && self.conn.is_idle()
+            && !self.rules.has_ended()
     }
 
     /// After the loop: say goodbye as the ending requires.
@@ -235,6 +250,18 @@ impl<'a> Established<'a> {
             self.conn.queue(&ServerFrame::UploadStatus(status));
         }
         self.upload.close();
+        // A transfer cut short waits for the device's next session, with
+        // the offset the device acknowledged.
+        if let Some(transfer) = self.transfer.take()
+            && transfer.is_live()
+        {
+            self.sessions.files.report(
+                self.session,
+                &transfer.rollout,
+                FileTransferEvent::Released,
+                transfer.rules.acked(),
+            );
+        }
         match ending {
             Ending::Quiet => {}
             Ending::Bye(reason, reconnect_after_ms) => {
@@ -266,6 +293,9 @@ impl<'a> Established<'a> {
                 Ok(asked_to_park) => asked_to_park,
                 Err(ending) => return Exit::End(ending),
             };
+            if let Err(ending) = self.send_chunks() {
+                return Exit::End(ending);
+            }
             if self.conn.flush().await.is_err() {
                 return Exit::End(Ending::Quiet);
             }
@@ -289,15 +319,22 @@ impl<'a> Established<'a> {
             // asks quiet sessions to close through the mailbox.
             // Polled in place: neither the mailbox nor the socket's
             // readiness keeps state in the task while it waits.
+            let sending = self.transfer.as_ref().is_some_and(|transfer| transfer.wants_to_send());
             let wake = std::future::poll_fn(|cx| {
                 if self.session.poll_woken(cx).is_ready() {
                     return Poll::Ready(Wake::Mailbox);
                 }
-                self.conn.poll_read_ready(cx).map(|ready| Wake::Readable(ready.is_ok()))
+                if let Poll::Ready(ready) = self.conn.poll_read_ready(cx) {
+                    return Poll::Ready(Wake::Readable(ready.is_ok()));
+                }
+                if sending && self.conn.poll_write_ready(cx).is_ready() {
+                    return Poll::Ready(Wake::Writable);
+                }
+                Poll::Pending
             })
             .await;
             match wake {
-                Wake::Mailbox => {}
+                Wake::Mailbox | Wake::Writable => {}
                 Wake::Readable(false) => return Exit::End(Ending::Quiet),
                 // Boxed: handling frames takes most of the loop's future,
                 // and an idle session's task would carry it while it waits.
@@ -331,7 +368,150 @@ impl<'a> Established<'a> {
             self.sessions.metrics.command("delivered");
         }
         self.queue_ack();
+        if mail.files {
+            let files = self.sessions.files.take_mail(&self.session.session_id);
+            self.on_file_mail(files);
+        }
         Ok(mail.park)
+    }
+
+    /// CWP/1 §3 Files: what the bridge said about offers and transfers.
+    fn on_file_mail(&mut self, mail: FileMail) {
+        for (rollout, verdict) in mail.verdicts {
+            let Some(transfer) = self.transfer.as_mut().filter(|transfer| transfer.rollout == rollout) else {
+                continue;
+            };
+            match verdict {
+                FileTransferVerdict::Stop => {
+                    debug!(serial = %self.session.serial, rollout, "file transfer stopped by its rollout");
+                    transfer.rules.stop();
+                    transfer.finishing = false;
+                }
+                FileTransferVerdict::Reoffer => {
+                    let offer = transfer.reoffer();
+                    self.conn.queue(&offer);
+                }
+                FileTransferVerdict::Finished => {
+                    self.transfer = None;
+                    self.sessions.files.fetch(self.session.serial);
+                }
+                FileTransferVerdict::Continue | FileTransferVerdict::Unspecified => {}
+            }
+        }
+        if let Some(grant) = mail.offer {
+            let busy = self
+                .transfer
+                .as_ref()
+                .is_some_and(|transfer| transfer.is_live() || transfer.finishing);
+            if busy {
+                // One transfer per connection: the same one again changes
+                // nothing; another waits for the device's next session.
+                if self
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|transfer| transfer.rollout != grant.rollout_id)
+                {
+                    self.sessions.files.report(
+                        self.session,
+                        &grant.rollout_id,
+                        FileTransferEvent::Released,
+                        grant.offset,
+                    );
+                }
+            } else {
+                match Transfer::start(&self.sessions.files.store, &grant) {
+                    Ok((transfer, offer)) => {
+                        if let Err(err) = self.conn.limit_unsent(UNSENT_LOWAT) {
+                            debug!(serial = %self.session.serial, error = %err, "cannot limit the socket's unsent bytes");
+                        }
+                        self.conn.queue(&offer);
+                        self.transfer = Some(transfer);
+                    }
+                    Err(err) => {
+                        warn!(serial = %self.session.serial, rollout = grant.rollout_id, error = %err, "cannot offer a rollout's file: is FILES_DIR shared with the operators?");
+                        self.sessions.files.report(
+                            self.session,
+                            &grant.rollout_id,
+                            FileTransferEvent::Released,
+                            grant.offset,
+                        );
+                    }
+                }
+            }
+        }
+        if mail.wake {
+            match self.transfer.as_mut() {
+                // Report now: a pause or a cancel answers STOP.
+                Some(transfer) if transfer.is_live() => {
+                    let offset = transfer.rules.acked();
+                    self.sessions
+                        .files
+                        .report(self.session, &transfer.rollout, FileTransferEvent::Progress, offset);
+                }
+                Some(transfer) if transfer.finishing => {}
+                _ => self.sessions.files.fetch(self.session.serial),
+            }
+        }
+    }
+
+    /// Queues the transfer's next chunks, if the window has room, when
+    /// everything queued before went out (so that whatever else is queued
+    /// waits behind [`FILL_BYTES`] of chunks at most).
+    fn send_chunks(&mut self) -> Result<(), Ending> {
+        if !self.conn.is_sent() {
+            return Ok(());
+        }
+        let Some(transfer) = self.transfer.as_mut() else {
+            return Ok(());
+        };
+        let max_chunk = (self.sessions.settings.max_payload as usize).saturating_sub(cwp::TAG_LEN);
+        let mut queued = 0;
+        while queued < FILL_BYTES {
+            match transfer.next_chunk(max_chunk) {
+                None => break,
+                Some(Ok(chunk)) => {
+                    if let ServerFrame::FileChunk(data) = &chunk {
+                        queued += data.data.len();
+                    }
+                    self.conn.queue(&chunk);
+                }
+                Some(Err(err)) => {
+                    // The store failed under us: the device keeps what it
+                    // has and resumes in a later session.
+                    warn!(serial = %self.session.serial, rollout = transfer.rollout, error = %err, "cannot read a rollout's file; the transfer stops");
+                    let offset = transfer.rules.acked();
+                    transfer.rules.stop();
+                    let rollout = transfer.rollout.clone();
+                    self.sessions
+                        .files
+                        .report(self.session, &rollout, FileTransferEvent::Released, offset);
+                    self.transfer = None;
+                    break;
+                }
+            }
+        }
+        self.sessions.metrics.file_bytes_sent.inc_by(queued as u64);
+        Ok(())
+    }
+
+    /// CWP/1 §3 Files: `FILE_ACCEPT` or `FILE_ACK`.
+    fn on_file_frame(&mut self, frame: FileFrame) -> Result<(), Ending> {
+        let Some(transfer) = self.transfer.as_mut() else {
+            let frame_type = match frame {
+                FileFrame::Accept(_) => cwp::FrameType::FILE_ACCEPT,
+                FileFrame::Ack(_) => cwp::FrameType::FILE_ACK,
+            };
+            return Err(self.rules.end(Ending::Fatal(cwp::transfer::no_transfer(frame_type))));
+        };
+        match transfer.on_frame(frame) {
+            Ok(Some((event, offset))) => {
+                let rollout = transfer.rollout.clone();
+                self.sessions.files.report(self.session, &rollout, event, offset);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(violation) => Err(self.rules.end(Ending::Fatal(violation))),
+        }
     }
 
     /// Reads what is there and handles every whole frame. `Ok(true)` if
@@ -402,6 +582,7 @@ impl<'a> Established<'a> {
                 });
             }
             Step::End(ending) => return Err(ending),
+            Step::File(frame) => self.on_file_frame(frame)?,
             Step::Upload(UploadFrame::Begin(begin)) => {
                 // Beginning and ending an upload (file system work, the
                 // bridge's record) make large futures, once per upload:
@@ -515,11 +696,13 @@ mod tests {
 
     /// Every running session's task is this future: 504 bytes with rustc
     /// 1.95, before the driver was split by role and after
-    /// (docs/BENCHMARKS.md, "Idle devices"). A field held across the
-    /// loop's await grows every running device.
+    /// (docs/BENCHMARKS.md, "Idle devices"); 512 since a session holds its
+    /// file transfer (one pointer, CWP/1 §3 Files). A field held across
+    /// the loop's await grows every running device (a parked one holds
+    /// none of it).
     #[test]
     fn a_running_session_fits_its_memory_budget() {
         let size = future_size(run);
-        assert!(size <= 504, "a running session's task future is {size} bytes");
+        assert!(size <= 512, "a running session's task future is {size} bytes");
     }
 }

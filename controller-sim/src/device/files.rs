@@ -1,0 +1,275 @@
+//! A device receiving a rollout's file (CWP/1 §3 Files), as firmware
+//! would: it holds the SHA-256 state of the prefix it has (not the bytes),
+//! resumes at that offset after a reconnect, acknowledges every half
+//! window, verifies the digest at the end, and checks that the server
+//! never sends beyond its window. Optionally it declines offers, corrupts
+//! one byte of a transfer, or drops its connection mid-transfer (each
+//! with a probability per offer).
+
+use std::time::Duration;
+
+use cwp::{FileAccept, FileAck, FileAckStatus, FileChunk, FileId, FileOffer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
+
+/// How a device treats offered files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilePolicy {
+    /// `FILE_ACCEPT.window`.
+    pub window: u32,
+    /// Probability that an offer is declined (window 0).
+    pub decline: f64,
+    /// Probability that a transfer has one byte corrupted (a
+    /// `DIGEST_MISMATCH` at its end).
+    pub corrupt: f64,
+    /// Probability that the device drops its connection somewhere in a
+    /// transfer (it resumes on the next one).
+    pub drop: f64,
+}
+
+impl Default for FilePolicy {
+    fn default() -> Self {
+        Self {
+            window: 256 * 1024,
+            decline: 0.0,
+            corrupt: 0.0,
+            drop: 0.0,
+        }
+    }
+}
+
+/// What the file transfers of a run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// `FILE_OFFER`s received.
+    pub offers: u64,
+    /// Offers declined.
+    pub declined: u64,
+    /// Offers accepted at an offset above 0 (resumes).
+    pub resumes: u64,
+    /// Chunk bytes received.
+    pub bytes: u64,
+    /// Files received whole with a matching digest.
+    pub verified: u64,
+    /// Files whose digest did not match.
+    pub mismatches: u64,
+    /// Connections dropped on purpose mid-transfer.
+    pub drops: u64,
+    /// Chunks beyond the window, or not where the device was (the server
+    /// broke CWP/1 §3).
+    pub window_violations: u64,
+    /// Chunks with no transfer accepted.
+    pub stray_chunks: u64,
+    /// Each verified file's rate, from its first offer to its last byte,
+    /// MB/s.
+    pub rates_mb_s: Vec<f64>,
+}
+
+impl FileSummary {
+    /// Adds another process's.
+    pub fn absorb(&mut self, other: &Self) {
+        self.offers += other.offers;
+        self.declined += other.declined;
+        self.resumes += other.resumes;
+        self.bytes += other.bytes;
+        self.verified += other.verified;
+        self.mismatches += other.mismatches;
+        self.drops += other.drops;
+        self.window_violations += other.window_violations;
+        self.stray_chunks += other.stray_chunks;
+        self.rates_mb_s.extend_from_slice(&other.rates_mb_s);
+    }
+
+    /// Per-device rates: min, median, max (MB/s).
+    pub fn rate_spread(&self) -> Option<(f64, f64, f64)> {
+        let mut rates = self.rates_mb_s.clone();
+        rates.sort_by(f64::total_cmp);
+        Some((*rates.first()?, rates[rates.len() / 2], *rates.last()?))
+    }
+}
+
+/// One file the device is receiving (or has), across connections.
+#[derive(Debug)]
+pub struct Reception {
+    file_id: FileId,
+    size: u64,
+    sha256: [u8; 32],
+    /// Bytes held (hashed).
+    offset: u64,
+    /// The SHA-256 state of the bytes held.
+    hasher: Sha256,
+    /// The last `FILE_ACK.offset` sent (the window counts from it).
+    acked: u64,
+    window: u32,
+    /// Accepted on this connection (chunks are expected).
+    accepted: bool,
+    /// The byte to corrupt, if this transfer corrupts one.
+    corrupt_at: Option<u64>,
+    /// Where to drop the connection, if this transfer drops it.
+    drop_at: Option<u64>,
+    /// Verified: a new offer of it is answered at once.
+    done: bool,
+    /// When it was first offered.
+    started: Instant,
+}
+
+/// What a chunk calls for.
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing to send.
+    Nothing,
+    /// Send this acknowledgement.
+    Ack(FileAck),
+    /// Drop the connection now (a planned cut).
+    Drop,
+}
+
+fn chance(probability: f64) -> bool {
+    probability > 0.0 && rand::random::<f64>() < probability
+}
+
+fn somewhere_in(size: u64) -> Option<u64> {
+    (size > 1).then(|| rand::random::<u64>() % size)
+}
+
+/// The device's answer to `FILE_OFFER`; `reception` is replaced when the
+/// offer is another file.
+pub fn on_offer(
+    reception: &mut Option<Reception>,
+    offer: &FileOffer,
+    policy: &FilePolicy,
+    summary: &mut FileSummary,
+) -> FileAccept {
+    summary.offers += 1;
+    let same = reception
+        .as_ref()
+        .is_some_and(|r| r.file_id == offer.file_id && r.sha256 == offer.sha256 && r.size == offer.size);
+    if !same {
+        if chance(policy.decline) {
+            summary.declined += 1;
+            return FileAccept {
+                file_id: offer.file_id,
+                offset: 0,
+                window: 0,
+            };
+        }
+        *reception = Some(Reception {
+            file_id: offer.file_id,
+            size: offer.size,
+            sha256: offer.sha256,
+            offset: 0,
+            hasher: Sha256::new(),
+            acked: 0,
+            window: policy.window,
+            accepted: false,
+            corrupt_at: None,
+            drop_at: None,
+            done: false,
+            started: Instant::now(),
+        });
+    }
+    let Some(r) = reception.as_mut() else {
+        unreachable!("a reception was just made")
+    };
+    if r.offset > 0 && !r.done {
+        summary.resumes += 1;
+    }
+    r.accepted = true;
+    r.acked = r.offset;
+    r.window = policy.window;
+    r.corrupt_at = if chance(policy.corrupt) {
+        somewhere_in(r.size)
+    } else {
+        None
+    };
+    r.drop_at = if chance(policy.drop) {
+        somewhere_in(r.size).filter(|at| *at > r.offset)
+    } else {
+        None
+    };
+    FileAccept {
+        file_id: r.file_id,
+        offset: r.offset,
+        window: r.window,
+    }
+}
+
+/// Whether the device holds a verified copy of every file it was offered
+/// so far (and was offered one).
+pub fn holds_verified(reception: Option<&Reception>) -> bool {
+    reception.is_some_and(|r| r.done)
+}
+
+/// After `FILE_ACCEPT` at the end (a verified file offered again): the
+/// acknowledgement that says so.
+pub fn ack_if_complete(reception: &Option<Reception>) -> Option<FileAck> {
+    let r = reception.as_ref()?;
+    (r.done && r.accepted).then_some(FileAck {
+        file_id: r.file_id,
+        offset: r.size,
+        status: FileAckStatus::OK,
+    })
+}
+
+/// One `FILE_CHUNK`.
+pub fn on_chunk(reception: &mut Option<Reception>, chunk: &FileChunk, summary: &mut FileSummary) -> Received {
+    let Some(r) = reception.as_mut().filter(|r| r.accepted && !r.done) else {
+        summary.stray_chunks += 1;
+        return Received::Nothing;
+    };
+    let len = chunk.data.len() as u64;
+    if r.offset + len > r.acked + u64::from(r.window) || r.offset + len > r.size {
+        summary.window_violations += 1;
+    }
+    let mut data = chunk.data.to_vec();
+    if let Some(at) = r.corrupt_at
+        && (r.offset..r.offset + len).contains(&at)
+    {
+        let index = usize::try_from(at - r.offset).unwrap_or(0);
+        data[index] ^= 0xFF;
+    }
+    r.hasher.update(&data);
+    r.offset += len;
+    summary.bytes += len;
+    if r.drop_at.is_some_and(|at| r.offset >= at) {
+        r.drop_at = None;
+        r.accepted = false;
+        summary.drops += 1;
+        return Received::Drop;
+    }
+    if r.offset >= r.size {
+        let digest: [u8; 32] = r.hasher.clone().finalize().into();
+        r.accepted = false;
+        if digest == r.sha256 {
+            r.done = true;
+            summary.verified += 1;
+            let seconds = r.started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+            summary.rates_mb_s.push(r.size as f64 / 1e6 / seconds);
+            return Received::Ack(FileAck {
+                file_id: r.file_id,
+                offset: r.size,
+                status: FileAckStatus::OK,
+            });
+        }
+        summary.mismatches += 1;
+        let ack = FileAck {
+            file_id: r.file_id,
+            offset: r.offset,
+            status: FileAckStatus::DIGEST_MISMATCH,
+        };
+        // Discarded: an offer again starts from 0.
+        r.offset = 0;
+        r.hasher = Sha256::new();
+        return Received::Ack(ack);
+    }
+    if r.offset - r.acked >= u64::from(r.window / 2).max(1) {
+        r.acked = r.offset;
+        return Received::Ack(FileAck {
+            file_id: r.file_id,
+            offset: r.offset,
+            status: FileAckStatus::OK,
+        });
+    }
+    Received::Nothing
+}

@@ -1,0 +1,621 @@
+//! Files to devices (issue 18, README "Rollouts"): a file added with
+//! `drover files add` and rolled out with `drover rollout start`, exactly
+//! as an operator runs them, reaches devices online now and devices that
+//! connect later, on any driver, resumes where the device is after a cut,
+//! and follows the rollout's policy (max_active, retries, cancel). The
+//! devices here speak CWP/1 frame by frame, so that each test sees exactly
+//! what the driver sent.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use controller_sim::client::Connection;
+use cwp::{
+    DeviceFrame, ErrorCode, FileAccept, FileAck, FileAckStatus, FileId, FileOffer, FrameType, Ping, ServerFrame,
+};
+use drover_testkit::binaries::binary;
+use drover_testkit::device::{connect, event, expect_fatal, serial};
+use drover_testkit::fleet::{TestFleet, runtime};
+use drover_testkit::wait::eventually;
+use sha2::{Digest as _, Sha256};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A fleet whose drivers serve files from a FILES_DIR the CLI adds to.
+struct Rollouts {
+    fleet: TestFleet,
+    _files: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Rollouts {
+    fn start(drivers: usize) -> Self {
+        let files = tempfile::tempdir().unwrap();
+        let dir = files.path().to_str().unwrap().to_owned();
+        let fleet = TestFleet::start(drivers, &[("FILES_DIR", &dir)]);
+        let env = vec![
+            ("REDIS_URL".to_owned(), fleet.redis.url()),
+            ("FILES_DIR".to_owned(), dir),
+        ];
+        Self {
+            fleet,
+            _files: files,
+            env,
+        }
+    }
+
+    /// `drover ARGS`: (exit code, stdout, stderr).
+    fn drover(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = Command::new(binary("drover").unwrap())
+            .args(args)
+            .env_remove("REDIS_CLUSTER_NODES")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Adds `content` as `name`; its SHA-256 as `drover files add` prints it.
+    fn add(&self, name: &str, content: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let (code, sha, stderr) = self.drover(&["files", "add", path.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "drover files add: {stderr}");
+        assert_eq!(sha, hex::encode(Sha256::digest(content)));
+        sha
+    }
+
+    /// Starts a rollout; its id.
+    fn rollout(&self, sha: &str, serials: &str, extra: &[&str]) -> String {
+        let mut args = vec!["rollout", "start", "--file", sha, "--serials", serials];
+        args.extend_from_slice(extra);
+        let (code, id, stderr) = self.drover(&args);
+        assert_eq!(code, Some(0), "drover rollout start: {stderr}");
+        id
+    }
+
+    /// `drover rollout status ID --json`.
+    fn status(&self, id: &str) -> serde_json::Value {
+        let (code, json, stderr) = self.drover(&["--json", "rollout", "status", id]);
+        assert_eq!(code, Some(0), "drover rollout status: {stderr}");
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn count(&self, id: &str, state: &str) -> u64 {
+        self.status(id)[state].as_str().unwrap().parse().unwrap()
+    }
+
+    /// A target's state record.
+    async fn target(&self, id: &str, serial: &str) -> serde_json::Value {
+        let mut redis = self.fleet.redis().await;
+        let raw: String = redis::cmd("HGET")
+            .arg(format!("cwp:rollout:{{{id}}}:targets"))
+            .arg(serial)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        serde_json::from_str(&raw).unwrap()
+    }
+}
+
+/// Content that shows misplaced bytes: every offset's byte differs.
+fn content(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8 ^ (i / 251) as u8).collect()
+}
+
+fn file_id(id: &str) -> FileId {
+    FileId(*uuid::Uuid::parse_str(id).unwrap().as_bytes())
+}
+
+/// The next `FILE_OFFER` (acks and pongs before it are skipped).
+async fn expect_offer(device: &mut Connection) -> FileOffer {
+    loop {
+        match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::FileOffer(offer) => return offer,
+            ServerFrame::Ack(_) | ServerFrame::Pong(_) => {}
+            other => panic!("expected FILE_OFFER, got {other:?}"),
+        }
+    }
+}
+
+/// A device's side of a transfer: the prefix's hash, never the bytes.
+struct Receiver {
+    offer: FileOffer,
+    hasher: Sha256,
+    offset: u64,
+    acked: u64,
+    window: u32,
+}
+
+impl Receiver {
+    fn new(offer: FileOffer) -> Self {
+        Self {
+            offer,
+            hasher: Sha256::new(),
+            offset: 0,
+            acked: 0,
+            window: 0,
+        }
+    }
+
+    async fn accept(&mut self, device: &mut Connection, window: u32) {
+        self.window = window;
+        self.acked = self.offset;
+        let accept = FileAccept {
+            file_id: self.offer.file_id,
+            offset: self.offset,
+            window,
+        };
+        device.send(&DeviceFrame::FileAccept(accept)).await.unwrap();
+    }
+
+    async fn ack(&mut self, device: &mut Connection, status: FileAckStatus) {
+        self.acked = self.offset;
+        let ack = FileAck {
+            file_id: self.offer.file_id,
+            offset: self.offset,
+            status,
+        };
+        device.send(&DeviceFrame::FileAck(ack)).await.unwrap();
+    }
+
+    /// Receives chunks until it holds `until` bytes, acknowledging every
+    /// half window; panics if a chunk goes beyond the window.
+    async fn receive(&mut self, device: &mut Connection, until: u64) {
+        loop {
+            if self.offset - self.acked >= u64::from(self.window / 2) && self.offset < self.offer.size {
+                self.ack(device, FileAckStatus::OK).await;
+            }
+            if self.offset >= until {
+                return;
+            }
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::FileChunk(chunk) => self.take(&chunk.data),
+                ServerFrame::Ack(_) | ServerFrame::Pong(_) => {}
+                other => panic!("expected FILE_CHUNK, got {other:?}"),
+            }
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        let end = self.offset + data.len() as u64;
+        assert!(
+            end <= self.acked + u64::from(self.window),
+            "a chunk ends at {end}, beyond the window ({} + {})",
+            self.acked,
+            self.window
+        );
+        assert!(end <= self.offer.size, "a chunk beyond the file's size");
+        self.hasher.update(data);
+        self.offset = end;
+    }
+
+    fn verified(&self) -> bool {
+        self.offset == self.offer.size && <[u8; 32]>::from(self.hasher.clone().finalize()) == self.offer.sha256
+    }
+}
+
+#[test]
+fn an_online_device_gets_the_file_verified_and_its_events_are_acked_meanwhile() {
+    let rollouts = Rollouts::start(1);
+    let data = content(3_000_000);
+    let sha = rollouts.add("fw-2.1.bin", &data);
+    runtime().block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-1")).await;
+        let id = rollouts.rollout(&sha, "FILE-1", &[]);
+        let offer = expect_offer(&mut device).await;
+        assert_eq!(offer.file_id, file_id(&id), "file_id is the rollout's id");
+        assert_eq!((offer.size, hex::encode(offer.sha256)), (3_000_000, sha.clone()));
+        assert_eq!(offer.name.as_str(), "fw-2.1.bin");
+        let mut receiver = Receiver::new(offer);
+        receiver.accept(&mut device, 256 * 1024).await;
+        receiver.receive(&mut device, 100_000).await;
+
+        // An event mid-transfer: its ACK comes while the window is full of
+        // chunks the device has not acknowledged.
+        device.send(&event(1)).await.unwrap();
+        loop {
+            match device.recv_timeout(WAIT).await.unwrap() {
+                ServerFrame::Ack(ack) => {
+                    assert_eq!(ack.event_id, 1);
+                    break;
+                }
+                ServerFrame::FileChunk(chunk) => receiver.take(&chunk.data),
+                other => panic!("expected ACK or FILE_CHUNK, got {other:?}"),
+            }
+        }
+        assert!(
+            receiver.offset < receiver.offer.size,
+            "the event was acked during the transfer"
+        );
+
+        receiver.receive(&mut device, 3_000_000).await;
+        assert!(receiver.verified(), "the device holds the file, digest matched");
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        eventually("the rollout records the target done", WAIT, || async {
+            rollouts.count(&id, "done") == 1
+        })
+        .await;
+        let status = rollouts.status(&id);
+        assert_eq!(status["active"], "0");
+        assert_eq!(status["bytes_acked"], "3000000");
+        assert_eq!(rollouts.target(&id, "FILE-1").await["state"], "done");
+    });
+}
+
+#[test]
+fn a_cut_transfer_resumes_at_the_devices_offset_on_another_driver() {
+    let rollouts = Rollouts::start(2);
+    let data = content(2_000_000);
+    let sha = rollouts.add("fw.bin", &data);
+    let id = rollouts.rollout(&sha, "FILE-CUT", &[]);
+    runtime().block_on(async {
+        let (mut first, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-CUT")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut first).await);
+        receiver.accept(&mut first, 128 * 1024).await;
+        receiver.receive(&mut first, 700_001).await;
+        // Cut: the bytes held past the last FILE_ACK are the device's too.
+        drop(first);
+        let held = receiver.offset;
+
+        let (mut second, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-CUT")).await;
+        let offer = expect_offer(&mut second).await;
+        assert_eq!(offer, receiver.offer, "the same file is offered again");
+        receiver.accept(&mut second, 128 * 1024).await;
+        receiver.receive(&mut second, 2_000_000).await;
+        assert!(
+            receiver.verified(),
+            "resumed at {held}: the digest of both halves matches"
+        );
+        receiver.ack(&mut second, FileAckStatus::OK).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+    });
+}
+
+#[test]
+fn a_device_offline_at_the_start_gets_the_file_when_it_connects_and_a_decline_is_recorded() {
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("config.tar", &content(10_000));
+    let id = rollouts.rollout(&sha, "FILE-LATE,FILE-NO", &[]);
+    assert_eq!(rollouts.count(&id, "pending"), 2);
+    runtime().block_on(async {
+        let (mut late, _) = connect(rollouts.fleet.addr(), &serial("FILE-LATE")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut late).await);
+        receiver.accept(&mut late, 65_536).await;
+        receiver.receive(&mut late, 10_000).await;
+        assert!(receiver.verified());
+        receiver.ack(&mut late, FileAckStatus::OK).await;
+
+        let (mut no, _) = connect(rollouts.fleet.addr(), &serial("FILE-NO")).await;
+        let mut declining = Receiver::new(expect_offer(&mut no).await);
+        declining.accept(&mut no, 0).await;
+        eventually("one done, one declined", WAIT, || async {
+            rollouts.count(&id, "done") == 1 && rollouts.count(&id, "declined") == 1
+        })
+        .await;
+        assert_eq!(rollouts.target(&id, "FILE-NO").await["state"], "declined");
+        // Nothing is offered again on the next session: its index is empty.
+        drop(no);
+        let (mut again, _) = connect(rollouts.fleet.addr(), &serial("FILE-NO")).await;
+        again.send(&DeviceFrame::Ping(Ping { token: 7 })).await.unwrap();
+        match again.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Pong(pong) => assert_eq!(pong.token, 7),
+            other => panic!("expected PONG, got {other:?}"),
+        }
+        let mut redis = rollouts.fleet.redis().await;
+        let index: i64 = redis::cmd("ZCARD")
+            .arg("cwp:file-offers:FILE-NO")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(index, 0);
+    });
+}
+
+#[test]
+fn a_digest_mismatch_is_offered_again_up_to_the_retries_then_fails() {
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("fw.bin", &content(50_000));
+    let id = rollouts.rollout(&sha, "FILE-BAD", &["--retries", "1"]);
+    runtime().block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-BAD")).await;
+        for attempt in 1..=2 {
+            let mut receiver = Receiver::new(expect_offer(&mut device).await);
+            receiver.accept(&mut device, 65_536).await;
+            receiver.receive(&mut device, 50_000).await;
+            assert!(receiver.verified(), "attempt {attempt}: sent whole from 0");
+            // The device says its digest did not match (a corrupt flash).
+            receiver.ack(&mut device, FileAckStatus::DIGEST_MISMATCH).await;
+        }
+        eventually("failed after 1 retry", WAIT, || async {
+            rollouts.count(&id, "failed") == 1
+        })
+        .await;
+        let target = rollouts.target(&id, "FILE-BAD").await;
+        assert_eq!(target["mismatches"], 2);
+        assert!(target["why"].as_str().unwrap().contains("digest mismatch"), "{target}");
+        let mut redis = rollouts.fleet.redis().await;
+        let results: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("cwp:rollout:{{{id}}}:results"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let states: Vec<String> = results.ids.iter().map(|e| e.get::<String>("state").unwrap()).collect();
+        assert_eq!(states, ["retrying", "failed"]);
+    });
+}
+
+/// How long a device waits for the next chunk before it concludes that
+/// the transfer stopped: on loopback, with the window open, a transfer that
+/// goes on sends its next chunk within milliseconds (the control below
+/// never waits this long), so two seconds of nothing is a stop.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Receives as `Receiver::receive` does until the file is whole or nothing
+/// comes for [`QUIET`].
+async fn receive_until_quiet(device: &mut Connection, receiver: &mut Receiver) {
+    loop {
+        if receiver.offset - receiver.acked >= u64::from(receiver.window / 2) {
+            receiver.ack(device, FileAckStatus::OK).await;
+        }
+        if receiver.offset >= receiver.offer.size {
+            return;
+        }
+        match device.recv_timeout(QUIET).await {
+            Ok(ServerFrame::FileChunk(chunk)) => receiver.take(&chunk.data),
+            Ok(ServerFrame::Ack(_) | ServerFrame::Pong(_)) => {}
+            Ok(other) => panic!("expected FILE_CHUNK, got {other:?}"),
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn cancel_stops_a_transfer_between_chunks_and_without_it_the_device_gets_the_file() {
+    let rollouts = Rollouts::start(1);
+    let size = 4_000_000;
+    let sha = rollouts.add("fw.bin", &content(size));
+    runtime().block_on(async {
+        for cancel in [false, true] {
+            let name = if cancel { "FILE-STOP" } else { "FILE-GO" };
+            let id = rollouts.rollout(&sha, name, &[]);
+            let (mut device, _) = connect(rollouts.fleet.addr(), &serial(name)).await;
+            let mut receiver = Receiver::new(expect_offer(&mut device).await);
+            receiver.accept(&mut device, 64 * 1024).await;
+            receiver.receive(&mut device, 64 * 1024).await;
+            if cancel {
+                let (code, _, stderr) = rollouts.drover(&["rollout", "cancel", &id]);
+                assert_eq!(code, Some(0), "{stderr}");
+                assert_eq!(rollouts.count(&id, "cancelled"), 1);
+            }
+            // The device goes on acknowledging every half window: only the
+            // cancel can stop the chunks (the control, `cancel == false`,
+            // receives the whole file the same way).
+            receiver.ack(&mut device, FileAckStatus::OK).await;
+            receive_until_quiet(&mut device, &mut receiver).await;
+            if cancel {
+                assert!(receiver.offset < size as u64, "the cancelled transfer stopped");
+                assert_eq!(rollouts.target(&id, name).await["state"], "cancelled");
+            } else {
+                assert!(
+                    receiver.verified(),
+                    "without cancel the same device gets the whole file"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn max_active_holds_across_two_drivers_and_a_freed_slot_wakes_the_next_device() {
+    let rollouts = Rollouts::start(2);
+    let sha = rollouts.add("fw.bin", &content(20_000));
+    runtime().block_on(async {
+        let (mut a, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-A")).await;
+        let (mut b, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-B")).await;
+        let id = rollouts.rollout(&sha, "FILE-A,FILE-B", &["--max-active", "1"]);
+        eventually("one transfer active, the other device waiting", WAIT, || async {
+            let mut redis = rollouts.fleet.redis().await;
+            let waiting: i64 = redis::cmd("ZCARD")
+                .arg(format!("cwp:rollout:{{{id}}}:waiting"))
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            rollouts.count(&id, "active") == 1 && waiting == 1
+        })
+        .await;
+        let a_active = rollouts.target(&id, "FILE-A").await["state"] == "active";
+        let (first, second) = if a_active { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let mut receiver = Receiver::new(expect_offer(first).await);
+        receiver.accept(first, 65_536).await;
+        receiver.receive(first, 20_000).await;
+        receiver.ack(first, FileAckStatus::OK).await;
+        // The slot frees: the waiting device, on the other driver, is woken.
+        let mut next = Receiver::new(expect_offer(second).await);
+        next.accept(second, 65_536).await;
+        next.receive(second, 20_000).await;
+        assert!(next.verified());
+        next.ack(second, FileAckStatus::OK).await;
+        eventually("both done", WAIT, || async { rollouts.count(&id, "done") == 2 }).await;
+    });
+}
+
+#[test]
+fn file_frames_that_do_not_fit_the_transfer_are_fatal_and_change_no_stored_state() {
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("fw.bin", &content(100_000));
+    let id = rollouts.rollout(&sha, "FILE-ERR", &[]);
+    runtime().block_on(async {
+        let addr = rollouts.fleet.addr();
+        let device = serial("FILE-ERR");
+        let other = FileId([9; 16]);
+        // Each case: what the device sends after the offer (and after
+        // accepting with window 1000 and receiving it, for the acks).
+        let cases: Vec<(&str, FramesAfterOffer, ErrorCode, FrameType)> = vec![
+            (
+                "accept of another file",
+                Box::new(move |_| vec![accept(other, 0, 1000)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACCEPT,
+            ),
+            (
+                "accept beyond the size",
+                Box::new(|id| vec![accept(id, 100_001, 1000)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACCEPT,
+            ),
+            (
+                "accept twice",
+                Box::new(|id| vec![accept(id, 0, 1000), accept(id, 0, 1000)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACCEPT,
+            ),
+            (
+                "ack before accept",
+                Box::new(|id| vec![ack(id, 0, FileAckStatus::OK)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACK,
+            ),
+            (
+                "ack beyond what was sent",
+                Box::new(|id| vec![accept(id, 0, 1000), ack(id, 5000, FileAckStatus::OK)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACK,
+            ),
+            (
+                "ack of another file",
+                Box::new(move |id| vec![accept(id, 0, 1000), ack(other, 0, FileAckStatus::OK)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACK,
+            ),
+            (
+                "ack going backwards",
+                Box::new(|id| vec![accept(id, 500, 1000), ack(id, 100, FileAckStatus::OK)]),
+                ErrorCode::UNEXPECTED,
+                FrameType::FILE_ACK,
+            ),
+            (
+                "ack with an undefined status",
+                Box::new(|id| vec![accept(id, 0, 1000), ack(id, 0, FileAckStatus(7))]),
+                ErrorCode::MALFORMED,
+                FrameType::FILE_ACK,
+            ),
+        ];
+        for (what, frames, code, ref_type) in cases {
+            let (mut connection, _) = connect(addr, &device).await;
+            let offer = expect_offer(&mut connection).await;
+            for frame in frames(offer.file_id) {
+                connection.send(&frame).await.unwrap();
+            }
+            // Chunks may come before the error.
+            let error = loop {
+                match connection.recv_timeout(WAIT).await.unwrap() {
+                    ServerFrame::Error(error) => break error,
+                    ServerFrame::FileChunk(_) | ServerFrame::Ack(_) => {}
+                    other => panic!("{what}: expected ERROR, got {other:?}"),
+                }
+            };
+            assert_eq!(
+                (error.code, error.ref_type, error.fatal),
+                (code, ref_type, true),
+                "{what}: {error:?}"
+            );
+            assert!(connection.closed_within(WAIT).await, "{what}: closed");
+            eventually("the transfer is released", WAIT, || async {
+                rollouts.target(&id, "FILE-ERR").await["state"] == "pending"
+            })
+            .await;
+        }
+        // The rollout is intact: the device gets the whole file after all.
+        let (mut connection, _) = connect(addr, &device).await;
+        let mut receiver = Receiver::new(expect_offer(&mut connection).await);
+        receiver.accept(&mut connection, 65_536).await;
+        receiver.receive(&mut connection, 100_000).await;
+        assert!(receiver.verified());
+        receiver.ack(&mut connection, FileAckStatus::OK).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+
+        // With no transfer at all, a file frame is UNEXPECTED too.
+        let (mut connection, _) = connect(addr, &serial("FILE-NONE")).await;
+        connection
+            .send(&ack(FileId([1; 16]), 0, FileAckStatus::OK))
+            .await
+            .unwrap();
+        expect_fatal(&mut connection, ErrorCode::UNEXPECTED, FrameType::FILE_ACK).await;
+    });
+}
+
+/// What a device sends after an offer, given the offered file's id.
+type FramesAfterOffer = Box<dyn Fn(FileId) -> Vec<DeviceFrame>>;
+
+fn accept(file_id: FileId, offset: u64, window: u32) -> DeviceFrame {
+    DeviceFrame::FileAccept(FileAccept {
+        file_id,
+        offset,
+        window,
+    })
+}
+
+fn ack(file_id: FileId, offset: u64, status: FileAckStatus) -> DeviceFrame {
+    DeviceFrame::FileAck(FileAck {
+        file_id,
+        offset,
+        status,
+    })
+}
+
+#[test]
+fn the_simulator_receives_verifies_and_resumes_through_drops_and_corruption() {
+    let rollouts = Rollouts::start(2);
+    let sha = rollouts.add("fw.bin", &content(1_500_000));
+    let serials: Vec<String> = (1..=6).map(|i| format!("SIMF-{i:06}")).collect();
+    let id = rollouts.rollout(&sha, &serials.join(","), &["--max-active", "3", "--retries", "10"]);
+    let output = Command::new(binary("controller-sim").unwrap())
+        .args([
+            "--scenario",
+            "files",
+            "--devices",
+            "6",
+            "--serial-prefix",
+            "SIMF-",
+            "--duration",
+            "60s",
+        ])
+        .args([
+            "--file-window",
+            "131072",
+            "--file-corrupt",
+            "0.3",
+            "--file-drop",
+            "0.5",
+            "--json",
+        ])
+        .env("SIM_TARGET", rollouts.fleet.drivers[0].addr().to_string())
+        .env("CWP_MASTER_KEY", drover_testkit::device::MASTER_KEY_HEX)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "controller-sim: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let files = &summary["files"];
+    assert_eq!(files["verified"], 6, "{files}");
+    assert_eq!(files["window_violations"], 0, "{files}");
+    assert_eq!(files["stray_chunks"], 0, "{files}");
+    runtime().block_on(eventually("all done", WAIT, || async {
+        rollouts.count(&id, "done") == 6
+    }));
+}
