@@ -634,13 +634,7 @@ fn uploads_beyond_the_limit_are_refused_with_busy_and_the_session_goes_on() {
 
         // Within the limit all is well.
         let fits = Upload::new(8, 99 * BLOCK);
-        c.send(&fits.begin(fits.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &fits).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &fits, 0, fits.size(), &mut durable).await;
-        c.send(&fits.end(fits.size(), fits.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &fits).await, fits.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &fits).await;
     });
 }
 
@@ -971,13 +965,7 @@ fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_n
         // Another device's quota is its own.
         let (mut c, _) = connect(fleet.addr(), &other).await;
         let theirs = Upload::new(23, 45 * BLOCK);
-        c.send(&theirs.begin(theirs.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &theirs).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &theirs, 0, theirs.size(), &mut durable).await;
-        c.send(&theirs.end(theirs.size(), theirs.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &theirs).await, theirs.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &theirs).await;
     });
 }
 
