@@ -96,6 +96,28 @@ pub fn since_id(text: &str, now_ms: u64) -> Result<String, String> {
     }
 }
 
+/// [`read`], printing each kept entry on a line of its own: `to_json`'s
+/// object with `--json` (`json`), `to_line`'s text otherwise.
+pub async fn print(
+    deployment: &mut Deployment,
+    streams: &[String],
+    window: &Window,
+    keep: impl Fn(&Entry) -> bool,
+    json: bool,
+    to_json: impl Fn(&Entry) -> serde_json::Value,
+    to_line: impl Fn(&Entry, crate::output::Style) -> String,
+) -> anyhow::Result<()> {
+    let style = crate::output::Style::detect();
+    read(deployment, streams, window, keep, |entry| {
+        if json {
+            crate::output::line(&to_json(entry).to_string())
+        } else {
+            crate::output::line(&to_line(entry, style))
+        }
+    })
+    .await
+}
+
 /// Reads `window` of `streams`, keeping the entries `keep` accepts, and
 /// hands each to `emit` in time order; with `--follow`, then every new
 /// one until interrupted (or `emit` fails: a closed pipe).
