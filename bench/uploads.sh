@@ -25,6 +25,10 @@
 #   UPLOAD_BYTES   per device, default 4016000 (4,000 x 1,004)
 #   STORAGE_BYTES  bytes for each storage limit measurement, default 134217728
 #   CARGO_TARGET_DIR as for cargo (default ./target)
+#   BIN_DIR        take the binaries from here instead of building them (e.g.
+#                  another commit's driver and vendor-bridge beside links to
+#                  this build's controller-sim and bench-limits, so that only
+#                  the servers differ)
 # Results: $BENCH_DIR/results.jsonl (one JSON object per measurement) and a
 # summary table on stdout ($BENCH_DIR/results.md).
 set -euo pipefail
@@ -38,7 +42,7 @@ STORAGE_BYTES=${STORAGE_BYTES:-134217728}
 KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 BIG_WINDOW=$((UPLOAD_BYTES + BLOCK_SIZE))
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release
+BIN=${BIN_DIR:-$TARGET_DIR/release}
 RESULTS=$BENCH_DIR/results.jsonl
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -51,8 +55,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "building (release)"
-(cd "$ROOT" && cargo build --release -q -p driver -p vendor-bridge -p controller-sim -p fleet)
+if [[ -z ${BIN_DIR:-} ]]; then
+    log "building (release)"
+    (cd "$ROOT" && cargo build --release -q -p driver -p vendor-bridge -p controller-sim -p fleet)
+fi
 
 mkdir -p "$BENCH_DIR"
 rm -rf "${BENCH_DIR:?}"/{uploads,naive,redis,limits} "$RESULTS"

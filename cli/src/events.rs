@@ -23,15 +23,7 @@ pub async fn run(mut deployment: Deployment, args: &EventsArgs, json: bool) -> a
         None => deployment.layout.event_streams(),
     };
     let keep = |entry: &Entry| is_of(entry, serial.as_ref());
-    let style = Style::detect();
-    streams::read(&mut deployment, &streams, &args.window, keep, |entry| {
-        if json {
-            output::line(&to_json(entry).to_string())
-        } else {
-            output::line(&to_line(entry, style))
-        }
-    })
-    .await?;
+    streams::print(&mut deployment, &streams, &args.window, keep, json, to_json, to_line).await?;
     Ok(Exit::Success)
 }
 

@@ -96,6 +96,28 @@ pub fn since_id(text: &str, now_ms: u64) -> Result<String, String> {
     }
 }
 
+/// [`read`], printing each kept entry on a line of its own: `to_json`'s
+/// object with `--json` (`json`), `to_line`'s text otherwise.
+pub async fn print(
+    deployment: &mut Deployment,
+    streams: &[String],
+    window: &Window,
+    keep: impl Fn(&Entry) -> bool,
+    json: bool,
+    to_json: impl Fn(&Entry) -> serde_json::Value,
+    to_line: impl Fn(&Entry, crate::output::Style) -> String,
+) -> anyhow::Result<()> {
+    let style = crate::output::Style::detect();
+    read(deployment, streams, window, keep, |entry| {
+        if json {
+            crate::output::line(&to_json(entry).to_string())
+        } else {
+            crate::output::line(&to_line(entry, style))
+        }
+    })
+    .await
+}
+
 /// Reads `window` of `streams`, keeping the entries `keep` accepts, and
 /// hands each to `emit` in time order; with `--follow`, then every new
 /// one until interrupted (or `emit` fails: a closed pipe).
@@ -177,6 +199,40 @@ async fn tip(deployment: &mut Deployment, stream: &str) -> anyhow::Result<Option
     Ok(reply.ids.into_iter().next().map(|entry| entry.id))
 }
 
+/// One page of `XRANGE` or `XREVRANGE` (`command`) over `stream` from
+/// `from` to `to`, and, when the page was full, where the next one starts
+/// (`(` and its last id: just past it).
+async fn page(
+    deployment: &mut Deployment,
+    command: &str,
+    stream: &str,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<(Vec<Entry>, Option<String>)> {
+    let reply: StreamRangeReply = redis::cmd(command)
+        .arg(stream)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(PAGE)
+        .query_async(&mut deployment.redis)
+        .await
+        .with_context(|| format!("{command} {stream}"))?;
+    let next = match reply.ids.last() {
+        Some(last) if reply.ids.len() == PAGE => Some(format!("({}", last.id)),
+        _ => None,
+    };
+    let entries = reply
+        .ids
+        .into_iter()
+        .map(|entry| Entry {
+            stream: stream.to_owned(),
+            entry,
+        })
+        .collect();
+    Ok((entries, next))
+}
+
 /// Entries from `start` up to `tip`, oldest first, at most `limit` kept.
 async fn forward(
     deployment: &mut Deployment,
@@ -189,22 +245,8 @@ async fn forward(
     let mut kept = Vec::new();
     let mut from = start.to_owned();
     loop {
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&from)
-            .arg(tip)
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut deployment.redis)
-            .await
-            .with_context(|| format!("XRANGE {stream}"))?;
-        let count = reply.ids.len();
-        let last = reply.ids.last().map(|entry| entry.id.clone());
-        for entry in reply.ids {
-            let entry = Entry {
-                stream: stream.to_owned(),
-                entry,
-            };
+        let (entries, last) = page(deployment, "XRANGE", stream, &from, tip).await?;
+        for entry in entries {
             if keep(&entry) {
                 kept.push(entry);
                 if limit.is_some_and(|limit| kept.len() >= limit) {
@@ -213,9 +255,8 @@ async fn forward(
             }
         }
         match last {
-            // `(` starts after the last id read.
-            Some(last) if count == PAGE => from = format!("({last}"),
-            _ => return Ok(kept),
+            Some(last) => from = last,
+            None => return Ok(kept),
         }
     }
 }
@@ -231,29 +272,15 @@ async fn newest(
     let mut kept = Vec::new();
     let mut until = tip.to_owned();
     while kept.len() < limit {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(stream)
-            .arg(&until)
-            .arg("-")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut deployment.redis)
-            .await
-            .with_context(|| format!("XREVRANGE {stream}"))?;
-        let count = reply.ids.len();
-        let last = reply.ids.last().map(|entry| entry.id.clone());
-        for entry in reply.ids {
-            let entry = Entry {
-                stream: stream.to_owned(),
-                entry,
-            };
+        let (entries, last) = page(deployment, "XREVRANGE", stream, &until, "-").await?;
+        for entry in entries {
             if keep(&entry) && kept.len() < limit {
                 kept.push(entry);
             }
         }
         match last {
-            Some(last) if count == PAGE => until = format!("({last}"),
-            _ => break,
+            Some(last) => until = last,
+            None => break,
         }
     }
     Ok(kept)

@@ -18,16 +18,8 @@ pub async fn run(mut deployment: Deployment, args: &UploadsArgs, json: bool) -> 
             .as_ref()
             .is_none_or(|serial| entry.bytes(upload_fields::SERIAL).as_deref() == Some(serial.as_bytes()))
     };
-    let style = Style::detect();
     let streams = [drover_schema::UPLOADS.to_owned()];
-    streams::read(&mut deployment, &streams, &args.window, keep, |entry| {
-        if json {
-            output::line(&to_json(entry).to_string())
-        } else {
-            output::line(&to_line(entry, style))
-        }
-    })
-    .await?;
+    streams::print(&mut deployment, &streams, &args.window, keep, json, to_json, to_line).await?;
     Ok(Exit::Success)
 }
 

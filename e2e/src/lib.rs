@@ -22,3 +22,8 @@
 //! file alone, `cargo build --workspace` and then, e.g.,
 //! `cargo test -p drover-e2e --test faults`. `DROVER_TEST_LOGS=1` shows
 //! the processes' logs.
+//!
+//! What more than one test file reads the same way lives here:
+//! [`yaml`] (configuration files as JSON values).
+
+pub mod yaml;

@@ -15,8 +15,7 @@ use std::time::Duration;
 use drover_service::duration::parse_duration;
 use drover_service::env::Variable;
 use drover_testkit::lbconfig::{LbConfig, maxconn_for_open_files};
-use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Docker's embedded DNS server, inside every compose network.
 const DOCKER_DNS: &str = "127.0.0.11:53";
@@ -33,50 +32,6 @@ fn read(path: &str) -> String {
 }
 
 // --- YAML and interpolation ----------------------------------------------
-
-/// YAML to JSON, resolving merge keys (`<<: *anchor`): compose honours
-/// them, YAML 1.2 (and so saphyr) leaves them to the application. Explicit
-/// keys win over merged ones, earlier merged mappings over later ones.
-fn to_json(yaml: &Yaml) -> Value {
-    match yaml {
-        Yaml::Value(Scalar::Null) => Value::Null,
-        Yaml::Value(Scalar::Boolean(b)) => Value::Bool(*b),
-        Yaml::Value(Scalar::Integer(i)) => Value::from(*i),
-        Yaml::Value(Scalar::FloatingPoint(f)) => Value::from(f.into_inner()),
-        Yaml::Value(Scalar::String(s)) => Value::String(s.to_string()),
-        Yaml::Representation(s, _, _) => Value::String(s.to_string()),
-        Yaml::Sequence(items) => items.iter().map(to_json).collect(),
-        Yaml::Tagged(_, inner) => to_json(inner),
-        Yaml::Mapping(mapping) => {
-            let mut object = Map::new();
-            let mut merged = Vec::new();
-            for (key, value) in mapping {
-                let key = match to_json(key) {
-                    Value::String(key) => key,
-                    other => other.to_string(),
-                };
-                if key == "<<" {
-                    match to_json(value) {
-                        Value::Array(sources) => merged.extend(sources),
-                        source => merged.push(source),
-                    }
-                } else {
-                    object.insert(key, to_json(value));
-                }
-            }
-            for source in merged {
-                let Value::Object(source) = source else {
-                    panic!("merge key with a non-mapping: {source}")
-                };
-                for (key, value) in source {
-                    object.entry(key).or_insert(value);
-                }
-            }
-            Value::Object(object)
-        }
-        Yaml::Alias(_) | Yaml::BadValue => panic!("unresolved YAML node {yaml:?}"),
-    }
-}
 
 /// One `${...}` in the compose file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +136,7 @@ struct Compose {
 impl Compose {
     fn load() -> Self {
         let text = read("docker-compose.yml");
-        let documents = Yaml::load_from_str(&text).unwrap();
-        assert_eq!(documents.len(), 1, "one YAML document");
-        let mut file = to_json(&documents[0]);
+        let mut file = drover_e2e::yaml::document(&text);
         let mut env: BTreeMap<String, String> = env_example().into_iter().collect();
         env.insert("CWP_MASTER_KEY".to_owned(), TEST_MASTER_KEY.to_owned());
         env.insert("BRIDGE_TOKEN".to_owned(), TEST_BRIDGE_TOKEN.to_owned());

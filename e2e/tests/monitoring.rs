@@ -34,8 +34,7 @@ use drover_testkit::net::{free_port, loopback};
 use drover_testkit::process::{ChildGuard, find_on_path};
 use drover_testkit::sim::controller_sim;
 use drover_testkit::wait::{wait_for_port, wait_until};
-use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// What a Grafana dashboard may leave to Grafana in a query, and what the
 /// test puts there instead: `$__rate_interval` is at least four scrape
@@ -57,36 +56,6 @@ fn read(path: &Path) -> String {
 }
 
 // --- The files ------------------------------------------------------------
-
-/// A YAML document as JSON, for indexing (`deploy/monitoring` uses no
-/// anchors or merge keys).
-fn yaml(text: &str) -> Value {
-    fn to_json(yaml: &Yaml) -> Value {
-        match yaml {
-            Yaml::Value(Scalar::Null) => Value::Null,
-            Yaml::Value(Scalar::Boolean(b)) => Value::Bool(*b),
-            Yaml::Value(Scalar::Integer(i)) => Value::from(*i),
-            Yaml::Value(Scalar::FloatingPoint(f)) => Value::from(f.into_inner()),
-            Yaml::Value(Scalar::String(s)) => Value::String(s.to_string()),
-            Yaml::Representation(s, _, _) => Value::String(s.to_string()),
-            Yaml::Sequence(items) => items.iter().map(to_json).collect(),
-            Yaml::Tagged(_, inner) => to_json(inner),
-            Yaml::Mapping(mapping) => Value::Object(
-                mapping
-                    .iter()
-                    .map(|(key, value)| match to_json(key) {
-                        Value::String(key) => (key, to_json(value)),
-                        other => (other.to_string(), to_json(value)),
-                    })
-                    .collect::<Map<_, _>>(),
-            ),
-            Yaml::Alias(_) | Yaml::BadValue => panic!("unexpected YAML node {yaml:?}"),
-        }
-    }
-    let documents = Yaml::load_from_str(text).unwrap();
-    assert_eq!(documents.len(), 1, "one YAML document");
-    to_json(&documents[0])
-}
 
 fn text<'a>(value: &'a Value, what: &str) -> &'a str {
     value
@@ -169,7 +138,7 @@ fn with_short_for(rules: &str) -> String {
 /// jobs (every one of them, no other), `rules` instead of its rule file,
 /// every second instead of every 15.
 fn test_config(targets: &BTreeMap<&str, Vec<SocketAddr>>, rules: &Path) -> String {
-    let deployed = yaml(&read(&deployed("prometheus.yml")));
+    let deployed = drover_e2e::yaml::document(&read(&deployed("prometheus.yml")));
     assert_eq!(
         deployed["rule_files"],
         serde_json::json!(["alerts.yml"]),
@@ -487,7 +456,7 @@ fn prometheus_sees_every_panel_and_fires_the_alerts_of_a_live_fleet() {
     );
 
     // Every rule evaluates, without error.
-    let rules = yaml(&rules_text);
+    let rules = drover_e2e::yaml::document(&rules_text);
     let alerts = alert_rules(&rules);
     wait_until("every rule to be evaluated", SEEN_WITHIN, || {
         let rules = prometheus.rules();
@@ -560,8 +529,8 @@ fn prometheus_sees_every_panel_and_fires_the_alerts_of_a_live_fleet() {
 #[test]
 fn the_test_rules_differ_from_the_deployed_ones_only_in_for() {
     let deployed_text = read(&deployed("alerts.yml"));
-    let deployed_rules = yaml(&deployed_text);
-    let short_rules = yaml(&with_short_for(&deployed_text));
+    let deployed_rules = drover_e2e::yaml::document(&deployed_text);
+    let short_rules = drover_e2e::yaml::document(&with_short_for(&deployed_text));
     let (deployed_rules, short_rules) = (alert_rules(&deployed_rules), alert_rules(&short_rules));
     assert_eq!(
         deployed_rules.keys().collect::<Vec<_>>(),
@@ -583,7 +552,7 @@ fn the_test_rules_differ_from_the_deployed_ones_only_in_for() {
 #[test]
 fn the_readme_lists_every_alert() {
     let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"));
-    let rules = yaml(&read(&deployed("alerts.yml")));
+    let rules = drover_e2e::yaml::document(&read(&deployed("alerts.yml")));
     let missing: Vec<String> = alert_rules(&rules)
         .into_keys()
         .filter(|name| !readme.contains(&format!("| `{name}` |")))
@@ -597,13 +566,13 @@ fn the_readme_lists_every_alert() {
 
 #[test]
 fn the_monitoring_files_agree_with_each_other_and_with_the_compose_stack() {
-    let compose = yaml(&read(
+    let compose = drover_e2e::yaml::document(&read(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml"),
     ));
-    let overlay = yaml(&read(&deployed("docker-compose.monitoring.yml")));
-    let prometheus = yaml(&read(&deployed("prometheus.yml")));
-    let datasource = yaml(&read(&deployed("grafana/provisioning/datasources/prometheus.yml")));
-    let provider = yaml(&read(&deployed("grafana/provisioning/dashboards/drover.yml")));
+    let overlay = drover_e2e::yaml::document(&read(&deployed("docker-compose.monitoring.yml")));
+    let prometheus = drover_e2e::yaml::document(&read(&deployed("prometheus.yml")));
+    let datasource = drover_e2e::yaml::document(&read(&deployed("grafana/provisioning/datasources/prometheus.yml")));
+    let provider = drover_e2e::yaml::document(&read(&deployed("grafana/provisioning/dashboards/drover.yml")));
     let dashboard: Value = serde_json::from_str(&read(&deployed("grafana/drover.json"))).unwrap();
 
     let base_services: BTreeSet<&String> = compose["services"].as_object().unwrap().keys().collect();

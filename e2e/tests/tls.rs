@@ -16,48 +16,11 @@ use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess, Lo
 use drover_testkit::device::{MASTER_KEY_HEX, connect, device_key, serial};
 use drover_testkit::fleet::{logs, run_to_exit, runtime};
 use drover_testkit::inspect::stored_events;
+use drover_testkit::pki::{Authority, ExtendedKeyUsagePurpose};
 use drover_testkit::redis::RedisServer;
 use drover_testkit::wait::eventually;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A certificate authority that signs certificates for the test.
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            issuer: Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    /// A leaf certificate and its key, both PEM.
-    fn sign(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, expired: bool) -> (String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![usage];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Every file the tests use, in one temporary directory.
 struct Pki {

@@ -138,6 +138,23 @@ async fn expect_alive(c: &mut Connection) {
     }
 }
 
+/// Begins `upload`, of which nothing is stored yet: it starts at 0.
+async fn begin_new(c: &mut Connection, upload: &Upload) {
+    c.send(&upload.begin(upload.size())).await.unwrap();
+    assert_eq!(expect_status(c, upload).await, 0);
+}
+
+/// Sends all of `upload`, of which nothing is stored yet, window by
+/// window, and ends it: every byte durable, then `UPLOAD_DONE OK`.
+async fn upload_whole(c: &mut Connection, upload: &Upload) {
+    begin_new(c, upload).await;
+    let mut durable = 0;
+    send_range(c, upload, 0, upload.size(), &mut durable).await;
+    c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
+    assert_eq!(expect_status(c, upload).await, upload.size());
+    assert_eq!(expect_done(c).await.status, UploadOutcome::OK);
+}
+
 /// Sends the upload's bytes `from..to` in `BLOCK`s, never more than
 /// [`WINDOW`] beyond the last durable offset in flight; returns every
 /// `durable_offset` reported meanwhile (checked to increase). `durable`
@@ -385,8 +402,7 @@ fn an_upload_split_over_three_connections_resumes_at_each_durable_offset() {
     // bytes beyond the buffer were never reported, and are lost.
     rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
         let mut durable = 0;
         send_range(&mut c, &upload, 0, 300 * BLOCK as u64, &mut durable).await;
         assert_eq!(expect_status(&mut c, &upload).await, BUFFER);
@@ -569,13 +585,7 @@ fn an_upload_open_on_another_session_is_a_conflict_that_does_not_end_the_session
     });
     drop(lock);
     rt.block_on(async {
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &upload, 0, upload.size(), &mut durable).await;
-        c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, upload.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &upload).await;
     });
 }
 
@@ -624,13 +634,7 @@ fn uploads_beyond_the_limit_are_refused_with_busy_and_the_session_goes_on() {
 
         // Within the limit all is well.
         let fits = Upload::new(8, 99 * BLOCK);
-        c.send(&fits.begin(fits.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &fits).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &fits, 0, fits.size(), &mut durable).await;
-        c.send(&fits.end(fits.size(), fits.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &fits).await, fits.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &fits).await;
     });
 }
 
@@ -652,8 +656,7 @@ fn upload_frames_out_of_place_are_unexpected_and_fatal() {
 
         // UPLOAD_BEGIN while one is open.
         let (mut c, _) = connect(fleet.addr(), &serial("CTRL-0002")).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
         c.send(&Upload::new(10, BLOCK).begin(0)).await.unwrap();
         let error = expect_error(&mut c).await;
         assert_eq!(
@@ -664,8 +667,7 @@ fn upload_frames_out_of_place_are_unexpected_and_fatal() {
 
         // The first session's upload was released when it ended.
         let (mut c, _) = connect(fleet.addr(), &serial("CTRL-0002")).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
     });
 }
 
@@ -721,8 +723,7 @@ fn a_full_disk_gives_busy_and_nothing_unwritten_is_ever_reported_durable() {
     let rt = runtime();
     let (mut c, durable) = rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
         // Send everything, one window at a time, until the disk refuses.
         let mut durable = 0;
         let mut next = 0;
@@ -806,8 +807,7 @@ fn abandoned_partial_uploads_expire_and_open_ones_stay() {
     let mut open = rt.block_on(async {
         for device in [&abandoned_device, &open_device] {
             let (mut c, _) = connect(fleet.addr(), device).await;
-            c.send(&upload.begin(upload.size())).await.unwrap();
-            assert_eq!(expect_status(&mut c, &upload).await, 0);
+            begin_new(&mut c, &upload).await;
             let mut durable = 0;
             send_range(&mut c, &upload, 0, 300 * BLOCK as u64, &mut durable).await;
             assert_eq!(expect_status(&mut c, &upload).await, BUFFER);
@@ -869,8 +869,7 @@ fn a_completed_upload_the_bridge_did_not_record_is_busy_until_it_is() {
     let rt = runtime();
     let mut c = rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
         let mut durable = 0;
         send_range(&mut c, &upload, 0, upload.size(), &mut durable).await;
         c
@@ -966,13 +965,7 @@ fn a_device_over_its_quota_of_bytes_in_progress_gets_busy_and_other_devices_do_n
         // Another device's quota is its own.
         let (mut c, _) = connect(fleet.addr(), &other).await;
         let theirs = Upload::new(23, 45 * BLOCK);
-        c.send(&theirs.begin(theirs.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &theirs).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &theirs, 0, theirs.size(), &mut durable).await;
-        c.send(&theirs.end(theirs.size(), theirs.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &theirs).await, theirs.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &theirs).await;
     });
 }
 
@@ -1002,13 +995,7 @@ fn below_the_free_space_floor_an_upload_gets_busy_at_begin_and_nothing_is_writte
     // The control: with room above the floor the same upload goes through.
     disk.resize("16m");
     rt.block_on(async {
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
-        let mut durable = 0;
-        send_range(&mut c, &upload, 0, upload.size(), &mut durable).await;
-        c.send(&upload.end(upload.size(), upload.sha256)).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, upload.size());
-        assert_eq!(expect_done(&mut c).await.status, UploadOutcome::OK);
+        upload_whole(&mut c, &upload).await;
     });
 }
 
@@ -1021,8 +1008,7 @@ fn a_draining_driver_makes_buffered_upload_bytes_durable_before_its_bye() {
     let rt = runtime();
     let mut c = rt.block_on(async {
         let (mut c, _) = connect(fleet.addr(), &device).await;
-        c.send(&upload.begin(upload.size())).await.unwrap();
-        assert_eq!(expect_status(&mut c, &upload).await, 0);
+        begin_new(&mut c, &upload).await;
         // 60 blocks: less than one 256 KiB buffer, so nothing is durable yet.
         let frames: Vec<DeviceFrame> = (0..60).map(|i| upload.block(i * BLOCK as u64)).collect();
         c.send_all(&frames).await.unwrap();

@@ -107,7 +107,14 @@ charts section of --out; `fleet bench-charts` draws them again.
 
 Needs redis-server, haproxy and (idle) mosquitto on PATH, and an open-file
 limit of at least 20,000 (ulimit -Hn). Run it on a quiet machine: every
-figure shares the cores with whatever else runs.";
+figure shares the cores with whatever else runs.
+
+Another build under this harness: DROVER_BIN_DIR=DIR takes every binary
+(driver, vendor-bridge, controller-sim, bench-*) from DIR instead of beside
+this executable; link this build's controller-sim and bench-* into DIR so
+that only the servers differ. DROVER_BRIDGE_METRICS=off: that vendor-bridge
+predates BRIDGE_METRICS_LISTEN (commit 5cd4280 and earlier). Use --no-build,
+and --out/--charts elsewhere: the sections name this commit.";
 #[derive(Debug, clap::Args)]
 struct UpArgs {
     /// Number of drivers.

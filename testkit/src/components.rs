@@ -81,7 +81,9 @@ impl BridgeProcess {
             .stderr(logs.stdio()?);
         let process = ChildGuard::spawn(format!("vendor-bridge :{port}"), &mut command)?;
         wait_for_port(loopback(port), READY_TIMEOUT)?;
-        wait_for_port(loopback(metrics_port), READY_TIMEOUT)?;
+        if crate::binaries::bridge_serves_metrics() {
+            wait_for_port(loopback(metrics_port), READY_TIMEOUT)?;
+        }
         Ok(Self {
             process,
             port,

@@ -19,6 +19,7 @@
 //!   vendor-bridge and drivers, from the built binaries.
 //! - [`local`]: all of it together behind HAProxy, as `fleet up` runs it.
 //! - [`fault_proxy`]: a TCP proxy that injects network faults.
+//! - `pki` (feature `pki`): a certificate authority for the TLS tests.
 //!
 //! For test bodies, which fail (panic) rather than return errors:
 //! [`fleet`] (the [`fleet::TestFleet`] of Redis, bridge and drivers),
@@ -42,6 +43,8 @@ pub mod lbconfig;
 pub mod local;
 pub mod mosquitto;
 pub mod net;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod redis_cluster;

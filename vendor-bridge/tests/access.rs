@@ -21,12 +21,10 @@ use std::path::PathBuf;
 
 use drover_proto::bridge::vendor_bridge_client::VendorBridgeClient;
 use drover_proto::bridge::{BatchDurable, RejectCommandRequest};
+use drover_testkit::pki::{Authority, ExtendedKeyUsagePurpose};
 use drover_testkit::redis::RedisServer;
 use drover_testkit::wait::within;
 use futures::StreamExt as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 use support::calls::{As, every_unary_call, with_token};
 use support::{Bridge, DEADLINE, DriverStream, contents, counts, event, hget};
 use tonic::Code;
@@ -149,42 +147,6 @@ async fn without_the_token_or_with_a_wrong_one_every_call_is_unauthenticated_and
 }
 
 // --- Mutual TLS --------------------------------------------------------------
-
-/// A certificate authority that signs certificates for the test.
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            issuer: Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    /// A certificate (and its key, both PEM) whose subject CN is `names[0]`
-    /// and whose subjectAltName holds every name.
-    fn sign(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, expired: bool) -> (String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![usage];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// The fleet's CA, the bridge's certificate and key in files, and client
 /// certificates.

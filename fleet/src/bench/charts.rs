@@ -343,6 +343,39 @@ fn svg(draw: impl FnOnce(&Area<'_>) -> anyhow::Result<()>) -> anyhow::Result<Str
     Ok(text)
 }
 
+/// One named series: a line through its points, and a dot at each.
+fn line_with_points<CT>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, CT>,
+    name: &str,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+) -> anyhow::Result<()>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .draw_series(LineSeries::new(points.to_vec(), colour.stroke_width(2)))?
+        .label(name)
+        .legend(legend_line(colour));
+    chart.draw_series(points.iter().map(|&point| Circle::new(point, 4, colour.filled())))?;
+    Ok(())
+}
+
+/// The legend of the series drawn so far, boxed, at `position`.
+fn legend<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 14))
+        .draw()?;
+    Ok(())
+}
+
 fn legend_line(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
 }
@@ -395,11 +428,7 @@ fn latency_svg(curves: &[LatencyCurve]) -> anyhow::Result<String> {
                 .draw()?;
             for ((name, pick), colour) in PERCENTILES.into_iter().zip(COLOURS) {
                 let series: Vec<(f64, f64)> = points.iter().map(|p| (p.rate(), ms(pick(p)))).collect();
-                chart
-                    .draw_series(LineSeries::new(series.clone(), colour.stroke_width(2)))?
-                    .label(name)
-                    .legend(legend_line(colour));
-                chart.draw_series(series.iter().map(|&point| Circle::new(point, 4, colour.filled())))?;
+                line_with_points(&mut chart, name, &series, colour)?;
             }
             if let Some(saturated) = points.iter().find(|p| p.saturated) {
                 chart.draw_series(std::iter::once(Text::new(
@@ -411,13 +440,7 @@ fn latency_svg(curves: &[LatencyCurve]) -> anyhow::Result<String> {
                         .pos(Pos::new(HPos::Right, VPos::Bottom)),
                 )))?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font((FONT, 14))
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         Ok(())
     })
@@ -475,19 +498,9 @@ fn idle_svg(points: &[IdlePoint]) -> anyhow::Result<String> {
             if points.is_empty() {
                 continue;
             }
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
-                .label(*name)
-                .legend(legend_line(colour));
-            chart.draw_series(points.iter().map(|&point| Circle::new(point, 4, colour.filled())))?;
+            line_with_points(&mut chart, name, points, colour)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 14))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }
