@@ -289,9 +289,9 @@ pub struct DurableCommands {
     /// budgeted): a session that ends before sending them leaves them in
     /// the ledger for the next one, with no `UNDELIVERED` report.
     pub handed: Arc<std::sync::Mutex<HashMap<SessionId, Handed>>>,
-    /// `drover_driver_handshakes_in_progress`: while a connect storm is
-    /// under way, fetches wait (see [`STORM_HANDSHAKES`]).
-    pub handshakes: prometheus_client::metrics::gauge::Gauge,
+    /// While a connect storm is under way, fetches wait (see
+    /// [`STORM_HANDSHAKES`]).
+    pub storm: Arc<StormWatch>,
     /// Where the fetches run: awaited at shutdown.
     pub tasks: TaskTracker,
     /// The runtime they run on (a session may open on the handshake thread).
@@ -307,8 +307,9 @@ pub struct Handed {
     more_waiting: bool,
 }
 
-/// More handshakes at once than this is a connect storm: devices waiting
-/// to be authenticated come before commands for devices already connected,
+/// More handshakes at once than this (from accept to `WELCOME`) is a
+/// connect storm: devices waiting to be authenticated and registered come
+/// before commands for devices already connected,
 /// so fetches wait for the storm to pass (at most [`MAX_STORM_WAIT`]). A
 /// queued command delivered during a storm costs the bridge and Redis a
 /// `TakeCommands`, its `SENT` outcome and then its result: in a storm of
@@ -320,8 +321,55 @@ pub const STORM_HANDSHAKES: i64 = 16;
 /// goes on longer shares the driver with deliveries again.
 pub const MAX_STORM_WAIT: Duration = Duration::from_secs(5);
 
-/// How often a waiting fetch looks whether the storm has passed.
-const STORM_POLL: Duration = Duration::from_millis(20);
+/// Whether a connect storm is under way: the driver's handshakes from
+/// accept to `WELCOME` (or their failure), against [`STORM_HANDSHAKES`].
+/// Waiting fetches are told when it passes (no polling).
+#[derive(Debug)]
+pub struct StormWatch {
+    handshakes: std::sync::atomic::AtomicI64,
+    under_way: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StormWatch {
+    fn default() -> Self {
+        Self {
+            handshakes: std::sync::atomic::AtomicI64::new(0),
+            under_way: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+/// One handshake under way; dropped when it ends, however it ends.
+#[derive(Debug)]
+pub struct Handshaking(Arc<StormWatch>);
+
+impl StormWatch {
+    /// Counts a handshake until the returned guard is dropped.
+    pub fn handshake(self: &Arc<Self>) -> Handshaking {
+        let now = self.handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if now > STORM_HANDSHAKES {
+            self.under_way.send_if_modified(|storm| !std::mem::replace(storm, true));
+        }
+        Handshaking(self.clone())
+    }
+
+    /// Returns when no storm is under way, or after [`MAX_STORM_WAIT`].
+    pub async fn passed(&self) {
+        let mut storm = self.under_way.subscribe();
+        let _ = tokio::time::timeout(MAX_STORM_WAIT, storm.wait_for(|under_way| !*under_way)).await;
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let now = self.0.handshakes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+        if now <= STORM_HANDSHAKES {
+            self.0
+                .under_way
+                .send_if_modified(|storm| std::mem::replace(storm, false));
+        }
+    }
+}
 
 /// Waits between failed `TakeCommands` while the session lives.
 const FETCH_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -384,17 +432,9 @@ impl DurableCommands {
         usize::try_from(self.max_in_flight / 2).unwrap_or(usize::MAX)
     }
 
-    /// Waits while a connect storm is under way, at most [`MAX_STORM_WAIT`].
-    async fn after_the_storm(&self) {
-        let waited = tokio::time::Instant::now();
-        while self.handshakes.get() > STORM_HANDSHAKES && waited.elapsed() < MAX_STORM_WAIT {
-            tokio::time::sleep(STORM_POLL).await;
-        }
-    }
-
     async fn fetch_until_done(&self, serial: Serial) {
         let mut backoff = FETCH_RETRY;
-        self.after_the_storm().await;
+        self.storm.passed().await;
         loop {
             let Some(session) = self.registry.get(&serial) else {
                 break;
@@ -823,6 +863,40 @@ fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_wait_for_a_connect_storm_to_pass() {
+        let watch = Arc::new(StormWatch::default());
+        // Up to the threshold is no storm: a fetch goes at once.
+        let few: Vec<Handshaking> = (0..STORM_HANDSHAKES).map(|_| watch.handshake()).collect();
+        let started = tokio::time::Instant::now();
+        watch.passed().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // One more is a storm: the fetch waits until enough handshakes end.
+        let one_more = watch.handshake();
+        let waiting = tokio::spawn({
+            let watch = watch.clone();
+            async move { watch.passed().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "a fetch waits while the storm lasts");
+        drop(one_more);
+        tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .expect("the storm's end lets it go")
+            .unwrap();
+        drop(few);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_that_goes_on_delays_a_delivery_five_seconds_at_most() {
+        let watch = Arc::new(StormWatch::default());
+        let _storm: Vec<Handshaking> = (0..=STORM_HANDSHAKES).map(|_| watch.handshake()).collect();
+        let started = tokio::time::Instant::now();
+        watch.passed().await;
+        assert_eq!(started.elapsed(), MAX_STORM_WAIT);
+    }
 
     #[test]
     fn a_command_with_text_body_and_id() {

@@ -162,7 +162,7 @@ async fn start(
         max_payload: config.max_payload,
         fetching: Arc::default(),
         handed: Arc::default(),
-        handshakes: metrics.handshakes_in_progress.clone(),
+        storm: Arc::default(),
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };

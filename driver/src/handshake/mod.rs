@@ -103,8 +103,12 @@ pub async fn serve(
 ) {
     let metrics = &handshakes.sessions.metrics;
     metrics.connections.inc();
+    // Counted toward a connect storm until WELCOME or the end.
+    let handshaking = handshakes.sessions.durable.storm.handshake();
     let span = info_span!("conn", peer = %connection.peer(), serial = tracing::field::Empty);
-    match handshake(&handshakes, &mut connection, slot).instrument(span).await {
+    let handshake = handshake(&handshakes, &mut connection, slot).instrument(span).await;
+    drop(handshaking);
+    match handshake {
         Ok(session) => established::start(&handshakes.sessions, connection, session, permit),
         Err(end) => {
             metrics.handshake(end.label());
