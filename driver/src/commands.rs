@@ -305,6 +305,10 @@ pub struct Handed {
     commands: Vec<CommandId>,
     /// Whether the ledger held more for the device at the last fetch.
     more_waiting: bool,
+    /// Every command pushed to the session: a fetch hands again those the
+    /// ledger sent in this session (in case a reply was lost), and these
+    /// are not sent twice.
+    pushed: Vec<CommandId>,
 }
 
 /// More handshakes at once than this (from accept to `WELCOME`) is a
@@ -468,14 +472,19 @@ impl DurableCommands {
                             warn!(%serial, "the bridge sent a durable command with a name over 255 bytes; skipped");
                             continue;
                         };
-                        debug!(%serial, attempt = command.attempt, "sending a durable command");
                         {
                             let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            let handed = &mut handed.entry(session.session_id).or_default().commands;
-                            if !handed.contains(&CommandId(id)) {
-                                handed.push(CommandId(id));
+                            let handed = handed.entry(session.session_id).or_default();
+                            if handed.pushed.contains(&CommandId(id)) {
+                                // In the session's mailbox or sent already.
+                                continue;
+                            }
+                            handed.pushed.push(CommandId(id));
+                            if !handed.commands.contains(&CommandId(id)) {
+                                handed.commands.push(CommandId(id));
                             }
                         }
+                        debug!(%serial, attempt = command.attempt, "sending a durable command");
                         session.push_command(Command {
                             command_id: CommandId(id),
                             name,

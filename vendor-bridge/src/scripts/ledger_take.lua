@@ -12,7 +12,9 @@
 --         device (its payload limit less the frame's fixed part)
 --
 -- Returns {commands, notices, waiting, unanswered}: commands is a flat list of (id,
--- name, body_b64, attempt); notices the JSON outcomes to publish on the
+-- name, body_b64, attempt), those sent in this session before included (the
+-- driver sends only the ones it does not hold: a reply lost to a timeout
+-- must not strand them); notices the JSON outcomes to publish on the
 -- device's result channel (SENT, EXPIRED, REJECTED), each also in KEYS[2];
 -- waiting the number of commands left that this session was not sent (held
 -- back by ARGV[3]: the driver asks again as the device answers); and
@@ -82,8 +84,15 @@ for _, entry in ipairs(entries) do
     redis.call('HDEL', ledger, id)
     outcome(id, 'EXPIRED', {['attempt'] = entry['attempts']})
   elseif entry['state'] == 'SENT' and entry['session'] == session then
+    -- Sent in this session already: handed again, with the same attempt,
+    -- for the driver to send if it never got it (a reply lost to a
+    -- timeout, the call retried); it skips the ones it has.
     in_flight = in_flight + 1
     unanswered[#unanswered + 1] = id
+    commands[#commands + 1] = id
+    commands[#commands + 1] = entry['name']
+    commands[#commands + 1] = entry['body_b64']
+    commands[#commands + 1] = entry['attempts']
   elseif in_flight < max_in_flight then
     local size = #entry['name'] + decoded_length(entry['body_b64'])
     if size > max_bytes then
