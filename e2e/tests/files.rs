@@ -280,6 +280,49 @@ fn a_cut_transfer_resumes_at_the_devices_offset_on_another_driver() {
     });
 }
 
+/// A transfer cut at several offsets, each time resumed on the other
+/// driver where the device is: after its first chunk, in the middle of a
+/// window (bytes held past the last `FILE_ACK`), and after the last byte
+/// but before the device's digest (it accepts at the size: no chunk comes,
+/// and its `FILE_ACK` at the size ends the transfer; the simulator once
+/// waited forever there, and so did the driver).
+#[test]
+fn a_transfer_cut_at_several_offsets_resumes_at_each_on_either_driver() {
+    let rollouts = Rollouts::start(2);
+    let size = 1_000_000;
+    let sha = rollouts.add("fw.bin", &content(size));
+    let id = rollouts.rollout(&sha, "FILE-CUTS", &[]);
+    runtime().block_on(async {
+        let mut receiver: Option<Receiver> = None;
+        for (cut, until) in [1, 300_001, size as u64].into_iter().enumerate() {
+            let driver = &rollouts.fleet.drivers[cut % 2];
+            let (mut device, _) = connect(driver.addr(), &serial("FILE-CUTS")).await;
+            let offer = expect_offer(&mut device).await;
+            let receiver = receiver.get_or_insert_with(|| Receiver::new(offer.clone()));
+            assert_eq!(offer, receiver.offer, "the same file each time");
+            receiver.accept(&mut device, 64 * 1024).await;
+            receiver.receive(&mut device, until).await;
+            // The stored offset is what the device acknowledged, never
+            // more than it holds.
+            let stored = rollouts.target(&id, "FILE-CUTS").await["offset"].as_u64().unwrap();
+            assert!(stored <= receiver.offset, "stored {stored}, held {}", receiver.offset);
+            drop(device);
+        }
+        let mut receiver = receiver.unwrap();
+        assert_eq!(receiver.offset, size as u64, "held whole, not yet verified");
+        let (mut device, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-CUTS")).await;
+        assert_eq!(expect_offer(&mut device).await, receiver.offer);
+        receiver.accept(&mut device, 64 * 1024).await;
+        assert!(receiver.verified(), "the bytes of four sessions make the file");
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        eventually("done after four sessions", WAIT, || async {
+            rollouts.count(&id, "done") == 1
+        })
+        .await;
+        assert_eq!(rollouts.status(&id)["bytes_acked"], size.to_string());
+    });
+}
+
 #[test]
 fn a_device_offline_at_the_start_gets_the_file_when_it_connects_and_a_decline_is_recorded() {
     let rollouts = Rollouts::start(1);
