@@ -696,6 +696,75 @@ fn the_simulator_receives_verifies_and_resumes_through_drops_and_corruption() {
     }));
 }
 
+/// `controller-sim --scenario files` with `args`, to the first driver:
+/// its JSON summary's `files`.
+fn simulate(rollouts: &Rollouts, devices: u32, prefix: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(binary("controller-sim").unwrap())
+        .args(["--scenario", "files", "--json", "--duration", "60s"])
+        .args(["--devices", &devices.to_string(), "--serial-prefix", prefix])
+        .args(args)
+        .env("SIM_TARGET", rollouts.fleet.drivers[0].addr().to_string())
+        .env("CWP_MASTER_KEY", drover_testkit::device::MASTER_KEY_HEX)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "controller-sim: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    summary["files"].clone()
+}
+
+/// Simulated devices that hold a prefix of the file before its first
+/// offer accept at that offset and receive only the rest; the control
+/// holds another file's prefix: its digest fails, and each device then
+/// takes the whole file from 0.
+#[test]
+fn simulated_devices_start_at_the_offset_they_hold_and_a_wrong_prefix_is_a_mismatch() {
+    let rollouts = Rollouts::start(1);
+    let size = 600_000u64;
+    let data = content(size as usize);
+    let sha = rollouts.add("fw.bin", &data);
+    let held = tempfile::tempdir().unwrap();
+    let right = held.path().join("right.bin");
+    std::fs::write(&right, &data).unwrap();
+    let wrong = held.path().join("wrong.bin");
+    std::fs::write(&wrong, content(size as usize + 1)[1..].to_vec()).unwrap();
+    let start = 400_000u64;
+    for (prefix, path, mismatches) in [("SIMS-", &right, 0), ("SIMW-", &wrong, 3)] {
+        let serials: Vec<String> = (1..=3).map(|i| format!("{prefix}{i:06}")).collect();
+        let id = rollouts.rollout(&sha, &serials.join(","), &["--retries", "1"]);
+        let files = simulate(
+            &rollouts,
+            3,
+            prefix,
+            &[
+                "--file-start",
+                &start.to_string(),
+                "--file-prefix-from",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(files["verified"], 3, "{prefix}: {files}");
+        assert_eq!(files["mismatches"], mismatches, "{prefix}: {files}");
+        assert_eq!(
+            files["resumes"], 3,
+            "{prefix}: each accepted its first offer at {start}"
+        );
+        let received = if mismatches == 0 {
+            size - start
+        } else {
+            size - start + size
+        };
+        assert_eq!(files["bytes"], 3 * received, "{prefix}: {files}");
+        runtime().block_on(eventually("all done", WAIT, || async {
+            rollouts.count(&id, "done") == 3
+        }));
+    }
+}
+
 /// The frames up to `BYE` on a connection the driver closes: chunks
 /// already on their way are the device's too.
 async fn receive_until_bye(device: &mut Connection, receiver: &mut Receiver) -> ByeReason {

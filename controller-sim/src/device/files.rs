@@ -26,6 +26,53 @@ pub struct FilePolicy {
     /// Probability that the device drops its connection somewhere in a
     /// transfer (it resumes on the next one).
     pub drop: f64,
+    /// Where a device accepts a file it was never offered before, if not
+    /// at 0: as if an earlier attempt had left it that much.
+    pub start: Option<FileStart>,
+}
+
+/// A device that holds the first bytes of a file before it is offered it
+/// (what an earlier attempt, e.g. under another server, left it): it
+/// accepts at `offset` and verifies with the prefix's hash state.
+#[derive(Debug, Clone)]
+pub struct FileStart {
+    /// The bytes held.
+    pub offset: u64,
+    /// The SHA-256 state of those bytes (of the file to be offered, or the
+    /// digest will not match and the device starts again from 0).
+    pub prefix: Sha256,
+}
+
+impl FileStart {
+    /// Hashes the first `offset` bytes of `path`.
+    pub fn from_file(path: &std::path::Path, offset: u64) -> std::io::Result<Self> {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(path)?.take(offset);
+        let mut prefix = Sha256::new();
+        let mut buffer = vec![0; 64 * 1024];
+        let mut copied = 0u64;
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            prefix.update(&buffer[..read]);
+            copied += read as u64;
+        }
+        if copied < offset {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} holds {copied} bytes, fewer than {offset}", path.display()),
+            ));
+        }
+        Ok(Self { offset, prefix })
+    }
+}
+
+impl PartialEq for FileStart {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset && self.prefix.clone().finalize() == other.prefix.clone().finalize()
+    }
 }
 
 impl Default for FilePolicy {
@@ -35,6 +82,7 @@ impl Default for FilePolicy {
             decline: 0.0,
             corrupt: 0.0,
             drop: 0.0,
+            start: None,
         }
     }
 }
@@ -61,8 +109,8 @@ pub struct FileSummary {
     pub window_violations: u64,
     /// Chunks with no transfer accepted.
     pub stray_chunks: u64,
-    /// Each verified file's rate, from its first offer to its last byte,
-    /// MB/s.
+    /// Each verified file's rate, from its first offer to its last byte
+    /// (the bytes it did not hold at the first offer), MB/s.
     pub rates_mb_s: Vec<f64>,
 }
 
@@ -110,8 +158,9 @@ pub struct Reception {
     drop_at: Option<u64>,
     /// Verified: a new offer of it is answered at once.
     done: bool,
-    /// When it was first offered.
+    /// When it was first offered, and where it was then.
     started: Instant,
+    first_offset: u64,
 }
 
 /// What a chunk calls for.
@@ -154,12 +203,17 @@ pub fn on_offer(
                 window: 0,
             };
         }
+        // A prefix held from before fits only a file at least as long.
+        let (offset, hasher) = match &policy.start {
+            Some(start) if start.offset <= offer.size => (start.offset, start.prefix.clone()),
+            _ => (0, Sha256::new()),
+        };
         *reception = Some(Reception {
             file_id: offer.file_id,
             size: offer.size,
             sha256: offer.sha256,
-            offset: 0,
-            hasher: Sha256::new(),
+            offset,
+            hasher,
             acked: 0,
             window: policy.window,
             accepted: false,
@@ -167,6 +221,7 @@ pub fn on_offer(
             drop_at: None,
             done: false,
             started: Instant::now(),
+            first_offset: offset,
         });
     }
     let Some(r) = reception.as_mut() else {
@@ -234,7 +289,9 @@ impl Reception {
             self.done = true;
             summary.verified += 1;
             let seconds = self.started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-            summary.rates_mb_s.push(self.size as f64 / 1e6 / seconds);
+            summary
+                .rates_mb_s
+                .push(self.size.saturating_sub(self.first_offset) as f64 / 1e6 / seconds);
             return FileAck {
                 file_id: self.file_id,
                 offset: self.size,
@@ -377,5 +434,38 @@ mod tests {
         assert_eq!(ack.status, FileAckStatus::DIGEST_MISMATCH);
         assert_eq!(on_offer(&mut reception, &offer(), &policy, &mut summary).offset, 0);
         assert!(ack_if_complete(&mut reception, &mut summary).is_none());
+    }
+
+    #[test]
+    fn a_device_with_a_prefix_accepts_at_its_offset_and_verifies_with_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fw.bin");
+        std::fs::write(&path, FILE).unwrap();
+        let policy = FilePolicy {
+            start: Some(FileStart::from_file(&path, 10).unwrap()),
+            ..FilePolicy::default()
+        };
+        let mut summary = FileSummary::default();
+        let mut reception = None;
+        let accept = on_offer(&mut reception, &offer(), &policy, &mut summary);
+        assert_eq!(accept.offset, 10);
+        let ack = match on_chunk(&mut reception, &chunk(&FILE[10..]), &mut summary) {
+            Received::Ack(ack) => ack,
+            other => panic!("expected the final FILE_ACK, got {other:?}"),
+        };
+        assert_eq!(ack.status, FileAckStatus::OK);
+        assert_eq!(summary.verified, 1);
+        // A file shorter than the prefix is taken from 0.
+        let short = FileOffer {
+            file_id: FileId([4; 16]),
+            size: 5,
+            sha256: Sha256::digest(&FILE[..5]).into(),
+            name: Str8::truncating("short"),
+        };
+        assert_eq!(on_offer(&mut reception, &short, &policy, &mut summary).offset, 0);
+        assert!(
+            FileStart::from_file(&path, 1000).is_err(),
+            "a prefix longer than the file"
+        );
     }
 }

@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, Connection, READ_CHUNK};
 
 pub use drover_service::backoff::{Backoff, random_up_to as jitter};
-pub use files::{FilePolicy, FileSummary};
+pub use files::{FilePolicy, FileStart, FileSummary};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::Pacing;
