@@ -10,6 +10,9 @@
 //!   reads by offset (`pread`, never the whole file) and when progress was
 //!   last reported.
 //!
+//! - [`Throttle`]: a rollout's bytes/s limit on this driver, one token
+//!   bucket its transfers here share (`max_bytes_per_s`).
+//!
 //! The session loop sends chunks only when its send buffer is empty, at
 //! most [`FILL_BYTES`] at a time, and the socket keeps at most
 //! [`UNSENT_LOWAT`] unsent bytes (`TCP_NOTSENT_LOWAT`): an `ACK` or a
@@ -17,7 +20,7 @@
 //! megabytes of chunks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -75,6 +78,9 @@ pub struct FileService {
     /// What the calls learned, for each live session until it looks
     /// ([`FileService::take_mail`]).
     pub mail: Arc<Mutex<HashMap<SessionId, FileMail>>>,
+    /// The limits of rollouts with transfers on this driver, by rollout
+    /// id; an entry lives as long as a transfer holds it.
+    pub throttles: Arc<Mutex<HashMap<String, Weak<Throttle>>>>,
     /// Where the calls run: awaited at shutdown.
     pub tasks: TaskTracker,
     /// The runtime they run on (a session may open on the handshake thread).
@@ -119,6 +125,33 @@ impl FileService {
     /// Forgets an ended session's mail.
     pub fn session_ended(&self, session: &SessionId) {
         self.take_mail(session);
+    }
+
+    /// The limit `grant`'s transfer shares with this driver's other
+    /// transfers of its rollout, if the rollout has one.
+    pub fn throttle(&self, grant: &FileOfferGrant) -> Option<Arc<Throttle>> {
+        if grant.max_bytes_per_s == 0 {
+            return None;
+        }
+        let mut throttles = self.throttles.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(throttle) = throttles.get(&grant.rollout_id).and_then(Weak::upgrade) {
+            return Some(throttle);
+        }
+        throttles.retain(|_, throttle| throttle.strong_count() > 0);
+        let throttle = Arc::new(Throttle::new(grant.max_bytes_per_s));
+        throttles.insert(grant.rollout_id.clone(), Arc::downgrade(&throttle));
+        Some(throttle)
+    }
+
+    /// Wakes `session` after `delay` (its transfer waits for its
+    /// rollout's limit; the session loop keeps no timer of its own).
+    /// Not tracked for shutdown: a sleep holds nothing.
+    pub fn wake_after(&self, session: &Arc<SessionHandle>, delay: Duration) {
+        let session = session.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            session.note_file_mail();
+        });
     }
 
     /// Asks the bridge for `serial`'s next transfer, now or right after
@@ -208,6 +241,60 @@ impl FileService {
     }
 }
 
+/// A rollout's bytes/s limit on this driver: a token bucket that every
+/// transfer of the rollout here draws from. A chunk goes when the bucket
+/// holds anything and takes its whole length (the bucket may go below 0),
+/// so the rate holds on average whatever the chunk size; the bucket holds
+/// at most a tenth of a second's bytes, so a pause is not made up for by
+/// a burst.
+#[derive(Debug)]
+pub struct Throttle {
+    /// Bytes per second.
+    rate: u64,
+    bucket: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes that may go now (negative: owed).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+}
+
+impl Throttle {
+    /// A full bucket of `rate` bytes per second (at least 1).
+    pub fn new(rate: u64) -> Self {
+        let rate = rate.max(1);
+        Self {
+            rate,
+            bucket: Mutex::new(Bucket {
+                tokens: Self::capacity(rate),
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    fn capacity(rate: u64) -> f64 {
+        rate as f64 / 10.0
+    }
+
+    /// `None` if a chunk may go now, or how long until one may.
+    pub fn wait(&self) -> Option<Duration> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let earned = now.duration_since(bucket.at).as_secs_f64() * self.rate as f64;
+        bucket.tokens = (bucket.tokens + earned).min(Self::capacity(self.rate));
+        bucket.at = now;
+        (bucket.tokens <= 0.0).then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate as f64))
+    }
+
+    /// A chunk of `bytes` went.
+    pub fn spend(&self, bytes: usize) {
+        self.bucket.lock().unwrap_or_else(PoisonError::into_inner).tokens -= bytes as f64;
+    }
+}
+
 /// Why a transfer cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -235,6 +322,10 @@ pub struct Transfer {
     reported: u64,
     /// An outcome was reported: its verdict is awaited.
     pub finishing: bool,
+    /// The rollout's limit on this driver, if it has one.
+    throttle: Option<Arc<Throttle>>,
+    /// Until when a wake-up for the limit is already on its way.
+    woken_at: Option<Instant>,
 }
 
 /// What the session reports after a frame.
@@ -242,7 +333,11 @@ pub type Report = (FileTransferEvent, u64);
 
 impl Transfer {
     /// Opens the granted file and says what to offer.
-    pub fn start(store: &FileStore, grant: &FileOfferGrant) -> Result<(Box<Self>, ServerFrame), StartError> {
+    pub fn start(
+        store: &FileStore,
+        grant: &FileOfferGrant,
+        throttle: Option<Arc<Throttle>>,
+    ) -> Result<(Box<Self>, ServerFrame), StartError> {
         let rollout: RolloutId = grant
             .rollout_id
             .parse()
@@ -273,6 +368,8 @@ impl Transfer {
             reported_at: Instant::now(),
             reported: 0,
             finishing: false,
+            throttle,
+            woken_at: None,
         });
         Ok((transfer, ServerFrame::FileOffer(offer)))
     }
@@ -290,9 +387,22 @@ impl Transfer {
         !self.finishing && !self.rules.is_stopped()
     }
 
-    /// Whether chunks could be sent now.
+    /// Whether chunks could be sent now (the window has room and the
+    /// rollout's limit allows).
     pub fn wants_to_send(&self) -> bool {
-        self.rules.next_chunk(1).is_some()
+        self.rules.next_chunk(1).is_some() && self.throttle.as_ref().is_none_or(|throttle| throttle.wait().is_none())
+    }
+
+    /// If the rollout's limit holds the next chunk back: how long, when no
+    /// wake-up is on its way for it yet (the caller arranges one).
+    pub fn held_back(&mut self) -> Option<Option<Duration>> {
+        let wait = self.throttle.as_ref()?.wait()?;
+        let now = Instant::now();
+        if self.woken_at.is_some_and(|at| at > now) {
+            return Some(None);
+        }
+        self.woken_at = Some(now + wait);
+        Some(Some(wait))
     }
 
     /// A device frame about the transfer: what to report, if anything.
@@ -341,6 +451,9 @@ impl Transfer {
             return Some(Err(err));
         }
         self.rules.chunk_sent(len);
+        if let Some(throttle) = &self.throttle {
+            throttle.spend(len);
+        }
         Some(Ok(ServerFrame::FileChunk(FileChunk { data: data.freeze() })))
     }
 }

@@ -1118,3 +1118,80 @@ fn on_a_redis_cluster_a_rollout_reaches_devices_of_several_partitions_one_slot_a
         eventually("all three done", WAIT, || async { operator.count(&id, "done") == 3 }).await;
     });
 }
+
+/// Receives for `span`, acknowledging every half window: the chunk bytes
+/// that came.
+async fn receive_for(mut device: Connection, mut receiver: Receiver, span: Duration) -> u64 {
+    let start = receiver.offset;
+    let deadline = tokio::time::Instant::now() + span;
+    loop {
+        if receiver.offset - receiver.acked >= u64::from(receiver.window / 2) && receiver.offset < receiver.offer.size {
+            receiver.ack(&mut device, FileAckStatus::OK).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return receiver.offset - start;
+        }
+        match device.recv_timeout(left).await {
+            Ok(ServerFrame::FileChunk(chunk)) => receiver.take(&chunk.data),
+            Ok(ServerFrame::Ack(_) | ServerFrame::Pong(_)) => {}
+            Ok(other) => panic!("expected FILE_CHUNK, got {other:?}"),
+            Err(_) => return receiver.offset - start,
+        }
+    }
+}
+
+/// A rollout's `--max-bytes-per-s` holds for a driver's transfers of it
+/// together. The bound is an upper one (a slow machine only receives
+/// less): the limit over the time measured, plus the bucket (a tenth of a
+/// second) and one chunk the last token may let go. The control, the same
+/// two devices of a rollout without the limit, receives more than four
+/// times that bound in the same time (loopback moves megabytes a second
+/// even in a debug build).
+#[test]
+fn a_rollouts_limit_holds_for_a_drivers_transfers_together_and_without_it_they_go_faster() {
+    const LIMIT: u64 = 100_000;
+    const SPAN: Duration = Duration::from_secs(2);
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("fw.bin", &content(8_000_000));
+    runtime().block_on(async {
+        for limited in [true, false] {
+            let names = if limited {
+                ["FILE-SLOW-1", "FILE-SLOW-2"]
+            } else {
+                ["FILE-FAST-1", "FILE-FAST-2"]
+            };
+            let limit = LIMIT.to_string();
+            let extra: &[&str] = if limited { &["--max-bytes-per-s", &limit] } else { &[] };
+            let id = rollouts.rollout(&sha, &names.join(","), extra);
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for name in names {
+                let (mut device, _) = connect(rollouts.fleet.addr(), &serial(name)).await;
+                let mut receiver = Receiver::new(expect_offer(&mut device).await);
+                receiver.accept(&mut device, 256 * 1024).await;
+                tasks.push(tokio::spawn(receive_for(device, receiver, SPAN)));
+            }
+            let mut received = 0;
+            for task in tasks {
+                received += task.await.unwrap();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let chunk = cwp::DEFAULT_MAX_PAYLOAD as u64 - cwp::TAG_LEN as u64;
+            let bound = (LIMIT as f64 * elapsed) as u64 + LIMIT / 10 + chunk;
+            if limited {
+                assert!(received > 0, "the limited transfers go on");
+                assert!(
+                    received <= bound,
+                    "{received} bytes in {elapsed:.2} s: more than {bound}"
+                );
+            } else {
+                assert!(
+                    received > 4 * bound,
+                    "without the limit: {received} bytes in {elapsed:.2} s"
+                );
+            }
+            rollouts.control("cancel", &id);
+        }
+    });
+}
