@@ -731,7 +731,7 @@ fn simulated_devices_start_at_the_offset_they_hold_and_a_wrong_prefix_is_a_misma
     let right = held.path().join("right.bin");
     std::fs::write(&right, &data).unwrap();
     let wrong = held.path().join("wrong.bin");
-    std::fs::write(&wrong, content(size as usize + 1)[1..].to_vec()).unwrap();
+    std::fs::write(&wrong, &content(size as usize + 1)[1..]).unwrap();
     let start = 400_000u64;
     for (prefix, path, mismatches) in [("SIMS-", &right, 0), ("SIMW-", &wrong, 3)] {
         let serials: Vec<String> = (1..=3).map(|i| format!("{prefix}{i:06}")).collect();
