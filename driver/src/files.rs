@@ -246,7 +246,9 @@ impl FileService {
 /// holds anything and takes its whole length (the bucket may go below 0),
 /// so the rate holds on average whatever the chunk size; the bucket holds
 /// at most a tenth of a second's bytes, so a pause is not made up for by
-/// a burst.
+/// a burst. A transfer held back reserves its turn (a chunk's worth) and
+/// is woken when the bytes owed and the turns before it are paid: waiting
+/// transfers wake one after the other, not all together for each chunk.
 #[derive(Debug)]
 pub struct Throttle {
     /// Bytes per second.
@@ -260,6 +262,17 @@ struct Bucket {
     tokens: f64,
     /// When `tokens` was last brought up to date.
     at: Instant,
+    /// Bytes reserved by transfers waiting for their turn.
+    reserved: u64,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: u64) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * rate as f64;
+        self.tokens = (self.tokens + earned).min(Throttle::capacity(rate));
+        self.at = now;
+    }
 }
 
 impl Throttle {
@@ -271,6 +284,7 @@ impl Throttle {
             bucket: Mutex::new(Bucket {
                 tokens: Self::capacity(rate),
                 at: Instant::now(),
+                reserved: 0,
             }),
         }
     }
@@ -279,19 +293,38 @@ impl Throttle {
         rate as f64 / 10.0
     }
 
-    /// `None` if a chunk may go now, or how long until one may.
-    pub fn wait(&self) -> Option<Duration> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let earned = now.duration_since(bucket.at).as_secs_f64() * self.rate as f64;
-        bucket.tokens = (bucket.tokens + earned).min(Self::capacity(self.rate));
-        bucket.at = now;
-        (bucket.tokens <= 0.0).then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate as f64))
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a chunk may go now.
+    pub fn allows(&self) -> bool {
+        let mut bucket = self.bucket();
+        bucket.refill(self.rate);
+        bucket.tokens > 0.0
+    }
+
+    /// A chunk may not go now: reserves a turn of `bytes` and says how
+    /// long until it comes (the bytes owed, then the turns reserved
+    /// before). The caller gives the turn back ([`Throttle::release`])
+    /// when it is woken, whether it sends or not.
+    pub fn reserve(&self, bytes: u64) -> Duration {
+        let mut bucket = self.bucket();
+        bucket.refill(self.rate);
+        let ahead = (1.0 - bucket.tokens).max(0.0) + bucket.reserved as f64;
+        bucket.reserved += bytes;
+        Duration::from_secs_f64(ahead / self.rate as f64)
+    }
+
+    /// Gives a turn back.
+    pub fn release(&self, bytes: u64) {
+        let mut bucket = self.bucket();
+        bucket.reserved = bucket.reserved.saturating_sub(bytes);
     }
 
     /// A chunk of `bytes` went.
     pub fn spend(&self, bytes: usize) {
-        self.bucket.lock().unwrap_or_else(PoisonError::into_inner).tokens -= bytes as f64;
+        self.bucket().tokens -= bytes as f64;
     }
 }
 
@@ -324,8 +357,18 @@ pub struct Transfer {
     pub finishing: bool,
     /// The rollout's limit on this driver, if it has one.
     throttle: Option<Arc<Throttle>>,
-    /// Until when a wake-up for the limit is already on its way.
-    woken_at: Option<Instant>,
+    /// The turn this transfer reserved under the limit (bytes) and when
+    /// it comes: a wake-up is on its way for it.
+    turn: Option<(u64, Instant)>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        // A turn not taken would hold back every transfer behind it.
+        if let (Some(throttle), Some((bytes, _))) = (&self.throttle, self.turn) {
+            throttle.release(bytes);
+        }
+    }
 }
 
 /// What the session reports after a frame.
@@ -369,7 +412,7 @@ impl Transfer {
             reported: 0,
             finishing: false,
             throttle,
-            woken_at: None,
+            turn: None,
         });
         Ok((transfer, ServerFrame::FileOffer(offer)))
     }
@@ -388,21 +431,36 @@ impl Transfer {
     }
 
     /// Whether chunks could be sent now (the window has room and the
-    /// rollout's limit allows).
+    /// rollout's limit allows, or this transfer's turn under it came).
     pub fn wants_to_send(&self) -> bool {
-        self.rules.next_chunk(1).is_some() && self.throttle.as_ref().is_none_or(|throttle| throttle.wait().is_none())
+        self.rules.next_chunk(1).is_some()
+            && match (&self.throttle, self.turn) {
+                (None, _) => true,
+                (Some(_), Some((_, at))) => at <= Instant::now(),
+                (Some(throttle), None) => throttle.allows(),
+            }
     }
 
-    /// If the rollout's limit holds the next chunk back: how long, when no
-    /// wake-up is on its way for it yet (the caller arranges one).
-    pub fn held_back(&mut self) -> Option<Option<Duration>> {
-        let wait = self.throttle.as_ref()?.wait()?;
-        let now = Instant::now();
-        if self.woken_at.is_some_and(|at| at > now) {
-            return Some(None);
+    /// If the rollout's limit holds the next chunk back: `Some(delay)`
+    /// when a wake-up is to be arranged after `delay` (a turn of
+    /// `chunk` bytes was reserved), `Some(None)` when one is on its way.
+    pub fn held_back(&mut self, chunk: usize) -> Option<Option<Duration>> {
+        let throttle = self.throttle.as_ref()?;
+        if let Some((bytes, at)) = self.turn {
+            if at > Instant::now() {
+                return Some(None);
+            }
+            // Woken: the turn is given back, taken or not.
+            throttle.release(bytes);
+            self.turn = None;
         }
-        self.woken_at = Some(now + wait);
-        Some(Some(wait))
+        if throttle.allows() || self.rules.next_chunk(1).is_none() {
+            return None;
+        }
+        let bytes = chunk as u64;
+        let delay = throttle.reserve(bytes);
+        self.turn = Some((bytes, Instant::now() + delay));
+        Some(Some(delay))
     }
 
     /// A device frame about the transfer: what to report, if anything.
@@ -455,5 +513,30 @@ impl Transfer {
             throttle.spend(len);
         }
         Some(Ok(ServerFrame::FileChunk(FileChunk { data: data.freeze() })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Transfers held back by one limit get turns one after the other, a
+    /// chunk's time apart, behind the bytes owed; a turn given back no
+    /// longer holds the next one back.
+    #[test]
+    fn waiting_transfers_get_staggered_turns() {
+        let throttle = Throttle::new(1000);
+        assert!(throttle.allows(), "a full bucket");
+        throttle.spend(1100);
+        assert!(!throttle.allows(), "1,000 bytes owed");
+        let first = throttle.reserve(500).as_secs_f64();
+        let second = throttle.reserve(500).as_secs_f64();
+        // The owed second less what trickled in meanwhile (microseconds).
+        assert!((0.9..=1.01).contains(&first), "{first}");
+        assert!((second - first - 0.5).abs() < 0.05, "{first} then {second}");
+        throttle.release(500);
+        throttle.release(500);
+        let again = throttle.reserve(500).as_secs_f64();
+        assert!(again <= first + 0.01, "turns given back: {again}");
     }
 }

@@ -469,7 +469,7 @@ impl<'a> Established<'a> {
         let mut queued = 0;
         while queued < FILL_BYTES {
             // The rollout's limit on this driver: wait for it, woken.
-            if let Some(wake) = transfer.held_back() {
+            if let Some(wake) = transfer.held_back(max_chunk) {
                 if let Some(delay) = wake {
                     self.sessions.files.wake_after(self.session, delay);
                 }
