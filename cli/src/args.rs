@@ -199,6 +199,10 @@ pub struct RolloutStartArgs {
     /// Offers again after a DIGEST_MISMATCH, at most.
     #[arg(long, default_value_t = drover_schema::rollout::DEFAULT_RETRIES)]
     pub retries: u32,
+    /// Each driver sends this rollout's chunks at most this fast, its
+    /// transfers together, in bytes per second (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub max_bytes_per_s: u64,
     /// No transfer starts after this long (7d, 12h, 30m).
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub expires: Duration,

@@ -117,6 +117,7 @@ async fn start(mut deployment: Deployment, args: &RolloutStartArgs, json: bool) 
         .arg(args.retries)
         .arg(expires_ms)
         .arg(now)
+        .arg(args.max_bytes_per_s)
         .invoke_async(&mut deployment.redis)
         .await
         .with_context(|| format!("creating {}", keys.rollout))?;

@@ -184,6 +184,18 @@ pub(crate) struct Args {
     #[arg(long, env = "SIM_FILE_DROP", value_name = "P", default_value_t = 0.0)]
     file_drop: f64,
 
+    /// A device accepts a file it was never offered at this offset, as if
+    /// an earlier attempt had left it the first BYTES (scenario files;
+    /// needs --file-prefix-from).
+    #[arg(long, env = "SIM_FILE_START", value_name = "BYTES", default_value_t = 0)]
+    file_start: u64,
+
+    /// The bytes a device starting at --file-start holds: the first BYTES
+    /// of this file (the rolled-out file; another file's prefix fails its
+    /// digest, and the device then takes the file from 0).
+    #[arg(long, env = "SIM_FILE_PREFIX_FROM", value_name = "PATH")]
+    file_prefix_from: Option<std::path::PathBuf>,
+
     /// After the run, check in this Redis that every acknowledged event is
     /// stored exactly once (in cwp:events, or every event stream that
     /// cwp:layout names) (redis://host:port).
@@ -480,6 +492,28 @@ impl Config {
             require((0.0..=1.0).contains(&probability), name, "a probability, 0 to 1");
         }
         require(args.file_window > 0, "file-window", "at least 1 byte");
+        let file_start = match (args.file_start, &args.file_prefix_from) {
+            (0, _) => None,
+            (offset, Some(path)) => match controller_sim::device::FileStart::from_file(path, offset) {
+                Ok(start) => Some(start),
+                Err(err) => {
+                    require(
+                        false,
+                        "file-prefix-from",
+                        &format!("a readable file of at least --file-start bytes ({err})"),
+                    );
+                    None
+                }
+            },
+            (_, None) => {
+                require(
+                    false,
+                    "file-start",
+                    "with --file-prefix-from (the bytes the devices hold)",
+                );
+                None
+            }
+        };
         require(
             args.firmware.len() <= cwp::Str8::MAX_LEN,
             "firmware",
@@ -536,6 +570,7 @@ impl Config {
                     decline: args.file_decline,
                     corrupt: args.file_corrupt,
                     drop: args.file_drop,
+                    start: file_start,
                 },
                 verify_redis,
                 json: args.json,

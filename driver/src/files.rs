@@ -10,6 +10,9 @@
 //!   reads by offset (`pread`, never the whole file) and when progress was
 //!   last reported.
 //!
+//! - [`Throttle`]: a rollout's bytes/s limit on this driver, one token
+//!   bucket its transfers here share (`max_bytes_per_s`).
+//!
 //! The session loop sends chunks only when its send buffer is empty, at
 //! most [`FILL_BYTES`] at a time, and the socket keeps at most
 //! [`UNSENT_LOWAT`] unsent bytes (`TCP_NOTSENT_LOWAT`): an `ACK` or a
@@ -17,7 +20,7 @@
 //! megabytes of chunks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -75,6 +78,9 @@ pub struct FileService {
     /// What the calls learned, for each live session until it looks
     /// ([`FileService::take_mail`]).
     pub mail: Arc<Mutex<HashMap<SessionId, FileMail>>>,
+    /// The limits of rollouts with transfers on this driver, by rollout
+    /// id; an entry lives as long as a transfer holds it.
+    pub throttles: Arc<Mutex<HashMap<String, Weak<Throttle>>>>,
     /// Where the calls run: awaited at shutdown.
     pub tasks: TaskTracker,
     /// The runtime they run on (a session may open on the handshake thread).
@@ -119,6 +125,33 @@ impl FileService {
     /// Forgets an ended session's mail.
     pub fn session_ended(&self, session: &SessionId) {
         self.take_mail(session);
+    }
+
+    /// The limit `grant`'s transfer shares with this driver's other
+    /// transfers of its rollout, if the rollout has one.
+    pub fn throttle(&self, grant: &FileOfferGrant) -> Option<Arc<Throttle>> {
+        if grant.max_bytes_per_s == 0 {
+            return None;
+        }
+        let mut throttles = self.throttles.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(throttle) = throttles.get(&grant.rollout_id).and_then(Weak::upgrade) {
+            return Some(throttle);
+        }
+        throttles.retain(|_, throttle| throttle.strong_count() > 0);
+        let throttle = Arc::new(Throttle::new(grant.max_bytes_per_s));
+        throttles.insert(grant.rollout_id.clone(), Arc::downgrade(&throttle));
+        Some(throttle)
+    }
+
+    /// Wakes `session` after `delay` (its transfer waits for its
+    /// rollout's limit; the session loop keeps no timer of its own).
+    /// Not tracked for shutdown: a sleep holds nothing.
+    pub fn wake_after(&self, session: &Arc<SessionHandle>, delay: Duration) {
+        let session = session.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            session.note_file_mail();
+        });
     }
 
     /// Asks the bridge for `serial`'s next transfer, now or right after
@@ -208,6 +241,93 @@ impl FileService {
     }
 }
 
+/// A rollout's bytes/s limit on this driver: a token bucket that every
+/// transfer of the rollout here draws from. A chunk goes when the bucket
+/// holds anything and takes its whole length (the bucket may go below 0),
+/// so the rate holds on average whatever the chunk size; the bucket holds
+/// at most a tenth of a second's bytes, so a pause is not made up for by
+/// a burst. A transfer held back reserves its turn (a chunk's worth) and
+/// is woken when the bytes owed and the turns before it are paid: waiting
+/// transfers wake one after the other, not all together for each chunk.
+#[derive(Debug)]
+pub struct Throttle {
+    /// Bytes per second.
+    rate: u64,
+    bucket: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes that may go now (negative: owed).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+    /// Bytes reserved by transfers waiting for their turn.
+    reserved: u64,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: u64) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * rate as f64;
+        self.tokens = (self.tokens + earned).min(Throttle::capacity(rate));
+        self.at = now;
+    }
+}
+
+impl Throttle {
+    /// A full bucket of `rate` bytes per second (at least 1).
+    pub fn new(rate: u64) -> Self {
+        let rate = rate.max(1);
+        Self {
+            rate,
+            bucket: Mutex::new(Bucket {
+                tokens: Self::capacity(rate),
+                at: Instant::now(),
+                reserved: 0,
+            }),
+        }
+    }
+
+    fn capacity(rate: u64) -> f64 {
+        rate as f64 / 10.0
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a chunk may go now.
+    pub fn allows(&self) -> bool {
+        let mut bucket = self.bucket();
+        bucket.refill(self.rate);
+        bucket.tokens > 0.0
+    }
+
+    /// A chunk may not go now: reserves a turn of `bytes` and says how
+    /// long until it comes (the bytes owed, then the turns reserved
+    /// before). The caller gives the turn back ([`Throttle::release`])
+    /// when it is woken, whether it sends or not.
+    pub fn reserve(&self, bytes: u64) -> Duration {
+        let mut bucket = self.bucket();
+        bucket.refill(self.rate);
+        let ahead = (1.0 - bucket.tokens).max(0.0) + bucket.reserved as f64;
+        bucket.reserved += bytes;
+        Duration::from_secs_f64(ahead / self.rate as f64)
+    }
+
+    /// Gives a turn back.
+    pub fn release(&self, bytes: u64) {
+        let mut bucket = self.bucket();
+        bucket.reserved = bucket.reserved.saturating_sub(bytes);
+    }
+
+    /// A chunk of `bytes` went.
+    pub fn spend(&self, bytes: usize) {
+        self.bucket().tokens -= bytes as f64;
+    }
+}
+
 /// Why a transfer cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -235,6 +355,20 @@ pub struct Transfer {
     reported: u64,
     /// An outcome was reported: its verdict is awaited.
     pub finishing: bool,
+    /// The rollout's limit on this driver, if it has one.
+    throttle: Option<Arc<Throttle>>,
+    /// The turn this transfer reserved under the limit (bytes) and when
+    /// it comes: a wake-up is on its way for it.
+    turn: Option<(u64, Instant)>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        // A turn not taken would hold back every transfer behind it.
+        if let (Some(throttle), Some((bytes, _))) = (&self.throttle, self.turn) {
+            throttle.release(bytes);
+        }
+    }
 }
 
 /// What the session reports after a frame.
@@ -242,7 +376,11 @@ pub type Report = (FileTransferEvent, u64);
 
 impl Transfer {
     /// Opens the granted file and says what to offer.
-    pub fn start(store: &FileStore, grant: &FileOfferGrant) -> Result<(Box<Self>, ServerFrame), StartError> {
+    pub fn start(
+        store: &FileStore,
+        grant: &FileOfferGrant,
+        throttle: Option<Arc<Throttle>>,
+    ) -> Result<(Box<Self>, ServerFrame), StartError> {
         let rollout: RolloutId = grant
             .rollout_id
             .parse()
@@ -273,6 +411,8 @@ impl Transfer {
             reported_at: Instant::now(),
             reported: 0,
             finishing: false,
+            throttle,
+            turn: None,
         });
         Ok((transfer, ServerFrame::FileOffer(offer)))
     }
@@ -290,9 +430,37 @@ impl Transfer {
         !self.finishing && !self.rules.is_stopped()
     }
 
-    /// Whether chunks could be sent now.
+    /// Whether chunks could be sent now (the window has room and the
+    /// rollout's limit allows, or this transfer's turn under it came).
     pub fn wants_to_send(&self) -> bool {
         self.rules.next_chunk(1).is_some()
+            && match (&self.throttle, self.turn) {
+                (None, _) => true,
+                (Some(_), Some((_, at))) => at <= Instant::now(),
+                (Some(throttle), None) => throttle.allows(),
+            }
+    }
+
+    /// If the rollout's limit holds the next chunk back: `Some(delay)`
+    /// when a wake-up is to be arranged after `delay` (a turn of
+    /// `chunk` bytes was reserved), `Some(None)` when one is on its way.
+    pub fn held_back(&mut self, chunk: usize) -> Option<Option<Duration>> {
+        let throttle = self.throttle.as_ref()?;
+        if let Some((bytes, at)) = self.turn {
+            if at > Instant::now() {
+                return Some(None);
+            }
+            // Woken: the turn is given back, taken or not.
+            throttle.release(bytes);
+            self.turn = None;
+        }
+        if throttle.allows() || self.rules.next_chunk(1).is_none() {
+            return None;
+        }
+        let bytes = chunk as u64;
+        let delay = throttle.reserve(bytes);
+        self.turn = Some((bytes, Instant::now() + delay));
+        Some(Some(delay))
     }
 
     /// A device frame about the transfer: what to report, if anything.
@@ -341,6 +509,34 @@ impl Transfer {
             return Some(Err(err));
         }
         self.rules.chunk_sent(len);
+        if let Some(throttle) = &self.throttle {
+            throttle.spend(len);
+        }
         Some(Ok(ServerFrame::FileChunk(FileChunk { data: data.freeze() })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Transfers held back by one limit get turns one after the other, a
+    /// chunk's time apart, behind the bytes owed; a turn given back no
+    /// longer holds the next one back.
+    #[test]
+    fn waiting_transfers_get_staggered_turns() {
+        let throttle = Throttle::new(1000);
+        assert!(throttle.allows(), "a full bucket");
+        throttle.spend(1100);
+        assert!(!throttle.allows(), "1,000 bytes owed");
+        let first = throttle.reserve(500).as_secs_f64();
+        let second = throttle.reserve(500).as_secs_f64();
+        // The owed second less what trickled in meanwhile (microseconds).
+        assert!((0.9..=1.01).contains(&first), "{first}");
+        assert!((second - first - 0.5).abs() < 0.05, "{first} then {second}");
+        throttle.release(500);
+        throttle.release(500);
+        let again = throttle.reserve(500).as_secs_f64();
+        assert!(again <= first + 0.01, "turns given back: {again}");
     }
 }

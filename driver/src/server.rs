@@ -190,6 +190,7 @@ async fn start(
         registry: registry.clone(),
         fetching: Arc::default(),
         mail: Arc::default(),
+        throttles: Arc::default(),
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };

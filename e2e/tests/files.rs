@@ -13,39 +13,25 @@ use std::time::Duration;
 
 use controller_sim::client::Connection;
 use cwp::{
-    DeviceFrame, ErrorCode, FileAccept, FileAck, FileAckStatus, FileId, FileOffer, FrameType, Ping, ServerFrame,
+    ByeReason, DeviceFrame, ErrorCode, FileAccept, FileAck, FileAckStatus, FileId, FileOffer, FrameType, Ping,
+    ServerFrame,
 };
 use drover_testkit::binaries::binary;
+use drover_testkit::cluster_fleet::ClusterFleet;
 use drover_testkit::device::{connect, event, expect_fatal, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
+use drover_testkit::redis_cluster::RedisCluster;
 use drover_testkit::wait::eventually;
 use sha2::{Digest as _, Sha256};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A fleet whose drivers serve files from a FILES_DIR the CLI adds to.
-struct Rollouts {
-    fleet: TestFleet,
-    _files: tempfile::TempDir,
+/// The operator: `drover` with a fleet's Redis and FILES_DIR.
+struct Operator {
     env: Vec<(String, String)>,
 }
 
-impl Rollouts {
-    fn start(drivers: usize) -> Self {
-        let files = tempfile::tempdir().unwrap();
-        let dir = files.path().to_str().unwrap().to_owned();
-        let fleet = TestFleet::start(drivers, &[("FILES_DIR", &dir)]);
-        let env = vec![
-            ("REDIS_URL".to_owned(), fleet.redis.url()),
-            ("FILES_DIR".to_owned(), dir),
-        ];
-        Self {
-            fleet,
-            _files: files,
-            env,
-        }
-    }
-
+impl Operator {
     /// `drover ARGS`: (exit code, stdout, stderr).
     fn drover(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let output = Command::new(binary("drover").unwrap())
@@ -82,6 +68,12 @@ impl Rollouts {
         id
     }
 
+    /// `drover rollout ACTION ID` (pause, resume, cancel).
+    fn control(&self, action: &str, id: &str) {
+        let (code, _, stderr) = self.drover(&["rollout", action, id]);
+        assert_eq!(code, Some(0), "drover rollout {action}: {stderr}");
+    }
+
     /// `drover rollout status ID --json`.
     fn status(&self, id: &str) -> serde_json::Value {
         let (code, json, stderr) = self.drover(&["--json", "rollout", "status", id]);
@@ -91,6 +83,47 @@ impl Rollouts {
 
     fn count(&self, id: &str, state: &str) -> u64 {
         self.status(id)[state].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// A fleet whose drivers serve files from a FILES_DIR the CLI adds to.
+struct Rollouts {
+    fleet: TestFleet,
+    _files: tempfile::TempDir,
+    operator: Operator,
+}
+
+impl std::ops::Deref for Rollouts {
+    type Target = Operator;
+
+    fn deref(&self) -> &Operator {
+        &self.operator
+    }
+}
+
+impl Rollouts {
+    fn start(drivers: usize) -> Self {
+        Self::start_with(drivers, &[])
+    }
+
+    /// `extra_env` goes to every driver.
+    fn start_with(drivers: usize, extra_env: &[(&str, &str)]) -> Self {
+        let files = tempfile::tempdir().unwrap();
+        let dir = files.path().to_str().unwrap().to_owned();
+        let mut env = vec![("FILES_DIR", dir.as_str())];
+        env.extend_from_slice(extra_env);
+        let fleet = TestFleet::start(drivers, &env);
+        let operator = Operator {
+            env: vec![
+                ("REDIS_URL".to_owned(), fleet.redis.url()),
+                ("FILES_DIR".to_owned(), dir),
+            ],
+        };
+        Self {
+            fleet,
+            _files: files,
+            operator,
+        }
     }
 
     /// A target's state record.
@@ -277,6 +310,49 @@ fn a_cut_transfer_resumes_at_the_devices_offset_on_another_driver() {
         );
         receiver.ack(&mut second, FileAckStatus::OK).await;
         eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+    });
+}
+
+/// A transfer cut at several offsets, each time resumed on the other
+/// driver where the device is: after its first chunk, in the middle of a
+/// window (bytes held past the last `FILE_ACK`), and after the last byte
+/// but before the device's digest (it accepts at the size: no chunk comes,
+/// and its `FILE_ACK` at the size ends the transfer; the simulator once
+/// waited forever there, and so did the driver).
+#[test]
+fn a_transfer_cut_at_several_offsets_resumes_at_each_on_either_driver() {
+    let rollouts = Rollouts::start(2);
+    let size = 1_000_000;
+    let sha = rollouts.add("fw.bin", &content(size));
+    let id = rollouts.rollout(&sha, "FILE-CUTS", &[]);
+    runtime().block_on(async {
+        let mut receiver: Option<Receiver> = None;
+        for (cut, until) in [1, 300_001, size as u64].into_iter().enumerate() {
+            let driver = &rollouts.fleet.drivers[cut % 2];
+            let (mut device, _) = connect(driver.addr(), &serial("FILE-CUTS")).await;
+            let offer = expect_offer(&mut device).await;
+            let receiver = receiver.get_or_insert_with(|| Receiver::new(offer.clone()));
+            assert_eq!(offer, receiver.offer, "the same file each time");
+            receiver.accept(&mut device, 64 * 1024).await;
+            receiver.receive(&mut device, until).await;
+            // The stored offset is what the device acknowledged, never
+            // more than it holds.
+            let stored = rollouts.target(&id, "FILE-CUTS").await["offset"].as_u64().unwrap();
+            assert!(stored <= receiver.offset, "stored {stored}, held {}", receiver.offset);
+            drop(device);
+        }
+        let mut receiver = receiver.unwrap();
+        assert_eq!(receiver.offset, size as u64, "held whole, not yet verified");
+        let (mut device, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-CUTS")).await;
+        assert_eq!(expect_offer(&mut device).await, receiver.offer);
+        receiver.accept(&mut device, 64 * 1024).await;
+        assert!(receiver.verified(), "the bytes of four sessions make the file");
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        eventually("done after four sessions", WAIT, || async {
+            rollouts.count(&id, "done") == 1
+        })
+        .await;
+        assert_eq!(rollouts.status(&id)["bytes_acked"], size.to_string());
     });
 }
 
@@ -618,4 +694,504 @@ fn the_simulator_receives_verifies_and_resumes_through_drops_and_corruption() {
     runtime().block_on(eventually("all done", WAIT, || async {
         rollouts.count(&id, "done") == 6
     }));
+}
+
+/// `controller-sim --scenario files` with `args`, to the first driver:
+/// its JSON summary's `files`.
+fn simulate(rollouts: &Rollouts, devices: u32, prefix: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(binary("controller-sim").unwrap())
+        .args(["--scenario", "files", "--json", "--duration", "60s"])
+        .args(["--devices", &devices.to_string(), "--serial-prefix", prefix])
+        .args(args)
+        .env("SIM_TARGET", rollouts.fleet.drivers[0].addr().to_string())
+        .env("CWP_MASTER_KEY", drover_testkit::device::MASTER_KEY_HEX)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "controller-sim: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    summary["files"].clone()
+}
+
+/// Simulated devices that hold a prefix of the file before its first
+/// offer accept at that offset and receive only the rest; the control
+/// holds another file's prefix: its digest fails, and each device then
+/// takes the whole file from 0.
+#[test]
+fn simulated_devices_start_at_the_offset_they_hold_and_a_wrong_prefix_is_a_mismatch() {
+    let rollouts = Rollouts::start(1);
+    let size = 600_000u64;
+    let data = content(size as usize);
+    let sha = rollouts.add("fw.bin", &data);
+    let held = tempfile::tempdir().unwrap();
+    let right = held.path().join("right.bin");
+    std::fs::write(&right, &data).unwrap();
+    let wrong = held.path().join("wrong.bin");
+    std::fs::write(&wrong, &content(size as usize + 1)[1..]).unwrap();
+    let start = 400_000u64;
+    for (prefix, path, mismatches) in [("SIMS-", &right, 0), ("SIMW-", &wrong, 3)] {
+        let serials: Vec<String> = (1..=3).map(|i| format!("{prefix}{i:06}")).collect();
+        let id = rollouts.rollout(&sha, &serials.join(","), &["--retries", "1"]);
+        let files = simulate(
+            &rollouts,
+            3,
+            prefix,
+            &[
+                "--file-start",
+                &start.to_string(),
+                "--file-prefix-from",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(files["verified"], 3, "{prefix}: {files}");
+        assert_eq!(files["mismatches"], mismatches, "{prefix}: {files}");
+        assert_eq!(
+            files["resumes"], 3,
+            "{prefix}: each accepted its first offer at {start}"
+        );
+        let received = if mismatches == 0 {
+            size - start
+        } else {
+            size - start + size
+        };
+        assert_eq!(files["bytes"], 3 * received, "{prefix}: {files}");
+        runtime().block_on(eventually("all done", WAIT, || async {
+            rollouts.count(&id, "done") == 3
+        }));
+    }
+}
+
+/// The frames up to `BYE` on a connection the driver closes: chunks
+/// already on their way are the device's too.
+async fn receive_until_bye(device: &mut Connection, receiver: &mut Receiver) -> ByeReason {
+    loop {
+        match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Bye(bye) => return bye.reason,
+            ServerFrame::FileChunk(chunk) => receiver.take(&chunk.data),
+            ServerFrame::Ack(_) | ServerFrame::Pong(_) => {}
+            other => panic!("expected FILE_CHUNK or BYE, got {other:?}"),
+        }
+    }
+}
+
+/// Accepts the offer on `device` where `receiver` is, receives the rest
+/// and says the digest matched.
+async fn finish_on(device: &mut Connection, receiver: &mut Receiver) {
+    assert_eq!(expect_offer(device).await, receiver.offer, "the same file again");
+    receiver.accept(device, 64 * 1024).await;
+    let size = receiver.offer.size;
+    receiver.receive(device, size).await;
+    assert!(receiver.verified(), "the digest of every session's bytes matches");
+    receiver.ack(device, FileAckStatus::OK).await;
+}
+
+#[test]
+fn a_drain_mid_transfer_says_bye_and_the_device_resumes_on_another_driver() {
+    let mut rollouts = Rollouts::start_with(2, &[("DRIVER_DRAIN_PERIOD", "1s")]);
+    let sha = rollouts.add("fw.bin", &content(2_000_000));
+    let id = rollouts.rollout(&sha, "FILE-DRAIN", &[]);
+    let rt = runtime();
+    let (mut device, mut receiver) = rt.block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-DRAIN")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        receiver.accept(&mut device, 64 * 1024).await;
+        receiver.receive(&mut device, 500_000).await;
+        (device, receiver)
+    });
+    rollouts.fleet.drivers[0]
+        .process()
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(receive_until_bye(&mut device, &mut receiver).await, ByeReason::DRAINING);
+        assert!(receiver.offset < 2_000_000, "the drain came mid-transfer");
+        drop(device);
+        let (mut device, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-DRAIN")).await;
+        finish_on(&mut device, &mut receiver).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+    });
+}
+
+#[test]
+fn a_supersede_mid_transfer_moves_the_transfer_to_the_new_connection_on_either_driver() {
+    let rollouts = Rollouts::start(2);
+    let sha = rollouts.add("fw.bin", &content(1_000_000));
+    runtime().block_on(async {
+        for (name, second_driver) in [("FILE-SUP-SAME", 0), ("FILE-SUP-OTHER", 1)] {
+            let id = rollouts.rollout(&sha, name, &[]);
+            let (mut old, _) = connect(rollouts.fleet.drivers[0].addr(), &serial(name)).await;
+            let mut receiver = Receiver::new(expect_offer(&mut old).await);
+            receiver.accept(&mut old, 64 * 1024).await;
+            receiver.receive(&mut old, 300_000).await;
+            // The device comes back on a new connection while the old one
+            // still lives: what it took from the old one is what it holds.
+            let (mut new, _) = connect(rollouts.fleet.drivers[second_driver].addr(), &serial(name)).await;
+            finish_on(&mut new, &mut receiver).await;
+            eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+            let reason = loop {
+                match old.recv_timeout(WAIT).await.unwrap() {
+                    ServerFrame::Bye(bye) => break bye.reason,
+                    ServerFrame::FileChunk(_) | ServerFrame::Ack(_) => {}
+                    other => panic!("{name}: expected BYE, got {other:?}"),
+                }
+            };
+            assert_eq!(reason, ByeReason::SUPERSEDED, "{name}");
+            let status = rollouts.status(&id);
+            assert_eq!(
+                (status["active"].as_str(), status["pending"].as_str()),
+                (Some("0"), Some("0"))
+            );
+        }
+    });
+}
+
+#[test]
+fn pause_stops_a_transfer_between_chunks_and_resume_continues_it_at_the_devices_offset() {
+    let rollouts = Rollouts::start(1);
+    let size = 4_000_000;
+    let sha = rollouts.add("fw.bin", &content(size));
+    let id = rollouts.rollout(&sha, "FILE-PAUSE", &[]);
+    runtime().block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-PAUSE")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        receiver.accept(&mut device, 64 * 1024).await;
+        receiver.receive(&mut device, 64 * 1024).await;
+        rollouts.control("pause", &id);
+        // The device acknowledges every half window: only the pause stops
+        // the chunks (cancel's test has the control: without it, the file
+        // comes whole the same way).
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        receive_until_quiet(&mut device, &mut receiver).await;
+        let held = receiver.offset;
+        assert!(held < size as u64, "the paused transfer stopped at {held}");
+        assert_eq!(rollouts.target(&id, "FILE-PAUSE").await["state"], "pending");
+        let status = rollouts.status(&id);
+        assert_eq!(
+            (status["state"].as_str(), status["active"].as_str()),
+            (Some("paused"), Some("0"))
+        );
+
+        rollouts.control("resume", &id);
+        // Offered again on the same connection; it resumes where it is.
+        finish_on(&mut device, &mut receiver).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+        assert_eq!(receiver.offer.size, size as u64);
+    });
+}
+
+#[test]
+fn an_expired_rollout_starts_no_transfer_and_a_live_one_for_the_same_device_does() {
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("fw.bin", &content(10_000));
+    let expired = rollouts.rollout(&sha, "FILE-EXP", &["--expires", "1s"]);
+    runtime().block_on(async {
+        let mut redis = rollouts.fleet.redis().await;
+        let expires_ms: u64 = redis::cmd("HGET")
+            .arg(format!("cwp:rollout:{{{expired}}}"))
+            .arg("expires_ms")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        eventually("the first rollout's expiry passed", WAIT, || async {
+            drover_service::clock::unix_ms() > expires_ms
+        })
+        .await;
+        // The control: a rollout with the default expiry, started after.
+        let live = rollouts.rollout(&sha, "FILE-EXP", &[]);
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-EXP")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        assert_eq!(receiver.offer.file_id, file_id(&live), "the live rollout is offered");
+        let target = rollouts.target(&expired, "FILE-EXP").await;
+        assert_eq!(
+            (target["state"].as_str(), target["why"].as_str()),
+            (Some("failed"), Some("the rollout expired"))
+        );
+        receiver.accept(&mut device, 65_536).await;
+        receiver.receive(&mut device, 10_000).await;
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        eventually("the live one done", WAIT, || async {
+            rollouts.count(&live, "done") == 1
+        })
+        .await;
+        assert_eq!(
+            (rollouts.count(&expired, "failed"), rollouts.count(&expired, "pending")),
+            (1, 0)
+        );
+    });
+}
+
+/// For each window: the driver fills it exactly and sends nothing more
+/// until the device acknowledges (then exactly up to the new limit).
+#[test]
+fn the_driver_fills_the_window_exactly_and_never_beyond_it() {
+    let rollouts = Rollouts::start(1);
+    let size = 200_000u64;
+    let sha = rollouts.add("fw.bin", &content(size as usize));
+    runtime().block_on(async {
+        for (n, window) in [1u32, 1_000, 65_553].into_iter().enumerate() {
+            let name = format!("FILE-WIN-{n}");
+            rollouts.rollout(&sha, &name, &[]);
+            let (mut device, _) = connect(rollouts.fleet.addr(), &serial(&name)).await;
+            let mut receiver = Receiver::new(expect_offer(&mut device).await);
+            receiver.accept(&mut device, window).await;
+            for _ in 0..2 {
+                // `take` panics on a chunk beyond the window.
+                loop {
+                    match device.recv_timeout(QUIET).await {
+                        Ok(ServerFrame::FileChunk(chunk)) => receiver.take(&chunk.data),
+                        Ok(ServerFrame::Ack(_) | ServerFrame::Pong(_)) => {}
+                        Ok(other) => panic!("expected FILE_CHUNK, got {other:?}"),
+                        Err(_) => break,
+                    }
+                }
+                let limit = (receiver.acked + u64::from(window)).min(size);
+                assert_eq!(
+                    receiver.offset, limit,
+                    "window {window}: filled to its limit, no further"
+                );
+                // The acknowledgement opens the window again.
+                receiver.ack(&mut device, FileAckStatus::OK).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn a_redis_outage_mid_transfer_does_not_fail_it_and_its_outcome_is_recorded_after() {
+    let mut rollouts = Rollouts::start(1);
+    let size = 2_000_000u64;
+    let sha = rollouts.add("fw.bin", &content(size as usize));
+    let id = rollouts.rollout(&sha, "FILE-REDIS", &[]);
+    let rt = runtime();
+    let (mut device, mut receiver) = rt.block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-REDIS")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        receiver.accept(&mut device, 64 * 1024).await;
+        receiver.receive(&mut device, 300_000).await;
+        (device, receiver)
+    });
+    rollouts.fleet.redis.stop();
+    rt.block_on(async {
+        // The bytes are the driver's own: the transfer goes on, and its
+        // reports wait for Redis.
+        receiver.receive(&mut device, size).await;
+        assert!(receiver.verified());
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+    });
+    rollouts.fleet.redis.start_again().unwrap();
+    rt.block_on(async {
+        eventually("done once Redis is back", Duration::from_secs(30), || async {
+            rollouts.count(&id, "done") == 1
+        })
+        .await;
+        assert_eq!(rollouts.count(&id, "failed"), 0);
+        assert_eq!(rollouts.status(&id)["bytes_acked"], size.to_string());
+    });
+}
+
+#[test]
+fn a_bridge_outage_mid_transfer_does_not_fail_it_and_the_device_resumes_after_it() {
+    let mut rollouts = Rollouts::start(2);
+    let size = 2_000_000u64;
+    let sha = rollouts.add("fw.bin", &content(size as usize));
+    let id = rollouts.rollout(&sha, "FILE-BRIDGE", &[]);
+    let rt = runtime();
+    let (mut device, mut receiver) = rt.block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-BRIDGE")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        receiver.accept(&mut device, 64 * 1024).await;
+        receiver.receive(&mut device, 300_000).await;
+        (device, receiver)
+    });
+    let port = rollouts.fleet.bridge.port();
+    rollouts.fleet.bridge.process().kill();
+    rt.block_on(async {
+        // The transfer goes on without the bridge; then the link drops.
+        receiver.receive(&mut device, 900_000).await;
+        drop(device);
+    });
+    rollouts.fleet.bridge = drover_testkit::components::BridgeProcess::start_on(
+        port,
+        &rollouts.fleet.redis.url(),
+        &drover_testkit::fleet::logs(),
+        &[],
+    )
+    .unwrap();
+    rt.block_on(async {
+        // The driver's report of the cut reaches the bridge when it is
+        // back (or the new session takes the slot over); either way the
+        // device resumes where it is, on the other driver.
+        let (mut device, _) = eventually_connect(rollouts.fleet.drivers[1].addr(), "FILE-BRIDGE").await;
+        finish_on(&mut device, &mut receiver).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+        assert_eq!(rollouts.count(&id, "failed"), 0);
+    });
+}
+
+/// Connects once the driver lets sessions open again (its bridge may be
+/// reconnecting).
+async fn eventually_connect(addr: std::net::SocketAddr, name: &str) -> (Connection, cwp::Welcome) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut connection = Connection::connect(addr).await.unwrap();
+        let device = serial(name);
+        match connection
+            .handshake(device, &drover_testkit::device::device_key(&device), "fw-test")
+            .await
+        {
+            Ok(welcome) => return (connection, welcome),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                // Refused while the driver's bridge reconnects: try again.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("no session within 30 s: {err}"),
+        }
+    }
+}
+
+#[test]
+fn on_a_redis_cluster_a_rollout_reaches_devices_of_several_partitions_one_slot_at_a_time() {
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().to_str().unwrap().to_owned();
+    let fleet = ClusterFleet::start(RedisCluster::start(3, 0).unwrap(), 3, 2, &[], &[("FILES_DIR", &dir)]);
+    let operator = Operator {
+        env: vec![
+            ("REDIS_CLUSTER_NODES".to_owned(), fleet.cluster.seeds()),
+            ("REDIS_URL".to_owned(), "redis://unused.invalid:1".to_owned()),
+            ("FILES_DIR".to_owned(), dir),
+        ],
+    };
+    let sha = operator.add("fw.bin", &content(300_000));
+    runtime().block_on(async {
+        // Devices in different partitions, on both drivers; the third is
+        // offline when the rollout starts.
+        let (a, _) = connect(fleet.drivers[0].addr(), &serial("CTRL-0001")).await;
+        let (b, _) = connect(fleet.drivers[1].addr(), &serial("CTRL-0002")).await;
+        let id = operator.rollout(&sha, "CTRL-0001,CTRL-0002,CTRL-0003", &["--max-active", "1"]);
+        // One slot: one device is offered the file; the other is woken
+        // when it frees (across slots: the waiting set is the rollout's,
+        // the wake-up goes to the device's sharded channel).
+        let target_state = |serial: &'static str| {
+            let id = id.clone();
+            let mut redis = fleet.redis();
+            async move {
+                let raw: Option<String> = redis::cmd("HGET")
+                    .arg(format!("cwp:rollout:{{{id}}}:targets"))
+                    .arg(serial)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                serde_json::from_str::<serde_json::Value>(&raw.unwrap()).unwrap()["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        eventually("one active, one waiting", WAIT, || async {
+            operator.count(&id, "active") == 1 && operator.count(&id, "pending") == 2
+        })
+        .await;
+        let a_active = target_state("CTRL-0001").await == "active";
+        let (mut first, mut second) = if a_active { (a, b) } else { (b, a) };
+        let offer = expect_offer(&mut first).await;
+        assert_eq!(operator.count(&id, "active"), 1);
+        let mut receiver = Receiver::new(offer);
+        receiver.accept(&mut first, 65_536).await;
+        receiver.receive(&mut first, 300_000).await;
+        receiver.ack(&mut first, FileAckStatus::OK).await;
+        let mut next = Receiver::new(expect_offer(&mut second).await);
+        next.accept(&mut second, 65_536).await;
+        next.receive(&mut second, 300_000).await;
+        assert!(receiver.verified() && next.verified());
+        next.ack(&mut second, FileAckStatus::OK).await;
+
+        let (mut late, _) = connect(fleet.drivers[1].addr(), &serial("CTRL-0003")).await;
+        let mut third = Receiver::new(expect_offer(&mut late).await);
+        third.accept(&mut late, 65_536).await;
+        third.receive(&mut late, 300_000).await;
+        assert!(third.verified());
+        third.ack(&mut late, FileAckStatus::OK).await;
+        eventually("all three done", WAIT, || async { operator.count(&id, "done") == 3 }).await;
+    });
+}
+
+/// Receives for `span`, acknowledging every half window: the chunk bytes
+/// that came.
+async fn receive_for(mut device: Connection, mut receiver: Receiver, span: Duration) -> u64 {
+    let start = receiver.offset;
+    let deadline = tokio::time::Instant::now() + span;
+    loop {
+        if receiver.offset - receiver.acked >= u64::from(receiver.window / 2) && receiver.offset < receiver.offer.size {
+            receiver.ack(&mut device, FileAckStatus::OK).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return receiver.offset - start;
+        }
+        match device.recv_timeout(left).await {
+            Ok(ServerFrame::FileChunk(chunk)) => receiver.take(&chunk.data),
+            Ok(ServerFrame::Ack(_) | ServerFrame::Pong(_)) => {}
+            Ok(other) => panic!("expected FILE_CHUNK, got {other:?}"),
+            Err(_) => return receiver.offset - start,
+        }
+    }
+}
+
+/// A rollout's `--max-bytes-per-s` holds for a driver's transfers of it
+/// together. The bound is an upper one (a slow machine only receives
+/// less): the limit over the time measured, plus the bucket (a tenth of a
+/// second) and one chunk the last token may let go. The control, the same
+/// two devices of a rollout without the limit, receives more than four
+/// times that bound in the same time (loopback moves megabytes a second
+/// even in a debug build).
+#[test]
+fn a_rollouts_limit_holds_for_a_drivers_transfers_together_and_without_it_they_go_faster() {
+    const LIMIT: u64 = 100_000;
+    const SPAN: Duration = Duration::from_secs(2);
+    let rollouts = Rollouts::start(1);
+    let sha = rollouts.add("fw.bin", &content(8_000_000));
+    runtime().block_on(async {
+        for limited in [true, false] {
+            let names = if limited {
+                ["FILE-SLOW-1", "FILE-SLOW-2"]
+            } else {
+                ["FILE-FAST-1", "FILE-FAST-2"]
+            };
+            let limit = LIMIT.to_string();
+            let extra: &[&str] = if limited { &["--max-bytes-per-s", &limit] } else { &[] };
+            let id = rollouts.rollout(&sha, &names.join(","), extra);
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for name in names {
+                let (mut device, _) = connect(rollouts.fleet.addr(), &serial(name)).await;
+                let mut receiver = Receiver::new(expect_offer(&mut device).await);
+                receiver.accept(&mut device, 256 * 1024).await;
+                tasks.push(tokio::spawn(receive_for(device, receiver, SPAN)));
+            }
+            let mut received = 0;
+            for task in tasks {
+                received += task.await.unwrap();
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let chunk = cwp::DEFAULT_MAX_PAYLOAD as u64 - cwp::TAG_LEN as u64;
+            let bound = (LIMIT as f64 * elapsed) as u64 + LIMIT / 10 + chunk;
+            if limited {
+                assert!(received > 0, "the limited transfers go on");
+                assert!(
+                    received <= bound,
+                    "{received} bytes in {elapsed:.2} s: more than {bound}"
+                );
+            } else {
+                assert!(
+                    received > 4 * bound,
+                    "without the limit: {received} bytes in {elapsed:.2} s"
+                );
+            }
+            rollouts.control("cancel", &id);
+        }
+    });
 }

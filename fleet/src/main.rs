@@ -49,8 +49,8 @@ struct BenchChartsArgs {
 #[command(after_help = BENCH_HELP)]
 struct BenchArgs {
     /// Benchmarks to run, comma-separated: events, idle, storm, commands,
-    /// uploads, hostile. Default: the standard suite (all but uploads and
-    /// hostile).
+    /// uploads, hostile, cluster, files. Default: the standard suite (all
+    /// but uploads, hostile, cluster and files).
     #[arg(long, value_delimiter = ',', default_value = "events,idle,storm,commands")]
     only: Vec<String>,
     /// Devices for the events benchmark (comma-separated for several runs).
@@ -273,7 +273,7 @@ fn build_binaries() -> anyhow::Result<()> {
         return Ok(()); // an installed fleet: the binaries sit next to it
     }
     let release = drover_testkit::binaries::bin_dir()?.ends_with("release");
-    eprintln!("building driver, vendor-bridge, controller-sim and the benchmark tools ...");
+    eprintln!("building driver, vendor-bridge, controller-sim, drover and the benchmark tools ...");
     let mut cargo = Command::new("cargo");
     cargo.current_dir(&workspace).args([
         "build",
@@ -286,6 +286,9 @@ fn build_binaries() -> anyhow::Result<()> {
         "controller-sim",
         "-p",
         "fleet",
+        // `drover`: the files benchmark adds its file and starts its rollout as an operator does.
+        "-p",
+        "drover-cli",
     ]);
     if release {
         cargo.arg("--release");
@@ -513,33 +516,35 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             machine: measured_on.clone(),
             load_average: Machine::load_average(),
         };
-        let outcome = match name.as_str() {
-            "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
-                chart_data.set_events(provenance, &runs);
-                body
-            }),
-            "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
-                chart_data.set_idle(provenance, &runs);
-                body
-            }),
-            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers, args.storm_queued).map(
-                |result| {
-                    chart_data.set_storm(provenance, &result);
-                    header("Connect storm", STORM_WHAT) + &result.markdown()
-                },
-            ),
-            "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
-                .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
-            "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
-                .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
-            "cluster" => fleet::bench::cluster::run(&ctx)
-                .map(|result| header("Redis Cluster", CLUSTER_WHAT) + &result.markdown()),
-            "uploads" => fleet::bench::uploads::run(&ctx)
-                .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
-            other => Err(anyhow::anyhow!(
-                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster)"
-            )),
-        };
+        let outcome =
+            match name.as_str() {
+                "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
+                    chart_data.set_events(provenance, &runs);
+                    body
+                }),
+                "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
+                    chart_data.set_idle(provenance, &runs);
+                    body
+                }),
+                "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers, args.storm_queued)
+                    .map(|result| {
+                        chart_data.set_storm(provenance, &result);
+                        header("Connect storm", STORM_WHAT) + &result.markdown()
+                    }),
+                "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
+                    .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
+                "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
+                    .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
+                "cluster" => fleet::bench::cluster::run(&ctx)
+                    .map(|result| header("Redis Cluster", CLUSTER_WHAT) + &result.markdown()),
+                "files" => fleet::bench::files::run(&ctx)
+                    .map(|result| header("Files to devices", FILES_WHAT) + &result.markdown()),
+                "uploads" => fleet::bench::uploads::run(&ctx)
+                    .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
+                other => Err(anyhow::anyhow!(
+                    "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster, files)"
+                )),
+            };
         match outcome {
             Ok(body) => {
                 report::write_section(&args.out, name, &body)?;
@@ -575,6 +580,7 @@ const HOSTILE_DEVICES: u64 = 100;
 const HOSTILE_CONNECTIONS: usize = 10_000;
 const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in all to one driver (defaults for `DRIVER_HANDSHAKE_TIMEOUT` and `DRIVER_MAX_HANDSHAKES`), alone, then while 10,000 connections that never send a byte are held open against the same driver, each reopened as soon as the driver closes it, then (the control) while the same attack is aimed at a minimal stand-in server on the same machine; three rounds of the three phases. Latency is from send to the covering `ACK`. The attacking thread runs at nice 19, standing in for an attacker whose CPU is on another machine; the honest devices' simulator runs at the normal priority. Target (issue 8): p99 under attack within 2× the unloaded p99 (medians over the rounds).";
 const CLUSTER_WHAT: &str = "The same events path (device → driver → gRPC → vendor-bridge → Redis → `ACK`, 1,000 devices on one driver) with one Redis, then with a 3-master Redis Cluster holding 1, 3 and 12 event partitions (`REDIS_EVENT_PARTITIONS`), then with a replica per master, without and with `BRIDGE_WAIT_REPLICAS=1`, all in one run: events acknowledged per second when offered far more, Redis's CPU per stored event, and ack latency at a fixed rate. Every Redis node, the bridge, the driver and the simulator share this machine's 2 cores, so no speed-up can show here: the run shows what the cluster and `WAIT` cost per event, and how the partitions spread the events over the masters (docs/CAPACITY.md turns these figures into a plan).";
+const FILES_WHAT: &str = "A rollout (README \"Rollouts\") of one file to 100 `controller-sim` devices at once (`--max-active 100`), through HAProxy and 4 drivers, while 100 other devices send 1,000 events/s in all through the same HAProxy. Each device accepts with a 256 KiB window, acknowledges every half window, hashes what it receives and verifies the SHA-256 at the end; a device's rate is from its offer to its last byte. Beside it in the same run: the codec sealing (server) and verifying (device) the same chunks (the default max_payload less the tag) on one core, in one thread of the runner (the limit of the work: every chunk is sealed per device, so no `sendfile`), and nginx (`sendfile on`) serving the same file over plain HTTP on loopback to 100 `curl`s at once (moving the bytes without per-device sealing). Then the same rollout to 100 new devices with `--max-bytes-per-s` (each driver's cap on the rollout's chunks). CPU seconds are those of each kind of process over the rollout. Every process (4 drivers, HAProxy, Redis, the bridge, both simulators) shares the machine's cores. Targets (issue 18): aggregate ≥ 0.6 × the one-core codec rate, each driver's RSS growth ≤ 32 MiB, the other devices' ack p99 within 2× of the same devices without the rollout, every transfer verified.";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 
 fn bench_events(

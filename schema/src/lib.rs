@@ -565,6 +565,7 @@ mod tests {
                 "max_active",
                 "retries",
                 "expires_ms",
+                "max_bytes_per_s",
                 "state",
                 "created_ms",
                 "targets",

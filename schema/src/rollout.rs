@@ -186,6 +186,9 @@ pub mod rollout_fields {
     pub const RETRIES: &str = "retries";
     /// When the rollout expires, Unix ms: no transfer starts after it.
     pub const EXPIRES_MS: &str = "expires_ms";
+    /// Bytes per second each driver sends of the rollout's chunks, its
+    /// transfers together, at most; 0: no limit.
+    pub const MAX_BYTES_PER_S: &str = "max_bytes_per_s";
     /// [`super::state`]: `running`, `paused` or `cancelled`.
     pub const STATE: &str = "state";
     /// When it was started, Unix ms.
@@ -197,13 +200,14 @@ pub mod rollout_fields {
 
     /// Every field but the counts by target state (one per
     /// [`super::target_state::ALL`], named as the state).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         FILE,
         SIZE,
         NAME,
         MAX_ACTIVE,
         RETRIES,
         EXPIRES_MS,
+        MAX_BYTES_PER_S,
         STATE,
         CREATED_MS,
         TARGETS,

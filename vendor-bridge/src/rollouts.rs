@@ -40,6 +40,8 @@ pub struct Grant {
     pub name: String,
     /// What the device acknowledged before.
     pub offset: u64,
+    /// Each driver's limit on the rollout's chunks, bytes/s (0: none).
+    pub max_bytes_per_s: u64,
 }
 
 /// A driver's report on a transfer ([`rollout::report`]).
@@ -141,13 +143,14 @@ impl Store {
             )
             .await?;
             match reply.first().map(String::as_str) {
-                Some(answer::OFFER) if reply.len() == 5 => {
+                Some(answer::OFFER) if reply.len() == 6 => {
                     return Ok(Some(Grant {
                         rollout: id,
                         sha256: reply[1].clone(),
                         size: number(&reply[2])?,
                         name: reply[3].clone(),
                         offset: number(&reply[4])?,
+                        max_bytes_per_s: number(&reply[5])?,
                     }));
                 }
                 // Another rollout may have a slot; this one wakes the

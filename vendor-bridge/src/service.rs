@@ -390,6 +390,7 @@ impl VendorBridge for Bridge {
             size: grant.size,
             name: grant.name,
             offset: grant.offset,
+            max_bytes_per_s: grant.max_bytes_per_s,
         });
         Ok(Response::new(TakeFileOfferReply { offer }))
     }

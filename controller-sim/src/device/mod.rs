@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, Connection, READ_CHUNK};
 
 pub use drover_service::backoff::{Backoff, random_up_to as jitter};
-pub use files::{FilePolicy, FileSummary};
+pub use files::{FilePolicy, FileStart, FileSummary};
 pub use outbox::AckLog;
 use outbox::{Outbox, Pending};
 pub use pacing::Pacing;
@@ -945,7 +945,7 @@ impl Device {
                 };
                 let accept = stats.with_files(|summary| files::on_offer(&mut self.file, &offer, policy, summary));
                 encode(conn, &DeviceFrame::FileAccept(accept), CONTROL_FRAME_ROOM);
-                if let Some(ack) = files::ack_if_complete(&self.file) {
+                if let Some(ack) = stats.with_files(|summary| files::ack_if_complete(&mut self.file, summary)) {
                     encode(conn, &DeviceFrame::FileAck(ack), CONTROL_FRAME_ROOM);
                 }
                 session.last_tx = Instant::now();

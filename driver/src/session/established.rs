@@ -419,7 +419,8 @@ impl<'a> Established<'a> {
                     );
                 }
             } else {
-                match Transfer::start(&self.sessions.files.store, &grant) {
+                let throttle = self.sessions.files.throttle(&grant);
+                match Transfer::start(&self.sessions.files.store, &grant, throttle) {
                     Ok((transfer, offer)) => {
                         if let Err(err) = self.conn.limit_unsent(UNSENT_LOWAT) {
                             debug!(serial = %self.session.serial, error = %err, "cannot limit the socket's unsent bytes");
@@ -467,6 +468,13 @@ impl<'a> Established<'a> {
         let max_chunk = (self.sessions.settings.max_payload as usize).saturating_sub(cwp::TAG_LEN);
         let mut queued = 0;
         while queued < FILL_BYTES {
+            // The rollout's limit on this driver: wait for it, woken.
+            if let Some(wake) = transfer.held_back(max_chunk) {
+                if let Some(delay) = wake {
+                    self.sessions.files.wake_after(self.session, delay);
+                }
+                break;
+            }
             match transfer.next_chunk(max_chunk) {
                 None => break,
                 Some(Ok(chunk)) => {

@@ -14,13 +14,14 @@
 //!   processes themselves, and the idle benchmark's peer Mosquitto, come
 //!   from `drover-testkit`).
 //! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`],
-//!   [`hostile`]: one benchmark each; each returns its figures and renders
+//!   [`hostile`], [`files`]: one benchmark each; each returns its figures and renders
 //!   its section.
 
 pub mod charts;
 pub mod cluster;
 pub mod commands;
 pub mod events;
+pub mod files;
 pub mod hostile;
 pub mod idle;
 pub mod machine;

@@ -34,6 +34,20 @@ impl Rig {
     /// Starts Redis, the bridge, `drivers` drivers and `haproxy_processes`
     /// HAProxy processes, with their logs in the bench's work directory.
     pub fn start(ctx: &BenchContext, name: &str, drivers: usize, haproxy_processes: usize) -> anyhow::Result<Self> {
+        Self::start_with(ctx, name, drivers, haproxy_processes, &[])
+    }
+
+    /// [`Rig::start`] with more variables for the drivers.
+    pub fn start_with(
+        ctx: &BenchContext,
+        name: &str,
+        drivers: usize,
+        haproxy_processes: usize,
+        driver_env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        // One line per session at info would be the drivers' main work.
+        let mut env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+        env.extend(driver_env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let open_files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(_, hard)| hard)
             .unwrap_or(20_000);
@@ -48,8 +62,7 @@ impl Rig {
             master_key_hex: MASTER_KEY_HEX.to_owned(),
             state_dir: ctx.work_dir.join(name),
             log_files: true,
-            // One line per session at info would be the drivers' main work.
-            driver_env: vec![("RUST_LOG".to_owned(), "warn".to_owned())],
+            driver_env: env,
             haproxy_open_files: open_files,
         })
         .with_context(|| format!("starting the fleet for {name}"))?;

@@ -11,7 +11,7 @@
 -- ARGV[5] the rollout's id (for notices)
 --
 -- Returns one of
---   {OFFER, file, size, name, offset}: the target is active in this
+--   {OFFER, file, size, name, offset, max_bytes_per_s}: the target is active in this
 --     session (it was pending and a slot was free, or it was active in an
 --     older session of the device, or already in this one): offer it;
 --   {WAIT, why}: max_active transfers are under way, or the rollout is
@@ -25,7 +25,7 @@ local serial, session = ARGV[1], ARGV[2]
 local now, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
 local RESULTS_MAXLEN = 100000
 
-local r = redis.call('HMGET', rollout, 'state', 'file', 'size', 'name', 'max_active', 'expires_ms')
+local r = redis.call('HMGET', rollout, 'state', 'file', 'size', 'name', 'max_active', 'expires_ms', 'max_bytes_per_s')
 local state, file, size, name = r[1], r[2], r[3], r[4]
 if not state then
   return {'NONE', 'no such rollout'}
@@ -62,7 +62,7 @@ local function offer()
   redis.call('HSET', targets, serial, cjson.encode(t))
   redis.call('ZADD', active, now + lease, serial)
   redis.call('ZREM', waiting, serial)
-  return {'OFFER', file, size, name, tostring(t.offset)}
+  return {'OFFER', file, size, name, tostring(t.offset), r[7] or '0'}
 end
 
 if t.state == 'active' and t.session == session then
