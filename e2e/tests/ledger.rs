@@ -510,13 +510,7 @@ fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
     let url = fleet.redis.url();
     let env = [("REDIS_URL", url.as_str())];
     runtime().block_on(async {
-        let a = enqueue(&env, "LEDGER-OUT", "a", &[]);
-        let b = enqueue(&env, "LEDGER-OUT", "b", &[]);
-        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-OUT")).await;
-        let first = recv_command(&mut device).await;
-        let second = recv_command(&mut device).await;
-        assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
-        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+        let (mut device, [a, b], second) = two_sent_the_first_answered(&fleet, &env, "LEDGER-OUT").await;
 
         // The bridge killed: B's result waits in the driver, and C, queued
         // meanwhile, waits in the ledger (the wake-up finds the driver, its
@@ -553,17 +547,7 @@ fn commands_pending_while_the_bridge_is_down_are_neither_lost_nor_sent_twice() {
             answer(&mut device, 3, third.command_id).await.is_empty(),
             "nothing sent twice"
         );
-        eventually("the ledger empties", WAIT, || async {
-            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-OUT").await
-        })
-        .await;
-        for id in [&a, &b, &c] {
-            assert_eq!(
-                outcomes_of(&mut fleet.redis().await, id).await,
-                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
-                "{id}: sent once (its session never ended), one result"
-            );
-        }
+        each_sent_once_and_answered(&fleet, "LEDGER-OUT", [&a, &b, &c]).await;
     });
 }
 
@@ -675,13 +659,7 @@ fn commands_pending_while_redis_restarts_are_neither_lost_nor_sent_twice() {
     let url = fleet.redis.url();
     let env = [("REDIS_URL", url.as_str())];
     runtime().block_on(async {
-        let a = enqueue(&env, "LEDGER-RR", "a", &[]);
-        let b = enqueue(&env, "LEDGER-RR", "b", &[]);
-        let (mut device, _) = connect(fleet.addr(), &serial("LEDGER-RR")).await;
-        let first = recv_command(&mut device).await;
-        let second = recv_command(&mut device).await;
-        assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
-        assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+        let (mut device, [a, b], second) = two_sent_the_first_answered(&fleet, &env, "LEDGER-RR").await;
 
         // Redis killed and started again on its data (appendfsync always):
         // A's settlement and B's SENT survive; B's result, sent while Redis
@@ -703,17 +681,7 @@ fn commands_pending_while_redis_restarts_are_neither_lost_nor_sent_twice() {
             answer(&mut device, 3, third.command_id).await.is_empty(),
             "nothing sent twice"
         );
-        eventually("the ledger empties", WAIT, || async {
-            !exists(&mut fleet.redis().await, "cwp:ledger:LEDGER-RR").await
-        })
-        .await;
-        for id in [&a, &b, &c] {
-            assert_eq!(
-                outcomes_of(&mut fleet.redis().await, id).await,
-                owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
-                "{id}: sent once (its session never ended), one result"
-            );
-        }
+        each_sent_once_and_answered(&fleet, "LEDGER-RR", [&a, &b, &c]).await;
     });
 }
 
@@ -739,4 +707,38 @@ async fn eventually_enqueued(env: &[(&str, &str)], serial: &str, name: &str) -> 
     })
     .await;
     enqueue(env, serial, name, &[])
+}
+
+/// Queues commands A and B for `serial`, connects it, receives both and
+/// answers A: the device, the two ids, and B (sent, not answered).
+async fn two_sent_the_first_answered(
+    fleet: &TestFleet,
+    env: &[(&str, &str)],
+    serial_text: &str,
+) -> (Connection, [String; 2], cwp::Command) {
+    let a = enqueue(env, serial_text, "a", &[]);
+    let b = enqueue(env, serial_text, "b", &[]);
+    let (mut device, _) = connect(fleet.addr(), &serial(serial_text)).await;
+    let first = recv_command(&mut device).await;
+    let second = recv_command(&mut device).await;
+    assert_eq!([id_of(&first), id_of(&second)], [a.clone(), b.clone()]);
+    assert!(answer(&mut device, 1, first.command_id).await.is_empty());
+    (device, [a, b], second)
+}
+
+/// `serial`'s ledger empties, and each of `ids` was sent once (its session
+/// never ended) and answered once.
+async fn each_sent_once_and_answered(fleet: &TestFleet, serial: &str, ids: [&String; 3]) {
+    let ledger = format!("cwp:ledger:{serial}");
+    eventually("the ledger empties", WAIT, || async {
+        !exists(&mut fleet.redis().await, &ledger).await
+    })
+    .await;
+    for id in ids {
+        assert_eq!(
+            outcomes_of(&mut fleet.redis().await, id).await,
+            owned(&[("QUEUED", 0), ("SENT", 1), ("OK", 0)]),
+            "{id}: sent once (its session never ended), one result"
+        );
+    }
 }
