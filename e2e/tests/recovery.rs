@@ -193,9 +193,14 @@ fn a_cut_pubsub_connection_is_resubscribed_and_commands_flow_again() {
     rt.block_on(async {
         let mut redis = fleet.redis().await;
         let (mut device, _) = connect(fleet.addr(), &serial("CTRL-0042")).await;
-        eventually("every session to be subscribed", DEADLINE, || {
+        // Every session established, not only subscribed: a serial's
+        // channel is subscribed from the start of its handshake, and a
+        // handshake that fails under load (the simulator then reconnects
+        // after its backoff) is not what this test cuts under.
+        eventually("every session to be established and subscribed", DEADLINE, || {
             let mut redis = redis.clone();
-            async move { command_channels(&mut redis).await == IDLE + 1 }
+            let sessions = fleet.drivers[0].metric("drover_driver_sessions").unwrap_or(0.0);
+            async move { sessions == (IDLE + 1) as f64 && command_channels(&mut redis).await == IDLE + 1 }
         })
         .await;
 
