@@ -217,12 +217,14 @@ fn through_a_lying_network(prefix: &str, forget_on_write: bool) -> (Verdict, Pro
         forget_on_write,
         ..events(50.0)
     };
+    // Counted before the devices start and again just before each cut, so
+    // that connections made before the count is read are never missed.
+    let mut before = proxy.stats();
     let running = run(&rt, devices(prefix, 20), proxy.addr(), behaviour.clone());
     for round in 1..=LIE_ROUNDS {
         // The devices (re)connect through the network, which then swallows
         // what they send beyond its first bytes, a kilobyte a device (about
         // 15 events each) before the links go away.
-        let before = proxy.stats();
         rt.block_on(eventually(
             &format!("round {round}: 20 new connections"),
             WAIT,
@@ -234,6 +236,7 @@ fn through_a_lying_network(prefix: &str, forget_on_write: bool) -> (Verdict, Pro
             WAIT,
             || async { proxy.stats().upstream_discarded >= connected.upstream_discarded + SWALLOWED_PER_ROUND },
         ));
+        before = proxy.stats();
         proxy.cut_all();
     }
     let devices = running.abort(&rt);
