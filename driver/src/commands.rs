@@ -43,6 +43,8 @@ use tracing::{debug, info, warn};
 use crate::bridge::{BridgeClient, TakenCommands};
 use crate::metrics::Metrics;
 use crate::registry::{CloseRequest, Registry};
+use crate::single_flight::{Flight, SingleFlight};
+use crate::storm::StormWatch;
 
 /// Most channels in one SUBSCRIBE/UNSUBSCRIBE.
 const CHANNELS_PER_CALL: usize = 512;
@@ -282,15 +284,15 @@ pub struct DurableCommands {
     pub max_in_flight: u32,
     /// Largest payload a device accepts.
     pub max_payload: u32,
-    /// Devices being fetched for, and whether to fetch once more after.
-    pub fetching: Arc<std::sync::Mutex<HashMap<Serial, bool>>>,
+    /// The devices being fetched for.
+    pub fetching: SingleFlight<Serial>,
     /// The durable commands handed to each live session and not yet
     /// answered (kept here, not in the session: a parked session's size is
     /// budgeted): a session that ends before sending them leaves them in
     /// the ledger for the next one, with no `UNDELIVERED` report.
     pub handed: Arc<std::sync::Mutex<HashMap<SessionId, Handed>>>,
     /// While a connect storm is under way, fetches wait (see
-    /// [`STORM_HANDSHAKES`]).
+    /// [`crate::storm::STORM_HANDSHAKES`]).
     pub storm: Arc<StormWatch>,
     /// Where the fetches run: awaited at shutdown.
     pub tasks: TaskTracker,
@@ -311,70 +313,6 @@ pub struct Handed {
     pushed: Vec<CommandId>,
 }
 
-/// More handshakes at once than this (from accept to `WELCOME`) is a
-/// connect storm: devices waiting to be authenticated and registered come
-/// before commands for devices already connected,
-/// so fetches wait for the storm to pass (at most [`MAX_STORM_WAIT`]). A
-/// queued command delivered during a storm costs the bridge and Redis a
-/// `TakeCommands`, its `SENT` outcome and then its result: in a storm of
-/// 10,000 devices with 10 commands each, that work made the storm take
-/// five times as long.
-pub const STORM_HANDSHAKES: i64 = 16;
-
-/// The longest a fetch waits for a connect storm to pass: a storm that
-/// goes on longer shares the driver with deliveries again.
-pub const MAX_STORM_WAIT: Duration = Duration::from_secs(5);
-
-/// Whether a connect storm is under way: the driver's handshakes from
-/// accept to `WELCOME` (or their failure), against [`STORM_HANDSHAKES`].
-/// Waiting fetches are told when it passes (no polling).
-#[derive(Debug)]
-pub struct StormWatch {
-    handshakes: std::sync::atomic::AtomicI64,
-    under_way: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for StormWatch {
-    fn default() -> Self {
-        Self {
-            handshakes: std::sync::atomic::AtomicI64::new(0),
-            under_way: tokio::sync::watch::Sender::new(false),
-        }
-    }
-}
-
-/// One handshake under way; dropped when it ends, however it ends.
-#[derive(Debug)]
-pub struct Handshaking(Arc<StormWatch>);
-
-impl StormWatch {
-    /// Counts a handshake until the returned guard is dropped.
-    pub fn handshake(self: &Arc<Self>) -> Handshaking {
-        let now = self.handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if now > STORM_HANDSHAKES {
-            self.under_way.send_if_modified(|storm| !std::mem::replace(storm, true));
-        }
-        Handshaking(self.clone())
-    }
-
-    /// Returns when no storm is under way, or after [`MAX_STORM_WAIT`].
-    pub async fn passed(&self) {
-        let mut storm = self.under_way.subscribe();
-        let _ = tokio::time::timeout(MAX_STORM_WAIT, storm.wait_for(|under_way| !*under_way)).await;
-    }
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        let now = self.0.handshakes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
-        if now <= STORM_HANDSHAKES {
-            self.0
-                .under_way
-                .send_if_modified(|storm| std::mem::replace(storm, false));
-        }
-    }
-}
-
 /// Waits between failed `TakeCommands` while the session lives.
 const FETCH_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -382,17 +320,14 @@ impl DurableCommands {
     /// Fetches `serial`'s durable commands into its session, now or right
     /// after the fetch under way.
     pub fn fetch(&self, serial: Serial) {
-        {
-            let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(again) = fetching.get_mut(&serial) {
-                *again = true;
-                return;
-            }
-            fetching.insert(serial, false);
-        }
+        let Some(flight) = self.fetching.start(serial) else {
+            return;
+        };
         let this = self.clone();
-        self.tasks
-            .spawn_on(async move { this.fetch_until_done(serial).await }, &self.runtime);
+        self.tasks.spawn_on(
+            async move { this.fetch_until_done(serial, flight).await },
+            &self.runtime,
+        );
     }
 
     /// Forgets an ended session; the durable commands it was handed and
@@ -436,90 +371,83 @@ impl DurableCommands {
         usize::try_from(self.max_in_flight / 2).unwrap_or(usize::MAX)
     }
 
-    async fn fetch_until_done(&self, serial: Serial) {
+    async fn fetch_until_done(&self, serial: Serial, mut flight: Flight<Serial>) {
         let mut backoff = FETCH_RETRY;
         self.storm.passed().await;
         loop {
-            let Some(session) = self.registry.get(&serial) else {
-                break;
-            };
-            match self
-                .bridge
-                .take_commands(&serial, &session.session_id, self.max_in_flight, self.max_payload)
-                .await
-            {
-                Ok(TakenCommands {
-                    commands,
-                    waiting,
-                    unanswered,
-                }) => {
-                    backoff.reset();
-                    {
-                        let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        let handed = handed.entry(session.session_id).or_default();
-                        handed.more_waiting = waiting > 0;
-                        // The ledger's view: drops a command that expired
-                        // unanswered (an older bridge sends none, and the
-                        // commands below are added anyway).
-                        handed.commands = unanswered;
-                    }
-                    for command in commands {
-                        let Ok(id) = <[u8; 16]>::try_from(command.command_id.as_slice()) else {
-                            warn!(%serial, "the bridge sent a durable command without a 16-byte id; skipped");
-                            continue;
-                        };
-                        let Ok(name) = Str8::new(command.name) else {
-                            warn!(%serial, "the bridge sent a durable command with a name over 255 bytes; skipped");
-                            continue;
-                        };
+            if let Some(session) = self.registry.get(&serial) {
+                match self
+                    .bridge
+                    .take_commands(&serial, &session.session_id, self.max_in_flight, self.max_payload)
+                    .await
+                {
+                    Ok(TakenCommands {
+                        commands,
+                        waiting,
+                        unanswered,
+                    }) => {
+                        backoff.reset();
                         {
                             let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                             let handed = handed.entry(session.session_id).or_default();
-                            if handed.pushed.contains(&CommandId(id)) {
-                                // In the session's mailbox or sent already.
-                                continue;
-                            }
-                            handed.pushed.push(CommandId(id));
-                            if !handed.commands.contains(&CommandId(id)) {
-                                handed.commands.push(CommandId(id));
-                            }
+                            handed.more_waiting = waiting > 0;
+                            // The ledger's view: drops a command that expired
+                            // unanswered (an older bridge sends none, and the
+                            // commands below are added anyway).
+                            handed.commands = unanswered;
                         }
-                        debug!(%serial, attempt = command.attempt, "sending a durable command");
-                        session.push_command(Command {
-                            command_id: CommandId(id),
-                            name,
-                            body: Bytes::from(command.body),
-                        });
+                        for command in commands {
+                            let Ok(id) = <[u8; 16]>::try_from(command.command_id.as_slice()) else {
+                                warn!(%serial, "the bridge sent a durable command without a 16-byte id; skipped");
+                                continue;
+                            };
+                            let Ok(name) = Str8::new(command.name) else {
+                                warn!(%serial, "the bridge sent a durable command with a name over 255 bytes; skipped");
+                                continue;
+                            };
+                            {
+                                let mut handed = self.handed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                let handed = handed.entry(session.session_id).or_default();
+                                if handed.pushed.contains(&CommandId(id)) {
+                                    // In the session's mailbox or sent already.
+                                    continue;
+                                }
+                                handed.pushed.push(CommandId(id));
+                                if !handed.commands.contains(&CommandId(id)) {
+                                    handed.commands.push(CommandId(id));
+                                }
+                            }
+                            debug!(%serial, attempt = command.attempt, "sending a durable command");
+                            session.push_command(Command {
+                                command_id: CommandId(id),
+                                name,
+                                body: Bytes::from(command.body),
+                            });
+                        }
+                        // A session that ended meanwhile has been forgotten
+                        // already: forget what was handed to it since.
+                        if self
+                            .registry
+                            .get(&serial)
+                            .is_none_or(|live| live.session_id != session.session_id)
+                        {
+                            self.session_ended(&session.session_id);
+                        }
                     }
-                    // A session that ended meanwhile has been forgotten
-                    // already: forget what was handed to it since.
-                    if self
-                        .registry
-                        .get(&serial)
-                        .is_none_or(|live| live.session_id != session.session_id)
-                    {
-                        self.session_ended(&session.session_id);
+                    Err(status) => {
+                        // The commands stay in the ledger: retry while the
+                        // session lives.
+                        let retry_in = backoff.next_delay();
+                        warn!(%serial, code = ?status.code(), ?retry_in, "could not fetch durable commands from the vendor-bridge");
+                        tokio::time::sleep(retry_in).await;
+                        continue;
                     }
-                }
-                Err(status) => {
-                    // The commands stay in the ledger: retry while the
-                    // session lives.
-                    let retry_in = backoff.next_delay();
-                    warn!(%serial, code = ?status.code(), ?retry_in, "could not fetch durable commands from the vendor-bridge");
-                    tokio::time::sleep(retry_in).await;
-                    continue;
                 }
             }
-            let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match fetching.get_mut(&serial) {
-                Some(again) if *again => *again = false,
-                _ => break,
+            if !flight.again() {
+                break;
             }
         }
-        self.fetching
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&serial);
     }
 }
 
@@ -872,40 +800,6 @@ fn route_command(router: &CommandRouter, serial: Serial, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn deliveries_wait_for_a_connect_storm_to_pass() {
-        let watch = Arc::new(StormWatch::default());
-        // Up to the threshold is no storm: a fetch goes at once.
-        let few: Vec<Handshaking> = (0..STORM_HANDSHAKES).map(|_| watch.handshake()).collect();
-        let started = tokio::time::Instant::now();
-        watch.passed().await;
-        assert_eq!(started.elapsed(), Duration::ZERO);
-
-        // One more is a storm: the fetch waits until enough handshakes end.
-        let one_more = watch.handshake();
-        let waiting = tokio::spawn({
-            let watch = watch.clone();
-            async move { watch.passed().await }
-        });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiting.is_finished(), "a fetch waits while the storm lasts");
-        drop(one_more);
-        tokio::time::timeout(Duration::from_millis(1), waiting)
-            .await
-            .expect("the storm's end lets it go")
-            .unwrap();
-        drop(few);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_storm_that_goes_on_delays_a_delivery_five_seconds_at_most() {
-        let watch = Arc::new(StormWatch::default());
-        let _storm: Vec<Handshaking> = (0..=STORM_HANDSHAKES).map(|_| watch.handshake()).collect();
-        let started = tokio::time::Instant::now();
-        watch.passed().await;
-        assert_eq!(started.elapsed(), MAX_STORM_WAIT);
-    }
 
     #[test]
     fn a_command_with_text_body_and_id() {

@@ -35,6 +35,8 @@ use tracing::{debug, warn};
 
 use crate::bridge::BridgeClient;
 use crate::registry::{Registry, SessionHandle};
+use crate::single_flight::{Flight, SingleFlight};
+use crate::storm::StormWatch;
 
 /// Chunk bytes queued per turn of the session loop, at most.
 pub const FILL_BYTES: usize = 128 * 1024;
@@ -73,8 +75,11 @@ pub struct FileService {
     pub bridge: BridgeClient,
     /// The live sessions.
     pub registry: Arc<Registry>,
-    /// Devices being fetched for, and whether to fetch once more after.
-    pub fetching: Arc<Mutex<HashMap<Serial, bool>>>,
+    /// The devices being asked for.
+    pub fetching: SingleFlight<Serial>,
+    /// While a connect storm is under way, offers wait (the driver's one
+    /// [`StormWatch`], shared with durable commands).
+    pub storm: Arc<StormWatch>,
     /// What the calls learned, for each live session until it looks
     /// ([`FileService::take_mail`]).
     pub mail: Arc<Mutex<HashMap<SessionId, FileMail>>>,
@@ -157,50 +162,41 @@ impl FileService {
     /// Asks the bridge for `serial`'s next transfer, now or right after
     /// the call under way; an offer goes to the session's mailbox.
     pub fn fetch(&self, serial: Serial) {
-        {
-            let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(again) = fetching.get_mut(&serial) {
-                *again = true;
-                return;
-            }
-            fetching.insert(serial, false);
-        }
+        let Some(flight) = self.fetching.start(serial) else {
+            return;
+        };
         let this = self.clone();
-        self.tasks
-            .spawn_on(async move { this.fetch_until_done(serial).await }, &self.runtime);
+        self.tasks.spawn_on(
+            async move { this.fetch_until_done(serial, flight).await },
+            &self.runtime,
+        );
     }
 
-    async fn fetch_until_done(&self, serial: Serial) {
+    async fn fetch_until_done(&self, serial: Serial, mut flight: Flight<Serial>) {
         let mut backoff = RETRY;
+        self.storm.passed().await;
         loop {
-            let Some(session) = self.registry.get(&serial) else {
-                break;
-            };
-            match self.bridge.take_file_offer(&serial, &session.session_id).await {
-                Ok(offer) => {
-                    backoff.reset();
-                    if let Some(offer) = offer {
-                        debug!(%serial, rollout = offer.rollout_id, "file offer");
-                        self.leave(&session, |mail| mail.offer = Some(offer));
+            if let Some(session) = self.registry.get(&serial) {
+                match self.bridge.take_file_offer(&serial, &session.session_id).await {
+                    Ok(offer) => {
+                        backoff.reset();
+                        if let Some(offer) = offer {
+                            debug!(%serial, rollout = offer.rollout_id, "file offer");
+                            self.leave(&session, |mail| mail.offer = Some(offer));
+                        }
+                    }
+                    Err(status) => {
+                        let retry_in = backoff.next_delay();
+                        warn!(%serial, code = ?status.code(), ?retry_in, "could not ask the vendor-bridge for a file offer");
+                        tokio::time::sleep(retry_in).await;
+                        continue;
                     }
                 }
-                Err(status) => {
-                    let retry_in = backoff.next_delay();
-                    warn!(%serial, code = ?status.code(), ?retry_in, "could not ask the vendor-bridge for a file offer");
-                    tokio::time::sleep(retry_in).await;
-                    continue;
-                }
             }
-            let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
-            match fetching.get_mut(&serial) {
-                Some(again) if *again => *again = false,
-                _ => break,
+            if !flight.again() {
+                break;
             }
         }
-        self.fetching
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&serial);
     }
 
     /// Reports what happened to `session`'s transfer of `rollout`; the

@@ -55,6 +55,8 @@ pub mod refusal;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod single_flight;
+pub mod storm;
 pub mod title;
 pub mod upload;
 

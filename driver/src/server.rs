@@ -26,6 +26,8 @@ use crate::metrics::{Metrics, ResultLabel};
 use crate::pipeline::PipelineTask;
 use crate::registry::{CloseRequest, Registry};
 use crate::session::{SessionSettings, Sessions, established, idle, park};
+use crate::single_flight::SingleFlight;
+use crate::storm::StormWatch;
 use crate::title::TitleSource;
 use crate::upload::{self, UploadLimits, UploadService, UploadStore};
 use crate::{admin, listener, title};
@@ -155,14 +157,17 @@ async fn start(
         },
     );
 
+    // One watch for the driver's handshakes: deliveries of every kind wait
+    // for a connect storm to pass.
+    let storm = Arc::new(StormWatch::default());
     let durable = DurableCommands {
         bridge: bridge.clone(),
         registry: registry.clone(),
         max_in_flight: config.max_commands_in_flight,
         max_payload: config.max_payload,
-        fetching: Arc::default(),
+        fetching: SingleFlight::default(),
         handed: Arc::default(),
-        storm: Arc::default(),
+        storm: storm.clone(),
         tasks: tasks.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
@@ -188,7 +193,8 @@ async fn start(
         store: drover_files::FileStore::new(config.files_dir.clone()),
         bridge: bridge.clone(),
         registry: registry.clone(),
-        fetching: Arc::default(),
+        fetching: SingleFlight::default(),
+        storm,
         mail: Arc::default(),
         throttles: Arc::default(),
         tasks: tasks.clone(),

@@ -20,6 +20,7 @@ use drover_testkit::binaries::binary;
 use drover_testkit::cluster_fleet::ClusterFleet;
 use drover_testkit::device::{connect, event, expect_fatal, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
+use drover_testkit::operator;
 use drover_testkit::redis_cluster::RedisCluster;
 use drover_testkit::wait::eventually;
 use sha2::{Digest as _, Sha256};
@@ -34,18 +35,8 @@ struct Operator {
 impl Operator {
     /// `drover ARGS`: (exit code, stdout, stderr).
     fn drover(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let output = Command::new(binary("drover").unwrap())
-            .args(args)
-            .env_remove("REDIS_CLUSTER_NODES")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let run = operator::drover(&self.env, args);
+        (run.code, run.stdout, run.stderr)
     }
 
     /// Adds `content` as `name`; its SHA-256 as `drover files add` prints it.

@@ -6,16 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use controller_sim::client::Connection;
 use cwp::{CommandId, ServerFrame};
-use drover_testkit::binaries::binary;
 use drover_testkit::cluster_fleet::ClusterFleet;
 use drover_testkit::device::{connect, ok_result, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
 use drover_testkit::inspect::publish;
+use drover_testkit::operator;
 use drover_testkit::redis_cluster::RedisCluster;
 use drover_testkit::wait::eventually;
 
@@ -23,20 +22,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `drover ARGS` against `redis`: (exit code, stdout, stderr).
 fn drover(redis: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(binary("drover").unwrap())
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_NODES")
-        .env_remove("CMD_MAX_QUEUED")
-        .envs(redis.iter().copied())
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run = operator::drover(redis, args);
+    (run.code, run.stdout, run.stderr)
 }
 
 /// Queues a command; its id.

@@ -43,6 +43,7 @@ pub mod lbconfig;
 pub mod local;
 pub mod mosquitto;
 pub mod net;
+pub mod operator;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod process;

@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 use cwp::Serial;
 use drover_schema::rollout::{self, RolloutId, RolloutKeys, answer};
 use drover_schema::{self as schema, device_fields};
-use redis::{RedisError, Script};
+use redis::{RedisError, Script, ScriptInvocation};
 
-use crate::store::{Store, StoreError, invoke, publish};
+use crate::store::{Store, StoreError, invoke, publish, publish_counted};
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(rollout::CLAIM_SCRIPT));
 static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(rollout::REPORT_SCRIPT));
@@ -128,12 +128,7 @@ impl Store {
             };
             let keys = RolloutKeys::of(&id);
             let reply: Vec<String> = invoke(
-                CLAIM
-                    .key(&keys.rollout)
-                    .key(&keys.targets)
-                    .key(&keys.active)
-                    .key(&keys.waiting)
-                    .key(&keys.results)
+                on_rollout(&CLAIM, &keys)
                     .arg(serial.as_str())
                     .arg(session)
                     .arg(now_ms)
@@ -183,12 +178,7 @@ impl Store {
         let keys = RolloutKeys::of(id);
         let mut connection = self.connection();
         let reply: Vec<String> = invoke(
-            REPORT
-                .key(&keys.rollout)
-                .key(&keys.targets)
-                .key(&keys.active)
-                .key(&keys.waiting)
-                .key(&keys.results)
+            on_rollout(&REPORT, &keys)
                 .arg(serial.as_str())
                 .arg(session)
                 .arg(event.as_str())
@@ -247,13 +237,7 @@ impl Store {
             // ZPOPMIN answers member, score, member, score…
             for serial in popped.iter().step_by(2) {
                 let Ok(serial) = serial.parse::<Serial>() else { continue };
-                let command = if connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
-                let receivers: i64 = redis::cmd(command)
-                    .arg(schema::COMMANDS.name(&serial))
-                    .arg(&wake)
-                    .query_async(&mut connection)
-                    .await?;
-                reached |= receivers > 0;
+                reached |= publish_counted(&mut connection, &schema::COMMANDS.name(&serial), &wake).await? > 0;
             }
             if reached {
                 break;
@@ -261,6 +245,19 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A rollout script's invocation with its keys, the same for every script
+/// of a rollout (one hash tag: one slot on a cluster).
+fn on_rollout<'a>(script: &'a Script, keys: &RolloutKeys) -> ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(&keys.rollout)
+        .key(&keys.targets)
+        .key(&keys.active)
+        .key(&keys.waiting)
+        .key(&keys.results);
+    invocation
 }
 
 async fn publish_or_warn(connection: &mut drover_redis::Connection, channel: &str, notice: &str) {

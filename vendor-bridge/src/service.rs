@@ -250,9 +250,7 @@ impl VendorBridge for Bridge {
     ) -> Result<Response<RejectCommandReply>, Status> {
         let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        caller.may_act_as(&request.driver_id)?;
+        let serial = check_device(&caller, &request.serial, &request.driver_id)?;
         if !matches!(request.outcome.as_str(), "REJECTED" | "UNDELIVERED") {
             return Err(Status::invalid_argument("outcome must be REJECTED or UNDELIVERED"));
         }
@@ -287,9 +285,7 @@ impl VendorBridge for Bridge {
     ) -> Result<Response<RecordUploadReply>, Status> {
         let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        caller.may_act_as(&request.driver_id)?;
+        let serial = check_device(&caller, &request.serial, &request.driver_id)?;
         if !is_hyphenated_uuid(&request.upload_id) {
             return Err(Status::invalid_argument("upload_id must be a hyphenated UUID"));
         }
@@ -320,9 +316,7 @@ impl VendorBridge for Bridge {
     ) -> Result<Response<TakeCommandsReply>, Status> {
         let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        caller.may_act_as(&request.driver_id)?;
+        let serial = check_device(&caller, &request.serial, &request.driver_id)?;
         let session = session_hex(&request.session_id)?;
         if request.max_in_flight == 0 {
             return Err(Status::invalid_argument("max_in_flight must be at least 1"));
@@ -374,9 +368,7 @@ impl VendorBridge for Bridge {
     ) -> Result<Response<TakeFileOfferReply>, Status> {
         let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        caller.may_act_as(&request.driver_id)?;
+        let serial = check_device(&caller, &request.serial, &request.driver_id)?;
         let session = session_hex(&request.session_id)?;
         self.admit().await?;
         let grant = self
@@ -401,9 +393,7 @@ impl VendorBridge for Bridge {
     ) -> Result<Response<ReportFileTransferReply>, Status> {
         let caller = Caller::of(&request, self.mutual_tls);
         let request = request.into_inner();
-        let serial = check_serial(&request.serial)?;
-        check_id("driver_id", &request.driver_id)?;
-        caller.may_act_as(&request.driver_id)?;
+        let serial = check_device(&caller, &request.serial, &request.driver_id)?;
         let session = session_hex(&request.session_id)?;
         let rollout: drover_schema::rollout::RolloutId = request
             .rollout_id
@@ -515,6 +505,15 @@ struct RejectionNotice<'a> {
     status: &'a str,
     /// Why, for humans.
     data: &'a str,
+}
+
+/// A driver's call about one of its devices: the serial, and a driver id
+/// the caller may act as.
+fn check_device(caller: &Caller, serial: &str, driver_id: &str) -> Result<cwp::Serial, Status> {
+    let serial = check_serial(serial)?;
+    check_id("driver_id", driver_id)?;
+    caller.may_act_as(driver_id)?;
+    Ok(serial)
 }
 
 fn check_serial(text: &str) -> Result<cwp::Serial, Status> {

@@ -665,11 +665,21 @@ impl Store {
 /// Publishes `message` on `channel`: `PUBLISH` on one Redis, `SPUBLISH`
 /// (to the channel's shard) on a cluster.
 pub(crate) async fn publish(connection: &mut Connection, channel: &str, message: &str) -> Result<(), RedisError> {
+    publish_counted(connection, channel, message).await.map(|_| ())
+}
+
+/// [`publish`], answering how many subscribers received the message (on a
+/// cluster, those of the channel's shard).
+pub(crate) async fn publish_counted(
+    connection: &mut Connection,
+    channel: &str,
+    message: &str,
+) -> Result<i64, RedisError> {
     let command = if connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
     redis::cmd(command)
         .arg(channel)
         .arg(message)
-        .query_async::<()>(connection)
+        .query_async(connection)
         .await
 }
 
