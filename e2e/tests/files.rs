@@ -807,6 +807,46 @@ fn a_drain_mid_transfer_says_bye_and_the_device_resumes_on_another_driver() {
     });
 }
 
+/// kill -9 of the driver mid-transfer: nothing is said to the device, its
+/// session is never closed, and its rollout slot is still held by the dead
+/// session. The device reconnects to the other driver, is offered the same
+/// file and resumes at the offset it holds.
+#[test]
+fn a_driver_killed_mid_transfer_leaves_the_device_to_resume_on_another_driver() {
+    let mut rollouts = Rollouts::start(2);
+    let sha = rollouts.add("fw.bin", &content(2_000_000));
+    let id = rollouts.rollout(&sha, "FILE-KILLED", &["--max-active", "1"]);
+    let rt = runtime();
+    let (mut device, mut receiver) = rt.block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-KILLED")).await;
+        let mut receiver = Receiver::new(expect_offer(&mut device).await);
+        receiver.accept(&mut device, 64 * 1024).await;
+        receiver.receive(&mut device, 600_000).await;
+        (device, receiver)
+    });
+    rollouts.fleet.drivers[0].process().kill();
+    rt.block_on(async {
+        // What was in flight when the driver died is the device's too.
+        loop {
+            match device.recv_timeout(WAIT).await {
+                Ok(ServerFrame::FileChunk(chunk)) => receiver.take(&chunk.data),
+                Ok(ServerFrame::Ack(_) | ServerFrame::Pong(_)) => {}
+                Ok(other) => panic!("expected FILE_CHUNK or the end of the connection, got {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let held = receiver.offset;
+        assert!(held < 2_000_000, "the driver died mid-transfer");
+        drop(device);
+        let (mut device, _) = connect(rollouts.fleet.drivers[1].addr(), &serial("FILE-KILLED")).await;
+        finish_on(&mut device, &mut receiver).await;
+        eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
+        let status = rollouts.status(&id);
+        assert_eq!(status["active"], "0", "the dead session's slot was taken over, then freed");
+        assert_eq!(status["bytes_acked"], "2000000");
+    });
+}
+
 #[test]
 fn a_supersede_mid_transfer_moves_the_transfer_to_the_new_connection_on_either_driver() {
     let rollouts = Rollouts::start(2);
