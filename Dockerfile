@@ -44,11 +44,11 @@ FROM debian:${DEBIAN_RELEASE}-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-# A fixed uid, so that files on shared volumes (UPLOAD_DIR) belong to the
-# same user in every container. The uploads directory exists in the image so
+# A fixed uid, so that files on shared volumes (UPLOAD_DIR, FILES_DIR) belong
+# to the same user in every container. Both directories exist in the image so
 # that a new named volume mounted there starts out owned by that user.
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/drover --shell /usr/sbin/nologin drover \
- && mkdir -p /var/lib/drover/uploads \
+ && mkdir -p /var/lib/drover/uploads /var/lib/drover/files \
  && chown -R drover:drover /var/lib/drover
 COPY --from=builder /out/ /usr/local/bin/
 USER drover
