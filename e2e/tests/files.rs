@@ -170,6 +170,15 @@ impl Receiver {
         }
     }
 
+    /// Takes the next offer on `device`, accepts it from 0 with `window`
+    /// and receives until it holds `until` bytes.
+    async fn started(device: &mut Connection, window: u32, until: u64) -> Self {
+        let mut receiver = Self::new(expect_offer(device).await);
+        receiver.accept(device, window).await;
+        receiver.receive(device, until).await;
+        receiver
+    }
+
     async fn accept(&mut self, device: &mut Connection, window: u32) {
         self.window = window;
         self.acked = self.offset;
@@ -283,9 +292,7 @@ fn a_cut_transfer_resumes_at_the_devices_offset_on_another_driver() {
     let id = rollouts.rollout(&sha, "FILE-CUT", &[]);
     runtime().block_on(async {
         let (mut first, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-CUT")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut first).await);
-        receiver.accept(&mut first, 128 * 1024).await;
-        receiver.receive(&mut first, 700_001).await;
+        let mut receiver = Receiver::started(&mut first, 128 * 1024, 700_001).await;
         // Cut: the bytes held past the last FILE_ACK are the device's too.
         drop(first);
         let held = receiver.offset;
@@ -355,9 +362,7 @@ fn a_device_offline_at_the_start_gets_the_file_when_it_connects_and_a_decline_is
     assert_eq!(rollouts.count(&id, "pending"), 2);
     runtime().block_on(async {
         let (mut late, _) = connect(rollouts.fleet.addr(), &serial("FILE-LATE")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut late).await);
-        receiver.accept(&mut late, 65_536).await;
-        receiver.receive(&mut late, 10_000).await;
+        let mut receiver = Receiver::started(&mut late, 65_536, 10_000).await;
         assert!(receiver.verified());
         receiver.ack(&mut late, FileAckStatus::OK).await;
 
@@ -395,9 +400,7 @@ fn a_digest_mismatch_is_offered_again_up_to_the_retries_then_fails() {
     runtime().block_on(async {
         let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-BAD")).await;
         for attempt in 1..=2 {
-            let mut receiver = Receiver::new(expect_offer(&mut device).await);
-            receiver.accept(&mut device, 65_536).await;
-            receiver.receive(&mut device, 50_000).await;
+            let mut receiver = Receiver::started(&mut device, 65_536, 50_000).await;
             assert!(receiver.verified(), "attempt {attempt}: sent whole from 0");
             // The device says its digest did not match (a corrupt flash).
             receiver.ack(&mut device, FileAckStatus::DIGEST_MISMATCH).await;
@@ -457,9 +460,7 @@ fn cancel_stops_a_transfer_between_chunks_and_without_it_the_device_gets_the_fil
             let name = if cancel { "FILE-STOP" } else { "FILE-GO" };
             let id = rollouts.rollout(&sha, name, &[]);
             let (mut device, _) = connect(rollouts.fleet.addr(), &serial(name)).await;
-            let mut receiver = Receiver::new(expect_offer(&mut device).await);
-            receiver.accept(&mut device, 64 * 1024).await;
-            receiver.receive(&mut device, 64 * 1024).await;
+            let mut receiver = Receiver::started(&mut device, 64 * 1024, 64 * 1024).await;
             if cancel {
                 let (code, _, stderr) = rollouts.drover(&["rollout", "cancel", &id]);
                 assert_eq!(code, Some(0), "{stderr}");
@@ -503,9 +504,7 @@ fn max_active_holds_across_two_drivers_and_a_freed_slot_wakes_the_next_device() 
         .await;
         let a_active = rollouts.target(&id, "FILE-A").await["state"] == "active";
         let (first, second) = if a_active { (&mut a, &mut b) } else { (&mut b, &mut a) };
-        let mut receiver = Receiver::new(expect_offer(first).await);
-        receiver.accept(first, 65_536).await;
-        receiver.receive(first, 20_000).await;
+        let mut receiver = Receiver::started(first, 65_536, 20_000).await;
         receiver.ack(first, FileAckStatus::OK).await;
         // The slot frees: the waiting device, on the other driver, is woken.
         let mut next = Receiver::new(expect_offer(second).await);
@@ -605,9 +604,7 @@ fn file_frames_that_do_not_fit_the_transfer_are_fatal_and_change_no_stored_state
         }
         // The rollout is intact: the device gets the whole file after all.
         let (mut connection, _) = connect(addr, &device).await;
-        let mut receiver = Receiver::new(expect_offer(&mut connection).await);
-        receiver.accept(&mut connection, 65_536).await;
-        receiver.receive(&mut connection, 100_000).await;
+        let mut receiver = Receiver::started(&mut connection, 65_536, 100_000).await;
         assert!(receiver.verified());
         receiver.ack(&mut connection, FileAckStatus::OK).await;
         eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
@@ -788,9 +785,7 @@ fn a_drain_mid_transfer_says_bye_and_the_device_resumes_on_another_driver() {
     let rt = runtime();
     let (mut device, mut receiver) = rt.block_on(async {
         let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-DRAIN")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut device).await);
-        receiver.accept(&mut device, 64 * 1024).await;
-        receiver.receive(&mut device, 500_000).await;
+        let receiver = Receiver::started(&mut device, 64 * 1024, 500_000).await;
         (device, receiver)
     });
     rollouts.fleet.drivers[0]
@@ -819,9 +814,7 @@ fn a_driver_killed_mid_transfer_leaves_the_device_to_resume_on_another_driver() 
     let rt = runtime();
     let (mut device, mut receiver) = rt.block_on(async {
         let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-KILLED")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut device).await);
-        receiver.accept(&mut device, 64 * 1024).await;
-        receiver.receive(&mut device, 600_000).await;
+        let receiver = Receiver::started(&mut device, 64 * 1024, 600_000).await;
         (device, receiver)
     });
     rollouts.fleet.drivers[0].process().kill();
@@ -842,7 +835,10 @@ fn a_driver_killed_mid_transfer_leaves_the_device_to_resume_on_another_driver() 
         finish_on(&mut device, &mut receiver).await;
         eventually("done", WAIT, || async { rollouts.count(&id, "done") == 1 }).await;
         let status = rollouts.status(&id);
-        assert_eq!(status["active"], "0", "the dead session's slot was taken over, then freed");
+        assert_eq!(
+            status["active"], "0",
+            "the dead session's slot was taken over, then freed"
+        );
         assert_eq!(status["bytes_acked"], "2000000");
     });
 }
@@ -855,9 +851,7 @@ fn a_supersede_mid_transfer_moves_the_transfer_to_the_new_connection_on_either_d
         for (name, second_driver) in [("FILE-SUP-SAME", 0), ("FILE-SUP-OTHER", 1)] {
             let id = rollouts.rollout(&sha, name, &[]);
             let (mut old, _) = connect(rollouts.fleet.drivers[0].addr(), &serial(name)).await;
-            let mut receiver = Receiver::new(expect_offer(&mut old).await);
-            receiver.accept(&mut old, 64 * 1024).await;
-            receiver.receive(&mut old, 300_000).await;
+            let mut receiver = Receiver::started(&mut old, 64 * 1024, 300_000).await;
             // The device comes back on a new connection while the old one
             // still lives: what it took from the old one is what it holds.
             let (mut new, _) = connect(rollouts.fleet.drivers[second_driver].addr(), &serial(name)).await;
@@ -888,9 +882,7 @@ fn pause_stops_a_transfer_between_chunks_and_resume_continues_it_at_the_devices_
     let id = rollouts.rollout(&sha, "FILE-PAUSE", &[]);
     runtime().block_on(async {
         let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-PAUSE")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut device).await);
-        receiver.accept(&mut device, 64 * 1024).await;
-        receiver.receive(&mut device, 64 * 1024).await;
+        let mut receiver = Receiver::started(&mut device, 64 * 1024, 64 * 1024).await;
         rollouts.control("pause", &id);
         // The device acknowledges every half window: only the pause stops
         // the chunks (cancel's test has the control: without it, the file
@@ -1000,9 +992,7 @@ fn a_redis_outage_mid_transfer_does_not_fail_it_and_its_outcome_is_recorded_afte
     let rt = runtime();
     let (mut device, mut receiver) = rt.block_on(async {
         let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-REDIS")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut device).await);
-        receiver.accept(&mut device, 64 * 1024).await;
-        receiver.receive(&mut device, 300_000).await;
+        let receiver = Receiver::started(&mut device, 64 * 1024, 300_000).await;
         (device, receiver)
     });
     rollouts.fleet.redis.stop();
@@ -1033,9 +1023,7 @@ fn a_bridge_outage_mid_transfer_does_not_fail_it_and_the_device_resumes_after_it
     let rt = runtime();
     let (mut device, mut receiver) = rt.block_on(async {
         let (mut device, _) = connect(rollouts.fleet.drivers[0].addr(), &serial("FILE-BRIDGE")).await;
-        let mut receiver = Receiver::new(expect_offer(&mut device).await);
-        receiver.accept(&mut device, 64 * 1024).await;
-        receiver.receive(&mut device, 300_000).await;
+        let receiver = Receiver::started(&mut device, 64 * 1024, 300_000).await;
         (device, receiver)
     });
     let port = rollouts.fleet.bridge.port();
