@@ -14,6 +14,7 @@ use drover_testkit::cluster_fleet::ClusterFleet;
 use drover_testkit::device::{connect, ok_result, serial};
 use drover_testkit::fleet::{TestFleet, runtime};
 use drover_testkit::inspect::publish;
+use drover_testkit::net::unread_bytes;
 use drover_testkit::operator;
 use drover_testkit::redis_cluster::RedisCluster;
 use drover_testkit::wait::eventually;
@@ -393,6 +394,8 @@ fn a_command_queued_just_after_the_bridge_read_the_ledger_arrives_at_once() {
         // The bridge frozen: the handshake stops at OpenSession, after the
         // driver subscribed the device's command channel.
         kill(bridge, Signal::SIGSTOP).unwrap();
+        let bridge_port = fleet.bridge.port();
+        let unread_before = unread_bytes(bridge_port).unwrap();
         let handshake = tokio::spawn(async move { connect(addr, &serial("LEDGER-RACE")).await });
         eventually("the driver subscribes before OpenSession", WAIT, || async {
             let numsub: (String, i64) = redis::cmd("PUBSUB")
@@ -402,6 +405,13 @@ fn a_command_queued_just_after_the_bridge_read_the_ledger_arrives_at_once() {
                 .await
                 .unwrap();
             numsub.1 == 1
+        })
+        .await;
+        // The request (batched, so sent a moment after the subscription)
+        // must be in the bridge's socket before the driver is frozen. An
+        // HTTP/2 keep-alive PING is 17 bytes; OpenSessions is well above.
+        eventually("OpenSessions waits in the frozen bridge's socket", WAIT, || async {
+            unread_bytes(bridge_port).unwrap() >= unread_before + 64
         })
         .await;
         // The driver frozen, the bridge let go: it reads the (empty) ledger
