@@ -32,6 +32,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use cwp::{Command, CommandId, Serial, SessionId, Str8};
+use drover_edge::bridge::{BridgeClient, TakenCommands};
 use drover_redis::{Delivery, Subscriber, Target, Timeouts, is_refused_by_acl};
 use drover_service::backoff::Backoff;
 use drover_service::drain;
@@ -40,7 +41,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::bridge::{BridgeClient, TakenCommands};
 use crate::metrics::Metrics;
 use crate::registry::{CloseRequest, Registry};
 use crate::single_flight::{Flight, SingleFlight};

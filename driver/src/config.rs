@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cwp::MasterKey;
+use drover_edge::batch_limits::MAX_EVENT_BODY_BYTES;
+use drover_edge::bridge::BridgeTls;
 use drover_proto::auth::BearerToken;
 use drover_service::duration::parse_duration;
 use drover_service::env::{ConfigError, EnvReader, Variable};
-
-use crate::batch_limits::MAX_EVENT_BODY_BYTES;
 
 /// Every variable the driver reads, with its default. `--help` prints this
 /// table and the README documents it; a test keeps the two in step.
@@ -316,62 +316,6 @@ pub struct Config {
     pub sentry_environment: Option<String>,
 }
 
-/// How the driver's channel to the bridge is secured, as configured (the
-/// files are read by [`crate::bridge::channel`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BridgeTls {
-    /// CA(s) the bridge's certificate must chain to (`VENDOR_BRIDGE_CA`).
-    pub ca: PathBuf,
-    /// This driver's certificate and key for mutual TLS
-    /// (`VENDOR_BRIDGE_CLIENT_CERT`, `VENDOR_BRIDGE_CLIENT_KEY`).
-    pub client_identity: Option<(PathBuf, PathBuf)>,
-    /// The name checked against the bridge's certificate
-    /// (`VENDOR_BRIDGE_SERVER_NAME`); `None`: the URL's host.
-    pub server_name: Option<String>,
-}
-
-/// The TLS variables together, checked against the URL's scheme: TLS is on
-/// exactly when the URL is `https://`, and a TLS file given for a plaintext
-/// URL is a mistake worth stopping for (it would be silently ignored).
-fn bridge_tls(env: &mut EnvReader, bridge_url: Option<&str>) -> Option<BridgeTls> {
-    let ca = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CA");
-    let cert = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_CERT");
-    let key = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_KEY");
-    let server_name = env.parse_optional::<String>("VENDOR_BRIDGE_SERVER_NAME");
-    let client_identity = match (cert, key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        _ => {
-            env.problem("set both VENDOR_BRIDGE_CLIENT_CERT and VENDOR_BRIDGE_CLIENT_KEY, or neither");
-            None
-        }
-    };
-    let https = bridge_url?.starts_with("https://");
-    if !https {
-        for (name, set) in [
-            ("VENDOR_BRIDGE_CA", ca.is_some()),
-            ("VENDOR_BRIDGE_CLIENT_CERT", client_identity.is_some()),
-            ("VENDOR_BRIDGE_SERVER_NAME", server_name.is_some()),
-        ] {
-            if set {
-                env.problem(format!(
-                    "{name} is set but VENDOR_BRIDGE_URL is not https://: TLS is used only with an https:// URL"
-                ));
-            }
-        }
-        return None;
-    }
-    let Some(ca) = ca else {
-        env.problem("VENDOR_BRIDGE_URL is https:// but VENDOR_BRIDGE_CA is not set: name the CA that signed the bridge's certificate");
-        return None;
-    };
-    Some(BridgeTls {
-        ca,
-        client_identity,
-        server_name,
-    })
-}
-
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -396,7 +340,7 @@ impl Config {
         let admin_listen = env.parse("DRIVER_ADMIN_LISTEN");
         let proxy_protocol = env.parse_with("DRIVER_PROXY_PROTOCOL", parse_bool);
         let bridge_url: Option<String> = env.parse("VENDOR_BRIDGE_URL");
-        let bridge_tls = bridge_tls(&mut env, bridge_url.as_deref());
+        let bridge_tls = BridgeTls::read(&mut env, bridge_url.as_deref());
         let bridge_token = env
             .secret("VENDOR_BRIDGE_TOKEN", "VENDOR_BRIDGE_TOKEN_FILE")
             .and_then(|text| match BearerToken::new(&text) {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use cwp::session::FileFrame;
 use cwp::{FileChunk, FileId, FileOffer, FileTransfer, Serial, ServerFrame, SessionId, Str8, TransferStep, Violation};
+use drover_edge::bridge::BridgeClient;
 use drover_files::{Digest, FileStore, StoredFile};
 use drover_proto::bridge::{FileOfferGrant, FileTransferEvent, FileTransferVerdict};
 use drover_schema::rollout::RolloutId;
@@ -33,7 +34,6 @@ use drover_service::backoff::Backoff;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::bridge::BridgeClient;
 use crate::registry::{Registry, SessionHandle};
 use crate::single_flight::{Flight, SingleFlight};
 use crate::storm::StormWatch;

@@ -7,8 +7,10 @@
 //!   reads HAProxy's PROXY v2 header when enabled; [`connection`] is the
 //!   socket, its buffers and the codec.
 //! - [`handshake`] runs HELLO → CHALLENGE → AUTH → WELCOME (slots and
-//!   deadlines, failed-authentication limits, keys from [`keys`], the
-//!   session registered with the bridge through [`bridge`]).
+//!   deadlines; failed-authentication limits, keys and the session's
+//!   registration with the bridge from [`drover_edge`], which the HTTP
+//!   gateway shares: [`drover_edge::AuthLimits`],
+//!   [`drover_edge::KeyStore`], [`drover_edge::BridgeClient`]).
 //! - [`session`] is the established session: its loop
 //!   ([`session::established`], whose per-frame rules are
 //!   [`cwp::ServerSession`]'s, free of I/O), the [`session::park`] where
@@ -16,17 +18,18 @@
 //!   [`registry`] is the table of live sessions and their mailboxes, the
 //!   only way other tasks (pipeline, commands, drain) reach a session.
 //! - [`admission`] gives each event its room (`DRIVER_MAX_PENDING_EVENTS`)
-//!   as a permit; [`pipeline`] batches every session's events onto one
-//!   gRPC stream to the vendor-bridge and turns its durable confirmations
-//!   into `ACK`s.
+//!   as a permit; [`pipeline`] gathers every session's events into batches
+//!   for the event stream to the vendor-bridge
+//!   ([`drover_edge::stream`]) and turns its durable confirmations into
+//!   `ACK`s.
 //! - [`commands`] holds the one Redis pub/sub connection: operators'
 //!   commands to sessions, and supersede notices from the bridge.
 //! - [`files`] serves rollouts' files to sessions (CWP/1 §3 Files): the
-//!   offers and reports through [`bridge`], each connection's transfer
+//!   offers and reports through the bridge client, each connection's transfer
 //!   read by offset from `FILES_DIR`.
 //! - [`upload`] receives uploads into one write buffer per uploading
 //!   connection, stores them under `UPLOAD_DIR` and records completed ones
-//!   through [`bridge`].
+//!   through the bridge client.
 //! - [`refusal`] is every `ERROR` the driver sends, and the one place a
 //!   refusal becomes a frame.
 //! - [`server`] builds all of it, runs it, and stops it in one order;
@@ -39,14 +42,11 @@
 
 pub mod admin;
 pub mod admission;
-pub mod batch_limits;
-pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod files;
 pub mod handshake;
-pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;

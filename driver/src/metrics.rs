@@ -9,12 +9,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// A label with one value, e.g. `result="ok"`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// The outcome.
-    pub result: &'static str,
-}
+/// A label with one value, e.g. `result="ok"` (the event stream's
+/// connects are counted by [`drover_edge`] under it).
+pub use drover_edge::ResultLabel;
 
 /// The error code sent to a device.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -7,23 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use drover_edge::KeyStore;
+use drover_edge::auth_limits::{AuthLimits, FailureLimits};
+use drover_edge::bridge::{self, BridgeClient};
 use drover_service::drain;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admission::{AdmissionLimits, PendingGauges, admission};
-use crate::bridge::{self, BridgeClient};
 use crate::commands::{self, CommandReports, CommandRouter, DurableCommands};
 use crate::config::Config;
 use crate::files::FileService;
 use crate::handshake::Handshakes;
-use crate::handshake::auth_limits::{AuthLimits, FailureLimits};
 use crate::handshake::slots::HandshakeSlots;
 use crate::handshake::thread::HandshakeThread;
-use crate::keys::KeyStore;
 use crate::metrics::{Metrics, ResultLabel};
-use crate::pipeline::PipelineTask;
+use crate::pipeline::pipeline;
 use crate::registry::{CloseRequest, Registry};
 use crate::session::{SessionSettings, Sessions, established, idle, park};
 use crate::single_flight::SingleFlight;
@@ -172,7 +172,7 @@ async fn start(
         runtime: tokio::runtime::Handle::current(),
     };
     tasks.spawn(
-        PipelineTask::new(
+        pipeline(
             bridge.clone(),
             durable.clone(),
             metrics.clone(),

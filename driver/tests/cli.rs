@@ -65,7 +65,7 @@ fn a_payload_limit_whose_events_could_not_reach_the_bridge_is_refused() {
             .output()
             .expect("driver runs")
     };
-    let largest = driver::batch_limits::MAX_EVENT_BODY_BYTES;
+    let largest = drover_edge::batch_limits::MAX_EVENT_BODY_BYTES;
     let refused = configured(largest + 1);
     assert_eq!(refused.status.code(), Some(2));
     let errors = String::from_utf8_lossy(&refused.stderr);
@@ -87,7 +87,7 @@ fn the_help_names_the_largest_payload_limit() {
     let output = driver().arg("--help").output().expect("driver runs");
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(
-        help.contains(&driver::batch_limits::MAX_EVENT_BODY_BYTES.to_string()),
+        help.contains(&drover_edge::batch_limits::MAX_EVENT_BODY_BYTES.to_string()),
         "{help}"
     );
 }

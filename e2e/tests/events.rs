@@ -117,12 +117,12 @@ fn stored_fields_are_exactly_what_the_device_sent() {
 }
 
 /// DRIVER_MAX_PAYLOAD may be as large as one message to the bridge allows
-/// (`driver::batch_limits::MAX_EVENT_BODY_BYTES`, about 14.8 MiB); an
+/// (`drover_edge::batch_limits::MAX_EVENT_BODY_BYTES`, about 14.8 MiB); an
 /// event that large crosses gRPC and Redis and is acknowledged. One byte
 /// more is a configuration error (driver/tests/cli.rs).
 #[test]
 fn an_event_as_large_as_the_largest_payload_limit_is_stored_and_acknowledged() {
-    let largest = driver::batch_limits::MAX_EVENT_BODY_BYTES;
+    let largest = drover_edge::batch_limits::MAX_EVENT_BODY_BYTES;
     let fleet = TestFleet::start(1, &[("DRIVER_MAX_PAYLOAD", &largest.to_string())]);
     runtime().block_on(async {
         let (mut connection, welcome) = connect(fleet.addr(), &serial("CTRL-0042")).await;

@@ -4,7 +4,9 @@
 //!
 //! - [`slots`]: `DRIVER_MAX_HANDSHAKES` places for connections not yet
 //!   authenticated, and each one's deadline;
-//! - [`auth_limits`]: failed authentications counted and limited;
+//! - failed authentications are counted and limited by
+//!   [`drover_edge::AuthLimits`], the keys come from
+//!   [`drover_edge::KeyStore`] (both shared with the HTTP gateway);
 //! - [`thread`]: the thread and runtime that accept and handshake, apart
 //!   from established sessions.
 //!
@@ -12,7 +14,6 @@
 //! every way it can end is a [`HandshakeEnd`], counted once under its
 //! label, and every refusal is sent through [`crate::refusal`].
 
-pub mod auth_limits;
 pub mod slots;
 pub mod thread;
 
@@ -23,13 +24,13 @@ use cwp::{
     HandshakeError, Held, MAX_HANDSHAKE_PAYLOAD, Nonce, Received, Serial, ServerFrame, ServerHandshake, ServerStep,
     SessionId, Welcome,
 };
+use drover_edge::KeyStore;
+use drover_edge::auth_limits::{AuthLimits, Limiter};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use self::auth_limits::{AuthLimits, Limiter};
 use self::slots::{HandshakeSlot, HandshakeSlots};
 use crate::connection::{Connection, ReadError};
-use crate::keys::KeyStore;
 use crate::metrics::{LimiterLabel, ReasonLabel};
 use crate::refusal::Refusal;
 use crate::registry::{CloseRequest, SessionHandle};
@@ -226,7 +227,7 @@ async fn handshake(
     {
         Ok(opened) => opened,
         Err(status) => {
-            warn!(%serial, code = ?status.code(), message = %crate::bridge::describe(&status), "cannot register the session: vendor-bridge unavailable");
+            warn!(%serial, code = ?status.code(), message = %drover_edge::bridge::describe(&status), "cannot register the session: vendor-bridge unavailable");
             // Still before WELCOME: the ERROR is unsealed.
             return Err(HandshakeEnd::Refused(Refusal::StoreUnavailable));
         }

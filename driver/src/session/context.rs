@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_edge::bridge::BridgeClient;
 use drover_service::drain;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::park::Park;
 use crate::admission::Admission;
-use crate::bridge::BridgeClient;
 use crate::commands::{CommandReports, DurableCommands, Subscriptions};
 use crate::files::FileService;
 use crate::metrics::Metrics;

@@ -68,10 +68,10 @@ use drover_service::drain;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use drover_edge::bridge::BridgeClient;
 pub use session::{Ended, UploadError, Uploads};
 pub use store::UploadStore;
 
-use crate::bridge::BridgeClient;
 use crate::metrics::Metrics;
 
 /// The limits of a driver's uploads.

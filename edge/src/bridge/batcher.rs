@@ -14,8 +14,9 @@
 //! (`DRIVER_MAX_CONNECTIONS`, closing).
 //!
 //! The task forming batches and the task of each batch out are tracked by
-//! the driver's task tracker, and stop when the driver's background drain
-//! is signalled: calls still waiting then fail ("shutting down").
+//! the caller's task tracker, and stop when the drain it is given is
+//! signalled (the driver's background drain): calls still waiting then
+//! fail ("shutting down").
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,7 +105,7 @@ where
                 deadline,
                 reply,
             })
-            .map_err(|_| Status::unavailable("the driver is shutting down"))?;
+            .map_err(|_| Status::unavailable("shutting down"))?;
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_dropped)) => Err(Status::cancelled("the batch carrying the call was dropped")),

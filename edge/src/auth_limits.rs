@@ -6,7 +6,8 @@
 //! `DRIVER_AUTH_FAILURE_WINDOW` from its first failure. While a counter is
 //! at its limit, a `HELLO` it covers is answered `ERROR BUSY` at once: no
 //! `CHALLENGE`, no key lookup, and the same answer whether the serial
-//! exists or not.
+//! exists or not (a front end other than the driver refuses its own way,
+//! as early and as uniformly). The variables named below are the driver's.
 //!
 //! - **Per address** (`DRIVER_AUTH_FAILURES_PER_ADDRESS`): a host guessing
 //!   many serials' keys.

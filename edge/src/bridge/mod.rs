@@ -1,12 +1,13 @@
-//! The driver's side of the vendor-bridge's unary calls (sessions, rejected
-//! commands, completed uploads). Events travel on the pipeline's stream,
-//! not here, but over the same [`channel`], so both are plaintext or both
-//! are (mutual) TLS. [`batcher`] coalesces the session registrations of a
-//! connect storm into batch calls.
+//! A front end's side of the vendor-bridge's unary calls (sessions,
+//! rejected commands, completed uploads). Events travel on the event
+//! stream ([`crate::stream`]), not here, but over the same [`channel`], so
+//! both are plaintext or both are (mutual) TLS. [`batcher`] coalesces the
+//! session registrations of a connect storm into batch calls.
 
 pub mod batcher;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +21,7 @@ use drover_proto::bridge::{
 };
 use drover_service::clock::unix_ms;
 use drover_service::drain;
+use drover_service::env::EnvReader;
 use drover_service::tls::{read_certificates, read_private_key};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -30,9 +32,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub type GrpcClient = VendorBridgeClient<InterceptedService<Channel, AttachToken>>;
 
 use self::batcher::{BatchLimits, BatchResult, Batcher};
-use crate::config::BridgeTls;
 
-/// How long a unary call may take before the driver gives up on it.
+/// How long a unary call may take before the caller gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sessions opening or closing together are registered together
@@ -46,7 +47,69 @@ const SESSION_BATCHES: BatchLimits = BatchLimits {
     min_timeout: Duration::from_secs(1),
 };
 
-/// A connection to the vendor-bridge, shared by the whole driver. The
+/// How the channel to the bridge is secured, as configured (the files are
+/// read by [`channel`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeTls {
+    /// CA(s) the bridge's certificate must chain to (`VENDOR_BRIDGE_CA`).
+    pub ca: PathBuf,
+    /// This process's certificate and key for mutual TLS
+    /// (`VENDOR_BRIDGE_CLIENT_CERT`, `VENDOR_BRIDGE_CLIENT_KEY`).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// The name checked against the bridge's certificate
+    /// (`VENDOR_BRIDGE_SERVER_NAME`); `None`: the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl BridgeTls {
+    /// The TLS variables together (`VENDOR_BRIDGE_CA`,
+    /// `VENDOR_BRIDGE_CLIENT_CERT`, `VENDOR_BRIDGE_CLIENT_KEY`,
+    /// `VENDOR_BRIDGE_SERVER_NAME`; the caller's table must list them),
+    /// checked against the URL's scheme: TLS is on exactly when the URL is
+    /// `https://`, and a TLS file given for a plaintext URL is a mistake
+    /// worth stopping for (it would be silently ignored). Problems are
+    /// reported to `env`.
+    pub fn read(env: &mut EnvReader, bridge_url: Option<&str>) -> Option<Self> {
+        let ca = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CA");
+        let cert = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_CERT");
+        let key = env.parse_optional::<PathBuf>("VENDOR_BRIDGE_CLIENT_KEY");
+        let server_name = env.parse_optional::<String>("VENDOR_BRIDGE_SERVER_NAME");
+        let client_identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                env.problem("set both VENDOR_BRIDGE_CLIENT_CERT and VENDOR_BRIDGE_CLIENT_KEY, or neither");
+                None
+            }
+        };
+        let https = bridge_url?.starts_with("https://");
+        if !https {
+            for (name, set) in [
+                ("VENDOR_BRIDGE_CA", ca.is_some()),
+                ("VENDOR_BRIDGE_CLIENT_CERT", client_identity.is_some()),
+                ("VENDOR_BRIDGE_SERVER_NAME", server_name.is_some()),
+            ] {
+                if set {
+                    env.problem(format!(
+                        "{name} is set but VENDOR_BRIDGE_URL is not https://: TLS is used only with an https:// URL"
+                    ));
+                }
+            }
+            return None;
+        }
+        let Some(ca) = ca else {
+            env.problem("VENDOR_BRIDGE_URL is https:// but VENDOR_BRIDGE_CA is not set: name the CA that signed the bridge's certificate");
+            return None;
+        };
+        Some(Self {
+            ca,
+            client_identity,
+            server_name,
+        })
+    }
+}
+
+/// A connection to the vendor-bridge, shared by the whole process. The
 /// channel connects lazily and reconnects by itself.
 #[derive(Debug, Clone)]
 pub struct BridgeClient {
@@ -59,7 +122,7 @@ pub struct BridgeClient {
 
 /// Opens the gRPC channel to `url` (without connecting yet), over TLS when
 /// `tls` is given; its files are read and checked now, so that a bad one
-/// stops the driver at start.
+/// stops the process at start.
 pub fn channel(url: &str, tls: Option<&BridgeTls>) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("VENDOR_BRIDGE_URL={url}"))?;
     if let Some(tls) = tls {
@@ -168,7 +231,8 @@ impl BridgeClient {
         }
     }
 
-    /// This driver's id.
+    /// This process's id at the bridge (the `driver_id` of its calls and
+    /// of its event stream's `DriverHello`).
     pub fn driver_id(&self) -> &str {
         &self.driver_id
     }

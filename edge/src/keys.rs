@@ -4,8 +4,9 @@
 //!
 //! The keys file holds one `SERIAL HEXKEY` pair per line (`SERIAL=HEXKEY`
 //! works too); `SERIAL -` revokes the serial: it wins over the master key,
-//! and its `HELLO` gets `UNAUTHORIZED`. Blank lines and `#` comments are
-//! ignored. The file is re-read on SIGHUP; a file that fails to parse
+//! and its `HELLO` (or signed request) gets `UNAUTHORIZED`. Blank lines and
+//! `#` comments are ignored. The owner re-reads the file with
+//! [`KeyStore::reload`] (the driver on SIGHUP); a file that fails to parse
 //! leaves the previous keys in place. A reload says which serials' keys it
 //! changed (revoked, removed, replaced), so that their live sessions,
 //! authenticated with a key no longer accepted, can be closed.
@@ -60,7 +61,7 @@ pub struct Reloaded {
     pub changed: HashSet<Serial>,
 }
 
-/// The device keys this driver accepts.
+/// The device keys this process accepts.
 #[derive(Debug)]
 pub struct KeyStore {
     master: Option<MasterKey>,
@@ -86,7 +87,7 @@ impl KeyStore {
         self.listed.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The key of `serial`, if this driver accepts one.
+    /// The key of `serial`, if this process accepts one.
     pub fn device_key(&self, serial: &Serial) -> Option<DeviceKey> {
         accepted_key(&self.listed(), self.master.as_ref(), serial)
     }

@@ -1,6 +1,9 @@
 //! How large one `EventBatch` to the vendor-bridge may grow, and so how
-//! large one event may be: the pipeline forms batches within these limits,
-//! the configuration refuses a DRIVER_MAX_PAYLOAD that could break them.
+//! large one event may be: every batch given to the event stream
+//! ([`crate::stream`]) must keep within these limits (the driver's
+//! pipeline forms its batches within them, the HTTP gateway splits a
+//! request's events by them), and the driver's configuration refuses a
+//! DRIVER_MAX_PAYLOAD that could break them.
 
 /// Most events in one batch.
 pub const MAX_BATCH_EVENTS: usize = 2048;
