@@ -3,7 +3,7 @@
 //! Layout, following one device's data through it:
 //!
 //! - [`listener`] accepts connections (bounded) on the handshake thread
-//!   ([`handshake::thread`]), apart from established sessions; [`proxy`]
+//!   ([`handshake::thread`]), apart from established sessions; `drover_service::proxy`
 //!   reads HAProxy's PROXY v2 header when enabled; [`connection`] is the
 //!   socket, its buffers and the codec.
 //! - [`handshake`] runs HELLO → CHALLENGE → AUTH → WELCOME (slots and
@@ -50,7 +50,6 @@ pub mod handshake;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
-pub mod proxy;
 pub mod refusal;
 pub mod registry;
 pub mod server;

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::connection::Connection;
 use crate::handshake::slots::HandshakeSlot;
 use crate::handshake::{self, Handshakes};
-use crate::proxy;
+use drover_service::proxy;
 
 /// Waits after a failed accept: nothing else retries in step with this
 /// loop, so no jitter.
@@ -85,7 +85,7 @@ async fn accepted(
             }
         };
         match header {
-            Ok(found) => found,
+            Ok(found) => (found.source, found.rest),
             Err(err) => {
                 debug!(%peer, error = %err, "refusing connection without a valid PROXY header");
                 return;

@@ -226,6 +226,29 @@ impl Layout {
         }
     }
 
+    /// A signed HTTP request's nonce (docs/HTTP.md), remembered fleet-wide
+    /// for [`crate::HTTP_NONCE_TTL_MS`] so that the request is accepted
+    /// once: a string set with `SET ... NX PX` by the HTTP gateways, in
+    /// `serial`'s partition like the device's other keys. `nonce` is the
+    /// request's 32 lowercase hex digits.
+    pub fn http_nonce(&self, serial: &Serial, nonce: &str) -> String {
+        match self.partitions {
+            None => ["cwp:nonce:", serial.as_str(), ":", nonce].concat(),
+            Some(_) => {
+                let tag = self.partition_of(serial).tag();
+                ["cwp:{", &tag, "}:nonce:", serial.as_str(), ":", nonce].concat()
+            }
+        }
+    }
+
+    /// The glob matching every remembered nonce (ACLs).
+    pub fn http_nonce_pattern(&self) -> &'static str {
+        match self.partitions {
+            None => "cwp:nonce:*",
+            Some(_) => "cwp:{p*}:nonce:*",
+        }
+    }
+
     /// The glob matching every device's rollout index (ACLs).
     pub fn file_offers_pattern(&self) -> &'static str {
         match self.partitions {

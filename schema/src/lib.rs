@@ -33,6 +33,7 @@
 //! | `cwp:rollout:{ID}:results` | [`rollout::RolloutKeys`], [`rollout::file_result_fields`] | stream | operators, bridge | Every target's outcome. |
 //! | `cwp:file-offers:{serial}` | [`Layout::file_offers`] | sorted set | operators, bridge | The rollouts a device is a target of (a hint; the rollout is the truth). |
 //! | `cwp:file-result:{serial}` | [`FILE_RESULTS`], [`rollout::file_result_fields`] | pub/sub channel | operators, bridge | A device's transfer outcomes, as JSON. |
+//! | `cwp:nonce:{serial}:{nonce}` | [`Layout::http_nonce`], [`HTTP_NONCE_TTL_MS`] | string | HTTP gateways | A signed HTTP request's nonce, set once (`SET NX PX`) and expiring after 10 minutes: a replayed request is refused fleet-wide. |
 //!
 //! docs/ARCHITECTURE.md ("Redis keys") is the same table with the fields
 //! spelled out, and docs/redis-acl.conf grants each component its part of
@@ -82,6 +83,13 @@ pub const REJECTED_COMMANDS: &str = "cwp:cmd-rejected";
 /// control messages ([`control_fields`]), the driver subscribes. On a
 /// Redis Cluster it is a sharded channel.
 pub const DRIVER_CONTROL: DriverFamily = DriverFamily::new("cwp:driver:");
+
+/// How long an HTTP gateway remembers a signed request's nonce
+/// ([`Layout::http_nonce`]), Unix ms: 10 minutes, the whole span of
+/// timestamps a gateway accepts (±300 s around its clock), so a replay is
+/// refused until its timestamp is refused anyway, even by a gateway whose
+/// clock is up to 5 minutes behind.
+pub const HTTP_NONCE_TTL_MS: u64 = 600_000;
 
 /// The stream of finished uploads, one record of [`upload_fields`] each.
 pub const UPLOADS: &str = "cwp:uploads";

@@ -18,6 +18,8 @@
 //!   bridge, checked at start.
 //! - [`admin`]: the HTTP endpoint of both servers, `/metrics` and
 //!   `/healthz`.
+//! - [`proxy`]: HAProxy's PROXY v2 header (the client's real address),
+//!   read by the driver and the HTTP gateway.
 
 pub mod admin;
 pub mod backoff;
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod drain;
 pub mod duration;
 pub mod env;
+pub mod proxy;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
