@@ -1,5 +1,5 @@
-# Drover's binaries in one image: driver, vendor-bridge, controller-sim,
-# fleet and the operator CLI drover, in /usr/local/bin. docker-compose.yml
+# Drover's binaries in one image: driver, vendor-bridge, http-gateway,
+# controller-sim, fleet and the operator CLI drover, in /usr/local/bin. docker-compose.yml
 # builds it; by hand:
 #
 #   docker build -t drover .
@@ -33,10 +33,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     { sha256sum --check --quiet target/source-checksums 2>/dev/null \
         | sed -n 's/: FAILED$//p' | xargs -r -d '\n' touch -c; } \
- && cargo build --release --locked -p driver -p vendor-bridge -p controller-sim -p fleet -p drover-cli \
+ && cargo build --release --locked -p driver -p vendor-bridge -p http-gateway -p controller-sim -p fleet -p drover-cli \
  && find . -path ./target -prune -o -type f -print0 | xargs -0 sha256sum > target/source-checksums \
  && mkdir -p /out \
- && cp target/release/driver target/release/vendor-bridge target/release/controller-sim target/release/fleet target/release/drover /out/
+ && cp target/release/driver target/release/vendor-bridge target/release/http-gateway target/release/controller-sim target/release/fleet target/release/drover /out/
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # ca-certificates: Sentry (and any TLS endpoint) is reached over HTTPS.

@@ -18,6 +18,7 @@ Examples:
   drover events --follow --json | jq .  every new event, one JSON object a line
   drover uploads --follow
   drover key CTRL-0042                  its device key (from CWP_MASTER_KEY)
+  drover token CTRL-0042                a bearer token for its HTTP requests
 
 Redis: REDIS_URL (default redis://127.0.0.1:6379), or REDIS_CLUSTER_NODES for
 a Redis Cluster (seed nodes; it wins over REDIS_URL); also read from ./.env.
@@ -121,6 +122,17 @@ Examples:
         after_help = "Examples:\n  CWP_MASTER_KEY=$(cat master.key) drover key CTRL-0042\n  drover key CTRL-0042 --json"
     )]
     Key(KeyArgs),
+    /// A bearer token for a device's HTTP requests (docs/HTTP.md), asked
+    /// of the HTTP gateways (HTTP_GATEWAY_URL) with a request signed by the
+    /// device's key (derived from CWP_MASTER_KEY): for clients that cannot
+    /// sign each request. Bearer tokens belong on HTTPS.
+    #[command(after_help = "\
+Examples:
+  CWP_MASTER_KEY=$(cat master.key) drover token CTRL-0042
+  HTTP_GATEWAY_URL=http://gw.example:8080 drover token CTRL-0042 --json
+
+Exit codes: 0 issued, 8 the gateway refused (its error is printed), 1 unreachable.")]
+    Token(TokenArgs),
     /// The file store (FILES_DIR) that rollouts send from.
     #[command(subcommand)]
     Files(FilesCommand),
@@ -335,6 +347,13 @@ pub struct UploadsArgs {
 /// `drover key`.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
+    /// The device's serial.
+    pub serial: String,
+}
+
+/// `drover token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
     /// The device's serial.
     pub serial: String,
 }

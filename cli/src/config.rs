@@ -1,5 +1,5 @@
-//! The variables `drover` reads: where Redis is, and for `drover key` the
-//! master key. The README's table is generated from [`VARIABLES`].
+//! The variables `drover` reads: where Redis is, for `drover key` and
+//! `drover token` the master key, for `drover token` the gateways. The README's table is generated from [`VARIABLES`].
 
 use anyhow::Context as _;
 use drover_redis::Target;
@@ -16,7 +16,7 @@ const REDIS_URL: Variable = Variable {
 pub const MASTER_KEY: Variable = Variable {
     name: "CWP_MASTER_KEY",
     default: None,
-    help: "64 hex digits, the drivers' master key: `drover key` derives a device's key from it (and never prints it); no other subcommand reads it",
+    help: "64 hex digits, the drivers' master key: `drover key` and `drover token` derive a device's key from it (and never print it); no other subcommand reads it",
 };
 
 /// `CMD_MAX_QUEUED`.
@@ -33,6 +33,13 @@ pub const FILES_DIR: Variable = Variable {
     help: "`drover files add`, `drover rollout start`: the file store the drivers send rollouts from (the same directory as theirs)",
 };
 
+/// `HTTP_GATEWAY_URL`.
+pub const GATEWAY_URL: Variable = Variable {
+    name: "HTTP_GATEWAY_URL",
+    default: Some("http://127.0.0.1:8080"),
+    help: "`drover token`: the HTTP gateways (HAProxy's HTTP frontend, docs/HTTP.md), `http://HOST:PORT`",
+};
+
 /// Every variable `drover` reads.
 pub const VARIABLES: &[Variable] = &[
     REDIS_URL,
@@ -40,7 +47,29 @@ pub const VARIABLES: &[Variable] = &[
     MASTER_KEY,
     MAX_QUEUED,
     FILES_DIR,
+    GATEWAY_URL,
 ];
+
+/// `HTTP_GATEWAY_URL`: the gateways' host and port.
+pub fn gateway_address() -> anyhow::Result<String> {
+    let env = EnvReader::new(VARIABLES);
+    let url = env
+        .raw(GATEWAY_URL.name)
+        .unwrap_or_else(|| GATEWAY_URL.default.unwrap_or_default().to_owned());
+    let address = url.strip_prefix("http://").with_context(|| {
+        format!(
+            "{}: {url:?} is not http://HOST:PORT (to reach HTTPS, run drover where HAProxy's plain port is reachable)",
+            GATEWAY_URL.name
+        )
+    })?;
+    let address = address.trim_end_matches('/');
+    anyhow::ensure!(
+        !address.is_empty() && !address.contains('/'),
+        "{}: {url:?} is not http://HOST:PORT",
+        GATEWAY_URL.name
+    );
+    Ok(address.to_owned())
+}
 
 /// `FILES_DIR`.
 pub fn files_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -22,7 +22,8 @@ pub enum Exit {
     /// command is pending).
     NotFound = 7,
     /// The device's ledger is full (`CMD_MAX_QUEUED`): nothing was queued;
-    /// `drover cancel`: the command was sent already.
+    /// `drover cancel`: the command was sent already; `drover token`: the
+    /// gateway refused.
     Refused = 8,
 }
 

@@ -7,7 +7,8 @@
 //! - [`ledger`]: durable commands (`drover send --queue`, `drover queue`,
 //!   `drover cancel`);
 //! - [`events`], [`uploads`] over [`streams`]: what was stored;
-//! - [`key`]: a device's key from the master key;
+//! - [`key`]: a device's key from the master key; [`token`]: a bearer
+//!   token for its HTTP requests, from the gateways;
 //! - [`rollouts`]: the file store and rollouts (`drover files add`,
 //!   `drover rollout start|status|pause|resume|cancel`).
 //!
@@ -27,6 +28,7 @@ pub mod output;
 pub mod rollouts;
 pub mod send;
 pub mod streams;
+pub mod token;
 pub mod uploads;
 
 use cwp::Serial;
@@ -39,6 +41,9 @@ use crate::exit::{Exit, usage};
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     if let Command::Key(args) = &cli.command {
         return key::run(args, cli.json);
+    }
+    if let Command::Token(args) = &cli.command {
+        return token::run(args, cli.json).await;
     }
     if let Command::Files(args::FilesCommand::Add(args)) = &cli.command {
         return rollouts::add_file(args, cli.json);
@@ -54,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Events(args) => events::run(deployment, args, cli.json).await,
         Command::Uploads(args) => uploads::run(deployment, args, cli.json).await,
         Command::Key(args) => key::run(args, cli.json),
+        Command::Token(args) => token::run(args, cli.json).await,
         Command::Files(args::FilesCommand::Add(args)) => rollouts::add_file(args, cli.json),
         Command::Rollout(command) => rollouts::run(deployment, command, cli.json).await,
     }

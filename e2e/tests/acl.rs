@@ -1,8 +1,9 @@
 //! Redis ACL users (README, Security): a Redis whose default user is off,
-//! the drivers and the bridge each logged in as the user of
+//! the drivers, the bridge and an HTTP gateway each logged in as the user of
 //! docs/redis-acl.conf — that very file, only the password hashes filled
 //! in — and the whole flow works: events stored, a command and its result,
-//! a session superseded across drivers, an upload recorded, and Redis
+//! a session superseded across drivers, an upload recorded, an HTTP batch
+//! stored and its replay refused, and Redis
 //! denied nothing. A driver with the wrong password, or none, does not
 //! start, and says why.
 
@@ -17,9 +18,10 @@ use cwp::{
     ByeReason, CommandResult, CommandStatus, DeviceFrame, Event, ServerFrame, Str8, UploadBegin, UploadEnd, UploadId,
     UploadOutcome,
 };
-use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess};
+use drover_testkit::components::{BridgeProcess, DriverOptions, DriverProcess, GatewayOptions, GatewayProcess};
 use drover_testkit::device::{MASTER_KEY_HEX, connect, serial};
 use drover_testkit::fleet::{logs, run_to_exit, runtime};
+use drover_testkit::ingest::{self, HttpRequest};
 use drover_testkit::inspect::{publish, stored_events};
 use drover_testkit::redis::RedisServer;
 use futures::StreamExt as _;
@@ -28,6 +30,7 @@ use sha2::Digest as _;
 const WAIT: Duration = Duration::from_secs(20);
 const DRIVER_PASSWORD: &str = "driver-password-in-test";
 const BRIDGE_PASSWORD: &str = "bridge-password-in-test";
+const GATEWAY_PASSWORD: &str = "gateway-password-in-test";
 /// The test's own user, standing for an operator with every right.
 const OPERATOR_PASSWORD: &str = "operator-password-in-test";
 
@@ -39,7 +42,8 @@ fn acl_config(dir: &Path) -> String {
     let sha256 = |password: &str| hex::encode(sha2::Sha256::digest(password.as_bytes()));
     let filled = documented
         .replace("#DRIVER_PASSWORD_SHA256", &format!("#{}", sha256(DRIVER_PASSWORD)))
-        .replace("#BRIDGE_PASSWORD_SHA256", &format!("#{}", sha256(BRIDGE_PASSWORD)));
+        .replace("#BRIDGE_PASSWORD_SHA256", &format!("#{}", sha256(BRIDGE_PASSWORD)))
+        .replace("#GATEWAY_PASSWORD_SHA256", &format!("#{}", sha256(GATEWAY_PASSWORD)));
     assert_ne!(filled, documented, "docs/redis-acl.conf has the password placeholders");
     let config = format!("{filled}\nuser default off\nuser operator on >{OPERATOR_PASSWORD} ~* &* +@all\n");
     let path = dir.join("acl.conf");
@@ -143,6 +147,15 @@ fn the_whole_flow_works_with_the_documented_minimal_acls() {
         logs: logs(),
     };
     let drivers: Vec<DriverProcess> = (0..2).map(|_| DriverProcess::start(&options).unwrap()).collect();
+    let gateway = GatewayProcess::start(&GatewayOptions {
+        bridge_url: bridge.url(),
+        redis_url: redis.url("drover-gateway", GATEWAY_PASSWORD),
+        master_key_hex: MASTER_KEY_HEX.to_owned(),
+        proxy_protocol: false,
+        extra_env: Vec::new(),
+        logs: logs(),
+    })
+    .unwrap();
 
     runtime().block_on(async {
         let mut operator = redis.operator().await;
@@ -280,6 +293,18 @@ fn the_whole_flow_works_with_the_documented_minimal_acls() {
         })
         .await;
 
+        // A signed HTTP batch through the gateway (its nonce remembered
+        // under its user), and the same request replayed: refused.
+        let http_device = drover_testkit::device::serial("HTTP-ACL");
+        let request = HttpRequest::signed_events(
+            &http_device,
+            "/v1/events",
+            b"{\"event_id\":1,\"time_ms\":0,\"kind\":1,\"body\":\"over http\"}\n".to_vec(),
+        );
+        let answer = ingest::send(gateway.addr(), &request).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(ingest::send(gateway.addr(), &request).await.unwrap().code(), "replayed");
+
         assert_eq!(
             denials(&mut operator).await,
             Vec::<String>::new(),
@@ -331,7 +356,7 @@ fn the_readme_shows_the_users_of_docs_redis_acl_conf() {
     let documented = std::fs::read_to_string(format!("{root}/docs/redis-acl.conf")).unwrap();
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     let users: Vec<&str> = documented.lines().filter(|line| line.starts_with("user ")).collect();
-    assert_eq!(users.len(), 2, "a driver user and a bridge user");
+    assert_eq!(users.len(), 3, "a driver user, a bridge user and a gateway user");
     for user in users {
         assert!(
             readme.lines().any(|line| line == user),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use drover_service::duration::parse_duration;
 use drover_service::env::Variable;
-use drover_testkit::lbconfig::{LbConfig, maxconn_for_open_files};
+use drover_testkit::lbconfig::{HttpFrontend, LbConfig, maxconn_for_open_files};
 use serde_json::Value;
 
 /// Docker's embedded DNS server, inside every compose network.
@@ -400,6 +400,59 @@ fn the_drivers_are_the_servers_of_lb_config() {
 }
 
 #[test]
+fn the_http_gateways_are_the_servers_of_lb_config_s_http_frontend() {
+    let compose = Compose::load();
+    let config = read("lb-config/haproxy.cfg");
+    let gateways = compose.running("http-gateway");
+    assert!(!gateways.is_empty(), "an http-gateway service");
+    let servers: Vec<(String, String, u16, u16)> = section(&config, "backend gateways")
+        .iter()
+        .filter_map(|line| line.strip_prefix("server "))
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (host, port) = words[1].rsplit_once(':').unwrap();
+            (
+                words[0].to_owned(),
+                host.to_owned(),
+                port.parse().unwrap(),
+                words[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    let names: BTreeSet<&str> = gateways.iter().map(|(name, _)| *name).collect();
+    let server_names: BTreeSet<&str> = servers.iter().map(|(name, ..)| name.as_str()).collect();
+    assert_eq!(names, server_names, "http-gateway services and lb-config's gateways");
+    assert!(
+        section(&config, "backend gateways")
+            .iter()
+            .any(|line| line.starts_with("default-server send-proxy-v2")),
+        "HAProxy sends PROXY v2 headers to the gateways"
+    );
+    for (name, host, port, check_port) in &servers {
+        let service = compose.service(name);
+        let env = environment(service);
+        assert_eq!(host, name, "lb-config reaches {name} by its service name");
+        assert_eq!(port_of(env["HTTP_LISTEN"]), *port, "{name}: HTTP_LISTEN");
+        assert_eq!(
+            port_of(env["HTTP_ADMIN_LISTEN"]),
+            *check_port,
+            "{name}: HTTP_ADMIN_LISTEN"
+        );
+        assert_eq!(env["HTTP_GATEWAY_ID"], name, "{name}: HTTP_GATEWAY_ID");
+        assert_eq!(
+            env["HTTP_PROXY_PROTOCOL"], "true",
+            "{name} trusts HAProxy's header only"
+        );
+        assert_eq!(
+            strings(&service["healthcheck"]["test"]),
+            ["CMD", "http-gateway", "--health"],
+            "{name}'s healthcheck asks /healthz like HAProxy"
+        );
+        assert_depends_on_healthy(name, service, &["redis", "vendor-bridge"]);
+    }
+}
+
+#[test]
 fn haproxy_mounts_lb_config_and_publishes_its_ports() {
     let compose = Compose::load();
     let config = read("lb-config/haproxy.cfg");
@@ -408,7 +461,11 @@ fn haproxy_mounts_lb_config_and_publishes_its_ports() {
         strings(&haproxy["volumes"]).contains(&format!("./lb-config/haproxy.cfg:{HAPROXY_CONFIG}:ro").as_str()),
         "lb-config mounted read-only"
     );
-    for (frontend, variable) in [("cwp", "FLEET_PORT"), ("stats", "HAPROXY_STATS_PORT")] {
+    for (frontend, variable) in [
+        ("cwp", "FLEET_PORT"),
+        ("http", "HTTP_PORT"),
+        ("stats", "HAPROXY_STATS_PORT"),
+    ] {
         assert_eq!(
             container_port(haproxy, variable),
             bind_port(&config, frontend),
@@ -422,8 +479,13 @@ fn haproxy_mounts_lb_config_and_publishes_its_ports() {
         "nofile {nofile} too low for maxconn {}",
         global_maxconn(&config)
     );
-    let drivers: Vec<&str> = compose.running("driver").iter().map(|(name, _)| *name).collect();
-    assert_depends_on_healthy("haproxy", haproxy, &drivers);
+    let behind: Vec<&str> = compose
+        .running("driver")
+        .iter()
+        .chain(compose.running("http-gateway").iter())
+        .map(|(name, _)| *name)
+        .collect();
+    assert_depends_on_healthy("haproxy", haproxy, &behind);
     // Every device HAProxy admits may land on one driver (the others
     // restarting): its limit must hold them, one descriptor each, plus a
     // hundred for its listeners, Redis, the bridge and upload files.
@@ -532,6 +594,7 @@ fn every_variable_a_service_sets_is_one_its_binary_reads_and_accepts() {
     for (binary, table) in [
         ("driver", driver::config::VARIABLES),
         ("vendor-bridge", vendor_bridge::config::VARIABLES),
+        ("http-gateway", http_gateway::config::VARIABLES),
     ] {
         let known = names(table);
         let services = compose.running(binary);
@@ -594,6 +657,8 @@ fn lb_config_for(compose: &Compose, command: String) -> LbConfig {
         .parse()
         .unwrap();
     let haproxy = compose.service("haproxy");
+    let gateways = compose.running("http-gateway");
+    let gateway_env = environment(gateways[0].1);
     LbConfig {
         bind: "0.0.0.0".to_owned(),
         fleet_port: container_port(haproxy, "FLEET_PORT"),
@@ -609,6 +674,18 @@ fn lb_config_for(compose: &Compose, command: String) -> LbConfig {
             port_of(env["DRIVER_ADMIN_LISTEN"]),
         ),
         resolver: Some(DOCKER_DNS.to_owned()),
+        http: Some(HttpFrontend {
+            port: container_port(haproxy, "HTTP_PORT"),
+            gateways: LbConfig::named_backends(
+                gateways.len(),
+                "http-gateway-{i}",
+                port_of(gateway_env["HTTP_LISTEN"]),
+                port_of(gateway_env["HTTP_ADMIN_LISTEN"]),
+            )
+            .into_iter()
+            .map(|backend| backend.renamed("http-gateway"))
+            .collect(),
+        }),
         command,
     }
 }

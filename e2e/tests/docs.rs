@@ -64,6 +64,11 @@ fn readme_documents_every_bridge_variable() {
 }
 
 #[test]
+fn readme_documents_every_gateway_variable() {
+    check("gateway-variables", http_gateway::config::VARIABLES);
+}
+
+#[test]
 fn readme_documents_every_cli_variable() {
     check("cli-variables", drover_cli::config::VARIABLES);
 }

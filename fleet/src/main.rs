@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use drover_testkit::lbconfig::{LbConfig, maxconn_for_open_files};
+use drover_testkit::lbconfig::{HttpFrontend, LbConfig, maxconn_for_open_files};
 use drover_testkit::local::{FleetSpec, LocalFleet};
 use drover_testkit::process::find_on_path;
 
@@ -49,8 +49,8 @@ struct BenchChartsArgs {
 #[command(after_help = BENCH_HELP)]
 struct BenchArgs {
     /// Benchmarks to run, comma-separated: events, idle, storm, commands,
-    /// uploads, hostile, cluster, files. Default: the standard suite (all
-    /// but uploads, hostile, cluster and files).
+    /// uploads, hostile, cluster, files, http-events. Default: the standard
+    /// suite (all but uploads, hostile, cluster, files and http-events).
     #[arg(long, value_delimiter = ',', default_value = "events,idle,storm,commands")]
     only: Vec<String>,
     /// Devices for the events benchmark (comma-separated for several runs).
@@ -126,6 +126,13 @@ struct UpArgs {
     /// HAProxy's stats page and Prometheus endpoint.
     #[arg(long, default_value_t = 8404)]
     stats_port: u16,
+    /// HTTP gateways (`http-gateway`, docs/HTTP.md) behind HAProxy's HTTP
+    /// frontend on --http-port; 0: none.
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
+    /// The port HTTP clients connect to.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    http_port: u16,
     /// HAProxy processes sharing the fleet port (more when one process's
     /// open-file limit is the bottleneck: ~9,900 devices each here).
     #[arg(long, default_value_t = 1)]
@@ -203,6 +210,23 @@ struct LbConfigArgs {
     /// Re-resolve driver names with this DNS server (docker: 127.0.0.11:53).
     #[arg(long)]
     resolver: Option<String>,
+    /// HTTP gateways (`http-gateway`) behind an HTTP frontend on
+    /// `--http-port`; 0: no HTTP frontend.
+    #[arg(long, default_value_t = 0)]
+    gateways: usize,
+    /// Gateways on separate hosts named by this pattern (`{i}` = 1..N), all
+    /// on `--gateway-port`. Without it: all on `--host`, ports counting up.
+    #[arg(long)]
+    gateway_host_pattern: Option<String>,
+    /// The (first) gateway's HTTP_LISTEN port.
+    #[arg(long, default_value_t = 8081)]
+    gateway_port: u16,
+    /// The (first) gateway's HTTP_ADMIN_LISTEN port (health checks).
+    #[arg(long, default_value_t = 9181)]
+    gateway_admin_port: u16,
+    /// The port HTTP clients connect to (`HTTP_PORT`).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
     /// Write here instead of standard output, then check it with `haproxy -c`.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -222,6 +246,21 @@ fn lb_config(args: LbConfigArgs) -> anyhow::Result<()> {
         Some(pattern) => LbConfig::named_backends(args.drivers, pattern, args.driver_port, args.admin_port),
         None => LbConfig::local_backends(args.drivers, &args.host, args.driver_port, args.admin_port),
     };
+    let http = (args.gateways > 0).then(|| {
+        let backends = match &args.gateway_host_pattern {
+            Some(pattern) => {
+                LbConfig::named_backends(args.gateways, pattern, args.gateway_port, args.gateway_admin_port)
+            }
+            None => LbConfig::local_backends(args.gateways, &args.host, args.gateway_port, args.gateway_admin_port),
+        };
+        HttpFrontend {
+            port: args.http_port,
+            gateways: backends
+                .into_iter()
+                .map(|backend| backend.renamed("http-gateway"))
+                .collect(),
+        }
+    });
     let command = std::env::args()
         .skip(1)
         .fold("fleet".to_owned(), |line, arg| format!("{line} {arg}"));
@@ -235,6 +274,7 @@ fn lb_config(args: LbConfigArgs) -> anyhow::Result<()> {
         stats_port: args.stats_port,
         backends,
         resolver: args.resolver,
+        http,
         command,
     };
     match args.output {
@@ -273,7 +313,7 @@ fn build_binaries() -> anyhow::Result<()> {
         return Ok(()); // an installed fleet: the binaries sit next to it
     }
     let release = drover_testkit::binaries::bin_dir()?.ends_with("release");
-    eprintln!("building driver, vendor-bridge, controller-sim, drover and the benchmark tools ...");
+    eprintln!("building driver, vendor-bridge, http-gateway, controller-sim, drover and the benchmark tools ...");
     let mut cargo = Command::new("cargo");
     cargo.current_dir(&workspace).args([
         "build",
@@ -289,6 +329,8 @@ fn build_binaries() -> anyhow::Result<()> {
         // `drover`: the files benchmark adds its file and starts its rollout as an operator does.
         "-p",
         "drover-cli",
+        "-p",
+        "http-gateway",
     ]);
     if release {
         cargo.arg("--release");
@@ -356,6 +398,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         log_files: true,
         driver_env: Vec::new(),
         haproxy_open_files: open_files,
+        gateways: args.gateways,
+        http_port: args.http_port,
     })?;
 
     let (stop_tx, stop_rx) = mpsc::channel();
@@ -425,6 +469,7 @@ Drover fleet is up.
   redis                {redis}   ({shape})
   vendor-bridge        {bridge}   (asks for the token in {state}/bridge.token; metrics http://{bridge_metrics}/metrics)
   drivers              {drivers}
+  HTTP devices         http://127.0.0.1:{http_port}/v1/events   (HAProxy, leastconn over {g} http-gateway(s); docs/HTTP.md){gateways}
   HAProxy stats        http://127.0.0.1:{stats}/stats   (Prometheus: /metrics)
   logs                 {state}/logs/
 
@@ -463,6 +508,17 @@ Ctrl-C stops everything (drivers drain first).
         bridge_metrics = fleet.bridge.metrics_addr(),
         drivers = drivers.join("\n                       "),
         stats = args.stats_port,
+        http_port = args.http_port,
+        g = fleet.gateways.len(),
+        gateways = fleet
+            .gateways
+            .iter()
+            .map(|g| format!(
+                "\n                       {} (metrics http://{}/metrics)",
+                g.addr(),
+                g.admin_addr()
+            ))
+            .collect::<String>(),
         results = drover_schema::COMMAND_RESULTS.name(&first_device),
         commands = drover_schema::COMMANDS.name(&first_device),
     );
@@ -516,35 +572,38 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             machine: measured_on.clone(),
             load_average: Machine::load_average(),
         };
-        let outcome =
-            match name.as_str() {
-                "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
-                    chart_data.set_events(provenance, &runs);
-                    body
-                }),
-                "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
-                    chart_data.set_idle(provenance, &runs);
-                    body
-                }),
-                "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers, args.storm_queued)
-                    .map(|result| {
-                        chart_data.set_storm(provenance, &result);
-                        header("Connect storm", STORM_WHAT) + &result.markdown()
-                    }),
-                "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
-                    .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
-                "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
-                    .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
-                "cluster" => fleet::bench::cluster::run(&ctx)
-                    .map(|result| header("Redis Cluster", CLUSTER_WHAT) + &result.markdown()),
-                "files" => fleet::bench::files::run(&ctx)
-                    .map(|result| header("Files to devices", FILES_WHAT) + &result.markdown()),
-                "uploads" => fleet::bench::uploads::run(&ctx)
-                    .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
-                other => Err(anyhow::anyhow!(
-                    "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster, files)"
-                )),
-            };
+        let outcome = match name.as_str() {
+            "events" => bench_events(&ctx, &args, header(EVENTS_TITLE, EVENTS_WHAT)).map(|(body, runs)| {
+                chart_data.set_events(provenance, &runs);
+                body
+            }),
+            "idle" => bench_idle(&ctx, &args, header("Idle connections", IDLE_WHAT)).map(|(body, runs)| {
+                chart_data.set_idle(provenance, &runs);
+                body
+            }),
+            "storm" => fleet::bench::storm::run(&ctx, args.storm_devices, &args.storm_drivers, args.storm_queued).map(
+                |result| {
+                    chart_data.set_storm(provenance, &result);
+                    header("Connect storm", STORM_WHAT) + &result.markdown()
+                },
+            ),
+            "commands" => fleet::bench::commands::run(&ctx, args.command_devices, args.command_rate)
+                .map(|result| header("Commands", COMMANDS_WHAT) + &result.markdown()),
+            "hostile" => fleet::bench::hostile::run(&ctx, HOSTILE_DEVICES, HOSTILE_CONNECTIONS)
+                .map(|result| header("Honest devices under a slowloris attack", HOSTILE_WHAT) + &result.markdown()),
+            "cluster" => fleet::bench::cluster::run(&ctx)
+                .map(|result| header("Redis Cluster", CLUSTER_WHAT) + &result.markdown()),
+            "files" => {
+                fleet::bench::files::run(&ctx).map(|result| header("Files to devices", FILES_WHAT) + &result.markdown())
+            }
+            "http-events" => fleet::bench::http_events::run(&ctx)
+                .map(|result| header("HTTP events end to end", HTTP_EVENTS_WHAT) + &result.markdown()),
+            "uploads" => fleet::bench::uploads::run(&ctx)
+                .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
+            other => Err(anyhow::anyhow!(
+                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster, files, http-events)"
+            )),
+        };
         match outcome {
             Ok(body) => {
                 report::write_section(&args.out, name, &body)?;
@@ -581,6 +640,7 @@ const HOSTILE_CONNECTIONS: usize = 10_000;
 const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in all to one driver (defaults for `DRIVER_HANDSHAKE_TIMEOUT` and `DRIVER_MAX_HANDSHAKES`), alone, then while 10,000 connections that never send a byte are held open against the same driver, each reopened as soon as the driver closes it, then (the control) while the same attack is aimed at a minimal stand-in server on the same machine; three rounds of the three phases. Latency is from send to the covering `ACK`. The attacking thread runs at nice 19, standing in for an attacker whose CPU is on another machine; the honest devices' simulator runs at the normal priority. Target (issue 8): p99 under attack within 2× the unloaded p99 (medians over the rounds).";
 const CLUSTER_WHAT: &str = "The same events path (device → driver → gRPC → vendor-bridge → Redis → `ACK`, 1,000 devices on one driver) with one Redis, then with a 3-master Redis Cluster holding 1, 3 and 12 event partitions (`REDIS_EVENT_PARTITIONS`), then with a replica per master, without and with `BRIDGE_WAIT_REPLICAS=1`, all in one run: events acknowledged per second when offered far more, Redis's CPU per stored event, and ack latency at a fixed rate. Every Redis node, the bridge, the driver and the simulator share this machine's 2 cores, so no speed-up can show here: the run shows what the cluster and `WAIT` cost per event, and how the partitions spread the events over the masters (docs/CAPACITY.md turns these figures into a plan).";
 const FILES_WHAT: &str = "A rollout (README \"Rollouts\") of one file to 100 `controller-sim` devices at once (`--max-active 100`), through HAProxy and 4 drivers, while 100 other devices send 1,000 events/s in all through the same HAProxy. Each device accepts with a 256 KiB window, acknowledges every half window, hashes what it receives and verifies the SHA-256 at the end; a device's rate is from its offer to its last byte. Beside it in the same run: the codec sealing (server) and verifying (device) the same chunks (the default max_payload less the tag) on one core, in one thread of the runner (the limit of the work: every chunk is sealed per device, so no `sendfile`), and nginx (`sendfile on`) serving the same file over plain HTTP on loopback to 100 `curl`s at once (moving the bytes without per-device sealing). Then the same rollout to 100 new devices with `--max-bytes-per-s` (each driver's cap on the rollout's chunks). CPU seconds are those of each kind of process over the rollout. Every process (4 drivers, HAProxy, Redis, the bridge, both simulators) shares the machine's cores. Targets (issue 18): aggregate ≥ 0.6 × the one-core codec rate, each driver's RSS growth ≤ 32 MiB, the other devices' ack p99 within 2× of the same devices without the rollout, every transfer verified.";
+const HTTP_EVENTS_WHAT: &str = "Issue 19: devices post signed NDJSON event batches (`POST /v1/events`, `CWP1-HMAC-SHA256`) through HAProxy (`mode http`) to `http-gateway`, which stores them through the vendor-bridge into Redis (`appendonly yes`, `appendfsync always`) and answers once every record is durable. `bench-http` runs 16 concurrent clients on HTTP/1.1 keep-alive, 1,024 requests of 1,600 taxi-trip records (four fields of a trip in `body`, ~160 bytes a line); latency is from sending a request to reading its whole answer. Beside it in the same run: the Redis `XADD` ceiling for the same entries, the reference Python service users know (`bench/baselines/tornado_ndjson.py`: Tornado, one process, `json.loads` per line, rows appended with the csv module, flushed but not fsynced) under the same load from the same generator, and the gateway's resident memory while 100 clients post a 16 MiB body each at once.";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 
 fn bench_events(

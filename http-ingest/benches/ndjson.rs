@@ -1,7 +1,7 @@
 //! NDJSON batch parsing throughput, beside `serde_json` on the same lines in
 //! the same run.
 //!
-//! Input: 20,000 taxi-trip events (`support/taxi.rs`), ~150 bytes a line,
+//! Input: 20,000 taxi-trip events (`drover_http_ingest::taxi`), ~150 bytes a line,
 //! in three shapes: the trip as escaped JSON text in `body` (`taxi_json`,
 //! the example), as CSV text without escapes (`taxi_csv`), and as
 //! base64 in `body_b64` (`taxi_b64`).
@@ -28,10 +28,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use drover_http_ingest::ndjson::{BatchLimits, BatchParser};
+use drover_http_ingest::taxi;
 use serde::Deserialize;
-
-#[path = "support/taxi.rs"]
-mod taxi;
 
 /// Events per measured batch.
 const LINES: u64 = 20_000;

@@ -14,9 +14,7 @@
 
 use bytes::Bytes;
 use drover_http_ingest::ndjson::{BatchLimits, BatchParser};
-
-#[path = "../benches/support/taxi.rs"]
-mod taxi;
+use drover_http_ingest::taxi;
 
 /// Resident set size of this process, in bytes (Linux).
 fn rss() -> u64 {

@@ -15,6 +15,8 @@
 //!   [`BatchParser`]: a [`Record`] per valid line (its body a slice of the
 //!   input or of one arena), a [`LineError`] with a stable reason code per
 //!   invalid one.
+//! - [`taxi`]: sample batches of taxi-trip events, the input of the
+//!   benchmarks (the parser's, and `fleet bench --only http-events`).
 //!
 //! Both key derivations start from cwp's [`cwp::DeviceKey`]; events come out
 //! as cwp's [`cwp::Event`] ([`Record::to_event`]) under the same limits as
@@ -23,6 +25,7 @@
 mod crypto;
 pub mod ndjson;
 pub mod signature;
+pub mod taxi;
 pub mod token;
 
 pub use ndjson::{Batch, BatchLimits, BatchParser, BatchStats, Field, LineError, Reason, Record};

@@ -227,3 +227,106 @@ impl DriverProcess {
             .sum())
     }
 }
+
+/// How to start an HTTP gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// The vendor-bridge.
+    pub bridge_url: String,
+    /// Redis for the nonces.
+    pub redis_url: String,
+    /// `CWP_MASTER_KEY`, 64 hex digits.
+    pub master_key_hex: String,
+    /// Expect PROXY v2 headers (behind HAProxy).
+    pub proxy_protocol: bool,
+    /// More variables, e.g. `HTTP_MAX_BODY_BYTES`.
+    pub extra_env: Vec<(String, String)>,
+    /// Where its logs go.
+    pub logs: Logs,
+}
+
+/// A running `http-gateway`.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    process: ChildGuard,
+    port: u16,
+    admin_port: u16,
+}
+
+impl GatewayProcess {
+    /// Starts a gateway on free ports and waits until `/healthz` answers.
+    pub fn start(options: &GatewayOptions) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, free_port()?, options)
+    }
+
+    /// Starts a gateway on the given ports.
+    pub fn start_on(port: u16, admin_port: u16, options: &GatewayOptions) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary("http-gateway")?);
+        command
+            .env("HTTP_LISTEN", loopback(port).to_string())
+            .env("HTTP_ADMIN_LISTEN", loopback(admin_port).to_string())
+            .env("HTTP_GATEWAY_ID", format!("http-{port}"))
+            .env("VENDOR_BRIDGE_URL", &options.bridge_url)
+            .env("REDIS_URL", &options.redis_url)
+            .env("CWP_MASTER_KEY", &options.master_key_hex)
+            .env("HTTP_PROXY_PROTOCOL", options.proxy_protocol.to_string())
+            .env(
+                "UPLOAD_DIR",
+                std::env::temp_dir().join(format!("drover-uploads-http-{port}")),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(options.logs.stdio()?)
+            .stderr(options.logs.stdio()?);
+        let process = ChildGuard::spawn(format!("http-gateway :{port}"), &mut command)?;
+        wait_for_port(loopback(admin_port), READY_TIMEOUT)?;
+        wait_for_port(loopback(port), READY_TIMEOUT)?;
+        let admin = loopback(admin_port);
+        wait_until("http-gateway /healthz to answer 200", READY_TIMEOUT, || {
+            crate::http::get(admin, "/healthz").is_ok_and(|(status, _)| status == 200)
+        })?;
+        Ok(Self {
+            process,
+            port,
+            admin_port,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The admin (healthz, metrics) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        loopback(self.admin_port)
+    }
+
+    /// The process.
+    pub fn process(&mut self) -> &mut ChildGuard {
+        &mut self.process
+    }
+
+    /// The value of one un-labelled metric (or the sum over its labels
+    /// whose line contains `labels`, e.g. `outcome="replayed"`).
+    pub fn metric(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
+        let (status, text) = crate::http::get(self.admin_addr(), "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| line.split([' ', '{']).next() == Some(name))
+            .filter(|line| line.contains(labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}

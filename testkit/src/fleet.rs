@@ -1,5 +1,5 @@
 //! The test fleet: real processes on loopback (redis-server, the
-//! vendor-bridge, drivers, no HAProxy), killed when the [`TestFleet`]
+//! vendor-bridge, drivers, HTTP gateways on demand, no HAProxy), killed when the [`TestFleet`]
 //! drops; and what else a test body needs around it (a runtime, the
 //! processes' logs, the open-file limit, a binary run to its exit). These
 //! fail the test when a process does not start.
@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use crate::components::{BridgeProcess, DriverOptions, DriverProcess, GatewayOptions, GatewayProcess, Logs};
 use crate::device::MASTER_KEY_HEX;
 use crate::process::ChildGuard;
 use crate::redis::RedisServer;
@@ -79,6 +79,24 @@ impl TestFleet {
             .get_multiplexed_async_connection()
             .await
             .expect("redis connection")
+    }
+
+    /// Starts an HTTP gateway (`http-gateway`) on free ports, storing
+    /// through this fleet's bridge, its nonces in this fleet's Redis, with
+    /// the test master key; `extra_env` added.
+    pub fn start_gateway(&self, extra_env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start(&GatewayOptions {
+            bridge_url: self.bridge.url(),
+            redis_url: self.redis.url(),
+            master_key_hex: MASTER_KEY_HEX.to_owned(),
+            proxy_protocol: false,
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            logs: logs(),
+        })
+        .expect("http-gateway starts")
     }
 
     /// Kills the bridge and starts it again on the same port.

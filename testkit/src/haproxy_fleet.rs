@@ -26,6 +26,8 @@ pub fn fleet_spec(drivers: usize, state_dir: &Path) -> FleetSpec {
         log_files: true,
         driver_env: Vec::new(),
         haproxy_open_files: 20_000,
+        gateways: 0,
+        http_port: 0,
     }
 }
 

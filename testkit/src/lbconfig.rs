@@ -20,6 +20,17 @@ pub struct Backend {
     pub admin_port: u16,
 }
 
+impl Backend {
+    /// The same server named `{kind}-{n}` instead of `driver-{n}`.
+    pub fn renamed(self, kind: &str) -> Self {
+        let number = self.name.rsplit('-').next().unwrap_or_default().to_owned();
+        Self {
+            name: format!("{kind}-{number}"),
+            ..self
+        }
+    }
+}
+
 /// Everything the template needs.
 #[derive(Debug, Clone)]
 pub struct LbConfig {
@@ -43,8 +54,66 @@ pub struct LbConfig {
     /// `127.0.0.11:53`), so that a restarted container's new address is
     /// picked up; `None` resolves once at start.
     pub resolver: Option<String>,
+    /// The HTTP gateways' frontend, when the fleet has gateways.
+    pub http: Option<HttpFrontend>,
     /// The command that generated it, recorded in the file.
     pub command: String,
+}
+
+/// HAProxy's HTTP frontend for the `http-gateway`s (docs/HTTP.md): the same
+/// host name as the drivers, its own port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpFrontend {
+    /// The port HTTP clients connect to (`HTTP_PORT`).
+    pub port: u16,
+    /// The gateways: `port` is `HTTP_LISTEN`'s, `admin_port`
+    /// `HTTP_ADMIN_LISTEN`'s (its `/healthz`).
+    pub gateways: Vec<Backend>,
+}
+
+impl HttpFrontend {
+    /// The section of the configuration: `mode http`, keep-alive to the
+    /// clients, `leastconn` over the gateways, health from their admin
+    /// `/healthz`, the client's address in a PROXY v2 header (the gateways
+    /// run with `HTTP_PROXY_PROTOCOL=true` and trust nothing else, not even
+    /// an `X-Forwarded-For` a client made up).
+    fn render(&self, bind: &str, maxconn: u32, server_resolvers: &str) -> String {
+        let mut servers = String::new();
+        for gateway in &self.gateways {
+            let _ = writeln!(
+                servers,
+                "    server {} {}:{} port {}",
+                gateway.name, gateway.host, gateway.port, gateway.admin_port
+            );
+        }
+        format!(
+            "
+frontend http
+    mode http
+    option httplog
+    bind {bind}:{port}
+    maxconn {maxconn}
+    # Slow headers are cut here; the gateway bounds slow bodies itself.
+    timeout http-request 30s
+    timeout client 120s
+    option http-keep-alive
+    default_backend gateways
+
+backend gateways
+    mode http
+    # A request of a 16 MiB batch is answered once durable: allow for it.
+    timeout server 120s
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /healthz
+    http-check expect status 200
+    default-server send-proxy-v2 check inter 1s fall 2 rise 2 init-addr last,libc,none{server_resolvers}
+{servers}
+",
+            port = self.port,
+            servers = servers.trim_end(),
+        )
+    }
 }
 
 impl LbConfig {
@@ -111,6 +180,14 @@ impl LbConfig {
             .replace("{{fleet_port}}", &self.fleet_port.to_string())
             .replace("{{server_maxconn}}", &server_maxconn.to_string())
             .replace("{{servers}}", servers.trim_end())
+            .replace(
+                "{{http}}",
+                &self
+                    .http
+                    .as_ref()
+                    .map(|http| http.render(&self.bind, self.maxconn, &server_resolvers))
+                    .unwrap_or_default(),
+            )
             .replace("{{resolvers}}", &resolvers)
             .replace("{{server_resolvers}}", &server_resolvers)
             .replace("{{stats_bind}}", &self.stats_bind)
@@ -140,8 +217,29 @@ mod tests {
             stats_port: 8404,
             backends: LbConfig::local_backends(n, "127.0.0.1", 5001, 9101),
             resolver: None,
+            http: None,
             command: "fleet lb-config --drivers 3".into(),
         }
+    }
+
+    #[test]
+    fn gateways_get_an_http_frontend_with_proxy_v2_and_health_checks() {
+        assert!(!config(1).render().contains("frontend http\n"), "none without gateways");
+        let mut with_http = config(1);
+        with_http.http = Some(HttpFrontend {
+            port: 8080,
+            gateways: LbConfig::local_backends(2, "127.0.0.1", 8081, 9181)
+                .into_iter()
+                .map(|backend| backend.renamed("http-gateway"))
+                .collect(),
+        });
+        let text = with_http.render();
+        assert!(!text.contains("{{"), "unfilled placeholder in:\n{text}");
+        assert!(text.contains("frontend http\n    mode http"));
+        assert!(text.contains("bind 0.0.0.0:8080"));
+        assert!(text.contains("server http-gateway-2 127.0.0.1:8082 port 9182"));
+        let backend = &text[text.find("backend gateways").expect("the gateways' backend")..];
+        assert!(backend.contains("default-server send-proxy-v2 check"));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - [`lbconfig`] and [`haproxy`]: the HAProxy configuration for N drivers
 //!   (also `fleet lb-config`'s) and HAProxy processes running it.
 //! - [`binaries`] and [`components`]: Drover's own processes, the
-//!   vendor-bridge and drivers, from the built binaries.
+//!   vendor-bridge, drivers and HTTP gateways, from the built binaries;
+//!   [`ingest`]: a device's HTTP requests to a gateway, signed.
 //! - [`local`]: all of it together behind HAProxy, as `fleet up` runs it.
 //! - [`fault_proxy`]: a TCP proxy that injects network faults.
 //! - `pki` (feature `pki`): a certificate authority for the TLS tests.
@@ -38,6 +39,7 @@ pub mod fleet;
 pub mod haproxy;
 pub mod haproxy_fleet;
 pub mod http;
+pub mod ingest;
 pub mod inspect;
 pub mod lbconfig;
 pub mod local;

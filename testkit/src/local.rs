@@ -1,6 +1,7 @@
 //! A whole fleet on one machine: Redis (private unless a URL is given; or
-//! a private Redis Cluster), the vendor-bridge, N drivers behind PROXY v2,
-//! and HAProxy in front on the fleet port. Used by `fleet up`, the benchmark runner and the tests
+//! a private Redis Cluster), the vendor-bridge, N drivers and M HTTP
+//! gateways behind PROXY v2, and HAProxy in front on the fleet port (and
+//! the HTTP port). Used by `fleet up`, the benchmark runner and the tests
 //! ([`crate::haproxy_fleet`]).
 
 use std::path::{Path, PathBuf};
@@ -8,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::components::{BridgeProcess, DriverOptions, DriverProcess, Logs};
+use crate::components::{BridgeProcess, DriverOptions, DriverProcess, GatewayOptions, GatewayProcess, Logs};
 use crate::haproxy::Haproxy;
-use crate::lbconfig::{Backend, LbConfig, maxconn_for_open_files};
+use crate::lbconfig::{Backend, HttpFrontend, LbConfig, maxconn_for_open_files};
 use crate::net::free_port;
 use crate::redis::RedisServer;
 use crate::redis_cluster::RedisCluster;
@@ -43,6 +44,11 @@ pub struct FleetSpec {
     pub driver_env: Vec<(String, String)>,
     /// Open files each HAProxy process may use; sizes its maxconn.
     pub haproxy_open_files: u64,
+    /// HTTP gateways (`http-gateway`) behind HAProxy's HTTP frontend on
+    /// `http_port`; 0: none, and no HTTP frontend.
+    pub gateways: usize,
+    /// The port HTTP clients connect to.
+    pub http_port: u16,
 }
 
 /// A running local fleet. Dropping it kills everything; [`LocalFleet::stop`]
@@ -61,6 +67,8 @@ pub struct LocalFleet {
     pub bridge: BridgeProcess,
     /// The drivers, in HAProxy's order (`driver-1` first).
     pub drivers: Vec<DriverProcess>,
+    /// The HTTP gateways, in HAProxy's order (`gateway-1` first).
+    pub gateways: Vec<GatewayProcess>,
     /// HAProxy.
     pub haproxy: Haproxy,
     /// The options every driver was started with.
@@ -133,8 +141,20 @@ impl LocalFleet {
             driver_options.logs = spec.logs(&format!("driver-{i}"));
             drivers.push(DriverProcess::start(&driver_options).with_context(|| format!("starting driver-{i}"))?);
         }
+        let mut gateways = Vec::with_capacity(spec.gateways);
+        for i in 1..=spec.gateways {
+            let options = GatewayOptions {
+                bridge_url: bridge.url(),
+                redis_url: redis_url.clone(),
+                master_key_hex: spec.master_key_hex.clone(),
+                proxy_protocol: true,
+                extra_env: driver_options.extra_env.clone(),
+                logs: spec.logs(&format!("gateway-{i}")),
+            };
+            gateways.push(GatewayProcess::start(&options).with_context(|| format!("starting gateway-{i}"))?);
+        }
         let haproxy = Haproxy::start(
-            &Self::lb_config(&spec, &drivers),
+            &Self::lb_config(&spec, &drivers, &gateways),
             spec.haproxy_processes,
             &spec.state_dir,
             &spec.logs("haproxy"),
@@ -146,13 +166,27 @@ impl LocalFleet {
             redis_url,
             bridge,
             drivers,
+            gateways,
             haproxy,
             driver_options,
             spec,
         })
     }
 
-    fn lb_config(spec: &FleetSpec, drivers: &[DriverProcess]) -> LbConfig {
+    fn lb_config(spec: &FleetSpec, drivers: &[DriverProcess], gateways: &[GatewayProcess]) -> LbConfig {
+        let http = (!gateways.is_empty()).then(|| HttpFrontend {
+            port: spec.http_port,
+            gateways: gateways
+                .iter()
+                .enumerate()
+                .map(|(i, gateway)| Backend {
+                    name: format!("http-gateway-{}", i + 1),
+                    host: "127.0.0.1".to_owned(),
+                    port: gateway.addr().port(),
+                    admin_port: gateway.admin_addr().port(),
+                })
+                .collect(),
+        });
         LbConfig {
             bind: "127.0.0.1".to_owned(),
             fleet_port: spec.fleet_port,
@@ -172,7 +206,8 @@ impl LocalFleet {
                 })
                 .collect(),
             resolver: None,
-            command: format!("fleet up --drivers {}", drivers.len()),
+            http,
+            command: format!("fleet up --drivers {} --gateways {}", drivers.len(), gateways.len()),
         }
     }
 
@@ -188,15 +223,21 @@ impl LocalFleet {
         Ok(())
     }
 
-    /// Stops everything in order: drivers drain first (devices are told to
-    /// reconnect later and their acks are flushed), then HAProxy, the
+    /// Stops everything in order: drivers and gateways drain first (devices
+    /// are told to reconnect later, acks and answers are flushed), then HAProxy, the
     /// bridge and Redis.
     pub fn stop(&mut self, drain_timeout: Duration) {
         for driver in &mut self.drivers {
             let _ = driver.process().signal(nix::sys::signal::Signal::SIGTERM);
         }
+        for gateway in &mut self.gateways {
+            let _ = gateway.process().signal(nix::sys::signal::Signal::SIGTERM);
+        }
         for driver in &mut self.drivers {
             driver.process().stop(drain_timeout);
+        }
+        for gateway in &mut self.gateways {
+            gateway.process().stop(drain_timeout);
         }
         self.haproxy.stop();
         self.bridge.process().stop(Duration::from_secs(10));

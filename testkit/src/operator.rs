@@ -7,12 +7,13 @@ use crate::binaries::binary;
 
 /// The operator's variables a test process may carry from its own
 /// environment: removed, so that a test sees only what it passes.
-const OPERATOR_VARIABLES: [&str; 5] = [
+const OPERATOR_VARIABLES: [&str; 6] = [
     "REDIS_URL",
     "REDIS_CLUSTER_NODES",
     "CMD_MAX_QUEUED",
     "CWP_MASTER_KEY",
     "FILES_DIR",
+    "HTTP_GATEWAY_URL",
 ];
 
 /// How `drover` ended.

@@ -186,12 +186,31 @@ impl Drop for Consumer {
     }
 }
 
+/// The stream entry a ceiling appends: the fields the bridge writes for an
+/// event, with values of the sizes the benchmark's events have.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CeilingEntry<'a> {
+    /// The device's serial.
+    pub serial: &'a str,
+    /// Bytes of the event's body.
+    pub body_len: usize,
+    /// The server that received it (the entry's `driver` field).
+    pub driver: &'a str,
+}
+
+/// The events benchmark's entries: `controller-sim`'s 64-byte bodies.
+const EVENTS_ENTRY: CeilingEntry<'static> = CeilingEntry {
+    serial: "EVB-000001",
+    body_len: EVENT_SIZE,
+    driver: "driver-1",
+};
+
 /// `redis-benchmark` appending the same entries as the bridge, pipelined
 /// deeply so that each fsync covers many of them.
-fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
+pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>) -> anyhow::Result<(f64, String)> {
     let tool =
         find_on_path("redis-benchmark").context("redis-benchmark is not installed (it comes with redis-server)")?;
-    let body = "x".repeat(EVENT_SIZE);
+    let body = "x".repeat(entry.body_len);
     let requests = if quick { "200000" } else { "2000000" };
     let port = redis.port().to_string();
     let args = [
@@ -210,7 +229,7 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         "cwp:ceiling",
         "*",
         event_fields::SERIAL,
-        "EVB-000001",
+        entry.serial,
         event_fields::EVENT_ID,
         "__rand_int__",
         event_fields::TIME_MS,
@@ -220,7 +239,7 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         event_fields::BODY,
         &body,
         event_fields::DRIVER,
-        "driver-1",
+        entry.driver,
         event_fields::RECEIVED_MS,
         "1767225600000",
     ];
@@ -236,9 +255,10 @@ fn ceiling(redis: &RedisServer, quick: bool) -> anyhow::Result<(f64, String)> {
         .and_then(|line| line.split("\",\"").nth(1))
         .and_then(|value| value.trim_matches('"').parse::<f64>().ok())
         .with_context(|| format!("redis-benchmark printed no rate: {text}"))?;
+    let placeholder = format!("<{} bytes>", entry.body_len);
     let shown: Vec<&str> = args
         .iter()
-        .map(|a| if *a == body.as_str() { "<64 bytes>" } else { a })
+        .map(|a| if *a == body.as_str() { placeholder.as_str() } else { a })
         .collect();
     Ok((rps, format!("redis-benchmark {}", shown.join(" "))))
 }
@@ -270,7 +290,7 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<EventsResult> {
     if capacity >= 50_000.0 {
         phases.push(phase(ctx, &mut rig, "50,000 events/s", devices, 50_000.0)?);
     }
-    let (ceiling, ceiling_command) = ceiling(&rig.redis, ctx.quick)?;
+    let (ceiling, ceiling_command) = ceiling(&rig.redis, ctx.quick, &EVENTS_ENTRY)?;
     Ok(EventsResult {
         devices,
         phases,

@@ -14,8 +14,9 @@
 //!   processes themselves, and the idle benchmark's peer Mosquitto, come
 //!   from `drover-testkit`).
 //! - [`events`], [`idle`], [`storm`], [`commands`], [`uploads`],
-//!   [`hostile`], [`files`]: one benchmark each; each returns its figures and renders
+//!   [`hostile`], [`files`], [`http_events`]: one benchmark each; each returns its figures and renders
 //!   its section.
+//! - [`http_load`]: the HTTP events benchmark's load generator (`bench-http`).
 
 pub mod charts;
 pub mod cluster;
@@ -23,6 +24,8 @@ pub mod commands;
 pub mod events;
 pub mod files;
 pub mod hostile;
+pub mod http_events;
+pub mod http_load;
 pub mod idle;
 pub mod machine;
 pub mod probe;

@@ -64,6 +64,8 @@ impl Rig {
             log_files: true,
             driver_env: env,
             haproxy_open_files: open_files,
+            gateways: 0,
+            http_port: 0,
         })
         .with_context(|| format!("starting the fleet for {name}"))?;
         Ok(Self { fleet })
