@@ -73,6 +73,7 @@ impl Haproxy {
     /// Writes `config` into `dir`, checks it, and starts `processes`
     /// HAProxy instances on it; waits until the fleet port accepts.
     pub fn start(config: &LbConfig, processes: usize, dir: &Path, logs: &Logs) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(&config_path, config.render()).with_context(|| format!("writing {}", config_path.display()))?;
         check(&config_path)?;

@@ -567,13 +567,17 @@ impl HttpEventsResult {
             .collect();
         let _ = writeln!(
             text,
-            "\nMemory: {} clients each posting one {:.1} MiB body ({} records) at once: {} acknowledged, {} refused (413/429/503), {} failed; the gateway's resident memory {}{}.",
+            "\nMemory: {} clients each posting one {:.1} MiB body ({} records) at once: {} acknowledged, {} refused (413/429/503), {} failed{}; the gateway's resident memory {}{}.",
             m.report.clients,
             m.report.body_bytes as f64 / (1024.0 * 1024.0),
             thousands(m.report.records_per_request as f64),
             m.report.requests_ok,
             m.report.requests_refused,
             m.report.requests_failed,
+            match m.report.failures.first() {
+                Some(first) => format!(" (the first: `{first}`)"),
+                None => String::new(),
+            },
             growth.join(", "),
             match &m.bound {
                 Some((kib, why)) => format!(
