@@ -1,13 +1,9 @@
 //! The `driver` binary: configuration, logging and Sentry, then
 //! [`driver::run`] until SIGTERM or SIGINT.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
 use anyhow::Context as _;
 use driver::Config;
-use drover_service::env::{self, CliAction, EnvReader};
+use drover_service::env::{self, CliAction};
 use drover_service::shutdown;
 use drover_service::telemetry::{self, TelemetryConfig};
 
@@ -31,7 +27,11 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     if action == CliAction::Health {
-        std::process::exit(health());
+        std::process::exit(drover_service::admin::health_check(
+            "driver",
+            driver::config::VARIABLES,
+            "DRIVER_ADMIN_LISTEN",
+        ));
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -94,55 +94,5 @@ fn raise_open_file_limit() {
         && soft < hard
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-/// How long `--health` waits for the connection and for the answer: less
-/// than a container health check's timeout (docker-compose.yml: 3 s).
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `driver --health`, the container's health check: `GET /healthz` on
-/// `DRIVER_ADMIN_LISTEN`, as HAProxy asks it; 0 only on `200` (a draining
-/// driver answers 503), else 1 (2: the variable is invalid). It reads that
-/// one variable, not the whole configuration: it runs every few seconds
-/// beside the driver and must not fail for anything else.
-fn health() -> i32 {
-    let mut variables = EnvReader::new(driver::config::VARIABLES);
-    let listen = variables.parse::<SocketAddr>("DRIVER_ADMIN_LISTEN");
-    let (Ok(()), Some(listen)) = (variables.finish(), listen) else {
-        eprintln!("driver --health: DRIVER_ADMIN_LISTEN is not an address (see --help)");
-        return 2;
-    };
-    let address = env::probe_address(listen);
-    match healthz(address) {
-        Ok(status_line) if status_line.split_whitespace().nth(1) == Some("200") => {
-            println!("http://{address}/healthz: {status_line}");
-            0
-        }
-        Ok(status_line) => {
-            eprintln!("driver --health: http://{address}/healthz: {status_line}");
-            1
-        }
-        Err(err) => {
-            eprintln!("driver --health: http://{address}/healthz: {err:#}");
-            1
-        }
-    }
-}
-
-/// The status line of `GET /healthz` at `address`.
-fn healthz(address: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&address, HEALTH_TIMEOUT).context("connecting")?;
-    stream.set_read_timeout(Some(HEALTH_TIMEOUT))?;
-    stream.set_write_timeout(Some(HEALTH_TIMEOUT))?;
-    let request = format!("GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).context("sending the request")?;
-    let mut status_line = String::new();
-    BufReader::new(stream.take(512))
-        .read_line(&mut status_line)
-        .context("reading the answer")?;
-    match status_line.trim_end() {
-        "" => anyhow::bail!("no answer"),
-        line => Ok(line.to_owned()),
     }
 }

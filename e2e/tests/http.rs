@@ -592,3 +592,54 @@ fn behind_haproxy_the_gateway_sees_each_client_s_own_address() {
         "{direct:?}"
     );
 }
+
+#[test]
+fn slow_or_oversized_headers_and_a_gzip_bomb_are_cut_off_and_store_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let fleet = TestFleet::start(0, &[]);
+    let gateway = fleet.start_gateway(&[("HTTP_HEADER_TIMEOUT", "1s")]);
+    let device = serial("HTTP-0012");
+    runtime().block_on(async {
+        // Headers that never end: the gateway hangs up once
+        // HTTP_HEADER_TIMEOUT has passed (the read below waits for that,
+        // with its own far longer bound).
+        let mut slow = tokio::net::TcpStream::connect(gateway.addr()).await.unwrap();
+        slow.write_all(b"POST /v1/events HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut answer)).await;
+        assert!(
+            closed.is_ok(),
+            "the gateway closed the connection of a client whose headers never end"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+        // Headers beyond 16 KiB: 431, before any credentials are read.
+        let oversized =
+            HttpRequest::signed_events(&device, EVENTS, lines(1..=2)).with_header("X-Padding", &"a".repeat(20_000));
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr()).await.unwrap();
+        // The gateway may answer and close before the whole request is
+        // written; what it said is what counts.
+        let _ = ingest::write_request(&mut stream, gateway.addr(), &oversized).await;
+        if let Ok(answer) = ingest::read_answer(&mut stream).await {
+            assert_eq!(answer.status, 431, "{}", String::from_utf8_lossy(&answer.body));
+        }
+
+        // A gzip bomb: 64 MiB of zeros in about 64 KiB, signed. Refused
+        // as soon as it expands past the ratio, never held whole.
+        let bomb = gzip(&vec![b'0'; 64 << 20]);
+        let request = HttpRequest::signed_events(&device, EVENTS, bomb).with_header("Content-Encoding", "gzip");
+        let answer = post(&gateway, &request).await;
+        assert_eq!((answer.status, answer.code()), (413, "gzip_ratio".to_owned()));
+
+        assert!(stored(&fleet, &device).await.is_empty());
+        // Control: the same gateway stores a well-formed batch.
+        assert_eq!(
+            counts(&post(&gateway, &HttpRequest::signed_events(&device, EVENTS, lines(1..=2))).await).0,
+            2
+        );
+    });
+}

@@ -13,7 +13,7 @@ use drover_edge::bridge::BridgeTls;
 use drover_proto::auth::BearerToken;
 use drover_schema::Layout;
 use drover_service::duration::parse_duration;
-use drover_service::env::{ConfigError, EnvReader, Variable};
+use drover_service::env::{ConfigError, EnvReader, Variable, parse_bool};
 
 /// Every variable the gateway reads, with its default. `--help` prints this
 /// table and the README documents it; a test keeps the two in step.
@@ -218,14 +218,6 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     /// Sentry environment.
     pub sentry_environment: Option<String>,
-}
-
-fn parse_bool(text: &str) -> Result<bool, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
 }
 
 fn hostname() -> String {

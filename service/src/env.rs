@@ -211,6 +211,16 @@ pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     text
 }
 
+/// A boolean variable's value: `true`, `yes`, `on` or `1`, and `false`,
+/// `no`, `off` or `0`, in any case (for [`EnvReader::parse_with`]).
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
 /// Where a health probe on this machine reaches a server that listens on
 /// `listen`: the same port on loopback when `listen` is a wildcard
 /// (`0.0.0.0`, `::`), else `listen` itself.

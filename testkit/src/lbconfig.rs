@@ -72,6 +72,23 @@ pub struct HttpFrontend {
 }
 
 impl HttpFrontend {
+    /// Gateways running on this host (`http-gateway-1` first), on `port`.
+    pub fn local(port: u16, gateways: &[crate::components::GatewayProcess]) -> Self {
+        Self {
+            port,
+            gateways: gateways
+                .iter()
+                .enumerate()
+                .map(|(i, gateway)| Backend {
+                    name: format!("http-gateway-{}", i + 1),
+                    host: gateway.addr().ip().to_string(),
+                    port: gateway.addr().port(),
+                    admin_port: gateway.admin_addr().port(),
+                })
+                .collect(),
+        }
+    }
+
     /// The section of the configuration: `mode http`, keep-alive to the
     /// clients, `leastconn` over the gateways, health from their admin
     /// `/healthz`, the client's address in a PROXY v2 header (the gateways

@@ -174,19 +174,7 @@ impl LocalFleet {
     }
 
     fn lb_config(spec: &FleetSpec, drivers: &[DriverProcess], gateways: &[GatewayProcess]) -> LbConfig {
-        let http = (!gateways.is_empty()).then(|| HttpFrontend {
-            port: spec.http_port,
-            gateways: gateways
-                .iter()
-                .enumerate()
-                .map(|(i, gateway)| Backend {
-                    name: format!("http-gateway-{}", i + 1),
-                    host: "127.0.0.1".to_owned(),
-                    port: gateway.addr().port(),
-                    admin_port: gateway.admin_addr().port(),
-                })
-                .collect(),
-        });
+        let http = (!gateways.is_empty()).then(|| HttpFrontend::local(spec.http_port, gateways));
         LbConfig {
             bind: "127.0.0.1".to_owned(),
             fleet_port: spec.fleet_port,

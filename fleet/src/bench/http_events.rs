@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 use drover_testkit::binaries::{bin_dir, binary};
 use drover_testkit::components::{BridgeProcess, GatewayOptions, GatewayProcess, Logs};
 use drover_testkit::haproxy::Haproxy;
-use drover_testkit::lbconfig::{Backend, HttpFrontend, LbConfig};
+use drover_testkit::lbconfig::{HttpFrontend, LbConfig};
 use drover_testkit::net::{free_port, loopback};
 use drover_testkit::process::{ChildGuard, rss_kib};
 use drover_testkit::redis::RedisServer;
@@ -202,19 +202,7 @@ fn lb_config(http_port: u16, gateways: &[GatewayProcess]) -> anyhow::Result<LbCo
         stats_port: free_port()?,
         backends: Vec::new(),
         resolver: None,
-        http: Some(HttpFrontend {
-            port: http_port,
-            gateways: gateways
-                .iter()
-                .enumerate()
-                .map(|(i, gateway)| Backend {
-                    name: format!("http-gateway-{}", i + 1),
-                    host: "127.0.0.1".to_owned(),
-                    port: gateway.addr().port(),
-                    admin_port: gateway.admin_addr().port(),
-                })
-                .collect(),
-        }),
+        http: Some(HttpFrontend::local(http_port, gateways)),
         command: "fleet bench --only http-events".to_owned(),
     })
 }
