@@ -240,7 +240,8 @@ fn the_local_bridge_refuses_a_driver_without_the_fleets_token() {
 /// `fleet up --redis-cluster`, the binary as a user runs it: a private
 /// 3-master cluster with 6 event streams, drivers on it, and a welcome that
 /// shows the cluster's commands. Devices through its HAProxy are stored
-/// exactly once in the partitioned streams; Ctrl-C stops everything.
+/// exactly once in the partitioned streams, an HTTP device's batch through
+/// its HTTP port too; Ctrl-C stops everything.
 #[test]
 fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
     use std::io::BufRead as _;
@@ -248,6 +249,7 @@ fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
     let state = tempfile::tempdir().unwrap();
     let port = drover_testkit::net::free_port().unwrap();
     let stats = drover_testkit::net::free_port().unwrap();
+    let http = drover_testkit::net::free_port().unwrap();
     let fleet_binary = drover_testkit::binaries::binary("fleet").unwrap();
     let mut up = drover_testkit::process::ChildGuard::spawn(
         "fleet up",
@@ -263,6 +265,7 @@ fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
                 "6",
             ])
             .args(["--fleet-port", &port.to_string(), "--stats-port", &stats.to_string()])
+            .args(["--http-port", &http.to_string()])
             .arg("--state-dir")
             .arg(state.path())
             .env_remove("REDIS_URL")
@@ -285,6 +288,10 @@ fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
     assert!(welcome.contains("6 event stream(s)"), "{welcome}");
     assert!(welcome.contains("SPUBLISH cwp:cmd:SIM-000001"), "{welcome}");
     assert!(welcome.contains("redis-cli -c"), "{welcome}");
+    assert!(
+        welcome.contains(&format!("http://127.0.0.1:{http}/v1/events")),
+        "{welcome}"
+    );
     let seeds = welcome
         .lines()
         .find_map(|line| line.trim().strip_prefix("redis"))
@@ -320,6 +327,20 @@ fn fleet_up_on_a_private_redis_cluster_stores_every_event_once() {
             .await
             .unwrap();
         assert_eq!(streams.split(',').count(), 6, "{streams}");
+
+        // An HTTP device through the same HAProxy's HTTP port: its nonce
+        // remembered in its partition of the cluster, its events stored.
+        let request = drover_testkit::ingest::HttpRequest::signed_events(
+            &serial("HTTP-UP"),
+            "/v1/events",
+            b"{\"event_id\":1,\"time_ms\":0,\"kind\":1,\"body\":\"over http\"}\n".to_vec(),
+        );
+        let frontend = drover_testkit::net::loopback(http);
+        let answer = drover_testkit::ingest::send(frontend, &request).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(answer.json()["stats"]["records"]["valid"], 1);
+        let replay = drover_testkit::ingest::send(frontend, &request).await.unwrap();
+        assert_eq!(replay.code(), "replayed");
     });
 
     up.signal(nix::sys::signal::Signal::SIGINT).unwrap();

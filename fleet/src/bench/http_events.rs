@@ -110,6 +110,73 @@ pub struct HttpEventsResult {
     pub memory: MemoryRun,
     /// Mean bytes of an event's body as stored (the ceiling's entries).
     pub body_len: usize,
+    /// Parsing alone, one core, the load's lines.
+    pub parse: ParseRates,
+}
+
+/// Records per second parsed on one core from the same body (one request
+/// of the load), in the same run: Drover's parser (every rule, records
+/// built) and the reference's `json.loads` per line.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseRates {
+    /// `drover_http_ingest::ndjson::parse`.
+    pub drover: f64,
+    /// Python's `json.loads`, per line.
+    pub json_loads: f64,
+}
+
+/// Rounds of the parse measurement; the best of them counts (the least
+/// disturbed by the rest of the machine).
+const PARSE_ROUNDS: usize = 5;
+/// Bodies parsed per round.
+const PARSE_BODIES: usize = 50;
+
+/// The Python side: the best of the rounds, records/s.
+const JSON_LOADS_TIMER: &str = "
+import json, sys, time
+lines = [line for line in open(sys.argv[1], 'rb').read().split(b'\\n') if line.strip()]
+rounds, bodies = int(sys.argv[2]), int(sys.argv[3])
+best = 0.0
+for _ in range(rounds):
+    started = time.perf_counter()
+    for _ in range(bodies):
+        for line in lines:
+            json.loads(line)
+    best = max(best, bodies * len(lines) / (time.perf_counter() - started))
+print(best)
+";
+
+/// Parses one request's body on this thread and with `json.loads`.
+fn parse_rates(ctx: &BenchContext) -> anyhow::Result<ParseRates> {
+    let body = drover_http_ingest::taxi::batch(drover_http_ingest::taxi::Shape::Json, RECORDS);
+    let limits = drover_http_ingest::BatchLimits::default();
+    let mut drover: f64 = 0.0;
+    for _ in 0..PARSE_ROUNDS {
+        let started = std::time::Instant::now();
+        let mut records = 0;
+        for _ in 0..PARSE_BODIES {
+            records += drover_http_ingest::ndjson::parse(body.clone(), &limits).records.len();
+        }
+        drover = drover.max(records as f64 / started.elapsed().as_secs_f64());
+    }
+    let path = ctx.work_dir.join("http-events-body.ndjson");
+    std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+    let output = Command::new(PYTHON)
+        .args(["-c", JSON_LOADS_TIMER])
+        .arg(&path)
+        .args([PARSE_ROUNDS.to_string(), PARSE_BODIES.to_string()])
+        .output()
+        .with_context(|| format!("running {PYTHON}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the json.loads timer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json_loads = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("the json.loads timer's rate")?;
+    Ok(ParseRates { drover, json_loads })
 }
 
 /// Requests of the main load in a quick run.
@@ -453,7 +520,10 @@ pub fn run(ctx: &BenchContext) -> anyhow::Result<HttpEventsResult> {
     drop(haproxy);
     drop(gateways);
 
+    eprintln!("http-events: parsing alone, one core ...");
+    let parse = parse_rates(ctx)?;
     Ok(HttpEventsResult {
+        parse,
         gateways: GATEWAYS,
         gateway,
         ceiling: ceiling_rate,
@@ -545,6 +615,13 @@ impl HttpEventsResult {
             "\nCPU per acknowledged record (from `/proc`, all threads): Drover: {}; reference: {}. The generator's own share is the rest of the cores.",
             cpu_per_record(&self.gateway),
             cpu_per_record(&self.reference)
+        );
+        let _ = writeln!(
+            text,
+            "\nParsing alone, one core, one request's {RECORDS} lines {PARSE_BODIES} times (best of {PARSE_ROUNDS} rounds): Drover's parser (every rule checked, records built) {} records/s, the reference's `json.loads` per line {} records/s: **{:.1}×** (target ≥ 10×).",
+            thousands(self.parse.drover),
+            thousands(self.parse.json_loads),
+            self.parse.drover / self.parse.json_loads.max(1e-9)
         );
         let m = &self.memory;
         let growth: Vec<String> = m
