@@ -204,6 +204,11 @@ fn every_refusal_is_a_401_json_error_and_stores_nothing() {
         )
         .await;
         assert_eq!(token_unsigned.status, 401);
+        // The health check is not on the clients' port, only on the admin one.
+        let (status, _) = drover_testkit::http::get(gateway.addr(), "/healthz").unwrap();
+        assert_eq!(status, 404);
+        let (status, body) = drover_testkit::http::get(gateway.admin_addr(), "/healthz").unwrap();
+        assert_eq!((status, body.trim()), (200, "ok"));
         assert!(
             gateway
                 .metric("drover_http_requests_total", "outcome=\"clock_skew\"")

@@ -286,16 +286,6 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> 
     response
 }
 
-/// A short plain-text response (`/healthz`).
-pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt as _;

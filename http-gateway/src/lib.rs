@@ -135,7 +135,6 @@ pub async fn run(
         budget: InflightBudget::new(config.max_inflight_bytes),
         store_timeout: config.store_timeout,
         metrics: Arc::clone(&metrics),
-        draining: draining_watch.clone(),
         tasks: tasks.clone(),
     });
     info!(

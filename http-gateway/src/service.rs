@@ -4,9 +4,12 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `GET /healthz` | `200 ok` or `503 draining`; the only request without credentials (HAProxy's check) |
 //! | `POST /v1/token` | signed, empty body: `{"token":…,"expires_in":3600}` |
 //! | `POST /v1/events` | signed or bearer, NDJSON body: stored, then `{"status":"ok",…}` |
+//!
+//! Nothing on this port answers without credentials but a 404 or 405 for
+//! what is not an endpoint: the health check (`/healthz`) is on the admin
+//! port, where HAProxy asks it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use drover_edge::BatchStream;
 use drover_http_ingest::token::DEFAULT_TOKEN_LIFETIME_MS;
 use drover_http_ingest::{BatchLimits, BearerToken};
 use drover_service::clock::unix_ms;
-use drover_service::drain;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -51,8 +53,6 @@ pub struct Gateway {
     pub store_timeout: Duration,
     /// Counts.
     pub metrics: Arc<Metrics>,
-    /// Signalled when the gateway drains: `/healthz` says 503.
-    pub draining: drain::Watch,
     /// Where a timed-out request's leftovers are awaited (see [`store`]).
     pub tasks: TaskTracker,
 }
@@ -70,7 +70,6 @@ impl Gateway {
     /// Answers one request.
     pub async fn handle(self: Arc<Self>, client: Client, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let (endpoint, result) = match request.uri().path() {
-            "/healthz" => ("healthz", Ok(self.healthz())),
             "/v1/events" => ("events", self.events(client, request).await),
             "/v1/token" => ("token", self.token(client, request).await),
             _ => ("other", Err(Refusal::NotFound)),
@@ -85,14 +84,6 @@ impl Gateway {
                 debug!(client = %client.address, endpoint, code = refusal.code(), "request refused");
                 refusal.response()
             }
-        }
-    }
-
-    fn healthz(&self) -> Response<Full<Bytes>> {
-        if self.draining.is_signaled() {
-            answer::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else {
-            answer::text(StatusCode::OK, "ok\n")
         }
     }
 

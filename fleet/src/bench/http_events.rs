@@ -433,7 +433,8 @@ pub fn run(ctx: &BenchContext) -> anyhow::Result<HttpEventsResult> {
     )?;
     let frontend = loopback(http_port);
     wait_until("HAProxy to see the gateways up", Duration::from_secs(20), || {
-        drover_testkit::http::get(frontend, "/healthz").is_ok_and(|(status, _)| status == 200)
+        // An unsigned request reaches a gateway (401) once HAProxy has one up (503 before).
+        drover_testkit::http::get(frontend, "/v1/events").is_ok_and(|(status, _)| status == 401 || status == 405)
     })?;
 
     let mut processes: Vec<(&str, u32)> =
