@@ -161,8 +161,11 @@ fn devices_answer_the_commands_an_operator_publishes() {
             "CMD-",
             "--command-delay",
             "50ms",
+            // Longer than the waits below can take (5 s for the
+            // subscriptions, 5 s for the results): the run's summary must
+            // include every answer's ACK, however loaded the machine.
             "--duration",
-            "6s",
+            "20s",
         ],
     );
     let rt = runtime();

@@ -25,6 +25,7 @@
 //! | `cwp:driver-instance:{driver_id}` | [`Layout::driver_instance`] | string | bridge | The driver process instance currently using that id. |
 //! | `cwp:uploads` | [`UPLOADS`], [`upload_fields`] | stream | bridge | One `upload_completed` record per finished upload. |
 //! | `cwp:upload-recorded:{serial}:{upload_id}` | [`Layout::upload_recorded`] | string | bridge | Marks an upload as recorded, so that a retried record is not appended twice. |
+//! | `cwp:nonce:{serial}:{nonce}` | [`Layout::http_nonce`], [`HTTP_NONCE_TTL_MS`] | string | HTTP gateways | A signed HTTP request's nonce, set once (`SET NX PX`) and expiring after 10 minutes: a replayed request is refused fleet-wide. |
 //! | `cwp:layout` | [`LAYOUT`], [`layout_fields`] | hash | bridge | The layout the deployment's Redis was set up with: the number of event partitions and the event streams' names. |
 //! | `cwp:rollout:{ID}` | [`rollout::RolloutKeys`], [`rollout::rollout_fields`] | hash | operators, bridge | A rollout: the file, its policy, its state, counts of targets by state, bytes acknowledged. |
 //! | `cwp:rollout:{ID}:targets` | [`rollout::RolloutKeys`], [`rollout::target_fields`] | hash | operators, bridge | Each target's state, as JSON, by serial. |
@@ -33,7 +34,6 @@
 //! | `cwp:rollout:{ID}:results` | [`rollout::RolloutKeys`], [`rollout::file_result_fields`] | stream | operators, bridge | Every target's outcome. |
 //! | `cwp:file-offers:{serial}` | [`Layout::file_offers`] | sorted set | operators, bridge | The rollouts a device is a target of (a hint; the rollout is the truth). |
 //! | `cwp:file-result:{serial}` | [`FILE_RESULTS`], [`rollout::file_result_fields`] | pub/sub channel | operators, bridge | A device's transfer outcomes, as JSON. |
-//! | `cwp:nonce:{serial}:{nonce}` | [`Layout::http_nonce`], [`HTTP_NONCE_TTL_MS`] | string | HTTP gateways | A signed HTTP request's nonce, set once (`SET NX PX`) and expiring after 10 minutes: a replayed request is refused fleet-wide. |
 //!
 //! docs/ARCHITECTURE.md ("Redis keys") is the same table with the fields
 //! spelled out, and docs/redis-acl.conf grants each component its part of
@@ -411,6 +411,7 @@ mod tests {
             "cwp:driver-instance:{driver_id}".to_owned(),
             UPLOADS.to_owned(),
             "cwp:upload-recorded:{serial}:{upload_id}".to_owned(),
+            "cwp:nonce:{serial}:{nonce}".to_owned(),
             LAYOUT.to_owned(),
             "cwp:rollout:{ID}".to_owned(),
             "cwp:rollout:{ID}:targets".to_owned(),
