@@ -79,6 +79,61 @@ async fn metrics<H>(State(state): State<Arc<AdminState<H>>>) -> impl IntoRespons
     }
 }
 
+/// How long `--health` waits for the connection and for the answer: less
+/// than a container health check's timeout (docker-compose.yml: 3 s).
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `BINARY --health`, a container's health check: `GET /healthz` on the
+/// admin address in `variable` (e.g. `DRIVER_ADMIN_LISTEN`), as HAProxy
+/// asks it; the exit code is 0 only on `200` (a draining server answers
+/// 503), else 1 (2: the variable is invalid). It reads that one variable,
+/// not the whole configuration: it runs every few seconds beside the server
+/// and must not fail for anything else.
+pub fn health_check(binary: &str, variables: &'static [crate::env::Variable], variable: &str) -> i32 {
+    let mut reader = crate::env::EnvReader::new(variables);
+    let listen = reader.parse::<std::net::SocketAddr>(variable);
+    let (Ok(()), Some(listen)) = (reader.finish(), listen) else {
+        eprintln!("{binary} --health: {variable} is not an address (see --help)");
+        return 2;
+    };
+    let address = crate::env::probe_address(listen);
+    match healthz_status_line(address) {
+        Ok(status_line) if status_line.split_whitespace().nth(1) == Some("200") => {
+            println!("http://{address}/healthz: {status_line}");
+            0
+        }
+        Ok(status_line) => {
+            eprintln!("{binary} --health: http://{address}/healthz: {status_line}");
+            1
+        }
+        Err(err) => {
+            eprintln!("{binary} --health: http://{address}/healthz: {err:#}");
+            1
+        }
+    }
+}
+
+/// The status line of `GET /healthz` at `address`.
+fn healthz_status_line(address: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+
+    use anyhow::Context as _;
+
+    let mut stream = std::net::TcpStream::connect_timeout(&address, HEALTH_TIMEOUT).context("connecting")?;
+    stream.set_read_timeout(Some(HEALTH_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTH_TIMEOUT))?;
+    let request = format!("GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).context("sending the request")?;
+    let mut status_line = String::new();
+    std::io::BufReader::new(stream.take(512))
+        .read_line(&mut status_line)
+        .context("reading the answer")?;
+    match status_line.trim_end() {
+        "" => anyhow::bail!("no answer"),
+        line => Ok(line.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,60 +200,5 @@ mod tests {
 
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
-    }
-}
-
-/// How long `--health` waits for the connection and for the answer: less
-/// than a container health check's timeout (docker-compose.yml: 3 s).
-const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// `BINARY --health`, a container's health check: `GET /healthz` on the
-/// admin address in `variable` (e.g. `DRIVER_ADMIN_LISTEN`), as HAProxy
-/// asks it; the exit code is 0 only on `200` (a draining server answers
-/// 503), else 1 (2: the variable is invalid). It reads that one variable,
-/// not the whole configuration: it runs every few seconds beside the server
-/// and must not fail for anything else.
-pub fn health_check(binary: &str, variables: &'static [crate::env::Variable], variable: &str) -> i32 {
-    let mut reader = crate::env::EnvReader::new(variables);
-    let listen = reader.parse::<std::net::SocketAddr>(variable);
-    let (Ok(()), Some(listen)) = (reader.finish(), listen) else {
-        eprintln!("{binary} --health: {variable} is not an address (see --help)");
-        return 2;
-    };
-    let address = crate::env::probe_address(listen);
-    match healthz_status_line(address) {
-        Ok(status_line) if status_line.split_whitespace().nth(1) == Some("200") => {
-            println!("http://{address}/healthz: {status_line}");
-            0
-        }
-        Ok(status_line) => {
-            eprintln!("{binary} --health: http://{address}/healthz: {status_line}");
-            1
-        }
-        Err(err) => {
-            eprintln!("{binary} --health: http://{address}/healthz: {err:#}");
-            1
-        }
-    }
-}
-
-/// The status line of `GET /healthz` at `address`.
-fn healthz_status_line(address: std::net::SocketAddr) -> anyhow::Result<String> {
-    use std::io::{BufRead as _, Read as _, Write as _};
-
-    use anyhow::Context as _;
-
-    let mut stream = std::net::TcpStream::connect_timeout(&address, HEALTH_TIMEOUT).context("connecting")?;
-    stream.set_read_timeout(Some(HEALTH_TIMEOUT))?;
-    stream.set_write_timeout(Some(HEALTH_TIMEOUT))?;
-    let request = format!("GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).context("sending the request")?;
-    let mut status_line = String::new();
-    std::io::BufReader::new(stream.take(512))
-        .read_line(&mut status_line)
-        .context("reading the answer")?;
-    match status_line.trim_end() {
-        "" => anyhow::bail!("no answer"),
-        line => Ok(line.to_owned()),
     }
 }
