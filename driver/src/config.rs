@@ -316,13 +316,6 @@ pub struct Config {
     pub sentry_environment: Option<String>,
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "driver".to_owned())
-}
-
 impl Config {
     /// Reads every variable; reports all problems together.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -419,7 +412,8 @@ impl Config {
         let heartbeat_s = heartbeat_s.expect("parsed");
         Ok(Self {
             listen,
-            driver_id: driver_id.unwrap_or_else(|| format!("{}-{}", hostname(), listen.port())),
+            driver_id: driver_id
+                .unwrap_or_else(|| format!("{}-{}", drover_service::env::hostname_or("driver"), listen.port())),
             admin_listen: admin_listen.expect("parsed"),
             proxy_protocol: proxy_protocol.expect("parsed"),
             bridge_url: bridge_url.expect("parsed"),

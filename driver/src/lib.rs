@@ -33,14 +33,13 @@
 //! - [`refusal`] is every `ERROR` the driver sends, and the one place a
 //!   refusal becomes a frame.
 //! - [`server`] builds all of it, runs it, and stops it in one order;
-//!   [`admin`] serves `/healthz` and `/metrics` ([`metrics`]); [`title`]
+//!   `drover_service::admin` serves `/healthz` and `/metrics` ([`metrics`]); [`title`]
 //!   keeps the process title (`ps`) current; [`config`] is every
 //!   environment variable, parsed once.
 //!
 //! Each task receives the narrow handles it uses ([`handshake::Handshakes`],
 //! [`session::Sessions`], …), and no module imports from this crate root.
 
-pub mod admin;
 pub mod admission;
 pub mod commands;
 pub mod config;

@@ -30,7 +30,7 @@ use crate::single_flight::SingleFlight;
 use crate::storm::StormWatch;
 use crate::title::TitleSource;
 use crate::upload::{self, UploadLimits, UploadService, UploadStore};
-use crate::{admin, listener, title};
+use crate::{listener, title};
 
 /// The sockets the driver serves on, bound by the caller.
 #[derive(Debug)]
@@ -425,7 +425,7 @@ async fn admin_task(
     draining: drain::Watch,
     stop: drain::Watch,
 ) {
-    if let Err(err) = admin::serve(listener, registry, draining, stop).await {
+    if let Err(err) = drover_service::admin::serve_until_drained(listener, registry, draining, stop).await {
         tracing::error!(error = %err, "the admin server failed: /healthz and /metrics are down");
     }
 }

@@ -220,13 +220,6 @@ pub struct Config {
     pub sentry_environment: Option<String>,
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "gateway".to_owned())
-}
-
 impl Config {
     /// Reads every variable; reports all problems together.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -299,7 +292,8 @@ impl Config {
         Ok(Self {
             listen,
             admin_listen: admin_listen.expect("parsed"),
-            gateway_id: gateway_id.unwrap_or_else(|| format!("{}-http-{}", hostname(), listen.port())),
+            gateway_id: gateway_id
+                .unwrap_or_else(|| format!("{}-http-{}", drover_service::env::hostname_or("gateway"), listen.port())),
             proxy_protocol: proxy_protocol.expect("parsed"),
             bearer_requires_tls: bearer_requires_tls.expect("parsed"),
             max_body_bytes: max_body_bytes.expect("parsed"),

@@ -38,7 +38,6 @@ use anyhow::Context as _;
 use drover_edge::{AuthLimits, BridgeClient, KeyStore, batch_stream, bridge};
 use drover_http_ingest::BatchLimits;
 use drover_redis::{Connection, Timeouts};
-use drover_service::admin::Health;
 use drover_service::drain;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -211,22 +210,7 @@ async fn admin_task(
     draining: drain::Watch,
     stop: drain::Watch,
 ) {
-    let health = move || {
-        if draining.is_signaled() {
-            Health {
-                healthy: false,
-                word: "draining",
-            }
-        } else {
-            Health {
-                healthy: true,
-                word: "ok",
-            }
-        }
-    };
-    if let Err(err) =
-        drover_service::admin::serve(listener, registry, health, async move { stop.signaled().await }).await
-    {
+    if let Err(err) = drover_service::admin::serve_until_drained(listener, registry, draining, stop).await {
         tracing::error!(error = %err, "the admin server failed: /healthz and /metrics are down");
     }
 }

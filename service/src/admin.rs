@@ -30,6 +30,31 @@ struct AdminState<H> {
     health: H,
 }
 
+/// Serves `/healthz` for a server that is healthy until it drains (`200
+/// ok`, then `503 draining`, so that HAProxy sends it nothing new: the
+/// driver, the HTTP gateway) and `/metrics`, until `stop` is signalled.
+pub async fn serve_until_drained(
+    listener: TcpListener,
+    registry: Registry,
+    draining: crate::drain::Watch,
+    stop: crate::drain::Watch,
+) -> std::io::Result<()> {
+    let health = move || {
+        if draining.is_signaled() {
+            Health {
+                healthy: false,
+                word: "draining",
+            }
+        } else {
+            Health {
+                healthy: true,
+                word: "ok",
+            }
+        }
+    };
+    serve(listener, registry, health, async move { stop.signaled().await }).await
+}
+
 /// Serves `/healthz` (asking `health` at each request) and `/metrics`
 /// (encoding `registry` at each request) on `listener` until `stop`
 /// resolves.

@@ -211,6 +211,14 @@ pub fn help(binary: &str, summary: &str, table: &[Variable]) -> String {
     text
 }
 
+/// This host's name (a default for the servers' ids), or `fallback`.
+pub fn hostname_or(fallback: &str) -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
 /// A boolean variable's value: `true`, `yes`, `on` or `1`, and `false`,
 /// `no`, `off` or `0`, in any case (for [`EnvReader::parse_with`]).
 pub fn parse_bool(text: &str) -> Result<bool, String> {
