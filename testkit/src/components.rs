@@ -180,13 +180,7 @@ impl DriverProcess {
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        wait_for_port(loopback(self.admin_port), READY_TIMEOUT)?;
-        wait_for_port(loopback(self.port), READY_TIMEOUT)?;
-        let admin = loopback(self.admin_port);
-        wait_until("driver /healthz to answer 200", READY_TIMEOUT, || {
-            crate::http::get(admin, "/healthz").is_ok_and(|(status, _)| status == 200)
-        })?;
-        Ok(())
+        wait_healthy("driver", self.port, self.admin_port)
     }
 
     /// The CWP/1 address.
@@ -218,13 +212,7 @@ impl DriverProcess {
 
     /// The value of one un-labelled metric (or the sum over its labels).
     pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = self.metrics()?;
-        Ok(text
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter(|line| line.split([' ', '{']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(metric_sum(&self.metrics()?, name, ""))
     }
 }
 
@@ -283,12 +271,7 @@ impl GatewayProcess {
             .stdout(options.logs.stdio()?)
             .stderr(options.logs.stdio()?);
         let process = ChildGuard::spawn(format!("http-gateway :{port}"), &mut command)?;
-        wait_for_port(loopback(admin_port), READY_TIMEOUT)?;
-        wait_for_port(loopback(port), READY_TIMEOUT)?;
-        let admin = loopback(admin_port);
-        wait_until("http-gateway /healthz to answer 200", READY_TIMEOUT, || {
-            crate::http::get(admin, "/healthz").is_ok_and(|(status, _)| status == 200)
-        })?;
+        wait_healthy("http-gateway", port, admin_port)?;
         Ok(Self {
             process,
             port,
@@ -321,12 +304,29 @@ impl GatewayProcess {
     pub fn metric(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
         let (status, text) = crate::http::get(self.admin_addr(), "/metrics")?;
         anyhow::ensure!(status == 200, "/metrics answered {status}");
-        Ok(text
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter(|line| line.split([' ', '{']).next() == Some(name))
-            .filter(|line| line.contains(labels))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(metric_sum(&text, name, labels))
     }
+}
+
+/// Waits until a server listens on `port` and `admin_port` and its
+/// `/healthz` answers 200.
+fn wait_healthy(what: &str, port: u16, admin_port: u16) -> anyhow::Result<()> {
+    wait_for_port(loopback(admin_port), READY_TIMEOUT)?;
+    wait_for_port(loopback(port), READY_TIMEOUT)?;
+    let admin = loopback(admin_port);
+    wait_until(&format!("{what} /healthz to answer 200"), READY_TIMEOUT, || {
+        crate::http::get(admin, "/healthz").is_ok_and(|(status, _)| status == 200)
+    })?;
+    Ok(())
+}
+
+/// The sum of metric `name`'s samples in Prometheus text whose line
+/// contains `labels` (`""`: all of them).
+fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split([' ', '{']).next() == Some(name))
+        .filter(|line| line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
