@@ -65,7 +65,7 @@ fn counts(answer: &HttpAnswer) -> (u64, u64, u64, u64) {
 #[test]
 fn a_signed_batch_is_stored_once_and_a_resent_batch_stores_nothing_twice() {
     let fleet = TestFleet::start(0, &[]);
-    let gateway = fleet.start_gateway(&[]);
+    let mut gateway = fleet.start_gateway(&[]);
     let device = serial("HTTP-0001");
     runtime().block_on(async {
         let body = lines(1..=500);
@@ -90,6 +90,19 @@ fn a_signed_batch_is_stored_once_and_a_resent_batch_stores_nothing_twice() {
             600.0
         );
     });
+    // `ps` shows the gateway's port and the events it stored.
+    let pid = gateway.process().pid();
+    let title = || {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    let expected = format!("port: {} connections: ", gateway.addr().port());
+    drover_testkit::wait::wait_until("the title to show the stored events", Duration::from_secs(10), || {
+        let title = title();
+        title.starts_with("http-gateway v") && title.contains(&expected) && title.contains("events: 600 ")
+    })
+    .unwrap_or_else(|err| panic!("{err}: {}", title()));
 }
 
 #[test]
