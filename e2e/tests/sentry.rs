@@ -322,6 +322,29 @@ fn vendor_bridge_sentry_test_sends_a_tagged_error_and_panic_with_breadcrumbs() {
 }
 
 #[test]
+fn http_gateway_sentry_test_sends_a_tagged_error_and_panic_with_breadcrumbs() {
+    let sentry = FakeSentry::start();
+    let port = free_port().unwrap();
+    let output = sentry_test(
+        "http-gateway",
+        &[
+            ("SENTRY_DSN", sentry.dsn()),
+            ("CWP_MASTER_KEY", MASTER_KEY_HEX.to_owned()),
+            ("HTTP_GATEWAY_ID", "gateway-3".to_owned()),
+            ("HTTP_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    let release = format!("http-gateway@{}", env!("CARGO_PKG_VERSION"));
+    let port = port.to_string();
+    assert_self_test_events(
+        &sentry,
+        &output,
+        &release,
+        &[("service", "http-gateway"), ("gateway", "gateway-3"), ("port", &port)],
+    );
+}
+
+#[test]
 fn sentry_test_without_a_dsn_fails_clearly_and_is_documented() {
     for (binary, env) in [
         ("driver", vec![("CWP_MASTER_KEY", MASTER_KEY_HEX.to_owned())]),
