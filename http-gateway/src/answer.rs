@@ -11,6 +11,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::tus::TusError;
+
 /// Why a request is refused: one variant per stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -71,6 +73,44 @@ pub enum Refusal {
     StoreUnavailable,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// tus headers that are missing or malformed.
+    Tus(TusError),
+    /// No such upload of this serial (never created, terminated, another
+    /// serial's).
+    UploadNotFound,
+    /// The upload expired (`Upload-Expires` passed).
+    UploadExpired,
+    /// Another request holds the upload (on this gateway or another).
+    UploadLocked,
+    /// `Upload-Offset` is not the durable offset (given).
+    OffsetMismatch(u64),
+    /// `Upload-Checksum` does not match the body: nothing of it counts.
+    ChecksumMismatch,
+    /// `Upload-Length` above `UPLOAD_MAX_BYTES` (given).
+    UploadTooLarge(u64),
+    /// The body goes past the upload's length.
+    PastLength,
+    /// The serial's partial uploads would exceed
+    /// `UPLOAD_MAX_BYTES_PER_SERIAL` (given).
+    OverQuota(u64),
+    /// `UPLOAD_DIR` is below `UPLOAD_MIN_FREE_BYTES`.
+    InsufficientStorage,
+    /// The upload is complete: nothing can be appended, and it belongs to
+    /// the application (no termination).
+    UploadCompleted,
+    /// The upload storage failed (full, read-only): nothing beyond the
+    /// last offset reported is stored.
+    UploadStorage,
+    /// A `PATCH` body that is not `application/offset+octet-stream`.
+    NotOffsetOctetStream,
+    /// No byte of an upload's body arrived for `HTTP_UPLOAD_IDLE_TIMEOUT`.
+    UploadIdle(Duration),
+}
+
+impl From<TusError> for Refusal {
+    fn from(err: TusError) -> Self {
+        Self::Tus(err)
+    }
 }
 
 /// How long a client told to retry should wait, in seconds.
@@ -107,6 +147,28 @@ impl Refusal {
             Self::ReplayCheckUnavailable => "replay_check_unavailable",
             Self::StoreUnavailable => "store_unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::Tus(err) => match err {
+                TusError::Version => "tus_version",
+                TusError::BadOffset => "bad_offset",
+                TusError::BadLength | TusError::BadDeferLength | TusError::LengthOrDefer => "bad_length",
+                TusError::BadMetadata(_) | TusError::MetadataTooLarge => "bad_metadata",
+                TusError::BadChecksum => "bad_checksum",
+                TusError::UnsupportedChecksum(_) => "unsupported_checksum",
+                TusError::BadConcat(_) => "bad_concat",
+            },
+            Self::UploadNotFound => "upload_not_found",
+            Self::UploadExpired => "upload_expired",
+            Self::UploadLocked => "upload_locked",
+            Self::OffsetMismatch(_) => "offset_mismatch",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::UploadTooLarge(_) => "upload_too_large",
+            Self::PastLength => "past_length",
+            Self::OverQuota(_) => "over_quota",
+            Self::InsufficientStorage => "insufficient_storage",
+            Self::UploadCompleted => "upload_completed",
+            Self::UploadStorage => "storage_unavailable",
+            Self::NotOffsetOctetStream => "unsupported_media_type",
+            Self::UploadIdle(_) => "upload_idle",
         }
     }
 
@@ -135,6 +197,20 @@ impl Refusal {
             Self::Busy | Self::ReplayCheckUnavailable | Self::StoreUnavailable | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Tus(TusError::Version) => StatusCode::PRECONDITION_FAILED,
+            Self::Tus(_) => StatusCode::BAD_REQUEST,
+            Self::UploadNotFound => StatusCode::NOT_FOUND,
+            Self::UploadExpired => StatusCode::GONE,
+            Self::UploadLocked => StatusCode::LOCKED,
+            Self::OffsetMismatch(_) => StatusCode::CONFLICT,
+            // tus 1.0, checksum extension: 460 Checksum Mismatch.
+            Self::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::UploadTooLarge(_) | Self::PastLength | Self::OverQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Self::UploadCompleted => StatusCode::FORBIDDEN,
+            Self::UploadStorage => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotOffsetOctetStream => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UploadIdle(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -175,6 +251,29 @@ impl Refusal {
                 "the events could not be stored now; nothing of this request is acknowledged: send it again".to_owned()
             }
             Self::ShuttingDown => "the gateway is shutting down; retry".to_owned(),
+            Self::Tus(err) => err.to_string(),
+            Self::UploadNotFound => "no such upload".to_owned(),
+            Self::UploadExpired => "the upload expired and was deleted: create it again".to_owned(),
+            Self::UploadLocked => "another request is writing this upload; retry shortly".to_owned(),
+            Self::OffsetMismatch(durable) => {
+                format!("Upload-Offset must be the durable offset, {durable}: ask HEAD, then resume from there")
+            }
+            Self::ChecksumMismatch => "the body does not match Upload-Checksum; the offset did not move".to_owned(),
+            Self::UploadTooLarge(max) => format!("the upload is larger than {max} bytes (UPLOAD_MAX_BYTES)"),
+            Self::PastLength => "the body goes past Upload-Length".to_owned(),
+            Self::OverQuota(quota) => {
+                format!("this device's unfinished uploads would hold more than {quota} bytes")
+            }
+            Self::InsufficientStorage => "the server's upload storage is nearly full; retry later".to_owned(),
+            Self::UploadCompleted => "the upload is complete: nothing can be appended or deleted".to_owned(),
+            Self::UploadStorage => {
+                "the upload could not be stored now; HEAD tells what is durable: resume from there".to_owned()
+            }
+            Self::NotOffsetOctetStream => "Content-Type must be application/offset+octet-stream".to_owned(),
+            Self::UploadIdle(idle) => format!(
+                "no bytes arrived for {} s; HEAD tells what is durable: resume from there",
+                idle.as_secs()
+            ),
         }
     }
 
@@ -182,9 +281,13 @@ impl Refusal {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::TooManyFailures(window) => Some(window.as_secs().max(1)),
-            Self::Busy | Self::ReplayCheckUnavailable | Self::StoreUnavailable | Self::ShuttingDown => {
-                Some(RETRY_AFTER_S)
-            }
+            Self::Busy
+            | Self::ReplayCheckUnavailable
+            | Self::StoreUnavailable
+            | Self::ShuttingDown
+            | Self::UploadLocked
+            | Self::UploadStorage
+            | Self::InsufficientStorage => Some(RETRY_AFTER_S),
             _ => None,
         }
     }

@@ -148,7 +148,42 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "UPLOAD_DIR",
         default: Some("./data/uploads"),
-        help: "where uploads will be stored (accepted now, used by HTTP uploads); share it with the drivers",
+        help: "where tus uploads are stored, the drivers' upload store: share it with the drivers and the other gateways so that uploads resume on any of them",
+    },
+    Variable {
+        name: "UPLOAD_BUFFER_BYTES",
+        default: Some("262144"),
+        help: "per-request upload write buffer, 4096 to 16777216 bytes; each full buffer is one write + fdatasync",
+    },
+    Variable {
+        name: "UPLOAD_MAX_BYTES",
+        default: Some("1073741824"),
+        help: "largest upload accepted (Upload-Length, Tus-Max-Size), bytes",
+    },
+    Variable {
+        name: "UPLOAD_MAX_BYTES_PER_SERIAL",
+        default: Some("2147483648"),
+        help: "bytes one device's unfinished uploads may hold on disk, all together; beyond it 413 (0: no quota)",
+    },
+    Variable {
+        name: "UPLOAD_MIN_FREE_BYTES",
+        default: Some("1073741824"),
+        help: "free space UPLOAD_DIR's filesystem must keep; below it creations get 507 (0: no floor)",
+    },
+    Variable {
+        name: "UPLOAD_MAX_OPEN",
+        default: Some("1024"),
+        help: "upload requests writing at once on this gateway (each holds one buffer); beyond it 503 and Retry-After",
+    },
+    Variable {
+        name: "UPLOAD_EXPIRE_AFTER",
+        default: Some("7d"),
+        help: "unfinished uploads untouched this long are deleted (Upload-Expires; then 410)",
+    },
+    Variable {
+        name: "HTTP_UPLOAD_IDLE_TIMEOUT",
+        default: Some("30s"),
+        help: "an upload body that sends no byte for this long is ended (408); what is durable is kept",
     },
     Variable {
         name: "LOG_FORMAT",
@@ -210,8 +245,22 @@ pub struct Config {
     pub auth_failures: FailureLimits,
     /// How long a failed authentication counts.
     pub auth_failure_window: Duration,
-    /// Root of upload storage (HTTP uploads, next).
+    /// Root of upload storage, shared with the drivers.
     pub upload_dir: PathBuf,
+    /// `UPLOAD_BUFFER_BYTES`.
+    pub upload_buffer_bytes: usize,
+    /// `UPLOAD_MAX_BYTES`.
+    pub upload_max_bytes: u64,
+    /// `UPLOAD_MAX_BYTES_PER_SERIAL` (0: none).
+    pub upload_max_bytes_per_serial: u64,
+    /// `UPLOAD_MIN_FREE_BYTES` (0: none).
+    pub upload_min_free_bytes: u64,
+    /// `UPLOAD_MAX_OPEN`.
+    pub upload_max_open: usize,
+    /// `UPLOAD_EXPIRE_AFTER`.
+    pub upload_expire_after: Duration,
+    /// `HTTP_UPLOAD_IDLE_TIMEOUT`.
+    pub upload_idle_timeout: Duration,
     /// JSON log lines.
     pub json_logs: bool,
     /// Sentry DSN.
@@ -255,6 +304,22 @@ impl Config {
         let per_serial = env.parse("HTTP_AUTH_FAILURES_PER_SERIAL");
         let auth_failure_window = env.parse_with("HTTP_AUTH_FAILURE_WINDOW", parse_duration);
         let upload_dir = env.parse("UPLOAD_DIR");
+        let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
+        let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
+        let upload_max_bytes_per_serial = env.parse("UPLOAD_MAX_BYTES_PER_SERIAL");
+        let upload_min_free_bytes = env.parse("UPLOAD_MIN_FREE_BYTES");
+        let upload_max_open = env.parse::<usize>("UPLOAD_MAX_OPEN");
+        let upload_expire_after = env.parse_with("UPLOAD_EXPIRE_AFTER", parse_duration);
+        let upload_idle_timeout = env.parse_with("HTTP_UPLOAD_IDLE_TIMEOUT", parse_duration);
+        if upload_buffer_bytes.is_some_and(|bytes| !(4096..=16 << 20).contains(&bytes)) {
+            env.problem("UPLOAD_BUFFER_BYTES must be between 4096 and 16777216 (16 MiB)");
+        }
+        if upload_max_open == Some(0) {
+            env.problem("UPLOAD_MAX_OPEN must be at least 1");
+        }
+        if upload_expire_after.is_some_and(|after| after.is_zero()) {
+            env.problem("UPLOAD_EXPIRE_AFTER must be longer than 0");
+        }
         let log_format = env.parse::<String>("LOG_FORMAT");
         let sentry_dsn = env.parse_optional("SENTRY_DSN");
         let sentry_environment = env.parse_optional("SENTRY_ENVIRONMENT");
@@ -316,6 +381,13 @@ impl Config {
             },
             auth_failure_window: auth_failure_window.expect("parsed"),
             upload_dir: upload_dir.expect("parsed"),
+            upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
+            upload_max_bytes: upload_max_bytes.expect("parsed"),
+            upload_max_bytes_per_serial: upload_max_bytes_per_serial.expect("parsed"),
+            upload_min_free_bytes: upload_min_free_bytes.expect("parsed"),
+            upload_max_open: upload_max_open.expect("parsed"),
+            upload_expire_after: upload_expire_after.expect("parsed"),
+            upload_idle_timeout: upload_idle_timeout.expect("parsed"),
             json_logs,
             sentry_dsn,
             sentry_environment,

@@ -16,6 +16,8 @@
 //!   gzip, the digest and the parser; [`store`] submits the valid records
 //!   to the bridge in batches and waits until they are durable;
 //!   [`answer`] is every answer and error code.
+//! - [`uploads`] serves tus 1.0 uploads ([`tus`]: its headers, pure) on
+//!   the upload store shared with the drivers (`drover-upload-store`).
 //! - [`metrics`] (`/metrics` on the admin port), [`title`] (`ps`),
 //!   [`config`] (every environment variable, parsed once); [`run`] builds
 //!   it all and stops it in one order.
@@ -29,6 +31,8 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod title;
+pub mod tus;
+pub mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,6 +54,8 @@ use crate::body::{BodyLimits, InflightBudget};
 use crate::listener::ListenerSettings;
 use crate::metrics::Metrics;
 use crate::service::Gateway;
+use crate::uploads::{UploadLimits, Uploads};
+use drover_upload_store::UploadStore;
 
 /// Redis timeouts for the nonce check: a request waits at most this long
 /// for Redis before it is answered 503.
@@ -110,6 +116,28 @@ pub async fn run(
         &tasks,
         &background_watch,
     );
+    let store = UploadStore::new(config.upload_dir.clone());
+    store
+        .prepare()
+        .with_context(|| format!("preparing UPLOAD_DIR {}", config.upload_dir.display()))?;
+    let uploads = Uploads::new(
+        store.clone(),
+        UploadLimits {
+            max_bytes: config.upload_max_bytes,
+            max_bytes_per_serial: config.upload_max_bytes_per_serial,
+            min_free_bytes: config.upload_min_free_bytes,
+            max_open: config.upload_max_open,
+            buffer_bytes: config.upload_buffer_bytes,
+            expire_after: config.upload_expire_after,
+            idle_timeout: config.upload_idle_timeout,
+        },
+        bridge.clone(),
+    );
+    tasks.spawn(drover_upload_store::expiry::expire_periodically(
+        store,
+        config.upload_expire_after,
+        background_watch.clone(),
+    ));
     let (events, stream) = batch_stream(bridge, metrics.stream.clone(), stream_watch);
     tasks.spawn(stream.run());
     let redis = Connection::open(&config.redis, REDIS_TIMEOUTS).context("REDIS_URL")?;
@@ -135,6 +163,7 @@ pub async fn run(
         store_timeout: config.store_timeout,
         metrics: Arc::clone(&metrics),
         tasks: tasks.clone(),
+        uploads,
     });
     info!(
         gateway_id = %config.gateway_id,

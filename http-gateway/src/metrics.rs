@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 /// A request's endpoint and outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `events`, `token`, `healthz` or `other`.
+    /// `events`, `token`, `uploads` or `other`.
     pub endpoint: &'static str,
     /// `ok`, or the refusal's stable code (`bad_signature`, `replayed`, ...).
     pub outcome: &'static str,
@@ -43,6 +43,12 @@ pub struct Metrics {
     pub events_request_seconds: Histogram,
     /// The event stream to the bridge (connects and round trips).
     pub stream: StreamMetrics,
+    /// Upload bytes made durable.
+    pub upload_bytes: Counter,
+    /// Upload write buffers held now (one per request writing).
+    pub upload_buffers: Gauge,
+    /// Uploads completed and recorded in `cwp:uploads`.
+    pub uploads_completed: Counter,
 }
 
 impl Metrics {
@@ -65,6 +71,9 @@ impl Metrics {
                 connects: Family::default(),
                 round_trip: Some(Histogram::new(buckets())),
             },
+            upload_bytes: Counter::default(),
+            upload_buffers: Gauge::default(),
+            uploads_completed: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("drover_http");
         r.register(
@@ -101,6 +110,21 @@ impl Metrics {
             "bridge_connects",
             "Attempts to open the event stream to the vendor-bridge, by result",
             metrics.stream.connects.clone(),
+        );
+        r.register(
+            "upload_bytes",
+            "Bytes of tus uploads written and fdatasynced",
+            metrics.upload_bytes.clone(),
+        );
+        r.register(
+            "upload_buffers",
+            "Upload write buffers held now (UPLOAD_MAX_OPEN is the limit)",
+            metrics.upload_buffers.clone(),
+        );
+        r.register(
+            "uploads_completed",
+            "tus uploads completed and recorded in cwp:uploads",
+            metrics.uploads_completed.clone(),
         );
         if let Some(round_trip) = &metrics.stream.round_trip {
             r.register(

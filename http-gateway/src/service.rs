@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /v1/token` | signed, empty body: `{"token":…,"expires_in":3600}` |
 //! | `POST /v1/events` | signed or bearer, NDJSON body: stored, then `{"status":"ok",…}` |
+//! | `/v1/uploads/…` | tus 1.0 uploads, signed or bearer ([`crate::uploads`]; `OPTIONS` needs no credentials) |
 //!
 //! Nothing on this port answers without credentials but a 404 or 405 for
 //! what is not an endpoint: the health check (`/healthz`) is on the admin
@@ -22,7 +23,7 @@ use drover_http_ingest::{BatchLimits, BearerToken};
 use drover_service::clock::unix_ms;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -32,6 +33,8 @@ use crate::auth::{Authenticated, Authenticator, RequestLine};
 use crate::body::{self, BodyLimits, InflightBudget};
 use crate::metrics::{LineLabel, Metrics};
 use crate::store;
+use crate::tus;
+use crate::uploads::{self, Uploads};
 
 /// The NDJSON media type (docs/HTTP.md, "Event batches").
 const NDJSON: &str = "application/x-ndjson";
@@ -55,6 +58,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Where a timed-out request's leftovers are awaited (see [`store`]).
     pub tasks: TaskTracker,
+    /// tus uploads.
+    pub uploads: Uploads,
 }
 
 /// What a connection knows of its client.
@@ -69,7 +74,11 @@ pub struct Client {
 impl Gateway {
     /// Answers one request.
     pub async fn handle(self: Arc<Self>, client: Client, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (endpoint, result) = match request.uri().path() {
+        let path = request.uri().path();
+        if path == "/v1/uploads" || path.starts_with(tus::UPLOADS_PATH) {
+            return self.upload_request(client, request).await;
+        }
+        let (endpoint, result) = match path {
             "/v1/events" => ("events", self.events(client, request).await),
             "/v1/token" => ("token", self.token(client, request).await),
             _ => ("other", Err(Refusal::NotFound)),
@@ -87,10 +96,78 @@ impl Gateway {
         }
     }
 
-    async fn authenticate(&self, client: Client, request: &Request<Incoming>) -> Result<Authenticated, Refusal> {
-        if request.method() != Method::POST {
+    /// `/v1/uploads/…`: every answer, refusals included, says
+    /// `Tus-Resumable`; a refused version also lists the one served.
+    async fn upload_request(&self, client: Client, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let result = self.upload_endpoint(client, request).await;
+        let mut response = match result {
+            Ok(response) => {
+                self.metrics.request("uploads", "ok");
+                response
+            }
+            Err(refusal) => {
+                self.metrics.request("uploads", refusal.code());
+                debug!(client = %client.address, endpoint = "uploads", code = refusal.code(), "request refused");
+                let mut response = refusal.response();
+                if matches!(refusal, Refusal::Tus(tus::TusError::Version)) {
+                    response
+                        .headers_mut()
+                        .insert(tus::header::TUS_VERSION, HeaderValue::from_static(tus::VERSION));
+                }
+                if let Refusal::OffsetMismatch(durable) = refusal {
+                    response
+                        .headers_mut()
+                        .insert(tus::header::UPLOAD_OFFSET, HeaderValue::from(durable));
+                }
+                response
+            }
+        };
+        response
+            .headers_mut()
+            .insert(tus::header::TUS_RESUMABLE, HeaderValue::from_static(tus::VERSION));
+        response
+    }
+
+    async fn upload_endpoint(
+        &self,
+        client: Client,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
+        let path = request.uri().path();
+        let id = if path == "/v1/uploads" || path == tus::UPLOADS_PATH {
+            None
+        } else {
+            Some(tus::upload_id_in_path(path).ok_or(Refusal::NotFound)?)
+        };
+        let method = request.method().clone();
+        if !uploads::allowed(&method, id.is_some()) {
             return Err(Refusal::MethodNotAllowed);
         }
+        if method == Method::OPTIONS {
+            return Ok(uploads::options(&self.uploads.limits));
+        }
+        let who = self.authenticate(client, &request).await?;
+        match (method, id) {
+            (Method::POST, None) => self.create_upload(&who, request).await,
+            (Method::PATCH, Some(id)) => self.patch_upload(&who, id, request).await,
+            (method, Some(id)) => {
+                tus::check_version(
+                    request
+                        .headers()
+                        .get(tus::header::TUS_RESUMABLE)
+                        .and_then(|value| value.to_str().ok()),
+                )?;
+                if method == Method::HEAD {
+                    self.head_upload(&who, id).await
+                } else {
+                    self.delete_upload(&who, id).await
+                }
+            }
+            (_, None) => Err(Refusal::MethodNotAllowed),
+        }
+    }
+
+    async fn authenticate(&self, client: Client, request: &Request<Incoming>) -> Result<Authenticated, Refusal> {
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -116,6 +193,9 @@ impl Gateway {
             return Err(Refusal::MalformedAuthorization(
                 "POST /v1/token must be signed (CWP1-HMAC-SHA256), not a bearer token".to_owned(),
             ));
+        }
+        if request.method() != Method::POST {
+            return Err(Refusal::MethodNotAllowed);
         }
         let authenticated = self.authenticate(client, &request).await?;
         body::read_empty(
@@ -143,6 +223,9 @@ impl Gateway {
     /// `POST /v1/events`.
     async fn events(&self, client: Client, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refusal> {
         let started = Instant::now();
+        if request.method() != Method::POST {
+            return Err(Refusal::MethodNotAllowed);
+        }
         let authenticated = self.authenticate(client, &request).await?;
         let headers = request.headers();
         let media_type = headers

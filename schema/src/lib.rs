@@ -374,12 +374,30 @@ pub mod upload_fields {
     pub const DRIVER: &str = "driver";
     /// When it was recorded, Unix ms.
     pub const COMPLETED_MS: &str = "completed_ms";
+    /// How it arrived: [`TRANSPORT_CWP`] or [`TRANSPORT_HTTP`].
+    pub const TRANSPORT: &str = "transport";
+
+    /// [`TRANSPORT`] of an upload a driver received over CWP/1.
+    pub const TRANSPORT_CWP: &str = "cwp";
+    /// [`TRANSPORT`] of an upload the HTTP gateway received over tus.
+    pub const TRANSPORT_HTTP: &str = "http";
 
     /// [`TYPE`] of a finished upload's record.
     pub const UPLOAD_COMPLETED: &str = "upload_completed";
 
     /// Every field, in written order.
-    pub const ALL: [&str; 9] = [TYPE, SERIAL, UPLOAD_ID, NAME, SIZE, SHA256, PATH, DRIVER, COMPLETED_MS];
+    pub const ALL: [&str; 10] = [
+        TYPE,
+        SERIAL,
+        UPLOAD_ID,
+        NAME,
+        SIZE,
+        SHA256,
+        PATH,
+        DRIVER,
+        COMPLETED_MS,
+        TRANSPORT,
+    ];
 }
 
 #[cfg(test)]

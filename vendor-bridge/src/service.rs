@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_schema::upload_fields;
 use drover_service::clock::unix_ms;
 
 use base64::Engine as _;
@@ -292,6 +293,11 @@ impl VendorBridge for Bridge {
         if request.sha256.len() != 64 || !request.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(Status::invalid_argument("sha256 must be 64 lowercase hex digits"));
         }
+        let transport = match request.transport.as_str() {
+            "" | upload_fields::TRANSPORT_CWP => upload_fields::TRANSPORT_CWP,
+            upload_fields::TRANSPORT_HTTP => upload_fields::TRANSPORT_HTTP,
+            _ => return Err(Status::invalid_argument("transport must be cwp or http")),
+        };
         self.admit().await?;
         let recorded = self
             .store
@@ -304,6 +310,7 @@ impl VendorBridge for Bridge {
                 path: &request.path,
                 driver: &request.driver_id,
                 completed_ms: unix_ms(),
+                transport,
             })
             .await
             .map_err(|err| self.failed("RecordUpload", &err))?;

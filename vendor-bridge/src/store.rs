@@ -234,6 +234,8 @@ pub struct UploadRecord<'a> {
     pub driver: &'a str,
     /// When it was recorded, Unix ms.
     pub completed_ms: u64,
+    /// How it arrived (`schema::upload_fields::TRANSPORT_*`).
+    pub transport: &'a str,
 }
 
 /// What [`Store::check_layout`] found.
@@ -653,7 +655,8 @@ impl Store {
                 .arg(upload.sha256)
                 .arg(upload.path)
                 .arg(upload.driver)
-                .arg(upload.completed_ms),
+                .arg(upload.completed_ms)
+                .arg(upload.transport),
             &mut connection,
         )
         .await?;

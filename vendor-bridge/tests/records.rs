@@ -103,6 +103,7 @@ fn upload() -> RecordUploadRequest {
         sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
         path: "CTRL-2/0a0b0c0d-0e0f-4011-8213-141516171819".to_owned(),
         driver_id: "drv-a".to_owned(),
+        transport: String::new(),
     }
 }
 
@@ -122,6 +123,12 @@ async fn an_upload_is_recorded_once_however_often_it_is_reported() {
         .iter()
         .map(|(name, value)| (name.as_str(), text(value)))
         .collect();
+    let (transport, fields) = fields.split_last().unwrap();
+    assert_eq!(
+        *transport,
+        ("transport", "cwp"),
+        "an upload without a transport came over CWP/1"
+    );
     let (last, recorded) = fields.split_last().unwrap();
     assert_eq!(
         recorded,
@@ -147,6 +154,30 @@ async fn an_upload_is_recorded_once_however_often_it_is_reported() {
         .await
         .unwrap();
     assert_eq!(marker.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn an_upload_records_how_it_arrived_and_no_transport_but_cwp_or_http() {
+    let bridge = Bridge::start().await;
+    let mut client = bridge.client().await;
+    let mut redis = bridge.redis().await;
+    let http = RecordUploadRequest {
+        transport: "http".to_owned(),
+        ..upload()
+    };
+    assert!(client.record_upload(http).await.unwrap().into_inner().recorded);
+    let entries = raw_entries(&mut redis, "cwp:uploads").await;
+    let transport = entries[0].1.iter().find(|(name, _)| name == "transport").unwrap();
+    assert_eq!(text(&transport.1), "http");
+    let other = RecordUploadRequest {
+        transport: "ftp".to_owned(),
+        upload_id: "0a0b0c0d-0e0f-4011-8213-14151617181a".to_owned(),
+        ..upload()
+    };
+    assert_eq!(
+        client.record_upload(other).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]

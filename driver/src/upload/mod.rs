@@ -4,13 +4,12 @@
 //! - [`session`]: one connection's upload (`UPLOAD_BEGIN`, `BLOCK`,
 //!   `UPLOAD_END`): the write buffer, the incremental SHA-256, the limits,
 //!   and the one place upload failures become CWP/1 errors.
-//! - [`store`]: the files: layout, the `flock` that makes an upload id
-//!   exclusive to one session fleet-wide, recovery, completion, expiry.
+//! - `drover_upload_store`: the files: layout, the `flock` that makes an
+//!   upload id exclusive to one session fleet-wide, recovery, completion,
+//!   expiry (shared with the HTTP gateway).
 //! - [`UploadService`]: what every uploading connection shares (the
 //!   store, the `UPLOAD_MAX_OPEN` slots, the limits, the bridge that
 //!   records completed uploads).
-//! - [`expire_periodically`]: the background task deleting abandoned
-//!   partial uploads.
 //!
 //! # Data path
 //!
@@ -24,53 +23,20 @@
 //! `UPLOAD_STATUS` reports the new durable offset. No allocation per block,
 //! never more than one buffer per upload in memory.
 //!
-//! # Why a reported offset is always on disk
-//!
-//! 1. The data file is only ever extended, in order, with the upload's next
-//!    bytes (checked frames of the one session holding its `flock`). Any
-//!    prefix of it is therefore correct data, whatever was interrupted.
-//! 2. `UPLOAD_STATUS(n)` is sent only after the `fdatasync` that covers
-//!    byte `n` returned success. A failed write or fsync cuts the file back
-//!    to the last durable length (bytes a failed fsync left in the page
-//!    cache may never reach the disk) and answers `BUSY`.
-//! 3. On (re)open the durable offset is the file's length after an
-//!    `fdatasync` performed under the lock: bytes a killed process left in
-//!    the page cache become durable before they are reported, and the
-//!    reported offset may be larger than any offset reported before, never
-//!    smaller than a reported one.
-//! 4. After a power loss, the length may only cover written blocks: true of
-//!    ext4 (`data=ordered`, the default, with or without delalloc), XFS and
-//!    btrfs, which never expose an extended size over unwritten data. Not
-//!    true of ext4 `data=writeback` or ext3 `writeback`: do not put
-//!    `UPLOAD_DIR` there. `UPLOAD_DIR` shared between drivers must be one
-//!    local filesystem (or one whose `flock` and `fdatasync` work across its
-//!    clients).
-//! 5. The metadata (serial, id, name, announced size, creation time) is
-//!    written once, before any data, crash-safely (temporary file, fsync,
-//!    rename, fsync of the directory), so a data file without metadata
-//!    never held anything reported, and is emptied. Completion is: final
-//!    write + `fdatasync`, completion record written the same crash-safe
-//!    way, data renamed into `completed/`, both directories fsynced; only
-//!    then the `upload_completed` record goes to the bridge, and only then
-//!    `UPLOAD_DONE OK`.
-//!
-//! Residual risk: an `fsync` that fails with `EIO` and a crash before the
-//! file is cut back (point 2) could let the next open report bytes the disk
-//! lost; the kernel logs the I/O error.
+//! Why a reported offset is always on disk, and the layout under
+//! `UPLOAD_DIR`: see `drover-upload-store`, shared with the HTTP gateway's
+//! tus uploads.
 
 pub mod session;
-pub mod store;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use drover_service::drain;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
 
 use drover_edge::bridge::BridgeClient;
+pub use drover_upload_store::UploadStore;
+pub use drover_upload_store::expiry::expire_periodically;
 pub use session::{Ended, UploadError, Uploads};
-pub use store::UploadStore;
 
 use crate::metrics::Metrics;
 
@@ -137,57 +103,5 @@ impl UploadService {
             metrics,
             bridge,
         }
-    }
-}
-
-/// Longest time between two expiry passes.
-const MAX_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// How often the expiry looks: a quarter of the expiry age, at most hourly,
-/// at least every second.
-pub fn expiry_interval(expire_after: Duration) -> Duration {
-    (expire_after / 4).clamp(Duration::from_secs(1), MAX_EXPIRY_INTERVAL)
-}
-
-/// Deletes partial uploads untouched for `expire_after` (and not open on
-/// any session) every [`expiry_interval`], until `stop` is signalled.
-pub async fn expire_periodically(store: UploadStore, expire_after: Duration, stop: drain::Watch) {
-    let interval = expiry_interval(expire_after);
-    loop {
-        let pass = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.expire(expire_after, SystemTime::now()))
-        };
-        match pass.await {
-            Ok(Ok(expired)) if expired.removed > 0 => {
-                info!(
-                    removed = expired.removed,
-                    in_use = expired.in_use,
-                    "expired abandoned partial uploads"
-                );
-            }
-            Ok(Ok(expired)) => debug!(in_use = expired.in_use, "no partial upload to expire"),
-            Ok(Err(err)) => warn!(error = %err, dir = %store.root().display(), "upload expiry pass failed"),
-            Err(err) => warn!(error = %err, "upload expiry pass panicked"),
-        }
-        tokio::select! {
-            () = stop.signaled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiry_looks_four_times_per_age_between_every_second_and_hourly() {
-        assert_eq!(
-            expiry_interval(Duration::from_secs(7 * 86_400)),
-            Duration::from_secs(3600)
-        );
-        assert_eq!(expiry_interval(Duration::from_secs(3600)), Duration::from_secs(900));
-        assert_eq!(expiry_interval(Duration::from_secs(2)), Duration::from_secs(1));
     }
 }

@@ -21,8 +21,8 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use super::UploadService;
-use super::store::{CompletedUpload, Opened, PartialUpload, StoreError};
 use crate::metrics::ResultLabel;
+use drover_upload_store::{CompletedUpload, Opened, PartialUpload, StoreError};
 
 /// Why an upload frame could not be served. Every variant but
 /// [`UploadError::Unexpected`] closes the upload; the device reopens it
@@ -272,8 +272,7 @@ impl Receiving {
     /// multiple of `buffer_bytes` in the file, so that every write is one
     /// aligned buffer even after a resume from an unaligned offset.
     fn fill_to(&self) -> usize {
-        let buffer_bytes = self.buffer_bytes as u64;
-        (buffer_bytes - self.file.durable() % buffer_bytes) as usize
+        drover_upload_store::fill_to(self.file.durable(), self.buffer_bytes)
     }
 
     /// One write + one fdatasync of the buffer; empties it. The hasher
@@ -686,6 +685,7 @@ async fn record(uploads: &UploadService, completed: &CompletedUpload) -> Result<
         sha256: completed.sha256.clone(),
         path: completed.path.clone(),
         driver_id: String::new(),
+        transport: completed.transport.as_str().to_owned(),
     };
     match uploads.bridge.record_upload(request).await {
         Ok(appended) => {

@@ -101,6 +101,7 @@ pub(crate) async fn every_unary_call(
         sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
         path: format!("{serial}/0a0b0c0d-0e0f-4011-8213-141516171819"),
         driver_id: driver_id.to_owned(),
+        transport: String::new(),
     };
     let outcome = client.record_upload(with_token(upload, token)).await;
     outcomes.push(("RecordUpload", outcome.map(drop)));

@@ -1,16 +1,27 @@
 //! Uploads on disk: the layout under `UPLOAD_DIR`, the lock that keeps an
-//! upload id to one session, the durable offset of a partial upload,
-//! completion and expiry. Plain synchronous file I/O: the connection runs
-//! every call here on tokio's blocking pool.
+//! upload id to one writer, the durable offset of a partial upload,
+//! completion and expiry. Plain synchronous file I/O: callers run every
+//! call here on tokio's blocking pool.
 //!
 //! ```text
 //! UPLOAD_DIR/
 //!   partial/s-<serial>/<upload-id>/data    the bytes received so far, in order; flock'ed while open
-//!   partial/s-<serial>/<upload-id>/meta    JSON UploadMeta, written once (temp, fsync, rename, fsync dir)
+//!   partial/s-<serial>/<upload-id>/meta    JSON UploadMeta (temp, fsync, rename, fsync dir)
 //!   partial/s-<serial>/<upload-id>/hash    the SHA-256 state of the first N bytes (a checkpoint, see below)
+//!   partial/s-<serial>/<upload-id>/verify  while bytes wait for a checksum: the offset to cut back to
 //!   completed/s-<serial>/<upload-id>       the finished upload (renamed from partial/…/data)
 //!   completed/s-<serial>/<upload-id>.json  JSON CompletedUpload, written before that rename
+//!   expired/s-<serial>/<upload-id>         an empty tombstone: this partial upload expired (tus: 410)
 //! ```
+//!
+//! The meta is written before the first byte and rewritten (atomically)
+//! only to set a length a tus client deferred.
+//!
+//! Bytes that must match a checksum before they count (tus `Upload-Checksum`,
+//! a signed body) are written and fdatasynced as they come, under a
+//! `verify` marker written first: until the marker is removed they are not
+//! part of the durable offset, and [`UploadStore::open`] cuts them off if a
+//! crash left the marker ([`PartialUpload::begin_verified`]).
 //!
 //! A serial is never a path component on its own: `.` and `..` are valid
 //! serials, so its directory is `s-` followed by the serial (`s-..` is an
@@ -43,6 +54,11 @@ use tracing::{debug, error, warn};
 const PARTIAL: &str = "partial";
 /// Finished uploads, by serial directory.
 const COMPLETED: &str = "completed";
+/// Tombstones of expired partial uploads, by serial directory.
+const EXPIRED: &str = "expired";
+/// A partial upload's pending-checksum marker: the durable offset (8 bytes,
+/// big-endian) the data file is cut back to unless the checksum verified.
+const VERIFY: &str = "verify";
 /// A partial upload's bytes.
 const DATA: &str = "data";
 /// A partial upload's [`UploadMeta`].
@@ -89,6 +105,48 @@ pub struct UploadMeta {
     pub total_size: u64,
     /// When the upload was first opened, Unix ms.
     pub created_ms: u64,
+    /// What a tus client said of it (an HTTP upload); `None` for CWP/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tus: Option<TusMeta>,
+}
+
+/// What tus 1.0 adds to an upload's meta (HTTP uploads).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TusMeta {
+    /// `Upload-Metadata` as the client sent it (checked, never decoded
+    /// here): returned by `HEAD`.
+    #[serde(default)]
+    pub metadata: String,
+    /// Created with `Upload-Defer-Length: 1`, length not yet known
+    /// (`total_size` is 0 until a `PATCH` sets it).
+    #[serde(default)]
+    pub deferred_length: bool,
+    /// A part of a later concatenation (`Upload-Concat: partial`): complete
+    /// when its offset reaches its length, but never completed on its own.
+    #[serde(default)]
+    pub partial: bool,
+}
+
+/// How an upload arrived, in its [`CompletedUpload`] record and the
+/// `cwp:uploads` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// CWP/1 `UPLOAD_BEGIN`, `BLOCK`s, `UPLOAD_END` (the driver).
+    #[default]
+    Cwp,
+    /// tus 1.0 over HTTP (the HTTP gateway).
+    Http,
+}
+
+impl Transport {
+    /// The name in records: `cwp` or `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cwp => "cwp",
+            Self::Http => "http",
+        }
+    }
 }
 
 /// A finished upload: what the `upload_completed` record says, kept beside
@@ -109,6 +167,12 @@ pub struct CompletedUpload {
     pub path: String,
     /// When it was completed, Unix ms.
     pub completed_ms: u64,
+    /// How it arrived.
+    #[serde(default)]
+    pub transport: Transport,
+    /// A tus upload's `Upload-Metadata`, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
 }
 
 /// What `UPLOAD_BEGIN` opens.
@@ -152,6 +216,7 @@ impl UploadStore {
         fs::create_dir_all(self.root.as_path())?;
         create_dirs(&self.root, &[PARTIAL])?;
         create_dirs(&self.root, &[COMPLETED])?;
+        create_dirs(&self.root, &[EXPIRED])?;
         Ok(())
     }
 
@@ -170,21 +235,61 @@ impl UploadStore {
         total_size: u64,
         now_ms: u64,
     ) -> Result<Opened, StoreError> {
+        let meta = UploadMeta {
+            serial: serial.to_string(),
+            upload_id: upload_id.to_string(),
+            name: name.to_owned(),
+            total_size,
+            created_ms: now_ms,
+            tus: None,
+        };
+        self.open_or_create(serial, upload_id, Some(meta))?
+            .ok_or_else(|| io::Error::other("a created upload was not found").into())
+    }
+
+    /// Creates an upload with `meta` (its serial and id are `serial`'s and
+    /// `upload_id`'s), or opens it if it exists: like [`UploadStore::open`].
+    pub fn create(&self, serial: &Serial, upload_id: UploadId, mut meta: UploadMeta) -> Result<Opened, StoreError> {
+        meta.serial = serial.to_string();
+        meta.upload_id = upload_id.to_string();
+        self.open_or_create(serial, upload_id, Some(meta))?
+            .ok_or_else(|| io::Error::other("a created upload was not found").into())
+    }
+
+    /// Opens an upload that exists, locked like [`UploadStore::open`];
+    /// `None` if `serial` has no such upload (never created, discarded,
+    /// expired: see [`UploadStore::is_expired`]).
+    pub fn open_existing(&self, serial: &Serial, upload_id: UploadId) -> Result<Option<Opened>, StoreError> {
+        self.open_or_create(serial, upload_id, None)
+    }
+
+    fn open_or_create(
+        &self,
+        serial: &Serial,
+        upload_id: UploadId,
+        new_meta: Option<UploadMeta>,
+    ) -> Result<Option<Opened>, StoreError> {
         if let Some(completed) = self.completed(serial, upload_id)? {
-            return Ok(Opened::Completed(completed));
+            return Ok(Some(Opened::Completed(completed)));
         }
         let serial_dir = serial_dir_name(serial);
         let id = upload_id.to_string();
         let dir = self.root.join(PARTIAL).join(&serial_dir).join(&id);
         for _ in 0..OPEN_ATTEMPTS {
-            create_dirs(&self.root, &[PARTIAL, &serial_dir, &id])?;
+            if new_meta.is_some() {
+                create_dirs(&self.root, &[PARTIAL, &serial_dir, &id])?;
+            }
             let file = match OpenOptions::new()
                 .read(true)
                 .append(true)
-                .create(true)
+                .create(new_meta.is_some())
                 .open(dir.join(DATA))
             {
                 Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound && new_meta.is_none() => {
+                    // Completed meanwhile, or never there.
+                    return Ok(self.completed(serial, upload_id)?.map(Opened::Completed));
+                }
                 // The expiry removed the directory between the two calls.
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(err.into()),
@@ -202,49 +307,89 @@ impl UploadStore {
             if let Some(completed) = self.completed(serial, upload_id)? {
                 // Completed by another session just before our open created
                 // a fresh data file: that file is ours to remove.
-                remove_partial(&dir, Leftover::All);
-                return Ok(Opened::Completed(completed));
+                if new_meta.is_some() {
+                    remove_partial(&dir, Leftover::All);
+                }
+                return Ok(Some(Opened::Completed(completed)));
             }
-            let meta = match read_json::<UploadMeta>(&dir.join(META))? {
-                Some(meta) => meta,
-                None => {
+            let meta = match (read_json::<UploadMeta>(&dir.join(META))?, &new_meta) {
+                (Some(meta), _) => meta,
+                // Being created by a writer that died before its meta:
+                // nothing of it was ever reported.
+                (None, None) => return Ok(None),
+                (None, Some(new_meta)) => {
                     // No meta: nothing of this upload was ever reported
                     // durable (meta is written before the first byte), so
                     // whatever the data file holds can go, and any hash
                     // checkpoint of it.
                     data.set_len(0)?;
-                    if let Err(err) = fs::remove_file(dir.join(HASH))
-                        && err.kind() != io::ErrorKind::NotFound
-                    {
-                        return Err(err.into());
+                    for name in [HASH, VERIFY] {
+                        if let Err(err) = fs::remove_file(dir.join(name))
+                            && err.kind() != io::ErrorKind::NotFound
+                        {
+                            return Err(err.into());
+                        }
                     }
-                    let meta = UploadMeta {
-                        serial: serial.to_string(),
-                        upload_id: id.clone(),
-                        name: name.to_owned(),
-                        total_size,
-                        created_ms: now_ms,
-                    };
-                    write_durably(&dir, META, &json_bytes(&meta)?)?;
-                    meta
+                    write_durably(&dir, META, &json_bytes(new_meta)?)?;
+                    new_meta.clone()
                 }
             };
+            // Bytes a crash left waiting for their checksum never counted.
+            if let Some(cut_to) = read_verify_marker(&dir)? {
+                if cut_to < data.metadata()?.len() {
+                    data.set_len(cut_to)?;
+                }
+                data.sync_data()?;
+                drop_checkpoint_beyond(&dir, cut_to)?;
+                fs::remove_file(dir.join(VERIFY))?;
+                sync_dir(&dir)?;
+            }
             data.sync_data()?;
             // The data file's directory entry is durable too, whoever made it.
             sync_dir(&dir)?;
+            let touched = data.metadata()?.modified()?;
             // "Touched": the expiry counts the age from the last BEGIN or write.
             data.set_modified(SystemTime::now())?;
             let durable = data.metadata()?.len();
-            return Ok(Opened::Partial(PartialUpload {
+            return Ok(Some(Opened::Partial(PartialUpload {
                 data,
                 root: Arc::clone(&self.root),
                 serial_dir,
                 meta,
                 durable,
                 checkpointed: 0,
-            }));
+                verifying: None,
+                touched,
+            })));
         }
         Err(io::Error::other("the upload's directory keeps changing under us").into())
+    }
+
+    /// Whether `serial`'s upload `upload_id` expired (recently: a tombstone
+    /// lives one expiry age).
+    pub fn is_expired(&self, serial: &Serial, upload_id: UploadId) -> bool {
+        self.root
+            .join(EXPIRED)
+            .join(serial_dir_name(serial))
+            .join(upload_id.to_string())
+            .exists()
+    }
+
+    /// Expires a partial upload now (tus: found past its `Upload-Expires`
+    /// before the expiry pass did): tombstone, then the files.
+    pub fn expire_now(&self, upload: PartialUpload) -> io::Result<()> {
+        self.bury(&upload.serial_dir, &upload.meta.upload_id);
+        upload.discard()
+    }
+
+    /// The tombstone of an expiring upload. Best effort: without it the
+    /// client gets 404 instead of 410.
+    fn bury(&self, serial_dir: &str, upload_id: &str) {
+        let made = create_dirs(&self.root, &[EXPIRED, serial_dir])
+            .and_then(|()| File::create(self.root.join(EXPIRED).join(serial_dir).join(upload_id)).map(drop));
+        if let Err(err) = made {
+            warn!(upload_id, error = %err, "cannot leave an expired upload's tombstone");
+        }
     }
 
     /// Bytes of `serial`'s partial uploads on disk, all but `except`
@@ -345,11 +490,24 @@ impl UploadStore {
                     continue;
                 }
                 debug!(path = %upload_dir.display(), "expiring an abandoned partial upload");
+                if let (Some(serial), Some(id)) = (serial_dir.file_name(), upload_dir.file_name()) {
+                    self.bury(&serial.to_string_lossy(), &id.to_string_lossy());
+                }
                 remove_partial(&upload_dir, Leftover::All);
                 expired.removed += 1;
             }
             // Gone if it is empty now; a session creating an upload in it
             // at this moment retries (see `open`).
+            let _ = fs::remove_dir(&serial_dir);
+        }
+        // Tombstones older than an expiry age: a client that has not come
+        // back by then gets 404 instead of 410.
+        for serial_dir in read_dir_or_empty(&self.root.join(EXPIRED))? {
+            for tombstone in read_dir_or_empty(&serial_dir)? {
+                if is_old(fs::metadata(&tombstone).and_then(|m| m.modified())) {
+                    let _ = fs::remove_file(&tombstone);
+                }
+            }
             let _ = fs::remove_dir(&serial_dir);
         }
         // Records whose write a crash interrupted.
@@ -381,12 +539,123 @@ pub struct PartialUpload {
     /// The durable offset of the last hash checkpoint written (0: none
     /// this session; [`PartialUpload::hash_prefix`] reads the file's).
     checkpointed: u64,
+    /// While bytes wait for a checksum: the durable offset before them.
+    verifying: Option<u64>,
+    /// When it was last written or opened before this open.
+    touched: SystemTime,
 }
 
 impl PartialUpload {
-    /// The durable offset: every byte below it is written and fdatasynced.
+    /// The durable offset: every byte below it is written and fdatasynced
+    /// (and, in a [`begin_verified`](Self::begin_verified) window, the
+    /// offset before the window: the bytes in it do not count yet).
     pub fn durable(&self) -> u64 {
+        self.verifying.unwrap_or(self.durable)
+    }
+
+    /// Bytes written and fdatasynced, counting those waiting for their
+    /// checksum.
+    pub fn written(&self) -> u64 {
         self.durable
+    }
+
+    /// When the upload was last written or opened before this open: its
+    /// age, for an expiry decided at open (tus `Upload-Expires`).
+    pub fn touched_before_open(&self) -> SystemTime {
+        self.touched
+    }
+
+    /// Sets the length a tus client deferred (`Upload-Defer-Length`),
+    /// durably, before any byte beyond what was received is accepted.
+    pub fn set_total_size(&mut self, total_size: u64) -> io::Result<()> {
+        let mut meta = self.meta.clone();
+        meta.total_size = total_size;
+        if let Some(tus) = &mut meta.tus {
+            tus.deferred_length = false;
+        }
+        write_durably(&self.dir(), META, &json_bytes(&meta)?)?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    /// Opens a window for bytes that count only if their checksum
+    /// verifies: the marker holding the current durable offset is written
+    /// durably first, so that a crash inside the window cuts them off at
+    /// the next open. Close it with [`commit_verified`](Self::commit_verified)
+    /// or [`rollback_verified`](Self::rollback_verified).
+    pub fn begin_verified(&mut self) -> io::Result<()> {
+        write_durably(&self.dir(), VERIFY, &self.durable.to_be_bytes())?;
+        self.verifying = Some(self.durable);
+        Ok(())
+    }
+
+    /// The checksum verified: the window's bytes count (they are already
+    /// on disk; the marker goes).
+    pub fn commit_verified(&mut self) -> io::Result<()> {
+        if self.verifying.is_none() {
+            return Ok(());
+        }
+        fs::remove_file(self.dir().join(VERIFY))?;
+        sync_dir(&self.dir())?;
+        self.verifying = None;
+        Ok(())
+    }
+
+    /// The checksum failed (or the body broke off): the file is cut back
+    /// to the offset before the window, durably, with any hash checkpoint
+    /// of the bytes cut.
+    pub fn rollback_verified(&mut self) -> io::Result<()> {
+        let Some(start) = self.verifying else {
+            return Ok(());
+        };
+        self.data.set_len(start)?;
+        self.data.sync_data()?;
+        self.durable = start;
+        let dir = self.dir();
+        drop_checkpoint_beyond(&dir, start)?;
+        if self.checkpointed > start {
+            self.checkpointed = 0;
+        }
+        fs::remove_file(dir.join(VERIFY))?;
+        sync_dir(&dir)?;
+        self.verifying = None;
+        Ok(())
+    }
+
+    /// Appends all of `part`'s durable bytes (a concatenation), hashing
+    /// them into `hasher`, with `scratch` as the buffer; one fdatasync at
+    /// the end. On failure the file is cut back as in [`append`](Self::append).
+    pub fn append_from(&mut self, part: &Self, hasher: &mut Sha256, scratch: &mut Vec<u8>) -> io::Result<()> {
+        scratch.resize(scratch.capacity().max(1 << 16), 0);
+        let length = part.durable();
+        let mut offset = 0;
+        let copied = (|| {
+            while offset < length {
+                let want = usize::try_from(length - offset).map_or(scratch.len(), |left| left.min(scratch.len()));
+                let read = part.data.read_at(&mut scratch[..want], offset)?;
+                if read == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a part's data file is shorter than its durable offset",
+                    ));
+                }
+                hasher.update(&scratch[..read]);
+                (&*self.data).write_all(&scratch[..read])?;
+                offset += read as u64;
+            }
+            self.data.sync_data()
+        })();
+        scratch.clear();
+        match copied {
+            Ok(()) => {
+                self.durable += length;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.data.set_len(self.durable).and_then(|()| self.data.sync_data());
+                Err(err)
+            }
+        }
     }
 
     /// What the upload's first `UPLOAD_BEGIN` announced.
@@ -434,6 +703,16 @@ impl PartialUpload {
         match write_durably(&self.dir(), HASH, &state) {
             Ok(()) => self.checkpointed = self.durable,
             Err(err) => warn!(path = %self.dir().display(), error = %err, "cannot checkpoint an upload's hash"),
+        }
+    }
+
+    /// Writes a hash checkpoint of the durable prefix now, whatever the
+    /// distance to the last one (the end of a tus `PATCH`: the next one,
+    /// maybe on another gateway, then reads nothing back).
+    pub fn checkpoint_now(&mut self, hasher: &Sha256) {
+        if self.durable > self.checkpointed && self.verifying.is_none() {
+            self.checkpointed = self.durable.saturating_sub(CHECKPOINT_BYTES);
+            self.checkpoint(hasher);
         }
     }
 
@@ -485,6 +764,7 @@ impl PartialUpload {
     /// file is renamed into place, then both directories are fsynced.
     pub fn complete(self, sha256: &[u8; 32], now_ms: u64) -> io::Result<CompletedUpload> {
         let id = &self.meta.upload_id;
+        let tus = self.meta.tus.as_ref();
         let record = CompletedUpload {
             serial: self.meta.serial.clone(),
             upload_id: id.clone(),
@@ -493,6 +773,10 @@ impl PartialUpload {
             sha256: hex::encode(sha256),
             path: format!("{COMPLETED}/{}/{id}", self.serial_dir),
             completed_ms: now_ms,
+            transport: if tus.is_some() { Transport::Http } else { Transport::Cwp },
+            metadata: tus
+                .map(|tus| tus.metadata.clone())
+                .filter(|metadata| !metadata.is_empty()),
         };
         create_dirs(&self.root, &[COMPLETED, &self.serial_dir])?;
         let completed_dir = self.root.join(COMPLETED).join(&self.serial_dir);
@@ -568,6 +852,36 @@ fn create_dirs(base: &Path, components: &[&str]) -> io::Result<()> {
     Ok(())
 }
 
+/// The offset a pending-checksum marker holds, if there is one.
+fn read_verify_marker(dir: &Path) -> io::Result<Option<u64>> {
+    match fs::read(dir.join(VERIFY)) {
+        Ok(bytes) => match bytes.first_chunk::<8>() {
+            Some(offset) => Ok(Some(u64::from_be_bytes(*offset))),
+            // Written crash-safely, so never short; if it is, trust nothing
+            // beyond the start.
+            None => Ok(Some(0)),
+        },
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Removes the hash checkpoint if it covers bytes beyond `offset` (they
+/// are being cut: new bytes may later reach that offset again).
+fn drop_checkpoint_beyond(dir: &Path, offset: u64) -> io::Result<()> {
+    let beyond = match fs::read(dir.join(HASH)) {
+        Ok(bytes) => bytes
+            .first_chunk::<8>()
+            .is_none_or(|checkpoint| u64::from_be_bytes(*checkpoint) > offset),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+        Err(err) => return Err(err),
+    };
+    if beyond {
+        fs::remove_file(dir.join(HASH))?;
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (created, renamed, removed files) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -615,8 +929,8 @@ enum Leftover {
 /// data, temporaries, the directory.
 fn remove_partial(dir: &Path, what: Leftover) {
     let names: &[&str] = match what {
-        Leftover::All => &[HASH, META, DATA],
-        Leftover::MetaOnly => &[HASH, META],
+        Leftover::All => &[VERIFY, HASH, META, DATA],
+        Leftover::MetaOnly => &[VERIFY, HASH, META],
     };
     for name in names {
         if let Err(err) = fs::remove_file(dir.join(name))
@@ -627,6 +941,7 @@ fn remove_partial(dir: &Path, what: Leftover) {
     }
     let _ = fs::remove_file(dir.join(format!("{META}{TEMP_SUFFIX}")));
     let _ = fs::remove_file(dir.join(format!("{HASH}{TEMP_SUFFIX}")));
+    let _ = fs::remove_file(dir.join(format!("{VERIFY}{TEMP_SUFFIX}")));
     // Fails harmlessly if another session has just created a new data file.
     let _ = fs::remove_dir(dir);
 }
@@ -690,6 +1005,7 @@ mod tests {
                 name: "log.bin".to_owned(),
                 total_size: 0,
                 created_ms: 1_000,
+                tus: None,
             }
         );
 
@@ -739,7 +1055,7 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
         top.sort();
-        assert_eq!(top, ["completed", "partial"]);
+        assert_eq!(top, ["completed", "expired", "partial"]);
         assert_eq!(fs::read_dir(store.root().parent().unwrap()).unwrap().count(), 1);
     }
 
