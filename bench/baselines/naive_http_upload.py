@@ -20,7 +20,7 @@ Listens on loopback only by default. Prints "ready" on stdout once the
 socket is listening.
 
 Usage (Debian: apt-get install python3-flask):
-  /usr/bin/python3 naive_upload.py --port 8091 --dir /tmp/naive-up
+  /usr/bin/python3 naive_http_upload.py --port 8091 --dir /tmp/naive-up
   curl -T /tmp/big http://127.0.0.1:8091/upload/big
   curl --data-binary @/tmp/big http://127.0.0.1:8091/upload/big
 """
