@@ -321,6 +321,8 @@ fn a_client_cut_off_mid_patch_resumes_on_the_other_gateway_and_two_writers_never
         let competing = patch(&b, &token, &path, 0, &data[..100]).await;
         assert_eq!((competing.status, competing.code()), (423, "upload_locked".to_owned()));
         assert_eq!(competing.header("retry-after"), Some("1"));
+        let same_gateway = patch(&a, &token, &path, 0, &data[..100]).await;
+        assert_eq!(same_gateway.status, 423, "on the same gateway too");
         let head = send(&b, &tus("HEAD", &path, &token, Vec::new())).await;
         assert_eq!(head.status, 423);
         // The client's connection drops: A keeps what was durable, the
@@ -646,5 +648,52 @@ fn hostile_requests_get_their_status_and_leak_no_descriptor_or_buffer() {
         })
         .unwrap_or_else(|err| panic!("{err}: {} descriptors, {before} before", descriptors()));
         assert_eq!(gateway.metric("drover_http_upload_buffers", "").unwrap(), 0.0);
+    });
+}
+
+#[test]
+fn the_serial_quota_and_the_free_space_floor_hold_for_http_uploads_as_for_cwp() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = TestFleet::start(0, &[]);
+    let gateway = start_gateway(&fleet, dir.path(), &[("UPLOAD_MAX_BYTES_PER_SERIAL", "10000")]);
+    let device = serial("TUS-0008");
+    runtime().block_on(async {
+        let token = bearer_token(&gateway, &device).await;
+        // 6,000 of the 10,000 bytes held by one unfinished upload...
+        let first = create(&gateway, &token, 8_000, "").await;
+        assert_eq!(patch(&gateway, &token, &first, 0, &[1; 6_000]).await.status, 204);
+        // ...leave no room for a second of 6,000 (announced)...
+        let second = send(
+            &gateway,
+            &tus("POST", UPLOADS, &token, Vec::new()).with_header("Upload-Length", "6000"),
+        )
+        .await;
+        assert_eq!((second.status, second.code()), (413, "over_quota".to_owned()));
+        // ...nor for more than 4,000 bytes of a deferred one.
+        let deferred = send(
+            &gateway,
+            &tus("POST", UPLOADS, &token, Vec::new()).with_header("Upload-Defer-Length", "1"),
+        )
+        .await;
+        let deferred = deferred.header("location").unwrap().to_owned();
+        let over = patch(&gateway, &token, &deferred, 0, &[2; 4_001]).await;
+        assert_eq!((over.status, over.code()), (413, "over_quota".to_owned()));
+        // The control: within the quota it is accepted.
+        assert_eq!(patch(&gateway, &token, &deferred, 0, &[2; 4_000]).await.status, 204);
+    });
+    // A floor above the disk's free space: creations get 507.
+    let floor = start_gateway(&fleet, dir.path(), &[("UPLOAD_MIN_FREE_BYTES", "1000000000000000")]);
+    runtime().block_on(async {
+        let token = bearer_token(&floor, &device).await;
+        let refused = send(
+            &floor,
+            &tus("POST", UPLOADS, &token, Vec::new()).with_header("Upload-Length", "10"),
+        )
+        .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (507, "insufficient_storage".to_owned())
+        );
+        assert_eq!(refused.header("retry-after"), Some("1"));
     });
 }

@@ -49,8 +49,9 @@ struct BenchChartsArgs {
 #[command(after_help = BENCH_HELP)]
 struct BenchArgs {
     /// Benchmarks to run, comma-separated: events, idle, storm, commands,
-    /// uploads, hostile, cluster, files, http-events. Default: the standard
-    /// suite (all but uploads, hostile, cluster, files and http-events).
+    /// uploads, hostile, cluster, files, http-events, http-uploads. Default:
+    /// the standard suite (all but uploads, hostile, cluster, files,
+    /// http-events and http-uploads).
     #[arg(long, value_delimiter = ',', default_value = "events,idle,storm,commands")]
     only: Vec<String>,
     /// Devices for the events benchmark (comma-separated for several runs).
@@ -600,8 +601,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|result| header("HTTP events end to end", HTTP_EVENTS_WHAT) + &result.markdown()),
             "uploads" => fleet::bench::uploads::run(&ctx)
                 .map(|table| header("Uploads, rerun by the suite", UPLOADS_WHAT) + &table),
+            "http-uploads" => fleet::bench::uploads::run_http(&ctx)
+                .map(|table| header("Uploads over HTTP (tus), rerun by the suite", HTTP_UPLOADS_WHAT) + &table),
             other => Err(anyhow::anyhow!(
-                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster, files, http-events)"
+                "unknown benchmark {other:?} (events, idle, storm, commands, uploads, hostile, cluster, files, http-events, http-uploads)"
             )),
         };
         match outcome {
@@ -640,6 +643,7 @@ const HOSTILE_CONNECTIONS: usize = 10_000;
 const HOSTILE_WHAT: &str = "100 `controller-sim` devices send 1,000 events/s in all to one driver (defaults for `DRIVER_HANDSHAKE_TIMEOUT` and `DRIVER_MAX_HANDSHAKES`), alone, then while 10,000 connections that never send a byte are held open against the same driver, each reopened as soon as the driver closes it, then (the control) while the same attack is aimed at a minimal stand-in server on the same machine; three rounds of the three phases. Latency is from send to the covering `ACK`. The attacking thread runs at nice 19, standing in for an attacker whose CPU is on another machine; the honest devices' simulator runs at the normal priority. Target (issue 8): p99 under attack within 2× the unloaded p99 (medians over the rounds).";
 const CLUSTER_WHAT: &str = "The same events path (device → driver → gRPC → vendor-bridge → Redis → `ACK`, 1,000 devices on one driver) with one Redis, then with a 3-master Redis Cluster holding 1, 3 and 12 event partitions (`REDIS_EVENT_PARTITIONS`), then with a replica per master, without and with `BRIDGE_WAIT_REPLICAS=1`, all in one run: events acknowledged per second when offered far more, Redis's CPU per stored event, and ack latency at a fixed rate. Every Redis node, the bridge, the driver and the simulator share this machine's 2 cores, so no speed-up can show here: the run shows what the cluster and `WAIT` cost per event, and how the partitions spread the events over the masters (docs/CAPACITY.md turns these figures into a plan).";
 const FILES_WHAT: &str = "A rollout (README \"Rollouts\") of one file to 100 `controller-sim` devices at once (`--max-active 100`), through HAProxy and 4 drivers, while 100 other devices send 1,000 events/s in all through the same HAProxy. Each device accepts with a 256 KiB window, acknowledges every half window, hashes what it receives and verifies the SHA-256 at the end; a device's rate is from its offer to its last byte. Beside it in the same run: the codec sealing (server) and verifying (device) the same chunks (the default max_payload less the tag) on one core, in one thread of the runner (the limit of the work: every chunk is sealed per device, so no `sendfile`), and nginx (`sendfile on`) serving the same file over plain HTTP on loopback to 100 `curl`s at once (moving the bytes without per-device sealing). Then the same rollout to 100 new devices with `--max-bytes-per-s` (each driver's cap on the rollout's chunks). CPU seconds are those of each kind of process over the rollout. Every process (4 drivers, HAProxy, Redis, the bridge, both simulators) shares the machine's cores. Targets (issue 18): aggregate ≥ 0.6 × the one-core codec rate, each driver's RSS growth ≤ 32 MiB, the other devices' ack p99 within 2× of the same devices without the rollout, every transfer verified.";
+const HTTP_UPLOADS_WHAT: &str = "Issue 20: tus 1.0 uploads (`POST`, then `PATCH` with the body) through HAProxy (`mode http`) to one `http-gateway`, which writes each 256 KiB with one `fdatasync`, keeps the SHA-256, and records each completed upload through the vendor-bridge in Redis (`appendfsync always`). 100 concurrent uploads of 40 MB (curl, one serial and bearer token each) against min(loopback TCP, sequential 256 KiB write + fdatasync on the same disk) measured right before; the gateway's peak RSS; one 1 GiB upload beside the naive stream-to-disk web app (`bench/baselines/naive_http_upload.py`, Flask) and an existing tus server (`tuspyserver`; `rustus` when installed) with the same clients.";
 const HTTP_EVENTS_WHAT: &str = "Issue 19: devices post signed NDJSON event batches (`POST /v1/events`, `CWP1-HMAC-SHA256`) through HAProxy (`mode http`) to `http-gateway`, which stores them through the vendor-bridge into Redis (`appendonly yes`, `appendfsync always`) and answers once every record is durable. `bench-http` runs 16 concurrent clients on HTTP/1.1 keep-alive, 1,024 requests of 1,600 taxi-trip records (four fields of a trip in `body`, ~160 bytes a line); latency is from sending a request to reading its whole answer. Beside it in the same run: the Redis `XADD` ceiling for the same entries, the reference Python service users know (`bench/baselines/tornado_ndjson.py`: Tornado, one process, `json.loads` per line, rows appended with the csv module, flushed but not fsynced) under the same load from the same generator, and the gateway's resident memory while 100 clients post a 16 MiB body each at once.";
 const UPLOADS_WHAT: &str = "`bench/uploads.sh` (see **Uploads** above for what it measures).";
 

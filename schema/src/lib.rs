@@ -575,10 +575,15 @@ mod tests {
                 "sha256",
                 "path",
                 "driver",
-                "completed_ms"
+                "completed_ms",
+                "transport"
             ]
         );
         assert_eq!(upload_fields::UPLOAD_COMPLETED, "upload_completed");
+        assert_eq!(
+            (upload_fields::TRANSPORT_CWP, upload_fields::TRANSPORT_HTTP),
+            ("cwp", "http")
+        );
         assert_eq!(
             command_fields::ALL,
             ["id", "name", "body", "body_b64", "ledger", "files"]

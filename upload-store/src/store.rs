@@ -1251,6 +1251,129 @@ mod tests {
         assert!(UNIX_EPOCH < later);
     }
 
+    fn tus_meta(partial: bool) -> UploadMeta {
+        UploadMeta {
+            serial: String::new(),
+            upload_id: String::new(),
+            name: "x".to_owned(),
+            total_size: 100,
+            created_ms: 0,
+            tus: Some(TusMeta {
+                metadata: "filename eA==".to_owned(),
+                deferred_length: false,
+                partial,
+            }),
+        }
+    }
+
+    #[test]
+    fn bytes_in_a_verify_window_count_only_once_committed() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(b"kept").unwrap();
+        upload.begin_verified().unwrap();
+        upload.append(b" unverified").unwrap();
+        assert_eq!((upload.durable(), upload.written()), (4, 15), "not counted yet");
+        upload.rollback_verified().unwrap();
+        assert_eq!((upload.durable(), upload.written()), (4, 4));
+        assert_eq!(fs::read(upload.dir().join("data")).unwrap(), b"kept");
+        upload.begin_verified().unwrap();
+        upload.append(b" verified").unwrap();
+        upload.commit_verified().unwrap();
+        assert_eq!(upload.durable(), 13);
+        assert!(!upload.dir().join("verify").exists());
+    }
+
+    #[test]
+    fn a_crash_inside_a_verify_window_is_cut_back_at_the_next_open() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(&[1; 4096]).unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update([1; 4096]);
+        upload.checkpoint_now(&hasher);
+        upload.begin_verified().unwrap();
+        let unverified = vec![2; usize::try_from(CHECKPOINT_BYTES).unwrap()];
+        upload.append(&unverified).unwrap();
+        hasher.update(&unverified);
+        // A checkpoint written inside the window covers unverified bytes.
+        upload.checkpoint(&hasher);
+        // The process dies here: the marker stays, the lock goes.
+        drop(upload);
+        let mut reopened = open_partial(&store, &device);
+        assert_eq!(reopened.durable(), 4096, "cut back to the marker's offset");
+        let (resumed, _) = reopened.hash_prefix(&mut Vec::with_capacity(4096)).unwrap();
+        assert_eq!(hex::encode(resumed.finalize()), sha256_hex(&[1; 4096]));
+        assert!(!reopened.dir().join("verify").exists());
+    }
+
+    #[test]
+    fn a_tus_upload_opens_only_if_it_exists_and_completes_as_http() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        assert!(store.open_existing(&device, ID).unwrap().is_none(), "never created");
+        let Opened::Partial(mut upload) = store.create(&device, ID, tus_meta(false)).unwrap() else {
+            panic!("a new upload is partial");
+        };
+        assert_eq!(upload.meta().serial, "CTRL-0042");
+        upload.append(&[7; 100]).unwrap();
+        drop(upload);
+        let Some(Opened::Partial(upload)) = store.open_existing(&device, ID).unwrap() else {
+            panic!("it exists now");
+        };
+        assert!(
+            store.open_existing(&serial("CTRL-0043"), ID).unwrap().is_none(),
+            "another serial's directory holds nothing"
+        );
+        let record = upload.complete(&Sha256::digest([7; 100]).into(), 5).unwrap();
+        assert_eq!(record.transport, Transport::Http);
+        assert_eq!(record.metadata.as_deref(), Some("filename eA=="));
+        assert!(matches!(
+            store.open_existing(&device, ID).unwrap(),
+            Some(Opened::Completed(_))
+        ));
+    }
+
+    #[test]
+    fn an_expired_upload_leaves_a_tombstone_for_one_expiry_age() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let upload = open_partial(&store, &device);
+        upload
+            .data
+            .set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        drop(upload);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(store.expire(hour, SystemTime::now()).unwrap().removed, 1);
+        assert!(store.is_expired(&device, ID));
+        assert!(store.open_existing(&device, ID).unwrap().is_none());
+        // One expiry age later the tombstone goes too.
+        store.expire(hour, SystemTime::now() + 2 * hour).unwrap();
+        assert!(!store.is_expired(&device, ID));
+    }
+
+    #[test]
+    fn a_deferred_length_is_set_once_durably() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut meta = tus_meta(false);
+        meta.total_size = 0;
+        meta.tus.as_mut().unwrap().deferred_length = true;
+        let Opened::Partial(mut upload) = store.create(&device, ID, meta).unwrap() else {
+            panic!("a new upload is partial");
+        };
+        upload.set_total_size(500).unwrap();
+        drop(upload);
+        let Some(Opened::Partial(upload)) = store.open_existing(&device, ID).unwrap() else {
+            panic!("it exists");
+        };
+        assert_eq!(upload.meta().total_size, 500);
+        assert!(!upload.meta().tus.as_ref().unwrap().deferred_length);
+    }
+
     #[test]
     fn only_hyphenated_lowercase_uuids_are_upload_directories() {
         assert!(is_upload_dir_name(ID_TEXT));
