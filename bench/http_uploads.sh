@@ -14,7 +14,7 @@
 #   - one 1 GiB upload (BIG_BYTES), time per GB: Drover with curl (one
 #     PATCH) and with tuspy (16 MiB PATCHes with sha1 checksums), beside the
 #     naive stream-to-disk web app (bench/baselines/naive_http_upload.py,
-#     curl -T, no HAProxy) and an existing tus server
+#     curl -T, behind the same HAProxy) and an existing tus server
 #     (bench/baselines/tus_server.sh: tuspyserver; rustus too when
 #     /opt/rustus/bin/rustus exists) with the same tuspy client.
 #
@@ -78,7 +78,7 @@ ulimit -n "$(ulimit -Hn)"
 
 # --- the fleet: Redis, the bridge, one gateway, HAProxy -------------------
 REDIS_PORT=$(port) BRIDGE_PORT=$(port) GW_PORT=$(port) GW_ADMIN=$(port) HTTP_PORT=$(port)
-NAIVE_PORT=$(port) TUS_PORT=$(port) RUSTUS_PORT=$(port)
+NAIVE_PORT=$(port) NAIVE_FRONT=$(port) TUS_PORT=$(port) RUSTUS_PORT=$(port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$BENCH_DIR/redis" --appendonly yes \
     --appendfsync always --save "" --logfile redis.log >/dev/null &
 PIDS+=($!)
@@ -106,6 +106,12 @@ frontend http
     default_backend gateways
 backend gateways
     server gateway-1 127.0.0.1:$GW_PORT send-proxy-v2
+# The naive web app behind the same proxy, as it would be deployed.
+frontend naive
+    bind 127.0.0.1:$NAIVE_FRONT
+    default_backend naive
+backend naive
+    server naive-1 127.0.0.1:$NAIVE_PORT
 EOF
 haproxy -f "$BENCH_DIR/haproxy.cfg" >"$BENCH_DIR/logs/haproxy.log" 2>&1 &
 PIDS+=($!)
@@ -115,6 +121,10 @@ for _ in $(seq 100); do
 done
 curl -sf "http://127.0.0.1:$GW_ADMIN/healthz" >/dev/null ||
     { echo "bench/http_uploads.sh: the gateway did not start (see $BENCH_DIR/logs)" >&2; exit 1; }
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT") 2>/dev/null && break
+    sleep 0.1
+done
 ENDPOINT=http://127.0.0.1:$HTTP_PORT/v1/uploads/
 
 log "tokens for $UPLOADS devices"
@@ -196,9 +206,9 @@ NAIVE_PID=$!
 PIDS+=($NAIVE_PID)
 for _ in $(seq 100); do grep -q ready "$BENCH_DIR/logs/naive.log" && break; sleep 0.1; done
 sync
-log "naive web app, curl -T"
+log "naive web app, curl -T, through HAProxy"
 start=$(now)
-curl -sS --fail-with-body -T "$BENCH_DIR/big.bin" "http://127.0.0.1:$NAIVE_PORT/upload/big.bin" -H "Expect:" -o /dev/null
+curl -sS --fail-with-body -T "$BENCH_DIR/big.bin" "http://127.0.0.1:$NAIVE_FRONT/upload/big.bin" -H "Expect:" -o /dev/null
 big naive-flask curl "$(echo "$(now) - $start" | bc -l)"
 kill "$NAIVE_PID"
 rm -rf "${BENCH_DIR:?}"/naive/*

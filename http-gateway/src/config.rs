@@ -153,7 +153,7 @@ pub static VARIABLES: &[Variable] = &[
     Variable {
         name: "UPLOAD_BUFFER_BYTES",
         default: Some("262144"),
-        help: "per-request upload write buffer, 4096 to 16777216 bytes; each full buffer is one write + fdatasync",
+        help: "per-request upload write buffer, 4096 to 16777216 bytes; each full buffer is one write, made durable by an fdatasync running beside the next ones (at most 4 MiB behind)",
     },
     Variable {
         name: "UPLOAD_MAX_BYTES",

@@ -14,10 +14,13 @@
 //! # An offset is a promise
 //!
 //! A `PATCH` body goes through one write buffer (`UPLOAD_BUFFER_BYTES`):
-//! each full buffer is one write and one `fdatasync` on the blocking pool,
-//! and the rest is made durable before the answer; `Upload-Offset` is the
-//! store's durable offset, never more. A body that breaks off keeps what
-//! was durable (every full buffer). With `Upload-Checksum`, or a signed
+//! each full buffer is one write on the blocking pool, made durable by a
+//! group commit (one `fdatasync` in flight at a time, covering every buffer
+//! written before it, while the next ones are read: at most
+//! [`MAX_UNSYNCED`] behind), and the rest is made durable before the
+//! answer; `Upload-Offset` is the store's durable offset, never more. A
+//! body that breaks off keeps every full buffer, durable before the
+//! answer. With `Upload-Checksum`, or a signed
 //! body (`X-Content-SHA256`), the bytes are written inside a verify window
 //! (`PartialUpload::begin_verified`): if the digest does not match, or the
 //! body breaks off, the file is cut back and the offset does not move.
@@ -234,8 +237,10 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes the buffer (one write, one fdatasync) and empties it.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes the buffer (one write, synced by the group commit) and
+    /// empties it; the upload's SHA-256 and the body's digests take its
+    /// bytes as they are written.
+    fn write_buffer(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -243,9 +248,8 @@ impl Writer {
         if let Some(verify) = &mut self.verify {
             verify.update(&self.buffer);
         }
-        self.file.append(&self.buffer)?;
+        self.file.write_unsynced(&self.buffer)?;
         self.buffer.clear();
-        self.file.checkpoint(&self.hasher);
         Ok(())
     }
 }
@@ -312,8 +316,10 @@ impl Uploads {
         Ok(opened)
     }
 
-    /// Reads `body` into the upload: full buffers are made durable as they
-    /// fill, the rest at the end; the verify window, if any, is closed.
+    /// Reads `body` into the upload: each full buffer is written as it
+    /// fills and made durable by a group commit running beside the reading
+    /// (at most [`MAX_UNSYNCED`] behind), the rest at the end; the verify
+    /// window, if any, is closed.
     async fn write_body(&self, metrics: &Metrics, writer: Writer, body: Incoming, room: Room) -> WriteResult {
         let mut writer = Box::new(writer);
         if writer.verify.is_some() {
@@ -322,6 +328,7 @@ impl Uploads {
                 Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
             };
         }
+        let mut commit = GroupCommit::default();
         let mut body = body;
         let mut received = writer.file.written();
         let interrupted = loop {
@@ -347,28 +354,34 @@ impl Uploads {
                 writer.buffer.extend_from_slice(now);
                 rest = later;
                 if writer.buffer.len() == fill {
-                    let flushed = writer.buffer.len() as u64;
-                    writer = match blocking_writer(writer, Writer::flush).await {
+                    writer = match blocking_writer(writer, Writer::write_buffer).await {
                         Ok(writer) => writer,
                         Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
                     };
-                    metrics.upload_bytes.inc_by(flushed);
+                    writer = match commit.after_write(writer, metrics).await {
+                        Ok(writer) => writer,
+                        Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
+                    };
                 }
             }
         };
+        // Every full buffer is written: durable before anything is answered.
+        if interrupted.is_none() {
+            writer = match blocking_writer(writer, Writer::write_buffer).await {
+                Ok(writer) => writer,
+                Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
+            };
+        } else {
+            // Unwritten bytes are dropped (in a verify window the written
+            // ones go too, below).
+            writer.buffer.clear();
+        }
+        writer = match commit.finish(writer, metrics).await {
+            Ok(writer) => writer,
+            Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
+        };
         match interrupted {
             None => {
-                let flushed = writer.buffer.len() as u64;
-                let closed = blocking_writer(writer, |writer| {
-                    writer.flush()?;
-                    Ok(())
-                })
-                .await;
-                let mut writer = match closed {
-                    Ok(writer) => writer,
-                    Err(err) => return WriteResult::Failed(None, Interrupted::Storage(err)),
-                };
-                metrics.upload_bytes.inc_by(flushed);
                 let verdict = writer.verify.take().map_or(Ok(()), Verify::check);
                 let verified = verdict.is_ok();
                 let closed = blocking_writer(writer, move |writer| {
@@ -388,9 +401,6 @@ impl Uploads {
                 }
             }
             Some(interrupted) => {
-                // Unwritten bytes are dropped; in a verify window the
-                // written ones go too.
-                writer.buffer.clear();
                 let closed = blocking_writer(writer, |writer| {
                     writer.file.rollback_verified()?;
                     writer.file.checkpoint_now(&writer.hasher);
@@ -398,6 +408,79 @@ impl Uploads {
                 })
                 .await;
                 WriteResult::Failed(closed.ok(), interrupted)
+            }
+        }
+    }
+}
+
+/// Bytes written but not yet durable, at most, before the reading waits
+/// for the group commit in flight: bounds what one upload leaves dirty in
+/// the page cache.
+const MAX_UNSYNCED: u64 = 4 << 20;
+
+/// The group commit of one request's writes: at most one `fdatasync` in
+/// flight, covering every buffer written before it started, while the
+/// next buffers are read and written. Each buffer is durable a moment
+/// after it is written; an offset is reported only once durable.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// The sync in flight, and the bytes it will have made durable.
+    in_flight: Option<tokio::task::JoinHandle<io::Result<u64>>>,
+}
+
+impl GroupCommit {
+    /// After a buffer was written: collects a finished sync, starts the
+    /// next, and waits when too much is unsynced.
+    async fn after_write(&mut self, mut writer: Box<Writer>, metrics: &Metrics) -> io::Result<Box<Writer>> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            self.collect(&mut writer, metrics).await?;
+        }
+        if self.in_flight.is_none() {
+            self.start(&mut writer)?;
+        } else if writer.file.written() - writer.file.synced_offset() > MAX_UNSYNCED {
+            self.collect(&mut writer, metrics).await?;
+            self.start(&mut writer)?;
+        }
+        Ok(writer)
+    }
+
+    /// Makes everything written durable: waits for the sync in flight,
+    /// then syncs the rest.
+    async fn finish(&mut self, mut writer: Box<Writer>, metrics: &Metrics) -> io::Result<Box<Writer>> {
+        self.collect(&mut writer, metrics).await?;
+        if writer.file.written() > writer.file.synced_offset() {
+            self.start(&mut writer)?;
+            self.collect(&mut writer, metrics).await?;
+        }
+        Ok(writer)
+    }
+
+    fn start(&mut self, writer: &mut Writer) -> io::Result<()> {
+        let syncer = writer.file.syncer(&writer.hasher)?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || syncer.sync()));
+        Ok(())
+    }
+
+    async fn collect(&mut self, writer: &mut Writer, metrics: &Metrics) -> io::Result<()> {
+        let Some(sync) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let before = writer.file.synced_offset();
+        match sync.await.map_err(io::Error::other).and_then(|synced| synced) {
+            Ok(covers) => {
+                writer.file.synced(covers);
+                metrics
+                    .upload_bytes
+                    .inc_by(writer.file.synced_offset().saturating_sub(before));
+                Ok(())
+            }
+            Err(err) => {
+                writer.file.cut_back();
+                Err(err)
             }
         }
     }
@@ -623,7 +706,7 @@ impl crate::service::Gateway {
                     describe_partial(&mut response, &partial, &limits);
                     Ok(response)
                 }
-                Opened::Completed(completed) => Err(completed),
+                Opened::Completed(completed) => Err(Box::new(completed)),
             })
         })
         .await
@@ -685,7 +768,7 @@ impl crate::service::Gateway {
         let limits = self.uploads.limits;
         let new_length = tus::parse_length(text(request.headers(), header::UPLOAD_LENGTH))?;
         let empty_body = !has_body(request.headers());
-        let verify = Verify::new(checksum, who.body_sha256.clone());
+        let verify = Verify::new(checksum, who.body_sha256);
         let serial = who.serial;
         let mut writer = match self.uploads.open_writer(&self.metrics, serial, id, verify).await? {
             Ok(writer) => Box::new(writer),

@@ -47,8 +47,8 @@ pub mod expiry;
 pub mod store;
 
 pub use store::{
-    CHECKPOINT_BYTES, CompletedUpload, Expired, Opened, PartialUpload, StoreError, Transport, TusMeta, UploadMeta,
-    UploadStore, serial_dir_name,
+    CHECKPOINT_BYTES, CompletedUpload, Expired, Opened, PartialUpload, StoreError, Syncer, Transport, TusMeta,
+    UploadMeta, UploadStore, serial_dir_name,
 };
 
 /// How full a write buffer of `buffer_bytes` gets before it is written,

@@ -360,6 +360,7 @@ impl UploadStore {
                 checkpointed: 0,
                 verifying: None,
                 touched,
+                unsynced: 0,
             })));
         }
         Err(io::Error::other("the upload's directory keeps changing under us").into())
@@ -543,6 +544,42 @@ pub struct PartialUpload {
     verifying: Option<u64>,
     /// When it was last written or opened before this open.
     touched: SystemTime,
+    /// Bytes written after `durable` by [`write_unsynced`](Self::write_unsynced),
+    /// not yet covered by a sync.
+    unsynced: u64,
+}
+
+/// A group commit of a [`PartialUpload`]'s bytes, run on another thread
+/// while the writer goes on ([`PartialUpload::syncer`]): one `fdatasync`
+/// covering every byte written before it was made, then the hash
+/// checkpoint of exactly those bytes, when one is due.
+#[derive(Debug)]
+pub struct Syncer {
+    /// The data file (a duplicate descriptor: the lock stays the writer's).
+    file: File,
+    /// The upload's directory, for the checkpoint.
+    dir: PathBuf,
+    /// The offset it covers.
+    covers: u64,
+    /// The SHA-256 state of the first `covers` bytes, when a checkpoint is
+    /// due.
+    checkpoint: Option<Sha256>,
+}
+
+impl Syncer {
+    /// Makes the bytes durable; returns the offset now durable. A failed
+    /// checkpoint costs a longer read on the next resume, nothing else.
+    pub fn sync(self) -> io::Result<u64> {
+        self.file.sync_data()?;
+        if let Some(hasher) = self.checkpoint {
+            let mut state = self.covers.to_be_bytes().to_vec();
+            state.extend_from_slice(&hasher.serialize());
+            if let Err(err) = write_durably(&self.dir, HASH, &state) {
+                warn!(path = %self.dir.display(), error = %err, "cannot checkpoint an upload's hash");
+            }
+        }
+        Ok(self.covers)
+    }
 }
 
 impl PartialUpload {
@@ -554,9 +591,75 @@ impl PartialUpload {
     }
 
     /// Bytes written and fdatasynced, counting those waiting for their
-    /// checksum.
-    pub fn written(&self) -> u64 {
+    /// checksum (in a verify window, [`durable`](Self::durable) does not).
+    pub fn synced_offset(&self) -> u64 {
         self.durable
+    }
+
+    /// Bytes written, counting those waiting for their checksum and those
+    /// written by [`write_unsynced`](Self::write_unsynced) and not yet
+    /// synced.
+    pub fn written(&self) -> u64 {
+        self.durable + self.unsynced
+    }
+
+    /// Appends `bytes` without syncing them (group commit: a [`Syncer`]
+    /// makes them durable while the writer goes on). They count as durable
+    /// only once [`synced`](Self::synced) says so; a failure cuts the file
+    /// back as [`append`](Self::append) does.
+    pub fn write_unsynced(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match (&*self.data).write_all(bytes) {
+            Ok(()) => {
+                self.unsynced += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                self.cut_back();
+                Err(err)
+            }
+        }
+    }
+
+    /// A group commit of every byte written so far, to run on another
+    /// thread; `hasher` is the SHA-256 state of exactly those bytes (its
+    /// checkpoint is written with the sync when one is due).
+    pub fn syncer(&mut self, hasher: &Sha256) -> io::Result<Syncer> {
+        let covers = self.written();
+        let checkpoint = (covers >= self.checkpointed + CHECKPOINT_BYTES && self.verifying.is_none()).then(|| {
+            self.checkpointed = covers;
+            hasher.clone()
+        });
+        Ok(Syncer {
+            file: self.data.try_clone()?,
+            dir: self.dir(),
+            covers,
+            checkpoint,
+        })
+    }
+
+    /// A [`Syncer`] returned: every byte below `covers` is durable.
+    pub fn synced(&mut self, covers: u64) {
+        let end = self.written();
+        let covers = covers.min(end);
+        if covers > self.durable {
+            self.durable = covers;
+            self.unsynced = end - covers;
+        }
+    }
+
+    /// After a failed write or sync: the file back to its durable length
+    /// (what a failed fsync left in the page cache may never reach the
+    /// disk, and must not be mistaken for durable by the next `open`).
+    pub fn cut_back(&mut self) {
+        self.unsynced = 0;
+        if let Err(cut) = self.data.set_len(self.durable).and_then(|()| self.data.sync_data()) {
+            error!(
+                path = %self.dir().display(),
+                durable = self.durable,
+                error = %cut,
+                "cannot cut a failed upload write back to its durable offset"
+            );
+        }
     }
 
     /// When the upload was last written or opened before this open: its
@@ -611,6 +714,7 @@ impl PartialUpload {
         self.data.set_len(start)?;
         self.data.sync_data()?;
         self.durable = start;
+        self.unsynced = 0;
         let dir = self.dir();
         drop_checkpoint_beyond(&dir, start)?;
         if self.checkpointed > start {
@@ -673,18 +777,13 @@ impl PartialUpload {
         let written = (&*self.data).write_all(bytes).and_then(|()| self.data.sync_data());
         match written {
             Ok(()) => {
-                self.durable += bytes.len() as u64;
+                // Covers what was written unsynced before, too.
+                self.durable += self.unsynced + bytes.len() as u64;
+                self.unsynced = 0;
                 Ok(())
             }
             Err(err) => {
-                if let Err(cut) = self.data.set_len(self.durable).and_then(|()| self.data.sync_data()) {
-                    error!(
-                        path = %self.dir().display(),
-                        durable = self.durable,
-                        error = %cut,
-                        "cannot cut a failed upload write back to its durable offset"
-                    );
-                }
+                self.cut_back();
                 Err(err)
             }
         }
@@ -1372,6 +1471,50 @@ mod tests {
         };
         assert_eq!(upload.meta().total_size, 500);
         assert!(!upload.meta().tus.as_ref().unwrap().deferred_length);
+    }
+
+    #[test]
+    fn a_group_commit_makes_durable_what_was_written_before_it_and_checkpoints_it() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        let chunk = vec![3u8; usize::try_from(CHECKPOINT_BYTES).unwrap()];
+        let mut hasher = Sha256::new();
+        upload.write_unsynced(&chunk).unwrap();
+        hasher.update(&chunk);
+        assert_eq!(
+            (upload.durable(), upload.written()),
+            (0, CHECKPOINT_BYTES),
+            "written, not durable"
+        );
+        let syncer = upload.syncer(&hasher).unwrap();
+        // The writer goes on while the sync runs: those bytes are not covered.
+        upload.write_unsynced(b"later").unwrap();
+        let covers = std::thread::spawn(move || syncer.sync()).join().unwrap().unwrap();
+        upload.synced(covers);
+        assert_eq!(upload.durable(), CHECKPOINT_BYTES);
+        assert_eq!(upload.written(), CHECKPOINT_BYTES + 5);
+        drop(upload);
+        // The checkpoint it wrote is of exactly the synced bytes; the reopen
+        // makes the rest durable and reads back only it.
+        let mut reopened = open_partial(&store, &device);
+        assert_eq!(reopened.durable(), CHECKPOINT_BYTES + 5);
+        let (resumed, read_back) = reopened.hash_prefix(&mut Vec::with_capacity(4096)).unwrap();
+        assert_eq!(read_back, 5);
+        hasher.update(b"later");
+        assert_eq!(resumed.finalize(), hasher.finalize());
+    }
+
+    #[test]
+    fn a_failed_group_commit_cuts_the_file_back_to_what_is_durable() {
+        let (_tmp, store) = store();
+        let device = serial("CTRL-0042");
+        let mut upload = open_partial(&store, &device);
+        upload.append(b"durable").unwrap();
+        upload.write_unsynced(b" not yet").unwrap();
+        upload.cut_back();
+        assert_eq!((upload.durable(), upload.written()), (7, 7));
+        assert_eq!(fs::read(upload.dir().join("data")).unwrap(), b"durable");
     }
 
     #[test]
