@@ -9,8 +9,9 @@
 #     aggregate MB/s and the gateway's peak RSS beside
 #   - the limits, measured right before: raw loopback TCP into a
 #     discarding sink with the same connections and bytes (`bench-limits
-#     network`), and sequential 256 KiB write + fdatasync into the same
-#     directory (`bench-limits storage`; 100 parallel streams for context);
+#     network`), and 256 KiB write + fdatasync into the same directory
+#     (`bench-limits storage`) in the uploads' shape (100 streams of 40 MB
+#     at once), and as one stream (the CWP/1 benchmark's limit);
 #   - one 1 GiB upload (BIG_BYTES), time per GB: Drover with curl (one
 #     PATCH) and with tuspy (16 MiB PATCHes with sha1 checksums), beside the
 #     naive stream-to-disk web app (bench/baselines/naive_http_upload.py,
@@ -153,9 +154,13 @@ export ENDPOINT HTTP_PORT
 # --- 100 concurrent uploads, right after their limits -----------------------
 log "network limit: $UPLOADS connections x $UPLOAD_BYTES bytes"
 "$BIN/bench-limits" network --connections "$UPLOADS" --bytes "$UPLOAD_BYTES" | tee -a "$RESULTS" >&2
-log "storage limit"
+log "storage limit, one stream"
 sync
 "$BIN/bench-limits" storage --dir "$BENCH_DIR/limits" --bytes 268435456 | tee -a "$RESULTS" >&2
+log "storage limit, the uploads' shape: $UPLOADS streams x $UPLOAD_BYTES bytes"
+sync
+"$BIN/bench-limits" storage --dir "$BENCH_DIR/limits" --bytes "$UPLOAD_BYTES" --streams "$UPLOADS" |
+    tee -a "$RESULTS" >&2
 sync
 echo 5 >"/proc/$GW_PID/clear_refs"
 rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status")
@@ -170,10 +175,6 @@ jq -nc --argjson uploads "$UPLOADS" --argjson bytes "$UPLOAD_BYTES" --argjson se
     '{kind:"concurrent", server:"drover", uploads:$uploads, bytes_each:$bytes, seconds:$seconds,
       mb_per_s:($uploads * $bytes / $seconds / 1e6), recorded:$recorded,
       rss_before_kib:$before, rss_peak_kib:$peak}' | tee -a "$RESULTS" >&2
-log "storage limit, 100 parallel streams (context)"
-sync
-"$BIN/bench-limits" storage --dir "$BENCH_DIR/limits" --bytes $((268435456 / 100)) --streams 100 |
-    tee -a "$RESULTS" >&2
 rm -rf "${BENCH_DIR:?}"/uploads/completed/*
 
 # --- one 1 GiB upload, each server afresh on a quiet disk -------------------
