@@ -41,6 +41,7 @@ use cwp::{Serial, UploadId};
 use drover_edge::BridgeClient;
 use drover_http_ingest::BodySha256;
 use drover_proto::bridge::RecordUploadRequest;
+use drover_service::admin::GaugeHold;
 use drover_upload_store::{
     CompletedUpload, Opened, PartialUpload, StoreError, TusMeta, UploadMeta, UploadStore, fill_to,
 };
@@ -48,7 +49,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -152,23 +152,6 @@ pub fn options(limits: &UploadLimits) -> Response<Full<Bytes>> {
     response
 }
 
-/// One write buffer in the `upload_buffers` gauge, for as long as it lives.
-#[derive(Debug)]
-struct BufferCount(Gauge);
-
-impl BufferCount {
-    fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for BufferCount {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// What a body's digest must be, beside the upload's own SHA-256.
 #[derive(Debug)]
 struct Verify {
@@ -231,7 +214,7 @@ struct Writer {
     /// The body's digests, when the bytes count only if they match.
     verify: Option<Verify>,
     /// Counts the buffer in `upload_buffers`.
-    _counted: BufferCount,
+    _counted: GaugeHold,
     /// One of `UPLOAD_MAX_OPEN`.
     _slot: OwnedSemaphorePermit,
 }
@@ -290,7 +273,7 @@ impl Uploads {
         let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| Refusal::Busy)?;
         let store = self.store.clone();
         let limits = self.limits;
-        let counted = BufferCount::new(&metrics.upload_buffers);
+        let counted = GaugeHold::new(&metrics.upload_buffers);
         let opened = blocking(move || -> Result<Result<Writer, Opened>, Refusal> {
             let opened = open_tus(&store, &serial, id, &limits)?;
             let Opened::Partial(mut file) = opened else {

@@ -13,8 +13,29 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+/// One unit of a gauge for as long as it lives (an upload's write buffer
+/// in `upload_buffers`, the driver's and the gateway's): the count cannot
+/// drift, whatever path drops it.
+#[derive(Debug)]
+pub struct GaugeHold(Gauge);
+
+impl GaugeHold {
+    /// Adds one to `gauge` until dropped.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// What `/healthz` answers now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use cwp::{
     ErrorCode, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus, Violation,
 };
 use drover_proto::bridge::RecordUploadRequest;
-use prometheus_client::metrics::gauge::Gauge;
+use drover_service::admin::GaugeHold;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
@@ -184,26 +184,9 @@ struct Receiving {
     /// Bytes received: durable + buffered.
     received: u64,
     /// Counts this upload's buffer in `upload_buffers` while it lives.
-    _counted: BufferCount,
+    _counted: GaugeHold,
     /// One of the driver's `UPLOAD_MAX_OPEN` slots, held while it lives.
     _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// One write buffer in the `upload_buffers` gauge, for as long as it lives.
-#[derive(Debug)]
-struct BufferCount(Gauge);
-
-impl BufferCount {
-    fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for BufferCount {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The size limits of one upload, and which rule sets each.
@@ -418,7 +401,7 @@ impl Uploads {
             Ok(match opened {
                 Opened::Completed(completed) => Began::Completed(Box::new(completed)),
                 Opened::Partial(mut file) => {
-                    let counted = BufferCount::new(&gauge);
+                    let counted = GaugeHold::new(&gauge);
                     let mut buffer = Vec::with_capacity(buffer_bytes);
                     // A resumed upload: its digest so far, from the last
                     // checkpoint (at most CHECKPOINT_BYTES read back).
