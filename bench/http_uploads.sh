@@ -39,8 +39,8 @@ BIN=${BIN_DIR:-$TARGET_DIR/release}
 TUS_PYTHON=${TUS_PYTHON:-/opt/drover-tus-venv/bin/python}
 RESULTS=$BENCH_DIR/results.jsonl
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-log() { echo "[$(date +%T)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 now() { date +%s.%N; }
 
 PIDS=()
@@ -59,27 +59,16 @@ fi
 python3 -c 'import flask' 2>/dev/null ||
     { echo "bench/http_uploads.sh: apt-get install python3-flask" >&2; exit 1; }
 
-rm -rf "${BENCH_DIR:?}"/{uploads,naive,tus,rustus,redis,limits,logs} "$RESULTS"
-mkdir -p "$BENCH_DIR"/{uploads,naive,tus,rustus,redis,limits,logs}
-need_kib=$(((UPLOADS * UPLOAD_BYTES + 3 * BIG_BYTES) / 1024 * 12 / 10))
-free_kib=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
-if ((free_kib < need_kib)); then
-    echo "bench/http_uploads.sh: $BENCH_DIR has $((free_kib / 1024)) MiB free, needs $((need_kib / 1024)) MiB" >&2
-    exit 1
-fi
+rm -rf "${BENCH_DIR:?}"/{uploads,naive,tuspyserver,rustus,redis,limits,logs} "$RESULTS"
+mkdir -p "$BENCH_DIR"/{uploads,naive,redis,limits,logs}
+need_free_kib "$(((UPLOADS * UPLOAD_BYTES + 3 * BIG_BYTES) / 1024 * 12 / 10))"
 ulimit -n "$(ulimit -Hn)"
 
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "cpu: $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(nproc) cores"
-    echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
-    echo "disk: $(df -PT "$BENCH_DIR" | awk 'NR==2 {print $1" ("$2")"}') at $BENCH_DIR"
-    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} | tee "$BENCH_DIR/machine.txt" >&2
+record_machine
 
 # --- the fleet: Redis, the bridge, one gateway, HAProxy -------------------
 REDIS_PORT=$(port) BRIDGE_PORT=$(port) GW_PORT=$(port) GW_ADMIN=$(port) HTTP_PORT=$(port)
-NAIVE_PORT=$(port) NAIVE_FRONT=$(port) TUS_PORT=$(port) RUSTUS_PORT=$(port)
+NAIVE_PORT=$(port) NAIVE_FRONT=$(port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$BENCH_DIR/redis" --appendonly yes \
     --appendfsync always --save "" --logfile redis.log >/dev/null &
 PIDS+=($!)
@@ -184,7 +173,6 @@ big() {
         '{kind:"big", server:$server, client:$client, bytes:$bytes, seconds:$seconds,
           s_per_gb:($seconds / ($bytes / 1e9))}' | tee -a "$RESULTS" >&2
 }
-tuspy_seconds() { awk '$1 == "seconds" {print $2}'; }
 token=$(head -1 "$BENCH_DIR/tokens")
 
 sync
@@ -194,18 +182,30 @@ curl_upload "$token" "$BENCH_DIR/big.bin"
 big drover curl "$(echo "$(now) - $start" | bc -l)"
 rm -rf "${BENCH_DIR:?}"/uploads/completed/*
 
-sync
+# tuspy uploads big.bin to a tus endpoint (16 MiB PATCHes with sha1),
+# from a quiet disk; prints its seconds. Arguments: endpoint, then tuspy's
+# own options.
+tuspy_big() {
+    sync
+    "$TUS_PYTHON" "$ROOT/bench/baselines/tuspy_upload.py" "$1" "$BENCH_DIR/big.bin" 16M --checksum "${@:2}" |
+        awk '$1 == "seconds" {print $2}'
+}
+# Waits until a server started in the background printed "ready" to its log.
+wait_ready() {
+    for _ in $(seq 200); do grep -q ready "$1" && return; sleep 0.1; done
+    echo "bench/http_uploads.sh: no \"ready\" in $1" >&2
+    exit 1
+}
+
 log "Drover, tuspy, 16 MiB PATCHes with sha1"
-s=$("$TUS_PYTHON" "$ROOT/bench/baselines/tuspy_upload.py" "$ENDPOINT" "$BENCH_DIR/big.bin" 16M --checksum \
-    -H "Authorization: Bearer $token" | tuspy_seconds)
-big drover tuspy-16M-sha1 "$s"
+big drover tuspy-16M-sha1 "$(tuspy_big "$ENDPOINT" -H "Authorization: Bearer $token")"
 rm -rf "${BENCH_DIR:?}"/uploads/completed/*
 
 python3 "$ROOT/bench/baselines/naive_http_upload.py" --port "$NAIVE_PORT" --dir "$BENCH_DIR/naive" \
     >"$BENCH_DIR/logs/naive.log" 2>&1 &
 NAIVE_PID=$!
 PIDS+=($NAIVE_PID)
-for _ in $(seq 100); do grep -q ready "$BENCH_DIR/logs/naive.log" && break; sleep 0.1; done
+wait_ready "$BENCH_DIR/logs/naive.log"
 sync
 log "naive web app, curl -T, through HAProxy"
 start=$(now)
@@ -214,33 +214,24 @@ big naive-flask curl "$(echo "$(now) - $start" | bc -l)"
 kill "$NAIVE_PID"
 rm -rf "${BENCH_DIR:?}"/naive/*
 
-TUS_VENV=$(dirname "$(dirname "$TUS_PYTHON")") bash "$ROOT/bench/baselines/tus_server.sh" "$TUS_PORT" "$BENCH_DIR/tus" \
-    >"$BENCH_DIR/logs/tuspyserver.log" 2>&1 &
-TUS_PID=$!
-PIDS+=($TUS_PID)
-for _ in $(seq 200); do grep -q ready "$BENCH_DIR/logs/tuspyserver.log" && break; sleep 0.1; done
-sync
-log "tuspyserver, tuspy, 16 MiB PATCHes with sha1"
-s=$("$TUS_PYTHON" "$ROOT/bench/baselines/tuspy_upload.py" "http://127.0.0.1:$TUS_PORT/files/" "$BENCH_DIR/big.bin" 16M \
-    --checksum | tuspy_seconds)
-big tuspyserver tuspy-16M-sha1 "$s"
-kill "$TUS_PID" 2>/dev/null || true
-rm -rf "${BENCH_DIR:?}"/tus/*
+# The existing tus servers (bench/baselines/tus_server.sh), the same client.
+for server in tuspyserver rustus; do
+    if [[ $server == rustus && ! -x /opt/rustus/bin/rustus ]]; then
+        continue
+    fi
+    port=$(port)
+    mkdir -p "$BENCH_DIR/$server"
+    TUS_SERVER=$server TUS_VENV=$(dirname "$(dirname "$TUS_PYTHON")") \
+        bash "$ROOT/bench/baselines/tus_server.sh" "$port" "$BENCH_DIR/$server" >"$BENCH_DIR/logs/$server.log" 2>&1 &
+    server_pid=$!
+    PIDS+=($server_pid)
+    wait_ready "$BENCH_DIR/logs/$server.log"
+    log "$server, tuspy, 16 MiB PATCHes with sha1"
+    big "$server" tuspy-16M-sha1 "$(tuspy_big "http://127.0.0.1:$port/files/")"
+    kill "$server_pid" 2>/dev/null || true
+    rm -rf "${BENCH_DIR:?}/$server"
+done
 
-if [[ -x /opt/rustus/bin/rustus ]]; then
-    TUS_SERVER=rustus bash "$ROOT/bench/baselines/tus_server.sh" "$RUSTUS_PORT" "$BENCH_DIR/rustus" \
-        >"$BENCH_DIR/logs/rustus.log" 2>&1 &
-    RUSTUS_PID=$!
-    PIDS+=($RUSTUS_PID)
-    for _ in $(seq 200); do grep -q ready "$BENCH_DIR/logs/rustus.log" && break; sleep 0.1; done
-    sync
-    log "rustus, tuspy, 16 MiB PATCHes with sha1"
-    s=$("$TUS_PYTHON" "$ROOT/bench/baselines/tuspy_upload.py" "http://127.0.0.1:$RUSTUS_PORT/files/" \
-        "$BENCH_DIR/big.bin" 16M --checksum | tuspy_seconds)
-    big rustus tuspy-16M-sha1 "$s"
-    kill "$RUSTUS_PID" 2>/dev/null || true
-fi
-
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$BENCH_DIR/machine.txt" >&2
+record_load_after
 python3 "$ROOT/bench/http_uploads_report.py" "$RESULTS" "$BENCH_DIR/machine.txt" "$UPLOAD_BYTES" |
     tee "$BENCH_DIR/results.md"

@@ -45,8 +45,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${BIN_DIR:-$TARGET_DIR/release}
 RESULTS=$BENCH_DIR/results.jsonl
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-log() { echo "[$(date +%T)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 PIDS=()
 cleanup() {
@@ -64,21 +64,10 @@ mkdir -p "$BENCH_DIR"
 rm -rf "${BENCH_DIR:?}"/{uploads,naive,redis,limits} "$RESULTS"
 mkdir -p "$BENCH_DIR"/{uploads,naive,redis,limits,logs}
 max_devices=$(tr ' ' '\n' <<<"$DEVICE_COUNTS" | sort -n | tail -1)
-need_kib=$((max_devices * UPLOAD_BYTES / 1024 * 11 / 10 + STORAGE_BYTES / 1024))
-free_kib=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
-if ((free_kib < need_kib)); then
-    echo "bench/uploads.sh: $BENCH_DIR has $((free_kib / 1024)) MiB free, needs $((need_kib / 1024)) MiB" >&2
-    exit 1
-fi
+need_free_kib "$((max_devices * UPLOAD_BYTES / 1024 * 11 / 10 + STORAGE_BYTES / 1024))"
 ulimit -n "$(ulimit -Hn)"
 
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "cpu: $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(nproc) cores"
-    echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
-    echo "disk: $(df -PT "$BENCH_DIR" | awk 'NR==2 {print $1" ("$2")"}') at $BENCH_DIR"
-    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} | tee "$BENCH_DIR/machine.txt" >&2
+record_machine
 
 # --- the fleet -------------------------------------------------------------
 REDIS_PORT=$(port)
@@ -253,5 +242,5 @@ for devices in $DEVICE_COUNTS; do
     upload_run drover-big-window "$devices" "$BIG_WINDOW"
 done
 
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$BENCH_DIR/machine.txt" >&2
+record_load_after
 python3 "$ROOT/bench/uploads_report.py" "$RESULTS" "$BENCH_DIR/machine.txt" | tee "$BENCH_DIR/results.md"

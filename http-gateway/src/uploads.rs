@@ -39,8 +39,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use cwp::{Serial, UploadId};
 use drover_edge::BridgeClient;
-use drover_http_ingest::BodySha256;
-use drover_proto::bridge::RecordUploadRequest;
+use drover_http_ingest::{BodyDigest, BodySha256};
 use drover_service::admin::GaugeHold;
 use drover_upload_store::{
     CompletedUpload, Opened, PartialUpload, StoreError, TusMeta, UploadMeta, UploadStore, fill_to,
@@ -158,7 +157,7 @@ struct Verify {
     /// `Upload-Checksum`.
     checksum: Option<(Checksum, ChecksumHasher)>,
     /// A signed body's (or a bearer request's) `X-Content-SHA256`.
-    body_sha256: Option<(BodySha256, Sha256)>,
+    body_sha256: Option<(BodySha256, BodyDigest)>,
 }
 
 impl Verify {
@@ -171,7 +170,7 @@ impl Verify {
                 let hasher = ChecksumHasher::new(checksum.algorithm);
                 (checksum, hasher)
             }),
-            body_sha256: body_sha256.map(|expected| (expected, Sha256::new())),
+            body_sha256: body_sha256.map(|expected| (expected, BodyDigest::new())),
         })
     }
 
@@ -186,10 +185,8 @@ impl Verify {
 
     /// The refusal if a digest does not match.
     fn check(self) -> Result<(), Refusal> {
-        if let Some((expected, hasher)) = self.body_sha256
-            && BodySha256(hasher.finalize().into()) != expected
-        {
-            return Err(Refusal::BodyDigestMismatch);
+        if let Some((expected, digest)) = self.body_sha256 {
+            digest.verify(&expected).map_err(|_| Refusal::BodyDigestMismatch)?;
         }
         if let Some((checksum, hasher)) = self.checksum
             && !hasher.matches(&checksum.digest)
@@ -548,17 +545,7 @@ fn describe_partial(response: &mut Response<Full<Bytes>>, partial: &PartialUploa
 impl crate::service::Gateway {
     /// Appends the `upload_completed` record (idempotent at the bridge).
     async fn record(&self, completed: &CompletedUpload) -> Result<(), Refusal> {
-        let request = RecordUploadRequest {
-            serial: completed.serial.clone(),
-            upload_id: completed.upload_id.clone(),
-            name: completed.name.clone(),
-            size: completed.size,
-            sha256: completed.sha256.clone(),
-            path: completed.path.clone(),
-            driver_id: String::new(),
-            transport: completed.transport.as_str().to_owned(),
-        };
-        match self.uploads.bridge.record_upload(request).await {
+        match self.uploads.bridge.record_upload(completed).await {
             Ok(appended) => {
                 if appended {
                     self.metrics.uploads_completed.inc();
@@ -615,27 +602,10 @@ impl crate::service::Gateway {
         let checksum = text(headers, header::UPLOAD_CHECKSUM)
             .map(tus::parse_checksum)
             .transpose()?;
-        let name = tus::metadata_value(&metadata, "filename")
-            .and_then(|name| String::from_utf8(name).ok())
-            .unwrap_or_default();
         let id = store_id(uuid::Uuid::new_v4());
         let serial = who.serial;
         let store = self.uploads.store.clone();
-        let meta = UploadMeta {
-            serial: String::new(),
-            upload_id: String::new(),
-            name,
-            total_size: match length {
-                Length::Known(length) => length,
-                Length::Deferred => 0,
-            },
-            created_ms: drover_service::clock::unix_ms(),
-            tus: Some(TusMeta {
-                metadata,
-                deferred_length: length == Length::Deferred,
-                partial: concat == Some(Concat::Partial),
-            }),
-        };
+        let meta = tus_upload_meta(metadata, length, concat == Some(Concat::Partial));
         let announced = meta.total_size;
         // The floor and the quota, then the files (meta first, durably).
         blocking(move || -> Result<(), Refusal> {
@@ -904,21 +874,7 @@ impl crate::service::Gateway {
             if total > limits.max_bytes {
                 return Err(Refusal::UploadTooLarge(limits.max_bytes));
             }
-            let name = tus::metadata_value(&metadata, "filename")
-                .and_then(|name| String::from_utf8(name).ok())
-                .unwrap_or_default();
-            let meta = UploadMeta {
-                serial: String::new(),
-                upload_id: String::new(),
-                name,
-                total_size: total,
-                created_ms: drover_service::clock::unix_ms(),
-                tus: Some(TusMeta {
-                    metadata,
-                    deferred_length: false,
-                    partial: false,
-                }),
-            };
+            let meta = tus_upload_meta(metadata, Length::Known(total), false);
             let mut joined = match store.create(&serial, id, meta) {
                 Ok(Opened::Partial(joined)) => joined,
                 Ok(Opened::Completed(_)) | Err(StoreError::Locked) => return Err(Refusal::UploadLocked),
@@ -950,6 +906,28 @@ impl crate::service::Gateway {
         let mut response = tus_response(StatusCode::CREATED);
         set(&mut response, LOCATION.as_str(), location(id));
         Ok(response)
+    }
+}
+
+/// The meta of a new tus upload (the store fills in its serial and id):
+/// the `filename` of `Upload-Metadata` is its name.
+fn tus_upload_meta(metadata: String, length: Length, partial: bool) -> UploadMeta {
+    UploadMeta {
+        serial: String::new(),
+        upload_id: String::new(),
+        name: tus::metadata_value(&metadata, "filename")
+            .and_then(|name| String::from_utf8(name).ok())
+            .unwrap_or_default(),
+        total_size: match length {
+            Length::Known(length) => length,
+            Length::Deferred => 0,
+        },
+        created_ms: drover_service::clock::unix_ms(),
+        tus: Some(TusMeta {
+            metadata,
+            deferred_length: length == Length::Deferred,
+            partial,
+        }),
     }
 }
 

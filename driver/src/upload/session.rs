@@ -15,7 +15,6 @@ use bytes::Bytes;
 use cwp::{
     ErrorCode, FrameType, Serial, UploadBegin, UploadDone, UploadEnd, UploadId, UploadOutcome, UploadStatus, Violation,
 };
-use drover_proto::bridge::RecordUploadRequest;
 use drover_service::admin::GaugeHold;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
@@ -660,17 +659,7 @@ fn verdict(size: u64, digest: &[u8], end: &UploadEnd) -> UploadOutcome {
 
 /// Appends the `upload_completed` record (idempotent at the bridge).
 async fn record(uploads: &UploadService, completed: &CompletedUpload) -> Result<(), UploadError> {
-    let request = RecordUploadRequest {
-        serial: completed.serial.clone(),
-        upload_id: completed.upload_id.clone(),
-        name: completed.name.clone(),
-        size: completed.size,
-        sha256: completed.sha256.clone(),
-        path: completed.path.clone(),
-        driver_id: String::new(),
-        transport: completed.transport.as_str().to_owned(),
-    };
-    match uploads.bridge.record_upload(request).await {
+    match uploads.bridge.record_upload(completed).await {
         Ok(appended) => {
             debug!(upload_id = %completed.upload_id, appended, "upload recorded");
             Ok(())

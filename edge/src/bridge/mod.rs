@@ -23,6 +23,7 @@ use drover_service::clock::unix_ms;
 use drover_service::drain;
 use drover_service::env::EnvReader;
 use drover_service::tls::{read_certificates, read_private_key};
+use drover_upload_store::CompletedUpload;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -383,11 +384,19 @@ impl BridgeClient {
             .map_err(|_| tonic::Status::internal("the bridge sent an unknown verdict"))
     }
 
-    /// Appends an `upload_completed` record (once per upload).
-    pub async fn record_upload(&self, record: RecordUploadRequest) -> Result<bool, tonic::Status> {
+    /// Appends the `upload_completed` record of a completed upload (once
+    /// per upload, however often it is asked): true if this call appended
+    /// it.
+    pub async fn record_upload(&self, completed: &CompletedUpload) -> Result<bool, tonic::Status> {
         let mut request = tonic::Request::new(RecordUploadRequest {
+            serial: completed.serial.clone(),
+            upload_id: completed.upload_id.clone(),
+            name: completed.name.clone(),
+            size: completed.size,
+            sha256: completed.sha256.clone(),
+            path: completed.path.clone(),
             driver_id: self.driver_id.clone(),
-            ..record
+            transport: completed.transport.as_str().to_owned(),
         });
         request.set_timeout(CALL_TIMEOUT);
         Ok(self.client.clone().record_upload(request).await?.into_inner().recorded)
