@@ -208,7 +208,7 @@ fn devices_answer_the_commands_an_operator_publishes() {
         }
         let mut answered = std::collections::BTreeSet::new();
         let mut messages = results.on_message();
-        within("every device's result", Duration::from_secs(5), async {
+        within("every device's result", Duration::from_secs(30), async {
             while answered.len() < 20 {
                 let message = messages.next().await.expect("the subscription stays open");
                 let notice: serde_json::Value =
