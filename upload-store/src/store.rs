@@ -294,7 +294,7 @@ impl UploadStore {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(err.into()),
             };
-            let data = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            let data = match lock_briefly_waiting(file) {
                 Ok(data) => data,
                 Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Locked),
                 Err((_, errno)) => return Err(io::Error::from(errno).into()),
@@ -923,6 +923,27 @@ pub fn serial_dir_name(serial: &Serial) -> String {
 /// Whether `name` is an upload directory's name (a hyphenated lowercase UUID).
 fn is_upload_dir_name(name: &str) -> bool {
     uuid::Uuid::try_parse(name).is_ok_and(|id| id.hyphenated().to_string() == name)
+}
+
+/// How long an open waits for a lock held only for a moment (an expiry
+/// pass looking at the file) before it says the upload is in use.
+const LOCK_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Locks `file` exclusively, retrying for [`LOCK_PATIENCE`]: a writer holds
+/// its lock for the whole upload, but the expiry holds it only while it
+/// looks, and an open racing it should not be refused for that.
+fn lock_briefly_waiting(file: File) -> Result<Flock<File>, (File, Errno)> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Err((returned, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = returned;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Whether `file` is still the file at `path` (not unlinked or replaced).
