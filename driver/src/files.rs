@@ -53,6 +53,13 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_s
 /// rollout's lease (the device is offered the file again at its next
 /// session and answers at once).
 const REPORT_PATIENCE: Duration = Duration::from_secs(60);
+/// A transfer sends at most this far beyond the offset its rollout last
+/// recorded (the last progress report answered). During a bridge or Redis
+/// outage reports go unanswered, so transfers pause here instead of
+/// running on unrecorded, out of reach of a pause or a cancel; two
+/// reports' worth, so that the answer to one never holds a transfer back
+/// while the bridge answers.
+pub const AHEAD_OF_RECORD: u64 = 2 * REPORT_BYTES;
 
 /// What other tasks leave in a session's mailbox about files.
 #[derive(Debug, Default)]
@@ -62,8 +69,21 @@ pub struct FileMail {
     pub wake: bool,
     /// The bridge's answer to `TakeFileOffer`.
     pub offer: Option<FileOfferGrant>,
-    /// The bridge's answers to reports, by rollout id.
-    pub verdicts: Vec<(String, FileTransferVerdict)>,
+    /// The bridge's answers to reports.
+    pub answers: Vec<Answer>,
+}
+
+/// The bridge's answer to one report.
+#[derive(Debug)]
+pub struct Answer {
+    /// The rollout reported on.
+    pub rollout: String,
+    /// What was reported...
+    pub event: FileTransferEvent,
+    /// ...at which offset.
+    pub offset: u64,
+    /// What the transfer does next.
+    pub verdict: FileTransferVerdict,
 }
 
 /// Asks the bridge for offers and reports transfers. Cheap to clone.
@@ -104,11 +124,7 @@ impl FileService {
                 .or_default(),
         );
         session.note_file_mail();
-        if self
-            .registry
-            .get(&session.serial)
-            .is_none_or(|live| live.session_id != session.session_id)
-        {
+        if !self.is_live(session) {
             self.session_ended(&session.session_id);
         }
     }
@@ -199,15 +215,24 @@ impl FileService {
         }
     }
 
+    /// Whether `session` is still the device's live session.
+    fn is_live(&self, session: &SessionHandle) -> bool {
+        self.registry
+            .get(&session.serial)
+            .is_some_and(|live| live.session_id == session.session_id)
+    }
+
     /// Reports what happened to `session`'s transfer of `rollout`; the
-    /// verdict goes to the session's mailbox. Progress is tried once (the
-    /// next report says more); outcomes are retried for a while.
+    /// answer goes to the session's mailbox. Progress is retried as long
+    /// as the session lives (its transfer waits for the answer: see
+    /// [`AHEAD_OF_RECORD`]); outcomes are retried for a while, session or
+    /// not.
     pub fn report(&self, session: &Arc<SessionHandle>, rollout: &str, event: FileTransferEvent, offset: u64) {
         let this = self.clone();
         let session = session.clone();
         let rollout = rollout.to_owned();
         let call = async move {
-            let patient = event != FileTransferEvent::Progress;
+            let progress = event == FileTransferEvent::Progress;
             let deadline = Instant::now() + REPORT_PATIENCE;
             let mut backoff = RETRY;
             loop {
@@ -218,10 +243,17 @@ impl FileService {
                 {
                     Ok(verdict) => {
                         debug!(serial = %session.serial, rollout, ?event, offset, ?verdict, "file transfer reported");
-                        this.leave(&session, |mail| mail.verdicts.push((rollout, verdict)));
+                        this.leave(&session, |mail| {
+                            mail.answers.push(Answer {
+                                rollout,
+                                event,
+                                offset,
+                                verdict,
+                            });
+                        });
                         return;
                     }
-                    Err(status) if patient && Instant::now() < deadline => {
+                    Err(status) if (progress && this.is_live(&session)) || (!progress && Instant::now() < deadline) => {
                         let retry_in = backoff.next_delay();
                         warn!(serial = %session.serial, rollout, code = ?status.code(), ?retry_in, "could not report a file transfer; retrying");
                         tokio::time::sleep(retry_in).await;
@@ -349,6 +381,16 @@ pub struct Transfer {
     /// When progress was last reported, and at which offset.
     reported_at: Instant,
     reported: u64,
+    /// The offset the rollout recorded: the last progress report answered
+    /// (or where the device accepted). Chunks go at most
+    /// [`AHEAD_OF_RECORD`] beyond it.
+    recorded: u64,
+    /// A progress report awaits its answer: the next one waits for it, so
+    /// that reports reach the rollout in order, one at a time.
+    reporting: bool,
+    /// A report was asked for (a wake-up) while one was on its way: made
+    /// as soon as that one is answered.
+    report_again: bool,
     /// An outcome was reported: its verdict is awaited.
     pub finishing: bool,
     /// The rollout's limit on this driver, if it has one.
@@ -406,6 +448,9 @@ impl Transfer {
             file,
             reported_at: Instant::now(),
             reported: 0,
+            recorded: 0,
+            reporting: false,
+            report_again: false,
             finishing: false,
             throttle,
             turn: None,
@@ -418,6 +463,7 @@ impl Transfer {
         self.rules = FileTransfer::offered(self.offer.file_id, self.offer.size);
         self.finishing = false;
         self.reported = 0;
+        self.recorded = 0;
         ServerFrame::FileOffer(self.offer.clone())
     }
 
@@ -426,10 +472,17 @@ impl Transfer {
         !self.finishing && !self.rules.is_stopped()
     }
 
-    /// Whether chunks could be sent now (the window has room and the
-    /// rollout's limit allows, or this transfer's turn under it came).
+    /// Bytes that may be sent before the rollout records more progress.
+    fn unrecorded_room(&self) -> u64 {
+        (self.recorded + AHEAD_OF_RECORD).saturating_sub(self.rules.sent())
+    }
+
+    /// Whether chunks could be sent now (the window has room, the rollout
+    /// recorded enough, and the rollout's limit allows, or this transfer's
+    /// turn under it came).
     pub fn wants_to_send(&self) -> bool {
         self.rules.next_chunk(1).is_some()
+            && self.unrecorded_room() > 0
             && match (&self.throttle, self.turn) {
                 (None, _) => true,
                 (Some(_), Some((_, at))) => at <= Instant::now(),
@@ -467,11 +520,12 @@ impl Transfer {
         };
         let report = match step {
             TransferStep::Ignored => None,
-            TransferStep::Accepted { offset } => Some((FileTransferEvent::Progress, offset)),
-            TransferStep::Progress { offset } => {
-                let due = offset >= self.reported + REPORT_BYTES || self.reported_at.elapsed() >= REPORT_EVERY;
-                due.then_some((FileTransferEvent::Progress, offset))
+            TransferStep::Accepted { offset } => {
+                // The rollout granted this offset a moment ago.
+                self.recorded = offset;
+                self.progress_report(true)
             }
+            TransferStep::Progress { .. } => self.progress_report(false),
             TransferStep::Complete => Some((FileTransferEvent::Done, self.rules.size())),
             TransferStep::Declined => Some((FileTransferEvent::Declined, 0)),
             TransferStep::DigestMismatch => Some((FileTransferEvent::DigestMismatch, 0)),
@@ -480,17 +534,48 @@ impl Transfer {
         if step.ends() {
             self.finishing = true;
         }
-        if let Some((_, offset)) = report {
-            self.reported_at = Instant::now();
-            self.reported = offset;
-        }
         Ok(report)
+    }
+
+    /// A progress report, if one is due (`now`: asked for) and none is on
+    /// its way; asked for while one is, it follows that one's answer.
+    pub fn progress_report(&mut self, now: bool) -> Option<Report> {
+        if self.reporting {
+            self.report_again |= now;
+            return None;
+        }
+        let offset = self.rules.acked();
+        let due = now || offset >= self.reported + REPORT_BYTES || self.reported_at.elapsed() >= REPORT_EVERY;
+        if !due {
+            return None;
+        }
+        self.reporting = true;
+        self.reported_at = Instant::now();
+        self.reported = offset;
+        Some((FileTransferEvent::Progress, offset))
+    }
+
+    /// The answer to a progress report at `offset` came: the rollout
+    /// recorded it. Returns the next report if one is due already.
+    pub fn progress_recorded(&mut self, offset: u64) -> Option<Report> {
+        self.reporting = false;
+        self.recorded = self.recorded.max(offset);
+        let again = std::mem::take(&mut self.report_again);
+        if self.is_live() {
+            self.progress_report(again)
+        } else {
+            None
+        }
     }
 
     /// The next chunk, read from the file, if the window has room for
     /// one of at most `max_chunk` bytes.
     pub fn next_chunk(&mut self, max_chunk: usize) -> Option<std::io::Result<ServerFrame>> {
-        let (offset, len) = self.rules.next_chunk(max_chunk)?;
+        let room = usize::try_from(self.unrecorded_room()).unwrap_or(usize::MAX);
+        if room == 0 {
+            return None;
+        }
+        let (offset, len) = self.rules.next_chunk(max_chunk.min(room))?;
         let mut data = BytesMut::zeroed(len);
         if let Err(err) = self.file.read_at(offset, &mut data).and_then(|read| {
             if read == len {

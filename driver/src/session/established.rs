@@ -377,11 +377,12 @@ impl<'a> Established<'a> {
 
     /// CWP/1 §3 Files: what the bridge said about offers and transfers.
     fn on_file_mail(&mut self, mail: FileMail) {
-        for (rollout, verdict) in mail.verdicts {
+        for answer in mail.answers {
+            let rollout = answer.rollout;
             let Some(transfer) = self.transfer.as_mut().filter(|transfer| transfer.rollout == rollout) else {
                 continue;
             };
-            match verdict {
+            match answer.verdict {
                 FileTransferVerdict::Stop => {
                     debug!(serial = %self.session.serial, rollout, "file transfer stopped by its rollout");
                     transfer.rules.stop();
@@ -395,7 +396,13 @@ impl<'a> Established<'a> {
                     self.transfer = None;
                     self.sessions.files.fetch(self.session.serial);
                 }
-                FileTransferVerdict::Continue | FileTransferVerdict::Unspecified => {}
+                FileTransferVerdict::Continue | FileTransferVerdict::Unspecified => {
+                    if answer.event == FileTransferEvent::Progress
+                        && let Some((event, offset)) = transfer.progress_recorded(answer.offset)
+                    {
+                        self.sessions.files.report(self.session, &rollout, event, offset);
+                    }
+                }
             }
         }
         if let Some(grant) = mail.offer {
@@ -444,10 +451,11 @@ impl<'a> Established<'a> {
             match self.transfer.as_mut() {
                 // Report now: a pause or a cancel answers STOP.
                 Some(transfer) if transfer.is_live() => {
-                    let offset = transfer.rules.acked();
-                    self.sessions
-                        .files
-                        .report(self.session, &transfer.rollout, FileTransferEvent::Progress, offset);
+                    if let Some((event, offset)) = transfer.progress_report(true) {
+                        self.sessions
+                            .files
+                            .report(self.session, &transfer.rollout, event, offset);
+                    }
                 }
                 Some(transfer) if transfer.finishing => {}
                 _ => self.sessions.files.fetch(self.session.serial),
