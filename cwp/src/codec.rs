@@ -265,38 +265,48 @@ impl<R: Role> Codec<R> {
 
     fn decode_frame(&mut self, header: Header, frame: Bytes) -> Result<R::Inbound, DecodeError> {
         let frame_type = header.frame_type;
-        let computed = crc32c::crc32c_append(crc32c::crc32c(&frame[..8]), &frame[HEADER_LEN..]);
-        if computed != header.crc {
-            return Err(DecodeError::BadCrc {
-                frame_type,
-                received: header.crc,
-                computed,
-            });
-        }
-
         let sealed = match self.inbound {
             Inbound::Unsealed => false,
             Inbound::Sealed => true,
             // CWP/1 §1 Tags: an ERROR sent before WELCOME is not sealed.
             Inbound::AwaitingWelcome => frame_type != FrameType::ERROR,
         };
-        let body_end = if sealed {
-            let seal = self.seal.as_mut().expect("inbound is sealed only once a seal exists");
-            if (header.length as usize) < TAG_LEN {
-                return Err(DecodeError::Malformed {
-                    frame_type,
-                    reason: Malformation::MissingTag,
-                });
+        let header8: &[u8; 8] = frame[..8].try_into().expect("a whole frame holds its header");
+        let crc_header = crc32c::crc32c(header8);
+        let bad_crc = |computed| DecodeError::BadCrc {
+            frame_type,
+            received: header.crc,
+            computed,
+        };
+        // CWP/1 §1: the CRC is checked first, then the tag. A sealed
+        // frame's CRC is computed in the tag's pass over the body.
+        let body_end = match self.seal.as_mut() {
+            Some(seal) if sealed && header.length as usize >= TAG_LEN => {
+                let body_end = frame.len() - TAG_LEN;
+                let opened = seal.open_with_crc(header8, &frame[HEADER_LEN..body_end], &frame[body_end..], crc_header);
+                if opened.crc != header.crc {
+                    return Err(bad_crc(opened.crc));
+                }
+                if !opened.verified {
+                    return Err(DecodeError::BadTag { frame_type });
+                }
+                self.inbound = Inbound::Sealed;
+                body_end
             }
-            let body_end = frame.len() - TAG_LEN;
-            let header8: &[u8; 8] = frame[..8].try_into().expect("a whole frame holds its header");
-            if !seal.open(header8, &frame[HEADER_LEN..body_end], &frame[body_end..]) {
-                return Err(DecodeError::BadTag { frame_type });
+            _ => {
+                let computed = crc32c::crc32c_append(crc_header, &frame[HEADER_LEN..]);
+                if computed != header.crc {
+                    return Err(bad_crc(computed));
+                }
+                if sealed {
+                    debug_assert!(self.seal.is_some(), "inbound is sealed only once a seal exists");
+                    return Err(DecodeError::Malformed {
+                        frame_type,
+                        reason: Malformation::MissingTag,
+                    });
+                }
+                frame.len()
             }
-            self.inbound = Inbound::Sealed;
-            body_end
-        } else {
-            frame.len()
         };
 
         match R::Inbound::decode_body(frame_type, frame.slice(HEADER_LEN..body_end)) {
@@ -395,13 +405,18 @@ impl<R: Role> Codec<R> {
         let length = u32::try_from(length).expect("a frame body is far smaller than 4 GiB");
         dst[start + 4..start + 8].copy_from_slice(&length.to_be_bytes());
 
-        if let Some(seal) = self.seal.as_mut() {
-            let header8: [u8; 8] = dst[start..start + 8].try_into().expect("8 header bytes were written");
-            let tag = seal.seal(&header8, &dst[start + HEADER_LEN..]);
-            dst.put_slice(&tag);
-        }
-
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&dst[start..start + 8]), &dst[start + HEADER_LEN..]);
+        let header8: [u8; 8] = dst[start..start + 8].try_into().expect("8 header bytes were written");
+        let crc_header = crc32c::crc32c(&header8);
+        let crc = match self.seal.as_mut() {
+            // The CRC covers the tag too: the body's in the tag's pass,
+            // then the tag's own bytes.
+            Some(seal) => {
+                let (tag, crc) = seal.seal_with_crc(&header8, &dst[start + HEADER_LEN..], crc_header);
+                dst.put_slice(&tag);
+                crc32c::crc32c_append(crc, &tag)
+            }
+            None => crc32c::crc32c_append(crc_header, &dst[start + HEADER_LEN..]),
+        };
         dst[start + 8..start + HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     }
 }
