@@ -334,7 +334,7 @@ impl Applier {
             self.gate.after_failure(&err);
             if failures == 1 {
                 warn!(error = %err, batches = call.len(), "cannot store events; retrying until Redis takes them");
-            } else if failures % RETRIES_PER_ERROR_LOG == 0 {
+            } else if failures.is_multiple_of(RETRIES_PER_ERROR_LOG) {
                 error!(error = %err, failures, "still cannot store events in Redis");
             } else {
                 tracing::debug!(error = %err, failures, "cannot store events yet");
