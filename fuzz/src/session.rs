@@ -37,7 +37,7 @@ use std::cell::Cell;
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
-use cwp::session::{Ending, Step, UploadFrame, Violation, violation_frame};
+use cwp::session::{Ending, FileFrame, Step, UploadFrame, Violation, violation_frame};
 use cwp::*;
 
 /// One connection, as the fuzzer writes it.
@@ -560,8 +560,18 @@ impl Connection {
                 };
                 match rules.on_frame(frame, pipeline) {
                     Step::Nothing
-                    | Step::Upload(UploadFrame::Begin(_) | UploadFrame::Block(_) | UploadFrame::End(_))
-                    | Step::File(_) => {}
+                    | Step::Upload(UploadFrame::Begin(_) | UploadFrame::Block(_) | UploadFrame::End(_)) => {}
+                    // This harness offers no file, so a file frame ends the
+                    // session as the driver's session loop ends it.
+                    Step::File(frame) => {
+                        let frame_type = match frame {
+                            FileFrame::Accept(_) => FrameType::FILE_ACCEPT,
+                            FileFrame::Ack(_) => FrameType::FILE_ACK,
+                        };
+                        let ending = rules.end(Ending::Fatal(cwp::transfer::no_transfer(frame_type)));
+                        self.end(ending, device, rules, pipeline, checker);
+                        return;
+                    }
                     Step::Send(frame) => {
                         self.send(&frame, device);
                         checker.on_answer(&frame, event_id);
