@@ -26,6 +26,7 @@ use std::fmt;
 
 use sha2::block_api::compress256;
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::keys::SessionKey;
 
@@ -59,7 +60,9 @@ const PREFIX_LEN: usize = 1 + 8 + 8;
 
 /// HMAC-SHA256 keyed once: SHA-256's state after `key ^ ipad` and after
 /// `key ^ opad` (the key is shorter than a block, so it is used as is).
-#[derive(Clone)]
+/// Whoever holds these states can seal frames as the key can: they are
+/// wiped when the session ends, like the key itself.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct KeyedMac {
     inner: [u32; 8],
     outer: [u32; 8],
@@ -73,6 +76,7 @@ impl KeyedMac {
             block.iter_mut().zip(key).for_each(|(pad, key)| *pad ^= key);
             let mut state = SHA256_IV;
             compress256(&mut state, &[block]);
+            block.zeroize();
             state
         };
         Self {
