@@ -195,14 +195,10 @@ impl Seal {
     }
 
     /// Verifies the tag of the next incoming frame in constant time and, if
-    /// it verifies, advances the receive counter. A frame that fails leaves
-    /// the counter alone; the connection is dead anyway.
-    pub fn open(&mut self, header: &[u8; 8], body: &[u8], tag: &[u8]) -> bool {
-        self.open_with_crc(header, body, tag, 0).verified
-    }
-
-    /// [`Seal::open`], and `crc` extended over `body` and `tag` in the
-    /// same pass (the frame's CRC-32C, for the caller to check first).
+    /// it verifies, advances the receive counter (a frame that fails leaves
+    /// the counter alone; the connection is dead anyway); and extends `crc`
+    /// over `body` and `tag` in the same pass (the frame's CRC-32C, for the
+    /// caller to check first).
     pub fn open_with_crc(&mut self, header: &[u8; 8], body: &[u8], tag: &[u8], crc: u32) -> Opened {
         let (expected, crc) = self
             .keyed

@@ -385,9 +385,11 @@ pub struct Transfer {
     /// (or where the device accepted). Chunks go at most
     /// [`AHEAD_OF_RECORD`] beyond it.
     recorded: u64,
-    /// A progress report awaits its answer: the next one waits for it, so
-    /// that reports reach the rollout in order, one at a time.
-    reporting: bool,
+    /// The offset of the progress report awaiting its answer: the next
+    /// one waits for it, so that reports reach the rollout in order, one
+    /// at a time. An answer to any other report (one of a pass before a
+    /// re-offer) records nothing.
+    reporting: Option<u64>,
     /// A report was asked for (a wake-up) while one was on its way: made
     /// as soon as that one is answered.
     report_again: bool,
@@ -449,7 +451,7 @@ impl Transfer {
             reported_at: Instant::now(),
             reported: 0,
             recorded: 0,
-            reporting: false,
+            reporting: None,
             report_again: false,
             finishing: false,
             throttle,
@@ -464,6 +466,8 @@ impl Transfer {
         self.finishing = false;
         self.reported = 0;
         self.recorded = 0;
+        self.reporting = None;
+        self.report_again = false;
         ServerFrame::FileOffer(self.offer.clone())
     }
 
@@ -472,17 +476,20 @@ impl Transfer {
         !self.finishing && !self.rules.is_stopped()
     }
 
-    /// Bytes that may be sent before the rollout records more progress.
-    fn unrecorded_room(&self) -> u64 {
-        (self.recorded + AHEAD_OF_RECORD).saturating_sub(self.rules.sent())
+    /// The next chunk's offset and length, at most `max_chunk` bytes: what
+    /// the window has room for ([`FileTransfer::next_chunk`]) and the
+    /// rollout's record allows ([`AHEAD_OF_RECORD`]).
+    fn next_span(&self, max_chunk: usize) -> Option<(u64, usize)> {
+        let unrecorded = (self.recorded + AHEAD_OF_RECORD).saturating_sub(self.rules.sent());
+        let max_chunk = usize::try_from(unrecorded).map_or(max_chunk, |room| room.min(max_chunk));
+        self.rules.next_chunk(max_chunk)
     }
 
     /// Whether chunks could be sent now (the window has room, the rollout
     /// recorded enough, and the rollout's limit allows, or this transfer's
     /// turn under it came).
     pub fn wants_to_send(&self) -> bool {
-        self.rules.next_chunk(1).is_some()
-            && self.unrecorded_room() > 0
+        self.next_span(1).is_some()
             && match (&self.throttle, self.turn) {
                 (None, _) => true,
                 (Some(_), Some((_, at))) => at <= Instant::now(),
@@ -503,7 +510,7 @@ impl Transfer {
             throttle.release(bytes);
             self.turn = None;
         }
-        if throttle.allows() || self.rules.next_chunk(1).is_none() {
+        if throttle.allows() || self.next_span(1).is_none() {
             return None;
         }
         let bytes = chunk as u64;
@@ -540,7 +547,7 @@ impl Transfer {
     /// A progress report, if one is due (`now`: asked for) and none is on
     /// its way; asked for while one is, it follows that one's answer.
     pub fn progress_report(&mut self, now: bool) -> Option<Report> {
-        if self.reporting {
+        if self.reporting.is_some() {
             self.report_again |= now;
             return None;
         }
@@ -549,7 +556,7 @@ impl Transfer {
         if !due {
             return None;
         }
-        self.reporting = true;
+        self.reporting = Some(offset);
         self.reported_at = Instant::now();
         self.reported = offset;
         Some((FileTransferEvent::Progress, offset))
@@ -558,7 +565,10 @@ impl Transfer {
     /// The answer to a progress report at `offset` came: the rollout
     /// recorded it. Returns the next report if one is due already.
     pub fn progress_recorded(&mut self, offset: u64) -> Option<Report> {
-        self.reporting = false;
+        if self.reporting != Some(offset) {
+            return None;
+        }
+        self.reporting = None;
         self.recorded = self.recorded.max(offset);
         let again = std::mem::take(&mut self.report_again);
         if self.is_live() {
@@ -571,11 +581,7 @@ impl Transfer {
     /// The next chunk, read from the file, if the window has room for
     /// one of at most `max_chunk` bytes.
     pub fn next_chunk(&mut self, max_chunk: usize) -> Option<std::io::Result<ServerFrame>> {
-        let room = usize::try_from(self.unrecorded_room()).unwrap_or(usize::MAX);
-        if room == 0 {
-            return None;
-        }
-        let (offset, len) = self.rules.next_chunk(max_chunk.min(room))?;
+        let (offset, len) = self.next_span(max_chunk)?;
         let mut data = BytesMut::zeroed(len);
         if let Err(err) = self.file.read_at(offset, &mut data).and_then(|read| {
             if read == len {
@@ -599,7 +605,112 @@ impl Transfer {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use cwp::{FileAccept, FileAck, FileAckStatus};
+
     use super::*;
+
+    /// A transfer of `size` bytes of a stored file, offered; the store's
+    /// directory lives as long as the transfer is used.
+    fn offered(size: usize) -> (tempfile::TempDir, Box<Transfer>, FileId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let record = store.add_reader(&mut &vec![7u8; size][..], "fw.bin").unwrap();
+        let grant = FileOfferGrant {
+            rollout_id: "6f1c2b1e-0000-4000-8000-000000000001".to_owned(),
+            sha256: record.sha256,
+            size: record.size,
+            name: record.name,
+            offset: 0,
+            max_bytes_per_s: 0,
+        };
+        let (transfer, offer) = Transfer::start(&store, &grant, None).unwrap();
+        let ServerFrame::FileOffer(offer) = offer else {
+            panic!("an offer")
+        };
+        (dir, transfer, offer.file_id)
+    }
+
+    /// Sends every chunk the transfer will send now; their bytes.
+    fn send_all(transfer: &mut Transfer) -> u64 {
+        let mut sent = 0;
+        while let Some(chunk) = transfer.next_chunk(64 * 1024) {
+            let Ok(ServerFrame::FileChunk(chunk)) = chunk else {
+                panic!("a chunk")
+            };
+            sent += chunk.data.len() as u64;
+        }
+        sent
+    }
+
+    /// README "Outages pause transfers": with a window larger than the
+    /// file, chunks stop [`AHEAD_OF_RECORD`] beyond what the rollout
+    /// recorded; the answer to the report moves the limit on, and an
+    /// answer of a pass before a re-offer moves nothing.
+    #[test]
+    fn chunks_stop_ahead_of_the_record_until_a_report_is_answered() {
+        let size = 3 * AHEAD_OF_RECORD as usize;
+        let (_dir, mut transfer, file_id) = offered(size);
+        let accept = FileAccept {
+            file_id,
+            offset: 0,
+            window: u32::MAX,
+        };
+        let report = transfer.on_frame(FileFrame::Accept(accept)).unwrap();
+        assert_eq!(
+            report,
+            Some((FileTransferEvent::Progress, 0)),
+            "the accepted offset is reported"
+        );
+        assert_eq!(
+            send_all(&mut transfer),
+            AHEAD_OF_RECORD,
+            "then nothing until it is answered"
+        );
+        assert!(!transfer.wants_to_send());
+
+        let ack = |offset| FileAck {
+            file_id,
+            offset,
+            status: FileAckStatus::OK,
+        };
+        let held = transfer.on_frame(FileFrame::Ack(ack(AHEAD_OF_RECORD))).unwrap();
+        assert_eq!(held, None, "one report at a time");
+        let next = transfer.progress_recorded(0);
+        assert_eq!(
+            next,
+            Some((FileTransferEvent::Progress, AHEAD_OF_RECORD)),
+            "the next one follows the answer"
+        );
+        assert_eq!(send_all(&mut transfer), 0, "0 recorded: still nothing");
+        assert_eq!(transfer.progress_recorded(AHEAD_OF_RECORD), None);
+        assert_eq!(
+            send_all(&mut transfer),
+            AHEAD_OF_RECORD,
+            "recorded where the device is: as far again"
+        );
+        let report = transfer.on_frame(FileFrame::Ack(ack(2 * AHEAD_OF_RECORD))).unwrap();
+        assert_eq!(report, Some((FileTransferEvent::Progress, 2 * AHEAD_OF_RECORD)));
+        assert_eq!(transfer.progress_recorded(2 * AHEAD_OF_RECORD), None);
+        assert_eq!(send_all(&mut transfer), AHEAD_OF_RECORD, "and the rest of the file");
+
+        // A re-offer starts a new pass; the answer to a report of the old
+        // one records nothing of it.
+        transfer.reoffer();
+        let accept = FileAccept {
+            file_id,
+            offset: 0,
+            window: u32::MAX,
+        };
+        transfer.on_frame(FileFrame::Accept(accept)).unwrap();
+        assert_eq!(transfer.progress_recorded(2 * AHEAD_OF_RECORD), None);
+        assert_eq!(
+            send_all(&mut transfer),
+            AHEAD_OF_RECORD,
+            "the late answer moved nothing"
+        );
+    }
 
     /// Transfers held back by one limit get turns one after the other, a
     /// chunk's time apart, behind the bytes owed; a turn given back no

@@ -932,9 +932,8 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(100);
 /// Locks `file` exclusively, retrying for [`LOCK_PATIENCE`]: a writer holds
 /// its lock for the whole upload, but the expiry holds it only while it
 /// looks, and an open racing it should not be refused for that.
-fn lock_briefly_waiting(file: File) -> Result<Flock<File>, (File, Errno)> {
+fn lock_briefly_waiting(mut file: File) -> Result<Flock<File>, (File, Errno)> {
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-    let mut file = file;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Err((returned, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
