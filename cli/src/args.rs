@@ -358,7 +358,7 @@ pub struct TokenArgs {
     pub serial: String,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, drover_service::duration::InvalidDuration> {
     drover_service::duration::parse_duration(text)
 }
 

@@ -588,7 +588,7 @@ impl Config {
 }
 
 /// `Some(value)`, or `None` with the problem recorded.
-fn check<T>(problems: &mut Vec<String>, option: &str, result: Result<T, String>) -> Option<T> {
+fn check<T, E: std::fmt::Display>(problems: &mut Vec<String>, option: &str, result: Result<T, E>) -> Option<T> {
     result.map_err(|err| problems.push(format!("--{option}: {err}"))).ok()
 }
 

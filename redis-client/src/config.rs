@@ -43,7 +43,7 @@ impl Target {
     }
 
     /// A cluster from a comma-separated list of seed URLs.
-    pub fn cluster(nodes: &str) -> Result<Self, String> {
+    pub fn cluster(nodes: &str) -> Result<Self, InvalidTarget> {
         let nodes: Vec<String> = nodes
             .split(',')
             .map(str::trim)
@@ -51,10 +51,13 @@ impl Target {
             .map(str::to_owned)
             .collect();
         if nodes.is_empty() {
-            return Err("no seed node: expected redis://HOST:PORT[,redis://HOST:PORT...]".to_owned());
+            return Err(InvalidTarget::NoSeedNode);
         }
         for node in &nodes {
-            check_url(node).map_err(|err| format!("{}: {err}", redact_password(node)))?;
+            check_url(node).map_err(|why| InvalidTarget::BadSeedNode {
+                node: redact_password(node),
+                why,
+            })?;
         }
         Ok(Self::Cluster(nodes))
     }
@@ -97,10 +100,31 @@ impl From<&String> for Target {
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str) -> Result<(), NotARedisUrl> {
     url.into_connection_info()
         .map(|_| ())
-        .map_err(|err| format!("not a Redis URL: {err}"))
+        .map_err(|err| NotARedisUrl(err.to_string()))
+}
+
+/// A URL that redis-rs cannot connect to, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Redis URL: {0}")]
+pub struct NotARedisUrl(pub String);
+
+/// A `REDIS_CLUSTER_NODES` list that names no cluster.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTarget {
+    /// The list is empty.
+    #[error("no seed node: expected redis://HOST:PORT[,redis://HOST:PORT...]")]
+    NoSeedNode,
+    /// A seed is no Redis URL (named without its password).
+    #[error("{node}: {why}")]
+    BadSeedNode {
+        /// The seed, its password redacted.
+        node: String,
+        /// Why.
+        why: NotARedisUrl,
+    },
 }
 
 /// The deployment's key layout: `REDIS_EVENT_PARTITIONS` partitions on
@@ -137,9 +161,11 @@ mod tests {
 
     #[test]
     fn a_bad_seed_node_is_named_without_its_password() {
-        let err = Target::cluster("redis://127.0.0.1:7000,http://u:secret@x").unwrap_err();
+        let err = Target::cluster("redis://127.0.0.1:7000,http://u:secret@x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a Redis URL"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        assert!(Target::cluster(" , ").unwrap_err().contains("no seed node"));
+        assert!(Target::cluster(" , ").unwrap_err().to_string().contains("no seed node"));
     }
 }

@@ -6,16 +6,29 @@
 use std::time::Duration;
 
 /// Parses a duration; the error says what is accepted.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
     let text = text.trim();
+    let invalid = |why: String| InvalidDuration {
+        text: text.to_owned(),
+        why,
+    };
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|err| format!("{text:?}: {err}"));
+            .map_err(|err| invalid(err.to_string()));
     }
-    humantime::parse_duration(text)
-        .map_err(|err| format!("{text:?} is not a duration like 250ms, 10s, 1.5s, 2m, 1h or 7d ({err})"))
+    humantime::parse_duration(text).map_err(|err| invalid(err.to_string()))
+}
+
+/// A duration [`parse_duration`] does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a duration like 250ms, 10s, 1.5s, 2m, 1h or 7d ({why})")]
+pub struct InvalidDuration {
+    /// What was given.
+    pub text: String,
+    /// What the parser found wrong.
+    pub why: String,
 }
 
 #[cfg(test)]

@@ -221,13 +221,18 @@ pub fn hostname_or(fallback: &str) -> String {
 
 /// A boolean variable's value: `true`, `yes`, `on` or `1`, and `false`,
 /// `no`, `off` or `0`, in any case (for [`EnvReader::parse_with`]).
-pub fn parse_bool(text: &str) -> Result<bool, String> {
+pub fn parse_bool(text: &str) -> Result<bool, NotABool> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".to_owned()),
+        _ => Err(NotABool),
     }
 }
+
+/// A value [`parse_bool`] does not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expected true or false")]
+pub struct NotABool;
 
 /// Where a health probe on this machine reaches a server that listens on
 /// `listen`: the same port on loopback when `listen` is a wildcard

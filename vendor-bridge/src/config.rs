@@ -248,8 +248,8 @@ impl Config {
             // Reading whether the token variables are set, not whether the
             // token is valid: an invalid one is reported on its own.
             let token_set = env.raw("BRIDGE_TOKEN").is_some() || env.raw("BRIDGE_TOKEN_FILE").is_some();
-            if let Err(problem) = check_exposure(listen, token_set, mutual_tls) {
-                env.problem(problem);
+            if let Err(exposed) = check_exposure(listen, token_set, mutual_tls) {
+                env.problem(exposed.to_string());
             }
         }
         let redis = Target::read(&mut env);
@@ -361,17 +361,26 @@ pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// the address, unless calls need a token or a client certificate. Without
 /// either, only a loopback address is acceptable (the processes of this
 /// host, and nobody else, can call).
-pub fn check_exposure(listen: SocketAddr, token: bool, mutual_tls: bool) -> Result<(), String> {
+pub fn check_exposure(listen: SocketAddr, token: bool, mutual_tls: bool) -> Result<(), Exposed> {
     if token || mutual_tls || listen.ip().is_loopback() {
         return Ok(());
     }
-    Err(format!(
-        "BRIDGE_LISTEN={listen} is reachable from other hosts, but neither BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) \
-         nor BRIDGE_TLS_CLIENT_CA is set: anyone who reaches it could store events and take over device sessions. \
-         Set a token (e.g. `openssl rand -hex 32`, and the same as VENDOR_BRIDGE_TOKEN on the drivers), \
-         or mutual TLS, or listen on a loopback address such as 127.0.0.1:{}",
-        listen.port()
-    ))
+    Err(Exposed { listen })
+}
+
+/// A bridge listening beyond loopback with no way to tell its callers
+/// apart ([`check_exposure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "BRIDGE_LISTEN={listen} is reachable from other hosts, but neither BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) \
+     nor BRIDGE_TLS_CLIENT_CA is set: anyone who reaches it could store events and take over device sessions. \
+     Set a token (e.g. `openssl rand -hex 32`, and the same as VENDOR_BRIDGE_TOKEN on the drivers), \
+     or mutual TLS, or listen on a loopback address such as 127.0.0.1:{port}",
+    port = listen.port()
+)]
+pub struct Exposed {
+    /// The address it would listen on.
+    pub listen: SocketAddr,
 }
 
 /// The problems of a pair of byte budgets: a stream's must hold the largest

@@ -351,22 +351,21 @@ impl DurabilityGate {
         self.suspicions.load(Ordering::SeqCst)
     }
 
-    /// Records the result of a check that began at `began`; returns the
+    /// Records the verdict of a check that began at `began`; returns the
     /// new state if it changed. A verdict is dropped if a reconnection was
     /// suspected since the check began (it may describe the old
     /// connection's Redis): the next check decides.
-    pub(crate) fn record(&self, began: u64, result: Result<Durability, String>) -> Option<GateState> {
-        let new = match result {
-            Ok(durability) => {
-                if self.suspicions.load(Ordering::SeqCst) != began {
-                    self.recheck.notify_one();
-                    return None;
-                }
-                GateState::Checked(durability)
-            }
-            Err(error) => GateState::Unreachable { error },
-        };
-        self.set(new)
+    pub(crate) fn checked(&self, began: u64, durability: Durability) -> Option<GateState> {
+        if self.suspicions.load(Ordering::SeqCst) != began {
+            self.recheck.notify_one();
+            return None;
+        }
+        self.set(GateState::Checked(durability))
+    }
+
+    /// A check got no verdict (`error` says why): nothing is verified.
+    pub(crate) fn check_failed(&self, error: String) -> Option<GateState> {
+        self.set(GateState::Unreachable { error })
     }
 
     /// Redis did not answer a `PING`: nothing is verified any more.
@@ -489,13 +488,13 @@ mod tests {
         let gate = DurabilityGate::new(DurabilityPolicy::Strict);
         assert!(!gate.is_open(), "closed until checked");
         let began = gate.check_begins();
-        gate.record(began, Ok(Durability::from_settings(settings("yes", "everysec", "no"))));
+        gate.checked(began, Durability::from_settings(settings("yes", "everysec", "no")));
         assert!(!gate.is_open());
         let refusal = gate.admit(Duration::ZERO).await.unwrap_err();
         assert!(refusal.to_string().contains("appendfsync is everysec"), "{refusal}");
 
         let began = gate.check_begins();
-        gate.record(began, Ok(Durability::Fsynced));
+        gate.checked(began, Durability::Fsynced);
         assert!(gate.is_open());
         assert_eq!(gate.admit(Duration::ZERO).await, Ok(()));
 
@@ -503,10 +502,10 @@ mod tests {
         let began = gate.check_begins();
         gate.suspect_reconnection();
         assert!(!gate.is_open());
-        assert_eq!(gate.record(began, Ok(Durability::Fsynced)), None);
+        assert_eq!(gate.checked(began, Durability::Fsynced), None);
         assert!(!gate.is_open());
         let began = gate.check_begins();
-        gate.record(began, Ok(Durability::Fsynced));
+        gate.checked(began, Durability::Fsynced);
         assert!(gate.is_open());
     }
 
@@ -515,7 +514,7 @@ mod tests {
         let gate = DurabilityGate::new(DurabilityPolicy::Relaxed);
         assert!(gate.is_open());
         let began = gate.check_begins();
-        gate.record(began, Ok(Durability::from_settings(settings("no", "no", "yes"))));
+        gate.checked(began, Durability::from_settings(settings("no", "no", "yes")));
         assert!(gate.is_open());
         gate.opened().await;
     }

@@ -135,15 +135,17 @@ impl Watcher {
     /// Asks Redis for its durability settings and records the verdict.
     async fn check(&self) {
         let began = self.gate.check_begins();
-        let result = match tokio::time::timeout(PING_TIMEOUT, durability::check(&self.store)).await {
-            Ok(Ok(durability)) => Ok(durability),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!("no answer to CONFIG GET within {PING_TIMEOUT:?}")),
+        let verdict = match tokio::time::timeout(PING_TIMEOUT, durability::check(&self.store)).await {
+            Ok(Ok(durability)) => self.gate.checked(began, durability),
+            failed => {
+                self.stats.add_redis_error();
+                self.gate.check_failed(match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => format!("no answer to CONFIG GET within {PING_TIMEOUT:?}"),
+                })
+            }
         };
-        if result.is_err() {
-            self.stats.add_redis_error();
-        }
-        if let Some(state) = self.gate.record(began, result) {
+        if let Some(state) = verdict {
             match &state {
                 GateState::Checked(durability) => self.gate.report(durability),
                 GateState::Unreachable { error } => {
