@@ -29,6 +29,15 @@ pub enum Logs {
 }
 
 impl Logs {
+    /// Where to look for what a component printed, for an error message.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Inherit => "its output is above".to_owned(),
+            Self::File(path) => format!("its log is {}", path.display()),
+            Self::Discard => "its output was discarded".to_owned(),
+        }
+    }
+
     /// The `Stdio` for a child's output.
     pub fn stdio(&self) -> anyhow::Result<Stdio> {
         Ok(match self {

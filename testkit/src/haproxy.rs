@@ -107,12 +107,21 @@ impl Haproxy {
         )
     }
 
-    fn wait_serving(&self) -> anyhow::Result<()> {
-        for master in &self.masters {
+    fn wait_serving(&mut self) -> anyhow::Result<()> {
+        for master in &mut self.masters {
             let pid = master.pid();
+            let mut exited = false;
             wait_until("HAProxy's worker to start", RELOAD_TIMEOUT, || {
-                !children(pid).is_empty()
+                exited = !master.is_running();
+                exited || !children(pid).is_empty()
             })?;
+            if exited {
+                bail!(
+                    "{} exited before it served (its alert says why: a port in use, …; {})",
+                    master.name(),
+                    self.logs.describe()
+                );
+            }
         }
         wait_for_port(self.addr(), RELOAD_TIMEOUT)?;
         Ok(())
@@ -213,5 +222,53 @@ impl Haproxy {
     /// The masters' process ids.
     pub fn master_pids(&self) -> Vec<u32> {
         self.masters.iter().map(ChildGuard::pid).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener};
+
+    use super::*;
+    use crate::net::free_port;
+
+    fn config(fleet_port: u16) -> anyhow::Result<LbConfig> {
+        Ok(LbConfig {
+            bind: "127.0.0.1".into(),
+            fleet_port,
+            maxconn: 100,
+            threads: 1,
+            heartbeat_s: 30,
+            stats_bind: "127.0.0.1".into(),
+            stats_port: free_port()?,
+            backends: LbConfig::local_backends(1, "127.0.0.1", free_port()?, free_port()?),
+            resolver: None,
+            http: None,
+            command: "haproxy's tests".into(),
+        })
+    }
+
+    #[test]
+    fn a_master_that_cannot_bind_the_fleet_port_is_an_error_at_once_not_a_timeout() {
+        if executable().is_err() {
+            eprintln!("skipped: {INSTALL_HINT}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let err = Haproxy::start(
+            &config(taken.local_addr().unwrap().port()).unwrap(),
+            1,
+            dir.path(),
+            &Logs::Discard,
+        )
+        .expect_err("the fleet port is taken");
+        assert!(err.to_string().contains("exited before it served"), "{err:#}");
+
+        // The control: the same configuration on a free port serves.
+        let mut haproxy =
+            Haproxy::start(&config(free_port().unwrap()).unwrap(), 1, dir.path(), &Logs::Discard).unwrap();
+        assert_eq!(haproxy.pids().len(), 1);
+        haproxy.stop();
     }
 }
