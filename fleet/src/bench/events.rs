@@ -51,6 +51,8 @@ pub struct EventsResult {
     pub ceiling: f64,
     /// The ceiling's command line.
     pub ceiling_command: String,
+    /// redis-server's CPU per `XADD` of the ceiling, microseconds.
+    pub redis_us_per_xadd: f64,
 }
 
 /// A fleet for the benchmark: Redis, bridge, one driver (devices connect
@@ -205,13 +207,26 @@ const EVENTS_ENTRY: CeilingEntry<'static> = CeilingEntry {
     driver: "driver-1",
 };
 
+/// What the ceiling measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Ceiling {
+    /// `XADD`s per second.
+    pub rate: f64,
+    /// Its command line.
+    pub command: String,
+    /// redis-server's CPU (all threads, from `/proc`) per `XADD`,
+    /// microseconds: what one stored entry costs Redis without our script.
+    pub redis_us_per_xadd: f64,
+}
+
 /// `redis-benchmark` appending the same entries as the bridge, pipelined
 /// deeply so that each fsync covers many of them.
-pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>) -> anyhow::Result<(f64, String)> {
+pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>) -> anyhow::Result<Ceiling> {
     let tool =
         find_on_path("redis-benchmark").context("redis-benchmark is not installed (it comes with redis-server)")?;
     let body = "x".repeat(entry.body_len);
-    let requests = if quick { "200000" } else { "2000000" };
+    let requests: u32 = if quick { 200_000 } else { 2_000_000 };
+    let requests_arg = requests.to_string();
     let port = redis.port().to_string();
     let args = [
         "-p",
@@ -221,7 +236,7 @@ pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>
         "-P",
         "500",
         "-n",
-        requests,
+        &requests_arg,
         "-r",
         "1000000000",
         "--csv",
@@ -244,10 +259,12 @@ pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>
         "1767225600000",
     ];
     let _consumer = Consumer::start(redis.port(), vec!["cwp:ceiling".to_owned()]);
+    let meter = CpuMeter::start(&[("redis-server", redis.pid())]);
     let output = Command::new(&tool)
         .args(args)
         .output()
         .context("running redis-benchmark")?;
+    let redis_seconds = meter.stop().first().map_or(0.0, |(_, seconds)| *seconds);
     let text = String::from_utf8_lossy(&output.stdout);
     let rps = text
         .lines()
@@ -260,7 +277,48 @@ pub(crate) fn ceiling(redis: &RedisServer, quick: bool, entry: &CeilingEntry<'_>
         .iter()
         .map(|a| if *a == body.as_str() { placeholder.as_str() } else { a })
         .collect();
-    Ok((rps, format!("redis-benchmark {}", shown.join(" "))))
+    Ok(Ceiling {
+        rate: rps,
+        command: format!("redis-benchmark {}", shown.join(" ")),
+        redis_us_per_xadd: redis_seconds * 1e6 / f64::from(requests),
+    })
+}
+
+/// Has Redis rewrite its append-only file now (`BGREWRITEAOF`) and waits
+/// until it is done: the saturated phase grows the file by about the
+/// `auto-aof-rewrite-min-size` that starts a rewrite by itself, and one
+/// starting in the middle of a fixed-rate phase would be the whole of its
+/// tail (measured apart, `bench/aof_rewrite_tail.sh`).
+fn rewrite_append_only_file(redis: &RedisServer) -> anyhow::Result<()> {
+    let mut connection = redis::Client::open(redis.url())?
+        .get_connection()
+        .context("connecting to the benchmark's Redis")?;
+    let rewriting = |connection: &mut redis::Connection| -> anyhow::Result<bool> {
+        let info: String = redis::cmd("INFO").arg("persistence").query(connection)?;
+        Ok(info
+            .lines()
+            .any(|line| line.trim() == "aof_rewrite_in_progress:1" || line.trim() == "aof_rewrite_scheduled:1"))
+    };
+    // A rewrite Redis started by itself must end before another can start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while rewriting(&mut connection)? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "Redis's rewrite did not end in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _: String = redis::cmd("BGREWRITEAOF")
+        .query(&mut connection)
+        .context("BGREWRITEAOF")?;
+    while rewriting(&mut connection)? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "BGREWRITEAOF did not end in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Runs the benchmark with `devices` devices.
@@ -280,6 +338,7 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<EventsResult> {
         bail!("no event was acknowledged: {:?}", saturated.summary);
     }
     let mut phases = vec![saturated];
+    rewrite_append_only_file(&rig.redis)?;
     for (fraction, label) in [
         (0.25, "25% of capacity"),
         (0.5, "50% of capacity"),
@@ -290,16 +349,44 @@ pub fn run(ctx: &BenchContext, devices: u64) -> anyhow::Result<EventsResult> {
     if capacity >= 50_000.0 {
         phases.push(phase(ctx, &mut rig, "50,000 events/s", devices, 50_000.0)?);
     }
-    let (ceiling, ceiling_command) = ceiling(&rig.redis, ctx.quick, &EVENTS_ENTRY)?;
+    let ceiling = ceiling(&rig.redis, ctx.quick, &EVENTS_ENTRY)?;
     Ok(EventsResult {
         devices,
         phases,
-        ceiling,
-        ceiling_command,
+        ceiling: ceiling.rate,
+        ceiling_command: ceiling.command,
+        redis_us_per_xadd: ceiling.redis_us_per_xadd,
     })
 }
 
+/// Target: Redis's CPU per stored event at most this multiple of its CPU
+/// per raw `XADD` of the same entry.
+pub const REDIS_CPU_TARGET: f64 = 1.2;
+
+impl Phase {
+    /// redis-server's CPU (all threads) per acknowledged event over the
+    /// phase, microseconds.
+    pub fn redis_us_per_event(&self) -> Option<f64> {
+        let seconds = self
+            .cpu
+            .iter()
+            .find(|(name, _)| name == "redis-server")
+            .map(|(_, seconds)| *seconds)?;
+        Some(seconds * 1e6 / self.summary.events_acked.max(1) as f64)
+    }
+}
+
 impl EventsResult {
+    /// Redis's CPU per stored event against its CPU per raw `XADD`, at the
+    /// highest load the fleet takes steadily: the 90% phase (saturation
+    /// adds the reconnections of refused devices, each a session opened and
+    /// closed in Redis).
+    pub fn redis_cpu_ratio(&self) -> Option<(f64, f64)> {
+        let steady = self.phases.iter().find(|phase| phase.label.starts_with("90%"))?;
+        let per_event = steady.redis_us_per_event()?;
+        Some((per_event, per_event / self.redis_us_per_xadd.max(f64::MIN_POSITIVE)))
+    }
+
     /// The section for docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let capacity = self.phases.first().map_or(0.0, |p| p.summary.acked_per_s);
@@ -320,12 +407,22 @@ impl EventsResult {
             "ack p99",
             "ack p99.9",
             "errors",
+            "Redis CPU per event (× an `XADD`)",
         ]);
         for phase in &self.phases {
             let s = &phase.summary;
             let mut row = vec![phase.label.clone(), thousands(phase.offered)];
             row.extend(s.ack_cells());
             row.push(s.errors_cell());
+            row.push(phase.redis_us_per_event().map_or_else(
+                || "–".to_owned(),
+                |us| {
+                    format!(
+                        "{us:.2} µs ({:.2}×)",
+                        us / self.redis_us_per_xadd.max(f64::MIN_POSITIVE)
+                    )
+                },
+            ));
             table.row(row);
         }
         text.push_str(&table.render());
@@ -341,6 +438,13 @@ impl EventsResult {
                 "\nCPU per acknowledged event at capacity (from `/proc`, all threads): {}; the simulator's own share is the rest of the 2 cores.",
                 per_event.join(", ")
             );
+            if let Some((per_event, ratio)) = self.redis_cpu_ratio() {
+                let _ = writeln!(
+                    text,
+                    "\nRedis per stored event at 90% of capacity: **{per_event:.2} µs** of CPU through the bridge's script against **{:.2} µs** per `XADD` of the ceiling in the same run: **{ratio:.2}×** (target ≤ {REDIS_CPU_TARGET}×; every phase in the table's last column).",
+                    self.redis_us_per_xadd,
+                );
+            }
             if !saturated.summary.errors.is_empty() {
                 let _ = writeln!(
                     text,
@@ -350,5 +454,45 @@ impl EventsResult {
         }
         let _ = writeln!(text, "\nCeiling: `{}`", self.ceiling_command);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(label: &str, events_acked: u64, redis_seconds: f64) -> Phase {
+        Phase {
+            label: label.to_owned(),
+            offered: 1_000.0,
+            summary: SimSummary {
+                events_acked,
+                acked_per_s: events_acked as f64 / 20.0,
+                ..SimSummary::default()
+            },
+            cpu: vec![("redis-server".to_owned(), redis_seconds), ("driver".to_owned(), 9.0)],
+            seconds: 20.0,
+        }
+    }
+
+    #[test]
+    fn redis_cpu_per_event_is_set_against_the_ceilings_xadd_at_the_steady_phase() {
+        let result = EventsResult {
+            devices: 1_000,
+            phases: vec![
+                phase("saturated (offered far above capacity)", 1_000_000, 5.0),
+                phase("90% of capacity", 2_000_000, 6.0),
+            ],
+            ceiling: 300_000.0,
+            ceiling_command: "redis-benchmark".to_owned(),
+            redis_us_per_xadd: 2.0,
+        };
+        // 6 s of Redis for 2,000,000 events: 3 µs each, 1.5 times an XADD's
+        // 2 µs; saturation (5 µs, 2.5×) is in the table, not the headline.
+        assert_eq!(result.redis_cpu_ratio(), Some((3.0, 1.5)));
+        let text = result.markdown();
+        assert!(text.contains("5.00 µs (2.50×)"), "{text}");
+        assert!(text.contains("**3.00 µs** of CPU"), "{text}");
+        assert!(text.contains("**1.50×** (target ≤ 1.2×"), "{text}");
     }
 }

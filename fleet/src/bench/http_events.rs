@@ -457,7 +457,7 @@ pub fn run(ctx: &BenchContext) -> anyhow::Result<HttpEventsResult> {
 
     eprintln!("http-events: the XADD ceiling ...");
     let body_len = mean_body_len();
-    let (ceiling_rate, ceiling_command) = ceiling(
+    let ceiling = ceiling(
         &redis,
         ctx.quick,
         &CeilingEntry {
@@ -527,8 +527,8 @@ pub fn run(ctx: &BenchContext) -> anyhow::Result<HttpEventsResult> {
         parse,
         gateways: GATEWAYS,
         gateway,
-        ceiling: ceiling_rate,
-        ceiling_command,
+        ceiling: ceiling.rate,
+        ceiling_command: ceiling.command,
         reference,
         memory,
         body_len,
