@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use drover_schema::event_fields;
@@ -293,32 +294,29 @@ fn rewrite_append_only_file(redis: &RedisServer) -> anyhow::Result<()> {
     let mut connection = redis::Client::open(redis.url())?
         .get_connection()
         .context("connecting to the benchmark's Redis")?;
-    let rewriting = |connection: &mut redis::Connection| -> anyhow::Result<bool> {
-        let info: String = redis::cmd("INFO").arg("persistence").query(connection)?;
-        Ok(info
-            .lines()
-            .any(|line| line.trim() == "aof_rewrite_in_progress:1" || line.trim() == "aof_rewrite_scheduled:1"))
-    };
+    let deadline = Instant::now() + Duration::from_secs(120);
     // A rewrite Redis started by itself must end before another can start.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while rewriting(&mut connection)? {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "Redis's rewrite did not end in 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_while_rewriting(&mut connection, deadline, "Redis's own rewrite")?;
     let _: String = redis::cmd("BGREWRITEAOF")
         .query(&mut connection)
         .context("BGREWRITEAOF")?;
-    while rewriting(&mut connection)? {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "BGREWRITEAOF did not end in 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    wait_while_rewriting(&mut connection, deadline, "BGREWRITEAOF")
+}
+
+/// Polls `INFO persistence` until no rewrite of the append-only file runs
+/// or waits to run.
+fn wait_while_rewriting(connection: &mut redis::Connection, deadline: Instant, what: &str) -> anyhow::Result<()> {
+    loop {
+        let info: String = redis::cmd("INFO").arg("persistence").query(connection)?;
+        let rewriting = info
+            .lines()
+            .any(|line| matches!(line.trim(), "aof_rewrite_in_progress:1" | "aof_rewrite_scheduled:1"));
+        if !rewriting {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not end in 120 s");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
 }
 
 /// Runs the benchmark with `devices` devices.
