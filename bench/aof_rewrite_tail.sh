@@ -18,22 +18,12 @@
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/release}; rate=${2:-40000}; rounds=${3:-3}; keep=${4:-100000}
-dir=$(mktemp -d); key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
-cli() { redis-cli -p 47379 "$@"; }
-redis-server --port 47379 --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always --save "" \
-    --auto-aof-rewrite-min-size 1gb --latency-monitor-threshold 1 --daemonize yes --logfile "$dir/redis.log" ${REDIS_ARGS:-}
-sleep 0.5
-BRIDGE_LISTEN=127.0.0.1:47051 BRIDGE_METRICS_LISTEN=127.0.0.1:47052 REDIS_URL=redis://127.0.0.1:47379 RUST_LOG=warn \
-    "$bin/vendor-bridge" > "$dir/bridge.log" 2>&1 &
-bridge=$!
-sleep 1
-DRIVER_LISTEN=127.0.0.1:47001 DRIVER_ADMIN_LISTEN=127.0.0.1:47002 VENDOR_BRIDGE_URL=http://127.0.0.1:47051 \
-    REDIS_URL=redis://127.0.0.1:47379 CWP_MASTER_KEY=$key UPLOAD_DIR="$dir/up" RUST_LOG=warn \
-    "$bin/driver" > "$dir/driver.log" 2>&1 &
-driver=$!
-sleep 1.5
-( while sleep 0.5; do cli XTRIM cwp:events MAXLEN '~' "$keep" > /dev/null; done ) &
-trimmer=$!
+dir=$(mktemp -d)
+# shellcheck source=bench/event_path.sh
+. "$root/bench/event_path.sh"
+# shellcheck disable=SC2086 # REDIS_ARGS is a list of arguments
+start_event_path "$bin" "$dir" 47 "$keep" --latency-monitor-threshold 1 ${REDIS_ARGS:-}
+key=$event_path_key
 
 phase() {
     local label=$1 rewrite=$2
@@ -59,6 +49,5 @@ for round in $(seq "$rounds"); do
     phase "round $round, BGREWRITEAOF at 8 s" yes
 done
 echo "keep $keep: $(cli INFO stats | grep -E 'latest_fork_usec' | tr -d '\r'); $(cli INFO persistence | grep -E 'aof_last_rewrite_time_sec|aof_base_size' | tr -d '\r' | paste -sd' '); redis rss: $(cli INFO memory | grep -E '^used_memory_rss_human' | tr -d '\r')"
-kill $trimmer $driver $bridge; wait $driver $bridge 2> /dev/null
-cli shutdown nosave > /dev/null 2>&1
+stop_event_path
 rm -rf "$dir"

@@ -23,29 +23,16 @@ for tool in perf inferno-collapse-perf inferno-flamegraph redis-server; do
     command -v "$tool" > /dev/null || { echo "$(basename "$0"): $tool is not on PATH" >&2; exit 1; }
 done
 mkdir -p "$out"
-dir=$(mktemp -d); key=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
-cli() { redis-cli -p 48379 "$@"; }
+dir=$(mktemp -d)
+# shellcheck source=bench/event_path.sh
+. "$root/bench/event_path.sh"
 cleanup() {
-    kill "${trimmer:-}" "${driver:-}" "${bridge:-}" 2> /dev/null || true
-    wait 2> /dev/null || true
-    cli shutdown nosave > /dev/null 2>&1 || true
+    stop_event_path
     rm -rf "$dir"
 }
 trap cleanup EXIT
-redis-server --port 48379 --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always --save "" \
-    --auto-aof-rewrite-min-size 1gb --daemonize yes --logfile "$dir/redis.log"
-sleep 0.5
-BRIDGE_LISTEN=127.0.0.1:48051 BRIDGE_METRICS_LISTEN=127.0.0.1:48052 REDIS_URL=redis://127.0.0.1:48379 RUST_LOG=warn \
-    "$bin/vendor-bridge" > "$dir/bridge.log" 2>&1 &
-bridge=$!
-sleep 1
-DRIVER_LISTEN=127.0.0.1:48001 DRIVER_ADMIN_LISTEN=127.0.0.1:48002 VENDOR_BRIDGE_URL=http://127.0.0.1:48051 \
-    REDIS_URL=redis://127.0.0.1:48379 CWP_MASTER_KEY=$key UPLOAD_DIR="$dir/up" RUST_LOG=warn \
-    "$bin/driver" > "$dir/driver.log" 2>&1 &
-driver=$!
-sleep 1.5
-( while sleep 0.5; do cli XTRIM cwp:events MAXLEN '~' 100000 > /dev/null; done ) &
-trimmer=$!
+start_event_path "$bin" "$dir" 48 100000
+key=$event_path_key
 redis=$(cli INFO server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
 
 CWP_MASTER_KEY=$key "$bin/controller-sim" --target 127.0.0.1:48001 --devices 1000 --rate "$rate" --event-size 64 \

@@ -726,11 +726,7 @@ async fn wait_for_replicas(connection: &mut Connection, wait: ReplicaWait, key: 
     if wait.replicas == 0 {
         return Ok(());
     }
-    let mut command = redis::cmd("WAIT");
-    command
-        .arg(wait.replicas)
-        .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
-    let answer = connection.on_master_of(key, &command).await?;
+    let answer = connection.on_master_of(key, &wait_command(wait)).await?;
     let confirmed: u32 = redis::from_redis_value(answer).map_err(RedisError::from)?;
     if confirmed < wait.replicas {
         return Err(StoreError::Replicas {
@@ -740,6 +736,15 @@ async fn wait_for_replicas(connection: &mut Connection, wait: ReplicaWait, key: 
         });
     }
     Ok(())
+}
+
+/// `WAIT replicas timeout_ms`.
+fn wait_command(wait: ReplicaWait) -> Cmd {
+    let mut command = redis::cmd("WAIT");
+    command
+        .arg(wait.replicas)
+        .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+    command
 }
 
 /// How often, at most, one stream refreshes a device's registry entry
@@ -848,7 +853,6 @@ impl EventWriter {
         }
         let outcomes = {
             let connection = &self.connection;
-            let layout = self.layout;
             let wait = self.wait;
             let calls = self
                 .calls
@@ -857,10 +861,8 @@ impl EventWriter {
                 .filter(|(_, call)| !call.serials.is_empty());
             futures::future::join_all(calls.map(|(index, call)| {
                 let mut connection = connection.clone();
-                let events_key = layout.events(layout.partitions().nth(index).expect("one call per partition"));
                 async move {
-                    let outcome = run_store_events(&mut connection, &call.command).await?;
-                    wait_for_replicas(&mut connection, wait, &events_key).await?;
+                    let outcome = run_store_events(&mut connection, &call.command, wait).await?;
                     Ok::<_, StoreError>((index, outcome))
                 }
             }))
@@ -1049,15 +1051,48 @@ impl PartitionCall {
 type StoreEventsReply = (Vec<u32>, Vec<String>, u64);
 
 /// Runs a built `store_events` call, loading the script if the node lacks
-/// it.
-async fn run_store_events(connection: &mut Connection, command: &Cmd) -> Result<StoreEventsReply, StoreError> {
-    match command.query_async(connection).await {
+/// it, and with `wait.replicas` above 0, its `WAIT` for them.
+///
+/// The script and its `WAIT` go in one pipeline: one request, to the one
+/// node that owns the call's slot, over one connection. Sent apart, a
+/// `WAIT` that failed on a master stopped right after the script would be
+/// retried by the cluster client on the master promoted meanwhile, over a
+/// connection that wrote nothing there, and would count that master's
+/// replicas for writes it never had: a batch acknowledged and lost (seen
+/// once in `e2e/tests/cluster.rs`'s failover test). In one pipeline a retry
+/// runs the script again on the new master, which stores what it lacks.
+async fn run_store_events(
+    connection: &mut Connection,
+    command: &Cmd,
+    wait: ReplicaWait,
+) -> Result<StoreEventsReply, StoreError> {
+    if wait.replicas == 0 {
+        return match command.query_async(connection).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                SCRIPTS.store_events.load_async(connection).await?;
+                Ok(command.query_async(connection).await?)
+            }
+            result => Ok(result?),
+        };
+    }
+    let mut pipeline = redis::pipe();
+    pipeline.add_command(command.clone()).add_command(wait_command(wait));
+    let answer: Result<(StoreEventsReply, u32), RedisError> = match pipeline.query_async(connection).await {
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             SCRIPTS.store_events.load_async(connection).await?;
-            Ok(command.query_async(connection).await?)
+            pipeline.query_async(connection).await
         }
-        result => Ok(result?),
+        answer => answer,
+    };
+    let (outcome, confirmed) = answer?;
+    if confirmed < wait.replicas {
+        return Err(StoreError::Replicas {
+            confirmed,
+            required: wait.replicas,
+            timeout: wait.timeout,
+        });
     }
+    Ok(outcome)
 }
 
 #[cfg(test)]

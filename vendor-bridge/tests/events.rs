@@ -44,6 +44,28 @@ async fn a_batch_sent_twice_is_stored_once() {
     assert_eq!((stats.events_stored, stats.duplicates), (3, 6));
 }
 
+/// `BRIDGE_WAIT_REPLICAS` confirms what the call's connection wrote: a
+/// call that found every event stored already (a resend) must still write,
+/// or a connection dialled again since the first attempt would have its
+/// `WAIT` confirmed by replicas that may lack the events.
+#[tokio::test]
+async fn a_batch_stored_again_still_writes_its_serials_mark_for_the_wait_that_follows() {
+    let bridge = Bridge::start().await;
+    let mut client = bridge.client().await;
+    let batch = vec![event("CTRL-1", 1, 7, b"a"), event("CTRL-1", 2, 7, b"b")];
+    let mut stream = DriverStream::open(&mut client, "drv-a", "inst-1").await.unwrap();
+    assert_eq!(counts(&stream.store(1, batch.clone()).await), (1, 2, 0));
+
+    let monitor = bridge.redis.monitor().unwrap();
+    assert_eq!(counts(&stream.store(2, batch).await), (2, 0, 2));
+    let commands = monitor.stop().unwrap();
+    assert!(
+        commands.contains(r#""HSET" "cwp:hwm" "CTRL-1" "2""#),
+        "the resend set CTRL-1's mark again: {commands}"
+    );
+    assert!(!commands.contains(r#""XADD""#), "and stored nothing: {commands}");
+}
+
 #[tokio::test]
 async fn each_serials_events_are_stored_in_id_order_across_batches() {
     let bridge = Bridge::start().await;

@@ -173,4 +173,19 @@ end
 for j = 1, refresh do
   call('HSET', KEYS[3 + j], 'last_event_id', marks[j], 'last_seen_ms', seen[j])
 end
+
+-- A call that wrote nothing (its events all stored before, its registry
+-- entries fresh) writes one high-water mark again, unchanged: the bridge's
+-- WAIT (BRIDGE_WAIT_REPLICAS) confirms what this connection wrote, and a
+-- call that wrote nothing, on a connection dialled again since the first
+-- attempt stored the events, would be confirmed by replicas that may not
+-- have them yet.
+if next(advanced) == nil and refresh == 0 then
+  for j = 1, nserials do
+    if marks[j] ~= '0' then
+      call('HSET', marks_key, serials[j], marks[j])
+      break
+    end
+  end
+end
 return {stored, notices, unmatched}
