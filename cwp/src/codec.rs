@@ -393,13 +393,15 @@ impl<R: Role> Codec<R> {
 
     /// Appends `frame` to `dst`, sealed if the handshake has produced a key.
     pub fn encode(&mut self, frame: &R::Outbound, dst: &mut BytesMut) {
-        let start = dst.len();
-        dst.put_slice(&MAGIC);
-        dst.put_u8(VERSION);
-        dst.put_u8(frame.frame_type().0);
-        dst.put_u64(0); // length and crc, patched below
+        let start = begin_frame(frame.frame_type(), dst);
         frame.encode_body(dst);
+        self.finish_frame(start, dst);
+    }
 
+    /// Completes the frame whose header [`begin_frame`] wrote at `start`
+    /// and whose body follows it to the end of `dst`: its length, its tag
+    /// (sealed) and its CRC.
+    fn finish_frame(&mut self, start: usize, dst: &mut BytesMut) {
         let tag_len = if self.seal.is_some() { TAG_LEN } else { 0 };
         let length = dst.len() - start - HEADER_LEN + tag_len;
         let length = u32::try_from(length).expect("a frame body is far smaller than 4 GiB");
@@ -421,7 +423,41 @@ impl<R: Role> Codec<R> {
     }
 }
 
+/// Writes a frame's header with its length and CRC left at zero, for
+/// [`Codec::finish_frame`]; where the frame starts in `dst`.
+fn begin_frame(frame_type: FrameType, dst: &mut BytesMut) -> usize {
+    let start = dst.len();
+    dst.put_slice(&MAGIC);
+    dst.put_u8(VERSION);
+    dst.put_u8(frame_type.0);
+    dst.put_u64(0); // length and crc, patched by finish_frame
+    start
+}
+
 impl Codec<ServerRole> {
+    /// Appends a `FILE_CHUNK` of `len` bytes that `fill` writes in place,
+    /// sealed: the very bytes [`Codec::encode`] gives for
+    /// `ServerFrame::FileChunk` with that data, without the data being held
+    /// anywhere first (a transfer reads its file straight into the send
+    /// buffer). If `fill` fails, `dst` is as it was and no sequence number
+    /// is spent.
+    pub fn encode_file_chunk_with<E>(
+        &mut self,
+        len: usize,
+        dst: &mut BytesMut,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = begin_frame(FrameType::FILE_CHUNK, dst);
+        let body = dst.len();
+        dst.resize(body + len, 0);
+        if let Err(err) = fill(&mut dst[body..]) {
+            dst.truncate(start);
+            return Err(err);
+        }
+        self.finish_frame(start, dst);
+        Ok(())
+    }
+
     /// Starts sealing both directions with `key`: the server calls this after
     /// verifying `AUTH`, before encoding `WELCOME` (server frame 0). Every
     /// frame received from now on must be sealed.

@@ -423,6 +423,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A `FILE_CHUNK` written in place (a transfer reads its file straight
+    /// into the send buffer) is the very frame `encode` gives for the same
+    /// data, sealed or not, with the same sequence number; a fill that
+    /// fails leaves the buffer as it was and spends no sequence number, so
+    /// the frame after it still verifies.
+    #[test]
+    fn a_file_chunk_written_in_place_is_the_encoded_frame_and_a_failed_fill_costs_nothing(
+        key in proptest::option::of(session_key()),
+        chunks in vec(data(), 1..6),
+        fail_at in any::<Index>(),
+    ) {
+        let (mut by_frame, mut in_place) = (ServerCodec::new(), ServerCodec::new());
+        if let Some(key) = &key {
+            by_frame.start_sealing(key);
+            in_place.start_sealing(key);
+        }
+        let fail_at = fail_at.index(chunks.len());
+        let (mut expected, mut wire) = (BytesMut::new(), BytesMut::from(&b"queued before"[..]));
+        for (n, chunk) in chunks.iter().enumerate() {
+            if n == fail_at {
+                let before = wire.clone();
+                let failed = in_place.encode_file_chunk_with(chunk.len(), &mut wire, |_| Err("the file shrank"));
+                prop_assert_eq!(failed, Err("the file shrank"));
+                prop_assert_eq!(&wire, &before, "a failed fill leaves the buffer as it was");
+            }
+            by_frame.encode(&ServerFrame::FileChunk(FileChunk { data: chunk.clone() }), &mut expected);
+            in_place
+                .encode_file_chunk_with(chunk.len(), &mut wire, |place: &mut [u8]| {
+                    place.copy_from_slice(chunk);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        prop_assert_eq!(&wire[b"queued before".len()..], &expected[..]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Streams cut anywhere.
 

@@ -12,6 +12,8 @@ use drover_proto::auth::BearerToken;
 use drover_service::duration::parse_duration;
 use drover_service::env::{ConfigError, EnvReader, Variable, parse_bool};
 
+use crate::runtime_thread::Nice;
+
 /// Every variable the driver reads, with its default. `--help` prints this
 /// table and the README documents it; a test keeps the two in step.
 pub static VARIABLES: &[Variable] = &[
@@ -182,6 +184,11 @@ pub static VARIABLES: &[Variable] = &[
         help: "the file store rollouts send from (`drover files add`); share it between drivers",
     },
     Variable {
+        name: "DRIVER_TRANSFER_NICE",
+        default: Some("19"),
+        help: "nice value (0-19) of the thread that seals and sends rollouts' files: at 19 the kernel runs events, ACKs and commands first when both want a core, and transfers take what is left; 0: transfers compete as equals",
+    },
+    Variable {
         name: "UPLOAD_BUFFER_BYTES",
         default: Some("262144"),
         help: "per-connection upload write buffer, 4096 to 1048576 bytes; each full buffer is one write + fdatasync",
@@ -298,6 +305,8 @@ pub struct Config {
     pub upload_buffer_bytes: usize,
     /// The file store rollouts send from.
     pub files_dir: PathBuf,
+    /// The transfers' thread's nice value.
+    pub transfer_nice: Nice,
     /// Largest upload.
     pub upload_max_bytes: u64,
     /// Uploads in progress at once.
@@ -358,6 +367,13 @@ impl Config {
         let upload_dir = env.parse("UPLOAD_DIR");
         let upload_buffer_bytes = env.parse::<usize>("UPLOAD_BUFFER_BYTES");
         let files_dir = env.parse("FILES_DIR");
+        let transfer_nice = env.parse_with("DRIVER_TRANSFER_NICE", |value| {
+            value
+                .parse::<u8>()
+                .ok()
+                .and_then(Nice::new)
+                .ok_or("a nice value of 0 to 19")
+        });
         let upload_max_bytes = env.parse("UPLOAD_MAX_BYTES");
         let upload_max_open = env.parse("UPLOAD_MAX_OPEN");
         let upload_max_bytes_per_serial = env.parse("UPLOAD_MAX_BYTES_PER_SERIAL");
@@ -442,6 +458,7 @@ impl Config {
             upload_dir: upload_dir.expect("parsed"),
             upload_buffer_bytes: upload_buffer_bytes.expect("parsed"),
             files_dir: files_dir.expect("parsed"),
+            transfer_nice: transfer_nice.expect("parsed"),
             upload_max_bytes: upload_max_bytes.expect("parsed"),
             upload_max_open: upload_max_open.expect("parsed"),
             upload_max_bytes_per_serial: upload_max_bytes_per_serial.expect("parsed"),

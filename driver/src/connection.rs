@@ -191,6 +191,16 @@ impl Connection {
         self.codec.encode(frame, &mut self.tx);
     }
 
+    /// Queues a `FILE_CHUNK` of `len` bytes that `fill` writes in place in
+    /// the send buffer ([`cwp::ServerCodec::encode_file_chunk_with`]).
+    pub fn queue_file_chunk_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.codec.encode_file_chunk_with(len, &mut self.tx, fill)
+    }
+
     /// Writes the send buffer out.
     pub async fn flush(&mut self) -> io::Result<()> {
         // Nearly always the socket takes it all at once, with no future to
@@ -227,13 +237,15 @@ impl Connection {
     }
 
     /// Drops empty buffers so that an idle connection holds none. While
-    /// `uploading`, the receive buffer stays: its space is reclaimed in
-    /// place for the next blocks instead of being allocated again.
-    pub fn release_idle_buffers(&mut self, uploading: bool) {
+    /// `uploading`, the receive buffer stays, and while `transferring` the
+    /// send buffer: their space is reclaimed in place for the next blocks
+    /// or chunks instead of being allocated (and its pages faulted in)
+    /// again.
+    pub fn release_idle_buffers(&mut self, uploading: bool, transferring: bool) {
         if !uploading && self.rx.is_empty() && self.rx.capacity() > 0 {
             self.rx = BytesMut::new();
         }
-        if self.tx.capacity() > READ_CHUNK {
+        if !transferring && self.tx.capacity() > READ_CHUNK {
             self.tx = BytesMut::new();
         }
     }

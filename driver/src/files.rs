@@ -23,9 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use cwp::session::FileFrame;
-use cwp::{FileChunk, FileId, FileOffer, FileTransfer, Serial, ServerFrame, SessionId, Str8, TransferStep, Violation};
+use cwp::{FileId, FileOffer, FileTransfer, Serial, ServerFrame, SessionId, Str8, TransferStep, Violation};
 use drover_edge::bridge::BridgeClient;
 use drover_files::{Digest, FileStore, StoredFile};
 use drover_proto::bridge::{FileOfferGrant, FileTransferEvent, FileTransferVerdict};
@@ -578,28 +577,34 @@ impl Transfer {
         }
     }
 
-    /// The next chunk, read from the file, if the window has room for
-    /// one of at most `max_chunk` bytes.
-    pub fn next_chunk(&mut self, max_chunk: usize) -> Option<std::io::Result<ServerFrame>> {
+    /// Queues the next chunk, if the window has room for one of at most
+    /// `max_chunk` bytes, with `queue(len, fill)`: `fill` reads the stored
+    /// file's bytes at the chunk's offset into the place `queue` gives it
+    /// (the send buffer: no copy of the chunk is held anywhere else). Its
+    /// length, `None` if no chunk is due, an error if the file could not
+    /// be read (nothing is then queued or counted).
+    pub fn queue_next_chunk(
+        &mut self,
+        max_chunk: usize,
+        queue: impl FnOnce(usize, &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<usize>> {
         let (offset, len) = self.next_span(max_chunk)?;
-        let mut data = BytesMut::zeroed(len);
-        if let Err(err) = self.file.read_at(offset, &mut data).and_then(|read| {
-            if read == len {
-                Ok(())
-            } else {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the stored file is shorter than its record",
-                ))
-            }
-        }) {
+        let file = &self.file;
+        let mut fill = |data: &mut [u8]| match file.read_at(offset, data)? {
+            read if read == data.len() => Ok(()),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the stored file is shorter than its record",
+            )),
+        };
+        if let Err(err) = queue(len, &mut fill) {
             return Some(Err(err));
         }
         self.rules.chunk_sent(len);
         if let Some(throttle) = &self.throttle {
             throttle.spend(len);
         }
-        Some(Ok(ServerFrame::FileChunk(FileChunk { data: data.freeze() })))
+        Some(Ok(len))
     }
 }
 
@@ -634,12 +639,13 @@ mod tests {
 
     /// Sends every chunk the transfer will send now; their bytes.
     fn send_all(transfer: &mut Transfer) -> u64 {
+        let mut codec = cwp::ServerCodec::new();
+        let mut wire = bytes::BytesMut::new();
         let mut sent = 0;
-        while let Some(chunk) = transfer.next_chunk(64 * 1024) {
-            let Ok(ServerFrame::FileChunk(chunk)) = chunk else {
-                panic!("a chunk")
-            };
-            sent += chunk.data.len() as u64;
+        while let Some(chunk) = transfer.queue_next_chunk(64 * 1024, |len, fill| {
+            codec.encode_file_chunk_with(len, &mut wire, fill)
+        }) {
+            sent += chunk.unwrap() as u64;
         }
         sent
     }

@@ -26,7 +26,8 @@
 //!   commands to sessions, and supersede notices from the bridge.
 //! - [`files`] serves rollouts' files to sessions (CWP/1 §3 Files): the
 //!   offers and reports through the bridge client, each connection's transfer
-//!   read by offset from `FILES_DIR`.
+//!   read by offset from `FILES_DIR`; a session sending one runs on the
+//!   transfers' thread ([`runtime_thread`], at a lower CPU priority).
 //! - [`upload`] receives uploads into one write buffer per uploading
 //!   connection, stores them under `UPLOAD_DIR` and records completed ones
 //!   through the bridge client.
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod refusal;
 pub mod registry;
+pub mod runtime_thread;
 pub mod server;
 pub mod session;
 pub mod single_flight;

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub events_duplicate: Counter,
     /// Bytes of rollouts' files sent in `FILE_CHUNK`s.
     pub file_bytes_sent: Counter,
+    /// Sessions sending a rollout's file now: those on the transfers'
+    /// thread.
+    pub file_transfers: Gauge,
     /// Time from receiving an `EVENT` to its durable confirmation, seconds.
     pub ack_latency: Histogram,
     /// Time from sending a batch to the bridge to its `BatchDurable`, seconds.
@@ -120,6 +123,7 @@ impl Metrics {
             events_acked: Counter::default(),
             events_duplicate: Counter::default(),
             file_bytes_sent: Counter::default(),
+            file_transfers: Gauge::default(),
             ack_latency: Histogram::new(latency_buckets()),
             bridge_round_trip: Histogram::new(latency_buckets()),
             events_pending: Gauge::default(),
@@ -182,6 +186,11 @@ impl Metrics {
             "file_bytes_sent",
             "Bytes of rollouts' files sent in FILE_CHUNK frames",
             metrics.file_bytes_sent.clone(),
+        );
+        r.register(
+            "file_transfers",
+            "Sessions sending a rollout's file now (on the transfers' thread)",
+            metrics.file_transfers.clone(),
         );
         r.register(
             "events_duplicate",

@@ -19,12 +19,12 @@ use crate::admission::{AdmissionLimits, PendingGauges, admission};
 use crate::commands::{self, CommandReports, CommandRouter, DurableCommands};
 use crate::config::Config;
 use crate::files::FileService;
-use crate::handshake::Handshakes;
 use crate::handshake::slots::HandshakeSlots;
-use crate::handshake::thread::HandshakeThread;
+use crate::handshake::{self, Handshakes};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::pipeline::pipeline;
 use crate::registry::{CloseRequest, Registry};
+use crate::runtime_thread::RuntimeThread;
 use crate::session::{SessionSettings, Sessions, established, idle, park};
 use crate::single_flight::SingleFlight;
 use crate::storm::StormWatch;
@@ -100,7 +100,9 @@ struct Running {
     /// The sessions, for asking them to leave.
     sessions: Arc<Sessions>,
     /// The thread that accepts and handshakes.
-    handshake_thread: HandshakeThread,
+    handshake_thread: RuntimeThread,
+    /// The thread sessions with a file transfer run on.
+    transfer_thread: RuntimeThread,
     /// The park's drain: signalled once no session is left.
     park: drain::Signal,
     /// The pipeline's drain: it stores what is pending (within
@@ -216,6 +218,7 @@ async fn start(
     .context("REDIS_URL")?;
     tasks.spawn(subscription_task);
 
+    let transfer_thread = RuntimeThread::start("transfers", config.transfer_nice)?;
     let connections = TaskTracker::new();
     let (park, park_inbox) = park::park(connections.clone());
     let sessions = Arc::new(Sessions {
@@ -250,6 +253,7 @@ async fn start(
         metrics: metrics.clone(),
         park,
         runtime: tokio::runtime::Handle::current(),
+        transfers: transfer_thread.handle().clone(),
         connections,
         tasks: tasks.clone(),
         draining: draining_watch.clone(),
@@ -311,7 +315,7 @@ async fn start(
         tasks.spawn(title::refresh(source, title, background_watch));
     }
 
-    let handshake_thread = HandshakeThread::start()?;
+    let handshake_thread = handshake::thread::start()?;
     // Registered with the handshake thread's runtime, where it is accepted on.
     let device_listener = {
         let _runtime = handshake_thread.handle().enter();
@@ -332,6 +336,7 @@ async fn start(
         accept,
         sessions,
         handshake_thread,
+        transfer_thread,
         park: park_stop,
         pipeline: pipeline_stop,
         background,
@@ -347,6 +352,7 @@ impl Running {
             accept,
             sessions,
             handshake_thread,
+            transfer_thread,
             park,
             pipeline,
             background,
@@ -368,8 +374,10 @@ impl Running {
         drain_sessions(&sessions, grace).await;
 
         // 3. The handshake thread stops; a handshake still running there is
-        //    dropped (its device reconnects).
+        //    dropped (its device reconnects). So does the transfers' thread:
+        //    its sessions left in step 2.
         handshake_thread.stop().await;
+        transfer_thread.stop().await;
 
         // 4. The park: its sessions left in step 2; any left now close.
         park.drain().await;

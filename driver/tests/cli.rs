@@ -33,11 +33,18 @@ fn every_bad_variable_is_reported_together() {
         .env("CWP_MASTER_KEY", "not-hex")
         .env("DRIVER_LISTEN", "nowhere")
         .env("DRIVER_HEARTBEAT_S", "0")
+        .env("DRIVER_TRANSFER_NICE", "20")
         .output()
         .expect("driver runs");
     assert_eq!(output.status.code(), Some(2));
     let errors = String::from_utf8_lossy(&output.stderr);
-    for variable in ["CWP_MASTER_KEY", "DRIVER_LISTEN", "DRIVER_HEARTBEAT_S"] {
+    assert!(errors.contains("a nice value of 0 to 19"), "{errors}");
+    for variable in [
+        "CWP_MASTER_KEY",
+        "DRIVER_LISTEN",
+        "DRIVER_HEARTBEAT_S",
+        "DRIVER_TRANSFER_NICE",
+    ] {
         assert!(errors.contains(variable), "{variable} not reported in: {errors}");
     }
 }

@@ -1243,3 +1243,105 @@ fn a_rollouts_limit_holds_for_a_drivers_transfers_together_and_without_it_they_g
         }
     });
 }
+
+/// One thread of a process, from `/proc/PID/task/TID/stat`.
+#[derive(Debug)]
+struct ThreadStat {
+    name: String,
+    nice: i64,
+    /// User and system time, clock ticks.
+    cpu_ticks: u64,
+}
+
+fn threads_of(pid: u32) -> Vec<ThreadStat> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        // `TID (NAME) STATE PPID ...`: the fields after the name, from
+        // the third (state): utime is the 14th, stime the 15th, nice the 19th.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields[n - 3];
+        threads.push(ThreadStat {
+            name,
+            nice: field(19).parse().unwrap(),
+            cpu_ticks: field(14).parse::<u64>().unwrap() + field(15).parse::<u64>().unwrap(),
+        });
+    }
+    threads
+}
+
+/// CPU ticks of a process's threads named `name`, and their nice values.
+fn cpu_of(threads: &[ThreadStat], name: &str) -> (u64, Vec<i64>) {
+    let named = threads.iter().filter(|thread| thread.name == name);
+    (
+        named.clone().map(|thread| thread.cpu_ticks).sum(),
+        named.map(|thread| thread.nice).collect(),
+    )
+}
+
+/// README "Rollouts": a session sending a file runs on the driver's
+/// transfers' thread, at `DRIVER_TRANSFER_NICE` (19 by default), so that
+/// sealing chunks waits for the event path's threads, which stay at the
+/// process's own priority; once its transfer is done it goes back to the
+/// sessions' runtime (`drover_driver_file_transfers` counts the sessions
+/// there). The control: at `DRIVER_TRANSFER_NICE=0` the thread is an
+/// equal of the others.
+#[test]
+fn a_transfer_is_sealed_on_the_transfers_thread_at_its_nice_value() {
+    let mut rollouts = Rollouts::start(1);
+    let size = 40_000_000;
+    let sha = rollouts.add("fw.bin", &content(size));
+    let pid = rollouts.fleet.drivers[0].process().pid();
+    let before = threads_of(pid);
+    let (_, nice) = cpu_of(&before, "transfers");
+    assert_eq!(nice, [19], "one transfers' thread, at nice 19");
+    let (_, workers_nice) = cpu_of(&before, "tokio-rt-worker");
+    assert!(
+        !workers_nice.is_empty() && workers_nice.iter().all(|&nice| nice == 0),
+        "the sessions' runtime stays at nice 0: {workers_nice:?}"
+    );
+    runtime().block_on(async {
+        let (mut device, _) = connect(rollouts.fleet.addr(), &serial("FILE-NICE")).await;
+        let id = rollouts.rollout(&sha, "FILE-NICE", &[]);
+        let mut receiver = Receiver::started(&mut device, 4 << 20, 1 << 20).await;
+        let transfers = || {
+            rollouts.fleet.drivers[0]
+                .metric("drover_driver_file_transfers")
+                .unwrap()
+        };
+        assert_eq!(transfers(), 1.0, "the session is on the transfers' thread");
+        receiver.receive(&mut device, size as u64).await;
+        assert!(receiver.verified());
+        receiver.ack(&mut device, FileAckStatus::OK).await;
+        eventually("the rollout records the target done", WAIT, || async {
+            rollouts.count(&id, "done") == 1
+        })
+        .await;
+        // The session went back to the sessions' runtime: its events are
+        // acknowledged there as before.
+        device.send(&event(1)).await.unwrap();
+        match device.recv_timeout(WAIT).await.unwrap() {
+            ServerFrame::Ack(ack) => assert_eq!(ack.event_id, 1),
+            other => panic!("expected ACK, got {other:?}"),
+        }
+        eventually("the session leaves the transfers' thread", WAIT, || async {
+            transfers() == 0.0
+        })
+        .await;
+    });
+    let after = threads_of(pid);
+    let transfers = cpu_of(&after, "transfers").0 - cpu_of(&before, "transfers").0;
+    let workers = cpu_of(&after, "tokio-rt-worker").0 - cpu_of(&before, "tokio-rt-worker").0;
+    assert!(
+        transfers > workers,
+        "40 MB sealed and sent on the transfers' thread ({transfers} ticks), not on the sessions' runtime ({workers} ticks)"
+    );
+
+    let mut equal = Rollouts::start_with(1, &[("DRIVER_TRANSFER_NICE", "0")]);
+    let pid = equal.fleet.drivers[0].process().pid();
+    assert_eq!(cpu_of(&threads_of(pid), "transfers").1, [0]);
+}

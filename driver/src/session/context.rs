@@ -65,6 +65,9 @@ pub struct Sessions {
     pub park: Park,
     /// The runtime sessions run on (handshakes run on their own thread).
     pub runtime: tokio::runtime::Handle,
+    /// The transfers' thread: a session runs there while it sends a file
+    /// (at `DRIVER_TRANSFER_NICE`), and comes back when the transfer ends.
+    pub transfers: tokio::runtime::Handle,
     /// Every session's task, parked sessions included: the drain waits
     /// for them.
     pub connections: TaskTracker,

@@ -56,7 +56,7 @@ pub fn start(
     // attached one.
     match connection.register_with(&sessions.runtime) {
         Ok(connection) => {
-            let task = run(sessions.clone(), connection, session, permit, state);
+            let task = run(sessions.clone(), connection, session, permit, Start::Fresh(state));
             sessions.connections.spawn_on(task, &sessions.runtime);
         }
         Err(err) => {
@@ -102,7 +102,7 @@ pub fn resume(sessions: &Arc<Sessions>, parked: ParkedSession) {
     let (stream, peer, codec, state, session, permit) = parked.into_parts();
     match Connection::resume(stream, peer, codec) {
         Ok(connection) => {
-            let task = run(sessions.clone(), connection, session, permit, state);
+            let task = run(sessions.clone(), connection, session, permit, Start::Fresh(state));
             sessions.connections.spawn(task);
         }
         Err(err) => {
@@ -113,7 +113,74 @@ pub fn resume(sessions: &Arc<Sessions>, parked: ParkedSession) {
     }
 }
 
-/// An established session, to its end, on the sessions' runtime.
+/// A session moving between the sessions' runtime and the transfers'
+/// thread (its task ends on one and a new one starts on the other): while
+/// it sends a file it runs on the transfers' thread, so that sealing
+/// chunks never delays another device's `ACK` on the sessions' runtime and
+/// runs at the thread's lower CPU priority (`DRIVER_TRANSFER_NICE`).
+/// If its socket cannot be registered there, the session ends as a cut
+/// connection does.
+fn move_session(
+    sessions: &Arc<Sessions>,
+    connection: Connection,
+    session: Arc<SessionHandle>,
+    permit: OwnedSemaphorePermit,
+    mut moving: Box<Moving>,
+) {
+    let runtime = if moving.to_transfers {
+        &sessions.transfers
+    } else {
+        &sessions.runtime
+    };
+    match connection.register_with(runtime) {
+        Ok(connection) => {
+            if moving.to_transfers {
+                sessions.metrics.file_transfers.inc();
+            }
+            let task = run(sessions.clone(), connection, session, permit, Start::Moved(moving));
+            sessions.connections.spawn_on(task, runtime);
+        }
+        Err(err) => {
+            warn!(serial = %session.serial, error = %err, "cannot move the session between runtimes: closing it");
+            moving.upload.close();
+            if let Some(transfer) = moving.transfer.take()
+                && transfer.is_live()
+            {
+                sessions.files.report(
+                    &session,
+                    &transfer.rollout,
+                    FileTransferEvent::Released,
+                    transfer.rules.acked(),
+                );
+            }
+            context::end(sessions, &session, moving.state.last_heard_ms);
+            sessions.metrics.connections.dec();
+        }
+    }
+}
+
+/// Where a session's task starts.
+pub enum Start {
+    /// A session just established, or resumed from the park: nothing in
+    /// flight but what [`SessionState`] holds.
+    Fresh(SessionState),
+    /// A session moving between runtimes ([`move_session`]), with all it
+    /// holds.
+    Moved(Box<Moving>),
+}
+
+/// All a running session holds, on its way to another runtime.
+pub struct Moving {
+    state: SessionState,
+    upload: Uploads,
+    transfer: Option<Box<Transfer>>,
+    quiet: bool,
+    /// Where it goes: the transfers' thread, or back.
+    to_transfers: bool,
+}
+
+/// An established session, to its end, on the sessions' runtime (or on
+/// the transfers' thread while it sends a file).
 ///
 /// A block, not an `async fn`: an `async fn` moves its arguments into
 /// locals of its own and its future keeps both copies; the block uses the
@@ -130,17 +197,28 @@ pub fn run(
     mut connection: Connection,
     session: Arc<SessionHandle>,
     permit: OwnedSemaphorePermit,
-    state: SessionState,
+    start: Start,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut loop_state = Established::new(&sessions, &session, &mut connection, state);
-        let parks = loop_state.run().await;
-        let state = loop_state.into_state();
-        if parks {
-            park_or_end(&sessions, connection, session, permit, state);
-            return;
+        let mut loop_state = Established::new(&sessions, &session, &mut connection, start);
+        let leaving = loop_state.run().await;
+        if loop_state.on_transfers {
+            sessions.metrics.file_transfers.dec();
         }
-        context::end(&sessions, &session, state.last_heard_ms);
+        let last_heard_ms = match leaving {
+            Leaving::Parks => {
+                let state = loop_state.into_state();
+                park_or_end(&sessions, connection, session, permit, state);
+                return;
+            }
+            Leaving::Moves => {
+                let moving = loop_state.into_moving();
+                move_session(&sessions, connection, session, permit, moving);
+                return;
+            }
+            Leaving::Ended => loop_state.last_heard_ms,
+        };
+        context::end(&sessions, &session, last_heard_ms);
         // The connection's place under DRIVER_MAX_CONNECTIONS.
         drop(permit);
         sessions.metrics.connections.dec();
@@ -153,6 +231,18 @@ enum Exit {
     End(Ending),
     /// The session parks ([`super::park`]).
     Park,
+    /// The session moves to the other runtime ([`move_session`]).
+    Move,
+}
+
+/// How a session's task ends.
+enum Leaving {
+    /// The session ended (its goodbye is sent).
+    Ended,
+    /// It parks.
+    Parks,
+    /// It goes on in a task on the other runtime.
+    Moves,
 }
 
 /// What woke an idle session loop.
@@ -183,6 +273,8 @@ struct Established<'a> {
     /// (`PING`). The session then parks as soon as nothing is in flight,
     /// without waiting for the idle sweep.
     quiet: bool,
+    /// Whether the task runs on the transfers' thread.
+    on_transfers: bool,
 }
 
 impl<'a> Established<'a> {
@@ -190,17 +282,31 @@ impl<'a> Established<'a> {
         sessions: &'a Arc<Sessions>,
         session: &'a Arc<SessionHandle>,
         conn: &'a mut Connection,
-        state: SessionState,
+        start: Start,
     ) -> Self {
+        let (state, upload, transfer, quiet, on_transfers) = match start {
+            Start::Fresh(state) => (state, Uploads::default(), None, false, false),
+            Start::Moved(moving) => {
+                let Moving {
+                    state,
+                    upload,
+                    transfer,
+                    quiet,
+                    to_transfers,
+                } = *moving;
+                (state, upload, transfer, quiet, to_transfers)
+            }
+        };
         Self {
             sessions,
             session,
             conn,
             rules: state.rules,
             last_heard_ms: state.last_heard_ms,
-            upload: Uploads::default(),
-            transfer: None,
-            quiet: false,
+            upload,
+            transfer,
+            quiet,
+            on_transfers,
         }
     }
 
@@ -212,17 +318,41 @@ impl<'a> Established<'a> {
         }
     }
 
-    /// Serves the session until it ends (`false`) or parks (`true`).
-    async fn run(&mut self) -> bool {
+    /// What a moving session keeps: all of it.
+    fn into_moving(self) -> Box<Moving> {
+        let to_transfers = !self.on_transfers;
+        Box::new(Moving {
+            upload: self.upload,
+            transfer: self.transfer,
+            quiet: self.quiet,
+            to_transfers,
+            state: SessionState {
+                rules: self.rules,
+                last_heard_ms: self.last_heard_ms,
+            },
+        })
+    }
+
+    /// Serves the session until it ends, parks or moves.
+    async fn run(&mut self) -> Leaving {
         let ending = match self.serve().await {
-            Exit::Park => return true,
+            Exit::Park => return Leaving::Parks,
+            Exit::Move => return Leaving::Moves,
             Exit::End(ending) => ending,
         };
         // Once per session, and large (flushing an upload, waiting for
         // acks, sending the goodbye): boxed, so that idle sessions' tasks
         // are only as large as the loop.
         Box::pin(self.finish(ending)).await;
-        false
+        Leaving::Ended
+    }
+
+    /// Whether the session sends a file (or awaits the outcome of one it
+    /// sent): it then belongs on the transfers' thread.
+    fn is_transferring(&self) -> bool {
+        self.transfer
+            .as_ref()
+            .is_some_and(|transfer| transfer.is_live() || transfer.finishing)
     }
 
     /// Whether the session can park: nothing in flight either way, so
@@ -230,10 +360,7 @@ impl<'a> Established<'a> {
     fn can_park(&self) -> bool {
         self.session.pending_events() == 0
             && !self.upload.is_open()
-            && self
-                .transfer
-                .as_ref()
-                .is_none_or(|transfer| !transfer.is_live() && !transfer.finishing)
+            && !self.is_transferring()
             && self.conn.is_idle()
             && !self.rules.has_ended()
     }
@@ -293,13 +420,17 @@ impl<'a> Established<'a> {
                 Ok(asked_to_park) => asked_to_park,
                 Err(ending) => return Exit::End(ending),
             };
+            if self.is_transferring() != self.on_transfers {
+                return Exit::Move;
+            }
             if let Err(ending) = self.send_chunks() {
                 return Exit::End(ending);
             }
             if self.conn.flush().await.is_err() {
                 return Exit::End(Ending::Quiet);
             }
-            self.conn.release_idle_buffers(self.upload.is_open());
+            self.conn
+                .release_idle_buffers(self.upload.is_open(), self.is_transferring());
             let quiet = std::mem::take(&mut self.quiet) && self.sessions.settings.park_after.is_some();
             if (asked_to_park || quiet) && self.can_park() {
                 // Whatever the socket already holds is read first: a
@@ -483,14 +614,10 @@ impl<'a> Established<'a> {
                 }
                 break;
             }
-            match transfer.next_chunk(max_chunk) {
+            let conn = &mut *self.conn;
+            match transfer.queue_next_chunk(max_chunk, |len, fill| conn.queue_file_chunk_with(len, fill)) {
                 None => break,
-                Some(Ok(chunk)) => {
-                    if let ServerFrame::FileChunk(data) = &chunk {
-                        queued += data.data.len();
-                    }
-                    self.conn.queue(&chunk);
-                }
+                Some(Ok(len)) => queued += len,
                 Some(Err(err)) => {
                     // The store failed under us: the device keeps what it
                     // has and resumes in a later session.

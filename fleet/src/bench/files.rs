@@ -104,8 +104,10 @@ pub struct FilesResult {
     pub file_bytes: u64,
     /// The rollout at full speed, then with a limit per driver.
     pub phases: Vec<RolloutPhase>,
-    /// The events devices' ack latency alone.
-    pub ack_alone: SimLatency,
+    /// The events devices' ack latency alone, before the rollouts and
+    /// after them: a 20 s phase can hold a stall of its own (the lower p99
+    /// of the two is the baseline).
+    pub ack_alone: [SimLatency; 2],
     /// The drivers' CPU seconds per second serving the events devices
     /// alone (what each rollout's figure is reduced by, over its time).
     pub driver_cpu_alone: f64,
@@ -167,17 +169,19 @@ pub fn run(ctx: &BenchContext) -> anyhow::Result<FilesResult> {
     for (prefix, limit) in [("FILEA-", 0), ("FILEL-", LIMITED_BYTES_PER_S)] {
         phases.push(rollout_phase(ctx, &mut rig, &sim, &operator, &sha, prefix, limit)?);
     }
+    eprintln!("files: {EVENT_DEVICES} devices, {EVENT_RATE} events/s alone again for {seconds} s ...");
+    let alone_after = run_sim(&sim, MASTER_KEY_HEX, &events_args(&target, seconds))?;
     rig.stop();
     Ok(FilesResult {
         file_bytes,
         phases,
-        ack_alone: alone.ack_latency_us,
+        ack_alone: [alone.ack_latency_us, alone_after.ack_latency_us],
         driver_cpu_alone,
         codec_mb_s,
         nginx,
         commands: (
             format!(
-                "CWP_MASTER_KEY=… controller-sim {}",
+                "CWP_MASTER_KEY=… nice -n 19 controller-sim {}",
                 files_args(&target, "FILEA-").join(" ")
             ),
             format!(
@@ -234,13 +238,18 @@ fn events_args(target: &str, seconds: u64) -> Vec<String> {
     ])
 }
 
-/// The file devices: they end when every one holds a verified copy.
+/// The file devices: they end when every one holds a verified copy. Two
+/// threads: each device hashes every byte twice (its frames' tags and the
+/// file's digest), and on one thread the simulator, not the drivers,
+/// would be what limits the rollout.
 fn files_args(target: &str, prefix: &str) -> Vec<String> {
     strings(&[
         "--target",
         target,
         "--scenario",
         "files",
+        "--threads",
+        "2",
         "--devices",
         &DEVICES.to_string(),
         "--duration",
@@ -265,7 +274,13 @@ fn rollout_phase(
 ) -> anyhow::Result<RolloutPhase> {
     let target = rig.target();
     let summary = ctx.work_dir.join(format!("files-sim-{prefix}json"));
-    let mut receivers = SimProcess::start(sim, MASTER_KEY_HEX, &files_args(&target, prefix), summary)?;
+    // The file devices' hashing runs at nice 19: a real device's CPU is on
+    // another machine, and this one's should not be what the other
+    // devices' ACKs wait for (as the hostile benchmark's attacker).
+    let nice = find_on_path("nice").context("nice is not on PATH (coreutils)")?;
+    let mut niced = strings(&["-n", "19", &sim.display().to_string()]);
+    niced.extend(files_args(&target, prefix));
+    let mut receivers = SimProcess::start(&nice, MASTER_KEY_HEX, &niced, summary)?;
     rig.wait_for_sessions(DEVICES, &mut receivers, Duration::from_secs(60))
         .context("connecting the file devices")?;
     let mut during_args = events_args(&target, 3600);
@@ -497,6 +512,15 @@ impl RolloutPhase {
 }
 
 impl FilesResult {
+    /// The events devices alone, the run with the lower ack p99 (the
+    /// stricter baseline).
+    pub fn ack_baseline(&self) -> &SimLatency {
+        self.ack_alone
+            .iter()
+            .min_by_key(|alone| alone.p99)
+            .unwrap_or(&self.ack_alone[0])
+    }
+
     /// The section for docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mb = self.file_bytes as f64 / 1e6;
@@ -565,11 +589,12 @@ impl FilesResult {
                 met(growth <= TARGET_RSS_GROWTH_KIB)
             )
         }));
-        let alone = &self.ack_alone;
+        let alone = self.ack_baseline();
         table.row(row(
             &format!(
-                "{EVENT_DEVICES} other devices' ack p99 (alone: {}; target within 2×)",
-                duration_us(alone.p99 as f64)
+                "{EVENT_DEVICES} other devices' ack p99 (alone: {} before the rollouts, {} after, the lower is the baseline; target within 2×)",
+                duration_us(self.ack_alone[0].p99 as f64),
+                duration_us(self.ack_alone[1].p99 as f64),
             ),
             &|p| {
                 let ratio = p.ack.p99 as f64 / alone.p99.max(1) as f64;
