@@ -13,8 +13,9 @@
 
 use crate::runtime_thread::{Nice, RuntimeThread};
 
-/// Starts the handshake thread, at the sessions' own priority: honest
-/// devices' handshakes must not wait behind rollouts.
+/// Starts the handshake thread, at the sessions' own priority (a lower
+/// one did not help honest devices under attack: docs/BENCHMARKS.md, "A
+/// lower priority for the handshake thread does not measurably help").
 pub fn start() -> anyhow::Result<RuntimeThread> {
     RuntimeThread::start("handshakes", Nice::NORMAL)
 }
