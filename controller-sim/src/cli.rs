@@ -196,6 +196,12 @@ pub(crate) struct Args {
     #[arg(long, env = "SIM_FILE_PREFIX_FROM", value_name = "PATH")]
     file_prefix_from: Option<std::path::PathBuf>,
 
+    /// The devices also send events, at their share of --rate, while they
+    /// receive files: the ACK latency of a device that is receiving a file
+    /// (scenario files).
+    #[arg(long, env = "SIM_FILE_EVENTS")]
+    file_events: bool,
+
     /// After the run, check in this Redis that every acknowledged event is
     /// stored exactly once (in cwp:events, or every event stream that
     /// cwp:layout names) (redis://host:port).
@@ -325,6 +331,8 @@ pub(crate) struct Config {
     pub(crate) block_size: usize,
     pub(crate) upload_window: u64,
     pub(crate) file_policy: controller_sim::device::FilePolicy,
+    /// Scenario files: the devices send events too.
+    pub(crate) file_events: bool,
     pub(crate) verify_redis: Option<drover_redis::Target>,
     pub(crate) json: bool,
     pub(crate) procs: usize,
@@ -572,6 +580,7 @@ impl Config {
                     drop: args.file_drop,
                     start: file_start,
                 },
+                file_events: args.file_events,
                 verify_redis,
                 json: args.json,
                 procs: args.procs,
@@ -680,7 +689,8 @@ pub(crate) enum Scenario {
     Mixed,
     /// Idle devices that accept offered files (--file-window, and decline,
     /// corrupt or drop with --file-decline, --file-corrupt, --file-drop),
-    /// verify each one's SHA-256 and report the transfer rates.
+    /// verify each one's SHA-256 and report the transfer rates; with
+    /// --file-events they send events meanwhile.
     Files,
 }
 

@@ -42,6 +42,11 @@ impl Scenario {
             Self::Idle | Self::Commands | Self::Storm => Plan::uniform(idle),
             Self::Files => Plan::uniform(Behaviour {
                 files: Some(config.file_policy.clone()),
+                events: if config.file_events {
+                    event_load(config, config.devices)
+                } else {
+                    None
+                },
                 ..idle
             }),
             Self::Events => Plan::uniform(Behaviour {
@@ -247,6 +252,16 @@ mod tests {
             assert_eq!(behaviour.churn.is_some(), churn, "{scenario:?}");
             assert_eq!(behaviour.command_delay, Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn file_devices_send_events_only_when_asked() {
+        let quiet = config("--scenario files --devices 10");
+        let behaviour = Scenario::Files.plan(&quiet).behaviour(3);
+        assert!(behaviour.files.is_some() && behaviour.events.is_none());
+        let talking = config("--scenario files --devices 10 --file-events --rate 10");
+        let behaviour = Scenario::Files.plan(&talking).behaviour(3);
+        assert!(behaviour.files.is_some() && behaviour.events.is_some());
     }
 
     #[test]

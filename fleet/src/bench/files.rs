@@ -92,6 +92,9 @@ pub struct RolloutPhase {
     pub rss: Vec<(u64, u64)>,
     /// The events devices' ack latency meanwhile.
     pub ack: SimLatency,
+    /// The file devices' own ack latency, of the events they send while
+    /// they receive the file.
+    pub own_ack: SimLatency,
     /// CPU seconds by process name over the rollout (the file devices'
     /// simulator as `controller-sim`).
     pub cpu: Vec<(String, f64)>,
@@ -118,6 +121,9 @@ pub struct FilesResult {
     /// Command lines: file devices, events devices.
     pub commands: (String, String),
 }
+
+/// Events per second the file devices send in all while they receive.
+const FILE_DEVICE_EVENT_RATE: u64 = DEVICES;
 
 /// The limit of the second rollout, per driver: with [`DRIVERS`] drivers,
 /// 100 MB/s in all, a third of what the first reaches on the reference
@@ -241,7 +247,8 @@ fn events_args(target: &str, seconds: u64) -> Vec<String> {
 /// The file devices: they end when every one holds a verified copy. Two
 /// threads: each device hashes every byte twice (its frames' tags and the
 /// file's digest), and on one thread the simulator, not the drivers,
-/// would be what limits the rollout.
+/// would be what limits the rollout. Each sends an event a second while
+/// it receives: how promptly a device receiving a file is acknowledged.
 fn files_args(target: &str, prefix: &str) -> Vec<String> {
     strings(&[
         "--target",
@@ -250,6 +257,9 @@ fn files_args(target: &str, prefix: &str) -> Vec<String> {
         "files",
         "--threads",
         "2",
+        "--file-events",
+        "--rate",
+        &FILE_DEVICE_EVENT_RATE.to_string(),
         "--devices",
         &DEVICES.to_string(),
         "--duration",
@@ -347,6 +357,7 @@ fn rollout_phase(
         seconds,
         rss: before.into_iter().zip(peak).collect(),
         ack: during.ack_latency_us,
+        own_ack: receivers.ack_latency_us,
         cpu,
     })
 }
@@ -608,6 +619,16 @@ impl FilesResult {
         table.row(row(
             &format!("the same, p50 (alone: {})", duration_us(alone.p50 as f64)),
             &|p| duration_us(p.ack.p50 as f64),
+        ));
+        table.row(row(
+            "the file devices' own ack p50 / p99 (an event a second each, while they receive)",
+            &|p| {
+                format!(
+                    "{} / {}",
+                    duration_us(p.own_ack.p50 as f64),
+                    duration_us(p.own_ack.p99 as f64)
+                )
+            },
         ));
         table.row(row(
             "CPU seconds: drivers / HAProxy / the file devices' simulator",
