@@ -421,10 +421,6 @@ proptest! {
             }
         }
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// A `FILE_CHUNK` written in place (a transfer reads its file straight
     /// into the send buffer) is the very frame `encode` gives for the same

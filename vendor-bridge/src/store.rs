@@ -728,6 +728,11 @@ async fn wait_for_replicas(connection: &mut Connection, wait: ReplicaWait, key: 
     }
     let answer = connection.on_master_of(key, &wait_command(wait)).await?;
     let confirmed: u32 = redis::from_redis_value(answer).map_err(RedisError::from)?;
+    replicas_confirmed(confirmed, wait)
+}
+
+/// `WAIT`'s answer against what `wait` requires.
+fn replicas_confirmed(confirmed: u32, wait: ReplicaWait) -> Result<(), StoreError> {
     if confirmed < wait.replicas {
         return Err(StoreError::Replicas {
             confirmed,
@@ -1085,13 +1090,7 @@ async fn run_store_events(
         answer => answer,
     };
     let (outcome, confirmed) = answer?;
-    if confirmed < wait.replicas {
-        return Err(StoreError::Replicas {
-            confirmed,
-            required: wait.replicas,
-            timeout: wait.timeout,
-        });
-    }
+    replicas_confirmed(confirmed, wait)?;
     Ok(outcome)
 }
 

@@ -537,11 +537,7 @@ impl<'a> Established<'a> {
             }
         }
         if let Some(grant) = mail.offer {
-            let busy = self
-                .transfer
-                .as_ref()
-                .is_some_and(|transfer| transfer.is_live() || transfer.finishing);
-            if busy {
+            if self.is_transferring() {
                 // One transfer per connection: the same one again changes
                 // nothing; another waits for the device's next session.
                 if self
